@@ -1,0 +1,95 @@
+"""farm_jupyter: language models in the notebook, through a provider router in the kernel.
+
+    %load_ext farm_jupyter
+    %%farm_chat -m ollama:llama3.1
+    Explain this traceback: {err}
+
+Names resolve lazily (PEP 562), so `import farm_jupyter` and `%load_ext` stay instant: pydantic,
+httpx and the providers load on first use, torch/transformers/openai only inside their provider.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "chat": "farm_jupyter.api",
+    "achat": "farm_jupyter.api",
+    "stream": "farm_jupyter.api",
+    "astream": "farm_jupyter.api",
+    "session": "farm_jupyter.session",
+    "Session": "farm_jupyter.session",
+    "ChatStream": "farm_jupyter.session",
+    "Conversation": "farm_jupyter.session",
+    "Settings": "farm_jupyter.config",
+    "load_settings": "farm_jupyter.config",
+    "register_provider": "farm_jupyter.providers",
+    "unregister_provider": "farm_jupyter.providers",
+    "Provider": "farm_jupyter.providers.base",
+    "ChatMessage": "farm_jupyter.types",
+    "ChatRequest": "farm_jupyter.types",
+    "ChatResponse": "farm_jupyter.types",
+    "Chunk": "farm_jupyter.types",
+    "GenerationParams": "farm_jupyter.types",
+    "ModelInfo": "farm_jupyter.types",
+    "ProviderStatus": "farm_jupyter.types",
+    "GPUStats": "farm_jupyter.types",
+    "Usage": "farm_jupyter.types",
+    "Timings": "farm_jupyter.types",
+    "Attempt": "farm_jupyter.types",
+    "FarmError": "farm_jupyter.errors",
+    "ProviderError": "farm_jupyter.errors",
+    "AllProvidersFailed": "farm_jupyter.errors",
+}
+
+__all__ = sorted([*_EXPORTS, "load_ipython_extension", "unload_ipython_extension", "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'farm_jupyter' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    from .magics import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from .magics import unload
+
+    unload(ipython)
+
+
+if TYPE_CHECKING:
+    from .api import achat, astream, chat, stream
+    from .config import Settings, load_settings
+    from .errors import AllProvidersFailed, FarmError, ProviderError
+    from .providers import register_provider, unregister_provider
+    from .providers.base import Provider
+    from .session import ChatStream, Conversation, Session, session
+    from .types import (
+        Attempt,
+        ChatMessage,
+        ChatRequest,
+        ChatResponse,
+        Chunk,
+        GenerationParams,
+        GPUStats,
+        ModelInfo,
+        ProviderStatus,
+        Timings,
+        Usage,
+    )

@@ -1,0 +1,265 @@
+"""Response caches: one small async protocol, three backends.
+
+- MemoryCache: LRU with TTL, per kernel session (the default); stores objects, no serialisation.
+- DiskCache: one SQLite file, created 0600; SQLite's journal makes every write atomic, so a
+  kernel killed mid-write loses at most that entry and the file stays readable.
+- RedisCache: shared by a team (redis.asyncio, imported on first use).
+
+A key covers everything that changes an answer (provider, model, messages, parameters) and never a
+secret. Only whole, successful answers are stored: the router never stores an error or a partial
+stream. A hit replays the stored chunks as a stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, Field
+
+from .config import CacheSettings
+from .errors import ConfigError, MissingDependency
+from .types import ChatRequest, ChatResponse
+
+SCHEMA_VERSION = 1
+
+
+class CacheEntry(BaseModel):
+    response: ChatResponse
+    chunks: list[str]
+    created: float = Field(default_factory=time.time)
+
+
+def cache_key(provider: str, request: ChatRequest) -> str:
+    payload = {
+        "v": SCHEMA_VERSION,
+        "provider": provider,
+        "model": request.model,
+        "messages": [(m.role, m.content) for m in request.messages],
+        "params": request.params.model_dump(exclude_none=True),
+    }
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class Cache(Protocol):
+    name: str
+
+    async def get(self, key: str) -> CacheEntry | None: ...
+    async def set(self, key: str, entry: CacheEntry) -> None: ...
+    async def delete(self, key: str) -> None: ...
+    async def clear(self) -> None: ...
+    async def info(self) -> dict[str, Any]: ...
+    async def aclose(self) -> None: ...
+
+
+def _strip(entry: CacheEntry) -> CacheEntry:
+    """What a cache keeps: the answer, not this request's attempts or timings."""
+    response = entry.response.model_copy(update={"attempts": [], "cached": False, "restarted": False})
+    return CacheEntry(response=response, chunks=entry.chunks, created=entry.created)
+
+
+class NullCache:
+    name = "none"
+
+    async def get(self, key: str) -> CacheEntry | None:
+        return None
+
+    async def set(self, key: str, entry: CacheEntry) -> None:
+        return None
+
+    async def delete(self, key: str) -> None:
+        return None
+
+    async def clear(self) -> None:
+        return None
+
+    async def info(self) -> dict[str, Any]:
+        return {"backend": self.name, "entries": 0}
+
+    async def aclose(self) -> None:
+        return None
+
+
+class MemoryCache:
+    name = "memory"
+
+    def __init__(self, max_entries: int = 1024, ttl: float | None = None) -> None:
+        self.max_entries = max_entries
+        self.ttl = ttl
+        self._data: OrderedDict[str, CacheEntry] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    async def get(self, key: str) -> CacheEntry | None:
+        entry = self._data.get(key)
+        if entry is None or (self.ttl is not None and time.time() - entry.created > self.ttl):
+            if entry is not None:
+                del self._data[key]
+            self.misses += 1
+            return None
+        self._data.move_to_end(key)
+        self.hits += 1
+        return entry
+
+    async def set(self, key: str, entry: CacheEntry) -> None:
+        self._data[key] = _strip(entry)
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+
+    async def delete(self, key: str) -> None:
+        self._data.pop(key, None)
+
+    async def clear(self) -> None:
+        self._data.clear()
+
+    async def info(self) -> dict[str, Any]:
+        return {
+            "backend": self.name, "entries": len(self._data), "max_entries": self.max_entries,
+            "ttl": self.ttl, "hits": self.hits, "misses": self.misses,
+        }
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def default_cache_path() -> Path:
+    root = os.environ.get("FARM_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "farm_jupyter"
+    )
+    return Path(root) / "responses.sqlite"
+
+
+class DiskCache:
+    name = "disk"
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, ttl: float | None = None, max_entries: int = 100_000) -> None:
+        import sqlite3
+
+        self.path = Path(path) if path else default_cache_path()
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Create the file owner-only before SQLite opens it; its journal inherits the mode.
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        os.chmod(self.path, 0o600)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+            self._db.execute("PRAGMA journal_mode=DELETE")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, created REAL, value TEXT)"
+            )
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(
+                f"the disk cache {self.path} is not readable: {exc}", hint="delete it or pick another FARM_CACHE path"
+            ) from exc
+
+    async def get(self, key: str) -> CacheEntry | None:
+        with self._lock:
+            row = self._db.execute("SELECT created, value FROM entries WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        if self.ttl is not None and time.time() - row[0] > self.ttl:
+            await self.delete(key)
+            return None
+        return CacheEntry.model_validate_json(row[1])
+
+    async def set(self, key: str, entry: CacheEntry) -> None:
+        entry = _strip(entry)
+        value = entry.model_dump_json()
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO entries (key, created, value) VALUES (?, ?, ?)",
+                (key, entry.created, value),
+            )
+            count = self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+            if count > self.max_entries:
+                self._db.execute(
+                    "DELETE FROM entries WHERE key IN (SELECT key FROM entries ORDER BY created LIMIT ?)",
+                    (count - self.max_entries,),
+                )
+
+    async def delete(self, key: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
+
+    async def clear(self) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM entries")
+
+    async def info(self) -> dict[str, Any]:
+        with self._lock:
+            count = self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        size = self.path.stat().st_size if self.path.exists() else 0
+        return {"backend": self.name, "entries": count, "path": str(self.path), "bytes": size, "ttl": self.ttl}
+
+    async def aclose(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class RedisCache:
+    name = "redis"
+
+    def __init__(self, url: str, ttl: float | None = None, prefix: str = "farm_jupyter:") -> None:
+        try:
+            import redis.asyncio as aioredis
+        except ImportError as exc:
+            raise MissingDependency("redis", "redis") from exc
+        self.url = url
+        self.ttl = ttl
+        self.prefix = prefix
+        self._client = aioredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def get(self, key: str) -> CacheEntry | None:
+        raw = await self._client.get(self.prefix + key)
+        return None if raw is None else CacheEntry.model_validate_json(raw)
+
+    async def set(self, key: str, entry: CacheEntry) -> None:
+        ttl = int(self.ttl) if self.ttl else None
+        await self._client.set(self.prefix + key, _strip(entry).model_dump_json(), ex=ttl)
+
+    async def delete(self, key: str) -> None:
+        await self._client.delete(self.prefix + key)
+
+    async def clear(self) -> None:
+        keys = [k async for k in self._client.scan_iter(match=self.prefix + "*", count=500)]
+        if keys:
+            await self._client.delete(*keys)
+
+    async def info(self) -> dict[str, Any]:
+        count = 0
+        async for _ in self._client.scan_iter(match=self.prefix + "*", count=500):
+            count += 1
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.url)
+        shown = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+        return {"backend": self.name, "entries": count, "url": shown, "ttl": self.ttl}
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def make_cache(settings: CacheSettings) -> Cache:
+    if settings.backend == "memory":
+        return MemoryCache(settings.max_entries, settings.ttl)
+    if settings.backend == "disk":
+        return DiskCache(settings.path, settings.ttl)
+    if settings.backend == "redis":
+        return RedisCache(settings.redis_url, settings.ttl)
+    return NullCache()

@@ -1,0 +1,137 @@
+"""What each request cost and where it went; per-model summaries for `%farm stats` and widgets."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from pydantic import BaseModel, Field
+
+from .types import ChatResponse
+
+
+class RequestRecord(BaseModel):
+    at: float = Field(default_factory=time.time)
+    provider: str
+    model: str
+    ok: bool
+    error: str | None = None
+    first_token: float | None = None
+    total: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_per_second: float | None = None
+    cached: bool = False
+    retries: int = 0
+    fallbacks: int = 0
+    waited: float = 0.0
+
+    @classmethod
+    def from_response(cls, response: ChatResponse) -> RequestRecord:
+        return cls(
+            provider=response.provider,
+            model=response.model,
+            ok=True,
+            first_token=response.timings.first_token,
+            total=response.timings.total,
+            tokens_in=response.usage.prompt_tokens,
+            tokens_out=response.usage.completion_tokens,
+            tokens_per_second=response.tokens_per_second,
+            cached=response.cached,
+            retries=sum(a.retries for a in response.attempts),
+            fallbacks=sum(1 for a in response.attempts if not a.ok),
+            waited=response.timings.waited,
+        )
+
+
+class ModelSummary(BaseModel):
+    address: str
+    requests: int
+    errors: int
+    cache_hits: int
+    p50: float | None
+    p95: float | None
+    first_token_p50: float | None
+    tokens_per_second: float | None
+    tokens_out: int
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cache_hits / self.requests if self.requests else 0.0
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1]
+
+
+class Monitor:
+    def __init__(self, max_records: int = 10_000) -> None:
+        self.records: deque[RequestRecord] = deque(maxlen=max_records)
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[RequestRecord], None]] = []
+
+    def record(self, record: RequestRecord) -> None:
+        with self._lock:
+            self.records.append(record)
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(record)
+            except Exception:  # noqa: BLE001 - a broken widget must not break requests
+                pass
+
+    def record_error(self, provider: str, model: str, error: BaseException, total: float) -> None:
+        self.record(RequestRecord(provider=provider, model=model, ok=False, error=str(error), total=total))
+
+    def subscribe(self, listener: Callable[[RequestRecord], None]) -> Callable[[], None]:
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def summary(self) -> list[ModelSummary]:
+        with self._lock:
+            records = list(self.records)
+        groups: dict[str, list[RequestRecord]] = {}
+        for r in records:
+            groups.setdefault(f"{r.provider}:{r.model}", []).append(r)
+        out = []
+        for address, rs in sorted(groups.items()):
+            served = [r for r in rs if r.ok and not r.cached]
+            latencies = [r.total for r in served]
+            firsts = [r.first_token for r in served if r.first_token is not None]
+            rates = [r.tokens_per_second for r in served if r.tokens_per_second]
+            out.append(
+                ModelSummary(
+                    address=address,
+                    requests=len(rs),
+                    errors=sum(1 for r in rs if not r.ok),
+                    cache_hits=sum(1 for r in rs if r.cached),
+                    p50=_quantile(latencies, 0.5),
+                    p95=_quantile(latencies, 0.95),
+                    first_token_p50=_quantile(firsts, 0.5),
+                    tokens_per_second=statistics.median(rates) if rates else None,
+                    tokens_out=sum(r.tokens_out for r in rs),
+                )
+            )
+        return out
+
+    def clear(self) -> None:
+        with self._lock:
+            self.records.clear()

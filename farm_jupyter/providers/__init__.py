@@ -1,0 +1,152 @@
+"""The provider registry: built-ins by import path (imported on first use), custom ones by
+`register_provider()` or the `farm_jupyter.providers` entry-point group, all treated alike."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterable
+from importlib.metadata import entry_points
+from typing import Any
+
+from ..errors import ConfigError, ProviderResponseError, UnknownProvider
+from ..types import ChatRequest, Chunk, Usage
+from .base import Provider
+
+__all__ = ["FunctionProvider", "Provider", "ProviderFactory", "available", "create", "register_provider", "unregister_provider"]
+
+ProviderFactory = Callable[..., Provider]
+
+_BUILTIN = {
+    "ollama": "farm_jupyter.providers.ollama:OllamaProvider",
+    "openai": "farm_jupyter.providers.openai:OpenAIProvider",
+    "huggingface": "farm_jupyter.providers.huggingface:HuggingFaceProvider",
+}
+_ALIASES = {"hf": "huggingface"}
+_registered: dict[str, ProviderFactory] = {}
+ENTRY_POINT_GROUP = "farm_jupyter.providers"
+
+
+def register_provider(name: str, factory: ProviderFactory | Callable[..., Any], *, replace: bool = True) -> None:
+    """Register a provider under `name`.
+
+    `factory` is a Provider subclass (called as `cls(name, settings, **options)`), any callable
+    with that signature returning a Provider, or a plain function `fn(messages, **params)` that
+    returns or yields text (sync or async), which is wrapped in a FunctionProvider.
+    """
+    if not name or ":" in name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"provider name {name!r} must be letters, digits, '-' or '_'")
+    if not replace and (name in _registered or name in _BUILTIN):
+        raise ConfigError(f"a provider named {name!r} is already registered")
+    is_provider_class = inspect.isclass(factory) and issubclass(factory, Provider)
+    if not is_provider_class and not _takes_settings(factory):
+        fn = factory
+        factory = lambda n, settings, **o: FunctionProvider(n, settings, fn=fn, **o)  # noqa: E731
+    _registered[name] = factory
+
+
+def unregister_provider(name: str) -> None:
+    _registered.pop(name, None)
+
+
+def _takes_settings(factory: Callable[..., Any]) -> bool:
+    try:
+        params = list(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        return False
+    return params[:2] == ["name", "settings"]
+
+
+def available() -> list[str]:
+    names = set(_BUILTIN) | set(_registered)
+    names |= {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return sorted(names)
+
+
+def _lookup(name: str) -> ProviderFactory:
+    name = _ALIASES.get(name, name)
+    if name in _registered:
+        return _registered[name]
+    if name in _BUILTIN:
+        module, attr = _BUILTIN[name].split(":")
+        factory: ProviderFactory = getattr(importlib.import_module(module), attr)
+        return factory
+    for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
+        factory = ep.load()
+        register_provider(name, factory)
+        return _registered[name]
+    raise UnknownProvider(
+        f"no provider named {name!r}",
+        hint=f"use one of {', '.join(available())}, or register_provider({name!r}, ...)",
+    )
+
+
+def create(name: str, settings: Any, **options: Any) -> Provider:
+    """Build the provider `name`; a factory that raises is reported as a one-line ConfigError."""
+    factory = _lookup(name)
+    merged = {**settings.providers.get(name, {}), **options}
+    try:
+        provider = factory(_ALIASES.get(name, name), settings, **merged)
+    except (UnknownProvider, ConfigError):
+        raise
+    except Exception as exc:
+        raise ConfigError(f"provider {name!r} failed to start: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(provider, Provider):
+        raise ConfigError(f"provider {name!r} factory returned {type(provider).__name__}, not a Provider")
+    return provider
+
+
+class FunctionProvider(Provider):
+    """A provider made from one function: `fn(messages, **params)` returning or yielding text.
+
+    The few-lines way to plug in anything (a rule, a remote API, a test double)::
+
+        def shout(messages, **params):
+            return messages[-1]["content"].upper()
+
+        farm_jupyter.register_provider("shout", shout)
+    """
+
+    def __init__(self, name: str, settings: Any, *, fn: Callable[..., Any], **options: Any) -> None:
+        super().__init__(name, settings, **options)
+        self.fn = fn
+
+    @property
+    def default_model(self) -> str:
+        return str(self.options.get("default_model") or getattr(self.fn, "__name__", "default"))
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        params = request.params.model_dump(exclude_none=True, exclude={"extra"})
+        params.update(request.params.extra)
+        messages = [m.model_dump() for m in request.messages]
+        result = self.fn(messages, model=request.model, **params)
+        if inspect.isawaitable(result):
+            result = await result
+        count = 0
+        if isinstance(result, str):
+            pieces: Any = [result]
+        else:
+            pieces = result
+        if hasattr(pieces, "__aiter__"):
+            async for piece in pieces:
+                count += 1
+                yield Chunk(text=self._checked(piece))
+        elif isinstance(pieces, Iterable):
+            for piece in pieces:
+                count += 1
+                yield Chunk(text=self._checked(piece))
+        else:
+            raise ProviderResponseError(
+                f"provider {self.name!r} returned {type(result).__name__}, not text",
+                provider=self.name, hint="return a str, or yield str pieces",
+            )
+        words = sum(len(m.content.split()) for m in request.messages)
+        yield Chunk(done=True, usage=Usage(prompt_tokens=words, completion_tokens=count), finish_reason="stop")
+
+    def _checked(self, piece: Any) -> str:
+        if not isinstance(piece, str):
+            raise ProviderResponseError(
+                f"provider {self.name!r} yielded {type(piece).__name__}, not str",
+                provider=self.name, hint="yield text pieces (str) only",
+            )
+        return piece

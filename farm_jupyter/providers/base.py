@@ -1,0 +1,165 @@
+"""The provider contract: one primitive, `astream`, and everything else derived from it once."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..errors import BadRequest
+from ..runtime import get_runtime
+from ..types import (
+    ChatMessage,
+    ChatRequest,
+    ChatResponse,
+    Chunk,
+    GenerationParams,
+    ModelInfo,
+    ProviderStatus,
+    PullProgress,
+    Timings,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+
+def as_messages(prompt: str | Sequence[ChatMessage | dict[str, Any]]) -> list[ChatMessage]:
+    """A prompt string or a list of messages (dicts or ChatMessage) as validated messages."""
+    if isinstance(prompt, str):
+        return [ChatMessage(role="user", content=prompt)]
+    if not isinstance(prompt, Sequence):
+        raise TypeError(f"prompt must be a string or a list of messages, not {type(prompt).__name__}")
+    return [m if isinstance(m, ChatMessage) else ChatMessage.model_validate(m) for m in prompt]
+
+
+async def collect(name: str, model: str, chunks: AsyncIterator[Chunk]) -> ChatResponse:
+    """Fold a provider's stream into a response (the one place `chat` is derived)."""
+    start = time.perf_counter()
+    first: float | None = None
+    parts: list[str] = []
+    usage = Usage()
+    finish = None
+    provider_total = None
+    async for chunk in chunks:
+        if chunk.text:
+            if first is None:
+                first = time.perf_counter() - start
+            parts.append(chunk.text)
+        if chunk.done:
+            usage = chunk.usage or usage
+            finish = chunk.finish_reason
+            provider_total = chunk.provider_total
+    return ChatResponse(
+        text="".join(parts),
+        provider=name,
+        model=model,
+        usage=usage,
+        finish_reason=finish,
+        timings=Timings(
+            first_token=first, total=time.perf_counter() - start, provider_total=provider_total
+        ),
+    )
+
+
+class Provider(ABC):
+    """A backend that can stream a chat. Subclasses implement `astream`; the rest is optional.
+
+    A provider talks to one backend over its own protocol and maps that backend's exceptions
+    into `farm_jupyter.errors` at its boundary. It does no retries, fallback or caching: the
+    router above it does.
+    """
+
+    kind: ClassVar[str] = "custom"
+
+    def __init__(self, name: str, settings: Settings, **options: Any) -> None:
+        self.name = name
+        self.settings = settings
+        self.options = options
+
+    # -- the primitive -------------------------------------------------------------------------
+
+    @abstractmethod
+    def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        """Yield text chunks, then one `Chunk(done=True, usage=..., finish_reason=...)`."""
+
+    # -- identity --------------------------------------------------------------------------------
+
+    @property
+    def default_model(self) -> str:
+        return str(self.options.get("default_model") or "default")
+
+    @property
+    def url(self) -> str | None:
+        """Where the backend is, for humans; never carries a secret."""
+        return None
+
+    def normalize_model(self, model: str) -> str:
+        return model
+
+    def __repr__(self) -> str:
+        url = f" {self.url}" if self.url else ""
+        return f"<{type(self).__name__} {self.name!r}{url}>"
+
+    # -- derived once ----------------------------------------------------------------------------
+
+    def _request(
+        self, prompt: str | Sequence[ChatMessage | dict[str, Any]], model: str | None, params: dict[str, Any]
+    ) -> ChatRequest:
+        return ChatRequest(
+            messages=as_messages(prompt),
+            model=model or self.default_model,
+            params=GenerationParams(**params),
+        )
+
+    async def achat(self, request: ChatRequest) -> ChatResponse:
+        return await collect(self.name, request.model, self.astream(request))
+
+    def agenerate_stream(self, prompt: str, model: str | None = None, **params: Any) -> AsyncIterator[Chunk]:
+        return self.astream(self._request(prompt, model, params))
+
+    async def agenerate(self, prompt: str, model: str | None = None, **params: Any) -> ChatResponse:
+        return await collect(self.name, model or self.default_model, self.agenerate_stream(prompt, model, **params))
+
+    def chat(self, request: ChatRequest) -> ChatResponse:
+        return get_runtime().run(self.achat(request))
+
+    def stream(self, request: ChatRequest) -> Iterator[Chunk]:
+        return get_runtime().iterate(self.astream(request))
+
+    def generate(self, prompt: str, model: str | None = None, **params: Any) -> ChatResponse:
+        return get_runtime().run(self.agenerate(prompt, model, **params))
+
+    def generate_stream(self, prompt: str, model: str | None = None, **params: Any) -> Iterator[Chunk]:
+        return get_runtime().iterate(self.agenerate_stream(prompt, model, **params))
+
+    # -- optional capabilities -------------------------------------------------------------------
+
+    async def list_models(self) -> list[ModelInfo]:
+        return [ModelInfo(name=self.default_model, provider=self.name, loaded=True)]
+
+    async def load_model(self, model: str) -> AsyncIterator[PullProgress]:
+        """Make a model ready (Ollama pulls it); yields progress. The default has nothing to do."""
+        yield PullProgress(status="success")
+
+    async def unload_model(self, model: str) -> None:
+        return None
+
+    async def health(self) -> ProviderStatus:
+        start = time.perf_counter()
+        models = await self.list_models()
+        return ProviderStatus(
+            provider=self.name,
+            state="healthy",
+            url=self.url,
+            latency=time.perf_counter() - start,
+            models_loaded=[m.name for m in models if m.loaded],
+        )
+
+    async def embed(self, texts: list[str], model: str | None = None) -> list[list[float]]:
+        raise BadRequest(f"{self.name} does not support embeddings", provider=self.name)
+
+    async def aclose(self) -> None:
+        return None

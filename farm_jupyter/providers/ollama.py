@@ -1,0 +1,227 @@
+"""Ollama over its HTTP API (httpx): NDJSON streams, model management, embeddings."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from ..errors import ModelNotFound, ServerError, StreamInterrupted
+from ..types import ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress, Usage
+from ._http import mapped_transport_errors, status_error
+from .base import Provider
+
+
+def _tagged(model: str) -> str:
+    return model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
+
+
+def _options(request: ChatRequest) -> dict[str, Any]:
+    p = request.params
+    options: dict[str, Any] = {
+        "temperature": p.temperature,
+        "num_predict": p.max_tokens,
+        "top_p": p.top_p,
+        "stop": p.stop,
+        "seed": p.seed,
+    }
+    options = {k: v for k, v in options.items() if v is not None}
+    options.update(p.extra.get("options", {}))
+    return options
+
+
+class OllamaProvider(Provider):
+    kind = "ollama"
+
+    def __init__(self, name: str, settings: Any, **options: Any) -> None:
+        super().__init__(name, settings, **options)
+        self._host: str = options.get("host") or settings.ollama.host
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def default_model(self) -> str:
+        return str(self.options.get("default_model") or self.settings.ollama.default_model)
+
+    @property
+    def url(self) -> str:
+        return self._host
+
+    def normalize_model(self, model: str) -> str:
+        return _tagged(model)
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            timeouts = self.settings.timeouts
+            self._client = httpx.AsyncClient(
+                base_url=self._host,
+                timeout=httpx.Timeout(timeouts.total, connect=timeouts.connect),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
+            )
+        return self._client
+
+    def _errors(self) -> Any:
+        return mapped_transport_errors(
+            "Ollama", self._host, f"start it with `ollama serve` or `%farm ollama start` (OLLAMA_HOST={self._host})"
+        )
+
+    async def _raise_for_status(self, response: httpx.Response, model: str) -> None:
+        if response.status_code < 400:
+            return
+        await response.aread()
+        try:
+            detail = response.json().get("error", response.text)
+        except ValueError:
+            detail = response.text
+        raise status_error(
+            "Ollama", response.status_code, str(detail)[:300], url=self._host, model=model,
+            headers=response.headers, not_found_hint=f"pull it with `%farm pull {model}`",
+        )
+
+    async def _ndjson(self, path: str, body: dict[str, Any], model: str) -> AsyncIterator[dict[str, Any]]:
+        """POST and yield each JSON line; an `{"error": ...}` line is an error, not data."""
+        async with self._errors():
+            async with self.client.stream("POST", path, json=body) as response:
+                await self._raise_for_status(response, model)
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    try:
+                        data = json.loads(line)
+                    except ValueError as exc:
+                        raise StreamInterrupted(
+                            f"Ollama at {self._host} sent a malformed line: {line[:80]!r}",
+                            provider=self.name, hint="retry; check the server's version and log",
+                        ) from exc
+                    if "error" in data:
+                        error = str(data["error"])
+                        cls = ModelNotFound if "not found" in error or "does not exist" in error else ServerError
+                        raise cls(f"Ollama at {self._host} failed: {error}", provider=self.name)
+                    yield data
+
+    def _final(self, data: dict[str, Any]) -> Chunk:
+        return Chunk(
+            done=True,
+            usage=Usage(
+                prompt_tokens=data.get("prompt_eval_count") or 0,
+                completion_tokens=data.get("eval_count") or 0,
+            ),
+            finish_reason=data.get("done_reason"),
+            provider_total=(data["total_duration"] / 1e9) if data.get("total_duration") else None,
+        )
+
+    def _body(self, request: ChatRequest, **fields: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": request.model, "stream": True, **fields}
+        if options := _options(request):
+            body["options"] = options
+        if request.params.format:
+            body["format"] = request.params.format
+        keep_alive = self.options.get("keep_alive") or self.settings.ollama.keep_alive
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
+        return body
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        body = self._body(request, messages=[m.model_dump() for m in request.messages])
+        async for data in self._ndjson("/api/chat", body, request.model):
+            if data.get("done"):
+                yield self._final(data)
+                return
+            text = (data.get("message") or {}).get("content") or ""
+            if text:
+                yield Chunk(text=text)
+        raise StreamInterrupted(
+            f"Ollama at {self._host} ended the stream without its final line", provider=self.name
+        )
+
+    async def agenerate_stream(self, prompt: str, model: str | None = None, **params: Any) -> AsyncIterator[Chunk]:  # type: ignore[override]
+        # Ollama has a native completion endpoint; raw prompts skip the chat template there.
+        request = self._request(prompt, model, params)
+        body = self._body(request, prompt=prompt)
+        async for data in self._ndjson("/api/generate", body, request.model):
+            if data.get("done"):
+                yield self._final(data)
+                return
+            if text := data.get("response") or "":
+                yield Chunk(text=text)
+        raise StreamInterrupted(
+            f"Ollama at {self._host} ended the stream without its final line", provider=self.name
+        )
+
+    async def _get(self, path: str) -> Any:
+        async with self._errors():
+            response = await self.client.get(path, timeout=self.settings.timeouts.connect * 2)
+        await self._raise_for_status(response, "")
+        return response.json()
+
+    async def list_models(self) -> list[ModelInfo]:
+        tags = (await self._get("/api/tags")).get("models", [])
+        loaded = {_tagged(m.get("name") or m.get("model", "")) for m in (await self._get("/api/ps")).get("models", [])}
+        models = []
+        for m in tags:
+            name = m.get("name") or m.get("model")
+            details = m.get("details") or {}
+            models.append(
+                ModelInfo(
+                    name=name,
+                    provider=self.name,
+                    size=m.get("size"),
+                    family=details.get("family"),
+                    parameter_size=details.get("parameter_size"),
+                    quantization=details.get("quantization_level"),
+                    loaded=_tagged(name) in loaded,
+                    details=details,
+                )
+            )
+        return models
+
+    async def show(self, model: str) -> dict[str, Any]:
+        async with self._errors():
+            response = await self.client.post("/api/show", json={"model": model})
+        await self._raise_for_status(response, model)
+        return dict(response.json())
+
+    async def load_model(self, model: str) -> AsyncIterator[PullProgress]:
+        """Pull the model (progress as Ollama reports it), then load it into memory."""
+        async for data in self._ndjson("/api/pull", {"model": model, "stream": True}, model):
+            yield PullProgress(
+                status=data.get("status", ""),
+                digest=data.get("digest"),
+                total=data.get("total"),
+                completed=data.get("completed"),
+            )
+        async for _ in self._ndjson("/api/generate", {"model": model, "prompt": "", "stream": True}, model):
+            pass
+        yield PullProgress(status="loaded")
+
+    async def unload_model(self, model: str) -> None:
+        body = {"model": model, "messages": [], "keep_alive": 0, "stream": True}
+        async for _ in self._ndjson("/api/chat", body, model):
+            pass
+
+    async def health(self) -> ProviderStatus:
+        start = time.perf_counter()
+        try:
+            version = (await self._get("/api/version")).get("version")
+            loaded = [m.get("name", "") for m in (await self._get("/api/ps")).get("models", [])]
+        except Exception as exc:  # noqa: BLE001 - health reports any failure as a state
+            return ProviderStatus(provider=self.name, state="unhealthy", url=self._host, error=str(exc))
+        return ProviderStatus(
+            provider=self.name, state="healthy", url=self._host, version=version,
+            latency=time.perf_counter() - start, models_loaded=loaded,
+        )
+
+    async def embed(self, texts: list[str], model: str | None = None) -> list[list[float]]:
+        model = model or self.default_model
+        async with self._errors():
+            response = await self.client.post("/api/embed", json={"model": model, "input": texts})
+        await self._raise_for_status(response, model)
+        return [list(map(float, e)) for e in response.json()["embeddings"]]
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None

@@ -1,0 +1,204 @@
+"""OpenAI and any OpenAI-compatible server (vLLM, llama.cpp, LM Studio, Ollama's /v1) via the SDK.
+
+The SDK is imported on first use (it costs ~0.4 s) and its own retries are off: the router owns
+retries, so a failure is seen once, here, and mapped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from ..config import mask
+from ..errors import (
+    AuthenticationError,
+    MissingDependency,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    ServerError,
+    StreamInterrupted,
+)
+from ..types import ChatRequest, Chunk, ModelInfo, ProviderStatus, Usage
+from ._http import status_error
+from .base import Provider
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+class OpenAIProvider(Provider):
+    kind = "openai"
+
+    def __init__(self, name: str, settings: Any, **options: Any) -> None:
+        super().__init__(name, settings, **options)
+        key = options.get("api_key", settings.openai.api_key)
+        self._api_key: str | None = key.get_secret_value() if hasattr(key, "get_secret_value") else key
+        self._base_url: str = options.get("base_url") or settings.openai.base_url or DEFAULT_BASE_URL
+        self._client: AsyncOpenAI | None = None
+
+    @property
+    def default_model(self) -> str:
+        return str(self.options.get("default_model") or self.settings.openai.default_model)
+
+    @property
+    def url(self) -> str:
+        return self._base_url
+
+    def __repr__(self) -> str:
+        return f"<OpenAIProvider {self.name!r} {self._base_url} key={mask(self._api_key)}>"
+
+    @property
+    def client(self) -> AsyncOpenAI:
+        if self._client is None:
+            if not self._api_key and self._base_url == DEFAULT_BASE_URL:
+                raise AuthenticationError(
+                    "OpenAI needs an API key", provider=self.name,
+                    hint="set OPENAI_API_KEY, or OPENAI_BASE_URL for a local OpenAI-compatible server",
+                )
+            try:
+                import openai
+            except ImportError as exc:
+                raise MissingDependency("openai", "openai") from exc
+            timeouts = self.settings.timeouts
+            self._client = openai.AsyncOpenAI(
+                api_key=self._api_key or "not-needed",
+                base_url=self._base_url,
+                organization=self.settings.openai.organization,
+                max_retries=0,
+                timeout=openai.Timeout(timeouts.total, connect=timeouts.connect),
+            )
+        return self._client
+
+    @asynccontextmanager
+    async def _errors(self, model: str) -> AsyncIterator[None]:
+        import openai
+
+        try:
+            yield
+        except ProviderError:
+            raise
+        except openai.APITimeoutError as exc:
+            raise ProviderTimeout(
+                f"{self.name} at {self._base_url} timed out", provider=self.name,
+                hint="the server may be overloaded; retry, or raise the timeout",
+            ) from exc
+        except openai.APIConnectionError as exc:
+            raise ProviderUnavailable(
+                f"{self.name} is not reachable at {self._base_url}", provider=self.name,
+                hint="check OPENAI_BASE_URL and that the server is running",
+            ) from exc
+        except openai.APIStatusError as exc:
+            raise status_error(
+                self.name, exc.status_code, self._detail(exc), url=self._base_url, model=model,
+                headers=exc.response.headers,
+                not_found_hint=f"check the model name; `%farm models {self.name}` lists them",
+                auth_hint="check OPENAI_API_KEY",
+            ) from exc
+        except openai.APIError as exc:  # an error event inside the stream
+            raise ServerError(
+                f"{self.name} at {self._base_url} failed mid-stream: {self._detail(exc)}",
+                provider=self.name,
+            ) from exc
+        except Exception as exc:
+            if type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "httpcore2"):
+                raise StreamInterrupted(
+                    f"{self.name} at {self._base_url} closed the connection mid-answer",
+                    provider=self.name, hint="retry; if it keeps happening, check the server's log",
+                ) from exc
+            if isinstance(exc, ValueError):  # a line the SDK could not decode
+                raise StreamInterrupted(
+                    f"{self.name} at {self._base_url} sent a malformed event", provider=self.name
+                ) from exc
+            raise
+
+    def _detail(self, exc: Any) -> str:
+        body = getattr(exc, "body", None)
+        if isinstance(body, dict):
+            body = body.get("error", body)
+            message = body.get("message") if isinstance(body, dict) else body
+        else:
+            message = getattr(exc, "message", str(exc))
+        text = str(message)[:300]
+        if self._api_key:
+            text = text.replace(self._api_key, mask(self._api_key) or "***")
+        return text
+
+    def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
+        p = request.params
+        kwargs: dict[str, Any] = {
+            "model": request.model,
+            "messages": [m.model_dump() for m in request.messages],
+        }
+        optional = {
+            "temperature": p.temperature, "max_tokens": p.max_tokens, "top_p": p.top_p,
+            "stop": p.stop, "seed": p.seed,
+        }
+        kwargs.update({k: v for k, v in optional.items() if v is not None})
+        if p.format == "json":
+            kwargs["response_format"] = {"type": "json_object"}
+        if p.extra:
+            kwargs["extra_body"] = dict(p.extra)
+        return kwargs
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        usage = Usage()
+        finish = None
+        async with self._errors(request.model):
+            stream = await self.client.chat.completions.create(
+                **self._kwargs(request), stream=True, stream_options={"include_usage": True}
+            )
+            try:
+                async for event in stream:
+                    if event.usage is not None:
+                        usage = Usage(
+                            prompt_tokens=event.usage.prompt_tokens or 0,
+                            completion_tokens=event.usage.completion_tokens or 0,
+                        )
+                    for choice in event.choices:
+                        if choice.finish_reason:
+                            finish = choice.finish_reason
+                        if choice.delta and choice.delta.content:
+                            yield Chunk(text=choice.delta.content)
+            finally:
+                await stream.close()
+        if finish is None:
+            raise StreamInterrupted(
+                f"{self.name} at {self._base_url} ended the stream without a finish reason",
+                provider=self.name,
+            )
+        yield Chunk(done=True, usage=usage, finish_reason=finish)
+
+    async def list_models(self) -> list[ModelInfo]:
+        async with self._errors(""):
+            page = await self.client.models.list()
+        return [
+            ModelInfo(name=m.id, provider=self.name, family=getattr(m, "owned_by", None))
+            async for m in page
+        ]
+
+    async def health(self) -> ProviderStatus:
+        start = time.perf_counter()
+        try:
+            models = await self.list_models()
+        except Exception as exc:  # noqa: BLE001 - health reports any failure as a state
+            return ProviderStatus(provider=self.name, state="unhealthy", url=self._base_url, error=str(exc))
+        return ProviderStatus(
+            provider=self.name, state="healthy", url=self._base_url,
+            latency=time.perf_counter() - start, models_loaded=[m.name for m in models][:20],
+        )
+
+    async def embed(self, texts: list[str], model: str | None = None) -> list[list[float]]:
+        model = model or str(self.options.get("embedding_model", "text-embedding-3-small"))
+        async with self._errors(model):
+            result = await self.client.embeddings.create(model=model, input=texts)
+        return [list(d.embedding) for d in sorted(result.data, key=lambda d: d.index)]
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

@@ -1,0 +1,449 @@
+"""The router: address resolution, retries, circuit breakers, rate limits, fallback, caching.
+
+It sits between the session and the providers and works on streams only: a non-streaming chat is
+a stream collected. A failure before any text falls back silently; a failure after text was shown
+falls back too, and the stream says so with a `Chunk(restart=True)` so the display replaces the
+partial text instead of appending a second answer to it. Every response lists its attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from . import providers as registry
+from .cache import Cache, CacheEntry, cache_key
+from .config import RateLimit, Settings
+from .errors import (
+    AllProvidersFailed,
+    ConfigError,
+    FarmError,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+    UnknownProvider,
+)
+from .monitor import Monitor, RequestRecord
+from .providers.base import Provider
+from .types import (
+    Attempt,
+    ChatMessage,
+    ChatRequest,
+    ChatResponse,
+    Chunk,
+    GenerationParams,
+    ProviderStatus,
+    Timings,
+    Usage,
+)
+
+log = logging.getLogger("farm_jupyter")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    provider: str
+    model: str
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+
+@dataclass
+class CircuitBreaker:
+    """Closed until `threshold` failures in a row; then open for `cooldown` s; then one probe."""
+
+    threshold: int
+    cooldown: float
+    failures: int = 0
+    open_until: float = 0.0
+    probing: bool = False
+    last_error: str | None = None
+
+    @property
+    def state(self) -> str:
+        if self.failures < self.threshold:
+            return "closed"
+        return "open" if time.time() < self.open_until else "half_open"
+
+    def allow(self) -> bool:
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half_open" and not self.probing:
+            self.probing = True
+            return True
+        return False
+
+    def success(self) -> None:
+        self.failures = 0
+        self.open_until = 0.0
+        self.probing = False
+        self.last_error = None
+
+    def failure(self, error: str) -> None:
+        self.failures += 1
+        self.probing = False
+        self.last_error = error
+        if self.failures >= self.threshold:
+            self.open_until = time.time() + self.cooldown
+
+
+@dataclass
+class RateLimiter:
+    """Requests and tokens per minute over a sliding window; callers wait, they don't fail."""
+
+    limit: RateLimit
+    requests: deque[float] = field(default_factory=deque)
+    tokens: deque[tuple[float, int]] = field(default_factory=deque)
+    lock: asyncio.Lock | None = None
+    waiting_until: float = 0.0
+
+    def delay(self, now: float, cost: int) -> float:
+        while self.requests and now - self.requests[0] >= 60:
+            self.requests.popleft()
+        while self.tokens and now - self.tokens[0][0] >= 60:
+            self.tokens.popleft()
+        wait = 0.0
+        if self.limit.rpm and len(self.requests) >= self.limit.rpm:
+            wait = max(wait, 60 - (now - self.requests[-self.limit.rpm]))
+        if self.limit.tpm and self.tokens:
+            used = sum(n for _, n in self.tokens)
+            if used + cost > self.limit.tpm:
+                freed, t0 = 0, now
+                for t0, n in self.tokens:
+                    freed += n
+                    if used - freed + cost <= self.limit.tpm:
+                        break
+                wait = max(wait, 60 - (now - t0))
+        return wait
+
+    def record_tokens(self, count: int) -> None:
+        self.tokens.append((time.monotonic(), count))
+
+
+def _estimate_tokens(request: ChatRequest) -> int:
+    chars = sum(len(m.content) for m in request.messages)
+    return chars // 4 + (request.params.max_tokens or 256)
+
+
+class Router:
+    def __init__(self, settings: Settings, cache: Cache, monitor: Monitor) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.monitor = monitor
+        self.default_target: str | None = None  # `%farm use`
+        self.providers: dict[str, Provider] = {}
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.limiters: dict[str, RateLimiter] = {}
+        self.last_status: dict[str, ProviderStatus] = {}
+
+    # -- addresses ------------------------------------------------------------------------------
+
+    def provider(self, name: str) -> Provider:
+        name = {"hf": "huggingface"}.get(name, name)
+        found = self.providers.get(name)
+        if found is None:
+            found = self.providers[name] = registry.create(name, self.settings)
+        return found
+
+    def _is_provider(self, name: str) -> bool:
+        return name in self.providers or name in ("hf",) or name in registry.available()
+
+    def expand_alias(self, target: str) -> str:
+        seen = []
+        while target in self.settings.aliases:
+            if target in seen:
+                raise ConfigError(f"alias loop: {' -> '.join([*seen, target])}")
+            seen.append(target)
+            target = self.settings.aliases[target]
+        return target
+
+    def resolve(self, target: str | None = None, *, fallback: bool = True) -> list[Route]:
+        """`provider:model`, `provider`, a bare model or an alias -> the routes to try, in order."""
+        target = self.expand_alias((target or self.default_target or "").strip())
+        if not target:
+            primary = self.settings.default_provider
+            model = None
+        else:
+            head, sep, tail = target.partition(":")
+            if sep and self._is_provider(head):
+                primary, model = head, tail or None
+            elif self._is_provider(target):
+                primary, model = target, None
+            else:
+                primary, model = self.settings.default_provider, target
+        if not self._is_provider(primary):
+            raise UnknownProvider(
+                f"no provider named {primary!r}",
+                hint=f"use one of {', '.join(registry.available())}, or register_provider({primary!r}, ...)",
+            )
+        primary = {"hf": "huggingface"}.get(primary, primary)
+        routes = [Route(primary, model or self._default_model(primary))]
+        if fallback:
+            for name in self.settings.chain:
+                if name != primary and self._is_provider(name):
+                    routes.append(Route(name, self._default_model(name)))
+        return routes
+
+    def _default_model(self, name: str) -> str:
+        try:
+            return self.provider(name).default_model
+        except FarmError:
+            return "default"
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        if name not in self.breakers:
+            b = self.settings.breaker
+            self.breakers[name] = CircuitBreaker(b.failures, b.cooldown)
+        return self.breakers[name]
+
+    def limiter(self, name: str) -> RateLimiter | None:
+        limit = self.settings.rate_limits.get(name)
+        if limit is None:
+            return None
+        if name not in self.limiters:
+            self.limiters[name] = RateLimiter(limit)
+        return self.limiters[name]
+
+    # -- the request path -----------------------------------------------------------------------
+
+    async def astream(
+        self,
+        messages: list[ChatMessage],
+        target: str | None = None,
+        params: GenerationParams | Mapping[str, object] | None = None,
+        *,
+        no_cache: bool = False,
+        refresh: bool = False,
+        fallback: bool = True,
+    ) -> AsyncIterator[Chunk]:
+        """Stream an answer; the last chunk has `done=True` and the whole `response`."""
+        start = time.perf_counter()
+        gen = params if isinstance(params, GenerationParams) else GenerationParams(**(params or {}))
+        routes = self.resolve(target, fallback=fallback)
+        first = ChatRequest(messages=messages, model=routes[0].model, params=gen)
+        key = cache_key(routes[0].provider, first)
+        warnings: list[str] = []
+
+        if not no_cache and not refresh:
+            entry = await self._cache_call("get", key, warnings=warnings)
+            if entry is not None:
+                for text in entry.chunks:
+                    yield Chunk(text=text)
+                elapsed = time.perf_counter() - start
+                response = entry.response.model_copy(
+                    update={
+                        "cached": True,
+                        "timings": Timings(first_token=elapsed, total=elapsed),
+                        "attempts": [Attempt(provider=entry.response.provider, model=entry.response.model, ok=True)],
+                    }
+                )
+                self.monitor.record(RequestRecord.from_response(response))
+                yield Chunk(done=True, response=response)
+                return
+
+        attempts: list[Attempt] = []
+        shown = False  # text of a failed attempt is on the caller's screen
+        restarted = False
+        first_token: float | None = None
+        last: BaseException | None = None
+        for route in routes:
+            breaker = self.breaker(route.provider)
+            if not breaker.allow():
+                until = time.strftime("%H:%M:%S", time.localtime(breaker.open_until))
+                attempts.append(Attempt(
+                    provider=route.provider, model=route.model, ok=False, error_type="CoolingDown",
+                    error=f"cooling down until {until} after: {breaker.last_error}",
+                ))
+                continue
+            try:
+                provider = self.provider(route.provider)
+            except FarmError as exc:
+                attempts.append(Attempt(provider=route.provider, model=route.model, ok=False,
+                                        error=str(exc), error_type=type(exc).__name__))
+                last = exc
+                continue
+            request = first if route.model == first.model and route.provider == routes[0].provider else \
+                ChatRequest(messages=messages, model=route.model, params=gen)
+            retries = 0
+            waited = 0.0
+            while True:
+                limiter = self.limiter(route.provider)
+                if limiter is not None:
+                    async for note in self._wait_turn(limiter, route, request):
+                        waited += note[0]
+                        yield Chunk(status=note[1])
+                if shown:
+                    yield Chunk(restart=True)
+                    shown, restarted = False, True
+                parts: list[str] = []
+                final: Chunk | None = None
+                try:
+                    async for chunk in self._timed(provider.astream(request)):
+                        if chunk.done:
+                            final = chunk
+                            break
+                        if chunk.text:
+                            if first_token is None:
+                                first_token = time.perf_counter() - start
+                            parts.append(chunk.text)
+                            shown = True
+                            yield chunk
+                except ProviderError as exc:
+                    last = exc
+                    if exc.retryable:
+                        breaker.failure(str(exc))
+                    else:
+                        breaker.probing = False
+                    delay = self._retry_delay(exc, retries)
+                    if delay is not None and breaker.state == "closed":
+                        retries += 1
+                        waited += delay
+                        yield Chunk(status=f"retrying {route} in {delay:.2f}s after: {exc}")
+                        await asyncio.sleep(delay)
+                        continue
+                    attempts.append(Attempt(
+                        provider=route.provider, model=route.model, ok=False, error=str(exc),
+                        error_type=type(exc).__name__, retries=retries, waited=waited,
+                        chunks_before_failure=len(parts),
+                    ))
+                    if not exc.fallback:
+                        self.monitor.record_error(route.provider, route.model, exc, time.perf_counter() - start)
+                        raise
+                    break
+                except asyncio.CancelledError:
+                    breaker.probing = False
+                    raise
+                breaker.success()
+                assert final is not None
+                usage = final.usage or Usage()
+                if limiter is not None:
+                    limiter.record_tokens(usage.total_tokens)
+                end = time.perf_counter()
+                attempts.append(Attempt(provider=route.provider, model=route.model, ok=True,
+                                        retries=retries, waited=waited))
+                response = ChatResponse(
+                    text="".join(parts),
+                    provider=route.provider,
+                    model=route.model,
+                    usage=usage,
+                    finish_reason=final.finish_reason,
+                    restarted=restarted,
+                    attempts=attempts,
+                    timings=Timings(
+                        first_token=first_token,
+                        total=end - start,
+                        waited=sum(a.waited for a in attempts),
+                        provider_total=final.provider_total,
+                    ),
+                )
+                if not no_cache:
+                    await self._cache_call("set", key, CacheEntry(response=response, chunks=parts), warnings=warnings)
+                self.monitor.record(RequestRecord.from_response(response))
+                if warnings:
+                    log.warning("; ".join(warnings))
+                yield Chunk(done=True, usage=usage, finish_reason=final.finish_reason, response=response)
+                return
+        self.monitor.record_error(routes[0].provider, routes[0].model, last or RuntimeError("no route"),
+                                  time.perf_counter() - start)
+        raise AllProvidersFailed(attempts, last)
+
+    async def _timed(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+        """The provider's stream under the first-token and total deadlines.
+
+        The deadline wraps each `__anext__` only, never a `yield`, so it can only ever cancel the
+        provider's own await.
+        """
+        t = self.settings.timeouts
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        total_at = now + t.total
+        deadline = min(now + t.first_token, total_at)
+        seen_text = False
+        async with aclosing(chunks) as it:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await anext(it)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    which = "the total" if seen_text else "the first-token"
+                    raise ProviderTimeout(
+                        f"no answer within {which} timeout", provider="router",
+                        hint="raise timeouts in farm.toml, or try another model",
+                    ) from None
+                if chunk.text and not seen_text:
+                    seen_text = True
+                    deadline = total_at
+                yield chunk
+
+    def _retry_delay(self, exc: ProviderError, retries: int) -> float | None:
+        r = self.settings.retry
+        if not exc.retryable or retries >= r.max_retries:
+            return None
+        if isinstance(exc, RateLimited) and exc.retry_after is not None:
+            return exc.retry_after if exc.retry_after <= r.max_retry_after else None
+        base = min(r.backoff * (2**retries), r.backoff_max)
+        return base * (0.5 + random.random() / 2)
+
+    async def _wait_turn(self, limiter: RateLimiter, route: Route, request: ChatRequest) -> AsyncIterator[tuple[float, str]]:
+        if limiter.lock is None:
+            limiter.lock = asyncio.Lock()
+        cost = _estimate_tokens(request)
+        async with limiter.lock:
+            while (wait := limiter.delay(time.monotonic(), cost)) > 0:
+                limiter.waiting_until = time.time() + wait
+                yield wait, f"waiting {wait:.1f}s for {route.provider}'s rate limit"
+                await asyncio.sleep(wait)
+            limiter.waiting_until = 0.0
+            limiter.requests.append(time.monotonic())
+
+    async def _cache_call(self, op: str, key: str, *args: object, warnings: list[str]) -> CacheEntry | None:
+        """A cache that is down costs a warning, never the answer."""
+        try:
+            result: CacheEntry | None = await getattr(self.cache, op)(key, *args)
+            return result
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any backend failure degrades to a miss
+            warnings.append(f"cache {self.cache.name} unavailable ({type(exc).__name__}: {exc}); answering without it")
+            return None
+
+    # -- state for the health board -------------------------------------------------------------
+
+    async def health(self, names: list[str] | None = None) -> list[ProviderStatus]:
+        names = names or list(dict.fromkeys([*self.settings.chain, *self.providers]))
+
+        async def one(name: str) -> ProviderStatus:
+            try:
+                status = await asyncio.wait_for(self.provider(name).health(), self.settings.timeouts.connect * 2)
+            except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001 - reported, not raised
+                status = ProviderStatus(provider=name, state="unhealthy", error=str(exc) or type(exc).__name__)
+            breaker = self.breaker(name)
+            if breaker.state == "open":
+                status.state = "cooling_down"
+                status.cooldown_until = breaker.open_until
+                status.error = status.error or breaker.last_error
+            limiter = self.limiters.get(name)
+            if limiter is not None and limiter.waiting_until > time.time():
+                status.state = "rate_limited"
+            self.last_status[name] = status
+            return status
+
+        return list(await asyncio.gather(*(one(n) for n in names)))
+
+    async def aclose(self) -> None:
+        for provider in list(self.providers.values()):
+            try:
+                await provider.aclose()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                log.debug("closing %r failed", provider, exc_info=True)
+        self.providers.clear()

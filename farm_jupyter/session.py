@@ -1,0 +1,351 @@
+"""The kernel's Session: settings + router + cache + monitor + conversation, in one object.
+
+`farm_jupyter.session()` is the kernel's; `Session(config=...)` makes an independent one. Magics
+and widgets go through a Session, never to a provider directly.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .cache import make_cache
+from .config import Settings, load_settings
+from .errors import FarmError
+from .monitor import Monitor
+from .providers.base import as_messages
+from .router import Router
+from .runtime import Runtime, get_runtime
+from .types import ChatMessage, ChatResponse, Chunk, GPUStats, ModelInfo, ProviderStatus, PullProgress
+
+Prompt = str | Sequence[ChatMessage | dict[str, Any]]
+
+
+@dataclass
+class Turn:
+    id: str
+    user: ChatMessage
+    assistant: ChatMessage
+    address: str
+    at: float
+
+
+class Conversation:
+    """Turns of one conversation. A re-run turn (same id) replaces its old self in place.
+
+    Only finished answers are committed: a failed or stopped request leaves the history as it was.
+    """
+
+    def __init__(self, max_turns: int = 50, system: str | None = None) -> None:
+        self.max_turns = max_turns
+        self.system = system
+        self.turns: list[Turn] = []
+        self._lock = threading.Lock()
+        self._counter = 0
+
+    def messages_for(self, prompt: str, turn_id: str | None = None, system: str | None = None) -> list[ChatMessage]:
+        with self._lock:
+            turns = list(self.turns)
+        if turn_id is not None:
+            ids = [t.id for t in turns]
+            if turn_id in ids:
+                turns = turns[: ids.index(turn_id)]
+        messages: list[ChatMessage] = []
+        if system or self.system:
+            messages.append(ChatMessage(role="system", content=system or self.system or ""))
+        for t in turns[-self.max_turns:]:
+            messages += [t.user, t.assistant]
+        messages.append(ChatMessage(role="user", content=prompt))
+        return messages
+
+    def commit(self, prompt: str, response: ChatResponse, turn_id: str | None = None) -> Turn:
+        with self._lock:
+            self._counter += 1
+            turn = Turn(
+                id=turn_id or f"turn-{self._counter}",
+                user=ChatMessage(role="user", content=prompt),
+                assistant=ChatMessage(role="assistant", content=response.text),
+                address=response.address,
+                at=time.time(),
+            )
+            for i, t in enumerate(self.turns):
+                if t.id == turn.id:
+                    self.turns[i] = turn
+                    break
+            else:
+                self.turns.append(turn)
+                del self.turns[: -self.max_turns]
+            return turn
+
+    def reset(self, system: str | None = None) -> None:
+        with self._lock:
+            self.turns.clear()
+            self.system = system
+
+    def __len__(self) -> int:
+        return len(self.turns)
+
+    def to_messages(self) -> list[ChatMessage]:
+        with self._lock:
+            return [m for t in self.turns for m in (t.user, t.assistant)]
+
+
+class ChatStream:
+    """A lazy, replayable stream: nothing runs until iterated; `.response` forces it.
+
+    Iterating yields Chunks (`restart` ones included, so a display can start over); `.text` is
+    the answer so far, without text voided by a restart.
+    """
+
+    def __init__(self, session: Session, source: AsyncIterator[Chunk]) -> None:
+        self._session = session
+        self._source: AsyncIterator[Chunk] | None = source
+        self._parts: list[str] = []
+        self._seen: list[Chunk] = []
+        self.response: ChatResponse | None = None
+
+    @property
+    def text(self) -> str:
+        return self.response.text if self.response else "".join(self._parts)
+
+    def _take(self, chunk: Chunk) -> None:
+        self._seen.append(chunk)
+        if chunk.restart:
+            self._parts.clear()
+        elif chunk.text:
+            self._parts.append(chunk.text)
+        if chunk.response is not None:
+            self.response = chunk.response
+
+    def _claim(self) -> AsyncIterator[Chunk] | None:
+        source, self._source = self._source, None
+        return source
+
+    def __iter__(self) -> Iterator[Chunk]:
+        source = self._claim()
+        if source is None:
+            yield from list(self._seen)
+            return
+        for chunk in self._session.runtime.iterate(source):
+            self._take(chunk)
+            yield chunk
+
+    async def __aiter__(self) -> AsyncIterator[Chunk]:
+        source = self._claim()
+        if source is None:
+            for chunk in list(self._seen):
+                yield chunk
+            return
+        async for chunk in self._session.runtime.aiterate(source):
+            self._take(chunk)
+            yield chunk
+
+    def result(self) -> ChatResponse:
+        for _ in self:
+            pass
+        assert self.response is not None
+        return self.response
+
+    async def aresult(self) -> ChatResponse:
+        async for _ in self:
+            pass
+        assert self.response is not None
+        return self.response
+
+    def __repr__(self) -> str:
+        state = "done" if self.response else ("running" if self._source is None else "not started")
+        return f"<ChatStream {state}, {len(self.text)} chars>"
+
+
+class Session:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        config: Mapping[str, Any] | None = None,
+        runtime: Runtime | None = None,
+    ) -> None:
+        self.settings = settings or load_settings(config)
+        self._runtime = runtime
+        self.cache = make_cache(self.settings.cache)
+        self.monitor = Monitor(self.settings.monitor_size)
+        self.router = Router(self.settings, self.cache, self.monitor)
+        self.conversation = Conversation(self.settings.max_history)
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None or not self._runtime.alive:
+            self._runtime = get_runtime()
+        return self._runtime
+
+    # -- asking ---------------------------------------------------------------------------------
+
+    def _source(
+        self,
+        prompt: Prompt,
+        model: str | None,
+        *,
+        system: str | None,
+        conversation: Conversation | None,
+        turn_id: str | None,
+        no_cache: bool,
+        refresh: bool,
+        fallback: bool,
+        params: dict[str, Any],
+    ) -> AsyncIterator[Chunk]:
+        if conversation is not None:
+            if not isinstance(prompt, str):
+                raise TypeError("a conversation turn takes a prompt string")
+            messages = conversation.messages_for(prompt, turn_id, system)
+        else:
+            messages = as_messages(prompt)
+            if system:
+                messages.insert(0, ChatMessage(role="system", content=system))
+        if not any(m.content.strip() for m in messages if m.role == "user"):
+            raise FarmError("the prompt is empty", hint="write a question in the cell")
+        stream = self.router.astream(messages, model, params, no_cache=no_cache, refresh=refresh, fallback=fallback)
+        if conversation is None:
+            return stream
+        return self._committing(stream, conversation, str(prompt), turn_id)
+
+    async def _committing(
+        self, stream: AsyncIterator[Chunk], conversation: Conversation, prompt: str, turn_id: str | None
+    ) -> AsyncIterator[Chunk]:
+        async for chunk in stream:
+            if chunk.response is not None:
+                conversation.commit(prompt, chunk.response, turn_id)
+            yield chunk
+
+    def stream(
+        self,
+        prompt: Prompt,
+        model: str | None = None,
+        *,
+        system: str | None = None,
+        conversation: Conversation | None = None,
+        turn_id: str | None = None,
+        no_cache: bool = False,
+        refresh: bool = False,
+        fallback: bool = True,
+        **params: Any,
+    ) -> ChatStream:
+        """A stream of the answer; `conversation=session.conversation` makes it a turn."""
+        source = self._source(
+            prompt, model, system=system, conversation=conversation, turn_id=turn_id,
+            no_cache=no_cache, refresh=refresh, fallback=fallback, params=params,
+        )
+        return ChatStream(self, source)
+
+    astream = stream  # a ChatStream is both iterable and async-iterable
+
+    def chat(self, prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatResponse:
+        return self.stream(prompt, model, **kwargs).result()
+
+    async def achat(self, prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatResponse:
+        return await self.stream(prompt, model, **kwargs).aresult()
+
+    # -- models and state -----------------------------------------------------------------------
+
+    def use(self, target: str | None) -> str:
+        """Set the session default (`provider:model`, provider, model or alias); returns it resolved."""
+        route = self.router.resolve(target, fallback=False)[0] if target else None
+        self.router.default_target = target
+        return str(route) if route else str(self.router.resolve(None, fallback=False)[0])
+
+    @property
+    def default_address(self) -> str:
+        return str(self.router.resolve(None, fallback=False)[0])
+
+    def alias(self, name: str, target: str) -> None:
+        self.settings.aliases[name] = target
+
+    def unalias(self, name: str) -> None:
+        self.settings.aliases.pop(name, None)
+
+    def models(self, provider: str | None = None) -> list[ModelInfo]:
+        names = [provider] if provider else list(dict.fromkeys(self.settings.chain))
+
+        async def gather() -> list[ModelInfo]:
+            out: list[ModelInfo] = []
+            for name in names:
+                try:
+                    out += await self.router.provider(name).list_models()
+                except FarmError:
+                    if provider:
+                        raise
+            return out
+
+        return self.runtime.run(gather())
+
+    def _split(self, model: str) -> tuple[str, str]:
+        route = self.router.resolve(model, fallback=False)[0]
+        return route.provider, route.model
+
+    def load(self, model: str) -> Iterator[PullProgress]:
+        """Pull (Ollama) and load a model; yields progress."""
+        provider, name = self._split(model)
+        return self.runtime.iterate(self.router.provider(provider).load_model(name))
+
+    def unload(self, model: str) -> None:
+        provider, name = self._split(model)
+        self.runtime.run(self.router.provider(provider).unload_model(name))
+
+    def reload(self, model: str) -> Iterator[PullProgress]:
+        self.unload(model)
+        return self.load(model)
+
+    def health(self, providers: list[str] | None = None) -> list[ProviderStatus]:
+        return self.runtime.run(self.router.health(providers))
+
+    async def ahealth(self, providers: list[str] | None = None) -> list[ProviderStatus]:
+        return await self.runtime.wrap(self.router.health(providers))
+
+    def gpu(self) -> GPUStats:
+        from .gpu import gpu_stats
+
+        return gpu_stats()
+
+    def embed(self, texts: list[str], model: str | None = None) -> list[list[float]]:
+        provider, name = self._split(model) if model else (self.settings.default_provider, None)
+        return self.runtime.run(self.router.provider(provider).embed(texts, name))
+
+    def cache_info(self) -> dict[str, Any]:
+        return self.runtime.run(self.cache.info())
+
+    def cache_clear(self) -> None:
+        self.runtime.run(self.cache.clear())
+
+    def close(self) -> None:
+        async def shutdown() -> None:
+            await self.router.aclose()
+            await self.cache.aclose()
+
+        if self._runtime is not None and self._runtime.alive:
+            self.runtime.run(shutdown())
+
+    def __repr__(self) -> str:
+        return f"<Session env={self.settings.env!r} default={self.router.default_target or self.settings.default_provider!r} cache={self.cache.name}>"
+
+
+_session: Session | None = None
+_lock = threading.Lock()
+
+
+def session() -> Session:
+    """The kernel's Session, made on first use from farm.toml and the environment."""
+    global _session
+    with _lock:
+        if _session is None:
+            _session = Session()
+        return _session
+
+
+def set_session(new: Session | None) -> Session | None:
+    """Replace the kernel's Session (tests, `%farm` reconfiguration); returns the old one."""
+    global _session
+    with _lock:
+        old, _session = _session, new
+        return old

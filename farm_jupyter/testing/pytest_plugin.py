@@ -1,0 +1,124 @@
+"""pytest fixtures for testing notebooks and code that use farm_jupyter, offline.
+
+Installed as a pytest plugin (entry point `pytest11`), so any project that has farm-jupyter gets:
+
+- `ollama_server`, `openai_server`: loopback servers speaking the real wire protocols;
+- `farm_session`: a Session pointed at both (ollama first, openai as fallback), no config file;
+- `tiny_model_path`: a tiny chat model built offline once per test session;
+- `redis_url`: a real `redis-server` on a loopback port (skipped when the binary is missing).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from farm_jupyter.session import Session
+    from farm_jupyter.testing.servers import OllamaServer, OpenAIServer
+
+TEST_API_KEY = "sk-test-0123456789abcdef"
+
+
+@pytest.fixture
+def ollama_server() -> Iterator[OllamaServer]:
+    from farm_jupyter.testing.servers import OllamaServer
+
+    with OllamaServer() as server:
+        yield server
+
+
+@pytest.fixture
+def openai_server() -> Iterator[OpenAIServer]:
+    from farm_jupyter.testing.servers import OpenAIServer
+
+    with OpenAIServer(api_key=TEST_API_KEY) as server:
+        yield server
+
+
+def loopback_settings(
+    ollama: OllamaServer | None = None, openai: OpenAIServer | None = None, **overrides: Any
+) -> Any:
+    """Settings that point at the given loopback servers and read no file or environment."""
+    from farm_jupyter.config import load_settings
+
+    layer: dict[str, Any] = {
+        "env": "test",
+        "fallback": [],
+        "retry": {"backoff": 0.01, "backoff_max": 0.05},
+        "timeouts": {"connect": 2.0, "first_token": 10.0, "total": 30.0},
+    }
+    if ollama is not None:
+        layer["ollama"] = {"host": ollama.url, "default_model": "llama3.1"}
+    if openai is not None:
+        layer["openai"] = {"base_url": openai.url + "/v1", "api_key": TEST_API_KEY, "default_model": "gpt-4o-mini"}
+        if ollama is not None:
+            layer["fallback"] = ["openai"]
+        else:
+            layer["provider"] = "openai"
+    return load_settings(_deep(layer, overrides), environ={}, use_file=False)
+
+
+def _deep(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.fixture
+def farm_session(ollama_server: OllamaServer, openai_server: OpenAIServer) -> Iterator[Session]:
+    from farm_jupyter.session import Session
+
+    session = Session(loopback_settings(ollama_server, openai_server))
+    yield session
+    session.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from farm_jupyter.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-chat")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed; .ci/run installs it (apt-get install redis-server)")
+        pytest.skip("redis-server is not installed")
+    port = _free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("redis-server did not start within 10 s")
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)

@@ -1,0 +1,239 @@
+"""The request/response vocabulary shared by every layer.
+
+Everything a user sees or the cache stores is a pydantic model, so it validates on the way in and
+serialises on the way out. `Chunk` is the exception: one is made per token on the hot path, so it
+is a slotted dataclass, not a validated model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class ChatMessage(_Model):
+    role: Role
+    content: str
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content_is_text(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise ValueError(f"message content must be a string, not {type(value).__name__}")
+        return value
+
+
+class GenerationParams(_Model):
+    """Everything besides the messages that changes an answer (and so belongs in a cache key)."""
+
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, gt=0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: list[str] | None = None
+    seed: int | None = None
+    format: Literal["json"] | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class ChatRequest(_Model):
+    """One request to one provider: the router fills in `model` for each route it tries."""
+
+    messages: list[ChatMessage]
+    model: str
+    params: GenerationParams = Field(default_factory=GenerationParams)
+
+    @field_validator("messages")
+    @classmethod
+    def _not_empty(cls, value: list[ChatMessage]) -> list[ChatMessage]:
+        if not value:
+            raise ValueError("a chat needs at least one message")
+        return value
+
+
+class Usage(_Model):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Timings(_Model):
+    """Seconds, measured by us around the provider call (not the provider's own claims)."""
+
+    first_token: float | None = None
+    total: float = 0.0
+    waited: float = 0.0  # rate-limit and retry back-off, included in total
+    provider_total: float | None = None  # what the provider says it spent (Ollama's durations)
+
+    def tokens_per_second(self, completion_tokens: int) -> float | None:
+        span = self.total - (self.first_token or 0.0)
+        if completion_tokens <= 1 or span <= 0:
+            return None
+        return (completion_tokens - 1) / span
+
+
+class Attempt(_Model):
+    """One try at one provider: the response lists them all, failed ones first."""
+
+    provider: str
+    model: str
+    ok: bool
+    error: str | None = None
+    error_type: str | None = None
+    retries: int = 0
+    waited: float = 0.0
+    chunks_before_failure: int = 0
+
+
+class ChatResponse(_Model):
+    text: str
+    provider: str
+    model: str
+    usage: Usage = Field(default_factory=Usage)
+    timings: Timings = Field(default_factory=Timings)
+    finish_reason: str | None = None
+    cached: bool = False
+    restarted: bool = False  # a stream failed after showing text and was restarted elsewhere
+    stopped: bool = False  # cancelled by the user; text is what had arrived
+    attempts: list[Attempt] = Field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+    @property
+    def fell_back_from(self) -> list[str]:
+        return [f"{a.provider}:{a.model}" for a in self.attempts if not a.ok]
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        return self.timings.tokens_per_second(self.usage.completion_tokens)
+
+    def footer(self) -> str:
+        """The one line shown under an answer: where it came from and what it cost."""
+        parts = [self.address, f"{self.timings.total:.2f}s"]
+        if self.usage.completion_tokens:
+            parts.append(f"{self.usage.completion_tokens} tokens")
+        tps = self.tokens_per_second
+        if tps and not self.cached:
+            parts.append(f"{tps:.1f} tok/s")
+        if self.cached:
+            parts.append("cached")
+        if self.fell_back_from:
+            parts.append("fell back from " + ", ".join(self.fell_back_from))
+        if self.restarted:
+            parts.append("restarted")
+        if self.stopped:
+            parts.append("stopped")
+        return " · ".join(parts)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def _repr_markdown_(self) -> str:
+        return f"{self.text}\n\n*{self.footer()}*"
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One piece of a stream.
+
+    `text` is the new text. `restart` says the text shown so far is void (the answer is being
+    restarted on another provider). `status` is a note for the caller (a rate-limit wait, a
+    retry). The last chunk has `done=True` and carries the whole `response`.
+    """
+
+    text: str = ""
+    done: bool = False
+    restart: bool = False
+    status: str | None = None
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    provider_total: float | None = None
+    response: ChatResponse | None = None
+
+
+class ModelInfo(_Model):
+    name: str
+    provider: str
+    size: int | None = None  # bytes
+    family: str | None = None
+    parameter_size: str | None = None
+    quantization: str | None = None
+    loaded: bool = False
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"{self.provider}:{self.name}"
+
+
+class PullProgress(_Model):
+    status: str
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
+
+
+HealthState = Literal["healthy", "unhealthy", "cooling_down", "rate_limited", "unknown"]
+
+
+class ProviderStatus(_Model):
+    provider: str
+    state: HealthState = "unknown"
+    url: str | None = None  # masked: never carries a secret
+    latency: float | None = None
+    models_loaded: list[str] = Field(default_factory=list)
+    error: str | None = None
+    version: str | None = None
+    cooldown_until: float | None = None  # time.time() seconds
+    checked_at: float = Field(default_factory=time.time)
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == "healthy"
+
+
+class GPUProcess(_Model):
+    pid: int
+    memory_used: int  # bytes
+    name: str | None = None
+
+
+class GPUDevice(_Model):
+    index: int
+    name: str
+    memory_used: int
+    memory_total: int
+    utilization: float | None = None  # percent
+    temperature: float | None = None  # celsius
+    power: float | None = None  # watts
+    processes: list[GPUProcess] = Field(default_factory=list)
+
+    @property
+    def memory_free(self) -> int:
+        return self.memory_total - self.memory_used
+
+
+class GPUStats(_Model):
+    source: Literal["nvml", "torch", "none"]
+    devices: list[GPUDevice] = Field(default_factory=list)
+    cpu_percent: float | None = None
+    ram_used: int | None = None
+    ram_total: int | None = None
+    reason: str | None = None  # why there is no GPU, in words
+
+    @property
+    def has_gpu(self) -> bool:
+        return bool(self.devices)
