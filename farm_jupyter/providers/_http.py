@@ -44,9 +44,10 @@ def status_error(
     headers: Mapping[str, str] | None = None,
     not_found_hint: str | None = None,
     auth_hint: str | None = None,
+    label: str | None = None,
 ) -> ProviderError:
     """The error for an HTTP status, with what to do about it."""
-    what = f"{provider} at {url} answered {status}: {detail}"
+    what = f"{label or provider} at {url} answered {status}: {detail}"
     if status == 429:
         wait = retry_after(headers or {})
         return RateLimited(
@@ -63,25 +64,28 @@ def status_error(
 
 
 @asynccontextmanager
-async def mapped_transport_errors(provider: str, url: str, down_hint: str) -> AsyncIterator[None]:
+async def mapped_transport_errors(
+    provider: str, url: str, down_hint: str, label: str | None = None
+) -> AsyncIterator[None]:
     """Turn httpx's transport failures into ProviderUnavailable and its subclasses."""
+    label = label or provider
     try:
         yield
     except httpx.TimeoutException as exc:
         raise ProviderTimeout(
-            f"{provider} at {url} timed out ({type(exc).__name__})", provider=provider,
+            f"{label} at {url} timed out ({type(exc).__name__})", provider=provider,
             hint="the server may be overloaded; retry, or raise the timeout",
         ) from exc
     except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
         raise ProviderUnavailable(
-            f"{provider} is not reachable at {url}", provider=provider, hint=down_hint
+            f"{label} is not reachable at {url}", provider=provider, hint=down_hint
         ) from exc
     except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
         raise StreamInterrupted(
-            f"{provider} at {url} closed the connection mid-answer", provider=provider,
+            f"{label} at {url} closed the connection mid-answer", provider=provider,
             hint="retry; if it keeps happening, check the server's log",
         ) from exc
     except httpx.TransportError as exc:
         raise ProviderUnavailable(
-            f"{provider} at {url} failed: {type(exc).__name__}", provider=provider, hint=down_hint
+            f"{label} at {url} failed: {type(exc).__name__}", provider=provider, hint=down_hint
         ) from exc

@@ -65,7 +65,8 @@ class OllamaProvider(Provider):
 
     def _errors(self) -> Any:
         return mapped_transport_errors(
-            "Ollama", self._host, f"start it with `ollama serve` or `%farm ollama start` (OLLAMA_HOST={self._host})"
+            self.name, self._host, f"start it with `ollama serve` or `%farm ollama start` (OLLAMA_HOST={self._host})",
+            label="Ollama",
         )
 
     async def _raise_for_status(self, response: httpx.Response, model: str) -> None:
@@ -77,8 +78,8 @@ class OllamaProvider(Provider):
         except ValueError:
             detail = response.text
         raise status_error(
-            "Ollama", response.status_code, str(detail)[:300], url=self._host, model=model,
-            headers=response.headers, not_found_hint=f"pull it with `%farm pull {model}`",
+            self.name, response.status_code, str(detail)[:300], url=self._host, model=model,
+            headers=response.headers, not_found_hint=f"pull it with `%farm pull {model}`", label="Ollama",
         )
 
     async def _ndjson(self, path: str, body: dict[str, Any], model: str) -> AsyncIterator[dict[str, Any]]:

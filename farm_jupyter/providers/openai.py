@@ -148,24 +148,35 @@ class OpenAIProvider(Provider):
     async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         usage = Usage()
         finish = None
-        async with self._errors(request.model):
-            stream = await self.client.chat.completions.create(
-                **self._kwargs(request), stream=True, stream_options={"include_usage": True}
-            )
-            try:
-                async for event in stream:
-                    if event.usage is not None:
-                        usage = Usage(
-                            prompt_tokens=event.usage.prompt_tokens or 0,
-                            completion_tokens=event.usage.completion_tokens or 0,
-                        )
-                    for choice in event.choices:
-                        if choice.finish_reason:
-                            finish = choice.finish_reason
-                        if choice.delta and choice.delta.content:
-                            yield Chunk(text=choice.delta.content)
-            finally:
-                await stream.close()
+        started = False
+        try:
+            async with self._errors(request.model):
+                stream = await self.client.chat.completions.create(
+                    **self._kwargs(request), stream=True, stream_options={"include_usage": True}
+                )
+                try:
+                    async for event in stream:
+                        started = True
+                        if event.usage is not None:
+                            usage = Usage(
+                                prompt_tokens=event.usage.prompt_tokens or 0,
+                                completion_tokens=event.usage.completion_tokens or 0,
+                            )
+                        for choice in event.choices:
+                            if choice.finish_reason:
+                                finish = choice.finish_reason
+                            if choice.delta and choice.delta.content:
+                                yield Chunk(text=choice.delta.content)
+                finally:
+                    await stream.close()
+        except ProviderUnavailable as exc:
+            # The SDK reports a connection cut mid-body as a connection error; it is a broken stream.
+            if started and not isinstance(exc, StreamInterrupted):
+                raise StreamInterrupted(
+                    f"{self.name} at {self._base_url} closed the connection mid-answer", provider=self.name,
+                    hint="retry; if it keeps happening, check the server's log",
+                ) from exc
+            raise
         if finish is None:
             raise StreamInterrupted(
                 f"{self.name} at {self._base_url} ended the stream without a finish reason",

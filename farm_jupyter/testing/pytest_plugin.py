@@ -45,7 +45,7 @@ def openai_server() -> Iterator[OpenAIServer]:
 
 
 def loopback_settings(
-    ollama: OllamaServer | None = None, openai: OpenAIServer | None = None, **overrides: Any
+    ollama_server: OllamaServer | None = None, openai_server: OpenAIServer | None = None, **overrides: Any
 ) -> Any:
     """Settings that point at the given loopback servers and read no file or environment."""
     from farm_jupyter.config import load_settings
@@ -56,11 +56,11 @@ def loopback_settings(
         "retry": {"backoff": 0.01, "backoff_max": 0.05},
         "timeouts": {"connect": 2.0, "first_token": 10.0, "total": 30.0},
     }
-    if ollama is not None:
-        layer["ollama"] = {"host": ollama.url, "default_model": "llama3.1"}
-    if openai is not None:
-        layer["openai"] = {"base_url": openai.url + "/v1", "api_key": TEST_API_KEY, "default_model": "gpt-4o-mini"}
-        if ollama is not None:
+    if ollama_server is not None:
+        layer["ollama"] = {"host": ollama_server.url, "default_model": "llama3.1"}
+    if openai_server is not None:
+        layer["openai"] = {"base_url": openai_server.url + "/v1", "api_key": TEST_API_KEY, "default_model": "gpt-4o-mini"}
+        if ollama_server is not None:
             layer["fallback"] = ["openai"]
         else:
             layer["provider"] = "openai"

@@ -1,0 +1,379 @@
+"""The router over real loopback servers: retries, fallback, breakers, rate limits, cache, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from farm_jupyter.errors import AllProvidersFailed, BadRequest, ModelNotFound
+from farm_jupyter.session import Session
+from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
+from farm_jupyter.testing.pytest_plugin import loopback_settings
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def make(ollama: OllamaServer | None = None, openai: OpenAIServer | None = None, **overrides) -> Session:
+    return Session(loopback_settings(ollama, openai, **overrides))
+
+
+@pytest.fixture
+def session(ollama_server, openai_server):
+    s = make(ollama_server, openai_server)
+    yield s
+    s.close()
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+# -- addresses ------------------------------------------------------------------------------------
+
+
+def test_addresses_resolve(session):
+    r = session.router
+    assert [str(x) for x in r.resolve()] == ["ollama:llama3.1", "openai:gpt-4o-mini"]
+    assert str(r.resolve("openai:gpt-4o")[0]) == "openai:gpt-4o"
+    assert str(r.resolve("llama3.1:latest")[0]) == "ollama:llama3.1:latest"  # a tag, not a provider
+    assert str(r.resolve("qwen2.5")[0]) == "ollama:qwen2.5"  # bare model: default provider
+    assert str(r.resolve("openai")[0]) == "openai:gpt-4o-mini"  # provider: its default model
+    session.alias("fast", "openai:gpt-4o")
+    assert str(r.resolve("fast")[0]) == "openai:gpt-4o"
+    assert [str(x) for x in r.resolve("fast", fallback=False)] == ["openai:gpt-4o"]
+
+
+def test_environment_picks_the_default_provider(ollama_server, openai_server):
+    s = make(ollama_server, openai_server, env="production", fallback=None, provider=None)
+    assert s.router.resolve()[0].provider == "openai"
+    assert s.chat("hi").provider == "openai"
+    s.close()
+
+
+# -- retries --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_first_failures_are_retried_then_succeed(ollama_server, status):
+    s = make(ollama_server)
+    ollama_server.add_fault(Fault(kind="status", status=status, times=2, path="/api/chat"))
+    response = s.chat("hello")
+    assert response.text == "Echo: hello"
+    assert ollama_server.count("/api/chat") == 3
+    assert response.attempts[-1].retries == 2 and response.attempts[-1].ok
+    s.close()
+
+
+def test_retry_after_is_honoured(ollama_server):
+    s = make(ollama_server)
+    ollama_server.add_fault(Fault(kind="status", status=429, times=1, retry_after=0.6, path="/api/chat"))
+    start = time.perf_counter()
+    response = s.chat("hello")
+    elapsed = time.perf_counter() - start
+    assert ollama_server.count("/api/chat") == 2
+    assert 0.55 <= elapsed < 5
+    assert response.timings.waited == pytest.approx(0.6, abs=0.01)
+    s.close()
+
+
+def test_user_errors_are_not_retried(ollama_server):
+    s = make(ollama_server)
+    ollama_server.add_fault(Fault(kind="status", status=400, times=1, path="/api/chat"))
+    with pytest.raises(BadRequest):
+        s.chat("hello")
+    assert ollama_server.count("/api/chat") == 1
+    with pytest.raises(AllProvidersFailed, match="pull"):
+        s.chat("hello", "ollama:nosuch")
+    assert ollama_server.count("/api/chat") == 2
+    s.close()
+
+
+# -- fallback -------------------------------------------------------------------------------------
+
+
+def test_refused_port_falls_back_for_chat_and_stream(session, ollama_server, openai_server):
+    ollama_server.refuse()
+    response = session.chat("hello")
+    assert response.provider == "openai" and response.text == "Echo: hello"
+    assert response.fell_back_from == ["ollama:llama3.1"]
+    assert response.attempts[0].error_type == "ProviderUnavailable"
+    assert "fell back from ollama:llama3.1" in response.footer()
+
+    stream = session.stream("streamed", no_cache=True)
+    chunks = list(stream)
+    assert not any(c.restart for c in chunks)
+    assert stream.text == "Echo: streamed" and stream.response.provider == "openai"
+    assert openai_server.count("/v1/chat/completions") == 2
+
+
+def test_mid_stream_drop_restarts_on_the_next_provider(ollama_server, openai_server):
+    s = make(ollama_server, openai_server, retry={"max_retries": 0})
+    ollama_server.add_fault(Fault(kind="drop", after=2, times=None, path="/api/chat"))
+    stream = s.stream("one two three four five")
+    chunks = list(stream)
+    restart_at = next(i for i, c in enumerate(chunks) if c.restart)
+    assert "".join(c.text for c in chunks[:restart_at])  # partial text was shown before
+    assert stream.text == "Echo: one two three four five"  # and the caller sees one answer
+    response = stream.response
+    assert response.restarted and response.provider == "openai"
+    assert response.attempts[0].error_type == "StreamInterrupted"
+    assert response.attempts[0].chunks_before_failure == 2
+    assert "restarted" in response.footer()
+    s.close()
+
+
+def test_every_provider_down_is_one_error_listing_the_attempts(session, ollama_server, openai_server):
+    ollama_server.refuse()
+    openai_server.refuse()
+    with pytest.raises(AllProvidersFailed) as info:
+        session.chat("hello")
+    message = str(info.value)
+    assert "ollama:llama3.1" in message and "openai:gpt-4o-mini" in message and "\n" not in message
+    assert [a.provider for a in info.value.attempts] == ["ollama", "openai"]
+
+
+# -- circuit breaker ------------------------------------------------------------------------------
+
+
+def test_breaker_cools_down_skips_then_probes(ollama_server, openai_server):
+    s = make(ollama_server, openai_server, breaker={"failures": 2, "cooldown": 0.5}, retry={"max_retries": 0})
+    ollama_server.add_fault(Fault(kind="status", status=500, times=None, path="/api/chat"))
+    for _ in range(2):
+        assert s.chat("hi", no_cache=True).provider == "openai"
+    assert ollama_server.count("/api/chat") == 2
+    assert s.router.breaker("ollama").state == "open"
+
+    response = s.chat("hi", no_cache=True)  # skipped while cooling down: no request at all
+    assert ollama_server.count("/api/chat") == 2
+    assert response.attempts[0].error_type == "CoolingDown"
+    board = {st.provider: st for st in s.health()}
+    assert board["ollama"].state == "cooling_down" and board["ollama"].cooldown_until
+
+    time.sleep(0.6)
+    ollama_server.clear()  # the provider recovered
+    response = s.chat("hi", no_cache=True)  # the probe
+    assert response.provider == "ollama" and ollama_server.count("/api/chat") == 1
+    assert s.router.breaker("ollama").state == "closed"
+    s.close()
+
+
+# -- rate limits ----------------------------------------------------------------------------------
+
+
+def test_rate_limit_waits_and_says_so(ollama_server):
+    s = make(ollama_server, rate_limits={"ollama": {"rpm": 2}})
+    limiter = None
+    for _ in range(2):
+        s.chat("x", no_cache=True)
+    limiter = s.router.limiter("ollama")
+    assert limiter is not None
+    # Pretend the two requests happened 59.5 s ago: the third must wait about half a second.
+    limiter.requests = type(limiter.requests)(t - 59.5 for t in limiter.requests)
+    stream = s.stream("x", no_cache=True)
+    start = time.perf_counter()
+    chunks = list(stream)
+    assert time.perf_counter() - start >= 0.4
+    assert any(c.status and "rate limit" in c.status for c in chunks)
+    assert stream.response.timings.waited >= 0.4
+    s.close()
+
+
+# -- concurrency ----------------------------------------------------------------------------------
+
+
+def test_fifty_concurrent_chats_over_two_providers(ollama_server, openai_server):
+    ollama_server.latency = openai_server.latency = 0.2
+    s = make(ollama_server, openai_server)
+
+    async def many():
+        return await asyncio.gather(*(
+            s.achat(f"q{i}", "ollama" if i % 2 else "openai", no_cache=True) for i in range(50)
+        ))
+
+    start = time.perf_counter()
+    responses = asyncio.run(many())
+    elapsed = time.perf_counter() - start
+    assert [r.text for r in responses] == [f"Echo: q{i}" for i in range(50)]
+    assert {r.provider for r in responses} == {"ollama", "openai"}
+    assert elapsed < 0.2 * 50 / 4  # concurrent: near the slowest, far below the sum (10 s)
+    s.close()
+
+
+# -- cache ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "disk", "redis"])
+def cache_layer(request, tmp_path):
+    if request.param == "disk":
+        return {"backend": "disk", "path": str(tmp_path / "c.sqlite")}
+    if request.param == "redis":
+        return {"backend": "redis", "redis_url": request.getfixturevalue("redis_url")}
+    return {"backend": "memory"}
+
+
+def test_cache_hit_replays_without_a_request(ollama_server, cache_layer):
+    s = make(ollama_server, cache=cache_layer)
+    if cache_layer["backend"] == "redis":
+        s.cache_clear()
+    first = s.chat("cache me", temperature=0)
+    stream = s.stream("cache me", temperature=0)
+    chunks = list(stream)
+    assert ollama_server.count("/api/chat") == 1
+    assert stream.response.cached and stream.text == first.text
+    assert len([c for c in chunks if c.text]) == len(first.text.split())  # replayed as a stream
+    assert "cached" in stream.response.footer()
+
+    for change in ({"temperature": 0.5}, {"max_tokens": 1}, {"seed": 1}, {"system": "be brief"}):
+        s.chat("cache me", **({"temperature": 0} | change))
+    s.chat("cache me", "ollama:qwen2.5:0.5b", temperature=0)
+    assert ollama_server.count("/api/chat") == 6  # every change missed
+
+    s.chat("cache me", temperature=0, no_cache=True)
+    s.chat("cache me", temperature=0, refresh=True)
+    assert ollama_server.count("/api/chat") == 8
+    s.close()
+
+
+def test_errors_and_partial_streams_are_not_cached(ollama_server):
+    s = make(ollama_server, retry={"max_retries": 0})
+    ollama_server.add_fault(Fault(kind="drop", after=1, times=1, path="/api/chat"))
+    with pytest.raises(AllProvidersFailed):
+        s.chat("partial")
+    assert s.cache_info()["entries"] == 0
+    assert s.chat("partial").text == "Echo: partial"
+    assert s.cache_info()["entries"] == 1
+    s.close()
+
+
+def test_cache_down_still_answers_with_a_warning(ollama_server, caplog):
+    s = make(ollama_server, cache={"backend": "redis", "redis_url": "redis://127.0.0.1:1/0"})
+    with caplog.at_level("WARNING", logger="farm_jupyter"):
+        assert s.chat("hello").text == "Echo: hello"
+    assert "cache redis unavailable" in caplog.text
+    s.close()
+
+
+# -- monitor --------------------------------------------------------------------------------------
+
+
+def test_monitor_records_and_summarises(session, ollama_server):
+    session.chat("a")
+    session.chat("a")
+    ollama_server.add_fault(Fault(kind="status", status=404, times=1, path="/api/chat"))
+    with pytest.raises(AllProvidersFailed):
+        session.chat("b", "ollama:gone", fallback=False)
+    records = list(session.monitor.records)
+    assert [r.ok for r in records] == [True, True, False]
+    assert records[1].cached and records[0].tokens_out > 0
+    (summary,) = [m for m in session.monitor.summary() if m.address == "ollama:llama3.1"]
+    assert summary.requests == 2 and summary.cache_hits == 1 and summary.p50 is not None
+
+
+def test_monitor_is_bounded(ollama_server):
+    s = make(ollama_server, monitor_size=5)
+    for i in range(12):
+        s.chat(f"m{i}")
+    assert len(s.monitor.records) == 5
+    s.close()
+
+
+# -- cancellation ---------------------------------------------------------------------------------
+
+
+def _connections_to(port: int) -> int:
+    import psutil
+
+    return sum(1 for c in psutil.net_connections("tcp") if c.raddr and c.raddr.port == port and c.status == "ESTABLISHED")
+
+
+def test_cancelling_a_stream_leaves_nothing_behind(ollama_server):
+    ollama_server.chunk_delay = 0.05
+    ollama_server.tokens = 500
+    s = make(ollama_server)
+    threads_before = {t.ident for t in threading.enumerate()}
+    it = iter(s.stream("long"))
+    assert next(it).text
+    it.close()  # what Ctrl-C does: the generator closes and cancels the request
+    assert wait_for(lambda: s.runtime.pending_tasks() == [])
+    port = int(ollama_server.url.rsplit(":", 1)[1])
+    assert wait_for(lambda: _connections_to(port) == 0)
+    assert s.conversation.turns == []
+    assert s.cache_info()["entries"] == 0
+    s.close()
+
+    def ours() -> list[str]:  # threads this test started, other than the loopback server's own
+        return [t.name for t in threading.enumerate()
+                if t.ident not in threads_before and t.is_alive() and not t.name.startswith(("farm-ollama", "farm-runtime"))]
+
+    assert wait_for(lambda: ours() == []), ours()
+
+
+def test_keyboard_interrupt_cancels_a_blocking_chat(ollama_server):
+    import os
+    import signal
+
+    ollama_server.latency = 5
+    s = make(ollama_server)
+    # A real SIGINT, as the kernel's interrupt sends: it must break the blocking wait.
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    start = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        s.chat("slow")
+    assert time.perf_counter() - start < 3
+    assert wait_for(lambda: s.runtime.pending_tasks() == [])
+    ollama_server.latency = 0
+    assert s.chat("after").text == "Echo: after"  # the session is still usable
+    s.close()
+
+
+# -- conversation ---------------------------------------------------------------------------------
+
+
+def test_conversation_turns_and_failures(session, ollama_server):
+    conv = session.conversation
+    session.chat("first", conversation=conv, turn_id="cell-1")
+    session.chat("second", conversation=conv, turn_id="cell-2")
+    assert [t.user.content for t in conv.turns] == ["first", "second"]
+    sent = ollama_server.requests[-1].json["messages"]
+    assert [m["content"] for m in sent] == ["first", "Echo: first", "second"]
+
+    session.chat("first again", conversation=conv, turn_id="cell-1")  # re-run replaces its turn
+    assert [t.user.content for t in conv.turns] == ["first again", "second"]
+    assert [m["content"] for m in ollama_server.requests[-1].json["messages"]] == ["first again"]
+
+    ollama_server.refuse()
+    with pytest.raises(AllProvidersFailed):
+        session.chat("lost", "ollama", conversation=conv, turn_id="cell-3", fallback=False)
+    assert [t.user.content for t in conv.turns] == ["first again", "second"]
+
+
+# -- sync/async parity ----------------------------------------------------------------------------
+
+
+def test_sync_and_async_twins_agree(session):
+    sync = session.chat("parity", no_cache=True)
+    asyn = asyncio.run(session.achat("parity", no_cache=True))
+    assert (sync.text, sync.provider, sync.model) == (asyn.text, asyn.provider, asyn.model)
+
+    async def collect():
+        return [c.text async for c in session.stream("parity", no_cache=True)]
+
+    assert "".join(asyncio.run(collect())) == "".join(c.text for c in session.stream("parity", no_cache=True))
+
+
+def test_unknown_model_without_fallback_is_one_line(ollama_server):
+    s = make(ollama_server)
+    with pytest.raises(AllProvidersFailed) as info:
+        s.chat("x", "ollama:nosuch", fallback=False)
+    assert isinstance(info.value.last, ModelNotFound)
+    assert "%farm pull nosuch" in str(info.value) and "\n" not in str(info.value)
+    s.close()
