@@ -154,7 +154,7 @@ class Router:
         return found
 
     def _is_provider(self, name: str) -> bool:
-        return name in self.providers or name in ("hf",) or name in registry.available()
+        return name in self.providers or registry.is_known(name)
 
     def expand_alias(self, target: str) -> str:
         seen = []
@@ -223,12 +223,17 @@ class Router:
         no_cache: bool = False,
         refresh: bool = False,
         fallback: bool = True,
+        stream: bool = True,
     ) -> AsyncIterator[Chunk]:
-        """Stream an answer; the last chunk has `done=True` and the whole `response`."""
+        """Stream an answer; the last chunk has `done=True` and the whole `response`.
+
+        `stream=False` says the caller only wants the whole answer: providers may then fetch it in
+        one piece; retries, fallback and caching are the same either way.
+        """
         start = time.perf_counter()
         gen = params if isinstance(params, GenerationParams) else GenerationParams(**(params or {}))
         routes = self.resolve(target, fallback=fallback)
-        first = ChatRequest(messages=messages, model=routes[0].model, params=gen)
+        first = ChatRequest(messages=messages, model=routes[0].model, params=gen, stream=stream)
         key = cache_key(routes[0].provider, first)
         warnings: list[str] = []
 
@@ -271,7 +276,7 @@ class Router:
                 last = exc
                 continue
             request = first if route.model == first.model and route.provider == routes[0].provider else \
-                ChatRequest(messages=messages, model=route.model, params=gen)
+                ChatRequest(messages=messages, model=route.model, params=gen, stream=stream)
             retries = 0
             waited = 0.0
             while True:

@@ -195,6 +195,7 @@ class Session:
         refresh: bool,
         fallback: bool,
         params: dict[str, Any],
+        stream: bool = True,
     ) -> AsyncIterator[Chunk]:
         if conversation is not None:
             if not isinstance(prompt, str):
@@ -206,10 +207,12 @@ class Session:
                 messages.insert(0, ChatMessage(role="system", content=system))
         if not any(m.content.strip() for m in messages if m.role == "user"):
             raise FarmError("the prompt is empty", hint="write a question in the cell")
-        stream = self.router.astream(messages, model, params, no_cache=no_cache, refresh=refresh, fallback=fallback)
+        chunks = self.router.astream(
+            messages, model, params, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream
+        )
         if conversation is None:
-            return stream
-        return self._committing(stream, conversation, str(prompt), turn_id)
+            return chunks
+        return self._committing(chunks, conversation, str(prompt), turn_id)
 
     async def _committing(
         self, stream: AsyncIterator[Chunk], conversation: Conversation, prompt: str, turn_id: str | None
@@ -230,22 +233,23 @@ class Session:
         no_cache: bool = False,
         refresh: bool = False,
         fallback: bool = True,
+        _whole: bool = False,
         **params: Any,
     ) -> ChatStream:
         """A stream of the answer; `conversation=session.conversation` makes it a turn."""
         source = self._source(
             prompt, model, system=system, conversation=conversation, turn_id=turn_id,
-            no_cache=no_cache, refresh=refresh, fallback=fallback, params=params,
+            no_cache=no_cache, refresh=refresh, fallback=fallback, params=params, stream=not _whole,
         )
         return ChatStream(self, source)
 
     astream = stream  # a ChatStream is both iterable and async-iterable
 
     def chat(self, prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatResponse:
-        return self.stream(prompt, model, **kwargs).result()
+        return self.stream(prompt, model, _whole=True, **kwargs).result()
 
     async def achat(self, prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatResponse:
-        return await self.stream(prompt, model, **kwargs).aresult()
+        return await self.stream(prompt, model, _whole=True, **kwargs).aresult()
 
     # -- models and state -----------------------------------------------------------------------
 

@@ -50,6 +50,9 @@ class ChatRequest(_Model):
     messages: list[ChatMessage]
     model: str
     params: GenerationParams = Field(default_factory=GenerationParams)
+    # A hint, not part of the answer: a caller that waits for the whole answer lets the provider
+    # send it in one piece (one JSON body instead of an NDJSON/SSE stream of tokens).
+    stream: bool = True
 
     @field_validator("messages")
     @classmethod

@@ -223,7 +223,7 @@ def test_cache_hit_replays_without_a_request(ollama_server, cache_layer):
     s = make(ollama_server, cache=cache_layer)
     if cache_layer["backend"] == "redis":
         s.cache_clear()
-    first = s.chat("cache me", temperature=0)
+    first = s.stream("cache me", temperature=0).result()
     stream = s.stream("cache me", temperature=0)
     chunks = list(stream)
     assert ollama_server.count("/api/chat") == 1

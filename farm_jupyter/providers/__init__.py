@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -13,7 +14,10 @@ from ..errors import ConfigError, ProviderResponseError, UnknownProvider
 from ..types import ChatRequest, Chunk, Usage
 from .base import Provider
 
-__all__ = ["FunctionProvider", "Provider", "ProviderFactory", "available", "create", "register_provider", "unregister_provider"]
+__all__ = [
+    "FunctionProvider", "Provider", "ProviderFactory", "available", "create", "is_known",
+    "register_provider", "unregister_provider",
+]
 
 ProviderFactory = Callable[..., Provider]
 
@@ -57,10 +61,19 @@ def _takes_settings(factory: Callable[..., Any]) -> bool:
     return params[:2] == ["name", "settings"]
 
 
+@functools.cache
+def _entry_point_names() -> frozenset[str]:
+    # Scanning installed distributions costs milliseconds: once per process is enough.
+    return frozenset(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def is_known(name: str) -> bool:
+    name = _ALIASES.get(name, name)
+    return name in _registered or name in _BUILTIN or name in _entry_point_names()
+
+
 def available() -> list[str]:
-    names = set(_BUILTIN) | set(_registered)
-    names |= {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    return sorted(names)
+    return sorted(set(_BUILTIN) | set(_registered) | _entry_point_names())
 
 
 def _lookup(name: str) -> ProviderFactory:

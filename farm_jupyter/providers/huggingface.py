@@ -47,6 +47,7 @@ class _Loaded:
     size: int
     parameters: int
     family: str | None
+    quantization: str | None = None
     kind: str = "causal"  # causal | encoder | sentence-transformers
     loaded_at: float = field(default_factory=time.time)
 
@@ -262,12 +263,19 @@ class HuggingFaceProvider(Provider):
 
     def _describe(self, name: str, model: Any, tokenizer: Any, device: str, kind: str = "causal") -> _Loaded:
         params = list(model.parameters())
+        config = getattr(model, "config", None)
+        quant = getattr(config, "quantization_config", None)
+        if isinstance(quant, dict):
+            quant_method = quant.get("quant_method")
+        else:
+            quant_method = getattr(quant, "quant_method", None)
         return _Loaded(
             name=name, model=model, tokenizer=tokenizer, device=device,
             dtype=str(params[0].dtype).removeprefix("torch.") if params else "unknown",
             size=sum(p.numel() * p.element_size() for p in params),
             parameters=sum(p.numel() for p in params),
-            family=getattr(getattr(model, "config", None), "model_type", None),
+            family=getattr(config, "model_type", None),
+            quantization=str(quant_method) if quant_method else None,
             kind=kind,
         )
 
@@ -327,7 +335,11 @@ class HuggingFaceProvider(Provider):
             finish = "length" if completion >= kwargs["max_new_tokens"] and not hit_eos else "stop"
             channel.push("done", (prompt_tokens, completion, finish))
         except BaseException as exc:  # noqa: BLE001 - handed to the loop, raised there
-            channel.push("error", exc)
+            # The traceback's frames (and torch's hook closures in them) hold the model, and a
+            # notebook keeps the last exception: keep the traceback as text so unload can free it.
+            exc.add_note("".join(traceback.format_exception(exc)).rstrip())
+            channel.push("error", exc.with_traceback(None))
+            del exc
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         loaded = await self._ensure(request.model)
@@ -339,7 +351,7 @@ class HuggingFaceProvider(Provider):
         )
         del loaded  # the thread holds it while it runs; unload must be able to free it after
         error: BaseException | None = None
-        shown = False
+        shown = ended = False
         thread.start()
         try:
             while error is None:
@@ -357,8 +369,9 @@ class HuggingFaceProvider(Provider):
                     yield Chunk(text=text)
                 for kind, value in batch:
                     if kind == "error":
-                        error = value
+                        error, ended = value, True
                     elif kind == "done":
+                        ended = True
                         prompt_tokens, completion, finish = value
                         yield Chunk(
                             done=True, finish_reason=finish,
@@ -367,18 +380,24 @@ class HuggingFaceProvider(Provider):
                         return
         finally:
             stop.set()
-            await self._join(thread)
+            await self._join(thread, channel, ended)
         assert error is not None
-        # The traceback's frames hold the model; clear their locals so unload can free it.
-        traceback.clear_frames(error.__traceback__)
         raise self._generate_error(error, request.model, shown) from error
 
-    async def _join(self, thread: threading.Thread) -> None:
+    async def _join(self, thread: threading.Thread, channel: _Channel, ended: bool) -> None:
+        """Wait (bounded) for the generate thread: its last act is to push "done" or "error"."""
         deadline = time.monotonic() + _JOIN_TIMEOUT
-        delay = 0.0005
+        while not ended and thread.is_alive():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return  # a step that outlasts the deadline; the thread is a daemon and ends after it
+            try:
+                batch = await channel.take(remaining)
+            except TimeoutError:
+                return
+            ended = any(kind != "text" for kind, _ in batch)
         while thread.is_alive() and time.monotonic() < deadline:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            await asyncio.sleep(0.0005)
 
     def _generate_error(self, exc: BaseException, model: str, shown: bool) -> FarmError:
         if isinstance(exc, FarmError):
@@ -407,7 +426,7 @@ class HuggingFaceProvider(Provider):
     def _info(self, loaded: _Loaded) -> ModelInfo:
         return ModelInfo(
             name=loaded.name, provider=self.name, size=loaded.size, family=loaded.family,
-            parameter_size=_human(loaded.parameters), quantization=loaded.dtype, loaded=True,
+            parameter_size=_human(loaded.parameters), quantization=loaded.quantization, loaded=True,
             details={"device": loaded.device, "dtype": loaded.dtype, "kind": loaded.kind},
         )
 

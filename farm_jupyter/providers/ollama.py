@@ -127,6 +127,18 @@ class OllamaProvider(Provider):
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         body = self._body(request, messages=[m.model_dump() for m in request.messages])
+        if not request.stream:
+            body["stream"] = False
+            async with self._errors():
+                response = await self.client.post("/api/chat", json=body)
+            await self._raise_for_status(response, request.model)
+            data = response.json()
+            if "error" in data:
+                raise ServerError(f"Ollama at {self._host} failed: {data['error']}", provider=self.name)
+            if text := (data.get("message") or {}).get("content"):
+                yield Chunk(text=text)
+            yield self._final(data)
+            return
         async for data in self._ndjson("/api/chat", body, request.model):
             if data.get("done"):
                 yield self._final(data)

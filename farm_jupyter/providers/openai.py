@@ -146,6 +146,19 @@ class OpenAIProvider(Provider):
         return kwargs
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        if not request.stream:
+            async with self._errors(request.model):
+                result = await self.client.chat.completions.create(**self._kwargs(request))
+            choice = result.choices[0]
+            if choice.message.content:
+                yield Chunk(text=choice.message.content)
+            usage = result.usage
+            yield Chunk(
+                done=True,
+                usage=Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens) if usage else None,
+                finish_reason=choice.finish_reason,
+            )
+            return
         usage = Usage()
         finish = None
         started = False

@@ -1,0 +1,101 @@
+"""The cache backends on their own: bounds, TTL, file mode, survival, and what a key covers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+
+import pytest
+
+from farm_jupyter.cache import CacheEntry, DiskCache, MemoryCache, RedisCache, cache_key
+from farm_jupyter.errors import ConfigError
+from farm_jupyter.types import Attempt, ChatMessage, ChatRequest, ChatResponse, GenerationParams
+
+
+def entry(text: str = "answer") -> CacheEntry:
+    response = ChatResponse(
+        text=text, provider="ollama", model="llama3.1",
+        attempts=[Attempt(provider="openai", model="x", ok=False, error="down")],
+    )
+    return CacheEntry(response=response, chunks=[text])
+
+
+def request(**params: object) -> ChatRequest:
+    return ChatRequest(messages=[ChatMessage(role="user", content="q")], model="m", params=GenerationParams(**params))
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_key_covers_every_parameter_and_nothing_secret():
+    base = cache_key("ollama", request())
+    assert base == cache_key("ollama", request())
+    others = {
+        cache_key("openai", request()),
+        cache_key("ollama", request(temperature=0.1)),
+        cache_key("ollama", request(max_tokens=3)),
+        cache_key("ollama", request(top_p=0.5)),
+        cache_key("ollama", request(stop=["x"])),
+        cache_key("ollama", request(seed=2)),
+        cache_key("ollama", request(format="json")),
+        cache_key("ollama", request(extra={"min_new_tokens": 2})),
+    }
+    assert base not in others and len(others) == 8
+
+
+def test_memory_lru_and_ttl():
+    cache = MemoryCache(max_entries=2, ttl=0.2)
+    for k in "abc":
+        run(cache.set(k, entry(k)))
+    assert len(cache) == 2 and run(cache.get("a")) is None
+    hit = run(cache.get("c"))
+    assert hit.response.text == "c" and hit.response.attempts == []  # attempts are per request
+    time.sleep(0.25)
+    assert run(cache.get("c")) is None
+
+
+def test_disk_is_owner_only_and_survives_a_restart(tmp_path):
+    path = tmp_path / "sub" / "cache.sqlite"
+    cache = DiskCache(path)
+    run(cache.set("k", entry("kept")))
+    run(cache.aclose())
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    again = DiskCache(path)
+    assert run(again.get("k")).response.text == "kept"
+    assert run(again.info())["entries"] == 1
+    run(again.clear())
+    assert run(again.get("k")) is None
+    run(again.aclose())
+
+
+def test_disk_ttl(tmp_path):
+    cache = DiskCache(tmp_path / "c.sqlite", ttl=0.1)
+    run(cache.set("k", entry()))
+    time.sleep(0.15)
+    assert run(cache.get("k")) is None
+    run(cache.aclose())
+
+
+def test_corrupt_disk_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "c.sqlite"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ConfigError, match="delete it"):
+        DiskCache(path)
+
+
+def test_redis_roundtrip(redis_url):
+    async def go():
+        cache = RedisCache(redis_url, ttl=60, prefix="farm-test:")
+        await cache.clear()
+        await cache.set("k", entry("shared"))
+        got = await cache.get("k")
+        info = await cache.info()
+        await cache.clear()
+        await cache.aclose()
+        return got, info
+
+    got, info = run(go())
+    assert got.response.text == "shared" and info["entries"] == 1
