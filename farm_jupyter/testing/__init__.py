@@ -1,0 +1,7 @@
+"""Test helpers shipped with farm_jupyter, so notebooks can be tested offline."""
+
+from __future__ import annotations
+
+from .servers import Fault, OllamaServer, OpenAIServer, RecordedRequest
+
+__all__ = ["Fault", "OllamaServer", "OpenAIServer", "RecordedRequest"]
