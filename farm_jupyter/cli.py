@@ -1,0 +1,167 @@
+"""`farm-jupyter`: the main job and a few chores.
+
+    farm-jupyter lab [--notebooks DIR] [JUPYTERLAB ARGS...]   JupyterLab on the notebooks, extension ready
+    farm-jupyter lab --execute NOTEBOOK                       run a notebook headless; non-zero if a cell fails
+    farm-jupyter enable | disable                             load the extension in every IPython kernel (opt-in)
+    farm-jupyter schema [DIR]                                 write the JSON Schema and TypeScript declarations
+    farm-jupyter doctor                                       what is configured and reachable
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+STARTUP_NAME = "00-farm_jupyter.py"
+STARTUP_CODE = (
+    "# Written by `farm-jupyter enable`; `farm-jupyter disable` removes it.\n"
+    "try:\n"
+    "    get_ipython().extension_manager.load_extension('farm_jupyter')  # noqa: F821\n"
+    "except Exception as exc:  # a broken install must not break the kernel\n"
+    "    print(f'farm_jupyter not loaded: {exc}')\n"
+)
+
+
+def _reachable(url: str, timeout: float = 0.5) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=timeout).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
+def offline_default(environ: dict[str, str]) -> str | None:
+    """Decide what answers when nothing is configured; returns a banner line, or None.
+
+    Ollama reachable, or an OpenAI key/base URL set: nothing to do. Otherwise the kernels are
+    pointed at the embedded HuggingFace model: a small hub model when the hub answers, else the
+    tiny model built offline on first use (random weights: it proves the plumbing, not wisdom).
+    """
+    from .config import load_settings
+
+    settings = load_settings(environ=environ)
+    explicit = environ.get("FARM_AI_PROVIDER") or settings.provider
+    if explicit or settings.openai.api_key or settings.openai.base_url:
+        return None
+    if _reachable(settings.ollama.host + "/api/version"):
+        return None
+    environ["FARM_AI_PROVIDER"] = "huggingface"
+    environ["FARM_EMBEDDED_DEFAULT"] = "1"
+    hub_allowed = environ.get("HF_HUB_OFFLINE", "0").lower() in ("0", "", "false", "no")
+    if not environ.get("FARM_HF_MODEL") and hub_allowed and _reachable("https://huggingface.co/api/models?limit=1", timeout=1.0):
+        environ["FARM_HF_MODEL"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
+        model = "the hub model HuggingFaceTB/SmolLM2-135M-Instruct"
+    else:
+        from .tiny_model import build_tiny_model, default_tiny_model_dir
+
+        path = build_tiny_model(default_tiny_model_dir())
+        environ.setdefault("FARM_HF_MODEL", str(path))
+        model = f"the tiny offline model at {path} (random weights: a demo of the plumbing)"
+    return (
+        f"farm_jupyter: no Ollama at {settings.ollama.host} and no OpenAI key: answering with {model}. "
+        "Start Ollama or set OPENAI_API_KEY for real answers."
+    )
+
+
+def execute(notebook: Path, environ: dict[str, str], timeout: int) -> int:
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(notebook, as_version=4)
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
+    )
+    old = dict(os.environ)
+    os.environ.update(environ)
+    try:
+        client.execute()
+    except CellExecutionError as exc:
+        print(f"farm-jupyter: {notebook} failed:\n{exc}", file=sys.stderr)
+        return 1
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    cells = sum(1 for c in nb.cells if c.cell_type == "code")
+    print(f"farm-jupyter: {notebook}: {cells} code cells ran without error")
+    return 0
+
+
+def lab(args: argparse.Namespace, rest: list[str]) -> int:
+    environ = dict(os.environ)
+    banner = offline_default(environ)
+    if banner:
+        print(banner, file=sys.stderr)
+    if args.execute:
+        return execute(Path(args.execute).resolve(), environ, args.timeout)
+    notebooks = Path(args.notebooks).resolve()
+    command = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={notebooks}", *rest]
+    return subprocess.call(command, env=environ)
+
+
+def _startup_dir() -> Path:
+    from IPython.paths import get_ipython_dir
+
+    return Path(get_ipython_dir()) / "profile_default" / "startup"
+
+
+def enable(_: argparse.Namespace) -> int:
+    folder = _startup_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / STARTUP_NAME).write_text(STARTUP_CODE)
+    print(f"farm_jupyter will load in every IPython kernel ({folder / STARTUP_NAME}); `farm-jupyter disable` undoes it")
+    return 0
+
+
+def disable(_: argparse.Namespace) -> int:
+    path = _startup_dir() / STARTUP_NAME
+    path.unlink(missing_ok=True)
+    print(f"removed {path}")
+    return 0
+
+
+def schema(args: argparse.Namespace) -> int:
+    from .schema import write_schema
+
+    for path in write_schema(Path(args.folder)):
+        print(f"wrote {path}")
+    return 0
+
+
+def doctor(_: argparse.Namespace) -> int:
+    from .session import Session
+
+    session = Session()
+    print(f"config file: {session.settings.source or '(none)'}")
+    print(f"environment: {session.settings.env}; default: {session.default_address}; chain: {' -> '.join(session.settings.chain)}")
+    for status in session.health():
+        print(f"  {status.provider:12} {status.state:12} {status.url or ''} {status.error or ''}")
+    session.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="farm-jupyter", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("lab", help="JupyterLab on the notebooks, with an offline default when nothing is configured")
+    p.add_argument("--notebooks", default="notebooks", help="folder to open (default: notebooks)")
+    p.add_argument("--execute", metavar="NOTEBOOK", help="run this notebook headless and exit (non-zero if a cell fails)")
+    p.add_argument("--timeout", type=int, default=600, help="seconds per cell with --execute")
+    sub.add_parser("enable", help="load the extension in every IPython kernel")
+    sub.add_parser("disable", help="undo enable")
+    p = sub.add_parser("schema", help="write the JSON Schema and TypeScript declarations")
+    p.add_argument("folder", nargs="?", default="schema")
+    sub.add_parser("doctor", help="show configuration and provider health")
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "lab" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    handler = {"lab": lambda a: lab(a, rest), "enable": enable, "disable": disable, "schema": schema, "doctor": doctor}
+    return int(handler[args.command](args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

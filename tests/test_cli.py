@@ -1,0 +1,85 @@
+"""The `farm-jupyter` command: the main job's headless form and its offline default."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from farm_jupyter.cli import STARTUP_NAME, main, offline_default
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def notebook(path: Path, *sources: str) -> Path:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    nbformat.write(nb, path)
+    return path
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "farm_jupyter.cli", *args], env=env, capture_output=True, text=True, timeout=200
+    )
+
+
+@pytest.fixture
+def env(tmp_path, ollama_server) -> dict[str, str]:
+    return {
+        **os.environ,
+        "OLLAMA_HOST": ollama_server.url,
+        "FARM_ENV": "test",
+        "FARM_FALLBACK": "",
+        "FARM_CACHE_DIR": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+def test_execute_passes_a_good_notebook(tmp_path, env):
+    nb = notebook(
+        tmp_path / "good.ipynb",
+        "%load_ext farm_jupyter",
+        "%%farm_chat -o answer\nhello from a notebook",
+        "assert answer.text == 'Echo: hello from a notebook', answer.text",
+    )
+    result = run_cli("lab", "--execute", str(nb), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "3 code cells ran without error" in result.stdout
+
+
+def test_execute_fails_when_a_cell_fails(tmp_path, env):
+    nb = notebook(tmp_path / "bad.ipynb", "x = 1", "raise ValueError('this cell fails')", "y = 2")
+    result = run_cli("lab", "--execute", str(nb), env=env)
+    assert result.returncode == 1
+    assert "this cell fails" in result.stderr
+
+
+def test_offline_default_when_nothing_answers(tmp_path, ollama_server, monkeypatch):
+    ollama_server.refuse()
+    environ = {"OLLAMA_HOST": ollama_server.url, "FARM_CACHE_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    monkeypatch.setenv("FARM_CACHE_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    banner = offline_default(environ)
+    assert banner and "no Ollama" in banner and "tiny offline model" in banner
+    assert environ["FARM_AI_PROVIDER"] == "huggingface"
+    assert Path(environ["FARM_HF_MODEL"], "config.json").is_file()
+
+
+def test_no_offline_default_when_ollama_answers(tmp_path, ollama_server, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    environ = {"OLLAMA_HOST": ollama_server.url}
+    assert offline_default(environ) is None and "FARM_AI_PROVIDER" not in environ
+    assert offline_default({"OLLAMA_HOST": "127.0.0.1:1", "OPENAI_API_KEY": "sk-x-0123456789"}) is None
+
+
+def test_enable_and_disable(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    assert main(["enable"]) == 0
+    startup = tmp_path / "ipython" / "profile_default" / "startup" / STARTUP_NAME
+    assert "load_extension('farm_jupyter')" in startup.read_text()
+    assert main(["disable"]) == 0
+    assert not startup.exists()
