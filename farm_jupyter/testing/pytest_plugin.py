@@ -5,7 +5,8 @@ Installed as a pytest plugin (entry point `pytest11`), so any project that has f
 - `ollama_server`, `openai_server`: loopback servers speaking the real wire protocols;
 - `farm_session`: a Session pointed at both (ollama first, openai as fallback), no config file;
 - `tiny_model_path`: a tiny chat model built offline once per test session;
-- `redis_url`: a real `redis-server` on a loopback port (skipped when the binary is missing).
+- `redis_url`: a real `redis-server` on a loopback port (skipped when the binary is missing);
+- `--farm-loopback`: all of the above for kernels (nbval), through their environment.
 """
 
 from __future__ import annotations
@@ -122,3 +123,36 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(10)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("farm_jupyter").addoption(
+        "--farm-loopback",
+        action="store_true",
+        help="start loopback Ollama/OpenAI servers and the tiny model, and point kernels at them "
+        "through the environment (for running notebooks offline with nbval)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("farm_loopback", default=False):
+        from farm_jupyter.testing.environment import LoopbackEnvironment
+
+        env = LoopbackEnvironment().start()
+        config.stash[_LOOPBACK] = (env, {k: os.environ.get(k) for k in env.variables})
+        os.environ.update(env.variables)  # kernels started by nbval inherit it
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    found = config.stash.get(_LOOPBACK, None)
+    if found is not None:
+        env, saved = found
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        env.stop()
+
+
+_LOOPBACK = pytest.StashKey[tuple[Any, dict[str, "str | None"]]]()

@@ -1,0 +1,244 @@
+"""Write notebooks/*.ipynb from the cell sources below and execute them, so their outputs are real.
+
+    .venv/bin/python scripts/build_notebooks.py [NAME ...]
+
+They run against the same offline world as the tests (loopback Ollama/OpenAI servers and the tiny
+model, see farm_jupyter.testing.environment), so the committed outputs are what nbval checks.
+Cells whose first line is `# NBVAL_CHECK_OUTPUT` are compared by `pytest --nbval-lax`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECK = "# NBVAL_CHECK_OUTPUT\n"
+INTRO_NOTE = (
+    "*The outputs saved here come from the test suite's offline run (loopback servers that answer "
+    "`Echo: ...`); run the notebook yourself against Ollama or OpenAI for real answers.*"
+)
+
+
+def md(text: str) -> nbformat.NotebookNode:
+    return nbformat.v4.new_markdown_cell(text.strip())
+
+
+def code(text: str) -> nbformat.NotebookNode:
+    return nbformat.v4.new_code_cell(text.strip())
+
+
+NOTEBOOKS: dict[str, list[nbformat.NotebookNode]] = {
+    "01-quickstart": [
+        md(f"""
+# Quickstart
+
+Load the extension, ask, follow up, and look at the providers behind the answers.
+With nothing configured, `farm-jupyter lab` answers with an embedded offline model; with
+Ollama running (or `OPENAI_API_KEY` set) the same cells talk to it.
+
+{INTRO_NOTE}
+"""),
+        code("%load_ext farm_jupyter"),
+        md("Ask: the answer streams into the cell, then a footer says who answered and what it cost."),
+        code("%%farm_chat\nWhat is a Jupyter notebook, in one sentence?"),
+        md("Consecutive `%%farm_chat` cells are one conversation: this one sees the question above."),
+        code("%%farm_chat\nAnd who uses it?"),
+        md("`{name}` takes a value from the notebook; `-o` keeps the whole response object."),
+        code('topic = "vector databases"'),
+        code("%%farm_chat -o answer\nExplain {topic} in two sentences. Literal braces are written {{like this}}."),
+        code(CHECK + "print(answer.text.startswith('Echo:') or answer.provider == 'huggingface', answer.usage.completion_tokens > 0)"),
+        code("%farm history"),
+        code("%farm health"),
+        code("%farm stats"),
+    ],
+    "02-compare-models": [
+        md(f"""
+# Compare models
+
+One prompt to several models at once, streamed side by side, with time to first token, total
+time and tokens per second under each.
+
+{INTRO_NOTE}
+"""),
+        code("%load_ext farm_jupyter"),
+        code("%%farm_chat --compare ollama:llama3.1,openai:gpt-4o-mini\nWrite a haiku about GPUs."),
+        md("The same as a widget, to keep on screen while you change the prompt:"),
+        code(
+            "from farm_jupyter.widgets import CompareWidget\n"
+            "compare = CompareWidget(models=['ollama:llama3.1', 'openai:gpt-4o-mini'])\n"
+            "compare.run('Name three uses of a notebook.')\n"
+            "compare"
+        ),
+    ],
+    "03-local-huggingface": [
+        md(f"""
+# A local HuggingFace model
+
+Any local folder or hub id that `from_pretrained` takes, on the GPU with the most free memory
+when there is one. `FARM_HF_MODEL` (or `[huggingface] default_model` in `farm.toml`) picks it;
+here it is the tiny random-weight model that the tests build offline, so its words are noise:
+the point is the plumbing.
+
+{INTRO_NOTE}
+"""),
+        code("%load_ext farm_jupyter"),
+        code("%%farm_chat -m huggingface --max-tokens 16\nSay hello."),
+        code("%farm models huggingface"),
+        code(
+            "import farm_jupyter\n"
+            "session = farm_jupyter.session()\n"
+            "print('where:', session.health(['huggingface'])[0].url)\n"
+            "print('loaded:', [m.name for m in session.models('huggingface') if m.loaded])"
+        ),
+        md("Unload frees the weights (and the GPU memory); the next question loads them again."),
+        code("%farm unload huggingface"),
+        code(CHECK + "print(sum(m.loaded for m in session.models('huggingface')))"),
+        code("%farm gpu"),
+    ],
+    "04-caching-and-fallback": [
+        md(f"""
+# Caching and fallback
+
+A provider that is down is skipped, and the answer says where it came from instead; a repeated
+question is answered from the cache without asking anyone.
+
+{INTRO_NOTE}
+"""),
+        code("%load_ext farm_jupyter"),
+        md("A session whose Ollama points at a port where nothing listens:"),
+        code(
+            "import farm_jupyter\n"
+            "s = farm_jupyter.Session(config={'ollama': {'host': '127.0.0.1:9'}})\n"
+            "r = s.chat('What is a cache?')\n"
+            "print(r.footer())"
+        ),
+        code(CHECK + "print(r.fell_back_from, [a.error_type for a in r.attempts])"),
+        md("Ask again: no request leaves the kernel."),
+        code(CHECK + "again = s.chat('What is a cache?')\nprint(again.cached, again.text == r.text)"),
+        md("Any parameter that changes the answer misses; `no_cache=True` and `refresh=True` skip or replace it."),
+        code(CHECK + "print(s.chat('What is a cache?', temperature=0.5).cached)"),
+        code("%%farm_chat\nWhat is a cache?"),
+        code("%%farm_chat\nWhat is a cache?"),
+        code("%farm cache info"),
+    ],
+    "05-gpu-and-health": [
+        md(f"""
+# GPU and health
+
+The gauge keeps moving while other cells compute (it updates from the runtime thread); the board
+shows each provider's state, including cooling down and rate-limited.
+
+{INTRO_NOTE}
+"""),
+        code("%load_ext farm_jupyter"),
+        code("from farm_jupyter.widgets import GPUGauge, HealthBoard\ngauge = GPUGauge(interval=1.0)\ngauge"),
+        code("board = HealthBoard(interval=5.0)\nboard"),
+        code("%farm gpu"),
+        code("%farm dashboard"),
+        code("gauge.close(); board.close()"),
+    ],
+    "06-custom-provider": [
+        md(f"""
+# A custom provider in a few lines
+
+A function that returns or yields text becomes a provider, with retries, caching, fallback and
+the widgets for free. Packages can ship one through the `farm_jupyter.providers` entry point.
+
+{INTRO_NOTE}
+"""),
+        code("%load_ext farm_jupyter"),
+        code(
+            "import farm_jupyter\n\n"
+            "def shout(messages, **params):\n"
+            "    for word in messages[-1]['content'].split():\n"
+            "        yield word.upper() + ' '\n\n"
+            "farm_jupyter.register_provider('shout', shout)"
+        ),
+        code("%%farm_chat -m shout -o loud\nthis is a quiet sentence"),
+        code(CHECK + "print(loud.text, loud.provider)"),
+        md("A class gives full control: one method, `astream`, yields chunks; the rest is derived."),
+        code(
+            "from farm_jupyter import Provider, Chunk, Usage\n\n"
+            "class Reverse(Provider):\n"
+            "    async def astream(self, request):\n"
+            "        text = request.messages[-1].content[::-1]\n"
+            "        yield Chunk(text=text)\n"
+            "        yield Chunk(done=True, usage=Usage(completion_tokens=1), finish_reason='stop')\n\n"
+            "farm_jupyter.register_provider('reverse', Reverse)\n"
+            "print(farm_jupyter.chat('stressed', model='reverse').text)"
+        ),
+    ],
+    "07-testing-your-notebooks": [
+        md("""
+# Testing your own notebooks offline
+
+`farm_jupyter.testing` ships what our own tests use: loopback servers that speak Ollama's and
+OpenAI's wire protocols (with fault injection and a request log), a tiny model built offline,
+and pytest fixtures. Run your notebooks with
+
+```bash
+pytest --farm-loopback --nbval-lax my_notebooks/
+```
+
+and every kernel is pointed at the loopback servers through its environment.
+"""),
+        code("%load_ext farm_jupyter"),
+        code(
+            "from farm_jupyter import Session\n"
+            "from farm_jupyter.testing import OllamaServer, Fault\n\n"
+            "server = OllamaServer(reply='a fixed answer').start()\n"
+            "s = Session(config={'ollama': {'host': server.url}, 'fallback': [], 'retry': {'backoff': 0.01}})"
+        ),
+        code(CHECK + "print(s.chat('anything').text)"),
+        md("Faults come from the real server: here it fails twice with 503 before answering."),
+        code(
+            CHECK
+            + "server.add_fault(Fault(kind='status', status=503, times=2))\n"
+            "r = s.chat('again', no_cache=True)\n"
+            "print(r.text, '| retries:', r.attempts[-1].retries, '| requests seen:', server.count('/api/chat'))"
+        ),
+        code("server.stop(); s.close()"),
+        md("""
+In a test file, the fixtures do the set-up:
+
+```python
+def test_my_summary(farm_session, ollama_server):
+    ollama_server.add_fault(Fault(kind="drop", after=3))
+    assert farm_session.chat("summarise").text
+```
+"""),
+    ],
+}
+
+
+def build(name: str, cells: list[nbformat.NotebookNode], env: dict[str, str]) -> Path:
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = ROOT / "notebooks" / f"{name}.ipynb"
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    nbformat.write(nb, path)
+    return path
+
+
+def main() -> None:
+    from farm_jupyter.testing.environment import LoopbackEnvironment
+
+    wanted = sys.argv[1:] or list(NOTEBOOKS)
+    with LoopbackEnvironment() as world:
+        for name in wanted:
+            print("built", build(name, NOTEBOOKS[name], world.variables))
+
+
+if __name__ == "__main__":
+    main()
