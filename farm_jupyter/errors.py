@@ -37,6 +37,10 @@ class FarmError(Exception):
         self.hint = hint
         super().__init__(f"{message}: {hint}" if hint else message)
 
+    def _render_traceback_(self) -> list[str]:
+        """IPython shows this instead of a traceback: a failed cell says one readable line."""
+        return [f"{type(self).__name__}: {self}"]
+
 
 class ConfigError(FarmError):
     pass

@@ -1,0 +1,1242 @@
+"""The notebook face: `%%farm_chat` and `%farm <subcommand>`.
+
+    %load_ext farm_jupyter
+    %%farm_chat -m ollama:llama3.1
+    Explain this traceback: {err}
+
+Loading is instant: this module imports only IPython, traitlets and the standard library at the
+top; the session (pydantic, httpx, the providers) is imported inside a magic on first use.
+
+Rendering: an answer streams into one `display(..., display_id=True)` output, updated at most
+`update_rate` times a second whatever the token rate. When the answer is complete that output is
+blanked and the answer is shown again as a fresh display (markdown and `text/plain`) with a
+one-line footer below it, so headless runs (nbval, nbclient) and saved notebooks hold the answer.
+A terminal IPython, which cannot update an output in place, gets the text printed as it comes.
+
+Errors: misuse (bad option, unknown subcommand or provider, empty prompt, a `{name}` that is not
+defined) raises IPython's `UsageError` itself; a provider failure after every fallback raises the
+router's `FarmError`, shown as one line. Ctrl-C stops the request, keeps the partial answer on
+screen marked "(stopped)", commits nothing to the conversation, and fails the cell with a
+one-line `Stopped` (a KeyboardInterrupt), so that "Run All" stops there as it would for any cell.
+"""
+
+from __future__ import annotations
+
+import atexit
+import html
+import importlib
+import json
+import os
+import queue
+import re
+import shlex
+import shutil
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.displaypub import DisplayPublisher
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.display import display
+from traitlets import Float, Int, TraitError, Unicode, validate
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from .session import ChatStream, Session
+    from .types import ChatResponse, Chunk
+
+__all__ = ["FarmMagics", "Stopped", "Table", "interpolate", "load", "unload"]
+
+FORMATS = ("markdown", "text", "code", "json")
+CACHE_BACKENDS = ("", "memory", "disk", "redis", "none")
+_CANCEL_GRACE = 5.0
+_HEALTH_WAIT = 30.0
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C during an answer: the partial text stays on screen; the cell fails with one line."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"Stopped: {self}"]
+
+
+# -- a small table that is HTML in a notebook and aligned text elsewhere ---------------------------
+
+
+class Table:
+    """Rows under headers: `_repr_html_` for notebooks, aligned columns for `text/plain`."""
+
+    def __init__(
+        self,
+        headers: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        *,
+        title: str | None = None,
+        caption: str | None = None,
+    ) -> None:
+        self.headers = list(headers)
+        self.rows = [[_cell(v) for v in row] for row in rows]
+        self.title = title
+        self.caption = caption
+
+    def column(self, name: str) -> list[str]:
+        i = self.headers.index(name)
+        return [row[i] for row in self.rows]
+
+    def to_dicts(self) -> list[dict[str, str]]:
+        return [dict(zip(self.headers, row, strict=False)) for row in self.rows]
+
+    def _repr_html_(self) -> str:
+        esc = html.escape
+        head = "".join(f"<th style='text-align:left'>{esc(h)}</th>" for h in self.headers)
+        body = "".join(
+            "<tr>" + "".join(f"<td style='text-align:left'>{esc(v)}</td>" for v in row) + "</tr>"
+            for row in self.rows
+        )
+        title = f"<caption style='caption-side:top;text-align:left'><b>{esc(self.title)}</b></caption>" if self.title else ""
+        table = f"<table>{title}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        if self.caption:
+            table += f"<div style='font-size:85%;opacity:.75'>{esc(self.caption)}</div>"
+        return table
+
+    def __repr__(self) -> str:
+        lines = [self.title] if self.title else []
+        if self.headers:
+            widths = [len(h) for h in self.headers]
+            for row in self.rows:
+                for i, v in enumerate(row):
+                    widths[i] = max(widths[i], len(v))
+            lines.append("  ".join(h.ljust(w) for h, w in zip(self.headers, widths, strict=False)).rstrip())
+            lines.append("  ".join("-" * w for w in widths))
+            for row in self.rows:
+                lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)).rstrip())
+        if self.caption:
+            lines.append(self.caption)
+        return "\n".join(lines)
+
+    __str__ = __repr__
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value).replace("\n", " ")
+
+
+def _size(n: int | None) -> str:
+    if not n:
+        return ""
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(n)
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}s"
+
+
+def _short(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# -- {name} interpolation, without eval -----------------------------------------------------------
+
+_RAW_HINT = "or %%farm_chat --raw to send the cell as written"
+
+
+class _PromptFormatter(string.Formatter):
+    """`str.format` field lookup over the user namespace: names, `.attr`, `[key]`; no eval."""
+
+    def __init__(self, namespace: Mapping[str, Any]) -> None:
+        self.namespace = namespace
+        self.field = ""
+
+    def get_field(self, field_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[Any, str]:
+        self.field = field_name
+        written = "{" + field_name + "}"
+        literal = "{{" + field_name + "}}"
+        try:
+            first, rest = _formatter_field_name_split(field_name)
+        except ValueError as exc:
+            raise UsageError(f"prompt uses {written}, which is not a name: {exc}; write {literal} for literal braces, {_RAW_HINT}") from None
+        if isinstance(first, int) or first == "":
+            raise UsageError(f"prompt uses {written} with no name; write {literal} for literal braces, {_RAW_HINT}")
+        if not first.isidentifier():
+            raise UsageError(f"prompt uses {written}, which is not a name from the notebook; write {literal} for literal braces, {_RAW_HINT}")
+        if first not in self.namespace:
+            raise UsageError(
+                f"prompt uses {written}, but {first} is not defined in the notebook; "
+                f"define it or write {literal} for literal braces"
+            )
+        obj = self.namespace[first]
+        path = first
+        for is_attr, key in rest:
+            if is_attr:
+                if not key or key.startswith("_"):
+                    raise UsageError(f"prompt uses {written}: attributes starting with '_' are not looked up; write {literal} for literal braces")
+                try:
+                    obj = getattr(obj, key)
+                except Exception as exc:  # noqa: BLE001 - any lookup failure is the user's to fix
+                    raise UsageError(f"prompt uses {written}, but {path} has no attribute {key!r} ({type(exc).__name__})") from None
+                path += "." + key
+            else:
+                if isinstance(key, str) and re.fullmatch(r"-\d+", key) and not isinstance(obj, Mapping):
+                    key = int(key)
+                try:
+                    obj = obj[key]
+                except Exception as exc:  # noqa: BLE001
+                    raise UsageError(f"prompt uses {written}, but {path} has no item {key!r} ({type(exc).__name__})") from None
+                path += f"[{key!r}]"
+        return obj, first
+
+    def convert_field(self, value: Any, conversion: str | None) -> Any:
+        try:
+            return super().convert_field(value, conversion)
+        except Exception as exc:  # noqa: BLE001
+            raise UsageError(f"prompt uses {{{self.field}!{conversion}}}, which failed: {type(exc).__name__}: {exc}") from None
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        try:
+            return super().format_field(value, format_spec)
+        except Exception as exc:  # noqa: BLE001
+            raise UsageError(f"prompt uses {{{self.field}:{format_spec}}}, which failed: {type(exc).__name__}: {exc}") from None
+
+
+def _formatter_field_name_split(field_name: str) -> tuple[Any, Iterator[tuple[bool, Any]]]:
+    import _string
+
+    first, rest = _string.formatter_field_name_split(field_name)
+    return first, iter(list(rest))  # parse all of it now, so a malformed key fails here
+
+
+def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
+    """Fill `{name}`, `{obj.attr}`, `{d[key]}`, `{Out[3]}` from `namespace`, like `str.format`.
+
+    Nothing is evaluated: a field is a name followed by attribute and index lookups, with an
+    optional `!r`/`!s` conversion and a format spec. `{{` and `}}` are literal braces. Any problem
+    is a one-line `UsageError` that names the field.
+    """
+    formatter = _PromptFormatter(namespace)
+    try:
+        return formatter.vformat(template, (), {})
+    except UsageError:
+        raise
+    except (ValueError, IndexError, KeyError, TypeError) as exc:
+        raise UsageError(
+            f"prompt has a brace problem ({exc}); write {{{{ and }}}} for literal braces, {_RAW_HINT}"
+        ) from None
+    except RecursionError:
+        raise UsageError(f"prompt nests format fields too deeply; {_RAW_HINT}") from None
+
+
+# -- answers -> what is shown ---------------------------------------------------------------------
+
+_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+#.-]*)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.M | re.S)
+_PYTHONISH = {"", "python", "py", "python3", "ipython", "ipython3", "pycon"}
+
+
+def code_blocks(text: str) -> list[tuple[str, str]]:
+    """The fenced code blocks of a markdown answer, as (language, code)."""
+    return [(m.group(2).lower(), m.group(3).rstrip("\n")) for m in _FENCE.finditer(text)]
+
+
+def extract_code(text: str) -> str:
+    """The code to put in a new cell: the Python blocks joined, else every block, else the text."""
+    blocks = code_blocks(text)
+    if not blocks:
+        return text.strip()
+    python = [code for lang, code in blocks if lang in _PYTHONISH]
+    return "\n\n".join(python or [code for _, code in blocks])
+
+
+def parse_json(text: str) -> Any:
+    """The answer as JSON, also when the model wrapped it in a ```json fence; ValueError if not."""
+    try:
+        return json.loads(text)
+    except ValueError as first:
+        for _, code in code_blocks(text):
+            try:
+                return json.loads(code)
+            except ValueError:
+                continue
+        raise first
+
+
+def _markdown_html(text: str) -> str:
+    try:
+        from markdown_it import MarkdownIt
+    except ImportError:  # pragma: no cover - markdown-it-py is a dependency
+        return f"<pre style='white-space:pre-wrap'>{html.escape(text)}</pre>"
+    return MarkdownIt("commonmark", {"html": False}).render(text)
+
+
+def _footer_bundle(line: str) -> dict[str, str]:
+    return {
+        "text/html": f"<div style='font-size:85%;opacity:.7'>{html.escape(line)}</div>",
+        "text/plain": line,
+    }
+
+
+def _stats(response: ChatResponse) -> str:
+    parts = []
+    if response.timings.first_token is not None:
+        parts.append(f"TTFT {response.timings.first_token:.2f}s")
+    parts.append(f"total {response.timings.total:.2f}s")
+    if (tps := response.tokens_per_second) and not response.cached:
+        parts.append(f"{tps:.1f} tok/s")
+    if response.usage.completion_tokens:
+        parts.append(f"{response.usage.completion_tokens} tokens")
+    if response.cached:
+        parts.append("cached")
+    if response.fell_back_from:
+        parts.append("fell back from " + ", ".join(response.fell_back_from))
+    if response.stopped:
+        parts.append("stopped")
+    return " · ".join(parts)
+
+
+# -- driving streams on the runtime loop ----------------------------------------------------------
+
+_DONE = object()
+
+
+_Item = tuple[int, "Chunk | None", "BaseException | object | None"]
+
+
+def _drive(session: Session, streams: Sequence[ChatStream], tick: float) -> Generator[_Item | None, None, None]:
+    """Run the streams concurrently on the session's loop; yield (index, chunk, end) here.
+
+    `end` is None for a chunk, `_DONE` when that stream finished, or its exception. A `None`
+    item is a tick: nothing arrived for `tick` seconds (the renderer flushes then). Closing the
+    generator (break, Ctrl-C) cancels every stream and waits for them to close their requests.
+    """
+    import asyncio
+    from contextlib import aclosing
+
+    items: queue.SimpleQueue[tuple[int, Any, Any]] = queue.SimpleQueue()
+
+    async def one(i: int, stream: ChatStream) -> None:
+        try:
+            async with aclosing(stream.__aiter__()) as chunks:  # type: ignore[type-var]
+                async for chunk in chunks:
+                    items.put((i, chunk, None))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            items.put((i, None, exc))
+        else:
+            items.put((i, None, _DONE))
+
+    async def main() -> None:
+        try:
+            await asyncio.gather(*(one(i, s) for i, s in enumerate(streams)))
+        finally:
+            finished.set()
+
+    finished = threading.Event()
+    future = session.runtime.submit(main())
+    try:
+        remaining = len(streams)
+        while remaining:
+            try:
+                item = items.get(timeout=tick)
+            except queue.Empty:
+                yield None
+                continue
+            if item[2] is not None:
+                remaining -= 1
+            yield item
+    finally:
+        if not future.done():
+            future.cancel()
+            finished.wait(_CANCEL_GRACE)
+
+
+class _Live:
+    """One output updated in place, at most `rate` times a second, blanked when done."""
+
+    def __init__(self, enabled: bool, rate: float, initial: dict[str, Any]) -> None:
+        self.gap = 1.0 / rate
+        self.last = 0.0
+        self.dirty = False
+        self.updates = 0
+        self.handle = display(initial, raw=True, display_id=True) if enabled else None
+
+    def offer(self, bundle: Callable[[], dict[str, Any]], force: bool = False) -> None:
+        self.dirty = True
+        now = time.monotonic()
+        if self.handle is not None and (force or now - self.last >= self.gap):
+            self.handle.update(bundle(), raw=True)
+            self.updates += 1
+            self.last = now
+            self.dirty = False
+
+    def flush(self, bundle: Callable[[], dict[str, Any]]) -> None:
+        if self.dirty:
+            self.offer(bundle, force=True)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.update({"text/plain": ""}, raw=True)
+            self.handle = None
+
+
+# -- the magics -----------------------------------------------------------------------------------
+
+_SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "help": ("", "this list"),
+    "models": ("[PROVIDER]", "the models each provider has (or one provider's)"),
+    "use": ("[TARGET]", "set the session's default model (provider:model, provider, model or alias); no argument shows it"),
+    "health": ("[PROVIDER ...]", "is each provider reachable: state, latency, loaded models"),
+    "gpu": ("", "GPU memory, utilisation, temperature and processes"),
+    "stats": ("", "per-model requests, latency p50/p95, time to first token, tokens/s, cache hits"),
+    "history": ("", "the turns of the conversation that %%farm_chat cells form"),
+    "reset": ("", "start a new conversation"),
+    "cache": ("[info|clear]", "the response cache: its state, or empty it"),
+    "config": ("", "the settings in effect (secrets masked) and where they came from"),
+    "pull": ("MODEL", "download a model (Ollama), with a progress bar"),
+    "load": ("MODEL", "pull if needed and load a model into memory"),
+    "unload": ("MODEL", "free a model's memory"),
+    "reload": ("MODEL", "unload, then load a model again"),
+    "alias": ("[NAME TARGET]", "name a target (%farm alias fast ollama:qwen2.5:0.5b); no argument lists aliases"),
+    "unalias": ("NAME", "remove an alias"),
+    "error": ("", "ask the default model to explain the last exception"),
+    "ollama": ("start|stop", "run `ollama serve` in the background (and pull the auto_pull models), or stop it"),
+    "dashboard": ("", "the health, GPU and stats widgets in one panel"),
+}
+
+
+@magics_class
+class FarmMagics(Magics):
+    """`%%farm_chat` and `%farm`; the settings below go in `ipython_config.py` as `c.FarmMagics.x`."""
+
+    default_model = Unicode(
+        "", help="Default target for %%farm_chat (provider:model, provider, model or alias); '' = from farm.toml/env."
+    ).tag(config=True)
+    max_history = Int(0, help="Conversation turns sent with each %%farm_chat; 0 = from settings (max_history).").tag(config=True)
+    update_rate = Float(20.0, help="Most screen updates per second while an answer streams.").tag(config=True)
+    cache_backend = Unicode("", help="Response cache: memory, disk, redis or none; '' = from settings.").tag(config=True)
+
+    @validate("update_rate")
+    def _valid_rate(self, proposal: Any) -> float:
+        rate = float(proposal["value"])
+        if not 0 < rate <= 1000:
+            raise TraitError(f"update_rate must be within (0, 1000] updates a second, got {rate}")
+        return rate
+
+    @validate("cache_backend")
+    def _valid_backend(self, proposal: Any) -> str:
+        value = str(proposal["value"]).strip().lower()
+        if value not in CACHE_BACKENDS:
+            raise TraitError(f"cache_backend must be one of memory, disk, redis, none (or ''), got {value!r}")
+        return value
+
+    @validate("max_history")
+    def _valid_history(self, proposal: Any) -> int:
+        value = int(proposal["value"])
+        if value < 0:
+            raise TraitError(f"max_history must be >= 0, got {value}")
+        return value
+
+    def __init__(self, shell: InteractiveShell | None = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self._lock = threading.Lock()
+        self._configured: weakref.WeakSet[Session] = weakref.WeakSet()
+        self._cell_id: str | None = None
+        self._ollama: subprocess.Popen[bytes] | None = None
+        self._ollama_log: str | None = None
+        self.last_updates = 0  # display updates of the last answer (coalescing is tested on it)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _pre_run_cell(self, info: Any) -> None:
+        self._cell_id = getattr(info, "cell_id", None)
+
+    def _post_run_cell(self, result: Any) -> None:
+        self._cell_id = None
+
+    def current_cell_id(self) -> str | None:
+        """The frontend's id of the running cell: IPython's ExecutionInfo, else ipykernel's header."""
+        if self._cell_id:
+            return str(self._cell_id)
+        parent = getattr(self.shell, "parent_header", None)
+        if isinstance(parent, Mapping):
+            meta = parent.get("metadata")
+            if isinstance(meta, Mapping) and meta.get("cellId"):
+                return str(meta["cellId"])
+        return None
+
+    def session(self) -> Session:
+        """The kernel's session; made with this class's traitlets when this is the first use."""
+        sessions = importlib.import_module("farm_jupyter.session")  # the module, not the function
+
+        with self._lock:
+            if getattr(sessions, "_session", None) is None:
+                overrides: dict[str, Any] = {}
+                if self.cache_backend:
+                    overrides["cache"] = {"backend": self.cache_backend}
+                if self.max_history:
+                    overrides["max_history"] = self.max_history
+                sessions.set_session(sessions.Session(config=overrides or None))
+            current = sessions.session()
+            if current not in self._configured:
+                self._configured.add(current)
+                if self.max_history:
+                    current.conversation.max_turns = self.max_history
+                if self.default_model and current.router.default_target is None:
+                    current.use(self.default_model)
+            return current
+
+    @property
+    def ip(self) -> InteractiveShell:
+        assert self.shell is not None, "FarmMagics is used through a shell"
+        return self.shell
+
+    def _live(self) -> bool:
+        """Can this frontend update an output in place? A terminal's plain publisher cannot."""
+        pub = getattr(self.shell, "display_pub", None)
+        return pub is not None and type(pub) is not DisplayPublisher
+
+    def _check_target(self, session: Session, target: str | None) -> str:
+        """Resolve a target now so that an unknown provider is a UsageError, not a failed request."""
+        from .errors import FarmError
+
+        try:
+            return str(session.router.resolve(target, fallback=False)[0])
+        except FarmError as exc:
+            raise UsageError(str(exc)) from None
+
+    def _check_provider(self, session: Session, name: str) -> None:
+        from .providers import available
+
+        known = set(available()) | set(session.router.providers) | {"hf"}
+        if name not in known:
+            raise UsageError(f"no provider named {name!r}: use one of {', '.join(sorted(known - {'hf'}))}")
+
+    # -- %%farm_chat ------------------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("-m", "--model", metavar="TARGET", help="provider:model, a model of the default provider, or an alias")
+    @argument("-p", "--provider", metavar="NAME", help="the provider (ollama, openai, huggingface, or a registered one)")
+    @argument("-t", "--temperature", type=float, metavar="T", help="sampling temperature, 0 to 2")
+    @argument("--max-tokens", type=int, metavar="N", help="most tokens to generate")
+    @argument("-s", "--system", metavar="TEXT", help="a system prompt for this request ({name} works here too)")
+    @argument("-f", "--format", default="markdown", choices=FORMATS,
+              help="markdown (default), text, code (the answer's code goes into a new cell below) or json")
+    @argument("-o", "--out", metavar="NAME", help="store the response object (ChatResponse) in this variable")
+    @argument("--no-cache", action="store_true", help="neither read nor write the response cache")
+    @argument("--refresh", action="store_true", help="ask again even if cached, and cache the new answer")
+    @argument("--new", action="store_true", help="start a new conversation before this question")
+    @argument("--no-stream", action="store_true", help="show the answer only when it is complete")
+    @argument("--raw", action="store_true", help="send the cell as written: no {name} interpolation")
+    @argument("--compare", metavar="A,B,...", help="ask several models at once, side by side, with TTFT, total time and tokens/s")
+    @cell_magic
+    def farm_chat(self, line: str, cell: str) -> None:
+        """Ask a language model; the cell is the prompt, and the answer streams below it.
+
+        Consecutive %%farm_chat cells form one conversation (re-running a cell replaces its
+        turn; --new starts over). The prompt may use {name}, {obj.attr}, {d[key]}, {Out[3]} and
+        {In[3]} from the notebook (looked up, never evaluated); write {{ and }} for literal
+        braces, or use --raw. The answer stays as markdown and text/plain output, with a footer:
+        provider:model, time, tokens, and "cached" / "fell back from ..." when so.
+
+        Examples::
+
+            %%farm_chat -m ollama:llama3.1 -t 0.2
+            Summarise this table: {df.head()}
+
+            %%farm_chat --compare ollama:llama3.1,openai:gpt-4o-mini
+            Write a haiku about {topic}.
+
+        Settings (ipython_config.py, or %config FarmMagics.x = ...): default_model,
+        max_history, update_rate, cache_backend. More commands: %farm help.
+        """
+        try:  # shell quoting (-s "Be terse."), which IPython's own arg_split keeps on the value
+            argv = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"cannot parse the options {line!r}: {exc}") from None
+        args = self.farm_chat.parser.parse_args(argv)
+        ns = self.shell.user_ns if self.shell is not None else {}
+        prompt = (cell if args.raw else interpolate(cell, ns)).strip("\r\n").rstrip()
+        if not prompt.strip():
+            raise UsageError("the prompt is empty: write the question in the cell, below %%farm_chat")
+        system = None
+        if args.system is not None:
+            system = args.system if args.raw else interpolate(args.system, ns)
+        if args.out is not None and not args.out.isidentifier():
+            raise UsageError(f"-o/--out needs a variable name, got {args.out!r}")
+        params: dict[str, Any] = {}
+        if args.temperature is not None:
+            if not 0.0 <= args.temperature <= 2.0:
+                raise UsageError(f"-t/--temperature must be between 0 and 2, got {args.temperature}")
+            params["temperature"] = args.temperature
+        if args.max_tokens is not None:
+            if args.max_tokens <= 0:
+                raise UsageError(f"--max-tokens must be a positive number, got {args.max_tokens}")
+            params["max_tokens"] = args.max_tokens
+        if args.format == "json":
+            params["format"] = "json"
+        if args.no_cache and args.refresh:
+            raise UsageError("--no-cache and --refresh exclude each other: --refresh asks again and caches the answer")
+
+        session = self.session()
+        if args.provider:
+            self._check_provider(session, args.provider)
+        if args.compare is not None:
+            if args.model or args.provider:
+                raise UsageError("--compare names its models itself; drop -m/-p")
+            if args.format in ("code", "json"):
+                raise UsageError(f"-f {args.format} works with one model; use -f markdown or -f text with --compare")
+            targets = [t.strip() for t in args.compare.split(",") if t.strip()]
+            if not targets:
+                raise UsageError("--compare needs models separated by commas, e.g. --compare ollama:llama3.1,openai:gpt-4o-mini")
+            self._compare(session, targets, prompt, system, params, args)
+            return None
+
+        target = self._target(args.model, args.provider)
+        address = self._check_target(session, target)
+        if args.new:
+            session.conversation.reset()
+        stream = session.stream(
+            prompt, target, system=system, conversation=session.conversation, turn_id=self.current_cell_id(),
+            no_cache=args.no_cache, refresh=args.refresh, **params,
+        )
+        self._answer(session, stream, address, fmt=args.format, live=not args.no_stream, out=args.out)
+        return None
+
+    @staticmethod
+    def _target(model: str | None, provider: str | None) -> str | None:
+        if provider and model:
+            return model if model.startswith(provider + ":") else f"{provider}:{model}"
+        return provider or model or None
+
+    def _answer(
+        self, session: Session, stream: ChatStream, address: str, *, fmt: str = "markdown",
+        live: bool = True, out: str | None = None,
+    ) -> ChatResponse:
+        """Stream one answer to the screen; show the final answer and its footer; return it."""
+        from .types import ChatResponse, Timings
+
+        rich = self._live()
+        parts: list[str] = []
+        note: list[str | None] = [None]
+
+        def bundle() -> dict[str, Any]:
+            text = "".join(parts)
+            md = text + (f"\n\n*{note[0]}*" if note[0] else "")
+            return {"text/markdown": md or f"*asking {address}…*", "text/plain": text}
+
+        screen = _Live(rich and live, self.update_rate, {"text/markdown": f"*asking {address}…*", "text/plain": ""})
+        echo = live and not rich  # a terminal: print the text as it comes
+        response: ChatResponse | None = None
+        start = time.perf_counter()
+        items = _drive(session, [stream], tick=1.0 / self.update_rate)
+        try:
+            for item in items:
+                if item is None:
+                    screen.flush(bundle)
+                    continue
+                _, chunk, end = item
+                if end is _DONE:
+                    break
+                if isinstance(end, BaseException):
+                    raise end
+                assert chunk is not None
+                if chunk.restart:
+                    parts.clear()
+                    note[0] = "the first provider failed; answering again with the next one"
+                    if echo:
+                        print("\n[restarting on another provider]", flush=True)
+                if chunk.status:
+                    note[0] = chunk.status
+                if chunk.text:
+                    parts.append(chunk.text)
+                    note[0] = None
+                    if echo:
+                        sys.stdout.write(chunk.text)
+                        sys.stdout.flush()
+                if chunk.response is not None:
+                    response = chunk.response
+                screen.offer(bundle)
+        except KeyboardInterrupt:
+            items.close()  # cancels the request and waits for it to close
+            screen.close()
+            target, _, model = address.partition(":")
+            stopped = ChatResponse(
+                text="".join(parts), provider=target, model=model, stopped=True,
+                timings=Timings(total=time.perf_counter() - start),
+            )
+            if echo:
+                print(f"\n(stopped)\n{stopped.footer()}", flush=True)
+            else:
+                self._show_text(stopped.text, "markdown", stopped=True)
+                display(_footer_bundle(stopped.footer()), raw=True)
+            if out:
+                self.ip.user_ns[out] = stopped
+            raise Stopped(f"the answer was stopped after {len(stopped.text)} characters; it was not added to the conversation") from None
+        finally:
+            items.close()
+            screen.close()
+        if response is None:  # pragma: no cover - a stream always ends with its response
+            raise RuntimeError("the stream ended without a response")
+        self.last_updates = screen.updates
+        if out:
+            self.ip.user_ns[out] = response
+        extra = self._finish(response, fmt, echo=echo)
+        footer = response.footer() + (f" · {extra}" if extra else "")
+        if echo:
+            print(f"\n{footer}", flush=True)
+        else:
+            display(_footer_bundle(footer), raw=True)
+        return response
+
+    def _show_text(self, text: str, fmt: str, *, stopped: bool = False) -> None:
+        mark = "\n\n(stopped)" if stopped else ""
+        if fmt == "text":
+            display({"text/plain": text + mark}, raw=True)
+        else:
+            display({"text/markdown": text + ("\n\n*(stopped)*" if stopped else ""), "text/plain": text + mark}, raw=True)
+
+    def _finish(self, response: ChatResponse, fmt: str, *, echo: bool) -> str | None:
+        """Show the final answer in its format (unless a terminal already printed it)."""
+        text = response.text
+        if fmt == "code":
+            code = extract_code(text)
+            if not echo:
+                display({"text/markdown": f"```python\n{code}\n```", "text/plain": code}, raw=True)
+            self.ip.set_next_input(code, replace=False)
+            return "code put in a new cell below"
+        if fmt == "json":
+            try:
+                value = parse_json(text)
+            except ValueError as exc:
+                if not echo:
+                    display({"text/plain": text}, raw=True)
+                return f"not valid JSON: {exc}"
+            pretty = json.dumps(value, indent=2, ensure_ascii=False)
+            if echo:
+                print("\n" + pretty)
+            else:
+                bundle: dict[str, Any] = {"text/plain": pretty}
+                if isinstance(value, dict | list):
+                    bundle["application/json"] = value
+                display(bundle, raw=True)
+            return None
+        if not echo:
+            self._show_text(text, fmt)
+        return None
+
+    def _compare(
+        self, session: Session, targets: list[str], prompt: str, system: str | None,
+        params: dict[str, Any], args: Any,
+    ) -> None:
+        addresses = [self._check_target(session, t) for t in targets]
+        streams = [
+            session.stream(prompt, t, system=system, no_cache=args.no_cache, refresh=args.refresh, fallback=False, **params)
+            for t in targets
+        ]
+        n = len(streams)
+        parts: list[list[str]] = [[] for _ in range(n)]
+        results: list[ChatResponse | BaseException | None] = [None] * n
+        notes: list[str | None] = [None] * n
+        text_only = args.format == "text"
+
+        def columns(final: bool) -> str:
+            cols = []
+            for i, address in enumerate(addresses):
+                result = results[i]
+                text = result.text if result is not None and not isinstance(result, BaseException) else "".join(parts[i])
+                if isinstance(result, BaseException):
+                    body = f"<div style='color:#c33'>{html.escape(f'{type(result).__name__}: {result}')}</div>"
+                    stats = "failed"
+                else:
+                    body = f"<pre style='white-space:pre-wrap'>{html.escape(text)}</pre>" if text_only else _markdown_html(text)
+                    stats = _stats(result) if result is not None else (notes[i] or ("waiting…" if not text else "streaming…"))
+                cols.append(
+                    "<div style='flex:1;min-width:0;border:1px solid rgba(128,128,128,.35);border-radius:4px;padding:.5em'>"
+                    f"<div><b>{html.escape(address)}</b></div>{body}"
+                    f"<div style='font-size:85%;opacity:.7'>{html.escape(stats)}</div></div>"
+                )
+            return f"<div style='display:flex;gap:.75em;align-items:flex-start'>{''.join(cols)}</div>"
+
+        def plain() -> str:
+            sections = []
+            for i, address in enumerate(addresses):
+                result = results[i]
+                if isinstance(result, BaseException):
+                    body, stats = f"{type(result).__name__}: {result}", "failed"
+                elif result is not None:
+                    body, stats = result.text, _stats(result)
+                else:
+                    body, stats = "".join(parts[i]), notes[i] or ""
+                sections.append(f"── {address} ──\n{body}\n[{stats}]")
+            return "\n\n".join(sections)
+
+        def bundle() -> dict[str, Any]:
+            return {"text/html": columns(False), "text/plain": plain()}
+
+        rich = self._live()
+        screen = _Live(rich and not args.no_stream, self.update_rate, bundle())
+        start = time.perf_counter()
+        items = _drive(session, streams, tick=1.0 / self.update_rate)
+        try:
+            for item in items:
+                if item is None:
+                    screen.flush(bundle)
+                    continue
+                i, chunk, end = item
+                if isinstance(end, BaseException):
+                    results[i] = end
+                elif chunk is not None:
+                    if chunk.restart:
+                        parts[i].clear()
+                    if chunk.status:
+                        notes[i] = chunk.status
+                    if chunk.text:
+                        parts[i].append(chunk.text)
+                        notes[i] = None
+                    if chunk.response is not None:
+                        results[i] = chunk.response
+                screen.offer(bundle)
+        except KeyboardInterrupt:
+            from .types import ChatResponse, Timings
+
+            items.close()
+            screen.close()
+            for i, address in enumerate(addresses):
+                if results[i] is None:
+                    provider, _, model = address.partition(":")
+                    results[i] = ChatResponse(text="".join(parts[i]), provider=provider, model=model, stopped=True,
+                                              timings=Timings(total=time.perf_counter() - start))
+            display({"text/html": columns(True), "text/plain": plain()}, raw=True)
+            if args.out:
+                self.ip.user_ns[args.out] = self._compare_out(addresses, results)
+            raise Stopped("the comparison was stopped; partial answers are shown") from None
+        finally:
+            items.close()
+            screen.close()
+        self.last_updates = screen.updates
+        display({"text/html": columns(True), "text/plain": plain()}, raw=True)
+        if args.out:
+            self.ip.user_ns[args.out] = self._compare_out(addresses, results)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures and len(failures) == len(results):
+            raise failures[0]
+
+    @staticmethod
+    def _compare_out(addresses: list[str], results: list[Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for address, result in zip(addresses, results, strict=True):
+            key, k = address, 2
+            while key in out:
+                key, k = f"{address} #{k}", k + 1
+            out[key] = result
+        return out
+
+    # -- %farm ------------------------------------------------------------------------------------
+
+    @line_magic
+    def farm(self, line: str) -> Any:
+        """Manage the models and the session behind %%farm_chat: `%farm help` lists the subcommands.
+
+        %farm models [PROVIDER]     the models each provider has
+        %farm use TARGET            set the default model (provider:model, provider, model, alias)
+        %farm health                is each provider reachable
+        %farm gpu                   GPU memory and utilisation
+        %farm stats                 per-model latency, TTFT, tokens/s, cache hits
+        %farm history | reset       the conversation of %%farm_chat cells
+        %farm cache [info|clear]    the response cache
+        %farm config                the settings in effect, secrets masked
+        %farm pull|load|unload|reload MODEL
+        %farm alias NAME TARGET | unalias NAME
+        %farm error                 explain the last exception
+        %farm ollama start|stop     run `ollama serve` in the background
+        %farm dashboard             the health/GPU/stats widgets
+        """
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"cannot parse %farm {line}: {exc}") from None
+        if not words:
+            words = ["help"]
+        command, rest = words[0].lower(), words[1:]
+        if command in ("-h", "--help"):
+            command = "help"
+        if command not in _SUBCOMMANDS:
+            raise UsageError(f"unknown subcommand %farm {words[0]}: try %farm help")
+        return getattr(self, f"_farm_{command}")(rest)
+
+    @staticmethod
+    def _arity(command: str, rest: list[str], low: int, high: int | None) -> None:
+        if len(rest) < low or (high is not None and len(rest) > high):
+            usage = _SUBCOMMANDS[command][0]
+            raise UsageError(f"usage: %farm {command} {usage}".rstrip())
+
+    def _farm_help(self, rest: list[str]) -> Table:
+        rows = [(f"%farm {name} {usage}".rstrip(), about) for name, (usage, about) in _SUBCOMMANDS.items()]
+        rows.append(("%%farm_chat [options]", "ask a model; %%farm_chat? lists the options"))
+        return Table(["command", "what it does"], rows, title="farm_jupyter magics")
+
+    def _farm_models(self, rest: list[str]) -> Table:
+        self._arity("models", rest, 0, 1)
+        session = self.session()
+        provider = rest[0] if rest else None
+        if provider:
+            self._check_provider(session, provider)
+        models = session.models(provider)
+        rows = [
+            (m.address, m.family, m.parameter_size, m.quantization, _size(m.size), m.loaded)
+            for m in models
+        ]
+        where = provider or ", ".join(dict.fromkeys(session.settings.chain))
+        return Table(["model", "family", "parameters", "quantization", "size", "loaded"], rows,
+                     title=f"models ({where})", caption=None if rows else "no models found: %farm pull MODEL")
+
+    def _farm_use(self, rest: list[str]) -> None:
+        self._arity("use", rest, 0, 1)
+        session = self.session()
+        if rest:
+            self._check_target(session, rest[0])
+            session.use(rest[0])
+        print(f"default model: {self._check_target(session, None)}")
+
+    def _farm_health(self, rest: list[str]) -> Table:
+        session = self.session()
+        for name in rest:
+            self._check_provider(session, name)
+        statuses = session.health(rest or None)
+        rows = [
+            (s.provider, s.state, s.url, _seconds(s.latency), ", ".join(s.models_loaded), s.version, s.error)
+            for s in statuses
+        ]
+        return Table(["provider", "state", "url", "latency", "models loaded", "version", "error"], rows, title="provider health")
+
+    def _farm_gpu(self, rest: list[str]) -> Table:
+        self._arity("gpu", rest, 0, 0)
+        try:
+            stats = self.session().gpu()
+        except ImportError as exc:
+            from .errors import FarmError
+
+            raise FarmError(f"GPU stats are not available ({exc})", hint="pip install \"farm-jupyter[gpu]\"") from None
+        rows = [
+            (d.index, d.name, f"{_size(d.memory_used)} / {_size(d.memory_total)}",
+             None if d.utilization is None else f"{d.utilization:.0f}%",
+             None if d.temperature is None else f"{d.temperature:.0f}°C",
+             None if d.power is None else f"{d.power:.0f} W", len(d.processes))
+            for d in stats.devices
+        ]
+        ram = ""
+        if stats.ram_total:
+            ram = f"RAM {_size(stats.ram_used)} / {_size(stats.ram_total)}"
+        if stats.cpu_percent is not None:
+            ram += f"{' · ' if ram else ''}CPU {stats.cpu_percent:.0f}%"
+        caption = ram if stats.devices else f"no GPU: {stats.reason or 'none found'}" + (f" · {ram}" if ram else "")
+        return Table(["gpu", "name", "memory", "utilisation", "temperature", "power", "processes"], rows,
+                     title=f"GPU ({stats.source})", caption=caption or None)
+
+    def _farm_stats(self, rest: list[str]) -> Table:
+        self._arity("stats", rest, 0, 0)
+        summary = self.session().monitor.summary()
+        rows = [
+            (s.address, s.requests, s.errors, s.cache_hits, _seconds(s.p50), _seconds(s.p95),
+             _seconds(s.first_token_p50), None if s.tokens_per_second is None else f"{s.tokens_per_second:.1f}", s.tokens_out)
+            for s in summary
+        ]
+        return Table(["model", "requests", "errors", "cache hits", "p50", "p95", "TTFT p50", "tok/s", "tokens out"], rows,
+                     title="requests this session", caption=None if rows else "no requests yet")
+
+    def _farm_history(self, rest: list[str]) -> Table:
+        self._arity("history", rest, 0, 0)
+        turns = list(self.session().conversation.turns)
+        rows = [(i, t.id, t.address, _short(t.user.content), _short(t.assistant.content)) for i, t in enumerate(turns, 1)]
+        return Table(["#", "turn", "model", "you", "answer"], rows, title="conversation",
+                     caption=None if rows else "no turns yet: ask with %%farm_chat")
+
+    def _farm_reset(self, rest: list[str]) -> None:
+        self._arity("reset", rest, 0, 0)
+        conversation = self.session().conversation
+        n = len(conversation)
+        conversation.reset()
+        print(f"new conversation ({n} earlier turn{'s' if n != 1 else ''} dropped)")
+
+    def _farm_cache(self, rest: list[str]) -> Table | None:
+        self._arity("cache", rest, 0, 1)
+        action = rest[0].lower() if rest else "info"
+        session = self.session()
+        if action == "info":
+            info = session.cache_info()
+            return Table(["", ""], [(k, v) for k, v in info.items()], title="response cache")
+        if action == "clear":
+            session.cache_clear()
+            print(f"cache cleared ({session.cache.name})")
+            return None
+        raise UsageError(f"unknown cache action {rest[0]!r}: use %farm cache info or %farm cache clear")
+
+    def _farm_config(self, rest: list[str]) -> Table:
+        self._arity("config", rest, 0, 0)
+        session = self.session()
+        data = session.settings.public()
+        source = data.pop("source", None)
+        rows = list(_flatten(data))
+        rows.insert(0, ("default", self._check_target(session, None)))
+        return Table(["setting", "value"], rows, title="farm_jupyter settings",
+                     caption=f"from {source} + environment" if source else "from defaults + environment (no farm.toml found)")
+
+    def _progress(self, session: Session, model: str, how: Callable[[str], Iterator[Any]]) -> str:
+        from tqdm.auto import tqdm
+
+        bar: Any = None
+        digest: str | None = None
+        last = ""
+        try:
+            for p in how(model):
+                last = p.status
+                if p.digest and p.total:
+                    if p.digest != digest:
+                        if bar is not None:
+                            bar.close()
+                        bar = tqdm(total=p.total, unit="B", unit_scale=True, unit_divisor=1024, desc=p.status, leave=True)
+                        digest = p.digest
+                    bar.update(max(0, (p.completed or 0) - bar.n))
+                elif bar is not None:
+                    bar.close()
+                    bar, digest = None, None
+        finally:
+            if bar is not None:
+                bar.close()
+        return last
+
+    def _farm_pull(self, rest: list[str]) -> None:
+        self._arity("pull", rest, 1, 1)
+        session = self.session()
+        address = self._check_target(session, rest[0])
+        self._progress(session, rest[0], session.load)
+        print(f"{address}: pulled and loaded")
+
+    def _farm_load(self, rest: list[str]) -> None:
+        self._arity("load", rest, 1, 1)
+        self._farm_pull(rest)
+
+    def _farm_unload(self, rest: list[str]) -> None:
+        self._arity("unload", rest, 1, 1)
+        session = self.session()
+        address = self._check_target(session, rest[0])
+        session.unload(rest[0])
+        print(f"{address}: unloaded")
+
+    def _farm_reload(self, rest: list[str]) -> None:
+        self._arity("reload", rest, 1, 1)
+        session = self.session()
+        address = self._check_target(session, rest[0])
+        self._progress(session, rest[0], session.reload)
+        print(f"{address}: reloaded")
+
+    def _farm_alias(self, rest: list[str]) -> Table | None:
+        self._arity("alias", rest, 0, 2)
+        session = self.session()
+        if not rest:
+            return Table(["alias", "target"], sorted(session.settings.aliases.items()), title="aliases",
+                         caption=None if session.settings.aliases else "no aliases: %farm alias NAME TARGET")
+        if len(rest) != 2:
+            raise UsageError("usage: %farm alias NAME TARGET")
+        name, target = rest
+        if not re.fullmatch(r"[\w.-]+", name) or name in session.settings.chain:
+            raise UsageError(f"alias name {name!r} must be letters, digits, '-', '_' or '.', and not a provider's name")
+        resolved = self._check_target(session, target)
+        session.alias(name, target)
+        try:
+            self._check_target(session, name)
+        except UsageError:
+            session.unalias(name)
+            raise
+        print(f"{name} -> {resolved}")
+        return None
+
+    def _farm_unalias(self, rest: list[str]) -> None:
+        self._arity("unalias", rest, 1, 1)
+        session = self.session()
+        if rest[0] not in session.settings.aliases:
+            raise UsageError(f"no alias named {rest[0]!r}: %farm alias lists them")
+        session.unalias(rest[0])
+        print(f"alias {rest[0]} removed")
+
+    def _farm_error(self, rest: list[str]) -> None:
+        self._arity("error", rest, 0, 1)
+        import traceback
+
+        exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+        if exc is None:
+            raise UsageError("no exception to explain yet: run a cell that fails, then %farm error")
+        lines = traceback.format_exception(type(exc), exc, exc.__traceback__ or getattr(sys, "last_traceback", None))
+        trace = "".join(lines)
+        if len(trace) > 8000:
+            trace = trace[:2000] + "\n...\n" + trace[-6000:]
+        prompt = (
+            "A cell in my Jupyter notebook failed with this exception. Explain briefly what went wrong "
+            "and how to fix it, with corrected code if that helps.\n\n```\n" + trace + "\n```"
+        )
+        session = self.session()
+        target = rest[0] if rest else None
+        address = self._check_target(session, target)
+        self._answer(session, session.stream(prompt, target), address)
+
+    def _farm_ollama(self, rest: list[str]) -> None:
+        self._arity("ollama", rest, 1, 1)
+        action = rest[0].lower()
+        if action == "start":
+            self._ollama_start()
+        elif action == "stop":
+            self._ollama_stop()
+        else:
+            raise UsageError(f"unknown ollama action {rest[0]!r}: use %farm ollama start or %farm ollama stop")
+
+    def _ollama_healthy(self, session: Session) -> bool:
+        return any(s.healthy for s in session.health(["ollama"]))
+
+    def _ollama_start(self) -> None:
+        from urllib.parse import urlsplit
+
+        from .errors import FarmError
+
+        session = self.session()
+        host = session.settings.ollama.host
+        if self._ollama is not None and self._ollama.poll() is None:
+            print(f"Ollama is already running at {host} (pid {self._ollama.pid}, started here)")
+        elif self._ollama_healthy(session):
+            print(f"Ollama is already running at {host}")
+        else:
+            exe = shutil.which("ollama")
+            if exe is None:
+                raise FarmError("ollama is not installed", hint="see https://ollama.com/download")
+            env = dict(os.environ, OLLAMA_HOST=urlsplit(host).netloc)
+            log = tempfile.NamedTemporaryFile(prefix="ollama-", suffix=".log", delete=False)  # noqa: SIM115
+            self._ollama_log = log.name
+            proc = subprocess.Popen([exe, "serve"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True)
+            log.close()
+            self._ollama = proc
+            atexit.register(_stop_process, proc)
+            deadline = time.monotonic() + _HEALTH_WAIT
+            while not self._ollama_healthy(session):
+                if proc.poll() is not None:
+                    raise FarmError(f"`ollama serve` exited with status {proc.returncode}: {_last_line(log.name)}",
+                                    hint=f"see {log.name}")
+                if time.monotonic() > deadline:
+                    _stop_process(proc)
+                    raise FarmError(f"`ollama serve` did not answer at {host} within {_HEALTH_WAIT:.0f}s", hint=f"see {log.name}")
+                time.sleep(0.2)
+            print(f"Ollama is running at {host} (pid {proc.pid}; log {log.name})")
+        for model in session.settings.ollama.auto_pull:
+            self._progress(session, f"ollama:{model}", session.load)
+            print(f"ollama:{model}: pulled and loaded")
+
+    def _ollama_stop(self) -> None:
+        from .errors import FarmError
+
+        proc = self._ollama
+        if proc is None or proc.poll() is not None:
+            self._ollama = None
+            raise FarmError("no Ollama was started by %farm ollama start in this kernel",
+                            hint="stop it where it was started (e.g. `systemctl stop ollama`)")
+        _stop_process(proc)
+        self._ollama = None
+        print(f"Ollama stopped (pid {proc.pid})")
+
+    def _farm_dashboard(self, rest: list[str]) -> Any:
+        self._arity("dashboard", rest, 0, 0)
+        session = self.session()
+        try:
+            from .widgets import Dashboard
+        except ImportError as exc:
+            from .errors import FarmError
+
+            raise FarmError(f"the dashboard is not available ({exc})",
+                            hint='pip install "ipywidgets>=8", then %reload_ext farm_jupyter') from None
+        return Dashboard(session)
+
+
+def _flatten(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(data, Mapping) and data:
+        for key, value in data.items():
+            yield from _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(data, list | tuple):
+        yield prefix, ", ".join(str(v) for v in data)
+    else:
+        yield prefix, "" if data is None or data == {} else data
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "no output"
+
+
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+# -- %load_ext / %unload_ext ----------------------------------------------------------------------
+
+
+def load(ip: InteractiveShell) -> FarmMagics:
+    """Register the magics on `ip` (called by `%load_ext farm_jupyter`)."""
+    if ip.magics_manager.registry.get("FarmMagics") is not None:
+        unload(ip)
+    magics = FarmMagics(shell=ip)
+    ip.register_magics(magics)
+    ip.events.register("pre_run_cell", magics._pre_run_cell)
+    ip.events.register("post_run_cell", magics._post_run_cell)
+    return magics
+
+
+def unload(ip: InteractiveShell) -> None:
+    """Remove what `load` registered (called by `%unload_ext` and `%reload_ext`)."""
+    manager = ip.magics_manager
+    magics = manager.registry.pop("FarmMagics", None)
+    if magics is None:
+        return
+    for kind, table in magics.magics.items():
+        for name, func in table.items():
+            if manager.magics[kind].get(name) == func:
+                del manager.magics[kind][name]
+    for event, callback in (("pre_run_cell", magics._pre_run_cell), ("post_run_cell", magics._post_run_cell)):
+        try:
+            ip.events.unregister(event, callback)
+        except ValueError:
+            pass
+    if magics in ip.configurables:
+        ip.configurables.remove(magics)

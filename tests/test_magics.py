@@ -1,0 +1,722 @@
+"""The notebook face: %%farm_chat and %farm in a real InteractiveShell, against loopback servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import CapturedIO, capture_output
+
+from farm_jupyter.errors import AllProvidersFailed, FarmError
+from farm_jupyter.magics import FarmMagics, Stopped, Table, extract_code, interpolate, parse_json
+from farm_jupyter.session import Session, set_session
+from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
+from farm_jupyter.testing.pytest_plugin import TEST_API_KEY, loopback_settings
+
+pytestmark = pytest.mark.timeout(60)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shell() -> Iterator[InteractiveShell]:
+    ip = InteractiveShell.instance()
+    before = set(ip.user_ns)
+    ip.run_line_magic("load_ext", "farm_jupyter")
+    yield ip
+    if "farm_jupyter" in ip.extension_manager.loaded:
+        ip.run_line_magic("unload_ext", "farm_jupyter")
+    for name in set(ip.user_ns) - before:
+        del ip.user_ns[name]
+
+
+@pytest.fixture
+def farm(shell: InteractiveShell, farm_session: Session) -> Iterator[Session]:
+    old = set_session(farm_session)
+    yield farm_session
+    set_session(old)
+
+
+def magics(ip: InteractiveShell) -> FarmMagics:
+    found = ip.magics_manager.registry["FarmMagics"]
+    assert isinstance(found, FarmMagics)
+    return found
+
+
+def chat(ip: InteractiveShell, line: str, cell: str) -> CapturedIO:
+    with capture_output() as cap:
+        ip.run_cell_magic("farm_chat", line, cell)
+    return cap
+
+
+def fresh(cap: CapturedIO) -> list[dict[str, Any]]:
+    """The displays a headless run keeps (nbval ignores updates): [live, answer, footer]."""
+    return [o.data for o in cap.outputs if not o.update]
+
+
+def updates(cap: CapturedIO) -> list[dict[str, Any]]:
+    return [o.data for o in cap.outputs if o.update]
+
+
+def last_prompt(server: OllamaServer) -> str:
+    return server.requests[-1].json["messages"][-1]["content"]  # type: ignore[index]
+
+
+# -- loading ----------------------------------------------------------------------------------------
+
+
+def test_load_unload_reload(shell: InteractiveShell) -> None:
+    assert shell.find_cell_magic("farm_chat") is not None
+    assert shell.find_line_magic("farm") is not None
+    instance = magics(shell)
+    assert instance in shell.configurables
+    shell.run_line_magic("unload_ext", "farm_jupyter")
+    assert shell.find_cell_magic("farm_chat") is None
+    assert shell.find_line_magic("farm") is None
+    assert "FarmMagics" not in shell.magics_manager.registry
+    assert instance not in shell.configurables
+    assert instance._pre_run_cell not in shell.events.callbacks["pre_run_cell"]
+    shell.run_line_magic("load_ext", "farm_jupyter")
+    shell.run_line_magic("reload_ext", "farm_jupyter")
+    assert shell.find_cell_magic("farm_chat") is not None
+    assert sum(isinstance(c, FarmMagics) for c in shell.configurables) == 1
+    assert len([cb for cb in shell.events.callbacks["pre_run_cell"] if getattr(cb, "__self__", None).__class__ is FarmMagics]) == 1
+
+
+def test_load_ext_imports_nothing_heavy() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        from IPython.core.interactiveshell import InteractiveShell
+        ip = InteractiveShell.instance()
+        ip.run_line_magic("load_ext", "farm_jupyter")
+        assert ip.find_cell_magic("farm_chat") is not None
+        heavy = [m for m in ("openai", "torch", "transformers", "httpx", "pydantic", "farm_jupyter.session",
+                             "farm_jupyter.router", "ipywidgets", "markdown_it", "tqdm") if m in sys.modules]
+        print(heavy)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_help_text(shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = shell.find_cell_magic("farm_chat").__doc__
+    for option in ("--model", "--provider", "--temperature", "--max-tokens", "--system", "--format", "--out",
+                   "--no-cache", "--refresh", "--new", "--no-stream", "--raw", "--compare", "{Out[3]}", "{{"):
+        assert option in doc, option
+    assert "markdown" in doc and "json" in doc and "code" in doc
+    shell.run_cell("%%farm_chat?")
+    assert "--compare" in capsys.readouterr().out
+    table = shell.run_line_magic("farm", "help")
+    commands = " ".join(table.column("command"))
+    for sub in ("models", "use", "health", "gpu", "stats", "history", "reset", "cache", "config", "pull", "load",
+                "unload", "reload", "alias", "unalias", "error", "ollama", "dashboard"):
+        assert f"%farm {sub}" in commands
+    assert "<table>" in table._repr_html_()
+    assert "%farm models" in repr(table)
+
+
+def test_traitlets_are_config_and_apply_to_a_new_session(shell: InteractiveShell, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    shell.run_line_magic("config", "FarmMagics.update_rate = 5")
+    m = magics(shell)
+    assert m.update_rate == 5
+    for name in ("default_model", "max_history", "update_rate", "cache_backend"):
+        assert FarmMagics.class_traits()[name].metadata.get("config") is True
+    monkeypatch.chdir(tmp_path)
+    for var in ("OLLAMA_HOST", "OPENAI_API_KEY", "FARM_ENV", "FARM_CACHE", "FARM_AI_PROVIDER"):
+        monkeypatch.delenv(var, raising=False)
+    m.cache_backend = "none"
+    m.max_history = 7
+    m.default_model = "ollama:qwen2.5:0.5b"
+    old = set_session(None)
+    try:
+        s = m.session()
+        assert s.settings.cache.backend == "none"
+        assert s.conversation.max_turns == 7
+        assert s.default_address == "ollama:qwen2.5:0.5b"
+        assert m.session() is s
+        s.close()
+    finally:
+        set_session(old)
+    with pytest.raises(Exception, match="cache_backend"):
+        m.cache_backend = "floppy"
+
+
+# -- answering --------------------------------------------------------------------------------------
+
+
+def test_answer_final_output_footer_and_out(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer) -> None:
+    ollama_server.reply = "The **answer** is 42."
+    cap = chat(shell, "-o r", "What is the answer?")
+    live, answer, footer = fresh(cap)
+    assert live["text/plain"] == ""  # what nbval sees of the live output
+    assert answer == {"text/markdown": "The **answer** is 42.", "text/plain": "The **answer** is 42."}
+    assert footer["text/plain"].startswith("ollama:llama3.1 · ")
+    assert "tokens" in footer["text/plain"] and "<div" in footer["text/html"]
+    assert updates(cap)[-1] == {"text/plain": ""}  # the live output is blanked at the end
+    r = shell.user_ns["r"]
+    assert r.text == "The **answer** is 42." and r.address == "ollama:llama3.1"
+    assert footer["text/plain"] == r.footer()
+    # the same question again comes from the cache, and the footer says so
+    again = fresh(chat(shell, "-o r2 --new", "What is the answer?"))
+    assert again[-1]["text/plain"].endswith("cached")
+    assert ollama_server.count("/api/chat") == 1
+
+
+def test_options_reach_the_provider(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer,
+                                    openai_server: OpenAIServer) -> None:
+    chat(shell, "-m qwen2.5:0.5b -t 0.3 --max-tokens 5 --no-cache", "hello")
+    body = ollama_server.requests[-1].json
+    assert body is not None
+    assert body["model"] == "qwen2.5:0.5b"
+    assert body["options"]["temperature"] == 0.3 and body["options"]["num_predict"] == 5
+    with pytest.raises(UsageError, match="tone is not defined"):  # -s is interpolated too
+        chat(shell, "-s 'Be {tone}.'", "hello")
+    shell.user_ns["tone"] = "terse"
+    chat(shell, "-p openai -m gpt-4o -s 'Be {tone}.'", "hello")
+    sent = openai_server.requests[-1].json
+    assert sent is not None and sent["model"] == "gpt-4o"
+    assert sent["messages"][0] == {"role": "system", "content": "Be terse."}
+
+
+def test_no_stream_and_text_format(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer) -> None:
+    ollama_server.reply = "plain *words*"
+    cap = chat(shell, "--no-stream -f text", "hi")
+    assert updates(cap) == []
+    answer, footer = fresh(cap)
+    assert answer == {"text/plain": "plain *words*"}
+    assert "ollama:llama3.1" in footer["text/plain"]
+
+
+def test_format_code_puts_the_code_in_a_new_cell(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, bool]] = []
+    monkeypatch.setattr(shell, "set_next_input", lambda s, replace=False: calls.append((s, replace)))
+    ollama_server.reply = "Try:\n\n```bash\npip install x\n```\n\n```python\nimport x\nprint(x)\n```\n"
+    cap = chat(shell, "-f code", "how?")
+    assert calls == [("import x\nprint(x)", False)]
+    answer = fresh(cap)[-2]
+    assert answer["text/plain"] == "import x\nprint(x)"
+    assert "code put in a new cell below" in fresh(cap)[-1]["text/plain"]
+    assert extract_code("no fences here\n") == "no fences here"
+    assert extract_code("```sh\nls\n```") == "ls"
+
+
+def test_format_json(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer) -> None:
+    ollama_server.reply = '{"a": [1, 2]}'
+    cap = chat(shell, "-f json --no-cache", "data please")
+    answer = fresh(cap)[-2]
+    assert answer["application/json"] == {"a": [1, 2]}
+    assert json.loads(answer["text/plain"]) == {"a": [1, 2]}
+    assert ollama_server.requests[-1].json["format"] == "json"  # type: ignore[index]
+    ollama_server.reply = "not json at all"
+    cap = chat(shell, "-f json --no-cache", "data please")
+    assert fresh(cap)[-2] == {"text/plain": "not json at all"}
+    assert "not valid JSON" in fresh(cap)[-1]["text/plain"]
+    assert parse_json('Here:\n```json\n{"b": 1}\n```') == {"b": 1}
+
+
+def test_terminal_prints_as_it_streams(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    # no capture_output: a plain InteractiveShell's display publisher cannot update in place
+    ollama_server.reply = "streamed words"
+    shell.run_cell_magic("farm_chat", "", "hi")
+    out = capsys.readouterr().out
+    assert out.startswith("streamed words\nollama:llama3.1 · ")
+
+
+# -- interpolation ----------------------------------------------------------------------------------
+
+
+class Obj:
+    attr = "attribute value"
+
+
+def test_interpolation_and_escaping(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer) -> None:
+    shell.user_ns.update(x="world", obj=Obj(), d={"key": "dict value"}, items=[1, 2, 3], pi=3.14159)
+    chat(shell, "", "hello {x}: {obj.attr}, {d[key]}, {items[-1]}, {pi:.2f}, {x!r}, {{literal}} {{x}}")
+    assert last_prompt(ollama_server) == "hello world: attribute value, dict value, 3, 3.14, 'world', {literal} {x}"
+    chat(shell, "--raw", "code: {'a': 1} and {x}")
+    assert last_prompt(ollama_server) == "code: {'a': 1} and {x}"
+
+
+def test_interpolation_of_in_and_out(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer) -> None:
+    result = shell.run_cell("6 * 7", store_history=True)
+    n = result.execution_count
+    chat(shell, "", f"Out: {{Out[{n}]}}; In: {{In[{n}]}}")
+    assert last_prompt(ollama_server) == "Out: 42; In: 6 * 7"
+
+
+def test_missing_name_is_a_one_line_usage_error(shell: InteractiveShell, farm: Session,
+                                                ollama_server: OllamaServer) -> None:
+    with pytest.raises(UsageError) as info:
+        chat(shell, "", "tell me about {undefined_thing}")
+    assert type(info.value) is UsageError
+    assert str(info.value) == (
+        "prompt uses {undefined_thing}, but undefined_thing is not defined in the notebook; "
+        "define it or write {{undefined_thing}} for literal braces"
+    )
+    assert ollama_server.count("/api/chat") == 0
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{x.__class__}", "{__import__('os').system('true')}", "{x()}", "{}", "{0}", "{'a': 1}", "{x", "x}",
+     "{d[missing]}", "{x.nope}", "{x:zz}", "{x!q}", "{Out[999]}"],
+)
+def test_interpolation_misuse(template: str) -> None:
+    with pytest.raises(UsageError) as info:
+        interpolate(template, {"x": "value", "d": {}, "Out": {}})
+    assert type(info.value) is UsageError
+    assert "\n" not in str(info.value)
+
+
+class Trap:
+    """Any call into it would be evaluation; the fuzz test checks nothing ever calls it."""
+
+    called = False
+
+    def __call__(self, *args: Any) -> None:
+        Trap.called = True
+
+    def method(self) -> None:
+        Trap.called = True
+
+
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(alphabet="{}[]().:!'\"_ -0123456789xdtrapOutmethodsr", max_size=30))
+def test_interpolation_fuzz(template: str) -> None:
+    namespace = {"x": "value", "d": {"k": 1, "0": "zero"}, "trap": Trap(), "Out": {1: "one"}, "items": [1, 2]}
+    try:
+        result = interpolate(template, namespace)
+    except UsageError as exc:
+        assert type(exc) is UsageError
+        assert "\n" not in str(exc)
+    else:
+        assert isinstance(result, str)
+    assert not Trap.called
+
+
+# -- conversation -----------------------------------------------------------------------------------
+
+
+def test_cells_form_a_conversation_and_a_rerun_replaces_its_turn(shell: InteractiveShell, farm: Session,
+                                                                   ollama_server: OllamaServer) -> None:
+    shell.run_cell("%%farm_chat\nfirst question", cell_id="cell-a")
+    shell.run_cell("%%farm_chat\nsecond question", cell_id="cell-b")
+    assert [t.id for t in farm.conversation.turns] == ["cell-a", "cell-b"]
+    sent = ollama_server.requests[-1].json["messages"]  # type: ignore[index]
+    assert [m["content"] for m in sent] == ["first question", "Echo: first question", "second question"]
+    # re-running the first cell replaces its turn, and sends only what came before it
+    shell.run_cell("%%farm_chat\nfirst question, again", cell_id="cell-a")
+    assert [t.id for t in farm.conversation.turns] == ["cell-a", "cell-b"]
+    assert farm.conversation.turns[0].user.content == "first question, again"
+    assert [m["content"] for m in ollama_server.requests[-1].json["messages"]] == ["first question, again"]  # type: ignore[index]
+    history = shell.run_line_magic("farm", "history")
+    assert history.column("turn") == ["cell-a", "cell-b"]
+    assert "first question, again" in repr(history)
+    shell.run_line_magic("farm", "reset")
+    assert len(farm.conversation) == 0
+    assert "no turns yet" in repr(shell.run_line_magic("farm", "history"))
+
+
+def test_cell_id_from_the_kernel_parent_header(shell: InteractiveShell, farm: Session,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shell, "parent_header", {"metadata": {"cellId": "kernel-cell"}}, raising=False)
+    chat(shell, "", "one")
+    chat(shell, "", "one again")
+    assert [t.id for t in farm.conversation.turns] == ["kernel-cell"]
+    monkeypatch.setattr(shell, "parent_header", {}, raising=False)
+    chat(shell, "", "no id")
+    chat(shell, "", "no id either")
+    assert len(farm.conversation) == 3
+    chat(shell, "--new", "fresh start")
+    assert len(farm.conversation) == 1
+
+
+# -- streaming behaviour ----------------------------------------------------------------------------
+
+
+def test_updates_are_coalesced(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer) -> None:
+    ollama_server.tokens = 2000
+    start = time.monotonic()
+    cap = chat(shell, "-o r", "go")
+    elapsed = time.monotonic() - start
+    text_updates = [u for u in updates(cap) if u.get("text/plain")]
+    assert shell.user_ns["r"].usage.completion_tokens == 2000
+    assert len(text_updates) <= elapsed * 20 + 3
+    assert len(text_updates) < 200  # whatever the machine, far fewer than the 2000 tokens
+    assert fresh(cap)[-2]["text/plain"].endswith("tok1999 ")
+    assert magics(shell).last_updates == len(updates(cap)) - 1  # all but the final blanking
+
+
+def test_update_rate_is_a_setting(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer) -> None:
+    ollama_server.tokens = 20
+    ollama_server.chunk_delay = 0.02
+    magics(shell).update_rate = 4
+    start = time.monotonic()
+    cap = chat(shell, "", "go")
+    elapsed = time.monotonic() - start
+    assert len([u for u in updates(cap) if u.get("text/plain")]) <= elapsed * 4 + 2
+
+
+def test_ctrl_c_keeps_partial_text_and_stops_the_request(shell: InteractiveShell, farm: Session,
+                                                         ollama_server: OllamaServer) -> None:
+    ollama_server.tokens = 200
+    ollama_server.chunk_delay = 0.05  # 10 s in all
+    main = threading.get_ident()
+    sent = threading.Event()
+
+    def interrupt_after_first_chunk() -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            outputs = list(getattr(shell.display_pub, "outputs", []))
+            if any("tok1" in (o.get("data") or {}).get("text/plain", "") for o in outputs):
+                signal.pthread_kill(main, signal.SIGINT)
+                sent.set()
+                return
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=interrupt_after_first_chunk, daemon=True)
+    start = time.monotonic()
+    with capture_output() as cap:
+        watcher.start()
+        with pytest.raises(Stopped) as info:
+            shell.run_cell_magic("farm_chat", "-o r", "count slowly")
+    watcher.join(5)
+    assert sent.is_set()
+    assert time.monotonic() - start < 5  # not the whole 10 s stream
+    assert isinstance(info.value, KeyboardInterrupt)
+    assert len(info.value._render_traceback_()) == 1
+    answer, footer = fresh(cap)[-2:]
+    assert answer["text/plain"].startswith("tok0 tok1 ")
+    assert answer["text/plain"].endswith("(stopped)")
+    assert "tok199" not in answer["text/plain"]
+    assert footer["text/plain"].endswith("stopped")
+    assert shell.user_ns["r"].stopped is True
+    assert len(farm.conversation) == 0  # a stopped answer is not history
+    deadline = time.monotonic() + 5
+    while farm.runtime.pending_tasks() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert farm.runtime.pending_tasks() == []
+    # the session still works
+    ollama_server.tokens, ollama_server.chunk_delay = None, 0.0
+    cap = chat(shell, "", "after the stop")
+    assert fresh(cap)[-2]["text/plain"] == "Echo: after the stop"
+    assert len(farm.conversation) == 1
+
+
+def test_restart_chunk_replaces_partial_text(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer,
+                                             openai_server: OpenAIServer) -> None:
+    ollama_server.tokens = 10
+    ollama_server.add_fault(Fault("drop", path="/api/chat", after=3, times=None))
+    openai_server.reply = "from openai"
+    cap = chat(shell, "-o r", "hi")
+    answer, footer = fresh(cap)[-2:]
+    assert answer["text/plain"] == "from openai"
+    assert "fell back from ollama:llama3.1" in footer["text/plain"]
+    assert shell.user_ns["r"].restarted
+
+
+# -- failures and misuse ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "cell"),
+    [
+        ("--bogus", "hi"),
+        ("-f yaml", "hi"),
+        ("", "   \n  "),
+        ("-p nosuch", "hi"),
+        ("-t 5", "hi"),
+        ("-t warm", "hi"),
+        ("--max-tokens 0", "hi"),
+        ("-o 1x", "hi"),
+        ("-m 'unbalanced", "hi"),
+        ("--compare ollama,openai -m llama3.1", "hi"),
+        ("--compare ,", "hi"),
+        ("--compare ollama,openai -f code", "hi"),
+        ("--no-cache --refresh", "hi"),
+    ],
+)
+def test_chat_misuse_is_a_usage_error(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer,
+                                      line: str, cell: str) -> None:
+    with pytest.raises(UsageError) as info:
+        chat(shell, line, cell)
+    assert type(info.value) is UsageError
+    assert ollama_server.count("/api/chat") == 0
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["bogus", "models nosuch", "pull", "cache frob", "unalias nope", "use a b", "ollama dance", "alias x",
+     "health nosuch", "history extra", "alias 'broken"],
+)
+def test_farm_misuse_is_a_usage_error(shell: InteractiveShell, farm: Session, line: str) -> None:
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("farm", line)
+    assert type(info.value) is UsageError
+
+
+def test_usage_error_in_a_cell_is_one_line(shell: InteractiveShell, farm: Session,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    result = shell.run_cell("%%farm_chat --bogus\nhi")
+    assert type(result.error_in_exec) is UsageError
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("UsageError:") and "\n" not in err
+
+
+def test_provider_failure_fails_the_cell_with_one_line(shell: InteractiveShell, farm: Session,
+                                                       ollama_server: OllamaServer, openai_server: OpenAIServer,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    ollama_server.refuse()
+    openai_server.refuse()
+    with pytest.raises(AllProvidersFailed):
+        chat(shell, "", "hi")
+    capsys.readouterr()
+    result = shell.run_cell("%%farm_chat\nhi again")
+    assert isinstance(result.error_in_exec, AllProvidersFailed)
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("AllProvidersFailed: every provider failed (ollama:llama3.1: ")
+    assert "\n" not in out and "Traceback" not in out
+    assert len(farm.conversation) == 0
+
+
+# -- --compare --------------------------------------------------------------------------------------
+
+
+def test_compare_two_providers_side_by_side(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer,
+                                            openai_server: OpenAIServer) -> None:
+    started: dict[str, float] = {}
+
+    def replier(name: str, text: str) -> Any:
+        def reply(body: dict[str, Any]) -> str:
+            started[name] = time.monotonic()
+            return text
+        return reply
+
+    ollama_server.reply = replier("ollama", "llama says hi")
+    openai_server.reply = replier("openai", "gpt says hi")
+    ollama_server.chunk_delay = openai_server.chunk_delay = 0.4  # 3 chunks: 0.8 s each
+    cap = chat(shell, "--compare ollama,openai:gpt-4o -o both", "say hi")
+    final = fresh(cap)[-1]
+    assert "ollama:llama3.1" in final["text/html"] and "openai:gpt-4o" in final["text/html"]
+    assert "display:flex" in final["text/html"]
+    plain = final["text/plain"]
+    assert "── ollama:llama3.1 ──\nllama says hi" in plain and "── openai:gpt-4o ──\ngpt says hi" in plain
+    assert plain.count("TTFT") == 2 and plain.count("tok/s") == 2
+    both = shell.user_ns["both"]
+    assert [r.text for r in both.values()] == ["llama says hi", "gpt says hi"]
+    assert list(both) == ["ollama:llama3.1", "openai:gpt-4o"]
+    assert abs(started["ollama"] - started["openai"]) < 0.4  # concurrent: both asked before either finished
+    assert len([u for u in updates(cap) if "llama says" in u["text/plain"]]) >= 1  # columns stream live
+    assert ollama_server.count("/api/chat") == 1 and openai_server.count("/v1/chat/completions") == 1
+    assert len(farm.conversation) == 0  # a comparison is not a conversation turn
+
+
+def test_compare_with_one_failure_shows_it_in_its_column(shell: InteractiveShell, farm: Session,
+                                                         openai_server: OpenAIServer) -> None:
+    openai_server.refuse()
+    cap = chat(shell, "--compare ollama,openai -o both", "say hi")
+    plain = fresh(cap)[-1]["text/plain"]
+    assert "Echo: say hi" in plain and "[failed]" in plain
+    assert isinstance(shell.user_ns["both"]["openai:gpt-4o-mini"], FarmError)
+
+
+# -- %farm subcommands ------------------------------------------------------------------------------
+
+
+def test_farm_models(shell: InteractiveShell, farm: Session) -> None:
+    table = shell.run_line_magic("farm", "models")
+    assert table.column("model") == ["ollama:llama3.1:latest", "ollama:qwen2.5:0.5b", "openai:gpt-4o-mini", "openai:gpt-4o"]
+    assert isinstance(table, Table) and "qwen2.5:0.5b" in table._repr_html_()
+    only = shell.run_line_magic("farm", "models ollama")
+    assert only.column("model") == ["ollama:llama3.1:latest", "ollama:qwen2.5:0.5b"]
+    assert "4.5 GB" in repr(only)
+
+
+def test_farm_models_of_a_down_provider_is_one_farm_error(shell: InteractiveShell, farm: Session,
+                                                          ollama_server: OllamaServer) -> None:
+    ollama_server.refuse()
+    with pytest.raises(FarmError) as info:
+        shell.run_line_magic("farm", "models ollama")
+    assert len(info.value._render_traceback_()) == 1
+
+
+def test_farm_health(shell: InteractiveShell, farm: Session, openai_server: OpenAIServer) -> None:
+    openai_server.refuse()
+    table = shell.run_line_magic("farm", "health")
+    rows = {r["provider"]: r for r in table.to_dicts()}
+    assert rows["ollama"]["state"] == "healthy"
+    assert rows["openai"]["state"] == "unhealthy" and rows["openai"]["error"]
+
+
+def test_farm_config_masks_secrets(shell: InteractiveShell, farm: Session) -> None:
+    table = shell.run_line_magic("farm", "config")
+    shown = table._repr_html_() + repr(table)
+    assert TEST_API_KEY not in shown
+    assert "sk-...cdef" in shown
+    assert dict(table.rows)["openai.api_key"] == "sk-...cdef"
+    assert dict(table.rows)["default"] == "ollama:llama3.1"
+
+
+def test_farm_cache_info_and_clear(shell: InteractiveShell, farm: Session, capsys: pytest.CaptureFixture[str]) -> None:
+    chat(shell, "", "cache me")
+    info = dict(shell.run_line_magic("farm", "cache").rows)
+    assert info["backend"] == "memory" and info["entries"] == "1"
+    shell.run_line_magic("farm", "cache clear")
+    assert "cache cleared" in capsys.readouterr().out
+    assert dict(shell.run_line_magic("farm", "cache info").rows)["entries"] == "0"
+
+
+def test_farm_use_alias_unalias(shell: InteractiveShell, farm: Session, openai_server: OpenAIServer,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    shell.run_line_magic("farm", "use openai:gpt-4o")
+    assert "default model: openai:gpt-4o" in capsys.readouterr().out
+    assert farm.default_address == "openai:gpt-4o"
+    chat(shell, "", "who answers?")
+    assert openai_server.requests[-1].json["model"] == "gpt-4o"  # type: ignore[index]
+    shell.run_line_magic("farm", "use")
+    assert "default model: openai:gpt-4o" in capsys.readouterr().out
+    shell.run_line_magic("farm", "alias small ollama:qwen2.5:0.5b")
+    assert "small -> ollama:qwen2.5:0.5b" in capsys.readouterr().out
+    assert dict(shell.run_line_magic("farm", "alias").rows) == {"small": "ollama:qwen2.5:0.5b"}
+    cap = chat(shell, "-m small -o r", "hi")
+    assert shell.user_ns["r"].address == "ollama:qwen2.5:0.5b"
+    assert fresh(cap)[-1]["text/plain"].startswith("ollama:qwen2.5:0.5b")
+    shell.run_line_magic("farm", "unalias small")
+    assert farm.settings.aliases == {}
+
+
+def test_farm_pull_shows_progress(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    shell.run_line_magic("farm", "pull phi3:mini")
+    out, err = capsys.readouterr()
+    assert "ollama:phi3:mini: pulled and loaded" in out
+    assert "pulling" in err and "100%" in err  # tqdm's bar on stderr
+    assert ollama_server.count("/api/pull") == 1
+    assert "ollama:phi3:mini" in shell.run_line_magic("farm", "models ollama").column("model")
+    shell.run_line_magic("farm", "unload phi3:mini")
+    shell.run_line_magic("farm", "reload phi3:mini")
+    assert "reloaded" in capsys.readouterr().out
+    with pytest.raises(FarmError):
+        shell.run_line_magic("farm", "pull missing-model")
+
+
+def test_farm_stats(shell: InteractiveShell, farm: Session) -> None:
+    assert "no requests yet" in repr(shell.run_line_magic("farm", "stats"))
+    chat(shell, "", "one")
+    chat(shell, "--new", "one")  # cached
+    rows = shell.run_line_magic("farm", "stats").to_dicts()
+    assert rows[0]["model"] == "ollama:llama3.1"
+    assert rows[0]["requests"] == "2" and rows[0]["cache hits"] == "1"
+
+
+def test_farm_gpu(shell: InteractiveShell, farm: Session) -> None:
+    table = shell.run_line_magic("farm", "gpu")
+    assert isinstance(table, Table)
+    assert table.title is not None and table.title.startswith("GPU (")
+    assert len(table.rows) > 0 or (table.caption or "").startswith("no GPU")
+
+
+def test_farm_error_explains_the_last_exception(shell: InteractiveShell, farm: Session,
+                                                ollama_server: OllamaServer) -> None:
+    shell.run_cell("def broken():\n    return {}['missing_key']\nbroken()")
+    with capture_output() as cap:
+        shell.run_line_magic("farm", "error")
+    prompt = last_prompt(ollama_server)
+    assert "KeyError" in prompt and "missing_key" in prompt
+    assert fresh(cap)[-2]["text/plain"].startswith("Echo: A cell in my Jupyter notebook failed")
+
+
+def test_farm_dashboard(shell: InteractiveShell, farm: Session) -> None:
+    widgets = pytest.importorskip("farm_jupyter.widgets")
+    board = shell.run_line_magic("farm", "dashboard")
+    try:
+        assert isinstance(board, widgets.Dashboard)
+    finally:
+        board.close()
+
+
+def test_farm_ollama_not_installed(shell: InteractiveShell, farm: Session, monkeypatch: pytest.MonkeyPatch,
+                                   ollama_server: OllamaServer) -> None:
+    ollama_server.refuse()
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(FarmError) as info:
+        shell.run_line_magic("farm", "ollama start")
+    assert str(info.value) == "ollama is not installed: see https://ollama.com/download"
+    with pytest.raises(FarmError, match="no Ollama was started"):
+        shell.run_line_magic("farm", "ollama stop")
+
+
+def test_farm_ollama_start_and_stop(shell: InteractiveShell, ollama_server: OllamaServer, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # a stand-in `ollama` on PATH: `ollama serve` runs a loopback Ollama on OLLAMA_HOST's port
+    port = int(ollama_server.url.rsplit(":", 1)[1])
+    session = Session(loopback_settings(ollama_server, ollama={"auto_pull": ["phi3:mini"]}))
+    ollama_server.stop()  # free the port for the fake `ollama serve`
+    fake = tmp_path / "ollama"
+    fake.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import os, signal, sys, threading
+        assert sys.argv[1:] == ["serve"], sys.argv
+        from farm_jupyter.testing.servers import OllamaServer
+        port = int(os.environ["OLLAMA_HOST"].rsplit(":", 1)[1])
+        server = OllamaServer(port=port).start()
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *a: stop.set())
+        print("listening", flush=True)
+        stop.wait(60)
+        server.stop()
+        """))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    old = set_session(session)
+    try:
+        shell.run_line_magic("farm", "ollama start")
+        out = capsys.readouterr().out
+        assert f"Ollama is running at http://127.0.0.1:{port}" in out
+        assert "ollama:phi3:mini: pulled and loaded" in out
+        proc = magics(shell)._ollama
+        assert proc is not None and proc.poll() is None
+        shell.run_line_magic("farm", "ollama start")
+        assert "already running" in capsys.readouterr().out
+        shell.run_line_magic("farm", "ollama stop")
+        assert "Ollama stopped" in capsys.readouterr().out
+        assert proc.poll() is not None
+    finally:
+        proc = magics(shell)._ollama
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        set_session(old)
+        session.close()
+
+
+def test_table_text_and_html_escape() -> None:
+    t = Table(["name", "value"], [("<b>", 1.23456), ("long name here", None), ("flag", True)], title="T", caption="c")
+    text = repr(t)
+    assert text.splitlines()[0] == "T"
+    assert text.splitlines()[1] == "name            value"
+    assert "long name here" in text and "1.23" in text and "yes" in text
+    assert "&lt;b&gt;" in t._repr_html_() and "<b>T</b>" in t._repr_html_()
