@@ -1,0 +1,343 @@
+"""ChatWidget: a conversation that streams, with Send, Stop and an inline model picker.
+
+Sending returns at once: the answer streams on the session's runtime loop, and the screen is
+updated at most about 20 times a second however fast tokens come. A failed or stopped answer
+stays on screen, marked, and is not added to the history, so the next message works as if it
+had not been sent.
+
+Keys: ipywidgets' Textarea sends no key events to the kernel, so there is no Shift+Enter; a
+single-line `Text` would give Enter, but prompts are often several lines (code, tracebacks).
+Send is the button, or `chat.send("...")` from code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as W
+from traitlets import Bool, Int, Unicode, observe
+
+from ..errors import FarmError
+from ._base import ACCENT, BAD, BORDER, FG, FG2, PANEL, WARN, FarmBox, Throttle, error_line, esc, seconds
+
+if TYPE_CHECKING:
+    from ..session import ChatStream, Conversation, Session
+    from ..types import ChatResponse, ModelInfo
+
+
+def footer(response: ChatResponse) -> str:
+    """`provider:model · TTFT · total · tokens · tok/s · cached · fell back from ...`"""
+    parts = [response.address]
+    if response.timings.first_token is not None and not response.cached:
+        parts.append(f"TTFT {seconds(response.timings.first_token)}")
+    parts.append(f"total {seconds(response.timings.total)}")
+    if response.usage.completion_tokens:
+        parts.append(f"{response.usage.completion_tokens} tokens")
+    tps = response.tokens_per_second
+    if tps and not response.cached:
+        parts.append(f"{tps:.1f} tok/s")
+    if response.cached:
+        parts.append("cached")
+    if response.fell_back_from:
+        parts.append("fell back from " + ", ".join(response.fell_back_from))
+    if response.restarted:
+        parts.append("restarted")
+    return " · ".join(parts)
+
+
+def model_label(info: ModelInfo) -> str:
+    return f"{info.address}{'  ●' if info.loaded else ''}"
+
+
+@dataclass
+class _Turn:
+    prompt: str
+    view: W.HTML
+    target: str
+    text: str = ""
+    status: str | None = None
+    response: ChatResponse | None = None
+    error: str | None = None
+    stopped: bool = False
+    done: bool = False
+
+    def html(self) -> str:
+        from ._markdown import render
+
+        user = (
+            f'<div style="display:flex;justify-content:flex-end;margin:2px 0 6px">'
+            f'<div class="farm-user" style="background:{ACCENT};color:white;border-radius:10px 10px 2px 10px;'
+            f'padding:5px 10px;max-width:85%;white-space:pre-wrap">{esc(self.prompt)}</div></div>'
+        )
+        if self.text:
+            body = render(self.text)
+        elif not self.done:
+            body = f'<span style="color:{FG2}">&#8230;</span>'
+        else:
+            body = ""
+        if self.response is not None:
+            note = f'<span style="color:{FG2}">{esc(footer(self.response))}</span>'
+        elif self.stopped:
+            note = f'<span style="color:{WARN}">&#9632; stopped · {esc(self.target)} · partial answer, not added to the history</span>'
+        elif self.error is not None:
+            note = f'<span class="farm-error" style="color:{BAD}">&#9888; {esc(self.error)}</span>'
+        elif self.status:
+            note = f'<span style="color:{WARN}">{esc(self.status)}</span>'
+        else:
+            note = f'<span style="color:{FG2}">streaming from {esc(self.target)}&#8230;</span>'
+        answer = (
+            f'<div class="farm-answer" style="background:{PANEL};border:1px solid {BORDER};'
+            f'border-radius:10px 10px 10px 2px;padding:2px 10px;max-width:95%;color:{FG};'
+            f'line-height:1.45;overflow-wrap:anywhere">{body}'
+            f'<div class="farm-footer" style="font-size:11px;margin:2px 0 4px">{note}</div></div>'
+        )
+        return f'<div class="farm-turn" style="margin:4px 2px 8px">{user}{answer}</div>'
+
+
+class ChatWidget(FarmBox):
+    """A chat with the session's models: the conversation, a message box, Send, Stop, a model picker.
+
+        chat = ChatWidget()            # the kernel's session; its own conversation
+        chat.send("Explain asyncio")   # what the Send button does; returns at once
+        chat.wait(); chat.stop()
+    """
+
+    model = Unicode("", help='Where to send: "provider:model", an alias, or "" for the session default.').tag(sync=True)
+    busy = Bool(False, help="True while an answer is streaming.").tag(sync=True)
+    turns = Int(0, help="Turns kept in the conversation (finished answers only).").tag(sync=True)
+    updates = Int(0, help="Screen updates sent for streamed answers (coalesced, about 20 a second).").tag(sync=True)
+
+    def __init__(
+        self,
+        session: Session | None = None,
+        *,
+        conversation: Conversation | None = None,
+        model: str = "",
+        system: str | None = None,
+        interval: float = 0.05,
+        load_models: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(session, **kwargs)
+        from ..session import Conversation
+
+        self.conversation = conversation if conversation is not None else Conversation(self.session.settings.max_history)
+        self.system = system
+        self.interval = interval
+        self._turns: list[_Turn] = []
+        self._future: concurrent.futures.Future[Any] | None = None
+        self._lock = threading.RLock()
+        self._filling = False
+
+        self.transcript = W.VBox(layout=W.Layout(
+            flex_flow="column-reverse", overflow="hidden auto", max_height="460px", min_height="60px",
+            padding="2px", width="100%", flex="1 1 auto",
+        ))
+        self.transcript.add_class("farm-transcript")
+        self.picker = W.Dropdown(
+            options=[(self._default_label(), "")], value="", description="model",
+            layout=W.Layout(width="auto", flex="1 1 auto"), style={"description_width": "initial"},
+        )
+        self.input = W.Textarea(
+            placeholder="Ask something (Markdown answers; Send or chat.send(text))",
+            layout=W.Layout(width="auto", flex="1 1 auto", height="62px"),
+        )
+        self.send_button = W.Button(description="Send", button_style="primary", icon="paper-plane",
+                                    tooltip="send the message", layout=W.Layout(width="90px"))
+        self.stop_button = W.Button(description="Stop", icon="stop", disabled=True,
+                                    tooltip="stop the answer (keeps what arrived)", layout=W.Layout(width="90px"))
+        self.clear_button = W.Button(description="Clear", icon="trash", tooltip="start a new conversation",
+                                     layout=W.Layout(width="90px"))
+        self.send_button.on_click(self.dispatch(lambda _: self.send()))
+        self.stop_button.on_click(self.dispatch(lambda _: self.stop()))
+        self.clear_button.on_click(self.dispatch(lambda _: self.clear()))
+        self.picker.observe(self.dispatch(self._on_pick), "value")
+
+        self.children = [
+            W.HBox([self.picker, self.clear_button], layout=W.Layout(width="100%", align_items="center")),
+            self.transcript,
+            self._error_view,
+            W.HBox([self.input, W.VBox([self.send_button, self.stop_button])],
+                   layout=W.Layout(width="100%", align_items="flex-start")),
+        ]
+        self.add_class("farm-chat")
+        if model:
+            self.model = model
+        if load_models:
+            self.refresh_models()
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def send(self, text: str | None = None) -> None:
+        """Send `text` (or the box's text); the answer streams in the background."""
+        prompt = (self.input.value if text is None else text).strip()
+        if not prompt:
+            self.show_error("the message is empty: write a question first")
+            return
+        if self.busy:
+            self.show_error("an answer is still streaming: wait for it or press Stop first")
+            return
+        target = self.model or None
+        self.clear_error()
+        try:
+            stream = self.session.stream(prompt, target, conversation=self.conversation, system=self.system)
+        except FarmError as exc:  # an unknown provider, a bad alias: say so, keep the text
+            self.show_error(exc)
+            return
+        turn = _Turn(prompt=prompt, view=W.HTML(), target=target or self.default_address())
+        turn.view.add_class("farm-turn-view")
+        turn.view.value = turn.html()
+        with self._lock, self.hold_sync():
+            self._turns.append(turn)
+            self.transcript.children = tuple(reversed([t.view for t in self._turns]))
+            if text is None:
+                self.input.value = ""
+            self._set_busy(True)
+        self._future = self.submit(self._run(turn, stream))
+
+    def stop(self) -> None:
+        """Stop the answer that is streaming: its HTTP stream is closed, the partial text kept."""
+        future = self._future
+        if future is not None and not future.done():
+            future.cancel()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the current answer is finished (tests, scripts); False on timeout."""
+        future = self._future
+        if future is None:
+            return True
+        done, _ = concurrent.futures.wait([future], timeout=timeout)
+        return bool(done)
+
+    def clear(self) -> None:
+        """Start over: stop any answer, forget the turns."""
+        self.stop()
+        self.conversation.reset(self.system)
+        with self._lock, self.hold_sync():
+            old = self._turns
+            self._turns = []
+            self.transcript.children = ()
+            self.turns = 0
+        for turn in old:
+            turn.view.close()
+
+    @property
+    def last_text(self) -> str:
+        return self._turns[-1].text if self._turns else ""
+
+    @property
+    def last_response(self) -> ChatResponse | None:
+        return self._turns[-1].response if self._turns else None
+
+    def refresh_models(self) -> None:
+        """Fill the model list from `session.models()` in the background."""
+        self.submit(self._fill_models())
+
+    def summary(self) -> str:
+        target = self.model or f"default {self.default_address()}"
+        state = ", streaming" if self.busy else ""
+        n = len(self.conversation)
+        return f"ChatWidget: {n} turn{'' if n == 1 else 's'}, {target}{state}"
+
+    # -- the stream, on the runtime loop --------------------------------------------------------
+
+    async def _run(self, turn: _Turn, stream: ChatStream) -> None:
+        throttle = Throttle(lambda: self._render(turn), self.interval)
+        try:
+            async for chunk in stream:
+                if chunk.restart:
+                    turn.text = ""
+                elif chunk.text:
+                    turn.text += chunk.text
+                if chunk.status:
+                    turn.status = chunk.status
+                if chunk.response is not None:
+                    turn.response = chunk.response
+                    turn.text = chunk.response.text
+                throttle.poke()
+        except asyncio.CancelledError:
+            turn.stopped = True
+            raise
+        except Exception as exc:  # noqa: BLE001 - shown in the turn; the chat stays usable
+            turn.error = error_line(exc)
+        finally:
+            throttle.cancel()
+            turn.done = True
+            self._finish(turn)
+
+    def _render(self, turn: _Turn) -> None:
+        value = turn.html()
+        with turn.view.hold_sync():
+            turn.view.value = value
+        self.updates += 1
+
+    def _finish(self, turn: _Turn) -> None:
+        with self._lock:
+            value = turn.html()
+            with turn.view.hold_sync():
+                turn.view.value = value
+            with self.hold_sync():
+                self.updates += 1
+                self.turns = len(self.conversation)
+                self._set_busy(False)
+                if turn.error is not None:
+                    self.error = turn.error
+                elif not turn.stopped:
+                    self.error = ""
+
+    def _set_busy(self, busy: bool) -> None:
+        self.busy = busy
+        self.send_button.disabled = busy
+        self.stop_button.disabled = not busy
+
+    # -- the model list -------------------------------------------------------------------------
+
+    def _default_label(self) -> str:
+        return f"default ({self.default_address()})"
+
+    async def _fill_models(self) -> None:
+        infos = await asyncio.to_thread(self.session.models)
+        options: list[tuple[str, str]] = [(self._default_label(), "")]
+        options += [(model_label(m), m.address) for m in infos]
+        self._set_options(options)
+
+    def _set_options(self, options: list[tuple[str, str]]) -> None:
+        with self._lock:
+            current = self.model
+            values = [v for _, v in options]
+            if current and current not in values:
+                if f"{current}:latest" in values:  # Ollama lists "llama3.1" as "llama3.1:latest"
+                    current = f"{current}:latest"
+                else:
+                    options.append((current, current))
+            self._filling = True
+            try:
+                with self.picker.hold_sync():
+                    self.picker.options = options
+                    self.picker.value = current
+            finally:
+                self._filling = False
+            if current != self.model:
+                self.model = current
+
+    def _on_pick(self, change: dict[str, Any]) -> None:
+        if not self._filling and change["new"] is not None:
+            self.model = change["new"]
+
+    @observe("model")
+    def _model_changed(self, change: dict[str, Any]) -> None:
+        new = change["new"] or ""
+        with self._lock:
+            values = [v for _, v in self.picker.options]
+            if new not in values:
+                self._set_options([*self.picker.options, (new, new)])
+            elif self.picker.value != new:
+                self._filling = True
+                try:
+                    self.picker.value = new
+                finally:
+                    self._filling = False

@@ -1,0 +1,238 @@
+"""CompareWidget: one prompt to N models at once, one column each, streaming side by side.
+
+Under each column: time to first token, total time, tokens/s and tokens; the fastest (least
+total time among the answers that finished) is marked. Each model is asked on its own, with no
+fallback, so a column shows that model's answer or its error, never another's. By default the
+cache is not read (`fresh=True`), so the timings are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as W
+from traitlets import Bool, Int, List, Unicode
+
+from ._base import BAD, BORDER, FG, FG2, GOOD, PANEL, FarmBox, Throttle, error_line, esc, seconds
+
+if TYPE_CHECKING:
+    from ..session import Session
+    from ..types import ChatResponse
+
+
+@dataclass
+class _Column:
+    address: str
+    head: W.HTML = field(default_factory=W.HTML)
+    body: W.HTML = field(default_factory=W.HTML)
+    foot: W.HTML = field(default_factory=W.HTML)
+    text: str = ""
+    response: ChatResponse | None = None
+    error: str | None = None
+    stopped: bool = False
+    done: bool = False
+    fastest: bool = False
+
+    def box(self) -> W.VBox:
+        self.body.add_class("farm-compare-body")
+        self.foot.add_class("farm-compare-foot")
+        return W.VBox([self.head, self.body, self.foot], layout=W.Layout(
+            border=f"1px solid {BORDER}", padding="4px 8px", min_width="0", width="auto",
+        ))
+
+    def draw(self) -> None:
+        from ._markdown import render
+
+        badge = (f' <span style="background:{GOOD};color:white;border-radius:8px;padding:0 6px;font-size:11px">'
+                 "fastest</span>") if self.fastest else ""
+        self.head.value = (
+            f'<div style="font-weight:600;color:{FG};border-bottom:1px solid {BORDER};padding-bottom:2px">'
+            f"{esc(self.address)}{badge}</div>"
+        )
+        if self.text:
+            body = render(self.text)
+        elif self.done:
+            body = ""
+        else:
+            body = f'<span style="color:{FG2}">waiting for the first token&#8230;</span>'
+        self.body.value = f'<div style="color:{FG};line-height:1.45;overflow-wrap:anywhere">{body}</div>'
+        self.foot.value = f'<div style="font-size:11px;color:{FG2};background:{PANEL};padding:2px 4px">{self.stats()}</div>'
+
+    def stats(self) -> str:
+        if self.error is not None:
+            return f'<span class="farm-error" style="color:{BAD}">&#9888; {esc(self.error)}</span>'
+        if self.stopped:
+            return "stopped"
+        r = self.response
+        if r is None:
+            return "streaming&#8230;"
+        tps = r.tokens_per_second
+        parts = [
+            f"TTFT {seconds(r.timings.first_token)}",
+            f"total {seconds(r.timings.total)}",
+            f"{tps:.1f} tok/s" if tps else "– tok/s",
+            f"{r.usage.completion_tokens} tokens",
+        ]
+        if r.cached:
+            parts.append("cached")
+        return " · ".join(parts)
+
+
+class CompareWidget(FarmBox):
+    """The same prompt to several models, side by side.
+
+        CompareWidget("Explain a mutex in one paragraph", ["ollama:llama3.1", "openai:gpt-4o-mini"])
+    """
+
+    prompt = Unicode("", help="The prompt sent to every model.").tag(sync=True)
+    models = List(Unicode(), help='The models compared, as "provider:model" addresses.').tag(sync=True)
+    running = Bool(False, help="True while any column is streaming.").tag(sync=True)
+    fastest = Unicode("", help="The address with the least total time, once all are done.").tag(sync=True)
+    updates = Int(0, help="Column redraws sent (coalesced, about 20 a second per column).").tag(sync=True)
+
+    def __init__(
+        self,
+        prompt: str = "",
+        models: list[str] | None = None,
+        session: Session | None = None,
+        *,
+        system: str | None = None,
+        fresh: bool = True,
+        interval: float = 0.05,
+        run: bool = True,
+        **params: Any,
+    ) -> None:
+        super().__init__(session)
+        self.system = system
+        self.fresh = fresh
+        self.interval = interval
+        self.params = params
+        self.columns: list[_Column] = []
+        self._future: concurrent.futures.Future[Any] | None = None
+        self.prompt_box = W.Text(value=prompt, placeholder="prompt for every model",
+                                 layout=W.Layout(flex="1 1 auto", width="auto"))
+        self.run_button = W.Button(description="Run", button_style="primary", icon="play", layout=W.Layout(width="80px"))
+        self.stop_button = W.Button(description="Stop", icon="stop", disabled=True, layout=W.Layout(width="80px"))
+        self.run_button.on_click(self.dispatch(lambda _: self.run(self.prompt_box.value)))
+        self.stop_button.on_click(self.dispatch(lambda _: self.stop()))
+        self.grid = W.GridBox(layout=W.Layout(width="100%", grid_gap="8px"))
+        self.grid.add_class("farm-compare-grid")
+        self.children = [
+            W.HBox([self.prompt_box, self.run_button, self.stop_button], layout=W.Layout(width="100%")),
+            self._error_view,
+            self.grid,
+        ]
+        self.add_class("farm-compare")
+        self.models = list(models or [])
+        self.prompt = prompt
+        if run and prompt and self.models:
+            self.run(prompt)
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def run(self, prompt: str | None = None, models: list[str] | None = None) -> None:
+        """Ask every model; returns at once, the columns stream."""
+        prompt = (prompt if prompt is not None else self.prompt).strip()
+        if not prompt:
+            self.show_error("the prompt is empty: write one in the box first")
+            return
+        if models is not None:
+            self.models = list(models)
+        if not self.models:
+            self.show_error('no models to compare: CompareWidget(prompt, ["ollama:llama3.1", "openai:gpt-4o-mini"])')
+            return
+        self.stop()
+        self.clear_error()
+        old = self.columns
+        self.columns = [_Column(address=m) for m in self.models]
+        with self.hold_sync():
+            self.prompt = prompt
+            self.prompt_box.value = prompt
+            self.fastest = ""
+            self.grid.layout.grid_template_columns = f"repeat({len(self.columns)}, minmax(0, 1fr))"
+            self.grid.children = [c.box() for c in self.columns]
+            for column in self.columns:
+                column.draw()
+            self.running = True
+            self.run_button.disabled, self.stop_button.disabled = True, False
+        for column in old:
+            for w in (column.head, column.body, column.foot):
+                w.close()
+        self._future = self.submit(self._all(prompt, self.columns))
+
+    def stop(self) -> None:
+        future = self._future
+        if future is not None and not future.done():
+            future.cancel()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        future = self._future
+        if future is None:
+            return True
+        done, _ = concurrent.futures.wait([future], timeout=timeout)
+        return bool(done)
+
+    @property
+    def responses(self) -> dict[str, ChatResponse | None]:
+        return {c.address: c.response for c in self.columns}
+
+    def summary(self) -> str:
+        short = self.prompt if len(self.prompt) <= 40 else self.prompt[:39] + "…"
+        head = f"CompareWidget: {short!r} over {len(self.models)} models"
+        if self.running:
+            return head + ", streaming"
+        if self.fastest:
+            best = next(c for c in self.columns if c.address == self.fastest)
+            total = best.response.timings.total if best.response else None
+            return head + f"; fastest {self.fastest} ({seconds(total)})"
+        return head
+
+    # -- on the runtime loop --------------------------------------------------------------------
+
+    async def _all(self, prompt: str, columns: list[_Column]) -> None:
+        try:
+            await asyncio.gather(*(self._one(prompt, c) for c in columns))
+        finally:
+            finished = [c for c in columns if c.response is not None]
+            best = min(finished, key=lambda c: c.response.timings.total if c.response else 0.0, default=None)
+            with self.hold_sync():
+                if best is not None and len(columns) > 1:
+                    best.fastest = True
+                    best.draw()
+                    self.fastest = best.address
+                self.running = False
+                self.run_button.disabled, self.stop_button.disabled = False, True
+
+    async def _one(self, prompt: str, column: _Column) -> None:
+        def flush() -> None:
+            column.draw()
+            self.updates += 1
+
+        throttle = Throttle(flush, self.interval)
+        try:
+            stream = self.session.stream(prompt, column.address, system=self.system, fallback=False,
+                                         refresh=self.fresh, **self.params)
+            async for chunk in stream:
+                if chunk.restart:
+                    column.text = ""
+                elif chunk.text:
+                    column.text += chunk.text
+                if chunk.response is not None:
+                    column.response = chunk.response
+                    column.text = chunk.response.text
+                throttle.poke()
+        except asyncio.CancelledError:
+            column.stopped = True
+            raise
+        except Exception as exc:  # noqa: BLE001 - one model's failure is its column's, not the others'
+            column.error = error_line(exc)
+        finally:
+            throttle.cancel()
+            column.done = True
+            flush()
+
+
+__all__ = ["CompareWidget"]
