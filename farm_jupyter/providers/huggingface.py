@@ -82,27 +82,39 @@ def _first_line(exc: BaseException) -> str:
 
 
 class _Channel:
-    """Items from the generate thread to the runtime loop, without a thread hop per read."""
+    """Items from the generate thread to the runtime loop, without a thread hop per read.
+
+    The loop is woken only while the reader waits: when it lags behind, items pile up and are
+    taken in one batch, so fast tokens cost no extra wake-ups.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.items: deque[tuple[str, Any]] = deque()
         self.ready = asyncio.Event()
+        self.waiting = False
 
     def push(self, kind: str, value: Any) -> None:  # called from the generate thread
-        self.items.append((kind, value))
-        try:
-            self.loop.call_soon_threadsafe(self.ready.set)
-        except RuntimeError:
-            pass  # the loop is closed: nobody is listening any more
+        self.items.append((kind, value))  # append before reading `waiting`: see take()
+        if self.waiting:
+            self.waiting = False
+            try:
+                self.loop.call_soon_threadsafe(self.ready.set)
+            except RuntimeError:
+                pass  # the loop is closed: nobody is listening any more
 
     async def take(self, timeout: float) -> list[tuple[str, Any]]:
         while not self.items:
             self.ready.clear()
-            if self.items:  # pushed between the check and the clear
+            self.waiting = True  # set before the second look, so a push in between wakes us
+            if self.items:
                 break
-            async with asyncio.timeout(timeout):
-                await self.ready.wait()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.ready.wait()
+            finally:
+                self.waiting = False
+        self.waiting = False
         batch = []
         while self.items:
             batch.append(self.items.popleft())
@@ -128,11 +140,15 @@ def _stop_class(transformers: Any) -> Any:
     class StopOnEvent(transformers.StoppingCriteria):
         def __init__(self, event: threading.Event) -> None:
             self.event = event
+            self.answers: dict[tuple[int, bool], Any] = {}  # made once: no allocation per token
 
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            import torch
+            key = (input_ids.shape[0], self.event.is_set())
+            if key not in self.answers:
+                import torch
 
-            return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+                self.answers[key] = torch.full(key[:1], key[1], dtype=torch.bool, device=input_ids.device)
+            return self.answers[key]
 
     return StopOnEvent
 
@@ -337,7 +353,7 @@ class HuggingFaceProvider(Provider):
         except BaseException as exc:  # noqa: BLE001 - handed to the loop, raised there
             # The traceback's frames (and torch's hook closures in them) hold the model, and a
             # notebook keeps the last exception: keep the traceback as text so unload can free it.
-            exc.add_note("".join(traceback.format_exception(exc)).rstrip())
+            exc.add_note("raised in the generate thread:\n" + "".join(traceback.format_tb(exc.__traceback__)).rstrip())
             channel.push("error", exc.with_traceback(None))
             del exc
 
