@@ -122,8 +122,9 @@ question is answered from the cache without asking anyone.
         code(CHECK + "again = s.chat('What is a cache?')\nprint(again.cached, again.text == r.text)"),
         md("Any parameter that changes the answer misses; `no_cache=True` and `refresh=True` skip or replace it."),
         code(CHECK + "print(s.chat('What is a cache?', temperature=0.5).cached)"),
-        code("%%farm_chat\nWhat is a cache?"),
-        code("%%farm_chat\nWhat is a cache?"),
+        md("In `%%farm_chat` the conversation is part of the question; `--new` starts afresh, so this pair hits:"),
+        code("%%farm_chat --new\nWhat is a cache?"),
+        code("%%farm_chat --new\nWhat is a cache?"),
         code("%farm cache info"),
     ],
     "05-gpu-and-health": [
