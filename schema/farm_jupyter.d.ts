@@ -1,0 +1,280 @@
+// Generated from farm_jupyter/schema.py by `farm-jupyter schema`; do not edit.
+// Routes under {base_url}farm-jupyter/api/ of a Jupyter server with the farm_jupyter.server extension.
+
+/** One try at one provider: the response lists them all, failed ones first. */
+export interface Attempt {
+  provider: string;
+  model: string;
+  ok: boolean;
+  error: string | null;
+  error_type: string | null;
+  retries: number;
+  waited: number;
+  chunks_before_failure: number;
+}
+
+/** The body of `POST chat` and `POST chat/stream`: a `prompt` or a list of `messages`. */
+export interface ChatBody {
+  /** The question, as one user message. */
+  prompt?: string | null;
+  /** The whole conversation instead of a prompt; the last user message is the question. */
+  messages?: ChatMessage[] | null;
+  /** "provider:model", a provider, a model or an alias; the environment's default when absent. */
+  model?: string | null;
+  /** A system message put before the others. */
+  system?: string | null;
+  params?: GenerationParams;
+  /** Neither read nor write the response cache. */
+  no_cache?: boolean;
+  /** Skip a cached answer, and store the new one. */
+  refresh?: boolean;
+  /** Try the environment's fallback providers on failure. */
+  fallback?: boolean;
+}
+
+export interface ChatMessage {
+  role: "system" | "user" | "assistant" | "tool";
+  content: string;
+}
+
+export interface ChatResponse {
+  text: string;
+  provider: string;
+  model: string;
+  usage: Usage;
+  timings: Timings;
+  finish_reason: string | null;
+  cached: boolean;
+  restarted: boolean;
+  stopped: boolean;
+  attempts: Attempt[];
+}
+
+/** Every error response (4xx, 5xx) and the `error` event of a stream. */
+export interface ErrorBody {
+  /** One line: what failed and what to do. */
+  error: string;
+  /** The body field at fault, dotted ("params.temperature"). */
+  field: string | null;
+  /** The farm_jupyter error class, for 502s. */
+  type: string | null;
+  /** What each provider said, when all failed. */
+  attempts: Attempt[] | null;
+}
+
+export interface GPUDevice {
+  index: number;
+  name: string;
+  memory_used: number;
+  memory_total: number;
+  utilization: number | null;
+  temperature: number | null;
+  power: number | null;
+  processes: GPUProcess[];
+}
+
+export interface GPUProcess {
+  pid: number;
+  memory_used: number;
+  name: string | null;
+}
+
+export interface GPUStats {
+  source: "nvml" | "torch" | "none";
+  devices: GPUDevice[];
+  cpu_percent: number | null;
+  ram_used: number | null;
+  ram_total: number | null;
+  reason: string | null;
+}
+
+/** Everything besides the messages that changes an answer (and so belongs in a cache key). */
+export interface GenerationParams {
+  temperature?: number | null;
+  max_tokens?: number | null;
+  top_p?: number | null;
+  stop?: string[] | null;
+  seed?: number | null;
+  format?: "json" | null;
+  extra?: Record<string, unknown>;
+}
+
+export interface HealthResponse {
+  providers: ProviderStatus[];
+}
+
+/** The 202 answer of `POST models/{name}/load`. */
+export interface LoadStarted {
+  /** The name as given in the URL. */
+  model: string;
+  /** The resolved "provider:model". */
+  address: string;
+  state: "running" | "done" | "error";
+  /** The latest progress line, if any. */
+  progress: PullProgress | null;
+  error: string | null;
+  /** time.time() seconds */
+  started_at: number;
+  finished_at: number | null;
+  /** GET it for the latest LoadStatus. */
+  progress_url: string;
+}
+
+/** The latest state of a background `POST models/{name}/load`. */
+export interface LoadStatus {
+  /** The name as given in the URL. */
+  model: string;
+  /** The resolved "provider:model". */
+  address: string;
+  state: "running" | "done" | "error";
+  /** The latest progress line, if any. */
+  progress: PullProgress | null;
+  error: string | null;
+  /** time.time() seconds */
+  started_at: number;
+  finished_at: number | null;
+}
+
+export interface ModelInfo {
+  name: string;
+  provider: string;
+  size: number | null;
+  family: string | null;
+  parameter_size: string | null;
+  quantization: string | null;
+  loaded: boolean;
+  details: Record<string, unknown>;
+}
+
+export interface ModelSummary {
+  address: string;
+  requests: number;
+  errors: number;
+  cache_hits: number;
+  p50: number | null;
+  p95: number | null;
+  first_token_p50: number | null;
+  tokens_per_second: number | null;
+  tokens_out: number;
+}
+
+export interface ModelsResponse {
+  models: ModelInfo[];
+}
+
+export interface ProviderStatus {
+  provider: string;
+  state: "healthy" | "unhealthy" | "cooling_down" | "rate_limited" | "unknown";
+  url: string | null;
+  latency: number | null;
+  models_loaded: string[];
+  error: string | null;
+  version: string | null;
+  cooldown_until: number | null;
+  checked_at: number;
+}
+
+export interface PullProgress {
+  status: string;
+  digest: string | null;
+  total: number | null;
+  completed: number | null;
+}
+
+export interface StatsResponse {
+  /** Per `provider:model`, as `%farm stats` shows them. */
+  models: ModelSummary[];
+  /** Chat requests this server is answering right now. */
+  in_flight: number;
+  /** The cache backend: memory, disk, redis or none. */
+  cache: string;
+}
+
+/** A `data:` line of `POST chat/stream`: the text so far is void (restarted on a fallback). */
+export interface StreamRestart {
+  restart: true;
+}
+
+/** A `data:` line of `POST chat/stream`: a note (a retry, a rate-limit wait), not answer text. */
+export interface StreamStatus {
+  status: string;
+}
+
+/** A `data:` line of `POST chat/stream`: new text. */
+export interface StreamText {
+  text: string;
+}
+
+/** Seconds, measured by us around the provider call (not the provider's own claims). */
+export interface Timings {
+  first_token: number | null;
+  total: number;
+  waited: number;
+  provider_total: number | null;
+}
+
+export interface UnloadResponse {
+  model: string;
+  address: string;
+  unloaded: boolean;
+}
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+}
+
+/** Every route, keyed by method and path (relative to `{base_url}farm-jupyter/api/`). */
+export interface Routes {
+  "POST chat": {
+    request: ChatBody;
+    response: ChatResponse;
+    status: 200;
+  };
+  "POST chat/stream": {
+    request: ChatBody;
+    response: string;
+    events: {
+      message: StreamText | StreamRestart | StreamStatus;
+      done: ChatResponse;
+      error: ErrorBody;
+    };
+    status: 200;
+  };
+  "GET models": {
+    query: {
+      /** Only this provider. */
+      provider?: string;
+    };
+    response: ModelsResponse;
+    status: 200;
+  };
+  "GET health": {
+    query: {
+      /** Only this provider. */
+      provider?: string;
+    };
+    response: HealthResponse;
+    status: 200;
+  };
+  "POST models/{name}/load": {
+    response: LoadStarted;
+    status: 202;
+  };
+  "GET models/{name}/load": {
+    response: LoadStatus;
+    status: 200;
+  };
+  "POST models/{name}/unload": {
+    response: UnloadResponse;
+    status: 200;
+  };
+  "GET stats": {
+    response: StatsResponse;
+    status: 200;
+  };
+  "GET gpu": {
+    response: GPUStats;
+    status: 200;
+  };
+}
