@@ -6,8 +6,10 @@ and widgets go through a Session, never to a provider directly.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+import types
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -353,3 +355,17 @@ def set_session(new: Session | None) -> Session | None:
     with _lock:
         old, _session = _session, new
         return old
+
+
+class _CallableModule(types.ModuleType):
+    """`farm_jupyter.session()` must work after `import farm_jupyter.session` too.
+
+    Importing a submodule sets it as an attribute of its package, which hides the lazily exported
+    `session` function of the same name; making the module callable keeps both spellings right.
+    """
+
+    def __call__(self) -> Session:
+        return session()
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -87,7 +87,7 @@ the point is the plumbing.
 {INTRO_NOTE}
 """),
         code("%load_ext farm_jupyter"),
-        code("%%farm_chat -m huggingface --max-tokens 16\nSay hello."),
+        code("%%farm_chat -m huggingface --max-tokens 16 -t 1.0\nSay hello."),
         code("%farm models huggingface"),
         code(
             "import farm_jupyter\n"

@@ -122,3 +122,10 @@ def test_import_is_light():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_session_function_survives_importing_the_submodule():
+    import farm_jupyter.session as module
+
+    assert farm_jupyter.session() is module.session()
+    assert isinstance(farm_jupyter.session(), farm_jupyter.Session)
