@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from traitlets import Float, Int, TraitError, Unicode, validate
@@ -553,6 +553,7 @@ class FarmMagics(Magics):
     @argument("--no-stream", action="store_true", help="show the answer only when it is complete")
     @argument("--raw", action="store_true", help="send the cell as written: no {name} interpolation")
     @argument("--compare", metavar="A,B,...", help="ask several models at once, side by side, with TTFT, total time and tokens/s")
+    @no_var_expand  # IPython would eval `{expr}` in the line; we interpolate without eval
     @cell_magic
     def farm_chat(self, line: str, cell: str) -> None:
         """Ask a language model; the cell is the prompt, and the answer streams below it.
@@ -858,6 +859,7 @@ class FarmMagics(Magics):
 
     # -- %farm ------------------------------------------------------------------------------------
 
+    @no_var_expand
     @line_magic
     def farm(self, line: str) -> Any:
         """Manage the models and the session behind %%farm_chat: `%farm help` lists the subcommands.

@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
+
 from . import providers as registry
 from .cache import Cache, CacheEntry, cache_key
 from .config import RateLimit, Settings
@@ -231,7 +233,14 @@ class Router:
         one piece; retries, fallback and caching are the same either way.
         """
         start = time.perf_counter()
-        gen = params if isinstance(params, GenerationParams) else GenerationParams(**(params or {}))
+        try:
+            gen = params if isinstance(params, GenerationParams) else GenerationParams(**(params or {}))
+        except ValidationError as exc:  # pydantic's report is several lines; say it in one
+            err = exc.errors()[0]
+            raise ConfigError(
+                f"invalid generation parameter {'.'.join(map(str, err['loc']))}={err.get('input')!r}: {err['msg']}",
+                hint="see help(farm_jupyter.types.GenerationParams)",
+            ) from None
         routes = self.resolve(target, fallback=fallback)
         first = ChatRequest(messages=messages, model=routes[0].model, params=gen, stream=stream)
         key = cache_key(routes[0].provider, first)
@@ -323,7 +332,9 @@ class Router:
                         self.monitor.record_error(route.provider, route.model, exc, time.perf_counter() - start)
                         raise
                     break
-                except asyncio.CancelledError:
+                except BaseException:
+                    # Cancelled, closed early by the caller (GeneratorExit at a yield) or a bug:
+                    # either way the half-open probe is over, or the breaker would wait forever.
                     breaker.probing = False
                     raise
                 breaker.success()

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from importlib.metadata import entry_points
 from typing import Any
 
-from ..errors import ConfigError, ProviderResponseError, UnknownProvider
+from ..errors import ConfigError, FarmError, ProviderResponseError, UnknownProvider
 from ..types import ChatRequest, Chunk, Usage
 from .base import Provider
 
@@ -103,7 +103,8 @@ def create(name: str, settings: Any, **options: Any) -> Provider:
     except (UnknownProvider, ConfigError):
         raise
     except Exception as exc:
-        raise ConfigError(f"provider {name!r} failed to start: {type(exc).__name__}: {exc}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""  # messages are one line
+        raise ConfigError(f"provider {name!r} failed to start: {type(exc).__name__}: {first}") from exc
     if not isinstance(provider, Provider):
         raise ConfigError(f"provider {name!r} factory returned {type(provider).__name__}, not a Provider")
     return provider
@@ -129,6 +130,18 @@ class FunctionProvider(Provider):
         return str(self.options.get("default_model") or getattr(self.fn, "__name__", "default"))
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        try:
+            async for chunk in self._run(request):
+                yield chunk
+        except FarmError:
+            raise
+        except Exception as exc:  # the user's function is the boundary: say which one failed
+            raise ProviderResponseError(
+                f"provider {self.name!r} failed: {type(exc).__name__}: {exc}".strip().splitlines()[0],
+                provider=self.name, hint=f"fix the function registered as {self.name!r}",
+            ) from exc
+
+    async def _run(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         params = request.params.model_dump(exclude_none=True, exclude={"extra"})
         params.update(request.params.extra)
         messages = [m.model_dump() for m in request.messages]

@@ -7,7 +7,9 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import BadRequest
+from pydantic import ValidationError
+
+from ..errors import BadRequest, ConfigError
 from ..runtime import get_runtime
 from ..types import (
     ChatMessage,
@@ -32,7 +34,19 @@ def as_messages(prompt: str | Sequence[ChatMessage | dict[str, Any]]) -> list[Ch
         return [ChatMessage(role="user", content=prompt)]
     if not isinstance(prompt, Sequence):
         raise TypeError(f"prompt must be a string or a list of messages, not {type(prompt).__name__}")
-    return [m if isinstance(m, ChatMessage) else ChatMessage.model_validate(m) for m in prompt]
+    messages = []
+    for i, m in enumerate(prompt):
+        try:
+            messages.append(m if isinstance(m, ChatMessage) else ChatMessage.model_validate(m))
+        except ValidationError as exc:  # pydantic's report is several lines; say it in one
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "message"
+            why = err["msg"].removeprefix("Value error, ")
+            raise ConfigError(
+                f"message {i + 1} of the prompt is invalid: {where}: {why}",
+                hint='write each message as {"role": "user", "content": "text"}',
+            ) from None
+    return messages
 
 
 async def collect(name: str, model: str, chunks: AsyncIterator[Chunk]) -> ChatResponse:

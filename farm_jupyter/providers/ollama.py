@@ -82,6 +82,16 @@ class OllamaProvider(Provider):
             headers=response.headers, not_found_hint=f"pull it with `%farm pull {model}`", label="Ollama",
         )
 
+    def _json(self, response: httpx.Response) -> Any:
+        """A whole JSON body; a broken one is a broken answer (retried, then fallen back from)."""
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise StreamInterrupted(
+                f"Ollama at {self._host} sent a malformed body: {response.text[:80]!r}",
+                provider=self.name, hint="retry; check the server's version and log",
+            ) from exc
+
     async def _ndjson(self, path: str, body: dict[str, Any], model: str) -> AsyncIterator[dict[str, Any]]:
         """POST and yield each JSON line; an `{"error": ...}` line is an error, not data."""
         async with self._errors():
@@ -132,7 +142,7 @@ class OllamaProvider(Provider):
             async with self._errors():
                 response = await self.client.post("/api/chat", json=body)
             await self._raise_for_status(response, request.model)
-            data = response.json()
+            data = self._json(response)
             if "error" in data:
                 raise ServerError(f"Ollama at {self._host} failed: {data['error']}", provider=self.name)
             if text := (data.get("message") or {}).get("content"):
@@ -168,7 +178,7 @@ class OllamaProvider(Provider):
         async with self._errors():
             response = await self.client.get(path, timeout=self.settings.timeouts.connect * 2)
         await self._raise_for_status(response, "")
-        return response.json()
+        return self._json(response)
 
     async def list_models(self) -> list[ModelInfo]:
         tags = (await self._get("/api/tags")).get("models", [])
@@ -195,7 +205,7 @@ class OllamaProvider(Provider):
         async with self._errors():
             response = await self.client.post("/api/show", json={"model": model})
         await self._raise_for_status(response, model)
-        return dict(response.json())
+        return dict(self._json(response))
 
     async def load_model(self, model: str) -> AsyncIterator[PullProgress]:
         """Pull the model (progress as Ollama reports it), then load it into memory."""
@@ -232,7 +242,7 @@ class OllamaProvider(Provider):
         async with self._errors():
             response = await self.client.post("/api/embed", json={"model": model, "input": texts})
         await self._raise_for_status(response, model)
-        return [list(map(float, e)) for e in response.json()["embeddings"]]
+        return [list(map(float, e)) for e in self._json(response)["embeddings"]]
 
     async def aclose(self) -> None:
         if self._client is not None:
