@@ -1222,6 +1222,11 @@ def load(ip: InteractiveShell) -> FarmMagics:
     ip.register_magics(magics)
     ip.events.register("pre_run_cell", magics._pre_run_cell)
     ip.events.register("post_run_cell", magics._post_run_cell)
+    if os.environ.get("FARM_EMBEDDED_DEFAULT") == "1":  # set by `farm-jupyter lab` when nothing answers
+        print(
+            "farm_jupyter: no Ollama or OpenAI configured: answering with the embedded offline model "
+            f"({os.environ.get('FARM_HF_MODEL', 'huggingface')}). Start Ollama or set OPENAI_API_KEY for real answers."
+        )
     return magics
 
 

@@ -83,3 +83,15 @@ def test_enable_and_disable(tmp_path, monkeypatch, capsys):
     assert "load_extension('farm_jupyter')" in startup.read_text()
     assert main(["disable"]) == 0
     assert not startup.exists()
+
+
+def test_load_ext_says_when_the_embedded_default_answers():
+    code = (
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "InteractiveShell.instance().run_line_magic('load_ext', 'farm_jupyter')\n"
+    )
+    env = {**os.environ, "FARM_EMBEDDED_DEFAULT": "1", "FARM_HF_MODEL": "/models/tiny"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stdout
+    assert "embedded offline model (/models/tiny)" in out
+    env.pop("FARM_EMBEDDED_DEFAULT")
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stdout == ""
