@@ -45,7 +45,38 @@ _EXPORTS = {
     "AllProvidersFailed": "farm_jupyter.errors",
 }
 
-__all__ = sorted([*_EXPORTS, "load_ipython_extension", "unload_ipython_extension", "__version__"])
+__all__ = [
+    "AllProvidersFailed",
+    "Attempt",
+    "ChatMessage",
+    "ChatRequest",
+    "ChatResponse",
+    "ChatStream",
+    "Chunk",
+    "Conversation",
+    "FarmError",
+    "GPUStats",
+    "GenerationParams",
+    "ModelInfo",
+    "Provider",
+    "ProviderError",
+    "ProviderStatus",
+    "Session",
+    "Settings",
+    "Timings",
+    "Usage",
+    "__version__",
+    "achat",
+    "astream",
+    "chat",
+    "load_ipython_extension",
+    "load_settings",
+    "register_provider",
+    "session",
+    "stream",
+    "unload_ipython_extension",
+    "unregister_provider",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -13,8 +13,8 @@ import concurrent.futures
 import queue
 import threading
 import weakref
-from contextlib import aclosing
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 T = TypeVar("T")
