@@ -300,24 +300,6 @@ def _footer_bundle(line: str) -> dict[str, str]:
     }
 
 
-def _stats(response: ChatResponse) -> str:
-    parts = []
-    if response.timings.first_token is not None:
-        parts.append(f"TTFT {response.timings.first_token:.2f}s")
-    parts.append(f"total {response.timings.total:.2f}s")
-    if (tps := response.tokens_per_second) and not response.cached:
-        parts.append(f"{tps:.1f} tok/s")
-    if response.usage.completion_tokens:
-        parts.append(f"{response.usage.completion_tokens} tokens")
-    if response.cached:
-        parts.append("cached")
-    if response.fell_back_from:
-        parts.append("fell back from " + ", ".join(response.fell_back_from))
-    if response.stopped:
-        parts.append("stopped")
-    return " · ".join(parts)
-
-
 # -- driving streams on the runtime loop ----------------------------------------------------------
 
 _DONE = object()
@@ -775,7 +757,7 @@ class FarmMagics(Magics):
                     stats = "failed"
                 else:
                     body = f"<pre style='white-space:pre-wrap'>{html.escape(text)}</pre>" if text_only else _markdown_html(text)
-                    stats = _stats(result) if result is not None else (notes[i] or ("waiting…" if not text else "streaming…"))
+                    stats = result.footer(address=False, first_token=True) if result is not None else (notes[i] or ("waiting…" if not text else "streaming…"))
                 cols.append(
                     "<div style='flex:1;min-width:0;border:1px solid rgba(128,128,128,.35);border-radius:4px;padding:.5em'>"
                     f"<div><b>{html.escape(address)}</b></div>{body}"
@@ -790,7 +772,7 @@ class FarmMagics(Magics):
                 if isinstance(result, BaseException):
                     body, stats = f"{type(result).__name__}: {result}", "failed"
                 elif result is not None:
-                    body, stats = result.text, _stats(result)
+                    body, stats = result.text, result.footer(address=False, first_token=True)
                 else:
                     body, stats = "".join(parts[i]), notes[i] or ""
                 sections.append(f"── {address} ──\n{body}\n[{stats}]")

@@ -123,9 +123,16 @@ class ChatResponse(_Model):
     def tokens_per_second(self) -> float | None:
         return self.timings.tokens_per_second(self.usage.completion_tokens)
 
-    def footer(self) -> str:
-        """The one line shown under an answer: where it came from and what it cost."""
-        parts = [self.address, f"{self.timings.total:.2f}s"]
+    def footer(self, *, address: bool = True, first_token: bool = False) -> str:
+        """The one line shown under an answer: where it came from and what it cost.
+
+        `first_token` adds the time to first token (widgets and comparisons show it); `address`
+        leaves out `provider:model` where a column heading already says it.
+        """
+        parts = [self.address] if address else []
+        if first_token and self.timings.first_token is not None and not self.cached:
+            parts.append(f"TTFT {self.timings.first_token:.2f}s")
+        parts.append(f"{'total ' if first_token else ''}{self.timings.total:.2f}s")
         if self.usage.completion_tokens:
             parts.append(f"{self.usage.completion_tokens} tokens")
         tps = self.tokens_per_second

@@ -22,31 +22,11 @@ import ipywidgets as W
 from traitlets import Bool, Int, Unicode, observe
 
 from ..errors import FarmError
-from ._base import ACCENT, BAD, BORDER, FG, FG2, PANEL, WARN, FarmBox, Throttle, error_line, esc, seconds
+from ._base import ACCENT, BAD, BORDER, FG, FG2, PANEL, WARN, FarmBox, Throttle, error_line, esc
 
 if TYPE_CHECKING:
     from ..session import ChatStream, Conversation, Session
     from ..types import ChatResponse, ModelInfo
-
-
-def footer(response: ChatResponse) -> str:
-    """`provider:model · TTFT · total · tokens · tok/s · cached · fell back from ...`"""
-    parts = [response.address]
-    if response.timings.first_token is not None and not response.cached:
-        parts.append(f"TTFT {seconds(response.timings.first_token)}")
-    parts.append(f"total {seconds(response.timings.total)}")
-    if response.usage.completion_tokens:
-        parts.append(f"{response.usage.completion_tokens} tokens")
-    tps = response.tokens_per_second
-    if tps and not response.cached:
-        parts.append(f"{tps:.1f} tok/s")
-    if response.cached:
-        parts.append("cached")
-    if response.fell_back_from:
-        parts.append("fell back from " + ", ".join(response.fell_back_from))
-    if response.restarted:
-        parts.append("restarted")
-    return " · ".join(parts)
 
 
 def model_label(info: ModelInfo) -> str:
@@ -80,7 +60,7 @@ class _Turn:
         else:
             body = ""
         if self.response is not None:
-            note = f'<span style="color:{FG2}">{esc(footer(self.response))}</span>'
+            note = f'<span style="color:{FG2}">{esc(self.response.footer(first_token=True))}</span>'
         elif self.stopped:
             note = f'<span style="color:{WARN}">&#9632; stopped · {esc(self.target)} · partial answer, not added to the history</span>'
         elif self.error is not None:

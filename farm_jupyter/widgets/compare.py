@@ -69,16 +69,7 @@ class _Column:
         r = self.response
         if r is None:
             return "streaming&#8230;"
-        tps = r.tokens_per_second
-        parts = [
-            f"TTFT {seconds(r.timings.first_token)}",
-            f"total {seconds(r.timings.total)}",
-            f"{tps:.1f} tok/s" if tps else "– tok/s",
-            f"{r.usage.completion_tokens} tokens",
-        ]
-        if r.cached:
-            parts.append("cached")
-        return " · ".join(parts)
+        return esc(r.footer(address=False, first_token=True))
 
 
 class CompareWidget(FarmBox):
