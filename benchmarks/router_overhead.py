@@ -4,6 +4,9 @@
 
 Against one loopback Ollama-protocol server, cache off (every request reaches the server):
 - raw httpx (sync client, `stream: false`, then the same with the NDJSON stream read line by line),
+- the steps in between, to see where the added time goes: async httpx on a loop in this thread,
+  async httpx on the runtime's loop (one thread hop per request, or one per line for a stream),
+  the Ollama provider alone on the runtime's loop (no router),
 - farm_jupyter.chat / farm_jupyter.stream through the router (retries, breaker, monitor on).
 The ratio to the raw client is the router's overhead; the target is under 1.10x.
 """
@@ -11,42 +14,66 @@ The ratio to the raw client is the router's overhead; the target is under 1.10x.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, measure, summary, table  # noqa: E402
+from _common import emit, measure, ratio, summary, table, target  # noqa: E402
+from _servers import serve, settings_for  # noqa: E402
 
 from farm_jupyter.session import Session  # noqa: E402
-from farm_jupyter.testing import OllamaServer  # noqa: E402
-from farm_jupyter.testing.pytest_plugin import loopback_settings  # noqa: E402
+from farm_jupyter.types import ChatMessage, ChatRequest  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    with OllamaServer(tokens=20) as server:
-        session = Session(loopback_settings(server, cache={"backend": "none"}))
+    with serve("ollama", tokens=20) as server, asyncio.Runner() as here:
+        session = Session(settings_for(server, cache={"backend": "none"}))
+        runtime = session.runtime
+        provider = session.router.provider("ollama")
         client = httpx.Client(base_url=server.url)
+        here_client = httpx.AsyncClient(base_url=server.url)  # used on this thread's loop only
+        loop_client = runtime.run(_make_client(server.url))  # used on the runtime's loop only
         body = {"model": "llama3.1", "messages": [{"role": "user", "content": "hi"}]}
 
         def raw_chat() -> str:
             return str(client.post("/api/chat", json={**body, "stream": False}).json()["message"]["content"])
+
+        async def async_chat(c: httpx.AsyncClient) -> str:
+            r = await c.post("/api/chat", json={**body, "stream": False})
+            return str(r.json()["message"]["content"])
 
         def raw_stream() -> str:
             parts = []
             with client.stream("POST", "/api/chat", json={**body, "stream": True}) as r:
                 for line in r.iter_lines():
                     if line:
-                        data = json.loads(line)
-                        parts.append(data["message"]["content"])
+                        parts.append(json.loads(line)["message"]["content"])
             return "".join(parts)
+
+        async def async_lines(c: httpx.AsyncClient) -> AsyncIterator[str]:
+            async with c.stream("POST", "/api/chat", json={**body, "stream": True}) as r:
+                async for line in r.aiter_lines():
+                    if line:
+                        yield json.loads(line)["message"]["content"]
+
+        async def async_stream(c: httpx.AsyncClient) -> str:
+            return "".join([part async for part in async_lines(c)])
+
+        request = ChatRequest(messages=[ChatMessage(role="user", content="hi")], model="llama3.1:latest")
+
+        async def provider_text(stream: bool) -> str:
+            req = request.model_copy(update={"stream": stream})
+            return "".join([c.text async for c in provider.astream(req)])
 
         def farm_chat() -> str:
             return session.chat("hi", "ollama:llama3.1").text
@@ -54,17 +81,47 @@ def main() -> None:
         def farm_stream() -> str:
             return "".join(c.text for c in session.stream("hi", "ollama:llama3.1"))
 
-        assert raw_chat() == farm_chat() == raw_stream() == farm_stream()
-        chat_times = measure({"raw httpx": raw_chat, "farm_jupyter.chat": farm_chat}, args.runs)
-        stream_times = measure({"raw httpx iter_lines": raw_stream, "farm_jupyter.stream": farm_stream}, args.runs)
+        chat_fns = {
+            "raw httpx": raw_chat,
+            "async httpx, loop in this thread": lambda: here.run(async_chat(here_client)),
+            "async httpx on the runtime loop": lambda: runtime.run(async_chat(loop_client)),
+            "Ollama provider on the runtime loop": lambda: runtime.run(provider_text(False)),
+            "farm_jupyter.chat": farm_chat,
+        }
+        stream_fns = {
+            "raw httpx iter_lines": raw_stream,
+            "async httpx aiter_lines, loop in this thread": lambda: here.run(async_stream(here_client)),
+            "async httpx on the runtime loop, one hop": lambda: runtime.run(async_stream(loop_client)),
+            "async httpx on the runtime loop, a hop per line": lambda: "".join(runtime.iterate(async_lines(loop_client))),
+            "Ollama provider on the runtime loop, a hop per chunk": lambda: "".join(
+                c.text for c in runtime.iterate(provider.astream(request))
+            ),
+            "farm_jupyter.stream": farm_stream,
+        }
+        answers = {fn() for fn in [*chat_fns.values(), *stream_fns.values()]}
+        assert len(answers) == 1, answers
+        chat_times = measure(chat_fns, args.runs)
+        stream_times = measure(stream_fns, args.runs)
         client.close()
+        here.run(here_client.aclose())
+        runtime.run(loop_client.aclose())
         session.close()
 
+    chat_ratio = ratio(chat_times, "farm_jupyter.chat", "raw httpx")
+    stream_ratio = ratio(stream_times, "farm_jupyter.stream", "raw httpx iter_lines")
+    targets = [
+        target("Ollama protocol, chat: farm_jupyter.chat <= 1.10x raw httpx", f"{chat_ratio:.2f}x", chat_ratio <= 1.10),
+        target("Ollama protocol, stream: farm_jupyter.stream <= 1.10x raw httpx", f"{stream_ratio:.2f}x", stream_ratio <= 1.10),
+    ]
     text = "\n\n".join([
         table("Per-request overhead, non-streaming (20-token answer, loopback Ollama protocol)", chat_times, "raw httpx"),
         table("Per-request overhead, streaming (20 chunks)", stream_times, "raw httpx iter_lines"),
     ])
-    emit(text, {"chat": summary(chat_times), "stream": summary(stream_times)})
+    emit(text, {"chat": summary(chat_times), "stream": summary(stream_times), "targets": targets})
+
+
+async def _make_client(url: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=url)
 
 
 if __name__ == "__main__":

@@ -149,30 +149,35 @@ class OllamaProvider(Provider):
                 yield Chunk(text=text)
             yield self._final(data)
             return
+        # The final line is yielded once the body has ended: a response closed unread closes its
+        # connection, and every streamed request would then pay for a new one.
+        final: Chunk | None = None
         async for data in self._ndjson("/api/chat", body, request.model):
-            if data.get("done"):
-                yield self._final(data)
-                return
-            text = (data.get("message") or {}).get("content") or ""
-            if text:
+            if final is None and data.get("done"):
+                final = self._final(data)
+            elif final is None and (text := (data.get("message") or {}).get("content") or ""):
                 yield Chunk(text=text)
-        raise StreamInterrupted(
-            f"Ollama at {self._host} ended the stream without its final line", provider=self.name
-        )
+        if final is None:
+            raise StreamInterrupted(
+                f"Ollama at {self._host} ended the stream without its final line", provider=self.name
+            )
+        yield final
 
     async def agenerate_stream(self, prompt: str, model: str | None = None, **params: Any) -> AsyncIterator[Chunk]:  # type: ignore[override]
         # Ollama has a native completion endpoint; raw prompts skip the chat template there.
         request = self._request(prompt, model, params)
         body = self._body(request, prompt=prompt)
+        final: Chunk | None = None  # yielded once the body has ended, as in astream
         async for data in self._ndjson("/api/generate", body, request.model):
-            if data.get("done"):
-                yield self._final(data)
-                return
-            if text := data.get("response") or "":
+            if final is None and data.get("done"):
+                final = self._final(data)
+            elif final is None and (text := data.get("response") or ""):
                 yield Chunk(text=text)
-        raise StreamInterrupted(
-            f"Ollama at {self._host} ended the stream without its final line", provider=self.name
-        )
+        if final is None:
+            raise StreamInterrupted(
+                f"Ollama at {self._host} ended the stream without its final line", provider=self.name
+            )
+        yield final
 
     async def _get(self, path: str) -> Any:
         async with self._errors():

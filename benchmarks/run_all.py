@@ -1,0 +1,194 @@
+"""Run every benchmark and write benchmarks/RESULTS.md: the machine, the targets, the tables.
+
+    python benchmarks/run_all.py [--with-anchors] [--only startup,streaming] [--output PATH]
+
+Each script runs in its own process with --json (its figures, its targets and its markdown
+tables); a script that fails gets its error in RESULTS.md instead of its tables, and the others
+still run. --with-anchors installs jupyter-ai-magics and litellm into their own venvs under
+benchmarks/.cache/anchors on first use (minutes) and adds their rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import targets_table  # noqa: E402
+from anchors import installed_versions  # noqa: E402
+
+# (script, takes --with-anchors, what it answers)
+SCRIPTS = [
+    ("startup.py", True, "Start-up: `%load_ext farm_jupyter` vs bare IPython, jupyter-ai-magics, litellm"),
+    ("load_ext.py", False, "`%load_ext farm_jupyter` alone (the magics' own benchmark)"),
+    ("router_overhead.py", False, "Per-request overhead, Ollama protocol, and where it goes"),
+    ("request_overhead.py", True, "Per-request overhead, OpenAI protocol, with litellm and jupyter-ai's %%ai"),
+    ("streaming.py", False, "Streaming relay rate and screen updates"),
+    ("cache_latency.py", False, "Cache hit latency: memory, disk, Redis"),
+    ("concurrency.py", False, "Concurrent requests"),
+    ("local_model.py", False, "Local model (HuggingFace provider) tokens/s"),
+]
+PACKAGES = ["farm-jupyter", "httpx", "openai", "pydantic", "ipython", "ipykernel", "ipywidgets", "redis",
+            "torch", "transformers", "anyio"]
+TIMEOUT = 600
+
+
+def machine() -> list[tuple[str, str]]:
+    def read(path: str, key: str) -> str:
+        try:
+            for line in Path(path).read_text().splitlines():
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return "?"
+
+    mem_kb = read("/proc/meminfo", "MemTotal").split()[0]
+    rows = [
+        ("date", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")),
+        ("CPU", read("/proc/cpuinfo", "model name") if Path("/proc/cpuinfo").exists() else platform.processor()),
+        ("cores", f"{os.cpu_count()} (usable here: {len(os.sched_getaffinity(0))})"),
+        ("RAM", f"{int(mem_kb) / 2**20:.1f} GiB" if mem_kb.isdigit() else "?"),
+        ("GPU", _gpu()),
+        ("OS", platform.platform()),
+        ("Python", sys.version.split()[0] + f" ({platform.python_implementation()})"),
+        ("packages", ", ".join(f"{p} {_version(p)}" for p in PACKAGES)),
+        ("redis-server", _redis()),
+        ("commit", _git()),
+    ]
+    for name in ("jupyter-ai", "litellm"):
+        found = installed_versions(name)
+        rows.append((f"anchor venv {name}", ", ".join(f"{k} {v}" for k, v in found.items()) if found else "not installed"))
+    return rows
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _gpu() -> str:
+    if shutil.which("nvidia-smi") is None:
+        return "none"
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                         capture_output=True, text=True)
+    return "; ".join(out.stdout.strip().splitlines()) or "none"
+
+
+def _redis() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return "not on PATH (Redis rows skipped)"
+    return subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
+
+
+def _git() -> str:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=HERE).stdout.strip()
+    return f"{head or '?'}{' (with uncommitted changes)' if dirty else ''}"
+
+
+def run(script: str, anchors: bool) -> dict[str, Any]:
+    """The script's JSON, or {"error": ...}."""
+    cmd = [sys.executable, str(HERE / script), "--json", *(["--with-anchors"] if anchors else [])]
+    start = time.perf_counter()
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd=HERE.parent)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {TIMEOUT} s", "seconds": TIMEOUT}
+    seconds = time.perf_counter() - start
+    lines = out.stdout.strip().splitlines()
+    try:
+        data = dict(json.loads(lines[-1]))
+    except (IndexError, ValueError):
+        return {"error": f"exit {out.returncode}, no JSON; stderr:\n{out.stderr[-3000:]}", "seconds": seconds}
+    if script == "load_ext.py":  # its own format: render its table and its target here
+        import load_ext
+
+        data = {"markdown": load_ext.table(data), "targets": [{
+            "target": "`%load_ext farm_jupyter` adds < 0.15 s",
+            "measured": f"{data['added_wall_s'] * 1e3:.0f} ms wall, {data['added_load_ext_s'] * 1e3:.1f} ms in the call",
+            "met": bool(data["ok"]),
+        }], "figures": data}
+    data["seconds"] = seconds
+    return data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--with-anchors", action="store_true")
+    parser.add_argument("--only", help="comma-separated script names (without .py)")
+    parser.add_argument("--output", default=str(HERE / "RESULTS.md"))
+    args = parser.parse_args()
+
+    only = {f"{s.strip()}.py" for s in args.only.split(",")} if args.only else None
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    for script, takes_anchors, _ in SCRIPTS:
+        if only is not None and script not in only:
+            continue
+        if not (HERE / script).exists():
+            results[script] = {"error": "not in this checkout", "seconds": 0.0}
+            continue
+        print(f"[run_all] {script} ...", file=sys.stderr, flush=True)
+        results[script] = run(script, takes_anchors and args.with_anchors)
+        print(f"[run_all] {script}: {results[script]['seconds']:.0f} s"
+              f"{' FAILED' if 'error' in results[script] else ''}", file=sys.stderr, flush=True)
+    total = time.perf_counter() - started
+    load_after = os.getloadavg()
+
+    rows = machine() + [
+        ("load average (1, 5, 15 min)", f"before {_load(load_before)}; after {_load(load_after)}"),
+        ("run", f"`python benchmarks/run_all.py{' --with-anchors' if args.with_anchors else ''}`, {total:.0f} s"),
+    ]
+    targets = []
+    for script, data in results.items():
+        for t in data.get("targets", []):
+            targets.append({**t, "target": f"{t['target']} ({script})"})
+        if "error" in data:
+            targets.append({"target": f"{script} ran", "measured": data["error"].splitlines()[0], "met": False})
+    parts = [
+        "# Benchmark results",
+        "",
+        "Written by `benchmarks/run_all.py`; do not edit by hand. How to read and rerun: benchmarks/README.md.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in rows],
+        "",
+        targets_table(targets, title="Targets").replace("### Targets", "## Targets"),
+    ]
+    about = {script: text for script, _, text in SCRIPTS}
+    for script, data in results.items():
+        parts += ["", f"## {about[script]} (`{script}`, {data['seconds']:.0f} s)", ""]
+        if "error" in data:
+            parts += ["```", data["error"], "```"]
+        else:
+            parts.append(data["markdown"])
+    Path(args.output).write_text("\n".join(parts) + "\n")
+    print(f"[run_all] wrote {args.output} in {total:.0f} s", file=sys.stderr)
+
+
+def _load(avg: tuple[float, float, float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in avg)
+
+
+if __name__ == "__main__":
+    main()
