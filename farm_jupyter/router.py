@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -118,12 +119,14 @@ class RateLimiter:
         if self.limit.tpm and self.tokens:
             used = sum(n for _, n in self.tokens)
             if used + cost > self.limit.tpm:
-                freed, t0 = 0, now
-                for t0, n in self.tokens:
+                # Wait until enough of the oldest entries have left the window.
+                freed, frees_at = 0, self.tokens[-1][0]
+                for at, n in self.tokens:
                     freed += n
                     if used - freed + cost <= self.limit.tpm:
+                        frees_at = at
                         break
-                wait = max(wait, 60 - (now - t0))
+                wait = max(wait, 60 - (now - frees_at))
         return wait
 
     def record_tokens(self, count: int) -> None:
@@ -159,7 +162,7 @@ class Router:
         return name in self.providers or registry.is_known(name)
 
     def expand_alias(self, target: str) -> str:
-        seen = []
+        seen: list[str] = []
         while target in self.settings.aliases:
             if target in seen:
                 raise ConfigError(f"alias loop: {' -> '.join([*seen, target])}")
@@ -220,7 +223,7 @@ class Router:
         self,
         messages: list[ChatMessage],
         target: str | None = None,
-        params: GenerationParams | Mapping[str, object] | None = None,
+        params: GenerationParams | Mapping[str, Any] | None = None,
         *,
         no_cache: bool = False,
         refresh: bool = False,
@@ -385,7 +388,7 @@ class Router:
         deadline = _Deadline(loop, min(now + t.first_token, total_at))
         seen_text = False
         try:
-            async with aclosing(chunks) as it:
+            async with aclosing(chunks) as it:  # type: ignore[type-var]  # providers are async generators
                 while True:
                     try:
                         chunk = await deadline.wait(it)
@@ -444,7 +447,7 @@ class Router:
         async def one(name: str) -> ProviderStatus:
             try:
                 status = await asyncio.wait_for(self.provider(name).health(), self.settings.timeouts.connect * 2)
-            except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001 - reported, not raised
+            except Exception as exc:  # noqa: BLE001 - reported, not raised (TimeoutError included)
                 status = ProviderStatus(provider=name, state="unhealthy", error=str(exc) or type(exc).__name__)
             breaker = self.breaker(name)
             if breaker.state == "open":

@@ -1,0 +1,25 @@
+"""The house style holds: ruff on everything, mypy on the package (STYLE.md, point 15)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_ruff():
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "farm_jupyter", "tests", "benchmarks", "scripts"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+
+
+def test_mypy():
+    result = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:]
