@@ -78,7 +78,7 @@ def backend_times(name: str, cache: dict[str, object], server: Served, runs: int
     route = session.router.resolve("ollama:llama3.1", fallback=False)[0]
     messages = [ChatMessage(role="user", content="hi")]
     request = ChatRequest(messages=messages, model=route.model, params=GenerationParams(), stream=False)
-    key = cache_key(route.provider, request)
+    key = cache_key(route.provider, request, where=session.router.provider(route.provider).cache_identity)
 
     async def get() -> None:
         assert await session.cache.get(key) is not None

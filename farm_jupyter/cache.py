@@ -28,7 +28,7 @@ from .config import CacheSettings
 from .errors import ConfigError, MissingDependency
 from .types import ChatRequest, ChatResponse
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class CacheEntry(BaseModel):
@@ -37,10 +37,12 @@ class CacheEntry(BaseModel):
     created: float = Field(default_factory=time.time)
 
 
-def cache_key(provider: str, request: ChatRequest) -> str:
+def cache_key(provider: str, request: ChatRequest, where: str | None = None) -> str:
+    """`where` tells two servers of one provider apart (OLLAMA_HOST, OPENAI_BASE_URL); never a secret."""
     payload = {
         "v": SCHEMA_VERSION,
         "provider": provider,
+        "where": where,
         "model": request.model,
         "messages": [(m.role, m.content) for m in request.messages],
         "params": request.params.model_dump(exclude_none=True),
@@ -155,6 +157,7 @@ class DiskCache:
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         os.chmod(self.path, 0o600)
         self._lock = threading.Lock()
+        self._writes = 0
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
             self._db.execute("PRAGMA journal_mode=DELETE")
@@ -178,19 +181,23 @@ class DiskCache:
         return CacheEntry.model_validate_json(row[1])
 
     async def set(self, key: str, entry: CacheEntry) -> None:
-        entry = _strip(entry)
-        value = entry.model_dump_json()
+        value = _strip(entry).model_dump_json()
+        # A durable write waits for the disk (fsync): off the runtime loop, so streams keep going.
+        await asyncio.to_thread(self._write, key, entry.created, value)
+
+    def _write(self, key: str, created: float, value: str) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO entries (key, created, value) VALUES (?, ?, ?)",
-                (key, entry.created, value),
+                "INSERT OR REPLACE INTO entries (key, created, value) VALUES (?, ?, ?)", (key, created, value)
             )
-            count = self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
-            if count > self.max_entries:
-                self._db.execute(
-                    "DELETE FROM entries WHERE key IN (SELECT key FROM entries ORDER BY created LIMIT ?)",
-                    (count - self.max_entries,),
-                )
+            self._writes += 1
+            if self._writes % 64 == 1:  # counting rows scans the table: now and then is enough
+                count = self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+                if count > self.max_entries:
+                    self._db.execute(
+                        "DELETE FROM entries WHERE key IN (SELECT key FROM entries ORDER BY created LIMIT ?)",
+                        (count - self.max_entries,),
+                    )
 
     async def delete(self, key: str) -> None:
         with self._lock:
@@ -223,7 +230,6 @@ class RedisCache:
         self.ttl = ttl
         self.prefix = prefix
         self._client = aioredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def get(self, key: str) -> CacheEntry | None:
         raw = await self._client.get(self.prefix + key)
@@ -259,7 +265,7 @@ def make_cache(settings: CacheSettings) -> Cache:
     if settings.backend == "memory":
         return MemoryCache(settings.max_entries, settings.ttl)
     if settings.backend == "disk":
-        return DiskCache(settings.path, settings.ttl)
+        return DiskCache(settings.path, settings.ttl, settings.max_entries)
     if settings.backend == "redis":
         return RedisCache(settings.redis_url, settings.ttl)
     return NullCache()

@@ -32,6 +32,27 @@ def mask(secret: str | SecretStr | None) -> str | None:
     return f"{prefix}...{value[-4:]}"
 
 
+_SECRET_NAMES = ("key", "token", "secret", "password")
+
+
+def mask_url(url: str) -> str:
+    """`redis://:pw@host:6379/0` -> `redis://***@host:6379/0`."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
+def _masked_options(value: Any, name: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _masked_options(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (str, SecretStr)) and any(word in name.lower() for word in _SECRET_NAMES):
+        return mask(value)
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
+    return value
+
+
 def normalize_url(value: str, *, default_port: int | None = None, name: str = "URL") -> str:
     """Accept `host`, `host:port` or a full URL (OLLAMA_HOST allows all three)."""
     raw = value.strip()
@@ -176,12 +197,17 @@ class Settings(_Section):
         return chain
 
     def public(self) -> dict[str, Any]:
-        """A dict safe to show: secrets masked."""
+        """A dict safe to show: secrets masked, wherever they sit."""
         data = self.model_dump(mode="python")
         data["openai"]["api_key"] = mask(self.openai.api_key)
         data["huggingface"]["token"] = mask(self.huggingface.token)
+        data["cache"]["redis_url"] = mask_url(self.cache.redis_url)
+        data["providers"] = _masked_options(self.providers)
         data["source"] = self.source
         return data
+
+    def __repr_args__(self) -> Any:  # pydantic's repr: the public view, never a secret
+        return list(self.public().items())
 
 
 def find_config_file(start: Path | None = None) -> tuple[Path, dict[str, Any]] | None:

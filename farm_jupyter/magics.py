@@ -512,11 +512,11 @@ class FarmMagics(Magics):
             raise UsageError(str(exc)) from None
 
     def _check_provider(self, session: Session, name: str) -> None:
-        from .providers import available
+        from .providers import available, is_known
 
-        known = set(available()) | set(session.router.providers) | {"hf"}
-        if name not in known:
-            raise UsageError(f"no provider named {name!r}: use one of {', '.join(sorted(known - {'hf'}))}")
+        if not (is_known(name) or name in session.router.providers):
+            known = sorted(set(available()) | set(session.router.providers))
+            raise UsageError(f"no provider named {name!r}: use one of {', '.join(known)}")
 
     # -- %%farm_chat ------------------------------------------------------------------------------
 

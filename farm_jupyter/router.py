@@ -104,7 +104,7 @@ class RateLimiter:
 
     limit: RateLimit
     requests: deque[float] = field(default_factory=deque)
-    tokens: deque[tuple[float, int]] = field(default_factory=deque)
+    tokens: deque[list[float]] = field(default_factory=deque)  # [admitted at, tokens]
     lock: asyncio.Lock | None = None
     waiting_until: float = 0.0
 
@@ -120,7 +120,7 @@ class RateLimiter:
             used = sum(n for _, n in self.tokens)
             if used + cost > self.limit.tpm:
                 # Wait until enough of the oldest entries have left the window.
-                freed, frees_at = 0, self.tokens[-1][0]
+                freed, frees_at = 0.0, self.tokens[-1][0]
                 for at, n in self.tokens:
                     freed += n
                     if used - freed + cost <= self.limit.tpm:
@@ -129,8 +129,12 @@ class RateLimiter:
                 wait = max(wait, 60 - (now - frees_at))
         return wait
 
-    def record_tokens(self, count: int) -> None:
-        self.tokens.append((time.monotonic(), count))
+    def book(self, estimate: int) -> list[float]:
+        """Count a request's tokens from its admission (an estimate), so concurrent requests see
+        each other; the caller corrects the entry to the real usage, or to 0 on failure."""
+        entry = [time.monotonic(), float(estimate)]
+        self.tokens.append(entry)
+        return entry
 
 
 def _estimate_tokens(request: ChatRequest) -> int:
@@ -152,7 +156,7 @@ class Router:
     # -- addresses ------------------------------------------------------------------------------
 
     def provider(self, name: str) -> Provider:
-        name = {"hf": "huggingface"}.get(name, name)
+        name = registry.canonical(name)
         found = self.providers.get(name)
         if found is None:
             found = self.providers[name] = registry.create(name, self.settings)
@@ -189,7 +193,7 @@ class Router:
                 f"no provider named {primary!r}",
                 hint=f"use one of {', '.join(registry.available())}, or register_provider({primary!r}, ...)",
             )
-        primary = {"hf": "huggingface"}.get(primary, primary)
+        primary = registry.canonical(primary)
         routes = [Route(primary, model or self._default_model(primary))]
         if fallback:
             for name in self.settings.chain:
@@ -245,34 +249,41 @@ class Router:
                 hint="see help(farm_jupyter.types.GenerationParams)",
             ) from None
         routes = self.resolve(target, fallback=fallback)
-        first = ChatRequest(messages=messages, model=routes[0].model, params=gen, stream=stream)
-        key = cache_key(routes[0].provider, first)
         warnings: list[str] = []
-
-        if not no_cache and not refresh:
-            entry = await self._cache_call("get", key, warnings=warnings)
-            if entry is not None:
-                # A hit replays as a stream; a caller that wants the whole answer gets it in one piece.
-                for text in entry.chunks if stream else ["".join(entry.chunks)]:
-                    yield Chunk(text=text)
-                elapsed = time.perf_counter() - start
-                response = entry.response.model_copy(
-                    update={
-                        "cached": True,
-                        "timings": Timings(first_token=elapsed, total=elapsed),
-                        "attempts": [Attempt(provider=entry.response.provider, model=entry.response.model, ok=True)],
-                    }
-                )
-                self.monitor.record(RequestRecord.from_response(response))
-                yield Chunk(done=True, response=response)
-                return
-
         attempts: list[Attempt] = []
         shown = False  # text of a failed attempt is on the caller's screen
         restarted = False
         first_token: float | None = None
         last: BaseException | None = None
         for route in routes:
+            try:
+                provider = self.provider(route.provider)
+            except FarmError as exc:
+                attempts.append(Attempt(provider=route.provider, model=route.model, ok=False,
+                                        error=str(exc), error_type=type(exc).__name__))
+                last = exc
+                continue
+            request = ChatRequest(messages=messages, model=route.model, params=gen, stream=stream)
+            # Each route has its own entry: an answer is cached under the provider that gave it.
+            key = cache_key(route.provider, request, where=provider.cache_identity)
+            if not no_cache and not refresh:
+                entry = await self._cache_call("get", key, warnings=warnings)
+                if entry is not None:
+                    if shown:
+                        yield Chunk(restart=True)
+                    # A hit replays as a stream; a caller that wants the whole answer gets one piece.
+                    for text in entry.chunks if stream else ["".join(entry.chunks)]:
+                        yield Chunk(text=text)
+                    elapsed = time.perf_counter() - start
+                    attempts.append(Attempt(provider=route.provider, model=route.model, ok=True))
+                    response = entry.response.model_copy(update={
+                        "cached": True, "restarted": shown, "attempts": attempts,
+                        "timings": Timings(first_token=first_token or elapsed, total=elapsed,
+                                           waited=sum(a.waited for a in attempts)),
+                    })
+                    self.monitor.record(RequestRecord.from_response(response))
+                    yield Chunk(done=True, response=response)
+                    return
             breaker = self.breaker(route.provider)
             if not breaker.allow():
                 until = time.strftime("%H:%M:%S", time.localtime(breaker.open_until))
@@ -281,96 +292,93 @@ class Router:
                     error=f"cooling down until {until} after: {breaker.last_error}",
                 ))
                 continue
-            try:
-                provider = self.provider(route.provider)
-            except FarmError as exc:
-                attempts.append(Attempt(provider=route.provider, model=route.model, ok=False,
-                                        error=str(exc), error_type=type(exc).__name__))
-                last = exc
-                continue
-            request = first if route.model == first.model and route.provider == routes[0].provider else \
-                ChatRequest(messages=messages, model=route.model, params=gen, stream=stream)
             retries = 0
             waited = 0.0
-            while True:
-                limiter = self.limiter(route.provider)
-                if limiter is not None:
-                    async for note in self._wait_turn(limiter, route, request):
-                        waited += note[0]
-                        yield Chunk(status=note[1])
-                if shown:
-                    yield Chunk(restart=True)
-                    shown, restarted = False, True
-                parts: list[str] = []
-                final: Chunk | None = None
-                try:
-                    async for chunk in self._timed(provider.astream(request)):
-                        if chunk.done:
-                            final = chunk
-                            break
-                        if chunk.text:
-                            if first_token is None:
-                                first_token = time.perf_counter() - start
-                            parts.append(chunk.text)
-                            shown = True
-                            yield chunk
-                except ProviderError as exc:
-                    last = exc
-                    if exc.retryable:
-                        breaker.failure(str(exc))
-                    else:
-                        breaker.probing = False
-                    delay = self._retry_delay(exc, retries)
-                    if delay is not None and breaker.state == "closed":
-                        retries += 1
-                        waited += delay
-                        yield Chunk(status=f"retrying {route} in {delay:.2f}s after: {exc}")
-                        await asyncio.sleep(delay)
-                        continue
-                    attempts.append(Attempt(
-                        provider=route.provider, model=route.model, ok=False, error=str(exc),
-                        error_type=type(exc).__name__, retries=retries, waited=waited,
-                        chunks_before_failure=len(parts),
-                    ))
-                    if not exc.fallback:
-                        self.monitor.record_error(route.provider, route.model, exc, time.perf_counter() - start)
-                        raise
-                    break
-                except BaseException:
-                    # Cancelled, closed early by the caller (GeneratorExit at a yield) or a bug:
-                    # either way the half-open probe is over, or the breaker would wait forever.
-                    breaker.probing = False
-                    raise
-                breaker.success()
-                assert final is not None
-                usage = final.usage or Usage()
-                if limiter is not None:
-                    limiter.record_tokens(usage.total_tokens)
-                end = time.perf_counter()
-                attempts.append(Attempt(provider=route.provider, model=route.model, ok=True,
-                                        retries=retries, waited=waited))
-                response = ChatResponse(
-                    text="".join(parts),
-                    provider=route.provider,
-                    model=route.model,
-                    usage=usage,
-                    finish_reason=final.finish_reason,
-                    restarted=restarted,
-                    attempts=attempts,
-                    timings=Timings(
-                        first_token=first_token,
-                        total=end - start,
-                        waited=sum(a.waited for a in attempts),
-                        provider_total=final.provider_total,
-                    ),
-                )
-                if not no_cache:
-                    await self._cache_call("set", key, CacheEntry(response=response, chunks=parts), warnings=warnings)
-                self.monitor.record(RequestRecord.from_response(response))
-                if warnings:
-                    log.warning("; ".join(warnings))
-                yield Chunk(done=True, usage=usage, finish_reason=final.finish_reason, response=response)
-                return
+            try:
+                while True:
+                    limiter = self.limiter(route.provider)
+                    booking: list[float] | None = None
+                    if limiter is not None:
+                        admitted: list[list[float]] = []
+                        async for wait, note in self._wait_turn(limiter, route, request, admitted):
+                            waited += wait
+                            yield Chunk(status=note)
+                        booking = admitted[0]
+                    if shown:
+                        yield Chunk(restart=True)
+                        shown, restarted = False, True
+                    parts: list[str] = []
+                    final: Chunk | None = None
+                    try:
+                        async for chunk in self._timed(provider.astream(request)):
+                            if chunk.done:
+                                final = chunk
+                                break
+                            if chunk.text:
+                                if first_token is None:
+                                    first_token = time.perf_counter() - start
+                                parts.append(chunk.text)
+                                shown = True
+                                yield chunk
+                    except ProviderError as exc:
+                        last = exc
+                        if booking is not None:
+                            booking[1] = 0
+                        delay = self._retry_delay(exc, retries)
+                        if delay is not None:
+                            retries += 1
+                            waited += delay
+                            yield Chunk(status=f"retrying {route} in {delay:.2f}s after: {exc}")
+                            await asyncio.sleep(delay)
+                            continue
+                        # One failure per attempt, and a rate limit is not a sign of ill health.
+                        if exc.retryable and not isinstance(exc, RateLimited):
+                            breaker.failure(str(exc))
+                        else:
+                            breaker.probing = False
+                        attempts.append(Attempt(
+                            provider=route.provider, model=route.model, ok=False, error=str(exc),
+                            error_type=type(exc).__name__, retries=retries, waited=waited,
+                            chunks_before_failure=len(parts),
+                        ))
+                        if not exc.fallback:
+                            self.monitor.record_error(route.provider, route.model, exc, time.perf_counter() - start)
+                            raise
+                        break
+                    breaker.success()
+                    assert final is not None
+                    usage = final.usage or Usage()
+                    if booking is not None:
+                        booking[1] = usage.total_tokens
+                    attempts.append(Attempt(provider=route.provider, model=route.model, ok=True,
+                                            retries=retries, waited=waited))
+                    response = ChatResponse(
+                        text="".join(parts),
+                        provider=route.provider,
+                        model=route.model,
+                        usage=usage,
+                        finish_reason=final.finish_reason,
+                        restarted=restarted,
+                        attempts=attempts,
+                        timings=Timings(
+                            first_token=first_token,
+                            total=time.perf_counter() - start,
+                            waited=sum(a.waited for a in attempts),
+                            provider_total=final.provider_total,
+                        ),
+                    )
+                    if not no_cache:
+                        await self._cache_call("set", key, CacheEntry(response=response, chunks=parts), warnings=warnings)
+                    self.monitor.record(RequestRecord.from_response(response))
+                    if warnings:
+                        log.warning("; ".join(warnings))
+                    yield Chunk(done=True, usage=usage, finish_reason=final.finish_reason, response=response)
+                    return
+            except BaseException:
+                # Cancelled, closed early by the caller (GeneratorExit at a yield), a user error
+                # or a bug: whichever, a half-open probe is over, or the breaker would wait forever.
+                breaker.probing = False
+                raise
         self.monitor.record_error(routes[0].provider, routes[0].model, last or RuntimeError("no route"),
                                   time.perf_counter() - start)
         raise AllProvidersFailed(attempts, last)
@@ -416,7 +424,11 @@ class Router:
         base = min(r.backoff * (2**retries), r.backoff_max)
         return base * (0.5 + random.random() / 2)
 
-    async def _wait_turn(self, limiter: RateLimiter, route: Route, request: ChatRequest) -> AsyncIterator[tuple[float, str]]:
+    async def _wait_turn(
+        self, limiter: RateLimiter, route: Route, request: ChatRequest, admitted: list[list[float]]
+    ) -> AsyncIterator[tuple[float, str]]:
+        """Wait for the request's turn, saying so; then admit it (its token booking goes into
+        `admitted`), under the lock, so that concurrent requests see each other."""
         if limiter.lock is None:
             limiter.lock = asyncio.Lock()
         cost = _estimate_tokens(request)
@@ -427,6 +439,7 @@ class Router:
                 await asyncio.sleep(wait)
             limiter.waiting_until = 0.0
             limiter.requests.append(time.monotonic())
+            admitted.append(limiter.book(cost))
 
     async def _cache_call(self, op: str, key: str, *args: object, warnings: list[str]) -> CacheEntry | None:
         """A cache that is down costs a warning, never the answer."""

@@ -157,14 +157,19 @@ class ChatStream:
         source = self._claim()
         if source is not None:
             self._session.runtime.run(self._collect(source))
-        assert self.response is not None
-        return self.response
+        return self._finished()
 
     async def aresult(self) -> ChatResponse:
         source = self._claim()
         if source is not None:
             await self._session.runtime.wrap(self._collect(source))
-        assert self.response is not None
+        return self._finished()
+
+    def _finished(self) -> ChatResponse:
+        if self.response is None:  # an earlier iteration stopped early or failed
+            raise FarmError(
+                "this stream ended before its answer was complete", hint="ask again for a new stream"
+            )
         return self.response
 
     def __repr__(self) -> str:
@@ -282,19 +287,20 @@ class Session:
         self.settings.aliases.pop(name, None)
 
     def models(self, provider: str | None = None) -> list[ModelInfo]:
+        return self.runtime.run(self.list_models(provider))
+
+    async def list_models(self, provider: str | None = None) -> list[ModelInfo]:
+        """Live model lists (runs on the runtime loop): one provider's, or every one in the chain
+        that answers."""
         names = [provider] if provider else list(dict.fromkeys(self.settings.chain))
-
-        async def gather() -> list[ModelInfo]:
-            out: list[ModelInfo] = []
-            for name in names:
-                try:
-                    out += await self.router.provider(name).list_models()
-                except FarmError:
-                    if provider:
-                        raise
-            return out
-
-        return self.runtime.run(gather())
+        out: list[ModelInfo] = []
+        for name in names:
+            try:
+                out += await self.router.provider(name).list_models()
+            except FarmError:
+                if provider:
+                    raise
+        return out
 
     def _split(self, model: str) -> tuple[str, str]:
         route = self.router.resolve(model, fallback=False)[0]

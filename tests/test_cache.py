@@ -30,7 +30,7 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def test_key_covers_every_parameter_and_nothing_secret():
+def test_key_covers_every_parameter_and_the_server():
     base = cache_key("ollama", request())
     assert base == cache_key("ollama", request())
     others = {
@@ -43,7 +43,9 @@ def test_key_covers_every_parameter_and_nothing_secret():
         cache_key("ollama", request(format="json")),
         cache_key("ollama", request(extra={"min_new_tokens": 2})),
     }
-    assert base not in others and len(others) == 8
+    others.add(cache_key("ollama", request(), where="http://gpu-box:11434"))  # another server
+    assert base not in others and len(others) == 9
+    assert cache_key("ollama", request(), where="http://a:1") != cache_key("ollama", request(), where="http://b:1")
 
 
 def test_memory_lru_and_ttl():

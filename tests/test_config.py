@@ -62,6 +62,19 @@ def test_secrets_are_masked_everywhere():
     assert mask("short") == "***"
 
 
+def test_secrets_in_urls_and_provider_options_are_masked():
+    s = load_settings(
+        {
+            "cache": {"redis_url": "redis://:hunter2-redis-pass@cache:6379/0"},
+            "providers": {"vllm": {"api_key": "sk-live-abcdef1234567890", "base_url": "http://u:pw-secret@h:1/v1"}},
+        },
+        environ={}, use_file=False,
+    )
+    for shown in (repr(s), str(s.public())):
+        assert "hunter2" not in shown and "abcdef1234567890" not in shown and "pw-secret" not in shown
+    assert s.public()["cache"]["redis_url"] == "redis://***@cache:6379/0"
+
+
 def test_file_layers_under_environment(tmp_path):
     (tmp_path / "pyproject.toml").write_text(
         '[tool.farm]\nenv = "production"\n[tool.farm.openai]\ndefault_model = "gpt-4o"\n'

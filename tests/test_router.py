@@ -377,3 +377,87 @@ def test_unknown_model_without_fallback_is_one_line(ollama_server):
     assert isinstance(info.value.last, ModelNotFound)
     assert "%farm pull nosuch" in str(info.value) and "\n" not in str(info.value)
     s.close()
+
+
+# -- found in review ------------------------------------------------------------------------------
+
+
+def test_a_probe_closed_early_does_not_wedge_the_breaker(ollama_server):
+    ollama_server.tokens = 50
+    s = make(ollama_server, breaker={"failures": 1, "cooldown": 0.2}, retry={"max_retries": 0})
+    ollama_server.add_fault(Fault(kind="status", status=500, times=1, path="/api/chat"))
+    with pytest.raises(AllProvidersFailed):
+        s.chat("x", no_cache=True)
+    time.sleep(0.25)
+    it = iter(s.stream("probe", no_cache=True))  # the half-open probe...
+    assert next(it).text
+    it.close()  # ...closed by the caller after its first chunk
+    assert s.chat("after", no_cache=True).provider == "ollama"
+    s.close()
+
+
+def test_a_fallback_answer_is_cached_under_the_provider_that_gave_it(ollama_server, openai_server):
+    s = make(ollama_server, openai_server)
+    ollama_server.refuse()
+    assert s.chat("where from?").provider == "openai"
+    ollama_server.accept()
+    asked = ollama_server.count("/api/chat")
+    answer = s.chat("where from?", "ollama:llama3.1", fallback=False)
+    assert answer.provider == "ollama" and not answer.cached
+    assert ollama_server.count("/api/chat") == asked + 1
+    s.close()
+
+
+def test_two_servers_of_one_provider_do_not_share_answers(tmp_path):
+    shared = {"backend": "disk", "path": str(tmp_path / "shared.sqlite")}
+    with OllamaServer(reply="from A") as a, OllamaServer(reply="from B") as b:
+        first, second = make(a, cache=shared), make(b, cache=shared)
+        assert first.chat("same question").text == "from A"
+        assert second.chat("same question").text == "from B"
+        assert (a.count("/api/chat"), b.count("/api/chat")) == (1, 1)
+        first.close()
+        second.close()
+
+
+def test_rate_limit_answers_do_not_open_the_breaker(ollama_server, openai_server):
+    s = make(ollama_server, openai_server, breaker={"failures": 1, "cooldown": 30}, retry={"max_retries": 0})
+    ollama_server.add_fault(Fault(kind="status", status=429, times=1, path="/api/chat"))
+    assert s.chat("busy", no_cache=True).provider == "openai"  # fell back...
+    assert s.router.breaker("ollama").state == "closed"  # ...without calling ollama unhealthy
+    assert s.chat("busy again", no_cache=True).provider == "ollama"
+    s.close()
+
+
+@pytest.mark.parametrize(("header", "seconds"), [("2", 2.0), ("soon", None), ("", None), ("-3", 0.0)])
+def test_retry_after_header_forms(header, seconds):
+    from farm_jupyter.providers._http import retry_after
+
+    assert retry_after({"retry-after": header}) == seconds
+
+
+def test_token_budget_counts_requests_in_flight(ollama_server):
+    ollama_server.latency = 0.5
+    s = make(ollama_server, rate_limits={"ollama": {"tpm": 500}})
+
+    async def go() -> str | None:
+        busy = [asyncio.ensure_future(s.achat(f"q{i}", no_cache=True, max_tokens=200)) for i in range(2)]
+        await asyncio.sleep(0.2)  # both admitted (about 200 tokens booked each) and still in flight
+        note = None
+        async for chunk in s.stream("third", no_cache=True, max_tokens=200):
+            note = chunk.status
+            break  # it has to wait for the window: that is all this test needs to see
+        await asyncio.gather(*busy)
+        return note
+
+    assert "rate limit" in (asyncio.run(go()) or "")
+    s.close()
+
+
+def test_result_of_a_stream_closed_early_is_a_clear_error(session):
+    from farm_jupyter.errors import FarmError
+
+    stream = session.stream("partial please", no_cache=True)
+    for _ in stream:
+        break
+    with pytest.raises(FarmError, match="ended before its answer was complete"):
+        stream.result()

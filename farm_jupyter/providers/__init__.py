@@ -15,7 +15,7 @@ from ..types import ChatRequest, Chunk, Usage
 from .base import Provider
 
 __all__ = [
-    "FunctionProvider", "Provider", "ProviderFactory", "available", "create", "is_known",
+    "FunctionProvider", "Provider", "ProviderFactory", "available", "canonical", "create", "is_known",
     "register_provider", "unregister_provider",
 ]
 
@@ -61,6 +61,11 @@ def _takes_settings(factory: Callable[..., Any]) -> bool:
     return params[:2] == ["name", "settings"]
 
 
+def canonical(name: str) -> str:
+    """The registered name behind a short one (`hf` -> `huggingface`)."""
+    return _ALIASES.get(name, name)
+
+
 @functools.cache
 def _entry_point_names() -> frozenset[str]:
     # Scanning installed distributions costs milliseconds: once per process is enough.
@@ -68,7 +73,7 @@ def _entry_point_names() -> frozenset[str]:
 
 
 def is_known(name: str) -> bool:
-    name = _ALIASES.get(name, name)
+    name = canonical(name)
     return name in _registered or name in _BUILTIN or name in _entry_point_names()
 
 
@@ -77,7 +82,7 @@ def available() -> list[str]:
 
 
 def _lookup(name: str) -> ProviderFactory:
-    name = _ALIASES.get(name, name)
+    name = canonical(name)
     if name in _registered:
         return _registered[name]
     if name in _BUILTIN:
@@ -99,7 +104,7 @@ def create(name: str, settings: Any, **options: Any) -> Provider:
     factory = _lookup(name)
     merged = {**settings.providers.get(name, {}), **options}
     try:
-        provider = factory(_ALIASES.get(name, name), settings, **merged)
+        provider = factory(canonical(name), settings, **merged)
     except (UnknownProvider, ConfigError):
         raise
     except Exception as exc:

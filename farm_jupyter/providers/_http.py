@@ -30,8 +30,12 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):  # neither seconds nor a date: as if absent
+        return None
+    return max(0.0, parsed.timestamp() - time.time())
 
 
 def status_error(
@@ -40,7 +44,6 @@ def status_error(
     detail: str,
     *,
     url: str,
-    model: str,
     headers: Mapping[str, str] | None = None,
     not_found_hint: str | None = None,
     auth_hint: str | None = None,

@@ -110,6 +110,12 @@ class Provider(ABC):
         """Where the backend is, for humans; never carries a secret."""
         return None
 
+    @property
+    def cache_identity(self) -> str | None:
+        """What, besides the provider's name, tells its answers apart in a shared cache: the
+        server it talks to. Never a secret."""
+        return self.url
+
     def normalize_model(self, model: str) -> str:
         return model
 

@@ -182,6 +182,10 @@ class HuggingFaceProvider(Provider):
             return f"local ({', '.join(devices)})"
         return f"local ({self._device or self._configured_device()})"
 
+    @property
+    def cache_identity(self) -> str | None:
+        return "local"  # the model path is in the key already; the device does not change the answer
+
     def _configured_device(self) -> str:
         return str(self.options.get("device") or self._hf.device)
 

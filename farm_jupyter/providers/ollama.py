@@ -78,7 +78,7 @@ class OllamaProvider(Provider):
         except ValueError:
             detail = response.text
         raise status_error(
-            self.name, response.status_code, str(detail)[:300], url=self._host, model=model,
+            self.name, response.status_code, str(detail)[:300], url=self._host,
             headers=response.headers, not_found_hint=f"pull it with `%farm pull {model}`", label="Ollama",
         )
 

@@ -94,7 +94,7 @@ class OpenAIProvider(Provider):
             ) from exc
         except openai.APIStatusError as exc:
             raise status_error(
-                self.name, exc.status_code, self._detail(exc), url=self._base_url, model=model,
+                self.name, exc.status_code, self._detail(exc), url=self._base_url,
                 headers=exc.response.headers,
                 not_found_hint=f"check the model name; `%farm models {self.name}` lists them",
                 auth_hint="check OPENAI_API_KEY",

@@ -45,7 +45,7 @@ from ..schema import (
     StreamText,
     UnloadResponse,
 )
-from ..types import ChatResponse, Chunk, ModelInfo, PullProgress
+from ..types import ChatResponse, Chunk, PullProgress
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -371,20 +371,7 @@ class ModelsHandler(FarmHandler):
     @route
     async def get(self) -> None:
         provider = self.get_argument("provider", None) or None
-        session = self.farm
-        names = [provider] if provider else list(dict.fromkeys(session.settings.chain))
-
-        async def gather() -> list[ModelInfo]:  # Session.models, on the runtime loop
-            out: list[ModelInfo] = []
-            for name in names:
-                try:
-                    out += await session.router.provider(name).list_models()
-                except FarmError:
-                    if provider:
-                        raise
-            return out
-
-        models = await self.until_gone(self.on_runtime(gather()))
+        models = await self.until_gone(self.on_runtime(self.farm.list_models(provider)))
         self.reply(ModelsResponse(models=models))
 
 
