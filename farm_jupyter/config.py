@@ -105,8 +105,8 @@ class OpenAISettings(_Section):
 class HuggingFaceSettings(_Section):
     default_model: str | None = None
     token: SecretStr | None = None
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_new_tokens: int = Field(default=256, gt=0)
     stream_timeout: float = Field(default=60.0, gt=0)
 

@@ -196,8 +196,8 @@ class Router:
         primary = registry.canonical(primary)
         routes = [Route(primary, model or self._default_model(primary))]
         if fallback:
-            for name in self.settings.chain:
-                if name != primary and self._is_provider(name):
+            for name in dict.fromkeys(registry.canonical(n) for n in self.settings.chain):
+                if name != primary:  # an unknown name fails as an attempt, saying so, when reached
                     routes.append(Route(name, self._default_model(name)))
         return routes
 
@@ -265,7 +265,10 @@ class Router:
                 continue
             request = ChatRequest(messages=messages, model=route.model, params=gen, stream=stream)
             # Each route has its own entry: an answer is cached under the provider that gave it.
-            key = cache_key(route.provider, request, where=provider.cache_identity)
+            # `llama3.1` and `llama3.1:latest` are one model, so one entry.
+            same = provider.normalize_model(route.model)
+            keyed = request if same == route.model else request.model_copy(update={"model": same})
+            key = cache_key(route.provider, keyed, where=provider.cache_identity)
             if not no_cache and not refresh:
                 entry = await self._cache_call("get", key, warnings=warnings)
                 if entry is not None:

@@ -142,3 +142,9 @@ def test_session_function_survives_importing_the_submodule():
 
     assert farm_jupyter.session() is module.session()
     assert isinstance(farm_jupyter.session(), farm_jupyter.Session)
+
+
+@pytest.mark.parametrize(("name", "value"), [("FARM_HF_DEVICE", "toaster"), ("FARM_HF_DEVICE", "cuda:x")])
+def test_bad_hf_device_is_named(name, value):
+    with pytest.raises(ConfigError, match="huggingface.device"):
+        load_settings(environ={name: value}, use_file=False)

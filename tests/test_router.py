@@ -461,3 +461,19 @@ def test_result_of_a_stream_closed_early_is_a_clear_error(session):
         break
     with pytest.raises(FarmError, match="ended before its answer was complete"):
         stream.result()
+
+
+def test_a_model_and_its_latest_tag_share_a_cache_entry(ollama_server):
+    s = make(ollama_server)
+    s.chat("tagged", "ollama:llama3.1")
+    assert s.chat("tagged", "ollama:llama3.1:latest").cached
+    assert ollama_server.count("/api/chat") == 1
+    s.close()
+
+
+def test_an_unknown_fallback_name_is_an_attempt_that_says_so(ollama_server):
+    s = make(ollama_server, fallback=["nosuch"], retry={"max_retries": 0})
+    ollama_server.refuse()
+    with pytest.raises(AllProvidersFailed, match="no provider named 'nosuch'"):
+        s.chat("x")
+    s.close()
