@@ -70,7 +70,7 @@ def offline_default(environ: dict[str, str]) -> str | None:
 def execute(notebook: Path, environ: dict[str, str], timeout: int) -> int:
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellControlSignal, CellExecutionError, DeadKernelError
 
     nb = nbformat.read(notebook, as_version=4)
     client = NotebookClient(
@@ -80,7 +80,7 @@ def execute(notebook: Path, environ: dict[str, str], timeout: int) -> int:
     os.environ.update(environ)
     try:
         client.execute()
-    except CellExecutionError as exc:
+    except (CellExecutionError, CellControlSignal, DeadKernelError) as exc:  # a failed cell, a timeout, a crash
         print(f"farm-jupyter: {notebook} failed:\n{exc}", file=sys.stderr)
         return 1
     finally:
@@ -92,13 +92,27 @@ def execute(notebook: Path, environ: dict[str, str], timeout: int) -> int:
 
 
 def lab(args: argparse.Namespace, rest: list[str]) -> int:
+    import importlib.util
+
+    from .errors import FarmError
+
+    needed = ["nbclient"] if args.execute else ["jupyterlab"]
+    if missing := [name for name in needed if importlib.util.find_spec(name) is None]:
+        print(f'farm-jupyter: {missing[0]} is not installed: pip install "farm-jupyter[lab]"', file=sys.stderr)
+        return 1
     environ = dict(os.environ)
-    banner = offline_default(environ)
+    try:
+        banner = offline_default(environ)
+    except FarmError as exc:  # e.g. no [hf] extra for the offline model: one line, not a traceback
+        print(f"farm-jupyter: {exc}", file=sys.stderr)
+        return 1
     if banner:
         print(banner, file=sys.stderr)
     if args.execute:
         return execute(Path(args.execute).resolve(), environ, args.timeout)
     notebooks = Path(args.notebooks).resolve()
+    if not notebooks.is_dir():  # run outside a checkout: open where we are
+        notebooks = Path.cwd()
     command = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={notebooks}", *rest]
     return subprocess.call(command, env=environ)
 
@@ -148,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="farm-jupyter", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("lab", help="JupyterLab on the notebooks, with an offline default when nothing is configured")
-    p.add_argument("--notebooks", default="notebooks", help="folder to open (default: notebooks)")
+    p.add_argument("--notebooks", default="notebooks", help="folder to open (default: notebooks, else the current one)")
     p.add_argument("--execute", metavar="NOTEBOOK", help="run this notebook headless and exit (non-zero if a cell fails)")
     p.add_argument("--timeout", type=int, default=600, help="seconds per cell with --execute")
     sub.add_parser("enable", help="load the extension in every IPython kernel")

@@ -46,7 +46,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
-from traitlets import Float, Int, TraitError, Unicode, validate
+from traitlets import Float, Int, TraitError, Unicode, observe, validate
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
@@ -143,14 +143,9 @@ def _cell(value: Any) -> str:
 
 
 def _size(n: int | None) -> str:
-    if not n:
-        return ""
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(n)
+    from ._format import human_bytes
+
+    return human_bytes(n) if n else ""
 
 
 def _seconds(value: float | None) -> str:
@@ -286,11 +281,9 @@ def parse_json(text: str) -> Any:
 
 
 def _markdown_html(text: str) -> str:
-    try:
-        from markdown_it import MarkdownIt
-    except ImportError:  # pragma: no cover - markdown-it-py is a dependency
-        return f"<pre style='white-space:pre-wrap'>{html.escape(text)}</pre>"
-    return MarkdownIt("commonmark", {"html": False}).render(text)
+    from .widgets._markdown import render  # the widgets' renderer: tables, highlighted code
+
+    return render(text)
 
 
 def _footer_bundle(line: str) -> dict[str, str]:
@@ -399,13 +392,13 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "reset": ("", "start a new conversation"),
     "cache": ("[info|clear]", "the response cache: its state, or empty it"),
     "config": ("", "the settings in effect (secrets masked) and where they came from"),
-    "pull": ("MODEL", "download a model (Ollama), with a progress bar"),
+    "pull": ("MODEL", "download (Ollama) and load a model, with a progress bar: the same as load"),
     "load": ("MODEL", "pull if needed and load a model into memory"),
     "unload": ("MODEL", "free a model's memory"),
     "reload": ("MODEL", "unload, then load a model again"),
     "alias": ("[NAME TARGET]", "name a target (%farm alias fast ollama:qwen2.5:0.5b); no argument lists aliases"),
     "unalias": ("NAME", "remove an alias"),
-    "error": ("", "ask the default model to explain the last exception"),
+    "error": ("[MODEL]", "ask a model (the default one) to explain the last exception"),
     "ollama": ("start|stop", "run `ollama serve` in the background (and pull the auto_pull models), or stop it"),
     "dashboard": ("", "the health, GPU and stats widgets in one panel"),
 }
@@ -434,7 +427,33 @@ class FarmMagics(Magics):
         value = str(proposal["value"]).strip().lower()
         if value not in CACHE_BACKENDS:
             raise TraitError(f"cache_backend must be one of memory, disk, redis, none (or ''), got {value!r}")
+        current = self._existing_session()
+        if current is not None and value and value != current.cache.name:
+            raise TraitError(
+                "cache_backend is read when the kernel's session is made: set it in ipython_config.py "
+                "or FARM_CACHE and restart the kernel"
+            )
         return value
+
+    @observe("default_model", "max_history")
+    def _apply_to_session(self, change: Any) -> None:
+        """`%config FarmMagics.x = ...` after the first answer still takes effect."""
+        current = self._existing_session()
+        if current is None:
+            return  # applied when the session is made
+        if change["name"] == "max_history" and self.max_history:
+            current.conversation.max_turns = self.max_history
+        elif change["name"] == "default_model":
+            from .errors import FarmError
+
+            try:
+                current.use(self.default_model or None)
+            except FarmError as exc:
+                raise TraitError(str(exc)) from None
+
+    @staticmethod
+    def _existing_session() -> Session | None:
+        return getattr(importlib.import_module("farm_jupyter.session"), "_session", None)
 
     @validate("max_history")
     def _valid_history(self, proposal: Any) -> int:
@@ -450,6 +469,7 @@ class FarmMagics(Magics):
         self._cell_id: str | None = None
         self._ollama: subprocess.Popen[bytes] | None = None
         self._ollama_log: str | None = None
+        self._dashboard: Any = None
         self.last_updates = 0  # display updates of the last answer (coalescing is tested on it)
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -591,6 +611,8 @@ class FarmMagics(Magics):
         if args.compare is not None:
             if args.model or args.provider:
                 raise UsageError("--compare names its models itself; drop -m/-p")
+            if args.new:
+                raise UsageError("--compare is not a conversation turn, so --new has nothing to reset; drop it")
             if args.format in ("code", "json"):
                 raise UsageError(f"-f {args.format} works with one model; use -f markdown or -f text with --compare")
             targets = [t.strip() for t in args.compare.split(",") if t.strip()]
@@ -599,7 +621,7 @@ class FarmMagics(Magics):
             self._compare(session, targets, prompt, system, params, args)
             return None
 
-        target = self._target(args.model, args.provider)
+        target = self._target(session, args.model, args.provider)
         address = self._check_target(session, target)
         if args.new:
             session.conversation.reset()
@@ -611,10 +633,18 @@ class FarmMagics(Magics):
         return None
 
     @staticmethod
-    def _target(model: str | None, provider: str | None) -> str | None:
-        if provider and model:
-            return model if model.startswith(provider + ":") else f"{provider}:{model}"
-        return provider or model or None
+    def _target(session: Session, model: str | None, provider: str | None) -> str | None:
+        if not (provider and model):
+            return provider or model or None
+        from .providers import canonical, is_known
+
+        expanded = session.router.expand_alias(model)  # `-p ollama -m fast` with fast an alias
+        head, sep, _ = expanded.partition(":")
+        if sep and is_known(head):
+            if canonical(head) != canonical(provider):
+                raise UsageError(f"-m {model} names provider {head!r}, but -p says {provider!r}: drop one of them")
+            return expanded
+        return f"{provider}:{expanded}"
 
     def _answer(
         self, session: Session, stream: ChatStream, address: str, *, fmt: str = "markdown",
@@ -990,7 +1020,7 @@ class FarmMagics(Magics):
         return Table(["setting", "value"], rows, title="farm_jupyter settings",
                      caption=f"from {source} + environment" if source else "from defaults + environment (no farm.toml found)")
 
-    def _progress(self, session: Session, model: str, how: Callable[[str], Iterator[Any]]) -> str:
+    def _progress(self, model: str, how: Callable[[str], Iterator[Any]]) -> str:
         from tqdm.auto import tqdm
 
         bar: Any = None
@@ -1018,7 +1048,7 @@ class FarmMagics(Magics):
         self._arity("pull", rest, 1, 1)
         session = self.session()
         address = self._check_target(session, rest[0])
-        self._progress(session, rest[0], session.load)
+        self._progress(rest[0], session.load)
         print(f"{address}: pulled and loaded")
 
     def _farm_load(self, rest: list[str]) -> None:
@@ -1036,7 +1066,7 @@ class FarmMagics(Magics):
         self._arity("reload", rest, 1, 1)
         session = self.session()
         address = self._check_target(session, rest[0])
-        self._progress(session, rest[0], session.reload)
+        self._progress(rest[0], session.reload)
         print(f"{address}: reloaded")
 
     def _farm_alias(self, rest: list[str]) -> Table | None:
@@ -1135,7 +1165,7 @@ class FarmMagics(Magics):
                 time.sleep(0.2)
             print(f"Ollama is running at {host} (pid {proc.pid}; log {log.name})")
         for model in session.settings.ollama.auto_pull:
-            self._progress(session, f"ollama:{model}", session.load)
+            self._progress(f"ollama:{model}", session.load)
             print(f"ollama:{model}: pulled and loaded")
 
     def _ollama_stop(self) -> None:
@@ -1160,7 +1190,14 @@ class FarmMagics(Magics):
 
             raise FarmError(f"the dashboard is not available ({exc})",
                             hint='pip install "ipywidgets>=8", then %reload_ext farm_jupyter') from None
-        return Dashboard(session)
+        self._close_dashboard()  # one live dashboard per kernel: the previous one's timers stop
+        self._dashboard = Dashboard(session)
+        return self._dashboard
+
+    def _close_dashboard(self) -> None:
+        dashboard, self._dashboard = self._dashboard, None
+        if dashboard is not None:
+            dashboard.close()
 
 
 def _flatten(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -1229,3 +1266,7 @@ def unload(ip: InteractiveShell) -> None:
             pass
     if magics in ip.configurables:
         ip.configurables.remove(magics)
+    magics._close_dashboard()
+    if magics._ollama is not None:  # started by this instance; a reload would lose its handle
+        _stop_process(magics._ollama)
+        magics._ollama = None

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import CapturedIO, capture_output
+from traitlets import TraitError
 
 from farm_jupyter.errors import AllProvidersFailed, FarmError
 from farm_jupyter.magics import FarmMagics, Stopped, Table, extract_code, interpolate, parse_json
@@ -552,7 +553,7 @@ def test_farm_models(shell: InteractiveShell, farm: Session) -> None:
     assert isinstance(table, Table) and "qwen2.5:0.5b" in table._repr_html_()
     only = shell.run_line_magic("farm", "models ollama")
     assert only.column("model") == ["ollama:llama3.1:latest", "ollama:qwen2.5:0.5b"]
-    assert "4.5 GB" in repr(only)
+    assert "4.8 GB" in repr(only)  # decimal units, as Ollama reports sizes (the picker says the same)
 
 
 def test_farm_models_of_a_down_provider_is_one_farm_error(shell: InteractiveShell, farm: Session,
@@ -720,3 +721,37 @@ def test_table_text_and_html_escape() -> None:
     assert text.splitlines()[1] == "name            value"
     assert "long name here" in text and "1.23" in text and "yes" in text
     assert "&lt;b&gt;" in t._repr_html_() and "<b>T</b>" in t._repr_html_()
+
+
+# -- found in review ------------------------------------------------------------------------------
+
+
+def test_config_after_the_first_answer_takes_effect(shell: InteractiveShell, farm: Session,
+                                                    openai_server: OpenAIServer) -> None:
+    chat(shell, "", "first")
+    shell.run_line_magic("config", "FarmMagics.default_model = 'openai:gpt-4o-mini'")
+    shell.run_line_magic("config", "FarmMagics.max_history = 1")
+    chat(shell, "", "second")
+    assert farm.conversation.turns[-1].address == "openai:gpt-4o-mini"
+    assert farm.conversation.max_turns == 1
+    with pytest.raises(TraitError, match="restart the kernel"):
+        magics(shell).cache_backend = "disk"
+
+
+def test_provider_and_an_alias_model(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer) -> None:
+    farm.alias("fast", "ollama:qwen2.5:0.5b")
+    chat(shell, "-p ollama -m fast", "hi")
+    assert ollama_server.requests[-1].json["model"] == "qwen2.5:0.5b"
+    with pytest.raises(UsageError, match="-p says 'openai'"):
+        chat(shell, "-p openai -m fast", "hi")
+    with pytest.raises(UsageError, match="--new has nothing to reset"):
+        chat(shell, "--compare ollama:llama3.1,openai:gpt-4o-mini --new", "hi")
+
+
+def test_dashboard_replaces_the_previous_one(shell: InteractiveShell, farm: Session) -> None:
+    first = shell.run_line_magic("farm", "dashboard")
+    second = shell.run_line_magic("farm", "dashboard")
+    assert first is not second and magics(shell)._dashboard is second
+    assert first.comm is None  # closed: its timers stopped
+    shell.run_line_magic("unload_ext", "farm_jupyter")  # closes the live one too
+    assert second.comm is None

@@ -555,3 +555,18 @@ def test_throttle_flushes_at_most_once_per_interval_and_never_drops_the_last() -
 
     flushes, seen = asyncio.run(main())
     assert seen[0] == 1 and seen[-1] == 2000 and flushes == len(seen) < 20
+
+
+def test_compare_run_again_while_streaming_belongs_to_the_new_run(make_session: Callable[..., Session]) -> None:
+    with OllamaServer(tokens=200, chunk_delay=0.01) as slow:
+        s = make_session(slow)
+        compare = CompareWidget("first", ["ollama:llama3.1", "ollama:qwen2.5:0.5b"], s)
+        until(lambda: any(c.text for c in compare.columns), what="the first run streaming")
+        compare.run("second", models=["ollama:llama3.1"])
+        time.sleep(0.3)  # the first run's clean-up has run by now
+        assert compare.running and not compare.stop_button.disabled and compare.run_button.disabled
+        assert compare.wait(WAIT)
+        until(lambda: not compare.running, what="the second run")
+        assert compare.fastest == ""  # one column: no race, and never a column of the old run
+        assert compare.summary().startswith("CompareWidget: 'second' over 1 models")
+        assert until(lambda: no_pending(s), what="no tasks left")

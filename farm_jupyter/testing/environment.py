@@ -14,8 +14,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from .pytest_plugin import TEST_API_KEY
-from .servers import OllamaServer, OpenAIServer
+from .servers import TEST_API_KEY, OllamaServer, OpenAIServer
 
 
 class LoopbackEnvironment:
@@ -31,6 +30,14 @@ class LoopbackEnvironment:
         self.variables: dict[str, str] = {}
 
     def start(self) -> LoopbackEnvironment:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # a half-started world leaves no server running
+            raise
+        return self
+
+    def _start(self) -> None:
         self.ollama.start()
         self.openai.start()
         self.variables = {
@@ -47,7 +54,6 @@ class LoopbackEnvironment:
 
             # Shared with the embedded default, so a machine builds it once.
             self.variables["FARM_HF_MODEL"] = str(build_tiny_model(default_tiny_model_dir()))
-        return self
 
     def stop(self) -> None:
         self.ollama.stop()

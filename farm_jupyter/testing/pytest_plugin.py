@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from farm_jupyter.testing.servers import TEST_API_KEY
+
 if TYPE_CHECKING:
     from farm_jupyter.session import Session
     from farm_jupyter.testing.servers import OllamaServer, OpenAIServer
-
-TEST_API_KEY = "sk-test-0123456789abcdef"
 
 
 @pytest.fixture

@@ -51,6 +51,9 @@ _MAX_BODY = 32 * 1024 * 1024
 _CHUNK_RE = re.compile(r"\S+\s*|\s+")
 
 
+
+TEST_API_KEY = "sk-test-0123456789abcdef"  # what the fixtures give OpenAIServer and the client
+
 @dataclass(frozen=True)
 class RecordedRequest:
     """One request as the server saw it; `headers` has lower-case keys."""

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import ipywidgets as W
 from traitlets import Unicode
 
+from .._format import human_bytes  # noqa: F401 - re-exported for the widgets
+
 if TYPE_CHECKING:
     from ..runtime import Runtime
     from ..session import Session
@@ -50,17 +52,6 @@ def esc(text: object) -> str:
 
 def clock(at: float | None = None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at if at is not None else time.time()))
-
-
-def human_bytes(n: int | float | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"
 
 
 def gib(n: int | float | None) -> str:

@@ -305,8 +305,10 @@ class ChatWidget(FarmBox):
                 self.model = current
 
     def _on_pick(self, change: dict[str, Any]) -> None:
-        if not self._filling and change["new"] is not None:
-            self.model = change["new"]
+        # The lock: a fill on the runtime thread sets _filling; the user's pick waits it out.
+        with self._lock:
+            if not self._filling and change["new"] is not None:
+                self.model = change["new"]
 
     @observe("model")
     def _model_changed(self, change: dict[str, Any]) -> None:

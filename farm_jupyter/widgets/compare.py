@@ -175,8 +175,8 @@ class CompareWidget(FarmBox):
         head = f"CompareWidget: {short!r} over {len(self.models)} models"
         if self.running:
             return head + ", streaming"
-        if self.fastest:
-            best = next(c for c in self.columns if c.address == self.fastest)
+        best = next((c for c in self.columns if c.address == self.fastest), None)
+        if best is not None:
             total = best.response.timings.total if best.response else None
             return head + f"; fastest {self.fastest} ({seconds(total)})"
         return head
@@ -187,15 +187,19 @@ class CompareWidget(FarmBox):
         try:
             await asyncio.gather(*(self._one(prompt, c) for c in columns))
         finally:
-            finished = [c for c in columns if c.response is not None]
-            best = min(finished, key=lambda c: c.response.timings.total if c.response else 0.0, default=None)
-            with self.hold_sync():
-                if best is not None and len(columns) > 1:
-                    best.fastest = True
-                    best.draw()
-                    self.fastest = best.address
-                self.running = False
-                self.run_button.disabled, self.stop_button.disabled = False, True
+            if columns is self.columns:  # else a newer run has taken over the widget: leave it be
+                self._finish(columns)
+
+    def _finish(self, columns: list[_Column]) -> None:
+        finished = [c for c in columns if c.response is not None]
+        best = min(finished, key=lambda c: c.response.timings.total if c.response else 0.0, default=None)
+        with self.hold_sync():
+            if best is not None and len(columns) > 1:
+                best.fastest = True
+                best.draw()
+                self.fastest = best.address
+            self.running = False
+            self.run_button.disabled, self.stop_button.disabled = False, True
 
     async def _one(self, prompt: str, column: _Column) -> None:
         def flush() -> None:

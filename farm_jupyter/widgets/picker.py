@@ -176,28 +176,34 @@ class ModelPicker(FarmBox):
             text = esc(" · ".join(bits))
         self.info.value = f'<span style="color:{FG2};font-size:12px">{text}</span>'
 
+    # The user's changes take the lock before reading _filling: a fill on the runtime thread sets
+    # it, and a pick made meanwhile must wait for the fill, not be mistaken for part of it.
+
     def _on_provider(self, change: dict[str, Any]) -> None:
-        if self._filling or change["new"] is None:
-            return
-        self.provider = change["new"]
-        self.models = []
-        self._filling = True
-        try:
-            self.model_dd.options = []
-        finally:
-            self._filling = False
+        with self._lock:
+            if self._filling or change["new"] is None:
+                return
+            self.provider = change["new"]
+            self.models = []
+            self._filling = True
+            try:
+                self.model_dd.options = []
+            finally:
+                self._filling = False
         self.refresh()
 
     def _on_model(self, change: dict[str, Any]) -> None:
-        if self._filling or change["new"] is None:
-            return
-        self.value = f"{self.provider}:{change['new']}"
+        with self._lock:
+            if self._filling or change["new"] is None:
+                return
+            self.value = f"{self.provider}:{change['new']}"
 
     @observe("value")
     def _value_changed(self, change: dict[str, Any]) -> None:
         new = change["new"]
-        if not new or self._filling:
-            return
+        with self._lock:
+            if not new or self._filling:
+                return
         try:
             self.session.use(new)
         except Exception as exc:  # noqa: BLE001 - the dispatcher's rule, for a trait change
