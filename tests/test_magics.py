@@ -146,11 +146,11 @@ def test_traitlets_are_config_and_apply_to_a_new_session(shell: InteractiveShell
     monkeypatch.chdir(tmp_path)
     for var in ("OLLAMA_HOST", "OPENAI_API_KEY", "FARM_ENV", "FARM_CACHE", "FARM_AI_PROVIDER"):
         monkeypatch.delenv(var, raising=False)
-    m.cache_backend = "none"
-    m.max_history = 7
-    m.default_model = "ollama:qwen2.5:0.5b"
-    old = set_session(None)
+    old = set_session(None)  # no kernel session yet: the settings below are read when it is made
     try:
+        m.cache_backend = "none"
+        m.max_history = 7
+        m.default_model = "ollama:qwen2.5:0.5b"
         s = m.session()
         assert s.settings.cache.backend == "none"
         assert s.conversation.max_turns == 7
