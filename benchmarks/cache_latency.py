@@ -33,7 +33,6 @@ sys.path.insert(0, str(HERE))
 from _common import ameasure, emit, fmt, measure, summary, table, target  # noqa: E402
 from _servers import Served, serve, settings_for  # noqa: E402
 
-from farm_jupyter.cache import cache_key  # noqa: E402
 from farm_jupyter.session import Session  # noqa: E402
 from farm_jupyter.types import ChatMessage, ChatRequest, GenerationParams  # noqa: E402
 
@@ -78,7 +77,7 @@ def backend_times(name: str, cache: dict[str, object], server: Served, runs: int
     route = session.router.resolve("ollama:llama3.1", fallback=False)[0]
     messages = [ChatMessage(role="user", content="hi")]
     request = ChatRequest(messages=messages, model=route.model, params=GenerationParams(), stream=False)
-    key = cache_key(route.provider, request, where=session.router.provider(route.provider).cache_identity)
+    key = session.router.cache_key(session.router.provider(route.provider), request)
 
     async def get() -> None:
         assert await session.cache.get(key) is not None

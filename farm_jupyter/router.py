@@ -207,6 +207,13 @@ class Router:
         except FarmError:
             return "default"
 
+    @staticmethod
+    def cache_key(provider: Provider, request: ChatRequest) -> str:
+        """The entry for this request to this provider; `llama3.1` and `llama3.1:latest` share one."""
+        same = provider.normalize_model(request.model)
+        keyed = request if same == request.model else request.model_copy(update={"model": same})
+        return cache_key(provider.name, keyed, where=provider.cache_identity)
+
     def breaker(self, name: str) -> CircuitBreaker:
         if name not in self.breakers:
             b = self.settings.breaker
@@ -265,10 +272,7 @@ class Router:
                 continue
             request = ChatRequest(messages=messages, model=route.model, params=gen, stream=stream)
             # Each route has its own entry: an answer is cached under the provider that gave it.
-            # `llama3.1` and `llama3.1:latest` are one model, so one entry.
-            same = provider.normalize_model(route.model)
-            keyed = request if same == route.model else request.model_copy(update={"model": same})
-            key = cache_key(route.provider, keyed, where=provider.cache_identity)
+            key = self.cache_key(provider, request)
             if not no_cache and not refresh:
                 entry = await self._cache_call("get", key, warnings=warnings)
                 if entry is not None:
