@@ -651,7 +651,6 @@ class FarmMagics(Magics):
         live: bool = True, out: str | None = None,
     ) -> ChatResponse:
         """Stream one answer to the screen; show the final answer and its footer; return it."""
-        from .types import ChatResponse, Timings
 
         rich = self._live()
         parts: list[str] = []
@@ -697,19 +696,12 @@ class FarmMagics(Magics):
         except KeyboardInterrupt:
             items.close()  # cancels the request and waits for it to close
             screen.close()
-            target, _, model = address.partition(":")
-            stopped = ChatResponse(
-                text="".join(parts), provider=target, model=model, stopped=True,
-                timings=Timings(total=time.perf_counter() - start),
-            )
-            if echo:
-                print(f"\n(stopped)\n{stopped.footer()}", flush=True)
+            if stream.response is not None:
+                # The answer finished (and joined the conversation) just before Ctrl-C reached us:
+                # show it as the complete answer it is, rather than as stopped.
+                response = stream.response
             else:
-                self._show_text(stopped.text, "markdown", stopped=True)
-                display(_footer_bundle(stopped.footer()), raw=True)
-            if out:
-                self.ip.user_ns[out] = stopped
-            raise Stopped(f"the answer was stopped after {len(stopped.text)} characters; it was not added to the conversation") from None
+                self._stopped(parts, address, start, echo=echo, out=out)
         finally:
             items.close()
             screen.close()
@@ -725,6 +717,24 @@ class FarmMagics(Magics):
         else:
             display(_footer_bundle(footer), raw=True)
         return response
+
+    def _stopped(self, parts: list[str], address: str, start: float, *, echo: bool, out: str | None) -> None:
+        """Ctrl-C: keep the partial text on screen, marked, out of the conversation; fail the cell."""
+        from .types import ChatResponse, Timings
+
+        target, _, model = address.partition(":")
+        stopped = ChatResponse(
+            text="".join(parts), provider=target, model=model, stopped=True,
+            timings=Timings(total=time.perf_counter() - start),
+        )
+        if echo:
+            print(f"\n(stopped)\n{stopped.footer()}", flush=True)
+        else:
+            self._show_text(stopped.text, "markdown", stopped=True)
+            display(_footer_bundle(stopped.footer()), raw=True)
+        if out:
+            self.ip.user_ns[out] = stopped
+        raise Stopped(f"the answer was stopped after {len(stopped.text)} characters; it was not added to the conversation") from None
 
     def _show_text(self, text: str, fmt: str, *, stopped: bool = False) -> None:
         mark = "\n\n(stopped)" if stopped else ""
