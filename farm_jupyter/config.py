@@ -311,5 +311,11 @@ def load_settings(
         where = ".".join(str(p) for p in err["loc"]) or "settings"
         origin = f" (from {source})" if source else ""
         raise ConfigError(f"invalid setting {where}{origin}: {err['msg']}") from None
+    if settings.env not in settings.environments:
+        known = ", ".join(sorted(settings.environments))
+        raise ConfigError(
+            f"FARM_ENV={settings.env!r} is not a configured environment ({known})",
+            hint="use one of those, or add an [environments.NAME] table to farm.toml",
+        )
     settings.source = str(source) if source else None
     return settings
