@@ -477,3 +477,22 @@ def test_an_unknown_fallback_name_is_an_attempt_that_says_so(ollama_server):
     with pytest.raises(AllProvidersFailed, match="no provider named 'nosuch'"):
         s.chat("x")
     s.close()
+
+
+def test_first_token_and_total_deadlines(ollama_server):
+    s = make(ollama_server, timeouts={"first_token": 0.3, "total": 1.0}, retry={"max_retries": 0})
+    ollama_server.latency = 2.0  # nothing for two seconds
+    start = time.perf_counter()
+    with pytest.raises(AllProvidersFailed, match="first-token timeout"):
+        s.chat("slow start", no_cache=True)
+    assert time.perf_counter() - start < 1.5
+    ollama_server.latency = 0.0
+    ollama_server.tokens, ollama_server.chunk_delay = 100, 0.05  # starts at once, takes 5 s in all
+    stream = s.stream("slow stream", no_cache=True)
+    start = time.perf_counter()
+    with pytest.raises(AllProvidersFailed, match="total timeout"):
+        for _ in stream:
+            pass
+    assert time.perf_counter() - start < 2.5
+    assert wait_for(lambda: s.runtime.pending_tasks() == [])
+    s.close()
