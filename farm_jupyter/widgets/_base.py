@@ -229,6 +229,22 @@ class FarmBox(W.VBox):
     def stop(self) -> None:
         """Stop periodic work; the widget stays usable and `start()` resumes it."""
 
+    # The one piece of work a chat or a comparison runs at a time (an answer, a run).
+    _job: concurrent.futures.Future[Any] | None = None
+
+    def _cancel_job(self) -> None:
+        job = self._job
+        if job is not None and not job.done():
+            job.cancel()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the current answer or run is finished (tests, scripts); False on timeout."""
+        job = self._job
+        if job is None:
+            return True
+        done, _ = concurrent.futures.wait([job], timeout=timeout)
+        return bool(done)
+
     def cancel_tasks(self, wait: float = 0.0) -> None:
         with self._tasks_lock:
             tasks = list(self._tasks)

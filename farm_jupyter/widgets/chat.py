@@ -13,7 +13,6 @@ Send is the button, or `chat.send("...")` from code.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -109,7 +108,6 @@ class ChatWidget(FarmBox):
         self.system = system
         self.interval = interval
         self._turns: list[_Turn] = []
-        self._future: concurrent.futures.Future[Any] | None = None
         self._lock = threading.RLock()
         self._filling = False
 
@@ -177,21 +175,11 @@ class ChatWidget(FarmBox):
             if text is None:
                 self.input.value = ""
             self._set_busy(True)
-        self._future = self.submit(self._run(turn, stream))
+        self._job = self.submit(self._run(turn, stream))
 
     def stop(self) -> None:
         """Stop the answer that is streaming: its HTTP stream is closed, the partial text kept."""
-        future = self._future
-        if future is not None and not future.done():
-            future.cancel()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the current answer is finished (tests, scripts); False on timeout."""
-        future = self._future
-        if future is None:
-            return True
-        done, _ = concurrent.futures.wait([future], timeout=timeout)
-        return bool(done)
+        self._cancel_job()
 
     def clear(self) -> None:
         """Start over: stop any answer, forget the turns."""

@@ -9,7 +9,6 @@ cache is not read (`fresh=True`), so the timings are real.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -102,7 +101,6 @@ class CompareWidget(FarmBox):
         self.interval = interval
         self.params = params
         self.columns: list[_Column] = []
-        self._future: concurrent.futures.Future[Any] | None = None
         self.prompt_box = W.Text(value=prompt, placeholder="prompt for every model",
                                  layout=W.Layout(flex="1 1 auto", width="auto"))
         self.run_button = W.Button(description="Run", button_style="primary", icon="play", layout=W.Layout(width="80px"))
@@ -152,19 +150,10 @@ class CompareWidget(FarmBox):
         for column in old:
             for w in (column.head, column.body, column.foot):
                 w.close()
-        self._future = self.submit(self._all(prompt, self.columns))
+        self._job = self.submit(self._all(prompt, self.columns))
 
     def stop(self) -> None:
-        future = self._future
-        if future is not None and not future.done():
-            future.cancel()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        future = self._future
-        if future is None:
-            return True
-        done, _ = concurrent.futures.wait([future], timeout=timeout)
-        return bool(done)
+        self._cancel_job()
 
     @property
     def responses(self) -> dict[str, ChatResponse | None]:
