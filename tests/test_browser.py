@@ -40,7 +40,7 @@ CELLS = [
     "%load_ext farm_jupyter",
     "from farm_jupyter.widgets import Dashboard\nd = Dashboard(gpu_interval=0.5)\nd",
     'd.chat.send("hello")',
-    "import time; time.sleep(4)",
+    "import time; time.sleep(12)",  # long enough to outlast the checks below on a slow machine
 ]
 
 
