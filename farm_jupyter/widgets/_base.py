@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import ipywidgets as W
-from traitlets import Unicode
+from traitlets import TraitError, Unicode, validate
 
 from .._format import human_bytes  # noqa: F401 - re-exported for the widgets
 
@@ -320,3 +320,14 @@ def panel_layout(**kwargs: Any) -> W.Layout:
     base = {"border": f"1px solid {BORDER}", "padding": "8px 10px", "margin": "0", "width": "100%"}
     base.update(kwargs)
     return W.Layout(**base)
+
+
+class PollingBox(FarmBox):
+    """A widget that refreshes on the runtime loop every `interval` seconds (gauge, board)."""
+
+    @validate("interval")
+    def _positive(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if value <= 0:
+            raise TraitError(f"interval must be more than 0 s, not {value}")
+        return value

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
-from traitlets import Bool, Float, Int, TraitError, validate
+from traitlets import Bool, Float, Int
 
-from ._base import BAD, FG, FG2, WARN, FarmBox, card, clock, esc, gib
+from ._base import BAD, FG, FG2, WARN, PollingBox, card, clock, esc, gib
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -46,7 +46,7 @@ class _Bar:
         self.text.value = f'<span style="font-size:12px;color:{FG};white-space:nowrap">{esc(text)}</span>'
 
 
-class GPUGauge(FarmBox):
+class GPUGauge(PollingBox):
     """Live GPU (or CPU/RAM) figures.
 
         gauge = GPUGauge(interval=1.0)   # starts when displayed; gauge.start() without display
@@ -79,13 +79,6 @@ class GPUGauge(FarmBox):
         self.body = W.VBox(layout=W.Layout(width="100%"))
         self.children = [self.title, self.body, self.updated, self._error_view]
         self.add_class("farm-gauge")
-
-    @validate("interval")
-    def _positive(self, proposal: Any) -> float:
-        value = float(proposal["value"])
-        if value <= 0:
-            raise TraitError(f"interval must be more than 0 s, not {value}")
-        return value
 
     # -- public ---------------------------------------------------------------------------------
 

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
-from traitlets import Float, Int, TraitError, validate
+from traitlets import Float, Int
 
-from ._base import BAD, BORDER, FG, FG2, GOOD, WARN, FarmBox, card, clock, esc, seconds
+from ._base import BAD, BORDER, FG, FG2, GOOD, WARN, PollingBox, card, clock, esc, seconds
 
 if TYPE_CHECKING:
     from ..monitor import RequestRecord
@@ -53,7 +53,7 @@ def advice(status: ProviderStatus) -> str:
     return status.error or "not checked yet: press refresh"
 
 
-class HealthBoard(FarmBox):
+class HealthBoard(PollingBox):
     """Which provider is up, at a glance.
 
         board = HealthBoard(interval=10)   # refreshes while displayed
@@ -82,13 +82,6 @@ class HealthBoard(FarmBox):
             self._error_view,
         ]
         self.add_class("farm-health")
-
-    @validate("interval")
-    def _positive(self, proposal: Any) -> float:
-        value = float(proposal["value"])
-        if value <= 0:
-            raise TraitError(f"interval must be more than 0 s, not {value}")
-        return value
 
     # -- public ---------------------------------------------------------------------------------
 
