@@ -109,6 +109,7 @@ class ChatStream:
         self._parts: list[str] = []
         self._seen: list[Chunk] = []
         self.response: ChatResponse | None = None
+        self.notice: str | None = None  # the fallback line, as soon as the stream says it
 
     @property
     def text(self) -> str:
@@ -120,6 +121,8 @@ class ChatStream:
             self._parts.clear()
         elif chunk.text:
             self._parts.append(chunk.text)
+        if chunk.notice:
+            self.notice = chunk.notice
         if chunk.response is not None:
             self.response = chunk.response
 

@@ -110,6 +110,9 @@ class ChatResponse(_Model):
     restarted: bool = False  # a stream failed after showing text and was restarted elsewhere
     stopped: bool = False  # cancelled by the user; text is what had arrived
     attempts: list[Attempt] = Field(default_factory=list)
+    # One line to show above the answer when it comes from another model than the one asked
+    # (`ollama was not reachable: answered by openai:gpt-4o-mini`); None when it is the one asked.
+    notice: str | None = None
 
     @property
     def address(self) -> str:
@@ -160,14 +163,17 @@ class Chunk:
     """One piece of a stream.
 
     `text` is the new text. `restart` says the text shown so far is void (the answer is being
-    restarted on another provider). `status` is a note for the caller (a rate-limit wait, a
-    retry). The last chunk has `done=True` and carries the whole `response`.
+    restarted, on the same provider or another). `status` is a passing note for the caller (a
+    rate-limit wait, a retry). `notice` is a line that stays above the answer: it comes from
+    another model than the one asked (a fallback). The last chunk has `done=True` and carries
+    the whole `response`.
     """
 
     text: str = ""
     done: bool = False
     restart: bool = False
     status: str | None = None
+    notice: str | None = None
     usage: Usage | None = None
     finish_reason: str | None = None
     provider_total: float | None = None
