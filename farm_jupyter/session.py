@@ -15,14 +15,25 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from .cache import make_cache
+from .cache_guard import GuardedCache
 from .config import Settings, load_settings
-from .errors import FarmError
+from .errors import ConfigError, FarmError, UnknownProvider
 from .monitor import Monitor
+from .providers import available as available_providers
+from .providers import is_known as is_provider
 from .providers.base import as_messages
 from .router import Router
 from .runtime import Runtime, get_runtime
-from .types import ChatMessage, ChatResponse, Chunk, GPUStats, ModelInfo, ProviderStatus, PullProgress
+from .types import (
+    ChatMessage,
+    ChatResponse,
+    Chunk,
+    GenerationParams,
+    GPUStats,
+    ModelInfo,
+    ProviderStatus,
+    PullProgress,
+)
 
 Prompt = str | Sequence[ChatMessage | dict[str, Any]]
 
@@ -190,7 +201,7 @@ class Session:
     ) -> None:
         self.settings = settings or load_settings(config)
         self._runtime = runtime
-        self.cache = make_cache(self.settings.cache)
+        self.cache = GuardedCache(self.settings.cache)  # a cache that will not open is off, not fatal
         self.monitor = Monitor(self.settings.monitor_size)
         self.router = Router(self.settings, self.cache, self.monitor)
         self.conversation = Conversation(self.settings.max_history)
@@ -342,6 +353,67 @@ class Session:
 
     def cache_clear(self) -> None:
         self.runtime.run(self.cache.clear())
+
+    # -- for a face that drives the runtime loop itself (the server extension) -----------------
+
+    def address(self, target: str | None) -> tuple[str, str]:
+        """`(provider, model)` for a target, asking no one; `x:y` with no provider or alias `x` is
+        refused here rather than taken as a model of the default provider (a model whose name has
+        a colon is written with its provider: `ollama:qwen2.5:0.5b`)."""
+        if target:
+            head, sep, _ = self.router.expand_alias(target.strip()).partition(":")
+            if sep and not is_provider(head) and head not in self.router.providers:
+                raise UnknownProvider(
+                    f"no provider named {head!r}",
+                    hint=f"write provider:model with one of {', '.join(available_providers())}",
+                )
+        return self._split(target) if target else self._split(self.default_address)
+
+    def check_params(self, provider: str, params: GenerationParams) -> None:
+        """A provider-specific option the first provider does not take is a mistake, said here."""
+        from .types import PROVIDER_OPTIONS
+
+        taken = PROVIDER_OPTIONS.get(self.router.provider(provider).kind)
+        unknown = sorted(set(params.extra) - taken) if taken is not None else []
+        if unknown:
+            raise ConfigError(
+                f"{provider} takes no option {unknown[0]!r}",
+                hint=f"its options are {', '.join(sorted(taken or ()))}",
+            )
+
+    def chunks(
+        self,
+        messages: list[ChatMessage],
+        target: str | None,
+        params: GenerationParams,
+        *,
+        no_cache: bool = False,
+        refresh: bool = False,
+        fallback: bool | None = None,
+        stream: bool = True,
+    ) -> AsyncIterator[Chunk]:
+        """The router's raw chunks for a chat, to be iterated on the runtime loop."""
+        return self.router.astream(
+            messages, target, params, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream
+        )
+
+    async def statuses(self, providers: list[str] | None = None) -> list[ProviderStatus]:
+        """Health of each provider (runs on the runtime loop)."""
+        return await self.router.health(providers)
+
+    def pull(self, provider: str, model: str) -> AsyncIterator[PullProgress]:
+        """Pull and load one model, as progress (iterated on the runtime loop)."""
+        return self.router.provider(provider).load_model(model)
+
+    async def drop(self, provider: str, model: str) -> None:
+        """Unload one model (runs on the runtime loop)."""
+        await self.router.provider(provider).unload_model(model)
+
+    @property
+    def cache_state(self) -> str:
+        """The cache backend's name, or `off: <why>` when it would not open."""
+        state: str = getattr(self.cache, "state", self.cache.name)
+        return state
 
     def close(self) -> None:
         async def shutdown() -> None:

@@ -26,19 +26,18 @@ import httpx
 import psutil
 import pytest
 
-from farm_jupyter.schema import (
+from farm_jupyter.server.schema import (
     ChatBody,
     ErrorBody,
     HealthResponse,
     LoadStarted,
     LoadStatus,
     ModelsResponse,
-    SchemaError,
     StatsResponse,
     json_schema,
-    typescript,
     write_schema,
 )
+from farm_jupyter.server.typescript import SchemaError, typescript
 from farm_jupyter.session import Session
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import TEST_API_KEY, loopback_settings
@@ -633,11 +632,11 @@ def test_the_redis_cache_is_shared_with_kernel_sessions(tmp_path: Path, redis_ur
 
 def test_checked_in_schema_files_match_the_types(tmp_path: Path) -> None:
     folder = ROOT / "schema"
-    hint = "regenerate them: farm-jupyter schema (or python -c 'from farm_jupyter.schema import write_schema; write_schema()')"
+    hint = "regenerate them: farm-jupyter schema"
     assert json.loads((folder / "farm_jupyter.schema.json").read_text()) == json_schema(), hint
     assert (folder / "farm_jupyter.d.ts").read_text() == typescript(), hint
     written = write_schema(tmp_path)
-    assert [p.name for p in written] == ["farm_jupyter.schema.json", "farm_jupyter.d.ts"]
+    assert [p.name for p in written] == ["farm_jupyter.schema.json", "farm_jupyter.d.ts", "farm_jupyter_client.ts"]
     for path in written:
         assert path.read_text() == (folder / path.name).read_text()
 

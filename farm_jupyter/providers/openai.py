@@ -141,8 +141,7 @@ class OpenAIProvider(Provider):
         kwargs.update({k: v for k, v in optional.items() if v is not None})
         if p.format == "json":
             kwargs["response_format"] = {"type": "json_object"}
-        if p.extra:
-            kwargs["extra_body"] = dict(p.extra)
+        kwargs.update(p.options_for("openai"))  # named SDK parameters, checked in GenerationParams
         return kwargs
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
