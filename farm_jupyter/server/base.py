@@ -2,14 +2,16 @@
 
 Every handler is a Jupyter `APIHandler` behind `@web.authenticated` and `@authorized`, so the
 server's token or cookie is required (403 without) and a custom Authorizer sees the resource
-`farm_jupyter`. The body is read in pieces (`stream_request_body`): a `Content-Length` over the
-limit is answered 413 before any of the body is read, and a chunked body stops at the limit.
+`farm_jupyter`. The body is read in pieces (`stream_request_body`) and kept only up to the limit: a larger
+one (by its `Content-Length`, or as it arrives when chunked) is drained unkept and answered 413,
+never parsed.
 The work runs on the farm runtime loop (its own thread) and the handlers await it from tornado's
 loop; a client that goes away cancels that work, and so the provider's HTTP request, and the
 handler returns once it has stopped.
 
 Errors are JSON `ErrorBody`: 400 names the body field at fault, 413 says the limit, 502 carries the
-provider's one-line message (and the attempts when every provider failed). No body makes a 500.
+provider's one-line message (and the attempts when every provider failed), 404 a missing model.
+No request body makes a 500.
 """
 
 from __future__ import annotations
@@ -28,7 +30,15 @@ from tornado.iostream import StreamClosedError
 from traitlets import Float, Int
 from traitlets.config import Configurable
 
-from ..errors import AllProvidersFailed, ConfigError, FarmError, ProviderError, UnknownProvider
+from ..errors import (
+    AllProvidersFailed,
+    BadRequest,
+    ConfigError,
+    FarmError,
+    ModelNotFound,
+    ProviderError,
+    UnknownProvider,
+)
 from .schema import ErrorBody
 
 if TYPE_CHECKING:
@@ -79,10 +89,15 @@ def validation_error(exc: ValidationError, prefix: str = "") -> ApiError:
 
 
 def farm_error(exc: FarmError, field: str | None) -> ApiError:
-    """Provider failures are 502; the caller's naming or config mistakes are 400; the rest ours."""
+    """A missing model is 404 and a request the provider refused 400 (the caller's to fix, as in
+    the kernel); other provider failures are 502; a wrong name or option is 400; the rest ours."""
     kind = type(exc).__name__
     if isinstance(exc, AllProvidersFailed):
         return ApiError(502, ErrorBody(error=str(exc), type=kind, attempts=exc.attempts))
+    if isinstance(exc, ModelNotFound):
+        return ApiError(404, ErrorBody(error=str(exc), field=field, type=kind))
+    if isinstance(exc, BadRequest):
+        return ApiError(400, ErrorBody(error=str(exc), type=kind))
     if isinstance(exc, ProviderError):
         return ApiError(502, ErrorBody(error=str(exc), type=kind))
     if isinstance(exc, UnknownProvider | ConfigError):
@@ -95,6 +110,8 @@ def _mapped(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[N
 
     @functools.wraps(method)
     async def wrapper(self: FarmHandler, *args: Any, **kwargs: Any) -> None:
+        if self._refused is not None:
+            raise self._refused
         try:
             await method(self, *args, **kwargs)
         except FarmError as exc:
@@ -126,6 +143,7 @@ class FarmHandler(APIHandler):
         self._waiting: asyncio.Future[Any] | None = None
         self._body: list[bytes] = []
         self._size = 0
+        self._refused: web.HTTPError | None = None
 
     @property
     def state(self) -> ServerState:
@@ -141,20 +159,29 @@ class FarmHandler(APIHandler):
         return self.state.session
 
     async def prepare(self) -> None:
-        await super().prepare()  # host, token, XSRF: an outsider is refused before any body is read
+        # Host, token, XSRF first; a refusal is answered once the body has been drained (read and
+        # dropped, never kept): an answer before that makes the client's send fail with a reset,
+        # and it never sees the answer.
+        try:
+            await super().prepare()
+        except web.HTTPError as exc:
+            self._refused = exc
+        length = self.request.headers.get("Content-Length", "")
+        if length.isdigit():
+            self._over_limit(int(length))
+
+    def _over_limit(self, size: int) -> None:
         limit = self.limits.max_body_size
-        length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise ApiError(413, ErrorBody(
-                error=f"the request body is {int(length)} bytes, over the limit of {limit}: send less "
-                "(the server's c.FarmServer.max_body_size sets the limit)",
+        if size > limit and self._refused is None:
+            self._refused = ApiError(413, ErrorBody(
+                error=f"the request body is over the limit of {limit} bytes: send less "
+                "(the server's c.FarmServer.max_body_size sets it)",
             ))
-        # A chunked body has no length to check first: tornado drops the connection at the limit.
-        self.request.connection.set_max_body_size(limit)  # type: ignore[union-attr]
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
-        if self._size <= self.limits.max_body_size:
+        self._over_limit(self._size)  # a chunked body has no length to check first
+        if self._refused is None:
             self._body.append(chunk)
 
     def parse(self, model: type[BaseModel]) -> Any:

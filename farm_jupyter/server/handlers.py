@@ -69,7 +69,7 @@ class ChatHandler(FarmHandler):
 
     @route
     async def post(self) -> None:
-        source = self.source(self.body(), stream=False)
+        source = self.source(self.body(), stream=True)  # tokens as they come: deadlines per token, not per answer
         with self.state.answering():
             response = await self.until_gone(self.on_runtime(_answer(source)))
         self.reply(response)
