@@ -38,6 +38,7 @@ from farm_jupyter.server.schema import (
     write_schema,
 )
 from farm_jupyter.server.typescript import SchemaError, typescript
+from farm_jupyter.errors import ConfigError
 from farm_jupyter.session import Session
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import TEST_API_KEY, loopback_settings
@@ -63,6 +64,7 @@ failures = 1000  # fault tests must not open the circuit for the tests after the
 small = "ollama:qwen2.5:0.5b"
 """
 
+MAX_LOAD_JOBS = 4
 OTHER_EXTENSIONS = ("jupyterlab", "jupyter_lsp", "notebook_shim", "jupyter_server_terminals")
 ROUTES = [
     ("POST", "chat"),
@@ -126,9 +128,14 @@ class JupyterServer:
 
 
 def _start_jupyter(
-    tmp: Path, ollama: OllamaServer, openai: OpenAIServer | None = None, cache: str | None = None
+    tmp: Path,
+    ollama: OllamaServer,
+    openai: OpenAIServer | None = None,
+    cache: str | None = None,
+    toml: str = FARM_TOML,
+    args: tuple[str, ...] = (),
 ) -> JupyterServer:
-    (tmp / "farm.toml").write_text(FARM_TOML)
+    (tmp / "farm.toml").write_text(toml)
     cache_path = tmp / "cache" / "responses.sqlite"
     env = _clean_environ() | _jupyter_dirs(tmp) | {
         "OLLAMA_HOST": ollama.url,
@@ -149,6 +156,7 @@ def _start_jupyter(
             f"--IdentityProvider.token={token}", "--allow-root",
             # The other installed server extensions cost 3 s a start; ours stays enabled by its config file.
             "--ServerApp.jpserver_extensions=" + repr(dict.fromkeys(OTHER_EXTENSIONS, False)),
+            *args,
         ]
         with log.open("wb") as out:
             proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -195,7 +203,7 @@ def slow_openai() -> Iterator[OpenAIServer]:
 def jupyter(
     tmp_path_factory: pytest.TempPathFactory, ollama: OllamaServer, slow_openai: OpenAIServer
 ) -> Iterator[JupyterServer]:
-    server = _start_jupyter(tmp_path_factory.mktemp("jupyter"), ollama, slow_openai)
+    server = _start_jupyter(tmp_path_factory.mktemp("jupyter"), ollama, slow_openai, args=(f"--FarmServer.max_load_jobs={MAX_LOAD_JOBS}",))
     yield server
     _stop(server.proc)
     # Cancelled streams and failed providers must leave no traceback behind in the server's log.
@@ -732,3 +740,157 @@ def test_chat_body_builds_the_messages() -> None:
     assert [(m.role, m.content) for m in body.to_messages()] == [("system", "s"), ("user", "q")]
     body = ChatBody.model_validate({"messages": [{"role": "user", "content": "q"}]})
     assert [(m.role, m.content) for m in body.to_messages()] == [("user", "q")]
+
+
+# -- the hardened surface: closed params, limits, names, hosts --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "words"),
+    [
+        ({"options": "x"}, "params.extra", "'options' is not a generation option"),
+        ({"model": "gpt-3.5-turbo"}, "params.extra", "belongs to the request"),
+        ({"stream": False}, "params.extra", "belongs to the request"),
+        ({"num_predict": 5000}, "params.extra", "use params.max_tokens"),
+        ({"custom_generate": "/some/dir", "trust_remote_code": True}, "params.extra", "loads or runs code"),
+        ({"zzz": 1}, "params.extra.zzz", "not a generation option"),
+        ({"num_ctx": "big"}, "params.extra.num_ctx", "valid integer"),
+        ({"top_k": -1}, "params.extra.top_k", "greater than or equal to 0"),
+        ({"logit_bias": {"50256": -100}}, "params.extra", "ollama takes no option 'logit_bias'"),
+        ("x", "params.extra", "should be an object"),
+    ],
+)
+def test_params_are_closed_and_typed(
+    api: httpx.Client, ollama: OllamaServer, extra: Any, field: str, words: str
+) -> None:
+    response = api.post("chat", json={"prompt": "hi", "model": "ollama:llama3.1", "params": {"extra": extra}})
+    assert response.status_code == 400, response.text
+    error = error_of(response)
+    assert error.field == field and words in error.error and "\n" not in error.error
+    assert ollama.count() == 0
+
+
+def test_params_reach_the_provider_as_its_own_options(api: httpx.Client, ollama: OllamaServer) -> None:
+    body = {"prompt": "with options", "model": "ollama:llama3.1", "no_cache": True,
+            "params": {"max_tokens": 7, "extra": {"num_ctx": 4096, "top_k": 20}}}
+    assert api.post("chat", json=body).status_code == 200
+    sent = ollama.requests()[-1].json or {}
+    assert sent["model"] == "llama3.1" and sent["stream"] is True
+    assert sent["options"] == {"num_predict": 7, "num_ctx": 4096, "top_k": 20}
+    # Over HTTP an option the asked provider does not take is a mistake (HuggingFace's here).
+    body["params"]["extra"]["min_new_tokens"] = 3  # type: ignore[index]
+    response = api.post("chat", json=body)
+    assert response.status_code == 400 and "ollama takes no option 'min_new_tokens'" in error_of(response).error
+
+
+def test_code_loading_arguments_never_reach_a_local_model(api: httpx.Client, tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    code = tmp_path / "custom"
+    code.mkdir()
+    (code / "generate.py").write_text(f"open({str(ran)!r}, 'w').close()\n")
+    body = {"prompt": "hi", "model": "huggingface:some/model",
+            "params": {"extra": {"custom_generate": str(code), "trust_remote_code": True}}}
+    response = api.post("chat", json=body)
+    assert response.status_code == 400 and "loads or runs code" in error_of(response).error
+    assert not ran.exists()
+
+
+def test_the_python_api_takes_the_same_closed_params(ollama: OllamaServer) -> None:
+    kernel = Session(loopback_settings(ollama))
+    try:
+        with pytest.raises(ConfigError, match="trust_remote_code") as info:
+            kernel.chat("hi", extra={"trust_remote_code": True})
+        assert "\n" not in str(info.value)
+        assert kernel.chat("hi", extra={"num_ctx": 2048}, no_cache=True).text == "Echo: hi"
+    finally:
+        kernel.close()
+
+
+def test_an_unknown_provider_prefix_is_400_listing_the_providers(api: httpx.Client, ollama: OllamaServer) -> None:
+    for path in ("chat", "chat/stream"):
+        response = api.post(path, json={"prompt": "hi", "model": "nosuch:foo"})
+        assert response.status_code == 400, response.text
+        error = error_of(response)
+        assert (error.field, error.type) == ("model", "UnknownProvider")
+        assert "nosuch" in error.error and "ollama, openai" in error.error
+    response = api.post("models/nosuch:foo/load")
+    assert response.status_code == 400 and error_of(response).field == "name"
+    assert ollama.count() == 0
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_over_the_limit_is_413_and_never_parsed(api: httpx.Client, ollama: OllamaServer, chunked: bool) -> None:
+    body = b'{"prompt": "' + b"x" * (8 * 1024 * 1024) + b'"}'
+    content: Any = iter([body[i:i + 65536] for i in range(0, len(body), 65536)]) if chunked else body
+    response = api.post("chat", content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413, response.text[:300]
+    assert "over the limit of 8388608 bytes" in error_of(response).error
+    assert ollama.count() == 0
+    assert api.get("stats").status_code == 200  # the connection pool and the server are fine
+
+
+def test_messages_and_prompt_length_are_limited(api: httpx.Client, ollama: OllamaServer) -> None:
+    many = [{"role": "user", "content": "hi"}] * 501
+    response = api.post("chat", json={"messages": many})
+    assert response.status_code == 400 and error_of(response).field == "messages"
+    response = api.post("chat", json={"prompt": "y" * 2_000_001})
+    assert response.status_code == 400 and error_of(response).field == "prompt"
+    assert "over the limit of 2000000" in error_of(response).error
+    assert ollama.count() == 0
+
+
+@pytest.mark.parametrize("name", ["..%2F..%2Fapi%2Fdelete", "a%2F..%2Fb", "%2Fetc%2Fpasswd", "x%20y", "-rf"])
+def test_model_names_are_checked_before_they_go_into_a_url(api: httpx.Client, ollama: OllamaServer, name: str) -> None:
+    for method, action in (("POST", "load"), ("GET", "load"), ("POST", "unload")):
+        response = api.request(method, f"models/{name}/{action}")
+        assert response.status_code == 400, (method, action, response.text)
+        assert error_of(response).field == "name" and "Location" not in response.headers
+    response = api.post("chat", json={"prompt": "hi", "model": "../../etc"})
+    assert response.status_code == 400 and error_of(response).field == "model"
+    assert ollama.count() == 0
+
+
+def test_load_jobs_are_bounded(api: httpx.Client) -> None:
+    names = [f"gone-{i}" for i in range(MAX_LOAD_JOBS + 1)]
+    for name in names:
+        assert _load(api, name).state in ("done", "error")  # the loopback Ollama answers at once
+    assert api.get(f"models/{names[0]}/load").status_code == 404  # the oldest finished job made room
+    assert api.get(f"models/{names[-1]}/load").status_code == 200
+
+
+def test_a_foreign_host_is_told_so_even_with_the_token(api: httpx.Client, ollama: OllamaServer) -> None:
+    response = api.post("chat", json={"prompt": "hi"}, headers={"Host": "evil.example.com"})
+    assert response.status_code == 403
+    assert error_of(response).error.startswith("host 'evil.example.com' is not allowed")
+    assert ollama.count() == 0
+
+
+def test_load_jobs_expire_and_running_ones_are_never_dropped() -> None:
+    from farm_jupyter.server.base import FarmServer
+    from farm_jupyter.server.jobs import LoadJob, ServerState, TooManyLoads
+
+    now = [1000.0]
+    state = ServerState(limits=FarmServer(max_load_jobs=2, load_job_ttl=60.0), clock=lambda: now[0])
+    running = LoadJob(name="a", address="ollama:a", started_at=now[0])
+    done = LoadJob(name="b", address="ollama:b", started_at=now[0], state="done", finished_at=now[0])
+    state.add(running)
+    state.add(done)
+    with pytest.raises(TooManyLoads):
+        state.add(LoadJob(name="c", address="ollama:c", started_at=now[0])) if done.state == "running" else None
+        done.state = "running"
+        state.add(LoadJob(name="c", address="ollama:c", started_at=now[0]))
+    done.state = "done"
+    state.add(LoadJob(name="c", address="ollama:c", started_at=now[0]))  # the finished job makes room
+    assert set(state.jobs) == {"ollama:a", "ollama:c"}
+    state.jobs["ollama:c"].finished_at, state.jobs["ollama:c"].state = now[0], "error"
+    now[0] += 61
+    assert state.job("ollama:c") is None and state.job("ollama:a") is running
+
+
+def test_the_url_table_is_the_route_table() -> None:
+    from farm_jupyter.server.handlers import HANDLERS, url_specs
+
+    specs = url_specs("/base/farm-jupyter/api/")
+    assert [h for _, h in specs] == HANDLERS
+    with pytest.raises(ConfigError, match="no handler serves GET gpu"):
+        url_specs("/", HANDLERS[:-1])
