@@ -774,7 +774,7 @@ def test_params_reach_the_provider_as_its_own_options(api: httpx.Client, ollama:
     body = {"prompt": "with options", "model": "ollama:llama3.1", "no_cache": True,
             "params": {"max_tokens": 7, "extra": {"num_ctx": 4096, "top_k": 20}}}
     assert api.post("chat", json=body).status_code == 200
-    sent = ollama.requests()[-1].json or {}
+    sent = ollama.requests[-1].json or {}
     assert sent["model"] == "llama3.1" and sent["stream"] is True
     assert sent["options"] == {"num_predict": 7, "num_ctx": 4096, "top_k": 20}
     # Over HTTP an option the asked provider does not take is a mistake (HuggingFace's here).
