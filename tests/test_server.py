@@ -894,3 +894,43 @@ def test_the_url_table_is_the_route_table() -> None:
     assert [h for _, h in specs] == HANDLERS
     with pytest.raises(ConfigError, match="no handler serves GET gpu"):
         url_specs("/", HANDLERS[:-1])
+
+
+BREAKER_TOML = FARM_TOML.replace("failures = 1000  # fault tests must not open the circuit for the tests after them", "failures = 2")
+
+
+def test_caller_errors_never_open_the_breaker_and_a_cache_that_will_not_open_is_off(tmp_path: Path) -> None:
+    """One server whose breaker opens after 2 availability failures and whose cache cannot open."""
+    (tmp_path / "a-file").write_text("not a folder")
+    with OllamaServer() as upstream, OpenAIServer(api_key=TEST_API_KEY) as openai:
+        server = _start_jupyter(tmp_path, upstream, openai, cache=f"disk:{tmp_path}/a-file/cache/r.sqlite", toml=BREAKER_TOML)
+        try:
+            with server.client() as api:
+                health = HealthResponse.model_validate_json(api.get("health").content)
+                assert health.cache == "off: not a directory"
+                assert _stats(api).cache == "off: not a directory"
+
+                # The caller's errors, three times each: a missing model and a request refused upstream.
+                for _ in range(3):
+                    assert api.post("chat", json={"prompt": "hi", "model": "ollama:nope"}).status_code == 404
+                openai.add_fault(Fault("status", path="/v1/chat/completions", status=400, times=3))
+                for _ in range(3):
+                    response = api.post("chat", json={"prompt": "hi", "model": "openai:gpt-4o-mini"})
+                    assert response.status_code == 400 and error_of(response).type == "BadRequest"
+                for model in ("ollama:llama3.1", "openai:gpt-4o-mini"):
+                    response = api.post("chat", json={"prompt": "still served", "model": model})
+                    assert response.status_code == 200, response.text
+                    assert not ChatResponse.model_validate_json(response.content).cached  # no cache, no harm
+                states = {s.provider: s.state for s in HealthResponse.model_validate_json(api.get("health").content).providers}
+                assert states["ollama"] == "healthy" and states["openai"] == "healthy"
+
+                # Availability failures do open it: the breaker is live, it just ignores callers' mistakes.
+                upstream.add_fault(Fault("status", path="/api/chat", status=503, times=None))
+                for _ in range(2):
+                    assert api.post("chat", json={"prompt": "hi", "model": "ollama:llama3.1", "fallback": False}).status_code == 502
+                states = {s.provider: s.state for s in HealthResponse.model_validate_json(api.get("health").content).providers}
+                assert states["ollama"] == "cooling_down"
+            log = server.log_tail()
+            assert "cache disk is off: not a directory" in log and "Traceback" not in log
+        finally:
+            _stop(server.proc)
