@@ -934,3 +934,49 @@ def test_caller_errors_never_open_the_breaker_and_a_cache_that_will_not_open_is_
             assert "cache disk is off: not a directory" in log and "Traceback" not in log
         finally:
             _stop(server.proc)
+
+
+# -- the generated TypeScript client, compiled and run with Node ------------------------------
+
+NODE_DIR = ROOT / "tests" / "node"
+
+
+def _compiled_client(out: Path) -> Path:
+    tsc = NODE_DIR / "node_modules" / ".bin" / "tsc"
+    if not tsc.exists() or shutil.which("node") is None:
+        pytest.fail("Node and TypeScript are missing: run `bash scripts/bootstrap --test` (it runs npm ci in tests/node)")
+    result = subprocess.run(
+        [str(tsc), "-p", str(NODE_DIR / "tsconfig.json"), "--outDir", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out / "tests" / "node" / "client_check.js"
+
+
+def test_the_typescript_client_compiles_and_talks_to_a_real_server(
+    jupyter: JupyterServer, api: httpx.Client, ollama: OllamaServer, slow_openai: OpenAIServer, tmp_path: Path
+) -> None:
+    script = _compiled_client(tmp_path / "js")
+    env = _clean_environ() | {
+        "FARM_URL": f"http://127.0.0.1:{jupyter.port}{BASE_URL}",
+        "FARM_TOKEN": jupyter.token,
+        "FARM_SLOW_MODEL": SLOW["model"],
+    }
+    before = jupyter.log.read_text(errors="replace").count("went away")
+    result = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert out["health"]["cache"] == "disk" and ["ollama", "healthy"] in out["health"]["providers"]
+    assert out["chat"] == {"text": "Echo: hello from node", "address": "ollama:llama3.1"}
+    assert "".join(out["stream"]["texts"]) == out["stream"]["done"] == "Echo: stream to the end"
+    assert len(out["stream"]["texts"]) > 1
+    assert out["cancelled"] == {"seen": 3}
+    assert out["unknown"]["status"] == 400 and out["unknown"]["field"] == "model"
+    assert "no provider named 'nosuch'" in out["unknown"]["error"]
+    assert out["load"][-1] == "done" and set(out["load"]) <= {"running", "done"}
+    assert out["unload"] is True and "llama3.1:latest" in out["models"]
+    # The stream left early: the server saw the disconnect and closed the upstream request.
+    _wait_for(lambda: jupyter.log.read_text(errors="replace").count("went away") > before, 10.0, "the server noticing")
+    _wait_for(lambda: _established(jupyter, slow_openai) == 0, 10.0, "the upstream connection closing")
+    _wait_for(lambda: _stats(api).in_flight == 0, 10.0, "the server dropping the request")
