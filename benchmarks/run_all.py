@@ -38,6 +38,7 @@ SCRIPTS = [
     ("cache_latency.py", False, "Cache hit latency: memory, disk, Redis"),
     ("concurrency.py", False, "Concurrent requests"),
     ("local_model.py", False, "Local model (HuggingFace provider) tokens/s"),
+    ("server_memory.py", False, "Jupyter server extension: memory under bodies at and over the limit"),
 ]
 PACKAGES = ["farm-jupyter", "httpx", "openai", "pydantic", "ipython", "ipykernel", "ipywidgets", "redis",
             "torch", "transformers", "anyio"]
