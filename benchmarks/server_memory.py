@@ -29,11 +29,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from _common import emit, target  # noqa: E402
-from _servers import serve  # noqa: E402
-
 import httpx  # noqa: E402
 import psutil  # noqa: E402
+from _common import emit, target  # noqa: E402
+from _servers import serve  # noqa: E402
 
 MiB = 1024 * 1024
 LIMIT = 8 * MiB
@@ -50,24 +49,46 @@ def start_jupyter(tmp: Path, ollama_url: str) -> tuple[subprocess.Popen[bytes], 
     shutil.copytree(ROOT / "jupyter-config", tmp / "jupyter-config")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FARM_", "OLLAMA_", "OPENAI_", "JUPYTER_"))}
     env |= {
-        "JUPYTER_CONFIG_DIR": str(tmp / "jupyter-config"), "JUPYTER_DATA_DIR": str(tmp / "data"),
-        "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"), "JUPYTER_PLATFORM_DIRS": "1",
-        "OLLAMA_HOST": ollama_url, "FARM_ENV": "test", "FARM_FALLBACK": "", "FARM_CACHE": "none",
-        "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1",
+        "JUPYTER_CONFIG_DIR": str(tmp / "jupyter-config"),
+        "JUPYTER_DATA_DIR": str(tmp / "data"),
+        "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
+        "JUPYTER_PLATFORM_DIRS": "1",
+        "OLLAMA_HOST": ollama_url,
+        "FARM_ENV": "test",
+        "FARM_FALLBACK": "",
+        "FARM_CACHE": "none",
+        "NO_PROXY": "127.0.0.1",
+        "no_proxy": "127.0.0.1",
     }
     port, token = _port(), os.urandom(8).hex()
     others = {"jupyterlab": False, "jupyter_lsp": False, "notebook_shim": False, "jupyter_server_terminals": False}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
-         f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={tmp}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.jpserver_extensions={others!r}"],
-        cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            "--no-browser",
+            "--allow-root",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0",
+            f"--ServerApp.root_dir={tmp}",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.jpserver_extensions={others!r}",
+        ],
+        cwd=tmp,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     api = f"http://127.0.0.1:{port}/farm-jupyter/api/"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if httpx.get(api + "stats", headers={"Authorization": f"token {token}"}, trust_env=False).status_code == 200:
+            if (
+                httpx.get(api + "stats", headers={"Authorization": f"token {token}"}, trust_env=False).status_code
+                == 200
+            ):
                 return proc, api, token
         except httpx.TransportError:
             time.sleep(0.1)
@@ -89,7 +110,9 @@ def one_round(proc: psutil.Process, api: str, token: str, body: bytes) -> dict[s
 
     def send() -> None:
         with httpx.Client(headers={"Authorization": f"token {token}"}, trust_env=False, timeout=120) as client:
-            statuses.append(client.post(api + "chat", content=body, headers={"Content-Type": "application/json"}).status_code)
+            statuses.append(
+                client.post(api + "chat", content=body, headers={"Content-Type": "application/json"}).status_code
+            )
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -101,7 +124,11 @@ def one_round(proc: psutil.Process, api: str, token: str, body: bytes) -> dict[s
     time.sleep(2.0)
     stop.set()
     sampler.join()
-    return {"peak": (peak - before) / MiB, "after": (proc.memory_info().rss - before) / MiB, "statuses": sorted(statuses)}
+    return {
+        "peak": (peak - before) / MiB,
+        "after": (proc.memory_info().rss - before) / MiB,
+        "statuses": sorted(statuses),
+    }
 
 
 def main() -> None:
@@ -112,7 +139,9 @@ def main() -> None:
 
     wrap = len(b'{"prompt": ""}')
     bodies = {
-        f"{CONCURRENT} x {LIMIT - 64:,} bytes (at the limit: parsed, 400)": b'{"prompt": "' + b"x" * (LIMIT - 64 - wrap) + b'"}',
+        f"{CONCURRENT} x {LIMIT - 64:,} bytes (at the limit: parsed, 400)": b'{"prompt": "'
+        + b"x" * (LIMIT - 64 - wrap)
+        + b'"}',
         f"{CONCURRENT} x 50,000,000 bytes (over: drained, 413)": b'{"prompt": "' + b"x" * (50_000_000 - wrap) + b'"}',
     }
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in bodies}
@@ -140,13 +169,20 @@ def main() -> None:
     for name, runs in rows.items():
         peaks, afters = [r["peak"] for r in runs], [r["after"] for r in runs]
         answers = ", ".join(sorted({str(s) for r in runs for s in r["statuses"]}))
-        lines.append(f"| {name} | {answers} | {statistics.median(peaks):.1f} MiB | {max(peaks):.1f} MiB | "
-                     f"{statistics.median(afters):.1f} MiB | {max(afters):.1f} MiB |")
+        lines.append(
+            f"| {name} | {answers} | {statistics.median(peaks):.1f} MiB | {max(peaks):.1f} MiB | "
+            f"{statistics.median(afters):.1f} MiB | {max(afters):.1f} MiB |"
+        )
     lines += ["", f"- server RSS {start_rss:.0f} MiB after the warm-up request, {end_rss:.0f} MiB at the end."]
     at_limit = rows[next(iter(bodies))]
     worst = max(r["peak"] for r in at_limit)
-    targets = [target(f"{CONCURRENT} concurrent requests at the body limit add < 100 MB RSS",
-                      f"{worst:.1f} MiB at most ({args.runs} rounds)", worst * MiB < 100e6)]
+    targets = [
+        target(
+            f"{CONCURRENT} concurrent requests at the body limit add < 100 MB RSS",
+            f"{worst:.1f} MiB at most ({args.runs} rounds)",
+            worst * MiB < 100e6,
+        )
+    ]
     emit("\n".join(lines), {"rows": rows, "targets": targets, "markdown": "\n".join(lines)})
 
 

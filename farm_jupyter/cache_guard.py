@@ -48,6 +48,7 @@ class GuardedCache:
         self._opener = opener
         self._clock = clock
         self.inner: Cache | None = None
+        self.name = "none"  # the backend's, once open
         self.reason: str | None = None
         self._next_try = 0.0
         self._open()
@@ -55,10 +56,16 @@ class GuardedCache:
     def _open(self) -> Cache | None:
         try:
             self.inner, self.reason = self._opener(self.settings), None
+            self.name = self.inner.name
         except Exception as exc:  # noqa: BLE001 - any backend that will not open: run without it
             self.inner, self.reason = None, _why(exc)
             self._next_try = self._clock() + REOPEN_AFTER
-            log.warning("farm_jupyter: cache %s is off: %s (tried again in %.0f s)", self.settings.backend, self.reason, REOPEN_AFTER)
+            log.warning(
+                "farm_jupyter: cache %s is off: %s (tried again in %.0f s)",
+                self.settings.backend,
+                self.reason,
+                REOPEN_AFTER,
+            )
         return self.inner
 
     async def _cache(self) -> Cache | None:
@@ -67,10 +74,6 @@ class GuardedCache:
             if opened is not None:
                 log.warning("farm_jupyter: cache %s is back", opened.name)
         return self.inner
-
-    @property
-    def name(self) -> str:
-        return self.inner.name if self.inner is not None else "none"
 
     @property
     def state(self) -> str:

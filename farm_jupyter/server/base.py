@@ -59,7 +59,9 @@ T = TypeVar("T")
 class FarmServer(Configurable):
     """Limits of the farm_jupyter routes (`c.FarmServer.max_body_size = ...` in jupyter_server_config.py)."""
 
-    max_body_size = Int(8 * MiB, config=True, help="Largest request body in bytes; a larger one is answered 413 unread.")
+    max_body_size = Int(
+        8 * MiB, config=True, help="Largest request body in bytes; a larger one is answered 413 unread."
+    )
     max_messages = Int(500, config=True, help="Most messages in one chat request.")
     max_prompt_chars = Int(2_000_000, config=True, help="Most characters in all of a chat request's messages together.")
     max_load_jobs = Int(32, config=True, help="Most load jobs kept; finished ones go first, then none start.")
@@ -158,7 +160,7 @@ class FarmHandler(APIHandler):
     def farm(self) -> Session:
         return self.state.session
 
-    async def prepare(self) -> None:
+    async def prepare(self) -> None:  # type: ignore[override]  # as APIHandler's own
         # Host, token, XSRF first; a refusal is answered once the body has been drained (read and
         # dropped, never kept): an answer before that makes the client's send fail with a reset,
         # and it never sees the answer.
@@ -173,10 +175,13 @@ class FarmHandler(APIHandler):
     def _over_limit(self, size: int) -> None:
         limit = self.limits.max_body_size
         if size > limit and self._refused is None:
-            self._refused = ApiError(413, ErrorBody(
-                error=f"the request body is over the limit of {limit} bytes: send less "
-                "(the server's c.FarmServer.max_body_size sets it)",
-            ))
+            self._refused = ApiError(
+                413,
+                ErrorBody(
+                    error=f"the request body is over the limit of {limit} bytes: send less "
+                    "(the server's c.FarmServer.max_body_size sets it)",
+                ),
+            )
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
@@ -199,16 +204,20 @@ class FarmHandler(APIHandler):
         if isinstance(exc, ApiError):
             body = exc.body
         elif status_code == 403 and not self.check_host():
-            body = ErrorBody(error=(
-                f"host {self.request.host!r} is not allowed: use the server's own address, or let it answer "
-                "other names (c.ServerApp.local_hostnames or c.ServerApp.allow_remote_access)"
-            ))
+            body = ErrorBody(
+                error=(
+                    f"host {self.request.host!r} is not allowed: use the server's own address, or let it answer "
+                    "other names (c.ServerApp.local_hostnames or c.ServerApp.allow_remote_access)"
+                )
+            )
         elif status_code == 403 and not self._authenticated():
             body = ErrorBody(error=NOT_AUTHENTICATED)  # rather than Jupyter's "'_xsrf' argument missing"
         elif isinstance(exc, web.HTTPError):
             body = ErrorBody(error=exc.log_message or exc.reason or responses.get(status_code, "error"))
         else:
-            body = ErrorBody(error="internal error in farm_jupyter: see the Jupyter server's log", type=type(exc).__name__)
+            body = ErrorBody(
+                error="internal error in farm_jupyter: see the Jupyter server's log", type=type(exc).__name__
+            )
         self.finish(body.model_dump_json())
 
     def _authenticated(self) -> bool:

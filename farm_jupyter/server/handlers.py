@@ -49,7 +49,9 @@ class ChatHandler(FarmHandler):
         messages = body.to_messages()
         limits = self.limits
         if len(messages) > limits.max_messages:
-            raise bad_request("messages", f"{len(messages)} messages, over the limit of {limits.max_messages}: send fewer")
+            raise bad_request(
+                "messages", f"{len(messages)} messages, over the limit of {limits.max_messages}: send fewer"
+            )
         chars = sum(len(m.content) for m in messages)
         if chars > limits.max_prompt_chars:
             field = "prompt" if body.prompt is not None else "messages"
@@ -63,8 +65,13 @@ class ChatHandler(FarmHandler):
 
     def source(self, body: ChatBody, *, stream: bool) -> AsyncIterator[Chunk]:
         return self.farm.chunks(
-            body.to_messages(), body.model, body.params,
-            no_cache=body.no_cache, refresh=body.refresh, fallback=body.fallback, stream=stream,
+            body.to_messages(),
+            body.model,
+            body.params,
+            no_cache=body.no_cache,
+            refresh=body.refresh,
+            fallback=body.fallback,
+            stream=stream,
         )
 
     @route
@@ -190,10 +197,16 @@ class LoadHandler(ModelHandler):
             try:
                 self.state.add(job)
             except TooManyLoads:
-                raise ApiError(429, ErrorBody(error=(
-                    f"{self.limits.max_load_jobs} loads are running already: wait for one to finish "
-                    "(GET its progress_url) and try again"
-                ), field="name")) from None
+                raise ApiError(
+                    429,
+                    ErrorBody(
+                        error=(
+                            f"{self.limits.max_load_jobs} loads are running already: wait for one to finish "
+                            "(GET its progress_url) and try again"
+                        ),
+                        field="name",
+                    ),
+                ) from None
             job.future = self.farm.runtime.submit(job.run(self.farm, provider, model))
         started = LoadStarted(**job.status().model_dump(), progress_url=self.progress_url(name))
         self.set_header("Location", started.progress_url)
@@ -204,9 +217,13 @@ class LoadHandler(ModelHandler):
         provider, model = self.address(name)
         job = self.state.job(f"{provider}:{model}")
         if job is None:
-            raise ApiError(404, ErrorBody(
-                error=f"no load of {name!r} is known here: POST to this URL to start one", field="name",
-            ))
+            raise ApiError(
+                404,
+                ErrorBody(
+                    error=f"no load of {name!r} is known here: POST to this URL to start one",
+                    field="name",
+                ),
+            )
         self.reply(job.status())
 
 
@@ -226,9 +243,13 @@ class StatsHandler(FarmHandler):
     @route
     async def get(self) -> None:
         session = self.farm
-        self.reply(StatsResponse(
-            models=session.monitor.summary(), in_flight=self.state.in_flight, cache=session.cache_state,
-        ))
+        self.reply(
+            StatsResponse(
+                models=session.monitor.summary(),
+                in_flight=self.state.in_flight,
+                cache=session.cache_state,
+            )
+        )
 
 
 class GPUHandler(FarmHandler):
@@ -242,7 +263,14 @@ class GPUHandler(FarmHandler):
 
 
 HANDLERS: list[type[FarmHandler]] = [
-    ChatHandler, ChatStreamHandler, ModelsHandler, HealthHandler, LoadHandler, UnloadHandler, StatsHandler, GPUHandler,
+    ChatHandler,
+    ChatStreamHandler,
+    ModelsHandler,
+    HealthHandler,
+    LoadHandler,
+    UnloadHandler,
+    StatsHandler,
+    GPUHandler,
 ]
 
 
@@ -253,8 +281,10 @@ def url_specs(prefix: str, handlers: list[type[FarmHandler]] = HANDLERS) -> list
     specs: dict[str, tuple[str, type[FarmHandler]]] = {}
     for r in ROUTES:
         handler = by_path.get(r["path"])
-        if handler is None or not callable(getattr(handler, r["method"].lower(), None)) or (
-            getattr(handler, r["method"].lower()) is getattr(web.RequestHandler, r["method"].lower())
+        if (
+            handler is None
+            or not callable(getattr(handler, r["method"].lower(), None))
+            or (getattr(handler, r["method"].lower()) is getattr(web.RequestHandler, r["method"].lower()))
         ):
             raise ConfigError(f"no handler serves {r['method']} {r['path']}: add it to server.handlers")
         # A model name may hold `/` (hf.co/org/model): tornado unquotes what the pattern captures.

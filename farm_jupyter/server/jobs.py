@@ -39,8 +39,13 @@ class LoadJob:
 
     def status(self) -> LoadStatus:
         return LoadStatus(
-            model=self.name, address=self.address, state=self.state, progress=self.progress,
-            error=self.error, started_at=self.started_at, finished_at=self.finished_at,
+            model=self.name,
+            address=self.address,
+            state=self.state,
+            progress=self.progress,
+            error=self.error,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
         )
 
     async def run(self, session: Session, provider: str, model: str) -> None:

@@ -130,7 +130,9 @@ class ChatBody(_Body):
         return value
 
     def to_messages(self) -> list[ChatMessage]:
-        messages = list(self.messages) if self.messages is not None else [ChatMessage(role="user", content=self.prompt or "")]
+        messages = (
+            list(self.messages) if self.messages is not None else [ChatMessage(role="user", content=self.prompt or "")]
+        )
         if self.system:
             messages.insert(0, ChatMessage(role="system", content=self.system))
         return messages
@@ -320,7 +322,11 @@ def write_schema(folder: str | Path = "schema") -> list[Path]:
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in ((SCHEMA_FILE, schema_json()), (TYPESCRIPT_FILE, typescript(schema)), (CLIENT_FILE, client(schema))):
+    for name, text in (
+        (SCHEMA_FILE, schema_json()),
+        (TYPESCRIPT_FILE, typescript(schema)),
+        (CLIENT_FILE, client(schema)),
+    ):
         path = target / name
         path.write_text(text, encoding="utf-8")
         written.append(path)

@@ -23,11 +23,29 @@ __all__ = ["SchemaError", "client", "typescript"]
 
 
 # Keywords that only annotate or constrain values: they never change the TypeScript type.
-_ANNOTATIONS = frozenset({
-    "title", "description", "default", "examples", "format", "deprecated", "readOnly", "writeOnly",
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
-    "minLength", "maxLength", "pattern", "minItems", "maxItems", "uniqueItems",
-})
+_ANNOTATIONS = frozenset(
+    {
+        "title",
+        "description",
+        "default",
+        "examples",
+        "format",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "minItems",
+        "maxItems",
+        "uniqueItems",
+    }
+)
 _SCALARS = {"string": "string", "integer": "number", "number": "number", "boolean": "boolean", "null": "null"}
 _IDENTIFIER = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*$")
 
@@ -83,10 +101,24 @@ class _Converter:
             return "never"
         if not isinstance(schema, Mapping):
             raise SchemaError(f"a schema must be an object or a boolean, not {schema!r}")
-        unknown = set(schema) - _ANNOTATIONS - {
-            "$ref", "type", "enum", "const", "anyOf", "oneOf", "allOf", "items", "properties",
-            "required", "additionalProperties", "discriminator",
-        }
+        unknown = (
+            set(schema)
+            - _ANNOTATIONS
+            - {
+                "$ref",
+                "type",
+                "enum",
+                "const",
+                "anyOf",
+                "oneOf",
+                "allOf",
+                "items",
+                "properties",
+                "required",
+                "additionalProperties",
+                "discriminator",
+            }
+        )
         if unknown:
             raise SchemaError(f"unsupported JSON Schema keyword(s): {', '.join(sorted(unknown))}")
         if "$ref" in schema:
@@ -117,9 +149,9 @@ class _Converter:
 
     def _ref(self, ref: str) -> str:
         prefix = "#/$defs/"
-        if not ref.startswith(prefix) or ref[len(prefix):] not in self.defs:
+        if not ref.startswith(prefix) or ref[len(prefix) :] not in self.defs:
             raise SchemaError(f"unresolvable $ref {ref!r}: only {prefix}<Name> into $defs is supported")
-        return ref[len(prefix):]
+        return ref[len(prefix) :]
 
     def _object(self, schema: Mapping[str, Any], indent: str) -> str:
         props: Mapping[str, Any] = schema.get("properties", {})
@@ -341,11 +373,11 @@ def _method(route: Mapping[str, Any]) -> list[str]:
         path += f".replace({json.dumps('{' + p + '}')}, encodeURIComponent({p}))"
     body = "undefined"
     if "request" in route:
-        args.append(f"body: {types}[\"request\"]")
+        args.append(f'body: {types}["request"]')
         body = "body"
     query = "undefined"
     if "query" in route:
-        args.append(f"query: {types}[\"query\"] = {{}}")
+        args.append(f'query: {types}["query"] = {{}}')
         query = "query"
     args.append("call: CallOptions = {}")
     signature = ", ".join(args)
@@ -359,8 +391,8 @@ def _method(route: Mapping[str, Any]) -> list[str]:
         ]
     return [
         doc,
-        f"  {route['name']}({signature}): Promise<{types}[\"response\"]> {{",
-        f"    return this.json<{types}[\"response\"]>({json.dumps(route['method'])}, {path}, {body}, {query}, call);",
+        f'  {route["name"]}({signature}): Promise<{types}["response"]> {{',
+        f'    return this.json<{types}["response"]>({json.dumps(route["method"])}, {path}, {body}, {query}, call);',
         "  }",
     ]
 
