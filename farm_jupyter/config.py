@@ -142,6 +142,21 @@ class RateLimit(_Section):
     tpm: int | None = Field(default=None, gt=0)
 
 
+class Price(_Section):
+    """US dollars per million tokens; `as_of` says when a shipped price was read."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    as_of: str | None = None
+
+    def cost(self, tokens_in: int, tokens_out: int) -> float:
+        return (tokens_in * self.input + tokens_out * self.output) / 1e6
+
+
+class BudgetSettings(_Section):
+    usd: float | None = Field(default=None, gt=0)  # stop before the session's spend passes this
+
+
 class Environment(_Section):
     provider: str
     fallback: list[str] = Field(default_factory=list)
@@ -163,6 +178,8 @@ class Settings(_Section):
     # Overrides the environment's chain; `false` turns fallback off: the model asked, or an error.
     fallback: list[str] | Literal[False] | None = None
     environments: dict[str, Environment] = Field(default_factory=_default_environments)
+    prices: dict[str, Price] = Field(default_factory=dict)  # "provider:model" -> price
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
     aliases: dict[str, str] = Field(default_factory=dict)
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)

@@ -38,6 +38,7 @@ from ..errors import (
     RateLimited,
     UnknownProvider,
 )
+from ..ledger import Ledger
 from ..monitor import Monitor, RequestRecord
 from ..providers.base import Provider
 from ..types import (
@@ -108,6 +109,7 @@ class Router:
         self.breakers: dict[str, CircuitBreaker] = {}
         self.limiters: dict[str, RateLimiter] = {}
         self.last_status: dict[str, ProviderStatus] = {}
+        self.ledger = Ledger(settings, monitor)
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # tests give a fake clock's
 
     # -- addresses ------------------------------------------------------------------------------
@@ -290,6 +292,8 @@ class Router:
                     waited += wait
                     yield Chunk(status=note)
                 booking = limiter.admit(estimate_tokens(request))
+            self.ledger.check(str(route), sum(len(m.content) for m in request.messages) // 4,
+                              request.params.max_tokens or 256)
             if call.shown:
                 then = f"retrying {route.provider} ({retries + 1} of {tries})" if retries else f"answering with {route}"
                 yield Chunk(restart=True, status=self._restart_note(call, then))
