@@ -80,6 +80,7 @@ class _Section(BaseModel):
 
 class OllamaSettings(_Section):
     host: str = "http://127.0.0.1:11434"
+    hosts: list[str] = Field(default_factory=list)  # several servers: least busy first (router/pool.py)
     default_model: str = "llama3.1"
     keep_alive: str | None = None
     auto_pull: list[str] = Field(default_factory=list)
@@ -89,10 +90,16 @@ class OllamaSettings(_Section):
     def _host(cls, value: str) -> str:
         return normalize_url(value, default_port=11434, name="OLLAMA_HOST")
 
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, values: list[str]) -> list[str]:
+        return [normalize_url(v, default_port=11434, name="ollama.hosts") for v in values]
+
 
 class OpenAISettings(_Section):
     api_key: SecretStr | None = None
     base_url: str | None = None
+    base_urls: list[str] = Field(default_factory=list)  # several OpenAI-compatible servers
     default_model: str = "gpt-4o-mini"
     organization: str | None = None
 
@@ -100,6 +107,11 @@ class OpenAISettings(_Section):
     @classmethod
     def _base_url(cls, value: str | None) -> str | None:
         return None if value is None else normalize_url(value, name="OPENAI_BASE_URL")
+
+    @field_validator("base_urls")
+    @classmethod
+    def _base_urls(cls, values: list[str]) -> list[str]:
+        return [normalize_url(v, name="openai.base_urls") for v in values]
 
 
 class HuggingFaceSettings(_Section):

@@ -63,6 +63,10 @@ class OllamaProvider(Provider):
             )
         return self._client
 
+    def servers(self) -> list[Provider]:
+        hosts = self.settings.ollama.hosts
+        return [type(self)(self.name, self.settings, **{**self.options, "host": h}) for h in hosts] if len(hosts) > 1 else []
+
     def _errors(self) -> Any:
         return mapped_transport_errors(
             self.name, self._host, f"start it with `ollama serve` or `%farm ollama start` (OLLAMA_HOST={self._host})",

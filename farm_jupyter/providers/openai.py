@@ -49,6 +49,10 @@ class OpenAIProvider(Provider):
     def url(self) -> str:
         return self._base_url
 
+    def servers(self) -> list[Provider]:
+        urls = self.settings.openai.base_urls
+        return [type(self)(self.name, self.settings, **{**self.options, "base_url": u}) for u in urls] if len(urls) > 1 else []
+
     def __repr__(self) -> str:
         return f"<OpenAIProvider {self.name!r} {self._base_url} key={mask(self._api_key)}>"
 
