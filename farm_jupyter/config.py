@@ -537,8 +537,8 @@ def load_settings(
             hint="use one of those, or add an [environments.NAME] table to farm.toml",
         )
     variables: dict[str, str] = {}
-    for _where, values, _layer in layers:
-        variables.update(values or {})
+    for _where, layer_environ, _layer in layers:
+        variables.update(layer_environ or {})
     _apply_seed_defaults(settings, variables, overrides)
     settings.source = str(source) if source else None
     return settings
