@@ -22,8 +22,9 @@ import base64
 import logging
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 __all__ = ["RedactingFilter", "install_log_filter", "mask", "redact", "register", "register_basic", "scrub_exception"]
@@ -32,9 +33,10 @@ SLICE = 8  # a piece this long of a secret is a leak
 SHORTEST = 5
 LOGGERS = ("farm_jupyter", "httpx", "httpcore", "openai", "httpx2", "httpcore2")
 # Children log through their own Logger objects, and a logger's filters do not apply to its
-# children: these are made in advance so the filter is on them before the library logs.
+# children: these are made in advance so the filter is on them before the library logs, and the
+# record factory below puts it on any other child at its first record.
 _CHILDREN = (
-    "farm_jupyter.widgets", "farm_jupyter.router",
+    "farm_jupyter.widgets",
     "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy", "httpcore.socks",
     "httpcore2.connection", "httpcore2.http11", "httpcore2.http2", "httpcore2.proxy", "httpcore2.socks",
     "openai._base_client", "openai._response", "openai._legacy_response", "openai.lib.parsing",
@@ -198,3 +200,22 @@ def install_log_filter(extra: Iterable[str] = ()) -> None:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
+    previous = logging.getLogRecordFactory()
+    if not getattr(previous, "_farm_jupyter", False):
+        logging.setLogRecordFactory(_factory(previous))
+
+
+def _factory(previous: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    """Wraps the record factory: a child logger made after install gets the filter at its first
+    record, before the logger applies its filters to it."""
+
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if record.name.split(".", 1)[0] in LOGGERS:
+            logger = logging.getLogger(record.name)
+            if _FILTER not in logger.filters:
+                logger.addFilter(_FILTER)
+        return record
+
+    make._farm_jupyter = True  # type: ignore[attr-defined]
+    return make

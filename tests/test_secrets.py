@@ -143,6 +143,20 @@ def test_short_secrets_are_masked_whole_only() -> None:
     assert secrets.redact("hunt") == "hunt"
 
 
+def test_settings_register_every_configured_secret() -> None:
+    load_settings(
+        {
+            "cache": {"redis_url": "redis://:redis-Pass-7781x@cache:6379/0"},
+            "providers": {"vllm": {"api_key": "vllm-Key-0042-abcd", "base_url": "http://u:vllm-Url-Pass-93@h:1/v1",
+                                   "auth": {"client_secret": "nested-Secret-5501"}}},
+        },
+        environ={"HUGGINGFACE_TOKEN": "hf_Seed-Token-66201"}, use_file=False,
+    )
+    for value in ("redis-Pass-7781x", "vllm-Key-0042-abcd", "vllm-Url-Pass-93", "nested-Secret-5501", "hf_Seed-Token-66201"):
+        assert value[2:10] not in secrets.redact(f"a server says {value[2:]}"), value
+    assert str(ConfigError("echo " + "vllm-Key-0042-abcd"[4:])) == "echo vllm-...abcd"
+
+
 def test_farm_error_redacts_its_message_and_the_chain_it_is_raised_from() -> None:
     secrets.register(KEY)
     try:
@@ -161,19 +175,17 @@ def test_the_log_filter_redacts_children_of_the_http_loggers(debug_logs: Records
     header = [(b"WWW-Authenticate", f'Bearer error_description="token={KEY[8:]}"'.encode())]
     logging.getLogger("httpcore.http11").debug("receive_response_headers.complete return_value=%r", header)
     logging.getLogger("openai._base_client").debug("HTTP Response: %s", {"x-echo": KEY})
-    logging.getLogger("farm_jupyter.widgets.chat").info("a late child %s", KEY)  # made after install
-    secrets.install_log_filter()
-    logging.getLogger("farm_jupyter.widgets.chat").info("a late child %s", KEY)
+    logging.getLogger("farm_jupyter.a_late_child").info("made after the filter went on: %s", KEY)
     try:
         raise RuntimeError(KEY)
     except RuntimeError:
         logging.getLogger("httpx").exception("with a traceback")
-    mine = [r for r in debug_logs.records if r.name != "farm_jupyter.widgets.chat"]
-    assert len(mine) == 3
-    for record in mine + debug_logs.records[-2:-1]:
+    assert len(debug_logs.records) == 4
+    for record in debug_logs.records:
         assert not leaks(f"{record.getMessage()} {record.args!r} {record.exc_text}")
-    assert not leaks("".join(debug_logs.text[-1:]))
+    assert not leaks("\n".join(debug_logs.text))
     assert "token=sk-" in debug_logs.records[0].getMessage()
+    assert "RuntimeError: sk-" in debug_logs.text[-1]  # the traceback is there, masked
 
 
 # -- a user:password in a URL ------------------------------------------------------------------------
