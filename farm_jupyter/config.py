@@ -478,15 +478,17 @@ def _dotenv_files(folder: Path, given: str, file_env: str) -> list[tuple[Path, d
 def _origin(loc: tuple[Any, ...], layers: list[tuple[str, Mapping[str, str] | None, Mapping[str, Any]]]) -> tuple[str, str]:
     """Who set the setting at `loc`: (its name there, ` in FILE` or ``)."""
     dotted = ".".join(str(p) for p in loc)
-    for where, environ, layer in reversed(layers):
-        if not _has(layer, loc):
-            continue
-        if environ is None:
+    for size in range(len(loc), 0, -1):  # a missing field: the table that lacks it
+        part = loc[:size]
+        for where, environ, layer in reversed(layers):
+            if not _has(layer, part):
+                continue
+            if environ is None:
+                return dotted, where
+            for name, value in environ.items():  # the variable that sets it, found by asking each one
+                if _has(_from_environ({name: value}), part) and value.strip():
+                    return name, where
             return dotted, where
-        for name, value in environ.items():  # the variable that sets it, found by asking each one
-            if _has(_from_environ({name: value}), loc) and value.strip():
-                return name, where
-        return dotted, where
     return dotted, ""
 
 
