@@ -296,6 +296,7 @@ def test_magics_and_widgets(env: Path, servers: Any, caplog: pytest.LogCaptureFi
             run(f"%farm {line}", f"%farm {line}")
         table = run("config", "%farm config").result
         assert dict(table.rows)["openai.api_key"] == MASKED_KEY
+        assert dict(table.rows)["ollama.host"] == f"http://{OLLAMA_USER}:***@{servers[0].host_port}"
 
         # every widget: its repr, its text form, and everything it sent to the frontend
         from farm_jupyter.widgets import ChatWidget, CompareWidget, Dashboard, GPUGauge, HealthBoard, ModelPicker
