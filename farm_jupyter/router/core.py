@@ -42,6 +42,7 @@ from ..errors import (
 from ..ledger import Ledger
 from ..monitor import Monitor, RequestRecord
 from ..providers.base import Provider
+from ..secrets import redact
 from ..types import (
     Attempt,
     ChatMessage,
@@ -441,7 +442,7 @@ class Router:
             try:
                 found = await asyncio.wait_for(self.provider(name).health_rows(), self.settings.timeouts.connect * 2)
             except Exception as exc:  # noqa: BLE001 - reported, not raised (TimeoutError included)
-                found = [ProviderStatus(provider=name, state="unhealthy", error=str(exc) or type(exc).__name__)]
+                found = [ProviderStatus(provider=name, state="unhealthy", error=redact(str(exc)) or type(exc).__name__)]
             breaker = self.breaker(name)
             limiter = self.limiters.get(name)
             for status in found:

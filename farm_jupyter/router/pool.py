@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ..config import Settings
 from ..errors import CoolingDown, ProviderError, RateLimited
 from ..providers.base import Provider
+from ..secrets import redact
 from ..types import ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress
 from .limits import CircuitBreaker
 
@@ -125,7 +126,7 @@ class Pool(Provider):
                 status = await server.provider.health()
             except Exception as exc:  # noqa: BLE001 - reported, not raised
                 status = ProviderStatus(provider=self.name, state="unhealthy", url=server.provider.url,
-                                        error=str(exc) or type(exc).__name__)
+                                        error=redact(str(exc)) or type(exc).__name__)
             if server.breaker.state == "open":
                 status.state = "cooling_down"
                 status.cooldown_until = server.breaker.open_until
