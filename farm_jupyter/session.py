@@ -10,14 +10,15 @@ import sys
 import threading
 import time
 import types
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cache_guard import GuardedCache
 from .config import Settings, load_settings
 from .errors import ConfigError, FarmError, UnknownProvider
+from .ledger import UsageReport
 from .monitor import Monitor
 from .providers import available as available_providers
 from .providers import is_known as is_provider
@@ -34,6 +35,9 @@ from .types import (
     ProviderStatus,
     PullProgress,
 )
+
+if TYPE_CHECKING:
+    from .batch import BatchResult, Comparison, PromptBuilder
 
 Prompt = str | Sequence[ChatMessage | dict[str, Any]]
 
@@ -205,6 +209,7 @@ class Session:
         self.monitor = Monitor(self.settings.monitor_size)
         self.router = Router(self.settings, self.cache, self.monitor)
         self.conversation = Conversation(self.settings.max_history)
+        self.last_batch: BatchResult | None = None  # the last map's rows, kept when it was stopped
 
     @property
     def runtime(self) -> Runtime:
@@ -348,6 +353,22 @@ class Session:
         provider, name = self._split(model) if model else (self.settings.default_provider, None)
         return self.runtime.run(self.router.provider(provider).embed(texts, name))
 
+    def map(self, items: Iterable[Any], prompt: PromptBuilder = "{}", **kwargs: Any) -> Any:
+        """One prompt over many items, `concurrency` at a time; see `farm_jupyter.map`."""
+        from .batch import run_map
+
+        return run_map(self, items, prompt, **kwargs)
+
+    def compare(self, prompts: Sequence[str], models: Sequence[str], **kwargs: Any) -> Comparison:
+        """Every prompt to every model; see `farm_jupyter.compare`."""
+        from .batch import run_compare
+
+        return run_compare(self, prompts, models, **kwargs)
+
+    def usage(self) -> UsageReport:
+        """Tokens, requests, cache savings and cost per provider:model for this session."""
+        return self.router.ledger.report()
+
     def cache_info(self) -> dict[str, Any]:
         return self.runtime.run(self.cache.info())
 
@@ -373,7 +394,9 @@ class Session:
         """A provider-specific option the first provider does not take is a mistake, said here."""
         from .types import PROVIDER_OPTIONS
 
-        taken = PROVIDER_OPTIONS.get(self.router.provider(provider).kind)
+        found = self.router.provider(provider)
+        members = getattr(found, "members", None)  # a pool of servers: they are all of one kind
+        taken = PROVIDER_OPTIONS.get(members[0].provider.kind if members else found.kind)
         unknown = sorted(set(params.extra) - taken) if taken is not None else []
         if unknown:
             raise ConfigError(
