@@ -41,7 +41,8 @@ class GenerationOptions(TypedDict, total=False):
     key loads or runs code (HuggingFace's `trust_remote_code`, `custom_generate`, ...).
     """
 
-    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+    # Finite numbers only: JSON has no infinity, so an `inf` would fail on its way to the provider.
+    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)  # type: ignore[misc]
 
     # Sampling, shared by several backends under the same name.
     top_k: Annotated[int, Field(ge=0)]
@@ -118,6 +119,8 @@ class GenerationParams(_Model):
 
     `extra` is closed: only `GenerationOptions` keys, each checked for type and range.
     """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=None, gt=0)
