@@ -759,6 +759,7 @@ def test_chat_body_builds_the_messages() -> None:
         ({"zzz": 1}, "params.extra.zzz", "not a generation option"),
         ({"num_ctx": "big"}, "params.extra.num_ctx", "valid integer"),
         ({"top_k": -1}, "params.extra.top_k", "greater than or equal to 0"),
+        ({"mirostat_tau": "INF"}, "params.extra.mirostat_tau", "finite number"),  # once a 500 (the fuzz found it)
         ({"logit_bias": {"50256": -100}}, "params.extra", "ollama takes no option 'logit_bias'"),
         ("x", "params.extra", "should be an object"),
     ],

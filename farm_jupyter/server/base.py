@@ -33,7 +33,6 @@ from traitlets.config import Configurable
 from ..errors import (
     AllProvidersFailed,
     BadRequest,
-    ConfigError,
     FarmError,
     ModelNotFound,
     ProviderError,
@@ -92,7 +91,7 @@ def validation_error(exc: ValidationError, prefix: str = "") -> ApiError:
 
 def farm_error(exc: FarmError, field: str | None) -> ApiError:
     """A missing model is 404 and a request the provider refused 400 (the caller's to fix, as in
-    the kernel); other provider failures are 502; a wrong name or option is 400; the rest ours."""
+    the kernel); other provider failures are 502; an unknown provider is 400; the rest ours."""
     kind = type(exc).__name__
     if isinstance(exc, AllProvidersFailed):
         return ApiError(502, ErrorBody(error=str(exc), type=kind, attempts=exc.attempts))
@@ -102,9 +101,9 @@ def farm_error(exc: FarmError, field: str | None) -> ApiError:
         return ApiError(400, ErrorBody(error=str(exc), type=kind))
     if isinstance(exc, ProviderError):
         return ApiError(502, ErrorBody(error=str(exc), type=kind))
-    if isinstance(exc, UnknownProvider | ConfigError):
+    if isinstance(exc, UnknownProvider):
         return ApiError(400, ErrorBody(error=str(exc), field=field, type=kind))
-    return ApiError(500, ErrorBody(error=str(exc), type=kind))
+    return ApiError(500, ErrorBody(error=str(exc), type=kind))  # ConfigError and the like: fix the server
 
 
 def _mapped(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
