@@ -215,15 +215,10 @@ class Router:
             for text in entry.chunks if call.stream else ["".join(entry.chunks)]:
                 yield Chunk(text=text)
             call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True))
-            elapsed = call.elapsed()
-            response = entry.response.model_copy(update={
-                "cached": True, "restarted": call.restarted, "attempts": call.attempts,
-                "notice": notice,
-                "timings": Timings(first_token=call.first_token or elapsed, total=elapsed,
-                                   waited=sum(a.waited for a in call.attempts)),
-            })
-            self.monitor.record(RequestRecord.from_response(response))
-            yield Chunk(done=True, response=response)
+            hit = entry.response
+            yield Chunk(done=True, response=self._respond(
+                call, route, notice, text=hit.text, usage=hit.usage, finish_reason=hit.finish_reason, cached=True,
+            ))
             return
         breaker = self.breaker(route.provider)
         if not breaker.allow():
@@ -251,14 +246,14 @@ class Router:
         tries = self.settings.retry.max_retries + 1
         retries, waited = 0, 0.0
         while True:
+            self.ledger.check(str(route), sum(len(m.content) for m in request.messages) // 4,
+                              request.params.max_tokens or 256)
             booking: list[float] | None = None
             if limiter is not None:
                 async for wait, note in self._wait_turn(limiter, route, request):
                     waited += wait
                     yield Chunk(status=note)
                 booking = limiter.admit(estimate_tokens(request))
-            self.ledger.check(str(route), sum(len(m.content) for m in request.messages) // 4,
-                              request.params.max_tokens or 256)
             if call.shown:
                 then = f"retrying {route.provider} ({retries + 1} of {tries})" if retries else f"answering with {route}"
                 yield Chunk(restart=True, status=self._restart_note(call, then))
@@ -294,30 +289,33 @@ class Router:
                 booking[1] = usage.total_tokens
             call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True,
                                          retries=retries, waited=waited))
-            response = ChatResponse(
-                text="".join(attempt.parts),
-                provider=route.provider,
-                model=route.model,
-                usage=usage,
-                finish_reason=final.finish_reason,
-                restarted=call.restarted,
-                attempts=call.attempts,
-                notice=notice,
-                timings=Timings(
-                    first_token=call.first_token,
-                    total=call.elapsed(),
-                    waited=sum(a.waited for a in call.attempts),
-                    provider_total=final.provider_total,
-                    rate=attempt.rate(usage.completion_tokens),
-                ),
+            response = self._respond(
+                call, route, notice, text="".join(attempt.parts), usage=usage, finish_reason=final.finish_reason,
+                rate=attempt.rate(usage.completion_tokens), provider_total=final.provider_total,
             )
             if call.use_cache:
                 await self._cache_call(call, "set", key, CacheEntry(response=response, chunks=attempt.parts))
-            self.monitor.record(RequestRecord.from_response(response))
             if call.warnings:
                 log.warning("; ".join(call.warnings))
             yield Chunk(done=True, usage=usage, finish_reason=final.finish_reason, response=response)
             return
+
+    def _respond(
+        self, call: Call, route: Route, notice: str | None, *, text: str, usage: Usage, finish_reason: str | None,
+        cached: bool = False, rate: float | None = None, provider_total: float | None = None,
+    ) -> ChatResponse:
+        """The one place a response is built (a fresh answer or a cache hit), and recorded."""
+        elapsed = call.elapsed()
+        response = ChatResponse(
+            text=text, provider=route.provider, model=route.model, usage=usage, finish_reason=finish_reason,
+            cached=cached, restarted=call.restarted, attempts=call.attempts, notice=notice,
+            timings=Timings(
+                first_token=call.first_token or (elapsed if cached else None), total=elapsed,
+                waited=sum(a.waited for a in call.attempts), provider_total=provider_total, rate=rate,
+            ),
+        )
+        self.monitor.record(RequestRecord.from_response(response))
+        return response
 
     def _record_failure(
         self, call: Call, route: Route, exc: ProviderError, *, retries: int = 0, waited: float = 0.0, chunks: int = 0
