@@ -101,13 +101,21 @@ class MemoryCache:
         self.misses = 0
 
     async def get(self, key: str) -> CacheEntry | None:
+        return self.peek(key)
+
+    def peek(self, key: str) -> CacheEntry | None:
+        """`get` without a loop: a hit can be answered in the caller's thread (no thread hop).
+        Every step is one dict operation, atomic under the GIL, so the loop's own use is safe."""
         entry = self._data.get(key)
         if entry is None or (self.ttl is not None and time.time() - entry.created > self.ttl):
             if entry is not None:
-                del self._data[key]
+                self._data.pop(key, None)
             self.misses += 1
             return None
-        self._data.move_to_end(key)
+        try:
+            self._data.move_to_end(key)
+        except KeyError:  # evicted by the loop in between: still a hit, the entry is whole
+            pass
         self.hits += 1
         return entry
 

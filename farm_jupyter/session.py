@@ -100,6 +100,9 @@ class Conversation:
             return [m for t in self.turns for m in (t.user, t.assistant)]
 
 
+_ASKING = frozenset({"system", "conversation", "turn_id", "no_cache", "refresh", "fallback"})  # not params
+
+
 class ChatStream:
     """A lazy, replayable stream: nothing runs until iterated; `.response` forces it.
 
@@ -222,6 +225,18 @@ class Session:
         params: dict[str, Any],
         stream: bool = True,
     ) -> AsyncIterator[Chunk]:
+        messages = self._messages(prompt, system, conversation, turn_id)
+        chunks = self.router.astream(
+            messages, model, params, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream
+        )
+        if conversation is None:
+            return chunks
+        return self._committing(chunks, conversation, str(prompt), turn_id)
+
+    @staticmethod
+    def _messages(
+        prompt: Prompt, system: str | None, conversation: Conversation | None = None, turn_id: str | None = None
+    ) -> list[ChatMessage]:
         if conversation is not None:
             if not isinstance(prompt, str):
                 raise TypeError("a conversation turn takes a prompt string")
@@ -232,12 +247,7 @@ class Session:
                 messages.insert(0, ChatMessage(role="system", content=system))
         if not any(m.content.strip() for m in messages if m.role == "user"):
             raise FarmError("the prompt is empty", hint="write a question in the cell")
-        chunks = self.router.astream(
-            messages, model, params, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream
-        )
-        if conversation is None:
-            return chunks
-        return self._committing(chunks, conversation, str(prompt), turn_id)
+        return messages
 
     async def _committing(
         self, stream: AsyncIterator[Chunk], conversation: Conversation, prompt: str, turn_id: str | None
@@ -271,6 +281,11 @@ class Session:
     astream = stream  # a ChatStream is both iterable and async-iterable
 
     def chat(self, prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatResponse:
+        if not any(kwargs.get(k) for k in ("conversation", "no_cache", "refresh")):
+            params = {k: v for k, v in kwargs.items() if k not in _ASKING}
+            hit = self.router.replay(self._messages(prompt, kwargs.get("system")), model, params)
+            if hit is not None:  # a memory-cache hit, answered here: no hop to the runtime loop
+                return hit
         return self.stream(prompt, model, _whole=True, **kwargs).result()
 
     async def achat(self, prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatResponse:
