@@ -178,9 +178,18 @@ class DiskCache:
                 f"the disk cache {self.path} is not readable: {exc}", hint="delete it or pick another FARM_CACHE path"
             ) from exc
 
+    async def _sql(self, query: str, args: tuple[Any, ...] = ()) -> Any:
+        """One statement in a worker thread: the lock may be held across a write's fsync, and the
+        runtime loop must never wait for a disk."""
+
+        def run() -> Any:
+            with self._lock:
+                return self._db.execute(query, args).fetchone()
+
+        return await asyncio.to_thread(run)
+
     async def get(self, key: str) -> CacheEntry | None:
-        with self._lock:
-            row = self._db.execute("SELECT created, value FROM entries WHERE key = ?", (key,)).fetchone()
+        row = await self._sql("SELECT created, value FROM entries WHERE key = ?", (key,))
         if row is None:
             return None
         if self.ttl is not None and time.time() - row[0] > self.ttl:
@@ -208,22 +217,22 @@ class DiskCache:
                     )
 
     async def delete(self, key: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
+        await self._sql("DELETE FROM entries WHERE key = ?", (key,))
 
     async def clear(self) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM entries")
+        await self._sql("DELETE FROM entries")
 
     async def info(self) -> dict[str, Any]:
-        with self._lock:
-            count = self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        count = (await self._sql("SELECT COUNT(*) FROM entries"))[0]
         size = self.path.stat().st_size if self.path.exists() else 0
         return {"backend": self.name, "entries": count, "path": str(self.path), "bytes": size, "ttl": self.ttl}
 
     async def aclose(self) -> None:
-        with self._lock:
-            self._db.close()
+        def close() -> None:
+            with self._lock:
+                self._db.close()
+
+        await asyncio.to_thread(close)
 
 
 class RedisCache:

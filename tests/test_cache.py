@@ -119,3 +119,25 @@ def test_a_memory_hit_answered_in_the_callers_thread_is_the_same_hit(ollama_serv
     assert s.chat("hi", "ollama", temperature=0.2).cached is False  # parameters are in the key
     assert [r.cached for r in s.monitor.records] == [False, True, True, False]
     s.close()
+
+
+def test_a_disk_cache_held_by_a_slow_write_never_blocks_the_loop(ollama_server, tmp_path):
+    """Every SQLite call runs in a worker thread: a lock held across an fsync stalls no stream."""
+    from farm_jupyter.session import Session
+    from farm_jupyter.testing.pytest_plugin import loopback_settings
+
+    s = Session(loopback_settings(ollama_server, cache={"backend": "disk", "path": str(tmp_path / "c.sqlite")}))
+    disk = s.cache
+    events: list[str] = []
+
+    async def read() -> None:
+        await disk.get("some key")
+        events.append("disk read")
+
+    with disk._lock:  # a write in the middle of its fsync, as far as readers can tell
+        pending = s.runtime.submit(read())
+        answer = s.chat("meanwhile", "ollama", no_cache=True)  # on the same loop
+        events.append("answered")
+    pending.result(timeout=30)
+    assert events == ["answered", "disk read"] and answer.text == "Echo: meanwhile"
+    s.close()
