@@ -11,12 +11,15 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from IPython.core.displaypub import CapturingDisplayPublisher
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import CapturedIO, capture_output
@@ -61,19 +64,83 @@ def magics(ip: InteractiveShell) -> FarmMagics:
     return found
 
 
-def chat(ip: InteractiveShell, line: str, cell: str) -> CapturedIO:
-    with capture_output() as cap:
+class RecordingPublisher(CapturingDisplayPublisher):
+    """What the kernel sends, in order, `clear_output` included (IPython's capturing publisher
+    would empty its list at once, as no frontend does with `wait=True`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.events: list[dict[str, Any]] = []
+
+    def publish(self, data: Any, metadata: Any = None, source: Any = None, *, transient: Any = None,
+                update: bool = False, **kwargs: Any) -> None:
+        self.events.append({"data": data, "transient": transient or {}, "update": update})
+        super().publish(data, metadata=metadata, source=source, transient=transient, update=update)
+
+    def clear_output(self, wait: bool = False) -> None:
+        self.events.append({"clear": True, "wait": wait})
+
+
+@dataclass
+class Captured:
+    events: list[dict[str, Any]]
+    io: CapturedIO | None = None
+
+    @property
+    def stdout(self) -> str:
+        return self.io.stdout if self.io is not None else ""
+
+
+@contextmanager
+def captured(ip: InteractiveShell) -> Iterator[Captured]:
+    pub = RecordingPublisher(shell=ip)
+    old, ip.display_pub = ip.display_pub, pub
+    cap = Captured(pub.events)
+    try:
+        with capture_output(display=False) as io:
+            cap.io = io
+            yield cap
+    finally:
+        ip.display_pub = old
+
+
+def chat(ip: InteractiveShell, line: str, cell: str) -> Captured:
+    with captured(ip) as cap:
         ip.run_cell_magic("farm_chat", line, cell)
     return cap
 
 
-def fresh(cap: CapturedIO) -> list[dict[str, Any]]:
-    """The displays a headless run keeps (nbval ignores updates): [live, answer, footer]."""
-    return [o.data for o in cap.outputs if not o.update]
+def fresh(cap: Captured) -> list[dict[str, Any]]:
+    """What the cell keeps in a frontend and a saved notebook (JupyterLab, nbclient): displays,
+    updated in place by display id, and cleared by `clear_output(wait=True)` at the next one."""
+    outputs: list[dict[str, Any]] = []
+    clear = False
+    for event in cap.events:
+        if event.get("clear"):
+            if event["wait"]:
+                clear = True
+            else:
+                outputs.clear()
+            continue
+        display_id = event["transient"].get("display_id")
+        if event["update"]:
+            for output in outputs:
+                if display_id is not None and output["id"] == display_id:
+                    output["data"] = event["data"]
+            continue
+        if clear:
+            outputs, clear = [], False
+        outputs.append({"id": display_id, "data": event["data"]})
+    return [o["data"] for o in outputs]
 
 
-def updates(cap: CapturedIO) -> list[dict[str, Any]]:
-    return [o.data for o in cap.outputs if o.update]
+def nbval_sees(cap: Captured) -> list[dict[str, Any]]:
+    """What nbval compares: every display's first value; it applies no update and no clear."""
+    return [e["data"] for e in cap.events if "data" in e and not e["update"]]
+
+
+def updates(cap: Captured) -> list[dict[str, Any]]:
+    return [e["data"] for e in cap.events if "data" in e and e["update"]]
 
 
 def last_prompt(server: OllamaServer) -> str:
@@ -169,12 +236,12 @@ def test_traitlets_are_config_and_apply_to_a_new_session(shell: InteractiveShell
 def test_answer_final_output_footer_and_out(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer) -> None:
     ollama_server.reply = "The **answer** is 42."
     cap = chat(shell, "-o r", "What is the answer?")
-    live, answer, footer = fresh(cap)
-    assert live["text/plain"] == ""  # what nbval sees of the live output
+    answer, footer = fresh(cap)  # the live output is gone: no empty output is saved
     assert answer == {"text/markdown": "The **answer** is 42.", "text/plain": "The **answer** is 42."}
     assert footer["text/plain"].startswith("ollama:llama3.1 · ")
     assert "tokens" in footer["text/plain"] and "<div" in footer["text/html"]
-    assert updates(cap)[-1] == {"text/plain": ""}  # the live output is blanked at the end
+    assert {"clear": True, "wait": True} in cap.events  # it goes when the answer comes
+    assert nbval_sees(cap)[-2:] == [answer, footer]  # nbval keeps the live output's first value too
     r = shell.user_ns["r"]
     assert r.text == "The **answer** is 42." and r.address == "ollama:llama3.1"
     assert footer["text/plain"] == r.footer()
@@ -368,7 +435,7 @@ def test_updates_are_coalesced(shell: InteractiveShell, farm: Session, ollama_se
     assert len(text_updates) <= elapsed * 20 + 3
     assert len(text_updates) < 200  # whatever the machine, far fewer than the 2000 tokens
     assert fresh(cap)[-2]["text/plain"].endswith("tok1999 ")
-    assert magics(shell).last_updates == len(updates(cap)) - 1  # all but the final blanking
+    assert magics(shell).last_updates == len(updates(cap))
 
 
 def test_update_rate_is_a_setting(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer) -> None:
@@ -400,7 +467,7 @@ def test_ctrl_c_keeps_partial_text_and_stops_the_request(shell: InteractiveShell
 
     watcher = threading.Thread(target=interrupt_after_first_chunk, daemon=True)
     start = time.monotonic()
-    with capture_output() as cap:
+    with captured(shell) as cap:
         watcher.start()
         with pytest.raises(Stopped) as info:
             shell.run_cell_magic("farm_chat", "-o r", "count slowly")
@@ -643,7 +710,7 @@ def test_farm_gpu(shell: InteractiveShell, farm: Session) -> None:
 def test_farm_error_explains_the_last_exception(shell: InteractiveShell, farm: Session,
                                                 ollama_server: OllamaServer) -> None:
     shell.run_cell("def broken():\n    return {}['missing_key']\nbroken()")
-    with capture_output() as cap:
+    with captured(shell) as cap:
         shell.run_line_magic("farm", "error")
     prompt = last_prompt(ollama_server)
     assert "KeyError" in prompt and "missing_key" in prompt

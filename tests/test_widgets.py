@@ -152,7 +152,7 @@ def test_every_widget_has_a_text_form_and_a_cheap_repr(make_session: Callable[..
         GPUGauge(s, stats=lambda: host), CompareWidget("hi", ["ollama:llama3.1"], s, run=False),
     ]
     expected = ["ChatWidget: 0 turns, default ollama:llama3.1", "ModelPicker: ollama:llama3.1",
-                "HealthBoard: ollama (not checked yet)", "GPUGauge: no reading yet",
+                "HealthBoard: ollama", "GPUGauge: no reading yet",
                 "CompareWidget: 'hi' over 1 models"]
     for widget, text in zip(widgets, expected, strict=True):
         start = time.perf_counter()
@@ -361,6 +361,7 @@ def test_board_shows_a_cooled_down_provider(make_session: Callable[..., Session]
     with OllamaServer() as ollama, OpenAIServer(api_key="sk-test-0123456789abcdef") as openai:
         s = make_session(ollama, openai, breaker={"failures": 1, "cooldown": 120}, retry={"max_retries": 0})
         board = HealthBoard(s, interval=60)
+        assert [st.state for st in board.statuses] == ["healthy", "healthy"]  # checked when made
         ollama.refuse()
         response = s.chat("hello")  # ollama fails once: its breaker opens; openai answers
         assert response.provider == "openai"
@@ -374,7 +375,7 @@ def test_board_shows_a_cooled_down_provider(make_session: Callable[..., Session]
         assert 'data-provider="openai" data-state="healthy"' in html
         assert openai.url in html and "sk-test" not in html  # URL shown, key never
         assert board.summary().startswith(f"HealthBoard: ollama cooling down until {until_text}, openai healthy (")
-        assert board.checks == 1 and comm_of(board.table).updates("value") == 1
+        assert board.checks == 2 and comm_of(board.table).updates("value") == 2
 
 
 def test_board_refreshes_on_the_runtime_loop_and_after_a_failure(make_session: Callable[..., Session]) -> None:

@@ -245,7 +245,7 @@ class ModelPicker(FarmBox):
         self._set_busy(True)
         self.progress.layout.visibility = "visible" if kind != "unload" else "hidden"
         self._progress(kind, address, None)
-        self.submit(self._op_task(kind, address))
+        self._job = self.submit(self._op_task(kind, address))  # wait() waits for it
 
     async def _op_task(self, kind: str, address: str) -> None:
         cancelled = threading.Event()
@@ -264,6 +264,13 @@ class ModelPicker(FarmBox):
             await self._fill(self.provider)
 
     def _op_sync(self, kind: str, address: str, cancelled: threading.Event) -> None:
+        if not self.session.has_models_to_load(address):  # a remote API: say so, do nothing
+            provider = address.partition(":")[0]
+            with self.progress.hold_sync():
+                self.progress.max, self.progress.value, self.progress.bar_style = 1, 1, "info"
+            self.progress_label.value = (f'<span style="color:{FG2};font-size:12px">{esc(address)}: nothing to {kind}: '
+                                         f"{esc(provider)} serves its models remotely</span>")
+            return
         if kind == "unload":
             self.session.unload(address)
             self._progress(kind, address, None, done=True)
