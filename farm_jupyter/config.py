@@ -149,7 +149,9 @@ class Environment(_Section):
 
 def _default_environments() -> dict[str, Environment]:
     return {
-        "development": Environment(provider="ollama", fallback=["openai", "huggingface"]),
+        # No local model in the default chains: an answer from a model nobody chose is worse
+        # than an error that says what to start.
+        "development": Environment(provider="ollama", fallback=["openai"]),
         "production": Environment(provider="openai", fallback=["ollama"]),
         "test": Environment(provider="ollama", fallback=[]),
     }
@@ -158,7 +160,8 @@ def _default_environments() -> dict[str, Environment]:
 class Settings(_Section):
     env: str = "development"
     provider: str | None = None  # overrides the environment's provider
-    fallback: list[str] | None = None  # overrides the environment's chain
+    # Overrides the environment's chain; `false` turns fallback off: the model asked, or an error.
+    fallback: list[str] | Literal[False] | None = None
     environments: dict[str, Environment] = Field(default_factory=_default_environments)
     aliases: dict[str, str] = Field(default_factory=dict)
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
@@ -187,7 +190,9 @@ class Settings(_Section):
     @property
     def chain(self) -> list[str]:
         """The default provider followed by its fallbacks, without repeats."""
-        if self.fallback is not None:
+        if self.fallback is False:
+            rest = []
+        elif self.fallback is not None:
             rest = self.fallback
         else:
             env = self.environments.get(self.env)

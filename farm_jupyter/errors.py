@@ -5,16 +5,23 @@
     ├── UnknownProvider             no provider of that name is registered
     ├── MissingDependency           an optional extra is not installed
     ├── ProviderError               something went wrong talking to one provider
-    │   ├── ProviderUnavailable     could not get an answer: refused, timed out, cut off   (retry, fall back)
+    │   ├── ProviderUnavailable     could not get an answer: refused, timed out, cut off   availability
     │   │   ├── ProviderTimeout
-    │   │   └── StreamInterrupted   the stream broke after it started
+    │   │   ├── StreamInterrupted   the stream broke after it started
+    │   │   └── CoolingDown         its circuit breaker is open
+    │   ├── NotConfigured           no key / URL set: skipped as a fallback, raised when asked
     │   └── ProviderResponseError   the provider answered with an error
-    │       ├── RateLimited         429                                                     (retry, fall back)
-    │       ├── ServerError         5xx, or an error line in a stream                       (retry, fall back)
-    │       ├── AuthenticationError bad or missing key                                      (fall back)
-    │       ├── ModelNotFound       the model is not there                                  (fall back)
-    │       └── BadRequest          the request itself is wrong                             (give up)
+    │       ├── RateLimited         429                                                     availability
+    │       ├── ServerError         5xx, or an error line in a stream                       availability
+    │       ├── AuthenticationError bad or missing key                                      the caller's
+    │       ├── ModelNotFound       the model is not there                                  the caller's
+    │       └── BadRequest          the request itself is wrong (400/422, content filter)   the caller's
     └── AllProvidersFailed          every route was tried; `.attempts` says what happened
+
+The class decides what the router does, as data (`availability`): an availability failure is
+retried (if `retryable`), counted by the provider's circuit breaker and falls back to the next
+provider, announced; the caller's own error does none of these: it is raised at once, one line.
+`kind` names the failure for people (`%farm stats`, the health board, fallback notices).
 
 Foreign exceptions (httpx, openai, torch) are mapped at each provider's boundary, `from exc`.
 Every message is one line that names the provider and says what to do next.
@@ -58,8 +65,11 @@ class MissingDependency(FarmError):
 
 
 class ProviderError(FarmError):
+    availability = False  # True: retry, count against the breaker, fall back
     retryable = False
-    fallback = True
+    kind = "error"
+    # What a fallback notice says happened to this provider: "ollama <did>: answered by ...".
+    did = "failed"
 
     def __init__(
         self,
@@ -75,15 +85,31 @@ class ProviderError(FarmError):
 
 
 class ProviderUnavailable(ProviderError):
+    availability = True
     retryable = True
+    kind = "unreachable"
+    did = "was not reachable"
 
 
 class ProviderTimeout(ProviderUnavailable):
-    pass
+    kind = "timeout"
+    did = "timed out"
 
 
 class StreamInterrupted(ProviderUnavailable):
-    pass
+    kind = "cut mid-answer"
+    did = "cut the answer"
+
+
+class CoolingDown(ProviderUnavailable):
+    retryable = False
+    kind = "cooling down"
+    did = "is cooling down after repeated failures"
+
+
+class NotConfigured(ProviderError):
+    kind = "not configured"
+    did = "is not configured"
 
 
 class ProviderResponseError(ProviderError):
@@ -91,7 +117,10 @@ class ProviderResponseError(ProviderError):
 
 
 class RateLimited(ProviderResponseError):
+    availability = True
     retryable = True
+    kind = "rate limited"
+    did = "is rate limited"
 
     def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
         self.retry_after = retry_after
@@ -99,28 +128,38 @@ class RateLimited(ProviderResponseError):
 
 
 class ServerError(ProviderResponseError):
+    availability = True
     retryable = True
+    kind = "server error"
+    did = "failed"
 
 
 class AuthenticationError(ProviderResponseError):
-    pass
+    kind = "auth"
+    did = "refused the key"
 
 
 class ModelNotFound(ProviderResponseError):
-    pass
+    kind = "model not found"
+    did = "has no such model"
 
 
 class BadRequest(ProviderResponseError):
-    fallback = False
+    kind = "bad request"
+    did = "refused the request"
 
 
 class AllProvidersFailed(FarmError):
+    """No route could answer; the message names each provider and why, in one line."""
+
     def __init__(self, attempts: list[Attempt], last: BaseException | None = None) -> None:
         self.attempts = attempts
         self.last = last
         if len(attempts) == 1 and last is not None:
             message = str(last)
         else:
-            tried = "; ".join(f"{a.provider}:{a.model}: {a.error}" for a in attempts)
-            message = f"every provider failed ({tried})"
+            # A provider retried shows once, with its last error.
+            last_of = {a.provider: a for a in attempts if not a.ok}
+            tried = "; ".join(f"{a.provider}:{a.model}: {a.error}" for a in last_of.values())
+            message = f"no provider could answer ({tried})"
         super().__init__(message)

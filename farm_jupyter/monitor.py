@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 
 from pydantic import BaseModel, Field
@@ -80,6 +80,7 @@ class Monitor:
         self.records: deque[RequestRecord] = deque(maxlen=max_records)
         self._lock = threading.Lock()
         self._listeners: list[Callable[[RequestRecord], None]] = []
+        self._failures: dict[str, Counter[str]] = {}
 
     def record(self, record: RequestRecord) -> None:
         with self._lock:
@@ -93,6 +94,16 @@ class Monitor:
 
     def record_error(self, provider: str, model: str, error: BaseException, total: float) -> None:
         self.record(RequestRecord(provider=provider, model=model, ok=False, error=str(error), total=total))
+
+    def record_failure(self, provider: str, kind: str) -> None:
+        """One failed attempt at a provider, by failure class (`ProviderError.kind`)."""
+        with self._lock:
+            self._failures.setdefault(provider, Counter())[kind] += 1
+
+    def failure_counts(self) -> dict[str, dict[str, int]]:
+        """provider -> {failure kind: attempts that failed so}, for `%farm stats` and the board."""
+        with self._lock:
+            return {p: dict(c) for p, c in self._failures.items()}
 
     def subscribe(self, listener: Callable[[RequestRecord], None]) -> Callable[[], None]:
         with self._lock:
@@ -135,3 +146,4 @@ class Monitor:
     def clear(self) -> None:
         with self._lock:
             self.records.clear()
+            self._failures.clear()

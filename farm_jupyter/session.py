@@ -214,7 +214,7 @@ class Session:
         turn_id: str | None,
         no_cache: bool,
         refresh: bool,
-        fallback: bool,
+        fallback: bool | None,
         params: dict[str, Any],
         stream: bool = True,
     ) -> AsyncIterator[Chunk]:
@@ -253,7 +253,7 @@ class Session:
         turn_id: str | None = None,
         no_cache: bool = False,
         refresh: bool = False,
-        fallback: bool = True,
+        fallback: bool | None = None,
         _whole: bool = False,
         **params: Any,
     ) -> ChatStream:

@@ -78,12 +78,22 @@ class Timings(_Model):
     total: float = 0.0
     waited: float = 0.0  # rate-limit and retry back-off, included in total
     provider_total: float | None = None  # what the provider says it spent (Ollama's durations)
+    # Completion tokens per second of the answering attempt's own generation (see `generation_rate`); None
+    # when it cannot be measured (one piece, a cache hit): no figure rather than a wrong one.
+    rate: float | None = None
 
-    def tokens_per_second(self, completion_tokens: int) -> float | None:
-        span = self.total - (self.first_token or 0.0)
-        if completion_tokens <= 1 or span <= 0:
-            return None
-        return (completion_tokens - 1) / span
+
+def generation_rate(tokens: int, *, generation: float | None = None, chunks: int = 0, span: float = 0.0) -> float | None:
+    """Tokens per second of one attempt: the provider's own generation time when it gives one
+    (Ollama's eval_count / eval_duration), else the tokens that came after the first chunk over
+    the time from the first chunk to the last, as measured here."""
+    if tokens <= 0:
+        return None
+    if generation:
+        return tokens / generation
+    if chunks < 2 or span <= 0:
+        return None
+    return tokens * (chunks - 1) / chunks / span
 
 
 class Attempt(_Model):
@@ -124,7 +134,11 @@ class ChatResponse(_Model):
 
     @property
     def tokens_per_second(self) -> float | None:
-        return self.timings.tokens_per_second(self.usage.completion_tokens)
+        return None if self.cached else self.timings.rate
+
+    @property
+    def retries(self) -> int:
+        return sum(a.retries for a in self.attempts)
 
     def footer(self, *, address: bool = True, first_token: bool = False) -> str:
         """The one line shown under an answer: where it came from and what it cost.
@@ -143,6 +157,10 @@ class ChatResponse(_Model):
             parts.append(f"{tps:.1f} tok/s")
         if self.cached:
             parts.append("cached")
+        if self.retries:
+            parts.append(f"{self.retries} retr{'y' if self.retries == 1 else 'ies'}")
+        if self.timings.waited >= 0.05:
+            parts.append(f"waited {self.timings.waited:.1f}s")
         if self.fell_back_from:
             parts.append("fell back from " + ", ".join(self.fell_back_from))
         if self.restarted:
@@ -177,6 +195,7 @@ class Chunk:
     usage: Usage | None = None
     finish_reason: str | None = None
     provider_total: float | None = None
+    generation: float | None = None  # seconds the provider says it spent on the completion tokens
     response: ChatResponse | None = None
 
 

@@ -9,6 +9,7 @@ from farm_jupyter.errors import (
     AuthenticationError,
     BadRequest,
     ModelNotFound,
+    NotConfigured,
     ProviderError,
     ProviderResponseError,
     ProviderTimeout,
@@ -218,7 +219,7 @@ def test_openai_without_key_says_set_it():
     from farm_jupyter.config import load_settings
 
     provider = registry.create("openai", load_settings(environ={}, use_file=False))
-    with pytest.raises(AuthenticationError, match="set OPENAI_API_KEY"):
+    with pytest.raises(NotConfigured, match="set OPENAI_API_KEY"):
         provider.chat(request(model="gpt-4o-mini"))
 
 

@@ -22,6 +22,7 @@ from ..types import (
     PullProgress,
     Timings,
     Usage,
+    generation_rate,
 )
 
 if TYPE_CHECKING:
@@ -52,28 +53,29 @@ def as_messages(prompt: str | Sequence[ChatMessage | dict[str, Any]]) -> list[Ch
 async def collect(name: str, model: str, chunks: AsyncIterator[Chunk]) -> ChatResponse:
     """Fold a provider's stream into a response (the one place `chat` is derived)."""
     start = time.perf_counter()
-    first: float | None = None
+    first = last = None
+    pieces = 0
     parts: list[str] = []
-    usage = Usage()
-    finish = None
-    provider_total = None
+    final = Chunk()
     async for chunk in chunks:
         if chunk.text:
-            if first is None:
-                first = time.perf_counter() - start
+            last = time.perf_counter() - start
+            first = last if first is None else first
+            pieces += 1
             parts.append(chunk.text)
         if chunk.done:
-            usage = chunk.usage or usage
-            finish = chunk.finish_reason
-            provider_total = chunk.provider_total
+            final = chunk
+    usage = final.usage or Usage()
     return ChatResponse(
         text="".join(parts),
         provider=name,
         model=model,
         usage=usage,
-        finish_reason=finish,
+        finish_reason=final.finish_reason,
         timings=Timings(
-            first_token=first, total=time.perf_counter() - start, provider_total=provider_total
+            first_token=first, total=time.perf_counter() - start, provider_total=final.provider_total,
+            rate=generation_rate(usage.completion_tokens, generation=final.generation, chunks=pieces,
+                                 span=(last or 0.0) - (first or 0.0)),
         ),
     )
 

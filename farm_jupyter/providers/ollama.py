@@ -122,6 +122,7 @@ class OllamaProvider(Provider):
             ),
             finish_reason=data.get("done_reason"),
             provider_total=(data["total_duration"] / 1e9) if data.get("total_duration") else None,
+            generation=(data["eval_duration"] / 1e9) if data.get("eval_duration") else None,
         )
 
     def _body(self, request: ChatRequest, **fields: Any) -> dict[str, Any]:

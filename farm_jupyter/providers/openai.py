@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import mask
 from ..errors import (
-    AuthenticationError,
     MissingDependency,
+    NotConfigured,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
@@ -56,7 +56,7 @@ class OpenAIProvider(Provider):
     def client(self) -> AsyncOpenAI:
         if self._client is None:
             if not self._api_key and self._base_url == DEFAULT_BASE_URL:
-                raise AuthenticationError(
+                raise NotConfigured(
                     "OpenAI needs an API key", provider=self.name,
                     hint="set OPENAI_API_KEY, or OPENAI_BASE_URL for a local OpenAI-compatible server",
                 )

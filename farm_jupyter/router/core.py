@@ -1,0 +1,497 @@
+"""The router: addresses, then a chain of small steps for each request.
+
+    astream                 one request: the routes in order (the one asked, then the fallbacks)
+    └── _route              one route: its cache entry, its breaker, then tries
+        └── _tries          retries on the same provider, after the rate limiter lets it in
+            └── _attempt    one provider stream under the deadlines, measured
+
+An error's class decides what happens (see `errors`): an availability failure is retried, counted
+by the breaker and falls back to the next route, with a notice above the answer; the caller's own
+error (a missing model, a bad key, a bad request) is raised at once, one line, and nothing else is
+asked. A failure after text was shown restarts the answer with a `Chunk(restart=True)` whose
+status says what happened and what comes next. Every response lists its attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from .. import providers as registry
+from ..cache import Cache, CacheEntry, cache_key
+from ..config import Settings
+from ..errors import (
+    AllProvidersFailed,
+    ConfigError,
+    CoolingDown,
+    FarmError,
+    ModelNotFound,
+    NotConfigured,
+    ProviderError,
+    RateLimited,
+    UnknownProvider,
+)
+from ..monitor import Monitor, RequestRecord
+from ..providers.base import Provider
+from ..types import (
+    Attempt,
+    ChatMessage,
+    ChatRequest,
+    ChatResponse,
+    Chunk,
+    GenerationParams,
+    ProviderStatus,
+    Timings,
+    Usage,
+    generation_rate,
+)
+from .deadline import timed
+from .limits import CircuitBreaker, RateLimiter, estimate_tokens, retry_delay
+
+log = logging.getLogger("farm_jupyter")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    provider: str
+    model: str
+    # Set when the address looked like `x:y` with no provider `x`: said again if the model is missing.
+    unknown_provider: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+
+@dataclass
+class _Call:
+    """What one request has seen so far, across its routes and tries."""
+
+    messages: list[ChatMessage]
+    params: GenerationParams
+    stream: bool
+    use_cache: bool
+    read_cache: bool
+    start: float = field(default_factory=time.perf_counter)
+    attempts: list[Attempt] = field(default_factory=list)
+    failed: list[ProviderError] = field(default_factory=list)  # one per failed route, in order
+    warnings: list[str] = field(default_factory=list)
+    shown: int = 0  # text chunks of a failed try still on the caller's screen
+    cut: str = ""  # what ended that try: "ollama cut the answer"
+    restarted: bool = False
+    first_token: float | None = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def notice(self, route: Route) -> str | None:
+        """`ollama was not reachable: answered by openai:gpt-4o-mini`, once a route has failed."""
+        if not self.failed:
+            return None
+        why = ", ".join(f"{e.provider} {e.did}" for e in self.failed)
+        return f"{why}: answered by {route}"
+
+
+class Router:
+    def __init__(self, settings: Settings, cache: Cache, monitor: Monitor) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.monitor = monitor
+        self.default_target: str | None = None  # `%farm use`
+        self.providers: dict[str, Provider] = {}
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.limiters: dict[str, RateLimiter] = {}
+        self.last_status: dict[str, ProviderStatus] = {}
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # tests give a fake clock's
+
+    # -- addresses ------------------------------------------------------------------------------
+
+    def provider(self, name: str) -> Provider:
+        name = registry.canonical(name)
+        found = self.providers.get(name)
+        if found is None:
+            found = self.providers[name] = registry.create(name, self.settings)
+        return found
+
+    def _is_provider(self, name: str) -> bool:
+        return name in self.providers or registry.is_known(name)
+
+    def expand_alias(self, target: str) -> str:
+        seen: list[str] = []
+        while target in self.settings.aliases:
+            if target in seen:
+                raise ConfigError(f"alias loop: {' -> '.join([*seen, target])}")
+            seen.append(target)
+            target = self.settings.aliases[target]
+        return target
+
+    def resolve(self, target: str | None = None, *, fallback: bool = True) -> list[Route]:
+        """`provider:model`, `provider`, a bare model or an alias -> the routes to try, in order."""
+        target = self.expand_alias((target or self.default_target or "").strip())
+        unknown = None
+        if not target:
+            primary = self.settings.default_provider
+            model = None
+        else:
+            head, sep, tail = target.partition(":")
+            if sep and self._is_provider(head):
+                primary, model = head, tail or None
+            elif self._is_provider(target):
+                primary, model = target, None
+            else:
+                primary, model = self.settings.default_provider, target
+                unknown = head if sep else None
+        if not self._is_provider(primary):
+            raise UnknownProvider(
+                f"no provider named {primary!r}",
+                hint=f"use one of {', '.join(registry.available())}, or register_provider({primary!r}, ...)",
+            )
+        primary = registry.canonical(primary)
+        routes = [Route(primary, model or self._default_model(primary), unknown)]
+        if fallback:
+            for name in dict.fromkeys(registry.canonical(n) for n in self.settings.chain):
+                if name != primary:  # an unknown name fails as an attempt, saying so, when reached
+                    routes.append(Route(name, self._default_model(name)))
+        return routes
+
+    def _default_model(self, name: str) -> str:
+        try:
+            return self.provider(name).default_model
+        except FarmError:
+            return "default"
+
+    @staticmethod
+    def cache_key(provider: Provider, request: ChatRequest) -> str:
+        """The entry for this request to this provider; `llama3.1` and `llama3.1:latest` share one."""
+        same = provider.normalize_model(request.model)
+        keyed = request if same == request.model else request.model_copy(update={"model": same})
+        return cache_key(provider.name, keyed, where=provider.cache_identity)
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        if name not in self.breakers:
+            b = self.settings.breaker
+            self.breakers[name] = CircuitBreaker(b.failures, b.cooldown)
+        return self.breakers[name]
+
+    def limiter(self, name: str) -> RateLimiter | None:
+        limit = self.settings.rate_limits.get(name)
+        if limit is None:
+            return None
+        if name not in self.limiters:
+            self.limiters[name] = RateLimiter(limit)
+        return self.limiters[name]
+
+    # -- the request path -----------------------------------------------------------------------
+
+    async def astream(
+        self,
+        messages: list[ChatMessage],
+        target: str | None = None,
+        params: GenerationParams | Mapping[str, Any] | None = None,
+        *,
+        no_cache: bool = False,
+        refresh: bool = False,
+        fallback: bool | None = None,
+        stream: bool = True,
+    ) -> AsyncIterator[Chunk]:
+        """Stream an answer; the last chunk has `done=True` and the whole `response`.
+
+        `stream=False` says the caller only wants the whole answer: providers may then fetch it in
+        one piece; retries, fallback and caching are the same either way. `fallback=None` takes
+        the setting (`fallback = false` in farm.toml turns it off everywhere).
+        """
+        call = _Call(messages, _params(params), stream, use_cache=not no_cache, read_cache=not (no_cache or refresh))
+        if fallback is None:
+            fallback = self.settings.fallback is not False
+        routes = self.resolve(target, fallback=fallback)
+        for index, route in enumerate(routes):
+            try:
+                async for chunk in self._route(call, route):
+                    yield chunk
+                return
+            except ProviderError as exc:
+                if exc.availability or (isinstance(exc, NotConfigured) and index > 0):
+                    call.failed.append(exc)
+                    continue
+                said = await self._callers_error(call, route, exc)
+                if said is exc:
+                    raise
+                raise said from exc
+            except FarmError as exc:  # an unknown provider in the chain: said when reached
+                if index == 0:
+                    raise
+                call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=False,
+                                             error=str(exc), error_type=type(exc).__name__))
+        last = call.failed[-1] if call.failed else None
+        self.monitor.record_error(routes[0].provider, routes[0].model, last or RuntimeError("no route"), call.elapsed())
+        raise AllProvidersFailed(call.attempts, last)
+
+    async def _route(self, call: _Call, route: Route) -> AsyncIterator[Chunk]:
+        provider = self.provider(route.provider)
+        request = ChatRequest(messages=call.messages, model=route.model, params=call.params, stream=call.stream)
+        # Each route has its own entry: an answer is cached under the provider that gave it.
+        key = self.cache_key(provider, request)
+        notice = call.notice(route)
+        if call.read_cache and (entry := await self._cache_call(call, "get", key)) is not None:
+            if call.shown:
+                yield Chunk(restart=True, status=self._restart_note(call, f"answering with {route} (cached)"))
+                call.shown, call.restarted = 0, True
+            if notice:
+                yield Chunk(notice=notice)
+            # A hit replays as a stream; a caller that wants the whole answer gets one piece.
+            for text in entry.chunks if call.stream else ["".join(entry.chunks)]:
+                yield Chunk(text=text)
+            call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True))
+            elapsed = call.elapsed()
+            response = entry.response.model_copy(update={
+                "cached": True, "restarted": call.restarted, "attempts": call.attempts,
+                "notice": notice,
+                "timings": Timings(first_token=call.first_token or elapsed, total=elapsed,
+                                   waited=sum(a.waited for a in call.attempts)),
+            })
+            self.monitor.record(RequestRecord.from_response(response))
+            yield Chunk(done=True, response=response)
+            return
+        breaker = self.breaker(route.provider)
+        if not breaker.allow():
+            until = time.strftime("%H:%M:%S", time.localtime(breaker.open_until))
+            exc = CoolingDown(
+                f"{route.provider} is cooling down until {until} after: {breaker.last_error}",
+                provider=route.provider, hint="it is tried again then; `%farm health` shows it",
+            )
+            self._record_failure(call, route, exc)
+            raise exc
+        try:
+            async for chunk in self._tries(call, route, provider, request, key, notice):
+                yield chunk
+        finally:
+            # Cancelled, closed early, a caller's error or a bug: a half-open probe is over.
+            breaker.release()
+
+    async def _tries(
+        self, call: _Call, route: Route, provider: Provider, request: ChatRequest, key: str, notice: str | None
+    ) -> AsyncIterator[Chunk]:
+        """Tries on one provider: each after the rate limiter's say, retried while the failure is
+        worth retrying; the last failure is raised for `astream` to judge."""
+        breaker = self.breaker(route.provider)
+        limiter = self.limiter(route.provider)
+        tries = self.settings.retry.max_retries + 1
+        retries, waited = 0, 0.0
+        while True:
+            booking: list[float] | None = None
+            if limiter is not None:
+                async for wait, note in self._wait_turn(limiter, route, request):
+                    waited += wait
+                    yield Chunk(status=note)
+                booking = limiter.admit(estimate_tokens(request))
+            if call.shown:
+                then = f"retrying {route.provider} ({retries + 1} of {tries})" if retries else f"answering with {route}"
+                yield Chunk(restart=True, status=self._restart_note(call, then))
+                call.shown, call.restarted = 0, True
+            if notice:
+                yield Chunk(notice=notice)
+            attempt = _Attempt(call)
+            try:
+                async for chunk in attempt.run(timed(provider.astream(request), self.settings.timeouts, route.provider)):
+                    yield chunk
+            except ProviderError as exc:
+                if booking is not None:
+                    booking[1] = 0
+                if attempt.chunks:
+                    call.shown, call.cut = attempt.chunks, f"{route.provider} {exc.did}"
+                delay = retry_delay(self.settings.retry, exc, retries) if exc.availability else None
+                if delay is None:
+                    if exc.availability and not isinstance(exc, RateLimited):  # busy is not ill
+                        breaker.failure(str(exc))
+                    self._record_failure(call, route, exc, retries=retries, waited=waited, chunks=attempt.chunks)
+                    raise
+                self.monitor.record_failure(route.provider, exc.kind)
+                retries += 1
+                waited += delay
+                if not call.shown:  # with text on screen, the restart chunk says it instead
+                    yield Chunk(status=f"{route.provider} {exc.did}: retrying in {delay:.2f}s ({retries + 1} of {tries})")
+                await self.sleep(delay)
+                continue
+            breaker.success()
+            final = attempt.final
+            usage = final.usage or Usage()
+            if booking is not None:
+                booking[1] = usage.total_tokens
+            call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True,
+                                         retries=retries, waited=waited))
+            response = ChatResponse(
+                text="".join(attempt.parts),
+                provider=route.provider,
+                model=route.model,
+                usage=usage,
+                finish_reason=final.finish_reason,
+                restarted=call.restarted,
+                attempts=call.attempts,
+                notice=notice,
+                timings=Timings(
+                    first_token=call.first_token,
+                    total=call.elapsed(),
+                    waited=sum(a.waited for a in call.attempts),
+                    provider_total=final.provider_total,
+                    rate=attempt.rate(usage.completion_tokens),
+                ),
+            )
+            if call.use_cache:
+                await self._cache_call(call, "set", key, CacheEntry(response=response, chunks=attempt.parts))
+            self.monitor.record(RequestRecord.from_response(response))
+            if call.warnings:
+                log.warning("; ".join(call.warnings))
+            yield Chunk(done=True, usage=usage, finish_reason=final.finish_reason, response=response)
+            return
+
+    def _record_failure(
+        self, call: _Call, route: Route, exc: ProviderError, *, retries: int = 0, waited: float = 0.0, chunks: int = 0
+    ) -> None:
+        self.monitor.record_failure(route.provider, exc.kind)
+        call.attempts.append(Attempt(
+            provider=route.provider, model=route.model, ok=False, error=str(exc), error_type=type(exc).__name__,
+            retries=retries, waited=waited, chunks_before_failure=chunks,
+        ))
+
+    @staticmethod
+    def _restart_note(call: _Call, then: str) -> str:
+        """`ollama cut the answer after 3 chunks: retrying ollama (2 of 3)`."""
+        return f"{call.cut} after {call.shown} chunk{'s' if call.shown != 1 else ''}: {then}"
+
+    async def _callers_error(self, call: _Call, route: Route, exc: ProviderError) -> ProviderError:
+        """The caller's own mistake, said in one line with what to do; nothing else was asked."""
+        self.monitor.record_error(route.provider, route.model, exc, call.elapsed())
+        if isinstance(exc, ModelNotFound):
+            exc = self._missing_model(route, exc, await self.learn_models(route.provider))
+        if call.failed:  # reached as a fallback: say why we were here at all
+            why = ", ".join(f"{e.provider} {e.did}" for e in call.failed)
+            exc = type(exc)(f"{why}, and the fallback {route}: {exc}", provider=exc.provider, status=exc.status)
+        return exc
+
+    @staticmethod
+    def _missing_model(route: Route, exc: ModelNotFound, names: list[str]) -> ModelNotFound:
+        near = difflib.get_close_matches(route.model, names, n=3, cutoff=0.5)
+        if not near:  # `llama3` for `llama3.1:latest`: a prefix is a good guess too
+            near = [n for n in names if n.startswith(route.model.split(":")[0])][:3]
+        said = f'no provider "{route.unknown_provider}"; ' if route.unknown_provider else ""
+        hints = [f"did you mean {' or '.join(near)}?"] if near else []
+        if exc.hint:
+            hints.append(exc.hint)
+        return ModelNotFound(
+            f'{said}{route.provider} has no model "{route.model}"', provider=route.provider,
+            status=exc.status, hint="; ".join(hints) or None,
+        )
+
+    async def _wait_turn(self, limiter: RateLimiter, route: Route, request: ChatRequest) -> AsyncIterator[tuple[float, str]]:
+        """Wait for the request's turn, saying so, under the limiter's lock, so that concurrent
+        requests see each other; the caller admits it right after."""
+        cost = estimate_tokens(request)
+        async with limiter.lock:
+            while (wait := limiter.delay(cost)) > 0:
+                limiter.waiting = True
+                yield wait, f"waiting {wait:.1f}s for {route.provider}'s rate limit"
+                await self.sleep(wait)
+            limiter.waiting = False
+
+    async def _cache_call(self, call: _Call, op: str, key: str, *args: object) -> CacheEntry | None:
+        """A cache that is down costs a warning, never the answer; a cache that refuses on
+        purpose (a replay with no recording of this request) says so with a FarmError."""
+        try:
+            result: CacheEntry | None = await getattr(self.cache, op)(key, *args)
+            return result
+        except (asyncio.CancelledError, FarmError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any backend failure degrades to a miss
+            call.warnings.append(f"cache {self.cache.name} unavailable ({type(exc).__name__}: {exc}); answering without it")
+            return None
+
+    # -- what providers have, for suggestions ---------------------------------------------------
+
+    async def learn_models(self, name: str) -> list[str]:
+        """The names a provider really has, for "did you mean" (best effort, bounded)."""
+        try:
+            models = await asyncio.wait_for(self.provider(name).list_models(), self.settings.timeouts.connect * 2)
+        except Exception:  # noqa: BLE001 - suggestions are a courtesy
+            return []
+        return [m.name for m in models]
+
+    # -- state for the health board -------------------------------------------------------------
+
+    async def health(self, names: list[str] | None = None) -> list[ProviderStatus]:
+        names = names or list(dict.fromkeys([*self.settings.chain, *self.providers]))
+
+        async def one(name: str) -> ProviderStatus:
+            try:
+                status = await asyncio.wait_for(self.provider(name).health(), self.settings.timeouts.connect * 2)
+            except Exception as exc:  # noqa: BLE001 - reported, not raised (TimeoutError included)
+                status = ProviderStatus(provider=name, state="unhealthy", error=str(exc) or type(exc).__name__)
+            breaker = self.breaker(name)
+            if breaker.state == "open":
+                status.state = "cooling_down"
+                status.cooldown_until = breaker.open_until
+                status.error = status.error or breaker.last_error
+            limiter = self.limiters.get(name)
+            if limiter is not None and limiter.waiting:
+                status.state = "rate_limited"
+            self.last_status[name] = status
+            return status
+
+        return list(await asyncio.gather(*(one(n) for n in names)))
+
+    async def aclose(self) -> None:
+        for provider in list(self.providers.values()):
+            try:
+                await provider.aclose()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                log.debug("closing %r failed", provider, exc_info=True)
+        self.providers.clear()
+
+
+class _Attempt:
+    """One provider stream, passed through and measured: its text, its final chunk, and when its
+    first and last text arrived (for its own tokens per second, not the whole request's)."""
+
+    def __init__(self, call: _Call) -> None:
+        self.call = call
+        self.parts: list[str] = []
+        self.final = Chunk(done=True)
+        self.first = self.last = 0.0
+
+    @property
+    def chunks(self) -> int:
+        return len(self.parts)
+
+    async def run(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+        async for chunk in chunks:
+            if chunk.done:
+                self.final = chunk
+                return
+            if chunk.text:
+                now = time.perf_counter()
+                if not self.parts:
+                    self.first = now
+                    if self.call.first_token is None:
+                        self.call.first_token = now - self.call.start
+                self.last = now
+                self.parts.append(chunk.text)
+                yield chunk
+
+    def rate(self, tokens: int) -> float | None:
+        return generation_rate(tokens, generation=self.final.generation, chunks=self.chunks, span=self.last - self.first)
+
+
+def _params(params: GenerationParams | Mapping[str, Any] | None) -> GenerationParams:
+    try:
+        return params if isinstance(params, GenerationParams) else GenerationParams(**(params or {}))
+    except ValidationError as exc:  # pydantic's report is several lines; say it in one
+        err = exc.errors()[0]
+        raise ConfigError(
+            f"invalid generation parameter {'.'.join(map(str, err['loc']))}={err.get('input')!r}: {err['msg']}",
+            hint="see help(farm_jupyter.types.GenerationParams)",
+        ) from None
