@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 
 def human_bytes(n: int | float | None) -> str:
@@ -17,12 +16,6 @@ def human_bytes(n: int | float | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     return f"{value:.1f} TB"
-
-
-def failure_counts(monitor: Any) -> dict[str, dict[str, int]]:
-    """Each provider's failures by class (`Monitor.failure_counts()`), {} when it has none."""
-    counts = getattr(monitor, "failure_counts", None)
-    return dict(counts()) if callable(counts) else {}
 
 
 def describe_failures(kinds: Mapping[str, int]) -> str:

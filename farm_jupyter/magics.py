@@ -760,6 +760,7 @@ class FarmMagics(Magics):
         parts: list[str] = []
         note: list[str | None] = [None]
         notice: list[str | None] = [None]
+        printed: list[str | None] = [None]  # the notice a terminal has printed
 
         def bundle() -> dict[str, Any]:
             text = "".join(parts)
@@ -793,12 +794,15 @@ class FarmMagics(Magics):
                     note[0] = chunk.status
                 if chunk.notice:
                     notice[0] = chunk.notice
-                    if echo:
-                        print(chunk.notice if not parts else f"\n{chunk.notice}", flush=True)
                 if chunk.text:
                     parts.append(chunk.text)
                     note[0] = None
                     if echo:
+                        # The router says the notice before each try of the fallback: print it
+                        # once, when that model's text comes (a try that fails shows nothing).
+                        if notice[0] and notice[0] != printed[0]:
+                            print(notice[0], flush=True)
+                            printed[0] = notice[0]
                         sys.stdout.write(chunk.text)
                         sys.stdout.flush()
                 if chunk.response is not None:
@@ -824,7 +828,7 @@ class FarmMagics(Magics):
         line = response.notice or notice[0]
         if line and not echo:
             display(_notice_bundle(line), raw=True)
-        elif line and echo and line != notice[0]:  # only the response said it: say it before the footer
+        elif line and echo and line != printed[0]:  # not printed with the text: say it before the footer
             print(f"\n{line}", flush=True)
         extra = self._finish(response, fmt, echo=echo)
         footer = response.footer() + (f" · {extra}" if extra else "")
@@ -909,9 +913,9 @@ class FarmMagics(Magics):
 
         def notice_of(i: int) -> str | None:
             result = results[i]
-            if result is not None and not isinstance(result, BaseException) and result.notice:
-                return result.notice
-            return notices[i]
+            if isinstance(result, BaseException):
+                return None  # what it announced did not answer either
+            return (result.notice if result is not None else None) or notices[i]
 
         def columns(final: bool) -> str:
             cols = []
@@ -1127,10 +1131,10 @@ class FarmMagics(Magics):
 
     def _farm_stats(self, rest: list[str]) -> Table:
         self._arity("stats", rest, 0, 0)
-        from ._format import describe_failures, failure_counts
+        from ._format import describe_failures
 
         monitor = self.session().monitor
-        failures = failure_counts(monitor)
+        failures = monitor.failure_counts()
         rows: list[tuple[Any, ...]] = []
         shown: set[str] = set()
         for s in monitor.summary():

@@ -565,7 +565,8 @@ def test_provider_failure_fails_the_cell_with_one_line(shell: InteractiveShell, 
     result = shell.run_cell("%%farm_chat\nhi again")
     assert isinstance(result.error_in_exec, AllProvidersFailed)
     out = capsys.readouterr().out.strip()
-    assert out.startswith("AllProvidersFailed: every provider failed (ollama:llama3.1: ")
+    assert out.startswith("AllProvidersFailed: no provider could answer (ollama:llama3.1: ")
+    assert "answered by" not in out  # the fallback it tried failed too: no notice of it
     assert "\n" not in out and "Traceback" not in out
     assert len(farm.conversation) == 0
 

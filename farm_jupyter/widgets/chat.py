@@ -291,6 +291,7 @@ class ChatWidget(FarmBox):
             raise
         except Exception as exc:  # noqa: BLE001 - shown in the turn; the chat stays usable
             turn.error = error_line(exc)
+            turn.notice = None  # the fallback it announced failed too: nothing answered
         finally:
             throttle.cancel()
             turn.done = True

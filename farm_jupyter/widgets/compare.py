@@ -220,6 +220,7 @@ class CompareWidget(FarmBox):
             raise
         except Exception as exc:  # noqa: BLE001 - one model's failure is its column's, not the others'
             column.error = error_line(exc)
+            column.notice = None  # what it announced did not answer either
         finally:
             throttle.cancel()
             column.done = True

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 from traitlets import Float, Int
 
-from .._format import describe_failures, failure_counts
+from .._format import describe_failures
 from ._base import BAD, BORDER, FG, FG2, GOOD, WARN, PollingBox, card, clock, esc, seconds
 
 _FIRST_CHECK_WAIT = 30.0  # most seconds `statuses` waits for the check a new board started
@@ -198,7 +198,7 @@ class HealthBoard(PollingBox):
                 f'<td colspan="7" style="color:{FG2}">checking&#8230;</td></tr>' for n in names
             )
         else:
-            failures = failure_counts(self.session.monitor)
+            failures = self.session.monitor.failure_counts()
             rows = "".join(self._row(s, stats.get(s.provider), failures.get(s.provider, {})) for s in statuses)
         return (
             f'<table class="farm-health-rows" style="border-collapse:collapse;width:100%;font-size:12px;color:{FG};'
