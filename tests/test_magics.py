@@ -823,3 +823,166 @@ def test_dashboard_replaces_the_previous_one(shell: InteractiveShell, farm: Sess
     assert first.comm is None  # closed: its timers stopped
     shell.run_line_magic("unload_ext", "farm_jupyter")  # closes the live one too
     assert second.comm is None
+
+
+# -- issue 12: what the faces got wrong, and the fallback notice ------------------------------------
+
+NOTICE = "ollama was not reachable: answered by openai:gpt-4o-mini"
+
+
+def notice_stream(session: Session, text: str = "from openai", notice: str = NOTICE) -> Any:
+    """The chunks the router sends for a fallback: the notice, then the other model's answer."""
+    from farm_jupyter.session import ChatStream
+    from farm_jupyter.types import ChatResponse, Chunk
+
+    async def source() -> Any:
+        yield Chunk(notice=notice)
+        yield Chunk(text=text)
+        yield Chunk(done=True, response=ChatResponse(text=text, provider="openai", model="gpt-4o-mini", notice=notice))
+
+    return ChatStream(session, source())
+
+
+def test_a_notice_is_one_line_above_the_answer(shell: InteractiveShell, farm: Session,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(farm, "stream", lambda *a, **k: notice_stream(farm))
+    cap = chat(shell, "-o r", "hi")
+    notice, answer, footer = fresh(cap)
+    assert notice["text/plain"] == NOTICE and "&#9888;" in notice["text/html"]
+    assert answer["text/plain"] == "from openai" and footer["text/plain"].startswith("openai:gpt-4o-mini")
+    live = [u["text/markdown"] for u in updates(cap)]
+    assert live and all(u.startswith(f"*&#9888; {NOTICE}*\n\n") for u in live)  # above the text as it streams
+    assert nbval_sees(cap)[-3:] == [notice, answer, footer]
+    # a terminal prints it once, above the text
+    monkeypatch.setattr(magics(shell), "_live", lambda: False)
+    with captured(shell) as cap:
+        shell.run_cell_magic("farm_chat", "", "hi")
+    assert cap.stdout.startswith(f"{NOTICE}\nfrom openai\nopenai:gpt-4o-mini")
+
+
+def test_compare_shows_a_notice_above_its_column(shell: InteractiveShell, farm: Session,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    real = farm.stream
+    monkeypatch.setattr(farm, "stream", lambda p, t=None, **k: notice_stream(farm) if t == "ollama" else real(p, t, **k))
+    final = fresh(chat(shell, "--compare ollama,openai", "say hi"))[-1]
+    assert f"── ollama:llama3.1 ──\n{NOTICE}\nfrom openai\n[" in final["text/plain"]
+    assert "── openai:gpt-4o-mini ──\nEcho: say hi" in final["text/plain"]
+    assert final["text/plain"].count(NOTICE) == 1
+    html = final["text/html"]
+    assert html.index("ollama:llama3.1") < html.index(NOTICE) < html.index("from openai")
+
+
+def test_fallback_notice_end_to_end(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer,
+                                    openai_server: OpenAIServer) -> None:
+    ollama_server.refuse()
+    openai_server.reply = "openai answers"
+    cap = chat(shell, "-o r", "hi")
+    notice, answer, _ = fresh(cap)
+    assert notice["text/plain"] == "ollama was not reachable: answered by openai:gpt-4o-mini"
+    assert answer["text/plain"] == "openai answers"
+    assert shell.user_ns["r"].notice == notice["text/plain"]
+    assert ollama_server.count("/api/chat") == 0 and openai_server.count("/v1/chat/completions") == 1
+    # the model asked for answers itself again: no notice
+    ollama_server.accept()
+    assert len(fresh(chat(shell, "--new", "hi"))) == 2
+
+
+def test_the_saved_notebook_has_no_empty_output(ollama_server: OllamaServer, tmp_path: Path) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    setup = textwrap.dedent(f"""\
+        from farm_jupyter.session import Session, set_session
+        set_session(Session(config={{"env": "test", "fallback": [], "ollama": {{"host": "{ollama_server.url}",
+                                     "default_model": "llama3.1"}}}}))""")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in (
+        "%load_ext farm_jupyter", setup, "%%farm_chat\nSay hello",
+        "%%farm_chat --compare ollama:llama3.1,ollama:qwen2.5:0.5b\nSay hi",
+        "print('kept')\nget_ipython().run_cell_magic('farm_chat', '', 'in a loop')",
+    )]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    client = NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.km = client.create_kernel_manager()
+    client.km.kernel_spec  # noqa: B018 - resolve the spec before the environment is handed over
+    client.execute(env=env)
+    outputs = [cell.outputs for cell in nb.cells]
+    answer = [o for o in outputs[2] if o.output_type == "display_data"]
+    assert [o.data["text/plain"] for o in answer][0] == "Echo: Say hello"
+    assert len(answer) == 2 and answer[1].data["text/plain"].startswith("ollama:llama3.1 · ")
+    assert len(outputs[3]) == 1 and "Echo: Say hi" in outputs[3][0].data["text/plain"]
+    assert outputs[4][0].text == "kept\n"  # a cell that does more than ask keeps its other outputs
+    assert [o.data["text/plain"] for o in outputs[4][1:]][0] == "Echo: in a loop"
+    for cell_outputs in outputs:
+        for output in cell_outputs:
+            if output.output_type == "display_data":
+                assert output.data.get("text/plain", "").strip(), output  # nothing empty is saved
+
+
+def test_interpolation_errors_quote_the_field_as_written(shell: InteractiveShell, farm: Session) -> None:
+    with pytest.raises(UsageError) as info:
+        chat(shell, "", 'Parse {"a": 1} please')
+    assert str(info.value) == (
+        'prompt uses {"a": 1}, which is not a name from the notebook; write {{"a": 1}} for literal braces, '
+        "or %%farm_chat --raw to send the cell as written"
+    )
+    with pytest.raises(UsageError) as info:
+        chat(shell, "-s 'Answer as {persona!r:>10}.'", "hi")
+    assert str(info.value).startswith("system text (-s) uses {persona!r:>10}, but persona is not defined")
+    with pytest.raises(UsageError, match=r"^prompt uses \{w\}, but w is not defined"):  # the nested field
+        interpolate("{x:{w}}", {"x": 1})
+    with pytest.raises(UsageError, match=r"^prompt uses \{x:\{w\}\}, which failed: ValueError"):
+        interpolate("{x:{w}}", {"x": 1, "w": "zz"})
+    with pytest.raises(UsageError, match=r"^prompt uses \{d\[' k'\]\}"):
+        interpolate("{{ok}} {d[' k']}", {"d": {}})
+
+
+def test_interpolation_of_quoted_and_numeric_keys() -> None:
+    ns = {"d": {"k": "string key", 0: "int key", "0": "string zero", "a b": "spaced"}, "items": ["x", "y"]}
+    assert interpolate("""{d['k']} {d["k"]} {d[k]} {d[0]} {d['0']} {d[a b]} {items[-1]}""", ns) == (
+        "string key string key string key int key string zero spaced y"
+    )
+    with pytest.raises(UsageError, match=r"has no item 'missing'"):
+        interpolate("{d['missing']}", ns)
+
+
+def test_farm_models_says_which_providers_are_down_and_why(shell: InteractiveShell, farm: Session,
+                                                           ollama_server: OllamaServer,
+                                                           openai_server: OpenAIServer) -> None:
+    openai_server.refuse()
+    mixed = shell.run_line_magic("farm", "models")
+    rows = mixed.to_dicts()
+    assert [r["model"] for r in rows] == ["ollama:llama3.1:latest", "ollama:qwen2.5:0.5b", "openai"]
+    assert rows[0]["error"] == "" and openai_server.url in rows[2]["error"]
+    ollama_server.refuse()
+    down = shell.run_line_magic("farm", "models")
+    assert down.headers == ["provider", "error"]
+    errors = dict(down.rows)
+    assert list(errors) == ["ollama", "openai"]
+    assert ollama_server.url in errors["ollama"] and "ollama serve" in errors["ollama"]
+    assert openai_server.url in errors["openai"]
+    assert "no models found" not in repr(down)
+
+
+def test_farm_load_of_a_remote_model_says_there_is_nothing_to_load(shell: InteractiveShell, farm: Session,
+                                                                    openai_server: OpenAIServer,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    for action in ("load", "pull", "unload", "reload"):
+        shell.run_line_magic("farm", f"{action} openai:gpt-4o-mini")
+        out = capsys.readouterr().out
+        assert out == (f"openai:gpt-4o-mini: nothing to {action}: openai serves its models remotely; "
+                       "ask it with %%farm_chat -m openai:gpt-4o-mini\n")
+    assert openai_server.requests == []  # nothing was sent, nothing claimed
+
+
+def test_farm_stats_counts_each_providers_failures_by_class(shell: InteractiveShell, farm: Session,
+                                                            ollama_server: OllamaServer) -> None:
+    ollama_server.refuse()
+    chat(shell, "", "one")  # ollama unreachable: openai answers
+    table = shell.run_line_magic("farm", "stats")
+    rows = {r["model"]: r for r in table.to_dicts()}
+    assert "failures" in table.headers
+    failures = farm.monitor.failure_counts()["ollama"]
+    assert failures.get("unreachable")
+    assert rows["ollama"]["failures"] == " · ".join(f"{k} {n}" for k, n in sorted(failures.items(), key=lambda kv: -kv[1]))
+    assert rows["openai:gpt-4o-mini"]["requests"] == "1" and rows["openai:gpt-4o-mini"]["failures"] == ""
