@@ -8,9 +8,13 @@ Loading is instant: this module imports only IPython, traitlets and the standard
 top; the session (pydantic, httpx, the providers) is imported inside a magic on first use.
 
 Rendering: an answer streams into one `display(..., display_id=True)` output, updated at most
-`update_rate` times a second whatever the token rate. When the answer is complete that output is
-blanked and the answer is shown again as a fresh display (markdown and `text/plain`) with a
-one-line footer below it, so headless runs (nbval, nbclient) and saved notebooks hold the answer.
+`update_rate` times a second whatever the token rate. When the answer is complete the cell's
+outputs are cleared (`clear_output(wait=True)`: the frontend drops them as the next output comes)
+and the answer is shown as a fresh display (markdown and `text/plain`) with a one-line footer
+below it, so headless runs (nbval, nbclient) and saved notebooks hold the answer once, and no
+empty output. A cell that does more than the magic (prints, a loop of `run_cell_magic`) is not
+cleared: its answers are shown when complete. An answer from another model than the one asked
+has one line above it that says so (`ollama was not reachable: answered by openai:gpt-4o-mini`).
 A terminal IPython, which cannot update an output in place, gets the text printed as it comes.
 
 Errors: misuse (bad option, unknown subcommand or provider, empty prompt, a `{name}` that is not

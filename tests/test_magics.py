@@ -49,6 +49,7 @@ def shell() -> Iterator[InteractiveShell]:
         ip.run_line_magic("unload_ext", "farm_jupyter")
     for name in set(ip.user_ns) - before:
         del ip.user_ns[name]
+    ip.config.pop("FarmMagics", None)  # `%config FarmMagics.x = ...` in a test stays with the shell
 
 
 @pytest.fixture
