@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from farm_jupyter.config import load_settings
-from farm_jupyter.errors import AllProvidersFailed, ConfigError, FarmError, UnknownProvider
+from farm_jupyter.errors import AllProvidersFailed, ConfigError, FarmError, ModelNotFound, UnknownProvider
 from farm_jupyter.providers import Provider, register_provider, unregister_provider
 from farm_jupyter.providers.base import as_messages
 from farm_jupyter.session import Session
@@ -86,10 +86,10 @@ BAD_REQUESTS: dict[str, tuple[tuple[Any, ...], dict[str, Any], type[BaseExceptio
     "temperature out of range": (("hi",), {"temperature": 5}, ConfigError, "temperature"),
     "negative max_tokens": (("hi",), {"max_tokens": -1}, ConfigError, "max_tokens"),
     "unknown parameter": (("hi",), {"temprature": 0.1}, ConfigError, "temprature"),
-    "unknown model (ollama)": (("hi", "ollama:nosuch"), {"fallback": False}, AllProvidersFailed, "nosuch"),
-    "unknown model (openai)": (("hi", "openai:nosuch"), {"fallback": False}, AllProvidersFailed, "nosuch"),
-    "unknown model, bare": (("hi", "nosuch-model"), {"fallback": False}, AllProvidersFailed, "nosuch-model"),
-    "unknown provider prefix": (("hi", "nosuch:model"), {"fallback": False}, AllProvidersFailed, "nosuch"),
+    "unknown model (ollama)": (("hi", "ollama:nosuch"), {"fallback": False}, ModelNotFound, "nosuch"),
+    "unknown model (openai)": (("hi", "openai:nosuch"), {"fallback": False}, ModelNotFound, "nosuch"),
+    "unknown model, bare": (("hi", "nosuch-model"), {"fallback": False}, ModelNotFound, "nosuch-model"),
+    "unknown provider prefix": (("hi", "nosuch:model"), {"fallback": False}, ModelNotFound, "nosuch"),
     "alias loop": (("hi", "loop-a"), {}, ConfigError, "alias loop"),
 }
 

@@ -286,3 +286,35 @@ def test_unknown_provider_lists_the_known_ones():
 
     with pytest.raises(UnknownProvider, match="ollama"):
         registry.create("nope", load_settings(environ={}, use_file=False))
+
+
+def test_a_blocking_sync_provider_does_not_stall_other_streams(ollama_server):
+    """A plain `def` that blocks runs in a worker thread: the runtime loop keeps serving others."""
+    import threading
+
+    from farm_jupyter.session import Session
+    from farm_jupyter.testing.pytest_plugin import loopback_settings
+
+    release = threading.Event()
+    events: list[str] = []
+
+    def blocking(messages, **params):
+        release.wait(30)  # e.g. a blocking HTTP client
+        events.append("blocking answered")
+        yield "done"
+
+    registry.register_provider("blocking", blocking)
+    s = Session(loopback_settings(ollama_server))
+    try:
+        slow = s.runtime.submit(s.achat("wait", "blocking:blocking", no_cache=True))
+        ollama_server.tokens = 20
+        answer = s.chat("meanwhile", "ollama", no_cache=True)  # would wait 30 s on a blocked loop
+        events.append("ollama answered")
+        release.set()
+        assert slow.result(timeout=30).text == "done"
+        assert events == ["ollama answered", "blocking answered"]
+        assert answer.usage.completion_tokens == 20
+    finally:
+        release.set()
+        registry.unregister_provider("blocking")
+        s.close()

@@ -439,9 +439,8 @@ def _interrupt(session: Session, stage: str, mechanism: str) -> list[str]:
 def test_an_interrupt_at_each_stage_leaves_the_session_usable(ollama_server: OllamaServer, stage: str, mechanism: str) -> None:
     session = Session(loopback_settings(ollama_server))
     _stage(ollama_server, stage)
-    start = time.perf_counter()
+    # Each stage would take 10 s or more uninterrupted; the pytest timeout bounds a missed stop.
     seen = _interrupt(session, stage, mechanism)
-    assert time.perf_counter() - start < 5
     assert bool(seen) == (stage == "mid_stream")
     assert wait_for(lambda: session.runtime.pending_tasks() == []), session.runtime.pending_tasks()
     assert wait_for(lambda: client_connections(port_of(ollama_server)) == [])  # the HTTP request was closed

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib
 import inspect
@@ -20,6 +21,7 @@ __all__ = [
 ]
 
 ProviderFactory = Callable[..., Provider]
+_END = object()
 
 _BUILTIN = {
     "ollama": "farm_jupyter.providers.ollama:OllamaProvider",
@@ -150,20 +152,25 @@ class FunctionProvider(Provider):
         params = request.params.model_dump(exclude_none=True, exclude={"extra"})
         params.update(request.params.extra)
         messages = [m.model_dump() for m in request.messages]
-        result = self.fn(messages, model=request.model, **params)
+        # A plain `def` may block (a sleep, a blocking client): it runs in a worker thread, and so
+        # does each step of a sync generator, so one slow function never stalls the other streams.
+        if inspect.iscoroutinefunction(self.fn) or inspect.isasyncgenfunction(self.fn):
+            result = self.fn(messages, model=request.model, **params)
+        else:
+            result = await asyncio.to_thread(lambda: self.fn(messages, model=request.model, **params))
         if inspect.isawaitable(result):
             result = await result
         count = 0
         if isinstance(result, str):
-            pieces: Any = [result]
-        else:
-            pieces = result
-        if hasattr(pieces, "__aiter__"):
-            async for piece in pieces:
+            yield Chunk(text=result)
+            count = 1
+        elif hasattr(result, "__aiter__"):
+            async for piece in result:
                 count += 1
                 yield Chunk(text=self._checked(piece))
-        elif isinstance(pieces, Iterable):
-            for piece in pieces:
+        elif isinstance(result, Iterable):
+            pieces = iter(result)
+            while (piece := await asyncio.to_thread(next, pieces, _END)) is not _END:
                 count += 1
                 yield Chunk(text=self._checked(piece))
         else:

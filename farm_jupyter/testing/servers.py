@@ -331,6 +331,9 @@ class _LoopbackServer:
         self._rng = random.Random(seed)
         self._requests: list[RecordedRequest] = []
         self._faults: list[Fault] = []
+        # The server's own truth for rate checks: per finished stream, the content chunks it sent
+        # and the perf_counter seconds between the first and the last one.
+        self.sent: list[tuple[int, float]] = []
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._started = False
@@ -546,6 +549,7 @@ class _LoopbackServer:
         stopping = h.server.stopping
         h.send_head(200, content_type, None)
         sent = 0
+        first = last = 0.0
         for kind, data in frames:
             if kind != "head":
                 if armed is not None and sent >= armed.after:
@@ -560,7 +564,12 @@ class _LoopbackServer:
             if stopping.is_set():
                 return h.drop()
             h.write_chunk(data)
+            if kind == "content":
+                last = time.perf_counter()
+                first = first or last
         h.end_chunks()
+        with self._lock:
+            self.sent.append((sent, last - first))
 
     def _model_time(self, h: _Handler) -> bool:
         """Wait `latency` before answering; False when the server stops meanwhile."""
@@ -612,6 +621,7 @@ class OllamaServer(_LoopbackServer):
             max_connections=max_connections,
         )
         self._loaded: set[str] = set()
+        self.evals: list[tuple[int, int]] = []  # (eval_count, eval_duration ns) of each answer, as sent
         self._modified_at = datetime.now(UTC).isoformat()
 
     @property
@@ -846,13 +856,18 @@ class OllamaServer(_LoopbackServer):
                 eval_count=len(pieces),
                 eval_duration=max(now - eval_started, 1),
             )
+            self.evals.append((len(pieces), line["eval_duration"]))
             if unload:
                 with self._lock:
                     self._loaded.discard(name)
             return line
 
         if body.get("stream", True) is False:
-            return self._send(h, 200, final("".join(pieces), time.perf_counter_ns()), fault)
+            # A whole answer takes as long to generate as a streamed one, and says so.
+            eval_started = time.perf_counter_ns()
+            if self.chunk_delay > 0 and h.server.stopping.wait(self.chunk_delay * max(len(pieces) - 1, 0)):
+                return h.drop()
+            return self._send(h, 200, final("".join(pieces), eval_started), fault)
 
         def frames() -> Iterator[Frame]:
             eval_started = time.perf_counter_ns()
