@@ -245,8 +245,9 @@ class _PromptFormatter(string.Formatter):
 def _field_texts(template: str) -> list[str]:
     """Each top-level `{...}` field of `template` as written, in order; `{{` and `}}` skipped.
 
-    The same scan as CPython's format parser: a field ends at the `}` that balances its `{`.
-    A malformed template yields what it can; `str.format`'s own parser reports the problem.
+    The scan of CPython's format parser (`parse_field` in unicode_format.h): the name runs to
+    `}`, `:` or `!`, skipping `[...]`; `!` takes one character; a format spec ends at the `}`
+    that balances its `{`. Where that parser fails, this stops; `str.format` reports the problem.
     """
     out: list[str] = []
     i, n = 0, len(template)
@@ -258,16 +259,49 @@ def _field_texts(template: str) -> list[str]:
         if c != "{":
             i += 1
             continue
-        depth, j = 1, i + 1
-        while j < n and depth:
-            if template[j] == "{":
-                depth += 1
-            elif template[j] == "}":
-                depth -= 1
-            j += 1
-        out.append(template[i:j])
-        i = j
+        end = _field_end(template, i + 1)
+        if end is None:
+            break
+        out.append(template[i:end])
+        i = end
     return out
+
+
+def _field_end(t: str, i: int) -> int | None:
+    """Where the field whose name starts at `i` ends (just past its `}`); None if malformed."""
+    n = len(t)
+    c = ""
+    while i < n:
+        c, i = t[i], i + 1
+        if c == "[":
+            while i < n and t[i] != "]":
+                i += 1
+        elif c == "}":
+            return i
+        elif c in ":!":
+            break
+        elif c == "{":
+            return None
+    else:
+        return None
+    if c == "!":
+        if i + 1 >= n:
+            return None
+        c, i = t[i + 1], i + 2  # the conversion character, then `}` or `:`
+        if c == "}":
+            return i
+        if c != ":":
+            return None
+    depth = 1
+    while i < n:
+        c, i = t[i], i + 1
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return None
 
 
 _QUOTED = re.compile(r"""(['"])(.*)\1""", re.S)

@@ -936,6 +936,8 @@ def test_interpolation_errors_quote_the_field_as_written(shell: InteractiveShell
         interpolate("{x:{w}}", {"x": 1, "w": "zz"})
     with pytest.raises(UsageError, match=r"^prompt uses \{d\[' k'\]\}"):
         interpolate("{{ok}} {d[' k']}", {"d": {}})
+    with pytest.raises(UsageError, match=r"^prompt uses \{d\[}\]!r\}, but d has no item '}'"):  # `}` in brackets
+        interpolate("{d[}]!r}", {"d": {}})
 
 
 def test_interpolation_of_quoted_and_numeric_keys() -> None:
