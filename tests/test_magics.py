@@ -904,9 +904,7 @@ def test_the_saved_notebook_has_no_empty_output(ollama_server: OllamaServer, tmp
     )]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     client = NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
-    client.km = client.create_kernel_manager()
-    client.km.kernel_spec  # noqa: B018 - resolve the spec before the environment is handed over
-    client.execute(env=env)
+    client.execute(env=env)  # the kernel imports this checkout
     outputs = [cell.outputs for cell in nb.cells]
     answer = [o for o in outputs[2] if o.output_type == "display_data"]
     assert [o.data["text/plain"] for o in answer][0] == "Echo: Say hello"
