@@ -20,6 +20,9 @@ _EXPORTS = {
     "achat": "farm_jupyter.api",
     "stream": "farm_jupyter.api",
     "astream": "farm_jupyter.api",
+    "map": "farm_jupyter.api",
+    "compare": "farm_jupyter.api",
+    "usage": "farm_jupyter.api",
     "session": "farm_jupyter.session",
     "Session": "farm_jupyter.session",
     "ChatStream": "farm_jupyter.session",
@@ -69,13 +72,16 @@ __all__ = [
     "achat",
     "astream",
     "chat",
+    "compare",
     "load_ipython_extension",
     "load_settings",
+    "map",
     "register_provider",
     "session",
     "stream",
     "unload_ipython_extension",
     "unregister_provider",
+    "usage",
 ]
 
 
@@ -105,7 +111,7 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 if TYPE_CHECKING:
-    from .api import achat, astream, chat, stream
+    from .api import achat, astream, chat, compare, map, stream, usage
     from .config import Settings, load_settings
     from .errors import AllProvidersFailed, FarmError, ProviderError
     from .providers import register_provider, unregister_provider

@@ -24,12 +24,16 @@ provider, announced; the caller's own error does none of these: it is raised at 
 `kind` names the failure for people (`%farm stats`, the health board, fallback notices).
 
 Foreign exceptions (httpx, openai, torch) are mapped at each provider's boundary, `from exc`.
-Every message is one line that names the provider and says what to do next.
+Every message is one line that names the provider and says what to do next, with every configured
+secret masked (farm_jupyter.secrets).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
+
+from .secrets import redact, scrub_exception
 
 if TYPE_CHECKING:
     from .types import Attempt
@@ -41,6 +45,10 @@ class FarmError(Exception):
     hint: str | None = None
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        # A message may quote what a server echoed: a configured secret never survives into it,
+        # nor into the exception being handled, which becomes this one's __cause__/__context__.
+        message, hint = redact(message), (redact(hint) if hint else hint)
+        scrub_exception(sys.exc_info()[1])
         self.hint = hint
         super().__init__(f"{message}: {hint}" if hint else message)
 

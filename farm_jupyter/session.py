@@ -11,19 +11,23 @@ import sys
 import threading
 import time
 import types
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cache import make_cache
 from .config import Settings, load_settings
 from .errors import FarmError
+from .ledger import UsageReport
 from .monitor import Monitor
 from .providers.base import as_messages
 from .router import Router
 from .runtime import Runtime, get_runtime
 from .types import ChatMessage, ChatResponse, Chunk, GPUStats, ModelInfo, ProviderStatus, PullProgress
+
+if TYPE_CHECKING:
+    from .batch import BatchResult, Comparison, PromptBuilder
 
 Prompt = str | Sequence[ChatMessage | dict[str, Any]]
 
@@ -195,6 +199,7 @@ class Session:
         self.monitor = Monitor(self.settings.monitor_size)
         self.router = Router(self.settings, self.cache, self.monitor)
         self.conversation = Conversation(self.settings.max_history)
+        self.last_batch: BatchResult | None = None  # the last map's rows, kept when it was stopped
 
     @property
     def runtime(self) -> Runtime:
@@ -361,6 +366,22 @@ class Session:
     def embed(self, texts: list[str], model: str | None = None) -> list[list[float]]:
         provider, name = self._split(model) if model else (self.settings.default_provider, None)
         return self.runtime.run(self.router.provider(provider).embed(texts, name))
+
+    def map(self, items: Iterable[Any], prompt: PromptBuilder = "{}", **kwargs: Any) -> Any:
+        """One prompt over many items, `concurrency` at a time; see `farm_jupyter.map`."""
+        from .batch import run_map
+
+        return run_map(self, items, prompt, **kwargs)
+
+    def compare(self, prompts: Sequence[str], models: Sequence[str], **kwargs: Any) -> Comparison:
+        """Every prompt to every model; see `farm_jupyter.compare`."""
+        from .batch import run_compare
+
+        return run_compare(self, prompts, models, **kwargs)
+
+    def usage(self) -> UsageReport:
+        """Tokens, requests, cache savings and cost per provider:model for this session."""
+        return self.router.ledger.report()
 
     def cache_info(self) -> dict[str, Any]:
         return self.runtime.run(self.cache.info())

@@ -48,6 +48,7 @@ export interface ChatResponse {
   restarted: boolean;
   stopped: boolean;
   attempts: Attempt[];
+  notice: string | null;
 }
 
 /** Every error response (4xx, 5xx) and the `error` event of a stream. */
@@ -211,6 +212,7 @@ export interface Timings {
   total: number;
   waited: number;
   provider_total: number | null;
+  rate: number | null;
 }
 
 export interface UnloadResponse {

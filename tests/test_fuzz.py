@@ -263,18 +263,34 @@ BROKEN = {
 
 
 @pytest.mark.parametrize("case", list(BROKEN))
-def test_a_broken_custom_provider_is_one_line(session: Session, provider_named: Callable[[str, Any], str], case: str) -> None:
+def test_a_broken_custom_provider_is_one_line(
+    session: Session, ollama_server: OllamaServer, provider_named: Callable[[str, Any], str], case: str
+) -> None:
     factory, word = BROKEN[case]
     name = provider_named("broken", factory)
     before = snapshot(session)
     for ask in (lambda: session.chat("hi", name, fallback=False),
                 lambda: list(session.stream("hi", name, fallback=False, conversation=session.conversation))):
-        with pytest.raises(AllProvidersFailed) as info:
+        with pytest.raises(FarmError) as info:
             ask()
         assert word in one_line(info.value) and name in str(info.value)
     assert snapshot(session) == before
-    # With fallback, the next provider answers instead.
-    assert session.chat("hi", name, fallback=True).text == "Echo: hi"
+    # A bug in the user's own function is theirs to fix: no other provider answers instead.
+    asked = ollama_server.count("/api/chat")
+    with pytest.raises(FarmError):
+        session.chat("hi", name, fallback=True)
+    assert ollama_server.count("/api/chat") == asked
+
+
+def cannot_connect(messages: list[dict[str, Any]], **params: Any) -> str:
+    raise ConnectionRefusedError(111, "Connection refused")
+
+
+def test_a_custom_provider_that_cannot_connect_falls_back(session: Session, provider_named: Callable[[str, Any], str]) -> None:
+    name = provider_named("remote", cannot_connect)
+    response = session.chat("hi", name, fallback=True)
+    assert response.text == "Echo: hi" and response.notice.startswith(f"{name} was not reachable: answered by ollama")
+    assert response.attempts[0].error_type == "ProviderUnavailable"
 
 
 def test_a_cache_that_is_down_still_answers_with_a_warning(ollama_server: OllamaServer, caplog: pytest.LogCaptureFixture) -> None:
@@ -294,7 +310,7 @@ def test_no_environment_variable_is_needed_to_fail_cleanly(monkeypatch: pytest.M
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     s = Session(load_settings({"env": "production", "fallback": []}, environ={}, use_file=False))
-    with pytest.raises(AllProvidersFailed) as info:
+    with pytest.raises(FarmError) as info:
         s.chat("hi")
     assert "OPENAI_API_KEY" in one_line(info.value)
     s.close()

@@ -1,13 +1,17 @@
-"""Secrets never leave in full: with OPENAI_API_KEY and HF_TOKEN set to canaries, nothing a user or
-a log can see holds them (reprs, settings, errors, monitor records, logs, the disk cache, every
-magic's output, widget state, a saved executed notebook); the disk cache is owner-only.
+"""Secrets never leave in full: with OPENAI_API_KEY, HF_TOKEN and a password in OLLAMA_HOST set to
+canaries, nothing a user or a log can see holds them (reprs, settings, errors, monitor records,
+logs, the disk cache, every magic's output, widget state, a saved executed notebook), even where a
+server echoes them back (the `echo` fault); the disk cache is owner-only.
 
-Both canaries contain "SECRET", and their masked forms (`sk-...cdef`, `...7890`) do not, so every
-check looks for that word: a partial leak (a prefix, a middle) is caught as well as a whole one.
+The canaries contain "SECRET", and their masked forms (`sk-...cdef`, `...7890`, `***`) do not, so
+every check looks for that word, and for every 8-character piece of each canary (and of the basic
+auth header that carries the password): a partial leak (a prefix, a middle) is caught as well as a
+whole one.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -24,12 +28,19 @@ import pytest
 from farm_jupyter.config import load_settings, mask
 from farm_jupyter.errors import AllProvidersFailed, FarmError
 from farm_jupyter.session import Session, set_session
-from farm_jupyter.testing import OllamaServer, OpenAIServer
+from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
 
 OPENAI_KEY = "sk-SECRET-canary-1234567890abcdef"
 HF_TOKEN = "hf_SECRETcanary1234567890"
-WORD = "SECRET"  # in both canaries, in neither masked form
+OLLAMA_USER, OLLAMA_PASSWORD = "farmer", "pw-SECRET-ollama-4242"
+WORD = "SECRET"  # in every canary, in no masked form
 MASKED_KEY = "sk-...cdef"
+CANARIES = [OPENAI_KEY, HF_TOKEN, OLLAMA_PASSWORD, base64.b64encode(f"{OLLAMA_USER}:{OLLAMA_PASSWORD}".encode()).decode()]
+PIECES = {c[i : i + 8] for c in CANARIES for i in range(len(c) - 7)}
+
+
+def leaked(text: str) -> bool:
+    return WORD in text or any(piece in text for piece in PIECES)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -47,7 +58,7 @@ class Seen:
         self.items.append((where, text))
 
     def check(self) -> None:
-        leaks = [where for where, text in self.items if WORD in text or OPENAI_KEY in text or HF_TOKEN in text]
+        leaks = [where for where, text in self.items if leaked(text)]
         assert not leaks, f"a secret appears in: {leaks}"
         assert len(self.items) > 10
 
@@ -70,7 +81,8 @@ def env(servers: tuple[OllamaServer, OpenAIServer, OpenAIServer], monkeypatch: p
     cache = tmp_path / "cache" / "responses.sqlite"
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
     monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
-    monkeypatch.setenv("OLLAMA_HOST", ollama.url)
+    # The loopback Ollama ignores the credentials; they still go out with every request.
+    monkeypatch.setenv("OLLAMA_HOST", f"http://{OLLAMA_USER}:{OLLAMA_PASSWORD}@{ollama.host_port}")
     monkeypatch.setenv("OPENAI_BASE_URL", good.base_url)
     monkeypatch.setenv("FARM_ENV", "test")
     monkeypatch.setenv("FARM_FALLBACK", "openai")
@@ -139,7 +151,8 @@ def test_session_settings_errors_monitor_logs_and_cache(env: Path, servers: Any,
         session.chat("hello", f"huggingface:{tiny_model_path}-missing", fallback=False)
     seen.add("huggingface error", "".join(traceback.format_exception(missing.value)))
 
-    # a server that rejects the key: 401, every error path
+    # a server that rejects the key and echoes it back, in every form: 401, every error path
+    wrong.add_fault(Fault("echo", status=401, times=None))
     rejected = Session(load_settings({"openai": {"base_url": wrong.base_url}}))
     for ask in (lambda: rejected.chat("hi", "openai", fallback=False),
                 lambda: list(rejected.stream("hi", "openai", fallback=False)),
@@ -154,6 +167,13 @@ def test_session_settings_errors_monitor_logs_and_cache(env: Path, servers: Any,
         if isinstance(error, AllProvidersFailed):
             seen.add("error attempts", [a.model_dump_json() for a in error.attempts])
     seen.add("health (401)", [s.model_dump_json() for s in rejected.health(["openai"])])
+    assert wrong.faults[0].hits >= 4  # every path above met the echo
+    ollama, _, _ = servers
+    assert ollama.requests[-1].headers["authorization"] == "Basic " + CANARIES[3]  # OLLAMA_HOST's password was used
+    ollama.add_fault(Fault("echo", path="/api/chat", status=401))
+    with pytest.raises(FarmError) as echoed:
+        session.chat("echo the password", "ollama", fallback=False, no_cache=True)
+    seen.add("ollama echo error", "".join(traceback.format_exception(echoed.value)))
 
     # the monitor
     for s in (session, rejected):
@@ -263,7 +283,9 @@ def test_magics_and_widgets(env: Path, servers: Any, caplog: pytest.LogCaptureFi
 
         assert run("chat", "%%farm_chat\nSay hello").success
         assert run("chat openai", "%%farm_chat -p openai --no-cache\nSay hello again").success
-        # A key the server rejects: the cell fails with one line, and %farm error sends that line on.
+        # A key the server rejects, echoing it back: the cell fails with one line, and %farm error
+        # sends that line on.
+        wrong.add_fault(Fault("echo", status=401, times=None))
         monkeypatch.setenv("OPENAI_BASE_URL", wrong.base_url)
         monkeypatch.setenv("FARM_AI_PROVIDER", "openai")
         monkeypatch.setenv("FARM_FALLBACK", "")  # no fallback to hide the failure
@@ -274,6 +296,7 @@ def test_magics_and_widgets(env: Path, servers: Any, caplog: pytest.LogCaptureFi
             run(f"%farm {line}", f"%farm {line}")
         table = run("config", "%farm config").result
         assert dict(table.rows)["openai.api_key"] == MASKED_KEY
+        assert dict(table.rows)["ollama.host"] == f"http://{OLLAMA_USER}:***@{servers[0].host_port}"
 
         # every widget: its repr, its text form, and everything it sent to the frontend
         from farm_jupyter.widgets import ChatWidget, CompareWidget, Dashboard, GPUGauge, HealthBoard, ModelPicker
@@ -317,7 +340,13 @@ def test_a_saved_executed_notebook(env: Path, servers: Any, tmp_path: Path) -> N
     import nbformat
     from nbclient import NotebookClient
 
+    _, good, _ = servers
+    # Servers that echo the key and the password: in errors, health, and the DEBUG log printed
+    # into the notebook (WWW-Authenticate and X-Echo-* headers, through httpcore and openai).
+    good.add_fault(Fault("echo", path="/v1/models", status=401, times=None))
+    servers[0].add_fault(Fault("echo", path="/api/version", status=401, times=None))
     cells = [
+        "import logging, sys\nlogging.basicConfig(level=logging.DEBUG, stream=sys.stdout, force=True)",
         "%load_ext farm_jupyter",
         "%farm config",
         "%%farm_chat\nSay hello",
@@ -339,7 +368,9 @@ def test_a_saved_executed_notebook(env: Path, servers: Any, tmp_path: Path) -> N
     saved = tmp_path / "executed.ipynb"
     nbformat.write(nb, saved)
     text = saved.read_text()
-    assert WORD not in text and OPENAI_KEY not in text and HF_TOKEN not in text
+    assert not leaked(text), sorted(p for p in PIECES if p in text)
+    assert "WWW-Authenticate" in text and "token=sk-...cdef" in text  # the echo was logged, masked
+    assert good.faults[0].hits and servers[0].faults[0].hits
     assert MASKED_KEY in text  # %farm config ran and showed the masked form
     assert "Echo: Say hello" in text and "Echo: And once more" in text  # the answers were saved
     assert "'OPENAI_API_KEY'" in text  # the kernel had the key

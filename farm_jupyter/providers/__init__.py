@@ -11,7 +11,14 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from importlib.metadata import entry_points
 from typing import Any
 
-from ..errors import ConfigError, FarmError, ProviderResponseError, UnknownProvider
+from ..errors import (
+    ConfigError,
+    FarmError,
+    ProviderResponseError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    UnknownProvider,
+)
 from ..types import ChatRequest, Chunk, Usage
 from .base import Provider
 
@@ -142,7 +149,13 @@ class FunctionProvider(Provider):
                 yield chunk
         except FarmError:
             raise
-        except Exception as exc:  # the user's function is the boundary: say which one failed
+        except (ConnectionError, TimeoutError) as exc:  # what it talks to is down: fall back
+            cls = ProviderTimeout if isinstance(exc, TimeoutError) else ProviderUnavailable
+            raise cls(
+                f"provider {self.name!r} could not reach its backend: {type(exc).__name__}: {exc}".splitlines()[0],
+                provider=self.name, hint="check what the function talks to",
+            ) from exc
+        except Exception as exc:  # a bug in the user's function: say which one failed
             raise ProviderResponseError(
                 f"provider {self.name!r} failed: {type(exc).__name__}: {exc}".strip().splitlines()[0],
                 provider=self.name, hint=f"fix the function registered as {self.name!r}",

@@ -89,6 +89,7 @@ class Provider(ABC):
     """
 
     kind: ClassVar[str] = "custom"
+    pooled: ClassVar[bool] = False  # several servers, each with its own breaker (router/pool.py)
 
     def __init__(self, name: str, settings: Settings, **options: Any) -> None:
         self.name = name
@@ -179,6 +180,14 @@ class Provider(ABC):
             latency=time.perf_counter() - start,
             models_loaded=[m.name for m in models if m.loaded],
         )
+
+    def servers(self) -> list[Provider]:
+        """One provider per configured server when several are (`hosts`, `base_urls`), else []."""
+        return []
+
+    async def health_rows(self) -> list[ProviderStatus]:
+        """One row per server (a pool has several)."""
+        return [await self.health()]
 
     async def embed(self, texts: list[str], model: str | None = None) -> list[list[float]]:
         raise BadRequest(f"{self.name} does not support embeddings", provider=self.name)

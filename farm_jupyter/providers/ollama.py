@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+from .. import secrets
+from ..config import shown_url, split_credentials
 from ..errors import ModelNotFound, ServerError, StreamInterrupted
 from ..types import ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress, Usage
 from ._http import mapped_transport_errors, status_error
@@ -38,7 +40,14 @@ class OllamaProvider(Provider):
 
     def __init__(self, name: str, settings: Any, **options: Any) -> None:
         super().__init__(name, settings, **options)
-        self._host: str = options.get("host") or settings.ollama.host
+        own = options.get("host")
+        self._base, user, password = split_credentials(own or settings.ollama.host)
+        if not own:  # the settings moved OLLAMA_HOST's user:password out of the URL
+            user = settings.ollama.username
+            password = settings.ollama.password.get_secret_value() if settings.ollama.password else None
+        secrets.register_basic(user, password)
+        self._auth = httpx.BasicAuth(user or "", password or "") if (user or password) else None
+        self._host: str = shown_url(self._base, user, password)  # what messages show: no password
         self._client: httpx.AsyncClient | None = None
 
     @property
@@ -57,11 +66,16 @@ class OllamaProvider(Provider):
         if self._client is None:
             timeouts = self.settings.timeouts
             self._client = httpx.AsyncClient(
-                base_url=self._host,
+                base_url=self._base,
+                auth=self._auth,
                 timeout=httpx.Timeout(timeouts.total, connect=timeouts.connect),
                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
             )
         return self._client
+
+    def servers(self) -> list[Provider]:
+        hosts = self.settings.ollama.hosts
+        return [type(self)(self.name, self.settings, **{**self.options, "host": h}) for h in hosts] if len(hosts) > 1 else []
 
     def _errors(self) -> Any:
         return mapped_transport_errors(
@@ -237,7 +251,7 @@ class OllamaProvider(Provider):
             version = (await self._get("/api/version")).get("version")
             loaded = [m.get("name", "") for m in (await self._get("/api/ps")).get("models", [])]
         except Exception as exc:  # noqa: BLE001 - health reports any failure as a state
-            return ProviderStatus(provider=self.name, state="unhealthy", url=self._host, error=str(exc))
+            return ProviderStatus(provider=self.name, state="unhealthy", url=self._host, error=secrets.redact(str(exc)))
         return ProviderStatus(
             provider=self.name, state="healthy", url=self._host, version=version,
             latency=time.perf_counter() - start, models_loaded=loaded,

@@ -6,13 +6,16 @@ retries, so a failure is seen once, here, and mapped.
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..config import mask
+from .. import secrets
+from ..config import mask, shown_url, split_credentials
 from ..errors import (
+    ConfigError,
     MissingDependency,
     NotConfigured,
     ProviderError,
@@ -38,7 +41,15 @@ class OpenAIProvider(Provider):
         super().__init__(name, settings, **options)
         key = options.get("api_key", settings.openai.api_key)
         self._api_key: str | None = key.get_secret_value() if hasattr(key, "get_secret_value") else key
-        self._base_url: str = options.get("base_url") or settings.openai.base_url or DEFAULT_BASE_URL
+        own = options.get("base_url")
+        self._base, user, password = split_credentials(own or settings.openai.base_url or DEFAULT_BASE_URL)
+        if not own:  # the settings moved OPENAI_BASE_URL's user:password out of the URL
+            user = settings.openai.username
+            password = settings.openai.password.get_secret_value() if settings.openai.password else None
+        secrets.register(self._api_key)
+        secrets.register_basic(user, password)
+        self._basic = (user or "", password or "") if (user or password) else None
+        self._base_url: str = shown_url(self._base, user, password)  # what messages show: no password
         self._client: AsyncOpenAI | None = None
 
     @property
@@ -49,28 +60,42 @@ class OpenAIProvider(Provider):
     def url(self) -> str:
         return self._base_url
 
+    def servers(self) -> list[Provider]:
+        urls = self.settings.openai.base_urls
+        return [type(self)(self.name, self.settings, **{**self.options, "base_url": u}) for u in urls] if len(urls) > 1 else []
+
     def __repr__(self) -> str:
         return f"<OpenAIProvider {self.name!r} {self._base_url} key={mask(self._api_key)}>"
 
     @property
     def client(self) -> AsyncOpenAI:
         if self._client is None:
-            if not self._api_key and self._base_url == DEFAULT_BASE_URL:
+            if not self._api_key and self._base == DEFAULT_BASE_URL:
                 raise NotConfigured(
                     "OpenAI needs an API key", provider=self.name,
                     hint="set OPENAI_API_KEY, or OPENAI_BASE_URL for a local OpenAI-compatible server",
                 )
+            headers = {}
+            if self._basic is not None:
+                if self._api_key:  # both travel in the one Authorization header
+                    raise ConfigError(
+                        f"{self.name}: {self._base_url} has a user:password and an API key is set too",
+                        hint="remove the user:password from OPENAI_BASE_URL, or unset OPENAI_API_KEY",
+                    )
+                headers["Authorization"] = "Basic " + base64.b64encode(":".join(self._basic).encode()).decode()
             try:
                 import openai
             except ImportError as exc:
                 raise MissingDependency("openai", "openai") from exc
+            secrets.install_log_filter()  # the SDK's own loggers exist now
             timeouts = self.settings.timeouts
             self._client = openai.AsyncOpenAI(
                 api_key=self._api_key or "not-needed",
-                base_url=self._base_url,
+                base_url=self._base,
                 organization=self.settings.openai.organization,
                 max_retries=0,
                 timeout=openai.Timeout(timeouts.total, connect=timeouts.connect),
+                default_headers=headers or None,
             )
         return self._client
 
@@ -123,10 +148,7 @@ class OpenAIProvider(Provider):
             message = body.get("message") if isinstance(body, dict) else body
         else:
             message = getattr(exc, "message", str(exc))
-        text = str(message)[:300]
-        if self._api_key:
-            text = text.replace(self._api_key, mask(self._api_key) or "***")
-        return text
+        return secrets.redact(str(message)[:300])
 
     def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
         p = request.params
@@ -210,7 +232,7 @@ class OpenAIProvider(Provider):
         try:
             models = await self.list_models()
         except Exception as exc:  # noqa: BLE001 - health reports any failure as a state
-            return ProviderStatus(provider=self.name, state="unhealthy", url=self._base_url, error=str(exc))
+            return ProviderStatus(provider=self.name, state="unhealthy", url=self._base_url, error=secrets.redact(str(exc)))
         return ProviderStatus(
             provider=self.name, state="healthy", url=self._base_url,
             latency=time.perf_counter() - start, models_loaded=[m.name for m in models][:20],

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,8 +39,10 @@ from ..errors import (
     RateLimited,
     UnknownProvider,
 )
+from ..ledger import Ledger
 from ..monitor import Monitor, RequestRecord
 from ..providers.base import Provider
+from ..secrets import redact
 from ..types import (
     Attempt,
     ChatMessage,
@@ -54,6 +57,7 @@ from ..types import (
 )
 from .deadline import timed
 from .limits import CircuitBreaker, RateLimiter, estimate_tokens, retry_delay
+from .pool import Pool
 
 log = logging.getLogger("farm_jupyter")
 
@@ -108,6 +112,7 @@ class Router:
         self.breakers: dict[str, CircuitBreaker] = {}
         self.limiters: dict[str, RateLimiter] = {}
         self.last_status: dict[str, ProviderStatus] = {}
+        self.ledger = Ledger(settings, monitor)
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # tests give a fake clock's
 
     # -- addresses ------------------------------------------------------------------------------
@@ -116,7 +121,12 @@ class Router:
         name = registry.canonical(name)
         found = self.providers.get(name)
         if found is None:
-            found = self.providers[name] = registry.create(name, self.settings)
+            found = registry.create(name, self.settings)
+            if members := found.servers():
+                found = Pool(name, self.settings, members)
+                # Its servers have their own breakers; the pool's is only there to be shown closed.
+                self.breakers[name] = CircuitBreaker(sys.maxsize, 0.0)
+            self.providers[name] = found
         return found
 
     def _is_provider(self, name: str) -> bool:
@@ -290,6 +300,8 @@ class Router:
                     waited += wait
                     yield Chunk(status=note)
                 booking = limiter.admit(estimate_tokens(request))
+            self.ledger.check(str(route), sum(len(m.content) for m in request.messages) // 4,
+                              request.params.max_tokens or 256)
             if call.shown:
                 then = f"retrying {route.provider} ({retries + 1} of {tries})" if retries else f"answering with {route}"
                 yield Chunk(restart=True, status=self._restart_note(call, then))
@@ -426,23 +438,24 @@ class Router:
     async def health(self, names: list[str] | None = None) -> list[ProviderStatus]:
         names = names or list(dict.fromkeys([*self.settings.chain, *self.providers]))
 
-        async def one(name: str) -> ProviderStatus:
+        async def rows(name: str) -> list[ProviderStatus]:
             try:
-                status = await asyncio.wait_for(self.provider(name).health(), self.settings.timeouts.connect * 2)
+                found = await asyncio.wait_for(self.provider(name).health_rows(), self.settings.timeouts.connect * 2)
             except Exception as exc:  # noqa: BLE001 - reported, not raised (TimeoutError included)
-                status = ProviderStatus(provider=name, state="unhealthy", error=str(exc) or type(exc).__name__)
+                found = [ProviderStatus(provider=name, state="unhealthy", error=redact(str(exc)) or type(exc).__name__)]
             breaker = self.breaker(name)
-            if breaker.state == "open":
-                status.state = "cooling_down"
-                status.cooldown_until = breaker.open_until
-                status.error = status.error or breaker.last_error
             limiter = self.limiters.get(name)
-            if limiter is not None and limiter.waiting:
-                status.state = "rate_limited"
-            self.last_status[name] = status
-            return status
+            for status in found:
+                if breaker.state == "open":
+                    status.state = "cooling_down"
+                    status.cooldown_until = breaker.open_until
+                    status.error = status.error or breaker.last_error
+                if limiter is not None and limiter.waiting:
+                    status.state = "rate_limited"
+            self.last_status[name] = found[0]
+            return found
 
-        return list(await asyncio.gather(*(one(n) for n in names)))
+        return [s for found in await asyncio.gather(*(rows(n) for n in names)) for s in found]
 
     async def aclose(self) -> None:
         for provider in list(self.providers.values()):

@@ -30,20 +30,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 if TYPE_CHECKING:
     from typing import Self, TypeAlias
 
 __all__ = ["Fault", "OllamaServer", "OpenAIServer", "RecordedRequest"]
 
-FaultKind = Literal["status", "delay", "drop", "malformed", "error_line", "hang"]
+FaultKind = Literal["status", "delay", "drop", "malformed", "error_line", "hang", "echo"]
 Reply: TypeAlias = str | Callable[[dict[str, Any]], str] | None
 Json: TypeAlias = dict[str, Any]
 # (kind, payload): "head" frames go out unconditionally; a fault fires before a "content" or "tail" one.
 Frame: TypeAlias = tuple[Literal["head", "content", "tail"], bytes]
 
-_KINDS = frozenset({"status", "delay", "drop", "malformed", "error_line", "hang"})
+_KINDS = frozenset({"status", "delay", "drop", "malformed", "error_line", "hang", "echo"})
 _STREAM_FAULTS = frozenset({"drop", "malformed", "error_line"})
 _HANG_LIMIT = 60.0
 _CLOSE_LIMIT = 5.0
@@ -74,6 +74,10 @@ class Fault:
     - malformed: after `after` chunks, send a line that is not JSON, then end the stream.
     - error_line: after `after` chunks, send the protocol's in-stream error, then end the stream.
     - hang: never answer, until the server stops (at most 60 s).
+    - echo: answer `status` (say 401) the way a careless server or proxy does: the credential the
+      request carried (a Bearer key, an api-key header, a basic-auth password) quoted back whole,
+      without its `sk-`-style prefix, url-encoded and in part, in the error body and in the
+      WWW-Authenticate and X-Echo-* headers.
 
     Non-streamed answers get the same faults as whole bodies (half a body, a broken body, a 500).
     A fault applies to the first `times` matching requests (None: all), each with `probability`
@@ -485,6 +489,8 @@ class _LoopbackServer:
         if fault is not None and fault.kind == "hang":
             stopping.wait(_HANG_LIMIT)
             return h.drop()
+        if fault is not None and fault.kind == "echo":
+            return self._echo(h, fault, headers)
         if fault is not None and fault.kind == "status":
             extra = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
             body = fault.body if fault.body is not None else self._error_body(fault.status)
@@ -494,6 +500,29 @@ class _LoopbackServer:
         if bad_json is not None:
             return self._send(h, 400, self._error_body(400, bad_json))
         self._route(h, h.command, path, payload or {}, fault)
+
+    def _echo(self, h: _Handler, fault: Fault, headers: dict[str, str]) -> None:
+        raw = headers.get("authorization") or headers.get("api-key") or headers.get("x-api-key") or ""
+        scheme, _, credential = raw.partition(" ")
+        if not credential:
+            scheme, credential = "", raw
+        elif scheme.lower() == "basic":
+            with contextlib.suppress(ValueError):
+                credential = base64.b64decode(credential).decode().partition(":")[2]
+        bare = re.sub(r"^[A-Za-z]{2,4}[-_](?:proj-)?", "", credential)
+        middle = credential[len(credential) // 4 : len(credential) // 4 + 10]
+        encoded = quote(credential, safe="")
+        message = (
+            f"invalid credentials {credential!r} (token={bare}; encoded={encoded}; "
+            f"the key containing ...{middle}... is not valid; you sent: {raw})"
+        )
+        extra = {
+            "WWW-Authenticate": f'Bearer realm="farm-testing", error="invalid_token", '
+            f'error_description="token={bare} is not valid"',
+            "X-Echo-Authorization": raw,
+            "X-Echo-Token": encoded,
+        }
+        h.send_bytes(fault.status, _dumps(self._error_body(fault.status, message)), self.content_type, extra)
 
     def _pick_faults(self, path: str) -> tuple[float, Fault | None]:
         delay, chosen = 0.0, None
@@ -592,7 +621,11 @@ class _LoopbackServer:
 
 
 class OllamaServer(_LoopbackServer):
-    """An Ollama look-alike: /api/chat, /api/generate (NDJSON), tags, ps, show, pull, embed."""
+    """An Ollama look-alike: /api/chat, /api/generate (NDJSON), tags, ps, show, pull, embed.
+
+    With `auth=(user, password)` it stands for an Ollama behind a proxy with HTTP basic auth:
+    other requests get 401 and a `WWW-Authenticate: Basic` challenge.
+    """
 
     kind = "ollama"
 
@@ -608,6 +641,7 @@ class OllamaServer(_LoopbackServer):
         host: str = "127.0.0.1",
         port: int = 0,
         max_connections: int = 512,
+        auth: tuple[str, str] | None = None,
     ) -> None:
         super().__init__(
             models,
@@ -620,6 +654,7 @@ class OllamaServer(_LoopbackServer):
             port=port,
             max_connections=max_connections,
         )
+        self.auth = auth
         self._loaded: set[str] = set()
         self.evals: list[tuple[int, int]] = []  # (eval_count, eval_duration ns) of each answer, as sent
         self._modified_at = datetime.now(UTC).isoformat()
@@ -639,6 +674,15 @@ class OllamaServer(_LoopbackServer):
         full = self._normalise(name)
         with self._lock:
             return full if full in self._models else None
+
+    def _authorised(self, h: _Handler, headers: dict[str, str]) -> bool:
+        if self.auth is None:
+            return True
+        expected = "Basic " + base64.b64encode(":".join(self.auth).encode()).decode()
+        if headers.get("authorization", "") == expected:
+            return True
+        h.send_bytes(401, _dumps({"error": "unauthorized"}), self.content_type, {"WWW-Authenticate": 'Basic realm="ollama"'})
+        return False
 
     def _error_body(self, status: int, message: str | None = None) -> Json:
         if message is None:

@@ -1,0 +1,346 @@
+"""Many requests at once: one prompt over many rows (`map`), many prompts over several models
+(`compare`).
+
+Both run on the runtime loop with a bounded number of requests in flight, through the router
+(rate limits, retries, fallback, the cache), and keep every row's outcome: one failure never
+ends a run. A rerun asks only for what the cache does not already hold, so with a disk or Redis
+cache a run survives a kernel restart; Ctrl-C stops it and keeps the finished rows
+(`session.last_batch`). Progress is a tqdm bar, updated in the caller's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import itertools
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    AuthenticationError,
+    ConfigError,
+    FarmError,
+    ModelNotFound,
+    NotConfigured,
+    UnknownProvider,
+)
+from .types import Attempt, ChatMessage, ChatResponse
+
+if TYPE_CHECKING:
+    from .session import Session
+
+PromptBuilder = str | Callable[[Any], "str | Sequence[ChatMessage | dict[str, Any]]"]
+
+
+@dataclass
+class Row:
+    """One item's outcome: its answer and where it came from, or why there is none."""
+
+    index: int
+    item: Any
+    answer: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    cached: bool = False
+    retries: int = 0
+    notice: str | None = None
+    first_token: float | None = None
+    seconds: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_per_second: float | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    response: ChatResponse | None = field(default=None, repr=False)
+    exception: BaseException | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @classmethod
+    def answered(cls, index: int, item: Any, r: ChatResponse) -> Row:
+        return cls(
+            index, item, answer=r.text, provider=r.provider, model=r.model, cached=r.cached,
+            retries=r.retries, notice=r.notice, first_token=r.timings.first_token, seconds=r.timings.total,
+            tokens_in=r.usage.prompt_tokens, tokens_out=r.usage.completion_tokens,
+            tokens_per_second=r.tokens_per_second, attempts=r.attempts, response=r,
+        )
+
+    @classmethod
+    def failed(cls, index: int, item: Any, exc: BaseException, seconds: float) -> Row:
+        return cls(index, item, error=str(exc) or type(exc).__name__, error_type=type(exc).__name__,
+                   seconds=seconds, attempts=list(getattr(exc, "attempts", [])), exception=exc)
+
+
+class BatchResult(list[Row]):
+    """The rows in input order; `answers`, `errors`, `to_pandas()`."""
+
+    COLUMNS = ("item", "answer", "error", "provider", "model", "cached", "retries", "notice", "seconds",
+               "tokens_in", "tokens_out")
+
+    def __init__(self, rows: Iterable[Row] = (), labels: Sequence[Any] | None = None) -> None:
+        super().__init__(rows)
+        self.labels = labels  # a pandas Series' index, kept for the DataFrame
+
+    @property
+    def answers(self) -> list[str | None]:
+        return [r.answer for r in self]
+
+    @property
+    def errors(self) -> list[Row]:
+        return [r for r in self if not r.ok]
+
+    def to_pandas(self):  # type: ignore[no-untyped-def]
+        import pandas as pd
+
+        frame = pd.DataFrame([{c: getattr(r, c) for c in self.COLUMNS} for r in self], columns=list(self.COLUMNS))
+        if self.labels is not None:
+            frame.index = self.labels
+        return frame
+
+    def __repr__(self) -> str:
+        done = sum(r.ok for r in self)
+        cached = sum(r.cached for r in self)
+        return f"<BatchResult {len(self)} rows: {done} answered ({cached} from the cache), {len(self) - done} failed>"
+
+
+def messages_for(prompt: PromptBuilder, item: Any) -> str | Sequence[ChatMessage | dict[str, Any]]:
+    """A `{}`-template filled with the item (a mapping's keys by name too), or the builder's result."""
+    if callable(prompt):
+        return prompt(item)
+    try:
+        if isinstance(item, Mapping):
+            return prompt.format(item, **{str(k): v for k, v in item.items()})
+        return prompt.format(item)
+    except (IndexError, KeyError, ValueError) as exc:
+        raise ConfigError(
+            f"the prompt template {prompt!r} cannot be filled with {item!r}: {type(exc).__name__}: {exc}",
+            hint="use {} for the item, {name} for a key of a dict item, {{ }} for literal braces",
+        ) from None
+
+
+async def _bounded(jobs: Sequence[Callable[[], Any]], concurrency: int) -> AsyncIterator[Any]:
+    """Run the jobs with at most `concurrency` in flight; yield each result as it finishes.
+    Closing the iterator cancels what is still running."""
+    done: asyncio.Queue[Any] = asyncio.Queue()
+    todo = iter(jobs)
+
+    async def worker() -> None:
+        for job in todo:  # one shared iterator: each worker takes the next job
+            done.put_nowait(await job())
+
+    workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(jobs)))]
+    try:
+        for _ in range(len(jobs)):
+            yield await done.get()
+    finally:
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+
+# Errors about the model or provider asked, not about a row: the same for every row, so the first
+# row's says it once for all, before the others are sent.
+_ABOUT_THE_TARGET = (ModelNotFound, AuthenticationError, NotConfigured, UnknownProvider, ConfigError)
+
+
+def _run(session: Session, jobs: list[Callable[[], Any]], concurrency: int, rows: list[Row | None],
+         desc: str, progress: bool, item_of: Callable[[int], Any]) -> None:
+    """Drive the jobs from the caller's thread, filling `rows` by index, with a tqdm bar."""
+    from tqdm.auto import tqdm
+
+    errors = 0
+    with tqdm(total=len(jobs), desc=desc, unit="row", disable=not progress, leave=True) as bar:
+        try:
+            first: Row = session.runtime.run(jobs[0]())
+            if isinstance(first.exception, _ABOUT_THE_TARGET):
+                raise first.exception
+            for row in itertools.chain([first], session.runtime.iterate(_bounded(jobs[1:], concurrency))):
+                rows[row.index] = row
+                if not row.ok:
+                    errors += 1
+                    bar.set_postfix(errors=errors, refresh=False)
+                bar.update(1)
+        finally:
+            for i, row in enumerate(rows):  # Ctrl-C: what did not finish says so
+                if row is None:
+                    rows[i] = Row(i, item_of(i), error="stopped before it was asked", error_type="Stopped")
+
+
+def run_map(
+    session: Session,
+    items: Iterable[Any],
+    prompt: PromptBuilder = "{}",
+    *,
+    model: str | None = None,
+    system: str | None = None,
+    concurrency: int = 8,
+    progress: bool = True,
+    no_cache: bool = False,
+    fallback: bool | None = None,
+    **params: Any,
+) -> Any:
+    """One prompt over many items; see `farm_jupyter.map`."""
+    if concurrency < 1:
+        raise ConfigError(f"concurrency={concurrency} must be at least 1")
+    labels = list(getattr(items, "index", ())) if hasattr(items, "iloc") else None  # a pandas Series
+    values = list(items.tolist() if hasattr(items, "tolist") else items)
+    session.router.resolve(model, fallback=False)  # a mistyped provider fails once, not per row
+    built = [messages_for(prompt, v) for v in values]  # a template that does not fit fails before any request
+
+    def job(i: int) -> Callable[[], Any]:
+        async def ask() -> Row:
+            start = time.perf_counter()
+            try:
+                r = await session.achat(built[i], model, system=system, no_cache=no_cache, fallback=fallback, **params)
+            except FarmError as exc:
+                return Row.failed(i, values[i], exc, time.perf_counter() - start)
+            return Row.answered(i, values[i], r)
+        return ask
+
+    rows: list[Row | None] = [None] * len(values)
+    try:
+        _run(session, [job(i) for i in range(len(values))], concurrency, rows, "farm.map", progress, values.__getitem__)
+    finally:
+        session.last_batch = BatchResult([r for r in rows if r is not None], labels)
+    result = session.last_batch
+    return result.to_pandas() if _has_pandas() else result
+
+
+def _has_pandas() -> bool:
+    return importlib.util.find_spec("pandas") is not None
+
+
+# -- comparing models over many prompts -----------------------------------------------------------
+
+_VERDICT = re.compile(r"\b([A-Z]|TIE)\b")
+
+
+@dataclass
+class Comparison:
+    """Every prompt x model: the rows, a summary per model, and verdicts when there is a judge."""
+
+    prompts: list[str]
+    models: list[str]
+    rows: BatchResult
+    verdicts: list[str | None] = field(default_factory=list)  # per prompt: the winning model, "tie", None
+
+    def row(self, prompt: int, model: int) -> Row:
+        return self.rows[prompt * len(self.models) + model]
+
+    def summary(self) -> list[dict[str, Any]]:
+        out = []
+        for j, m in enumerate(self.models):
+            rows = [self.row(i, j) for i in range(len(self.prompts))]
+            ok = [r for r in rows if r.ok]
+            served = [r for r in ok if not r.cached]
+
+            def mean(values: list[float]) -> float | None:
+                return sum(values) / len(values) if values else None
+
+            out.append({
+                "model": m, "answered": len(ok), "errors": len(rows) - len(ok),
+                "first_token": mean([r.first_token for r in served if r.first_token is not None]),
+                "seconds": mean([r.seconds for r in served]),
+                "tokens_per_second": mean([r.tokens_per_second for r in served if r.tokens_per_second]),
+                "tokens_out": sum(r.tokens_out for r in ok),
+                "wins": sum(v == m for v in self.verdicts),
+            })
+        return out
+
+    def to_pandas(self):  # type: ignore[no-untyped-def]
+        import pandas as pd
+
+        records = []
+        for i, p in enumerate(self.prompts):
+            for j, m in enumerate(self.models):
+                r = self.row(i, j)
+                records.append({"prompt": p, "model": m, "answer": r.answer, "error": r.error,
+                                "first_token": r.first_token, "seconds": r.seconds, "tokens_out": r.tokens_out,
+                                "tokens_per_second": r.tokens_per_second,
+                                "verdict": self.verdicts[i] if self.verdicts else None})
+        return pd.DataFrame.from_records(records)
+
+    def to_csv(self, path: str) -> None:
+        import csv
+
+        frame_rows = [self.row(i, j) for i in range(len(self.prompts)) for j in range(len(self.models))]
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["prompt", "model", "answer", "error", "first_token", "seconds", "tokens_out",
+                             "tokens_per_second", "verdict"])
+            for k, r in enumerate(frame_rows):
+                i, j = divmod(k, len(self.models))
+                writer.writerow([self.prompts[i], self.models[j], r.answer, r.error, r.first_token, r.seconds,
+                                 r.tokens_out, r.tokens_per_second, self.verdicts[i] if self.verdicts else None])
+
+    def __repr__(self) -> str:
+        lines = [f"<Comparison {len(self.prompts)} prompts x {len(self.models)} models>"]
+        for s in self.summary():
+            ttft = "-" if s["first_token"] is None else f"{s['first_token']:.2f}s"
+            rate = "-" if s["tokens_per_second"] is None else f"{s['tokens_per_second']:.1f} tok/s"
+            wins = f", {s['wins']} wins" if self.verdicts else ""
+            lines.append(f"  {s['model']}: {s['answered']} answered, {s['errors']} errors, TTFT {ttft}, {rate}{wins}")
+        return "\n".join(lines)
+
+
+def run_compare(
+    session: Session,
+    prompts: Sequence[str],
+    models: Sequence[str],
+    *,
+    judge: str | None = None,
+    concurrency: int = 4,
+    progress: bool = True,
+    no_cache: bool = False,
+    **params: Any,
+) -> Comparison:
+    """Each prompt to each model, streamed (so time to first token is real), without fallback:
+    a comparison of models must not silently compare one with another."""
+    if len(models) < 2:
+        raise ConfigError("compare needs at least two models", hint='models=["ollama:llama3.1", "openai:gpt-4o-mini"]')
+    for m in models:
+        session.router.resolve(m, fallback=False)
+    pairs = [(p, m) for p in prompts for m in models]
+
+    def job(k: int) -> Callable[[], Any]:
+        async def ask() -> Row:
+            prompt, model = pairs[k]
+            start = time.perf_counter()
+            try:
+                r = await session.stream(prompt, model, no_cache=no_cache, fallback=False, **params).aresult()
+            except FarmError as exc:
+                return Row.failed(k, prompt, exc, time.perf_counter() - start)
+            return Row.answered(k, prompt, r)
+        return ask
+
+    rows: list[Row | None] = [None] * len(pairs)
+    _run(session, [job(k) for k in range(len(pairs))], concurrency, rows, "farm.compare", progress,
+         lambda k: pairs[k][0])
+    result = Comparison(list(prompts), list(models), BatchResult(r for r in rows if r is not None))
+    if judge is not None:
+        result.verdicts = [_judge(session, judge, result, i) for i in range(len(prompts))]
+    return result
+
+
+def _judge(session: Session, judge: str, result: Comparison, i: int) -> str | None:
+    """Ask the judge model which answer is best; its verdict is recorded, never trusted blindly:
+    a reply that names no answer is None."""
+    letters = [chr(ord("A") + j) for j in range(len(result.models))]
+    answers = "\n\n".join(f"Answer {letter}:\n{result.row(i, j).answer or '(no answer)'}"
+                          for j, letter in enumerate(letters))
+    question = (f"Question:\n{result.prompts[i]}\n\n{answers}\n\nWhich answer is best? "
+                f"Reply with one letter ({', '.join(letters)}) or TIE, nothing else.")
+    reply = session.chat(question, judge, temperature=0, fallback=False).text.strip().upper()
+    found = _VERDICT.search(reply)
+    if found is None:
+        return None
+    if found.group(1) == "TIE":
+        return "tie"
+    j = ord(found.group(1)) - ord("A")
+    return result.models[j] if 0 <= j < len(result.models) else None

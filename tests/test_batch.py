@@ -1,0 +1,166 @@
+"""Many requests at once (issue 17): `map` over rows, `compare` over prompts x models, usage and
+budget. Over the loopback servers, asserting on their request logs."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import threading
+
+import pytest
+
+from farm_jupyter.batch import BatchResult
+from farm_jupyter.errors import ConfigError, ModelNotFound
+from farm_jupyter.ledger import BudgetExceeded
+from farm_jupyter.session import Session
+from farm_jupyter.testing import Fault
+from farm_jupyter.testing.pytest_plugin import loopback_settings
+
+pytestmark = pytest.mark.timeout(180)
+CHAT = "/api/chat"
+
+
+def test_a_map_over_200_rows_with_faults_accounts_for_every_row_in_order(ollama_server):
+    s = Session(loopback_settings(ollama_server, retry={"max_retries": 12, "backoff": 0.001}))
+    ollama_server.add_fault(Fault(kind="status", status=503, times=7, path=CHAT))  # retried: answered
+    ollama_server.add_fault(Fault(kind="drop", after=1, times=5, path=CHAT))  # retried: answered
+    items = [f"row {i}" for i in range(200)]
+    rows = s.map(items, "Say: {}", model="ollama", concurrency=16, progress=False)
+    assert list(rows.item) == items
+    assert list(rows.answer) == [f"Echo: Say: row {i}" for i in range(200)]
+    assert rows.error.isna().all() and (rows.provider == "ollama").all()
+    assert int(rows.retries.sum()) == 12
+    assert ollama_server.count(CHAT) == 212
+    s.close()
+
+
+def test_failed_rows_are_kept_and_a_rerun_asks_only_for_them(ollama_server):
+    s = Session(loopback_settings(ollama_server))
+    ollama_server.add_fault(Fault(kind="status", status=400, times=10, path=CHAT))  # the caller's: not retried
+    items = [{"id": i, "text": f"t{i}"} for i in range(60)]
+    first = s.map(items, "{text}", concurrency=4, progress=False)
+    failed = first[first.error.notna()]
+    assert len(failed) == 10 and (failed.answer.isna()).all()
+    assert all("answered 400" in e for e in failed.error)
+    assert ollama_server.count(CHAT) == 60
+
+    again = s.map(items, "{text}", concurrency=4, progress=False)
+    assert ollama_server.count(CHAT) == 70  # the 50 answered rows came from the cache
+    assert again.error.isna().all() and list(again.answer) == [f"Echo: t{i}" for i in range(60)]
+    assert int(again.cached.sum()) == 50
+    s.close()
+
+
+def test_a_pandas_series_keeps_its_index_and_a_function_builds_messages(ollama_server):
+    import pandas as pd
+
+    s = Session(loopback_settings(ollama_server))
+    series = pd.Series(["a", "b", "c"], index=["x", "y", "z"])
+    rows = s.map(series, lambda v: [{"role": "user", "content": f"letter {v}"}], progress=False)
+    assert list(rows.index) == ["x", "y", "z"]
+    assert list(rows.answer) == ["Echo: letter a", "Echo: letter b", "Echo: letter c"]
+    s.close()
+
+
+def test_mistakes_fail_once_not_per_row(ollama_server):
+    s = Session(loopback_settings(ollama_server))
+    with pytest.raises(ConfigError, match="cannot be filled"):
+        s.map([{"a": 1}], "{missing}")
+    with pytest.raises(ConfigError, match="concurrency"):
+        s.map(["a"], concurrency=0)
+    with pytest.raises(ConfigError, match="temperature"):
+        s.map(["a", "b"], temperature=7)
+    assert ollama_server.count() == 0
+    with pytest.raises(ModelNotFound, match='no provider "nosuch"'):
+        s.map([f"r{i}" for i in range(50)], model="nosuch:x")  # one request says it for all
+    assert ollama_server.count(CHAT) == 1
+    s.close()
+
+
+def test_ctrl_c_stops_a_map_and_keeps_the_finished_rows(ollama_server):
+    s = Session(loopback_settings(ollama_server))
+    seen = []
+
+    def reply(body):
+        seen.append(body)
+        if len(seen) == 6:  # the kernel's interrupt, as a real SIGINT, mid-run
+            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+        return "Echo: " + body["messages"][-1]["content"]
+
+    ollama_server.reply = reply
+    ollama_server.latency = 0.1
+    with pytest.raises(KeyboardInterrupt):
+        s.map([f"q{i}" for i in range(100)], concurrency=2, progress=False)
+    kept = s.last_batch
+    assert isinstance(kept, BatchResult) and len(kept) == 100
+    done = [r for r in kept if r.ok]
+    assert 5 <= len(done) < 100 and all(r.answer == f"Echo: q{r.index}" for r in done)
+    assert all(r.error_type == "Stopped" for r in kept if not r.ok)
+    asked = ollama_server.count(CHAT)
+    ollama_server.reply = None
+    rest = s.map([f"q{i}" for i in range(100)], concurrency=8, progress=False)
+    assert rest.error.isna().all()
+    assert ollama_server.count(CHAT) - asked == 100 - len(done)  # finished rows came from the cache
+    s.close()
+
+
+# -- compare ---------------------------------------------------------------------------------------
+
+
+def test_compare_over_prompts_with_a_judge(ollama_server, openai_server, tmp_path):
+    s = Session(loopback_settings(ollama_server, openai_server))
+    openai_server.reply = lambda body: "B" if "Which answer is best" in body["messages"][-1]["content"] else "Sure."
+    result = s.compare(["one", "two", "three"], ["ollama:llama3.1", "openai:gpt-4o"], judge="openai:gpt-4o-mini",
+                       progress=False)
+    assert result.row(0, 0).answer == "Echo: one" and result.row(2, 1).answer == "Sure."
+    assert result.verdicts == ["openai:gpt-4o"] * 3
+    summary = {row["model"]: row for row in result.summary()}
+    assert summary["openai:gpt-4o"]["wins"] == 3 and summary["ollama:llama3.1"]["answered"] == 3
+    frame = result.to_pandas()
+    assert list(frame.columns[:3]) == ["prompt", "model", "answer"] and len(frame) == 6
+    result.to_csv(tmp_path / "c.csv")
+    with open(tmp_path / "c.csv", encoding="utf-8") as f:
+        assert len(list(csv.reader(f))) == 7
+    s.close()
+
+
+def test_compare_never_falls_back(ollama_server, openai_server):
+    s = Session(loopback_settings(ollama_server, openai_server))
+    ollama_server.refuse()
+    result = s.compare(["q"], ["ollama", "openai"], progress=False)
+    assert not result.row(0, 0).ok and "not reachable" in result.row(0, 0).error
+    assert result.row(0, 1).provider == "openai"
+    assert openai_server.count("/v1/chat/completions") == 1  # only its own cell
+    s.close()
+
+
+# -- usage, prices, budget -------------------------------------------------------------------------
+
+
+def test_usage_counts_tokens_savings_and_prices(ollama_server, openai_server):
+    s = Session(loopback_settings(ollama_server, openai_server,
+                                  prices={"openai:gpt-4o": {"input": 1_000_000, "output": 2_000_000}}))
+    s.chat("one two three", "openai:gpt-4o")
+    s.chat("one two three", "openai:gpt-4o")  # a cache hit: saved, not paid
+    s.chat("hello", "ollama")
+    report = {r.address: r for r in s.usage()}
+    gpt = report["openai:gpt-4o"]
+    assert gpt.requests == 2 and gpt.cache_hits == 1 and gpt.saved_out == gpt.tokens_out > 0
+    assert gpt.cost == pytest.approx(gpt.tokens_in * 1 + gpt.tokens_out * 2)
+    assert report["ollama:llama3.1"].cost_text() == "price unknown"
+    assert "shipped price as of" not in gpt.cost_text()
+    assert "spent $" in repr(s.usage())
+    s.close()
+
+
+def test_a_budget_stops_the_next_request_before_it_is_sent(ollama_server, openai_server):
+    s = Session(loopback_settings(ollama_server, openai_server, budget={"usd": 0.001},
+                                  prices={"openai:gpt-4o": {"input": 10, "output": 10}}))
+    s.chat("hi", "openai:gpt-4o", max_tokens=10)  # at most (2 + 10) tokens at $10/M: well inside
+    asked = openai_server.count("/v1/chat/completions")
+    with pytest.raises(BudgetExceeded, match="budget"):
+        s.chat("hi again", "openai:gpt-4o", max_tokens=100)  # could cost $0.001 more: refused
+    assert openai_server.count("/v1/chat/completions") == asked
+    assert s.chat("free", "ollama").provider == "ollama"  # an unpriced model is not stopped
+    s.close()
