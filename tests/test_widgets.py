@@ -392,7 +392,7 @@ def test_board_refreshes_on_the_runtime_loop_and_after_a_failure(make_session: C
         until(lambda: board.checks >= 2 and board.statuses[0].state == "cooling_down", what="a refresh after the failure")
         board.close()
         no_pending(s)
-        assert board._unsubscribe is None and not s.monitor._listeners
+        assert board._unsubscribe is None and board._on_record not in s.monitor._listeners
 
 
 def test_board_interval_is_validated(make_session: Callable[..., Session], ollama: OllamaServer) -> None:
@@ -519,7 +519,7 @@ def test_dashboard_lays_out_every_part_and_close_stops_every_timer(make_session:
     g, h = dash.gauge.updates, dash.health.checks
     time.sleep(0.3)
     assert (dash.gauge.updates, dash.health.checks) == (g, h)
-    assert not s.monitor._listeners
+    assert dash.health._on_record not in s.monitor._listeners  # the session's own listeners stay
 
 
 def test_closing_a_busy_chat_cancels_its_stream(make_session: Callable[..., Session]) -> None:
