@@ -160,7 +160,7 @@ def test_bad_hf_device_is_named(name, value):
     [
         ({"AI_PROVIDER": "openai"}, {"FARM_AI_PROVIDER": "huggingface"}, lambda s: s.default_provider),
         ({"OLLAMA_URL": "10.0.0.1"}, {"OLLAMA_HOST": "10.0.0.2"}, lambda s: s.ollama.host),
-        ({"AI_FALLBACK_PROVIDER": "openai"}, {"FARM_FALLBACK": "huggingface"}, lambda s: s.chain[1:]),
+        ({"AI_FALLBACK_PROVIDER": "huggingface"}, {"FARM_FALLBACK": "openai"}, lambda s: s.chain[1:]),
         ({"HUGGINGFACE_TOKEN": "hf_seedseedseedseed"}, {"HF_TOKEN": "hf_ourstokenourstoken"},
          lambda s: s.huggingface.token.get_secret_value()),
         ({"AI_DEFAULT_MODEL": "llama3.2"}, {"FARM_OLLAMA_MODEL": "qwen2.5"}, lambda s: s.ollama.default_model),

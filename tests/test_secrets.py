@@ -267,7 +267,11 @@ def test_echoed_credentials_reach_no_error_attempt_health_log_or_cache(
             scan.error(where, info.value)
         scan.add("openai health", [s.model_dump_json() for s in session.health(["openai"])])
 
-        # Fallen back from: the echo is in the answer's attempts, and the answer is cached.
+        # Fallen back from (a 401 is the caller's and never falls back; a 503 does): the echo is in
+        # the answer's attempts, and the answer is cached.
+        openai.clear()
+        for path in ("/v1/chat/completions", "/v1/models", "/v1/embeddings"):
+            openai.add_fault(Fault("echo", path=path, status=503, times=None))
         answer = session.chat("four", "openai")
         assert answer.text == "Echo: four" and answer.attempts and not answer.attempts[0].ok
         assert secrets.mask(KEY) in (answer.attempts[0].error or "")  # the echo arrived, masked
