@@ -199,7 +199,14 @@ class HealthBoard(PollingBox):
             )
         else:
             failures = self.session.monitor.failure_counts()
-            rows = "".join(self._row(s, stats.get(s.provider), failures.get(s.provider, {})) for s in statuses)
+            seen: set[str] = set()
+            parts = []
+            for s in statuses:  # a provider with several servers has a row each; its counts go on the first
+                first = s.provider not in seen
+                seen.add(s.provider)
+                parts.append(self._row(s, stats.get(s.provider) if first else None,
+                                       failures.get(s.provider, {}) if first else {}))
+            rows = "".join(parts)
         return (
             f'<table class="farm-health-rows" style="border-collapse:collapse;width:100%;font-size:12px;color:{FG};'
             f'table-layout:auto"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
