@@ -987,3 +987,19 @@ def test_farm_stats_counts_each_providers_failures_by_class(shell: InteractiveSh
     assert failures.get("unreachable")
     assert rows["ollama"]["failures"] == " · ".join(f"{k} {n}" for k, n in sorted(failures.items(), key=lambda kv: -kv[1]))
     assert rows["openai:gpt-4o-mini"]["requests"] == "1" and rows["openai:gpt-4o-mini"]["failures"] == ""
+
+
+def test_only_a_cell_that_is_the_magic_alone_is_cleared(shell: InteractiveShell, farm: Session,
+                                                         ollama_server: OllamaServer) -> None:
+    with captured(shell) as cap:
+        shell.run_cell("%%farm_chat\nhi")
+    assert {"clear": True, "wait": True} in cap.events and fresh(cap)[0]["text/plain"] == "Echo: hi"
+    with captured(shell) as cap:  # a loop of questions in one cell: earlier answers and prints stay
+        shell.run_cell("print('mine')\nfor q in ('one', 'two'):\n    get_ipython().run_cell_magic('farm_chat', '', q)")
+    assert not any(e.get("clear") for e in cap.events) and updates(cap) == []
+    assert [o["text/plain"] for o in fresh(cap)][0::2] == ["Echo: one", "Echo: two"]
+    assert cap.stdout == "mine\n"
+    shell.run_cell("1 / 0")
+    with captured(shell) as cap:
+        shell.run_cell("# why?\n%farm error")
+    assert {"clear": True, "wait": True} in cap.events
