@@ -257,7 +257,7 @@ class ChatWidget(FarmBox):
             turn.queued = False
             try:  # made now, so that the answer just finished is part of its history
                 stream = self.session.stream(turn.prompt, turn.ask, conversation=self.conversation, system=self.system)
-            except FarmError as exc:
+            except Exception as exc:  # noqa: BLE001 - shown in its turn; the next one still goes
                 turn.error, turn.done = error_line(exc), True
                 self._render(turn)
                 self.error = turn.error
