@@ -37,6 +37,7 @@ SCRIPTS = [
     ("streaming.py", False, "Streaming relay rate and screen updates"),
     ("cache_latency.py", False, "Cache hit latency: memory, disk, Redis"),
     ("concurrency.py", False, "Concurrent requests"),
+    ("batch.py", True, "Batch: 1,000 prompts through farm.map vs the ideal, the raw SDK and litellm"),
     ("local_model.py", False, "Local model (HuggingFace provider) tokens/s"),
 ]
 PACKAGES = ["farm-jupyter", "httpx", "openai", "pydantic", "ipython", "ipykernel", "ipywidgets", "redis",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import itertools
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -124,15 +123,23 @@ def messages_for(prompt: PromptBuilder, item: Any) -> str | Sequence[ChatMessage
         ) from None
 
 
-async def _bounded(jobs: Sequence[Callable[[], Any]], concurrency: int) -> AsyncIterator[Any]:
-    """Run the jobs with at most `concurrency` in flight; yield each result as it finishes.
-    Closing the iterator cancels what is still running."""
+async def _bounded(jobs: Sequence[Callable[[], Any]], concurrency: int,
+                   last: Callable[[Any], bool] = lambda result: False) -> AsyncIterator[Any]:
+    """Run the jobs with at most `concurrency` in flight; yield each result as it finishes. A
+    result for which `last` is true stops the workers from starting more. Closing the iterator
+    cancels what is still running."""
     done: asyncio.Queue[Any] = asyncio.Queue()
     todo = iter(jobs)
+    stop = False
 
     async def worker() -> None:
+        nonlocal stop
         for job in todo:  # one shared iterator: each worker takes the next job
-            done.put_nowait(await job())
+            if stop:
+                return
+            result = await job()
+            stop = stop or last(result)
+            done.put_nowait(result)
 
     workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(jobs)))]
     try:
@@ -145,7 +152,7 @@ async def _bounded(jobs: Sequence[Callable[[], Any]], concurrency: int) -> Async
 
 
 # Errors about the model or provider asked, not about a row: the same for every row, so the first
-# row's says it once for all, before the others are sent.
+# one ends the run, said once, and the requests still in flight are cancelled.
 _ABOUT_THE_TARGET = (ModelNotFound, AuthenticationError, NotConfigured, UnknownProvider, ConfigError)
 
 
@@ -157,10 +164,10 @@ def _run(session: Session, jobs: list[Callable[[], Any]], concurrency: int, rows
     errors = 0
     with tqdm(total=len(jobs), desc=desc, unit="row", disable=not progress, leave=True) as bar:
         try:
-            first: Row = session.runtime.run(jobs[0]())
-            if isinstance(first.exception, _ABOUT_THE_TARGET):
-                raise first.exception
-            for row in itertools.chain([first], session.runtime.iterate(_bounded(jobs[1:], concurrency))):
+            finished = _bounded(jobs, concurrency, last=lambda row: isinstance(row.exception, _ABOUT_THE_TARGET))
+            for row in session.runtime.iterate(finished):
+                if isinstance(row.exception, _ABOUT_THE_TARGET):
+                    raise row.exception  # closing the iteration cancels the requests in flight
                 rows[row.index] = row
                 if not row.ok:
                     errors += 1

@@ -214,6 +214,42 @@ def test_my_summary(farm_session, ollama_server):
 ```
 """),
     ],
+    "09-batch-and-evaluate": [
+        md(f"""
+# One prompt over many rows, many prompts over several models
+
+`farm.map` runs a prompt over a list or a pandas column, a few requests at a time, with a
+progress bar; every row keeps its outcome (answer, provider, retries, error) in input order.
+`farm.compare` asks each prompt of a list to each model and tells you which was faster (and,
+with a judge model, which was better). `farm.usage()` says what it all cost.
+
+{INTRO_NOTE}
+"""),
+        code("import farm_jupyter as farm"),
+        code('''reviews = [
+    "The battery lasts all day and the screen is lovely.",
+    "Stopped working after a week.",
+    "Does what it says, nothing more.",
+    "Best purchase this year!",
+    "The manual is useless.",
+]
+rows = farm.map(reviews, "Is this review positive or negative? {}", concurrency=4)
+rows[["item", "answer", "provider", "error"]]'''),
+        code(CHECK + "print(len(rows), rows.error.isna().all(), list(rows.item) == reviews)"),
+        md("A rerun asks only for what the cache lacks: here, nothing (with a disk or Redis cache this survives a kernel restart)."),
+        code("again = farm.map(reviews, \"Is this review positive or negative? {}\", concurrency=4)"),
+        code(CHECK + "print(int(again.cached.sum()), 'of', len(again), 'rows from the cache')"),
+        md("Compare two models over a few prompts: time to first token, total time and tokens/s per model."),
+        code('''comparison = farm.compare(
+    ["What is 2 + 2?", "Name a primary colour.", "Say hello in French."],
+    ["ollama:llama3.1", "openai:gpt-4o-mini"],
+)
+comparison'''),
+        code("comparison.to_pandas()[[\"prompt\", \"model\", \"answer\", \"seconds\", \"tokens_out\"]]"),
+        code(CHECK + "print([s['answered'] for s in comparison.summary()])"),
+        md("Tokens, cache savings and cost per model for this session (`[prices]` in farm.toml sets prices)."),
+        code("farm.usage()"),
+    ],
 }
 
 

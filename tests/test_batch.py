@@ -73,8 +73,8 @@ def test_mistakes_fail_once_not_per_row(ollama_server):
         s.map(["a", "b"], temperature=7)
     assert ollama_server.count() == 0
     with pytest.raises(ModelNotFound, match='no provider "nosuch"'):
-        s.map([f"r{i}" for i in range(50)], model="nosuch:x")  # one request says it for all
-    assert ollama_server.count(CHAT) == 1
+        s.map([f"r{i}" for i in range(50)], model="nosuch:x", concurrency=4)  # said once for all
+    assert ollama_server.count(CHAT) <= 4 + 4  # at most what was in flight, not one per row
     s.close()
 
 
