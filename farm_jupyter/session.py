@@ -6,6 +6,7 @@ and widgets go through a Session, never to a provider directly.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import time
@@ -324,6 +325,30 @@ class Session:
                 if provider:
                     raise
         return out
+
+    def model_lists(self) -> dict[str, list[ModelInfo] | FarmError]:
+        """Each provider of the chain with its live model list, or the error it gave instead
+        (`%farm models` says which provider is down and why, not just "no models")."""
+        return self.runtime.run(self._model_lists())
+
+    async def _model_lists(self) -> dict[str, list[ModelInfo] | FarmError]:
+        names = list(dict.fromkeys(self.settings.chain))
+
+        async def one(name: str) -> list[ModelInfo] | FarmError:
+            try:
+                return await self.router.provider(name).list_models()
+            except FarmError as exc:
+                return exc
+
+        return dict(zip(names, await asyncio.gather(*(one(n) for n in names)), strict=True))
+
+    def has_models_to_load(self, model: str) -> bool:
+        """Does `model`'s provider pull or load models (Ollama, HuggingFace)? A remote API (OpenAI
+        or a compatible server) serves its models itself: there is nothing to load or free."""
+        from .providers.base import Provider
+
+        provider, _ = self._split(model)
+        return type(self.router.provider(provider)).load_model is not Provider.load_model
 
     def _split(self, model: str) -> tuple[str, str]:
         route = self.router.resolve(model, fallback=False)[0]
