@@ -506,6 +506,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "health": ("[PROVIDER ...]", "is each provider reachable: state, latency, loaded models"),
     "gpu": ("", "GPU memory, utilisation, temperature and processes"),
     "stats": ("", "per-model requests, latency p50/p95, time to first token, tokens/s, cache hits"),
+    "usage": ("", "tokens in and out, cache savings and cost per model ([prices], [budget] in farm.toml)"),
     "history": ("", "the turns of the conversation that %%farm_chat cells form"),
     "reset": ("", "start a new conversation"),
     "cache": ("[info|clear]", "the response cache: its state, or empty it"),
@@ -687,6 +688,8 @@ class FarmMagics(Magics):
     @argument("-o", "--out", metavar="NAME", help="store the response object (ChatResponse) in this variable")
     @argument("--no-cache", action="store_true", help="neither read nor write the response cache")
     @argument("--refresh", action="store_true", help="ask again even if cached, and cache the new answer")
+    @argument("--no-fallback", action="store_true",
+              help="exactly the model named, or an error: never another provider (fallback = false in farm.toml)")
     @argument("--new", action="store_true", help="start a new conversation before this question")
     @argument("--no-stream", action="store_true", help="show the answer only when it is complete")
     @argument("--raw", action="store_true", help="send the cell as written: no {name} interpolation")
@@ -763,7 +766,7 @@ class FarmMagics(Magics):
             session.conversation.reset()
         stream = session.stream(
             prompt, target, system=system, conversation=session.conversation, turn_id=self.current_cell_id(),
-            no_cache=args.no_cache, refresh=args.refresh, **params,
+            no_cache=args.no_cache, refresh=args.refresh, fallback=False if args.no_fallback else None, **params,
         )
         self._answer(session, stream, address, fmt=args.format, live=not args.no_stream, out=args.out,
                      owned=self._owns_cell("%%farm_chat"))
@@ -1188,6 +1191,14 @@ class FarmMagics(Magics):
                 rows.append((provider, "", "", "", "", "", "", "", "", describe_failures(kinds_of)))
         return Table(["model", "requests", "errors", "cache hits", "p50", "p95", "TTFT p50", "tok/s", "tokens out", "failures"],
                      rows, title="requests this session", caption=None if rows else "no requests yet")
+
+    def _farm_usage(self, rest: list[str]) -> Table:
+        self._arity("usage", rest, 0, 0)
+        report = self.session().usage()
+        rows = [(r.address, r.requests, r.cache_hits, r.tokens_in, r.tokens_out, r.saved_in + r.saved_out, r.cost_text())
+                for r in report]
+        return Table(["model", "requests", "cache hits", "tokens in", "tokens out", "tokens saved by cache", "cost"],
+                     rows, title="usage this session", caption=report.summary() if rows else "no requests yet")
 
     def _farm_history(self, rest: list[str]) -> Table:
         self._arity("history", rest, 0, 0)

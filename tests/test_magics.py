@@ -1003,3 +1003,21 @@ def test_only_a_cell_that_is_the_magic_alone_is_cleared(shell: InteractiveShell,
     with captured(shell) as cap:
         shell.run_cell("# why?\n%farm error")
     assert {"clear": True, "wait": True} in cap.events
+
+
+def test_no_fallback_asks_only_the_model_named(shell: InteractiveShell, farm: Session, ollama_server, openai_server) -> None:
+    ollama_server.refuse()
+    with pytest.raises(AllProvidersFailed, match="Ollama is not reachable"):
+        shell.run_cell_magic("farm_chat", "--no-fallback -m ollama:llama3.1", "hello")
+    assert openai_server.count("/v1/chat/completions") == 0
+    cap = chat(shell, "-m ollama:llama3.1", "hello again")  # without it, the fallback answers, and says so
+    assert "ollama was not reachable: answered by openai:gpt-4o-mini" in cap.stdout + str(cap.events)
+
+
+def test_farm_usage_is_a_table_per_model(shell: InteractiveShell, farm: Session) -> None:
+    farm.chat("one two")
+    farm.chat("one two")
+    table = shell.run_line_magic("farm", "usage")
+    (row,) = table.to_dicts()
+    assert row["model"] == "ollama:llama3.1" and row["requests"] == "2" and row["cache hits"] == "1"
+    assert row["cost"] == "price unknown"
