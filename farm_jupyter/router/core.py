@@ -20,10 +20,7 @@ import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
-
-from pydantic import ValidationError
 
 from .. import providers as registry
 from ..cache import Cache, CacheEntry, cache_key
@@ -53,53 +50,13 @@ from ..types import (
     ProviderStatus,
     Timings,
     Usage,
-    generation_rate,
 )
+from .call import Call, Route, Try, parse_params
 from .deadline import timed
 from .limits import CircuitBreaker, RateLimiter, estimate_tokens, retry_delay
 from .pool import Pool
 
 log = logging.getLogger("farm_jupyter")
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    provider: str
-    model: str
-    # Set when the address looked like `x:y` with no provider `x`: said again if the model is missing.
-    unknown_provider: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.provider}:{self.model}"
-
-
-@dataclass
-class _Call:
-    """What one request has seen so far, across its routes and tries."""
-
-    messages: list[ChatMessage]
-    params: GenerationParams
-    stream: bool
-    use_cache: bool
-    read_cache: bool
-    start: float = field(default_factory=time.perf_counter)
-    attempts: list[Attempt] = field(default_factory=list)
-    failed: list[ProviderError] = field(default_factory=list)  # one per failed route, in order
-    warnings: list[str] = field(default_factory=list)
-    shown: int = 0  # text chunks of a failed try still on the caller's screen
-    cut: str = ""  # what ended that try: "ollama cut the answer"
-    restarted: bool = False
-    first_token: float | None = None
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-    def notice(self, route: Route) -> str | None:
-        """`ollama was not reachable: answered by openai:gpt-4o-mini`, once a route has failed."""
-        if not self.failed:
-            return None
-        why = ", ".join(f"{e.provider} {e.did}" for e in self.failed)
-        return f"{why}: answered by {route}"
 
 
 class Router:
@@ -216,7 +173,7 @@ class Router:
         one piece; retries, fallback and caching are the same either way. `fallback=None` takes
         the setting (`fallback = false` in farm.toml turns it off everywhere).
         """
-        call = _Call(messages, _params(params), stream, use_cache=not no_cache, read_cache=not (no_cache or refresh))
+        call = Call(messages, parse_params(params), stream, use_cache=not no_cache, read_cache=not (no_cache or refresh))
         if fallback is None:
             fallback = self.settings.fallback is not False
         routes = self.resolve(target, fallback=fallback)
@@ -242,7 +199,27 @@ class Router:
         self.monitor.record_error(routes[0].provider, routes[0].model, last or RuntimeError("no route"), call.elapsed())
         raise AllProvidersFailed(call.attempts, last)
 
-    async def _route(self, call: _Call, route: Route) -> AsyncIterator[Chunk]:
+    def replay(
+        self, messages: list[ChatMessage], target: str | None, params: GenerationParams | Mapping[str, Any] | None,
+    ) -> ChatResponse | None:
+        """A memory-cache hit for the route asked, answered in the caller's thread, or None: the
+        hop to the runtime loop costs more than the whole hit (see benchmarks/cache_latency.py)."""
+        peek = getattr(self.cache, "peek", None)
+        if peek is None:
+            return None
+        call = Call(messages, parse_params(params), stream=False, use_cache=True, read_cache=True)
+        route = self.resolve(target, fallback=False)[0]
+        provider = self.provider(route.provider)
+        request = ChatRequest(messages=messages, model=route.model, params=call.params, stream=False)
+        entry = peek(self.cache_key(provider, request))
+        if entry is None:
+            return None
+        call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True))
+        hit = entry.response
+        return self._respond(call, route, None, text=hit.text, usage=hit.usage, finish_reason=hit.finish_reason,
+                             cached=True)
+
+    async def _route(self, call: Call, route: Route) -> AsyncIterator[Chunk]:
         provider = self.provider(route.provider)
         request = ChatRequest(messages=call.messages, model=route.model, params=call.params, stream=call.stream)
         # Each route has its own entry: an answer is cached under the provider that gave it.
@@ -258,15 +235,10 @@ class Router:
             for text in entry.chunks if call.stream else ["".join(entry.chunks)]:
                 yield Chunk(text=text)
             call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True))
-            elapsed = call.elapsed()
-            response = entry.response.model_copy(update={
-                "cached": True, "restarted": call.restarted, "attempts": call.attempts,
-                "notice": notice,
-                "timings": Timings(first_token=call.first_token or elapsed, total=elapsed,
-                                   waited=sum(a.waited for a in call.attempts)),
-            })
-            self.monitor.record(RequestRecord.from_response(response))
-            yield Chunk(done=True, response=response)
+            hit = entry.response
+            yield Chunk(done=True, response=self._respond(
+                call, route, notice, text=hit.text, usage=hit.usage, finish_reason=hit.finish_reason, cached=True,
+            ))
             return
         breaker = self.breaker(route.provider)
         if not breaker.allow():
@@ -285,7 +257,7 @@ class Router:
             breaker.release()
 
     async def _tries(
-        self, call: _Call, route: Route, provider: Provider, request: ChatRequest, key: str, notice: str | None
+        self, call: Call, route: Route, provider: Provider, request: ChatRequest, key: str, notice: str | None
     ) -> AsyncIterator[Chunk]:
         """Tries on one provider: each after the rate limiter's say, retried while the failure is
         worth retrying; the last failure is raised for `astream` to judge."""
@@ -294,21 +266,21 @@ class Router:
         tries = self.settings.retry.max_retries + 1
         retries, waited = 0, 0.0
         while True:
+            self.ledger.check(str(route), sum(len(m.content) for m in request.messages) // 4,
+                              request.params.max_tokens or 256)
             booking: list[float] | None = None
             if limiter is not None:
                 async for wait, note in self._wait_turn(limiter, route, request):
                     waited += wait
                     yield Chunk(status=note)
                 booking = limiter.admit(estimate_tokens(request))
-            self.ledger.check(str(route), sum(len(m.content) for m in request.messages) // 4,
-                              request.params.max_tokens or 256)
             if call.shown:
                 then = f"retrying {route.provider} ({retries + 1} of {tries})" if retries else f"answering with {route}"
                 yield Chunk(restart=True, status=self._restart_note(call, then))
                 call.shown, call.restarted = 0, True
             if notice:
                 yield Chunk(notice=notice)
-            attempt = _Attempt(call)
+            attempt = Try(call)
             try:
                 async for chunk in attempt.run(timed(provider.astream(request), self.settings.timeouts, route.provider)):
                     yield chunk
@@ -337,33 +309,36 @@ class Router:
                 booking[1] = usage.total_tokens
             call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True,
                                          retries=retries, waited=waited))
-            response = ChatResponse(
-                text="".join(attempt.parts),
-                provider=route.provider,
-                model=route.model,
-                usage=usage,
-                finish_reason=final.finish_reason,
-                restarted=call.restarted,
-                attempts=call.attempts,
-                notice=notice,
-                timings=Timings(
-                    first_token=call.first_token,
-                    total=call.elapsed(),
-                    waited=sum(a.waited for a in call.attempts),
-                    provider_total=final.provider_total,
-                    rate=attempt.rate(usage.completion_tokens),
-                ),
+            response = self._respond(
+                call, route, notice, text="".join(attempt.parts), usage=usage, finish_reason=final.finish_reason,
+                rate=attempt.rate(usage.completion_tokens), provider_total=final.provider_total,
             )
             if call.use_cache:
                 await self._cache_call(call, "set", key, CacheEntry(response=response, chunks=attempt.parts))
-            self.monitor.record(RequestRecord.from_response(response))
             if call.warnings:
                 log.warning("; ".join(call.warnings))
             yield Chunk(done=True, usage=usage, finish_reason=final.finish_reason, response=response)
             return
 
+    def _respond(
+        self, call: Call, route: Route, notice: str | None, *, text: str, usage: Usage, finish_reason: str | None,
+        cached: bool = False, rate: float | None = None, provider_total: float | None = None,
+    ) -> ChatResponse:
+        """The one place a response is built (a fresh answer or a cache hit), and recorded."""
+        elapsed = call.elapsed()
+        response = ChatResponse(
+            text=text, provider=route.provider, model=route.model, usage=usage, finish_reason=finish_reason,
+            cached=cached, restarted=call.restarted, attempts=call.attempts, notice=notice,
+            timings=Timings(
+                first_token=call.first_token or (elapsed if cached else None), total=elapsed,
+                waited=sum(a.waited for a in call.attempts), provider_total=provider_total, rate=rate,
+            ),
+        )
+        self.monitor.record(RequestRecord.from_response(response))
+        return response
+
     def _record_failure(
-        self, call: _Call, route: Route, exc: ProviderError, *, retries: int = 0, waited: float = 0.0, chunks: int = 0
+        self, call: Call, route: Route, exc: ProviderError, *, retries: int = 0, waited: float = 0.0, chunks: int = 0
     ) -> None:
         self.monitor.record_failure(route.provider, exc.kind)
         call.attempts.append(Attempt(
@@ -372,11 +347,11 @@ class Router:
         ))
 
     @staticmethod
-    def _restart_note(call: _Call, then: str) -> str:
+    def _restart_note(call: Call, then: str) -> str:
         """`ollama cut the answer after 3 chunks: retrying ollama (2 of 3)`."""
         return f"{call.cut} after {call.shown} chunk{'s' if call.shown != 1 else ''}: {then}"
 
-    async def _callers_error(self, call: _Call, route: Route, exc: ProviderError) -> ProviderError:
+    async def _callers_error(self, call: Call, route: Route, exc: ProviderError) -> ProviderError:
         """The caller's own mistake, said in one line with what to do; nothing else was asked."""
         self.monitor.record_error(route.provider, route.model, exc, call.elapsed())
         if isinstance(exc, ModelNotFound):
@@ -411,7 +386,7 @@ class Router:
                 await self.sleep(wait)
             limiter.waiting = False
 
-    async def _cache_call(self, call: _Call, op: str, key: str, *args: object) -> CacheEntry | None:
+    async def _cache_call(self, call: Call, op: str, key: str, *args: object) -> CacheEntry | None:
         """A cache that is down costs a warning, never the answer; a cache that refuses on
         purpose (a replay with no recording of this request) says so with a FarmError."""
         try:
@@ -464,47 +439,3 @@ class Router:
             except Exception:  # noqa: BLE001 - closing is best effort
                 log.debug("closing %r failed", provider, exc_info=True)
         self.providers.clear()
-
-
-class _Attempt:
-    """One provider stream, passed through and measured: its text, its final chunk, and when its
-    first and last text arrived (for its own tokens per second, not the whole request's)."""
-
-    def __init__(self, call: _Call) -> None:
-        self.call = call
-        self.parts: list[str] = []
-        self.final = Chunk(done=True)
-        self.first = self.last = 0.0
-
-    @property
-    def chunks(self) -> int:
-        return len(self.parts)
-
-    async def run(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-        async for chunk in chunks:
-            if chunk.done:
-                self.final = chunk
-                return
-            if chunk.text:
-                now = time.perf_counter()
-                if not self.parts:
-                    self.first = now
-                    if self.call.first_token is None:
-                        self.call.first_token = now - self.call.start
-                self.last = now
-                self.parts.append(chunk.text)
-                yield chunk
-
-    def rate(self, tokens: int) -> float | None:
-        return generation_rate(tokens, generation=self.final.generation, chunks=self.chunks, span=self.last - self.first)
-
-
-def _params(params: GenerationParams | Mapping[str, Any] | None) -> GenerationParams:
-    try:
-        return params if isinstance(params, GenerationParams) else GenerationParams(**(params or {}))
-    except ValidationError as exc:  # pydantic's report is several lines; say it in one
-        err = exc.errors()[0]
-        raise ConfigError(
-            f"invalid generation parameter {'.'.join(map(str, err['loc']))}={err.get('input')!r}: {err['msg']}",
-            hint="see help(farm_jupyter.types.GenerationParams)",
-        ) from None

@@ -1,0 +1,98 @@
+"""One request's state as it goes through the router: its route, what it has seen so far, and
+each attempt at a provider, measured."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..errors import ConfigError, ProviderError
+from ..types import Attempt, ChatMessage, Chunk, GenerationParams, generation_rate
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    provider: str
+    model: str
+    # Set when the address looked like `x:y` with no provider `x`: said again if the model is missing.
+    unknown_provider: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+
+@dataclass
+class Call:
+    """What one request has seen so far, across its routes and tries."""
+
+    messages: list[ChatMessage]
+    params: GenerationParams
+    stream: bool
+    use_cache: bool
+    read_cache: bool
+    start: float = field(default_factory=time.perf_counter)
+    attempts: list[Attempt] = field(default_factory=list)
+    failed: list[ProviderError] = field(default_factory=list)  # one per failed route, in order
+    warnings: list[str] = field(default_factory=list)
+    shown: int = 0  # text chunks of a failed try still on the caller's screen
+    cut: str = ""  # what ended that try: "ollama cut the answer"
+    restarted: bool = False
+    first_token: float | None = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def notice(self, route: Route) -> str | None:
+        """`ollama was not reachable: answered by openai:gpt-4o-mini`, once a route has failed."""
+        if not self.failed:
+            return None
+        why = ", ".join(f"{e.provider} {e.did}" for e in self.failed)
+        return f"{why}: answered by {route}"
+
+
+class Try:
+    """One provider stream, passed through and measured: its text, its final chunk, and when its
+    first and last text arrived (for its own tokens per second, not the whole request's)."""
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.parts: list[str] = []
+        self.final = Chunk(done=True)
+        self.first = self.last = 0.0
+
+    @property
+    def chunks(self) -> int:
+        return len(self.parts)
+
+    async def run(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+        async for chunk in chunks:
+            if chunk.done:
+                self.final = chunk
+                return
+            if chunk.text:
+                now = time.perf_counter()
+                if not self.parts:
+                    self.first = now
+                    if self.call.first_token is None:
+                        self.call.first_token = now - self.call.start
+                self.last = now
+                self.parts.append(chunk.text)
+                yield chunk
+
+    def rate(self, tokens: int) -> float | None:
+        return generation_rate(tokens, generation=self.final.generation, chunks=self.chunks, span=self.last - self.first)
+
+
+def parse_params(params: GenerationParams | Mapping[str, Any] | None) -> GenerationParams:
+    try:
+        return params if isinstance(params, GenerationParams) else GenerationParams(**(params or {}))
+    except ValidationError as exc:  # pydantic's report is several lines; say it in one
+        err = exc.errors()[0]
+        raise ConfigError(
+            f"invalid generation parameter {'.'.join(map(str, err['loc']))}={err.get('input')!r}: {err['msg']}",
+            hint="see help(farm_jupyter.types.GenerationParams)",
+        ) from None
