@@ -80,6 +80,12 @@ class GuardedCache:
         """`disk`, `memory`, ...; or `off: <why>` when it would not open."""
         return self.inner.name if self.inner is not None else f"off: {self.reason}"
 
+    @property
+    def peek(self) -> Callable[[str], CacheEntry | None] | None:
+        """The backend's loop-free lookup, where it has one (memory): a hit in the caller's thread."""
+        found: Callable[[str], CacheEntry | None] | None = getattr(self.inner, "peek", None)
+        return found
+
     async def _call(self, op: str, *args: Any) -> Any:
         cache = await self._cache()
         if cache is None:
