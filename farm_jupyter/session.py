@@ -26,16 +26,7 @@ from .providers import is_known as is_provider
 from .providers.base import as_messages
 from .router import Router
 from .runtime import Runtime, get_runtime
-from .types import (
-    ChatMessage,
-    ChatResponse,
-    Chunk,
-    GenerationParams,
-    GPUStats,
-    ModelInfo,
-    ProviderStatus,
-    PullProgress,
-)
+from .types import ChatMessage, ChatResponse, Chunk, GenerationParams, GPUStats, ModelInfo, ProviderStatus, PullProgress
 
 if TYPE_CHECKING:
     from .batch import BatchResult, Comparison, PromptBuilder
@@ -418,47 +409,27 @@ class Session:
     # -- for a face that drives the runtime loop itself (the server extension) -----------------
 
     def address(self, target: str | None) -> tuple[str, str]:
-        """`(provider, model)` for a target, asking no one; `x:y` with no provider or alias `x` is
-        refused here rather than taken as a model of the default provider (a model whose name has
-        a colon is written with its provider: `ollama:qwen2.5:0.5b`)."""
-        if target:
-            head, sep, _ = self.router.expand_alias(target.strip()).partition(":")
-            if sep and not is_provider(head) and head not in self.router.providers:
-                raise UnknownProvider(
-                    f"no provider named {head!r}",
-                    hint=f"write provider:model with one of {', '.join(available_providers())}",
-                )
+        """`(provider, model)`, asking no one; `x:y` with no provider or alias `x` is refused, not
+        taken as a model of the default provider (write `ollama:qwen2.5:0.5b`)."""
+        head, sep, _ = self.router.expand_alias((target or "").strip()).partition(":")
+        if sep and not is_provider(head) and head not in self.router.providers:
+            hint = f"write provider:model with one of {', '.join(available_providers())}"
+            raise UnknownProvider(f"no provider named {head!r}", hint=hint)
         return self._split(target) if target else self._split(self.default_address)
 
     def check_params(self, provider: str, params: GenerationParams) -> None:
-        """A provider-specific option the first provider does not take is a mistake, said here."""
-        from .types import PROVIDER_OPTIONS
-
+        """An option of `params.extra` that this provider does not take is a mistake, said here."""
         found = self.router.provider(provider)
         members = getattr(found, "members", None)  # a pool of servers: they are all of one kind
-        taken = PROVIDER_OPTIONS.get(members[0].provider.kind if members else found.kind)
-        unknown = sorted(set(params.extra) - taken) if taken is not None else []
+        unknown, taken = params.not_taken_by(members[0].provider.kind if members else found.kind)
         if unknown:
-            raise ConfigError(
-                f"{provider} takes no option {unknown[0]!r}",
-                hint=f"its options are {', '.join(sorted(taken or ()))}",
-            )
+            raise ConfigError(f"{provider} takes no option {unknown[0]!r}", hint=f"its options are {', '.join(taken)}")
 
     def chunks(
-        self,
-        messages: list[ChatMessage],
-        target: str | None,
-        params: GenerationParams,
-        *,
-        no_cache: bool = False,
-        refresh: bool = False,
-        fallback: bool | None = None,
-        stream: bool = True,
+        self, messages: list[ChatMessage], target: str | None, params: GenerationParams, **options: Any
     ) -> AsyncIterator[Chunk]:
-        """The router's raw chunks for a chat, to be iterated on the runtime loop."""
-        return self.router.astream(
-            messages, target, params, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream
-        )
+        """The router's raw chunks (options: no_cache, refresh, fallback, stream), for the runtime loop."""
+        return self.router.astream(messages, target, params, **options)
 
     async def statuses(self, providers: list[str] | None = None) -> list[ProviderStatus]:
         """Health of each provider (runs on the runtime loop)."""
@@ -475,8 +446,7 @@ class Session:
     @property
     def cache_state(self) -> str:
         """The cache backend's name, or `off: <why>` when it would not open."""
-        state: str = getattr(self.cache, "state", self.cache.name)
-        return state
+        return str(getattr(self.cache, "state", self.cache.name))
 
     def close(self) -> None:
         async def shutdown() -> None:

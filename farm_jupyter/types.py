@@ -142,6 +142,14 @@ class GenerationParams(_Model):
                     raise ValueError(f"{key!r} is not a generation option: {_REFUSED[key]}")
         return value
 
+    def not_taken_by(self, kind: str) -> tuple[list[str], list[str]]:
+        """(the `extra` keys a provider of this kind does not take, the ones it takes); a custom
+        provider takes them all."""
+        taken = PROVIDER_OPTIONS.get(kind)
+        if taken is None:
+            return [], sorted(GenerationOptions.__annotations__)
+        return sorted(set(self.extra) - taken), sorted(taken)
+
     def options_for(self, kind: str) -> dict[str, Any]:
         """The `extra` options a provider of this kind passes on (all of them for a custom one)."""
         taken = PROVIDER_OPTIONS.get(kind)

@@ -4,9 +4,9 @@
     jupyter server extension list         # farm_jupyter.server enabled - OK
 
 Routes live under `{base_url}farm-jupyter/api/` (see `farm_jupyter.server.schema.ROUTES`) and need
-the server's token or cookie; their limits are the `FarmServer` traitlets (`c.FarmServer.max_body_size`). The server holds one process-wide Session, configured like a kernel's
-(farm.toml and the environment), so with the disk or Redis cache the server and the kernels
-share answers. This module stays light: `jupyter server extension list` imports it, and the
+the server's token or cookie; their limits are the `FarmServer` traitlets (`c.FarmServer.max_body_size`).
+The server holds one process-wide Session, configured like a kernel's (farm.toml and the
+environment), so with the disk or Redis cache the server and the kernels share answers. This module stays light: `jupyter server extension list` imports it, and the
 handlers (tornado, pydantic, the router) load only when the server loads the extension.
 """
 
