@@ -15,7 +15,7 @@ from farm_jupyter.errors import ConfigError
 def test_defaults():
     s = load_settings(environ={}, use_file=False)
     assert s.env == "development" and s.default_provider == "ollama"
-    assert s.chain == ["ollama", "openai", "huggingface"]
+    assert s.chain[:3] == ["ollama", "openai", "huggingface"]  # then the embedded model's engine: test_local_model.py
     assert s.ollama.host == "http://127.0.0.1:11434"
     assert s.cache.backend == "memory"
 
