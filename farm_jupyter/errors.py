@@ -124,3 +124,10 @@ class AllProvidersFailed(FarmError):
             tried = "; ".join(f"{a.provider}:{a.model}: {a.error}" for a in attempts)
             message = f"every provider failed ({tried})"
         super().__init__(message)
+
+
+class ReplayMiss(ProviderError):
+    """`FARM_CACHE=replay:PATH` holds no answer for a request, and nothing else may answer it
+    (a replayed notebook must not quietly ask a real model): never retried, never a fallback."""
+
+    fallback = False

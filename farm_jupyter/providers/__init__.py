@@ -113,6 +113,10 @@ def create(name: str, settings: Any, **options: Any) -> Provider:
         raise ConfigError(f"provider {name!r} failed to start: {type(exc).__name__}: {first}") from exc
     if not isinstance(provider, Provider):
         raise ConfigError(f"provider {name!r} factory returned {type(provider).__name__}, not a Provider")
+    if settings.cache.backend == "replay":  # only the recording may answer: see replay.py
+        from .replay import ReplayOnly
+
+        provider = ReplayOnly(provider)
     return provider
 
 
