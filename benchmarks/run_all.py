@@ -37,7 +37,7 @@ SCRIPTS = [
     ("streaming.py", False, "Streaming relay rate and screen updates"),
     ("cache_latency.py", False, "Cache hit latency: memory, disk, Redis"),
     ("concurrency.py", False, "Concurrent requests"),
-    ("local_model.py", False, "Local model (HuggingFace provider) tokens/s"),
+    ("local_model.py", False, "Local model: SmolLM2-135M-Instruct on llama.cpp and transformers"),
 ]
 PACKAGES = ["farm-jupyter", "httpx", "openai", "pydantic", "ipython", "ipykernel", "ipywidgets", "redis",
             "torch", "transformers", "anyio"]

@@ -464,8 +464,11 @@ class HuggingFaceProvider(Provider):
                     family = json.loads(config.read_text()).get("model_type")
                 except (OSError, ValueError):
                     pass
-            about = {"about": embedded.ABOUT} if embedded.is_embedded(default) else {}
-            models.append(ModelInfo(name=default, provider=self.name, family=family, loaded=False, details=about))
+            if embedded.is_embedded(default):
+                models.append(ModelInfo(name=default, provider=self.name, family="llama", parameter_size="135M",
+                                        quantization="Q4_1 (GGUF)", loaded=False, details={"about": embedded.ABOUT}))
+            else:
+                models.append(ModelInfo(name=default, provider=self.name, family=family, loaded=False))
         shown = {m.name for m in models}
         for path in [*embedded.local_gguf_files(), *embedded.converted_models()]:
             if str(path) not in shown:
