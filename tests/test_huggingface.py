@@ -295,10 +295,12 @@ def test_load_then_unload_frees_the_model(provider: HuggingFaceProvider) -> None
 
 
 def test_list_models(provider: HuggingFaceProvider) -> None:
-    before = get_runtime().run(provider.list_models())
-    assert [(m.name, m.loaded, m.family) for m in before] == [(provider.default_model, False, "llama")]
+    default, *local = get_runtime().run(provider.list_models())
+    assert (default.name, default.loaded, default.family) == (provider.default_model, False, "llama")
+    # then the GGUF files and converted models on this machine, none loaded
+    assert all(not m.loaded and m.details["kind"] in ("gguf", "converted from gguf") for m in local)
     load(provider, provider.default_model)
-    [after] = get_runtime().run(provider.list_models())
+    after, *_ = get_runtime().run(provider.list_models())
     assert after.loaded and after.family == "llama" and after.provider == "huggingface"
     assert after.size == sum(p.numel() * p.element_size() for p in model_of(provider, after.name).parameters())
     assert after.details["device"] == best_device()
