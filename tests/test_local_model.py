@@ -122,17 +122,6 @@ def test_stream_and_chat_give_the_same_text(session: Session) -> None:
     assert stream.response is not None and stream.response.usage == whole.usage
 
 
-def test_both_engines_read_the_same_file_and_agree() -> None:
-    for name in ENGINES:
-        _needs(name)
-    answers = {}
-    for name in ENGINES:
-        s = Session(local_settings(name))
-        answers[name] = s.chat(QUESTION, no_cache=True, max_tokens=40).text
-        s.close()
-    assert all("Paris" in text for text in answers.values()), answers
-
-
 def test_stop_ends_generation_within_a_few_tokens(session: Session, engine: str) -> None:
     provider = provider_of(session, engine)
     steps = {"n": 0}
