@@ -57,6 +57,11 @@ def _llama_class() -> Any:
 
         def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:  # type: ignore[override]
             self.prompt_tokens, self.sampled, self.last_token = len(tokens), 0, None
+            # llama.cpp may round the context up past the buffer llama-cpp-python made for it (n_ctx=64
+            # gives 256): a prompt between the two would fail deep inside eval() with a numpy error.
+            limit = min(self.n_ctx(), len(self.input_ids))
+            if len(tokens) >= limit:
+                raise ValueError(f"the prompt is {len(tokens)} tokens, over the context window of {limit}")
             with contextlib.closing(super().generate(tokens, *args, **kwargs)) as inner:
                 for token in inner:
                     self.sampled += 1
