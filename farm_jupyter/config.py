@@ -211,9 +211,9 @@ class Settings(_Section):
         )
         if not untouched:
             return None
-        from .embedded import engine
+        from .embedded import installed_engine
 
-        return engine()
+        return installed_engine()  # with neither engine installed there is nothing to fall back on
 
     def public(self) -> dict[str, Any]:
         """A dict safe to show: secrets masked, wherever they sit."""

