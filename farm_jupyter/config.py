@@ -214,8 +214,8 @@ class HuggingFaceSettings(_Section):
 
 
 class CacheSettings(_Section):
-    backend: Literal["memory", "disk", "redis", "none"] = "memory"
-    path: str | None = None  # disk: the cache file (default under ~/.cache/farm_jupyter)
+    backend: Literal["memory", "disk", "redis", "none", "record", "replay"] = "memory"
+    path: str | None = None  # disk: the cache file (default under ~/.cache/farm_jupyter); record/replay: the answers file
     redis_url: str = "redis://127.0.0.1:6379/0"
     ttl: float | None = Field(default=None, gt=0)  # seconds; None keeps entries until evicted
     max_entries: int = Field(default=1024, gt=0)
@@ -328,7 +328,26 @@ class Settings(_Section):
             rest = env.fallback if env else []
         chain = [self.default_provider]
         chain += [p for p in rest if p not in chain]
+        if (last := self.embedded_fallback) is not None and last not in chain:
+            chain.append(last)
         return chain
+
+    @property
+    def embedded_fallback(self) -> str | None:
+        """The engine of the embedded model (`farm_jupyter.embedded`) as the chain's last resort,
+        only while nothing at all is configured: a fresh machine still answers, and the fallback
+        onto it is announced like any other. None as soon as the user has set up a provider."""
+        untouched = (
+            self.provider is None and self.fallback is None
+            and self.env == "development" and self.environments.get(self.env) == _default_environments()[self.env]
+            and not self.ollama.model_fields_set and self.openai.api_key is None and self.openai.base_url is None
+            and self.huggingface.default_model is None and not self.providers
+        )
+        if not untouched:
+            return None
+        from .embedded import installed_engine
+
+        return installed_engine()  # with neither engine installed there is nothing to fall back on
 
     def public(self) -> dict[str, Any]:
         """A dict safe to show: secrets masked, wherever they sit."""
@@ -429,9 +448,10 @@ def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
         if cache.startswith(("redis://", "rediss://", "unix://")):
             put("cache.backend", "redis")
             put("cache.redis_url", cache)
-        elif cache.startswith("disk:"):
-            put("cache.backend", "disk")
-            put("cache.path", cache.removeprefix("disk:"))
+        elif cache.startswith(("disk:", "record:", "replay:")):
+            backend, _, path = cache.partition(":")
+            put("cache.backend", backend)
+            put("cache.path", path)
         else:
             put("cache.backend", cache)
     return layer

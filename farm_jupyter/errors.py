@@ -171,3 +171,14 @@ class AllProvidersFailed(FarmError):
             tried = "; ".join(f"{a.provider}:{a.model}: {a.error}" for a in last_of.values())
             message = f"no provider could answer ({tried})"
         super().__init__(message)
+
+
+class ReplayMiss(ProviderError):
+    """`FARM_CACHE=replay:PATH` holds no answer for a request, and nothing else may answer it
+    (a replayed notebook must not quietly ask a real model). The router raises it instead of
+    asking the provider; the next route is looked up in the recording too (a recorded fallback
+    replays), never asked; when no route is recorded, the first route's miss is the error."""
+
+    availability = True
+    kind = "not recorded"
+    did = "has no recorded answer"

@@ -1,10 +1,11 @@
-"""A tiny chat model built offline: the HuggingFace provider's default when nothing is configured.
+"""A tiny chat model built offline, for tests and benchmarks that need speed, never a user's answer.
 
 A byte-level BPE tokenizer trained on the Python standard library's own sources, a 2-layer Llama
 with random weights and a chat template, saved with `save_pretrained` so it loads through the
 same `from_pretrained` path as a real model. Under 1 MB, built in a few seconds, deterministic for
-a given seed and Python version. It talks nonsense: it exists so that a notebook, a test suite or a
-machine with no network has a local model that really runs.
+a given seed and Python version. It talks nonsense: it exists so that a test of the plumbing has
+a local model that really runs in milliseconds. What answers a user with nothing configured is
+the embedded SmolLM2 model (`farm_jupyter.embedded`).
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
     .venv/bin/python scripts/build_notebooks.py [NAME ...]
 
-They run against the same offline world as the tests (loopback Ollama/OpenAI servers and the tiny
-model, see farm_jupyter.testing.environment), so the committed outputs are what nbval checks.
+They run against the same offline world as the tests (loopback Ollama/OpenAI servers and the
+embedded SmolLM2 model, see farm_jupyter.testing.environment), so the committed outputs are what
+nbval checks. The notebooks in EMBEDDED run as `farm-jupyter lab` runs them on a machine with
+nothing configured: the embedded model answers (notebooks/conftest.py does the same under nbval).
 Cells whose first line is `# NBVAL_CHECK_OUTPUT` are compared by `pytest --nbval-lax`.
 """
 
@@ -19,9 +21,16 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parent.parent
 CHECK = "# NBVAL_CHECK_OUTPUT\n"
 INTRO_NOTE = (
-    "*The outputs saved here come from the test suite's offline run (loopback servers that answer "
-    "`Echo: ...`); run the notebook yourself against Ollama or OpenAI for real answers.*"
+    "*The outputs saved here come from the test suite's offline run: local answers from the embedded "
+    "SmolLM2-135M-Instruct, and loopback servers that answer `Echo: ...` in place of Ollama and OpenAI; "
+    "run the notebook yourself against Ollama or OpenAI for bigger models.*"
 )
+QUICKSTART_NOTE = (
+    "*The outputs saved here are real answers of the embedded SmolLM2-135M-Instruct (135M parameters, "
+    "local and offline: good for trying the tool, not for hard questions), as `farm-jupyter lab` gives "
+    "them on a machine with nothing configured.*"
+)
+EMBEDDED = {"01-quickstart"}
 
 
 def md(text: str) -> nbformat.NotebookNode:
@@ -41,17 +50,19 @@ Load the extension, ask, follow up, and look at the providers behind the answers
 With nothing configured, `farm-jupyter lab` answers with an embedded offline model; with
 Ollama running (or `OPENAI_API_KEY` set) the same cells talk to it.
 
-{INTRO_NOTE}
+{QUICKSTART_NOTE}
 """),
         code("%load_ext farm_jupyter"),
         md("Ask: the answer streams into the cell, then a footer says who answered and what it cost."),
-        code("%%farm_chat\nWhat is a Jupyter notebook, in one sentence?"),
+        code("%%farm_chat\nWhat is the capital of France? Answer in one sentence."),
         md("Consecutive `%%farm_chat` cells are one conversation: this one sees the question above."),
-        code("%%farm_chat\nAnd who uses it?"),
-        md("`{name}` takes a value from the notebook; `-o` keeps the whole response object."),
-        code('topic = "vector databases"'),
-        code("%%farm_chat -o answer\nExplain {topic} in two sentences. Literal braces are written {{like this}}."),
-        code(CHECK + "print(answer.text.startswith('Echo:') or answer.provider == 'huggingface', answer.usage.completion_tokens > 0)"),
+        code("%%farm_chat\nAnd what is the capital of Italy?"),
+        md("`{name}` takes a value from the notebook; `-o` keeps the whole response object; `--new` starts a new conversation."),
+        code('country = "Japan"'),
+        code("%%farm_chat -o answer --new\nWhat is the capital of {country}? Answer in one sentence."),
+        code(CHECK + "print('Tokyo' in answer.text, answer.usage.completion_tokens > 0)"),
+        md("Which models are there: the embedded one says what it is."),
+        code("%farm models"),
         code("%farm history"),
         code("%farm health"),
         code("%farm stats"),
@@ -79,15 +90,15 @@ time and tokens per second under each.
         md(f"""
 # A local HuggingFace model
 
-Any local folder or hub id that `from_pretrained` takes, on the GPU with the most free memory
-when there is one. `FARM_HF_MODEL` (or `[huggingface] default_model` in `farm.toml`) picks it;
-here it is the tiny random-weight model that the tests build offline, so its words are noise:
-the point is the plumbing.
+Any local folder, hub id or GGUF file that `from_pretrained` takes, on the GPU with the most
+free memory when there is one. `FARM_HF_MODEL` (or `[huggingface] default_model` in `farm.toml`)
+picks it; with nothing set it is the embedded SmolLM2-135M-Instruct: transformers dequantises its
+GGUF file on the first load and keeps the converted copy, so later loads take seconds.
 
 {INTRO_NOTE}
 """),
         code("%load_ext farm_jupyter"),
-        code("%%farm_chat -m huggingface --max-tokens 16 -t 1.0\nSay hello."),
+        code("%%farm_chat -m huggingface --max-tokens 40\nWhat is the capital of France? Answer in one sentence."),
         code("%farm models huggingface"),
         code(
             "import farm_jupyter\n"
@@ -212,6 +223,18 @@ def test_my_summary(farm_session, ollama_server):
     ollama_server.add_fault(Fault(kind="drop", after=3))
     assert farm_session.chat("summarise").text
 ```
+
+To test a notebook against the answers of a real model without that model in CI, record them
+once and replay them:
+
+```bash
+FARM_CACHE=record:answers.json jupyter execute --inplace my.ipynb   # with the real provider
+FARM_CACHE=replay:answers.json pytest --nbval-lax my.ipynb         # in CI: only the recording answers
+```
+
+Every answer (streams included) lands in `answers.json` beside the notebook; in a replay a
+request the recording does not hold fails its cell with one line naming the model, the first
+words and the key, and nothing else is asked.
 """),
     ],
     "09-batch-and-evaluate": [
@@ -256,6 +279,11 @@ comparison'''),
 def build(name: str, cells: list[nbformat.NotebookNode], env: dict[str, str]) -> Path:
     nb = nbformat.v4.new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    if name in EMBEDDED:
+        from farm_jupyter.testing.environment import LoopbackEnvironment
+
+        nb.metadata["farm_jupyter"] = {"embedded_default": True}
+        env = {**env, **LoopbackEnvironment.embedded_variables()}
     path = ROOT / "notebooks" / f"{name}.ipynb"
     old = dict(os.environ)
     os.environ.update(env)

@@ -59,14 +59,18 @@ def test_execute_fails_when_a_cell_fails(tmp_path, env):
 
 
 def test_offline_default_when_nothing_answers(tmp_path, ollama_server, monkeypatch):
+    from farm_jupyter import embedded
+
+    if embedded.find() is None:
+        pytest.skip("the embedded model is not installed (bash scripts/bootstrap)")
     ollama_server.refuse()
     environ = {"OLLAMA_HOST": ollama_server.url, "FARM_CACHE_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    monkeypatch.setenv("FARM_CACHE_DIR", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     banner = offline_default(environ)
-    assert banner and "no Ollama" in banner and "tiny offline model" in banner
-    assert environ["FARM_AI_PROVIDER"] == "huggingface"
-    assert Path(environ["FARM_HF_MODEL"], "config.json").is_file()
+    assert banner and "no Ollama" in banner and "135M parameters" in banner and "offline" in banner
+    assert str(embedded.find()[0]) in banner  # where it came from
+    assert environ["FARM_AI_PROVIDER"] == embedded.engine() and environ["FARM_HF_MODEL"] == embedded.NAME
+    assert not (tmp_path / "tiny-chat").exists()  # the random model never answers a user
 
 
 def test_no_offline_default_when_ollama_answers(tmp_path, ollama_server, monkeypatch):

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from farm_jupyter import providers
+from farm_jupyter import embedded, providers
 from farm_jupyter.config import load_settings
 from farm_jupyter.errors import BadRequest, ModelNotFound, ServerError
 from farm_jupyter.gpu import best_device
 from farm_jupyter.providers.huggingface import HuggingFaceProvider
 from farm_jupyter.runtime import get_runtime
-from farm_jupyter.tiny_model import MARKER, build_tiny_model, default_tiny_model_dir, is_built
+from farm_jupyter.tiny_model import MARKER, build_tiny_model, is_built
 from farm_jupyter.types import ChatMessage, ChatRequest, Chunk, GenerationParams
 
 pytestmark = pytest.mark.timeout(120)
@@ -299,10 +299,12 @@ def test_load_then_unload_frees_the_model(provider: HuggingFaceProvider) -> None
 
 
 def test_list_models(provider: HuggingFaceProvider) -> None:
-    before = get_runtime().run(provider.list_models())
-    assert [(m.name, m.loaded, m.family) for m in before] == [(provider.default_model, False, "llama")]
+    default, *local = get_runtime().run(provider.list_models())
+    assert (default.name, default.loaded, default.family) == (provider.default_model, False, "llama")
+    # then the GGUF files and converted models on this machine, none loaded
+    assert all(not m.loaded and m.details["kind"] in ("gguf", "converted from gguf") for m in local)
     load(provider, provider.default_model)
-    [after] = get_runtime().run(provider.list_models())
+    after, *_ = get_runtime().run(provider.list_models())
     assert after.loaded and after.family == "llama" and after.provider == "huggingface"
     assert after.size == sum(p.numel() * p.element_size() for p in model_of(provider, after.name).parameters())
     assert after.details["device"] == best_device()
@@ -372,14 +374,11 @@ def test_two_concurrent_first_requests_load_once(
     assert first.text == second.text and first.usage.completion_tokens == 4
 
 
-def test_the_default_is_the_embedded_tiny_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_is_the_embedded_smollm2_never_the_tiny_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FARM_CACHE_DIR", str(tmp_path))
     p = make_provider(None)
-    assert p.default_model == str(tmp_path / "tiny-chat") == str(default_tiny_model_dir())
-    response = p.chat(request(p.default_model, 3))  # built on first load
-    assert response.usage.completion_tokens == 3
-    assert is_built(tmp_path / "tiny-chat")
-    get_runtime().run(p.aclose())
+    assert p.default_model == embedded.NAME  # real weights; loading it: tests/test_local_model.py
+    assert not (tmp_path / "tiny-chat").exists()  # the random model is built only where a test asks for it
 
 
 def test_importing_the_provider_stays_light() -> None:

@@ -34,6 +34,7 @@ _BUILTIN = {
     "ollama": "farm_jupyter.providers.ollama:OllamaProvider",
     "openai": "farm_jupyter.providers.openai:OpenAIProvider",
     "huggingface": "farm_jupyter.providers.huggingface:HuggingFaceProvider",
+    "llamacpp": "farm_jupyter.providers.llamacpp:LlamaCppProvider",
 }
 _ALIASES = {"hf": "huggingface"}
 _registered: dict[str, ProviderFactory] = {}

@@ -1,9 +1,13 @@
 """Local models through transformers: loaded on first use, generated in a thread, streamed.
 
 `model.generate` blocks, so it runs in a daemon thread per request; a streamer hands each piece
-of text to the runtime loop with `call_soon_threadsafe`, and a stopping criterion watches an
-event so that cancelling the request really stops the generation. With nothing configured the
-provider runs the embedded tiny model (`farm_jupyter.tiny_model`), built on first load.
+of text to the runtime loop (`_local.Channel`), and a stopping criterion watches an event so that
+cancelling the request really stops the generation. With nothing configured the provider runs
+the embedded SmolLM2-135M-Instruct (`farm_jupyter.embedded`).
+
+A GGUF file (`huggingface:/path/model.gguf`, or the embedded model) is dequantised by
+transformers on its first load, then saved once as a plain checkpoint under
+`~/.cache/farm_jupyter/converted/`: later loads read that (seconds instead of a minute).
 
 torch and transformers are imported inside the methods that need them: creating this provider
 costs nothing, and the first load pays for the import.
@@ -15,24 +19,29 @@ import asyncio
 import gc
 import importlib.util
 import json
+import logging
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import embedded
 from ..errors import BadRequest, FarmError, MissingDependency, ModelNotFound, ProviderTimeout, ServerError
-from ..tiny_model import build_tiny_model, default_tiny_model_dir, is_built, quiet_hf
+from ..tiny_model import quiet_hf
 from ..types import ChatMessage, ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress, Usage
+from ._local import Channel, first_line, join
 from .base import Provider
 
-_JOIN_TIMEOUT = 10.0  # seconds a cancelled generation gets to finish its current step
 _NOT_FOUND_HINT = "give a local path, or set HF_TOKEN / check the hub id"
+_CONVERTED = "farm-converted.json"  # written last: a folder without it is an unfinished conversion
+log = logging.getLogger("farm_jupyter")
 _OWN_KWARGS = {"streamer", "stopping_criteria", "input_ids", "attention_mask"}
 _EMBED_BATCH = 32
 
@@ -76,56 +85,11 @@ def _human(count: int) -> str:
     return str(count)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
-
-
-class _Channel:
-    """Items from the generate thread to the runtime loop, without a thread hop per read.
-
-    The loop is woken only while the reader waits: when it lags behind, items pile up and are
-    taken in one batch, so fast tokens cost no extra wake-ups.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.items: deque[tuple[str, Any]] = deque()
-        self.ready = asyncio.Event()
-        self.waiting = False
-
-    def push(self, kind: str, value: Any) -> None:  # called from the generate thread
-        self.items.append((kind, value))  # append before reading `waiting`: see take()
-        if self.waiting:
-            self.waiting = False
-            try:
-                self.loop.call_soon_threadsafe(self.ready.set)
-            except RuntimeError:
-                pass  # the loop is closed: nobody is listening any more
-
-    async def take(self, timeout: float) -> list[tuple[str, Any]]:
-        while not self.items:
-            self.ready.clear()
-            self.waiting = True  # set before the second look, so a push in between wakes us
-            if self.items:
-                break
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.ready.wait()
-            finally:
-                self.waiting = False
-        self.waiting = False
-        batch = []
-        while self.items:
-            batch.append(self.items.popleft())
-        return batch
-
-
 def _streamer_class(transformers: Any) -> Any:
     class LoopStreamer(transformers.TextIteratorStreamer):
         """TextIteratorStreamer's decoding, delivered to the loop instead of a blocking queue."""
 
-        def __init__(self, tokenizer: Any, channel: _Channel, timeout: float) -> None:
+        def __init__(self, tokenizer: Any, channel: Channel, timeout: float) -> None:
             super().__init__(tokenizer, skip_prompt=True, timeout=timeout, skip_special_tokens=True)
             self.channel = channel
 
@@ -173,7 +137,7 @@ class HuggingFaceProvider(Provider):
     @property
     def default_model(self) -> str:
         configured = self.options.get("default_model") or self._hf.default_model
-        return str(configured) if configured else str(default_tiny_model_dir())
+        return str(configured) if configured else embedded.NAME
 
     @property
     def url(self) -> str:
@@ -230,8 +194,6 @@ class HuggingFaceProvider(Provider):
 
     def _source(self, name: str) -> str:
         """Where from_pretrained reads `name`; a missing local path fails here, not after a hub retry."""
-        if name == str(default_tiny_model_dir()) and not is_built(name):
-            build_tiny_model(name)
         if _looks_local(name):
             path = Path(name).expanduser()
             if not path.exists():
@@ -241,10 +203,21 @@ class HuggingFaceProvider(Provider):
             return str(path)
         return name
 
-    def _from_pretrained(self, name: str, loader: Any, **kwargs: Any) -> Any:
+    def _gguf(self, name: str) -> Path | None:
+        """The GGUF file behind `name` (the embedded model's name, or a path ending in .gguf), or None."""
+        if embedded.is_embedded(name):
+            return embedded.locate(self.name)
+        if not name.lower().endswith(".gguf"):
+            return None
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ModelNotFound(f"GGUF file {name} does not exist", provider=self.name, hint="give the path of a .gguf file")
+        return path.absolute()
+
+    def _from_pretrained(self, name: str, loader: Any, source: str | None = None, **kwargs: Any) -> Any:
         try:
             with quiet_hf(warnings=False):
-                return loader.from_pretrained(self._source(name), token=self._token(), **kwargs)
+                return loader.from_pretrained(source or self._source(name), token=self._token(), **kwargs)
         except FarmError:
             raise
         except ImportError as exc:
@@ -252,9 +225,46 @@ class HuggingFaceProvider(Provider):
         except (OSError, ValueError) as exc:
             # OSError: no such hub id / no access; ValueError: a folder that is not a model.
             raise ModelNotFound(
-                f"HuggingFace model {name} could not be loaded ({_first_line(exc)})",
+                f"HuggingFace model {name} could not be loaded ({first_line(exc)})",
                 provider=self.name, hint=_NOT_FOUND_HINT,
             ) from exc
+
+    def _load_gguf(self, name: str, gguf: Path, transformers: Any, dtype: Any) -> tuple[Any, Any]:
+        """Tokenizer and model from a GGUF file: from its converted copy when there is one."""
+        folder = embedded.converted_dir() / f"{gguf.stem}-{embedded.fingerprint(gguf)}"
+        if (folder / _CONVERTED).is_file():
+            tokenizer = self._from_pretrained(name, transformers.AutoTokenizer, str(folder))
+            return tokenizer, self._from_pretrained(name, transformers.AutoModelForCausalLM, str(folder), dtype=dtype)
+        where = str(gguf.parent)
+        tokenizer = self._from_pretrained(name, transformers.AutoTokenizer, where, gguf_file=gguf.name)
+        model = self._from_pretrained(name, transformers.AutoModelForCausalLM, where, gguf_file=gguf.name, dtype=dtype)
+        # The weights are plain tensors now; only the GGUF tag stops save_pretrained.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        try:
+            self._save_converted(folder, gguf, model, tokenizer)
+        except OSError as exc:  # a full disk costs the next load its time, not this answer
+            log.warning("could not save the converted %s into %s: %s", gguf.name, folder, exc)
+        return tokenizer, model
+
+    @staticmethod
+    def _save_converted(folder: Path, gguf: Path, model: Any, tokenizer: Any) -> None:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            with quiet_hf(warnings=False):
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+            (tmp / _CONVERTED).write_text(json.dumps({"gguf": str(gguf), "at": time.time()}))
+            tmp.chmod(0o755)
+            try:
+                os.replace(tmp, folder)  # atomic: of two kernels converting at once, one wins
+            except OSError:
+                if not (folder / _CONVERTED).is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _place(self, torch: Any, model: Any, device: str) -> Any:
         try:
@@ -272,12 +282,18 @@ class HuggingFaceProvider(Provider):
             torch, transformers = _imports()
             device = self._resolve_device()
             dtype = self._resolve_dtype(torch, device)
-            tokenizer = self._from_pretrained(name, transformers.AutoTokenizer)
-            model = self._from_pretrained(name, transformers.AutoModelForCausalLM, dtype=dtype)
+            gguf = self._gguf(name)
+            if gguf is not None:
+                tokenizer, model = self._load_gguf(name, gguf, transformers, dtype)
+            else:
+                tokenizer = self._from_pretrained(name, transformers.AutoTokenizer)
+                model = self._from_pretrained(name, transformers.AutoModelForCausalLM, dtype=dtype)
             model = self._place(torch, model, device)
             if model.generation_config.pad_token_id is None and tokenizer.eos_token_id is not None:
                 model.generation_config.pad_token_id = tokenizer.eos_token_id  # quiets a warning per call
             loaded = self._describe(name, model, tokenizer, device)
+            if gguf is not None:
+                loaded.quantization = f"{gguf.stem.rsplit('.', 1)[-1]} (GGUF, dequantised)"
             self._models[name] = loaded
             return loaded
 
@@ -335,7 +351,7 @@ class HuggingFaceProvider(Provider):
         return kwargs
 
     def _generate(
-        self, loaded: _Loaded, request: ChatRequest, channel: _Channel, stop: threading.Event
+        self, loaded: _Loaded, request: ChatRequest, channel: Channel, stop: threading.Event
     ) -> None:
         """The body of the generate thread: every outcome ends as one "done" or "error" item."""
         try:
@@ -363,7 +379,7 @@ class HuggingFaceProvider(Provider):
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         loaded = await self._ensure(request.model)
-        channel = _Channel(asyncio.get_running_loop())
+        channel = Channel(asyncio.get_running_loop())
         stop = threading.Event()
         thread = threading.Thread(
             target=self._generate, args=(loaded, request, channel, stop),
@@ -400,24 +416,9 @@ class HuggingFaceProvider(Provider):
                         return
         finally:
             stop.set()
-            await self._join(thread, channel, ended)
+            await join(thread, channel, ended)
         assert error is not None
         raise self._generate_error(error, request.model, shown) from error
-
-    async def _join(self, thread: threading.Thread, channel: _Channel, ended: bool) -> None:
-        """Wait (bounded) for the generate thread: its last act is to push "done" or "error"."""
-        deadline = time.monotonic() + _JOIN_TIMEOUT
-        while not ended and thread.is_alive():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return  # a step that outlasts the deadline; the thread is a daemon and ends after it
-            try:
-                batch = await channel.take(remaining)
-            except TimeoutError:
-                return
-            ended = any(kind != "text" for kind, _ in batch)
-        while thread.is_alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.0005)
 
     def _generate_error(self, exc: BaseException, model: str, shown: bool) -> FarmError:
         if isinstance(exc, FarmError):
@@ -433,11 +434,11 @@ class HuggingFaceProvider(Provider):
         rejected = isinstance(exc, (ValueError, TypeError)) or type(exc).__module__.startswith("jinja2")
         if rejected and not shown:
             return BadRequest(
-                f"local model {model} rejected the request: {_first_line(exc)}", provider=self.name,
+                f"local model {model} rejected the request: {first_line(exc)}", provider=self.name,
                 hint="check the generation parameters (params.extra) and the messages' roles",
             )
         return ServerError(
-            f"local model {model} failed while generating: {type(exc).__name__}: {_first_line(exc)}",
+            f"local model {model} failed while generating: {type(exc).__name__}: {first_line(exc)}",
             provider=self.name, hint="see the traceback above; try device=cpu to rule out the GPU",
         )
 
@@ -451,6 +452,7 @@ class HuggingFaceProvider(Provider):
         )
 
     async def list_models(self) -> list[ModelInfo]:
+        """The loaded models, the default one, and the GGUF files and converted models on this machine."""
         models = [self._info(m) for m in self._models.values()]
         models += [self._info(m) for name, m in self._embedders.items() if name not in self._models]
         default = self.default_model
@@ -462,7 +464,18 @@ class HuggingFaceProvider(Provider):
                     family = json.loads(config.read_text()).get("model_type")
                 except (OSError, ValueError):
                     pass
-            models.append(ModelInfo(name=default, provider=self.name, family=family, loaded=False))
+            if embedded.is_embedded(default):
+                models.append(ModelInfo(name=default, provider=self.name, family="llama", parameter_size="135M",
+                                        quantization="Q4_1 (GGUF)", loaded=False, details={"about": embedded.ABOUT}))
+            else:
+                models.append(ModelInfo(name=default, provider=self.name, family=family, loaded=False))
+        shown = {m.name for m in models}
+        for path in [*embedded.local_gguf_files(), *embedded.converted_models()]:
+            if str(path) not in shown:
+                kind = "gguf" if path.suffix == ".gguf" else "converted from gguf"
+                size = path.stat().st_size if path.is_file() else None
+                models.append(ModelInfo(name=str(path), provider=self.name, size=size, loaded=False,
+                                        details={"kind": kind}))
         return models
 
     async def load_model(self, model: str) -> AsyncIterator[PullProgress]:
@@ -555,7 +568,7 @@ class HuggingFaceProvider(Provider):
             raise
         except Exception as exc:
             raise ServerError(
-                f"local model {name} failed to embed: {type(exc).__name__}: {_first_line(exc)}",
+                f"local model {name} failed to embed: {type(exc).__name__}: {first_line(exc)}",
                 provider=self.name, hint="check that the model has an encoder (an embedding or LM model)",
             ) from exc
 

@@ -34,6 +34,7 @@ from ..errors import (
     NotConfigured,
     ProviderError,
     RateLimited,
+    ReplayMiss,
     UnknownProvider,
 )
 from ..ledger import Ledger
@@ -195,6 +196,8 @@ class Router:
                     raise
                 call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=False,
                                              error=str(exc), error_type=type(exc).__name__))
+        if call.failed and all(isinstance(e, ReplayMiss) for e in call.failed):
+            raise call.failed[0]  # the request as the notebook asked it, in one line
         last = call.failed[-1] if call.failed else None
         self.monitor.record_error(routes[0].provider, routes[0].model, last or RuntimeError("no route"), call.elapsed())
         raise AllProvidersFailed(call.attempts, last)
@@ -240,6 +243,10 @@ class Router:
                 call, route, notice, text=hit.text, usage=hit.usage, finish_reason=hit.finish_reason, cached=True,
             ))
             return
+        if self.cache.name == "replay":  # only the recording answers: a provider is never asked
+            missing = self._not_recorded(route, request, key)
+            self._record_failure(call, route, missing)
+            raise missing
         breaker = self.breaker(route.provider)
         if not breaker.allow():
             until = time.strftime("%H:%M:%S", time.localtime(breaker.open_until))
@@ -336,6 +343,15 @@ class Router:
         )
         self.monitor.record(RequestRecord.from_response(response))
         return response
+
+    def _not_recorded(self, route: Route, request: ChatRequest, key: str) -> ReplayMiss:
+        words = " ".join(request.messages[-1].content.split()) if request.messages else ""
+        words = words if len(words) <= 48 else words[:47] + "…"
+        path = self.settings.cache.path
+        return ReplayMiss(
+            f'no recorded answer for {route} "{words}" (key {key[:12]}) in {path}',
+            provider=route.provider, hint=f"record it again with FARM_CACHE=record:{path}",
+        )
 
     def _record_failure(
         self, call: Call, route: Route, exc: ProviderError, *, retries: int = 0, waited: float = 0.0, chunks: int = 0

@@ -129,8 +129,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.getgroup("farm_jupyter").addoption(
         "--farm-loopback",
         action="store_true",
-        help="start loopback Ollama/OpenAI servers and the tiny model, and point kernels at them "
-        "through the environment (for running notebooks offline with nbval)",
+        help="start loopback Ollama/OpenAI servers and point kernels at them (and at the embedded SmolLM2 "
+        "model for local answers) through the environment (for running notebooks offline with nbval)",
     )
 
 

@@ -1,0 +1,323 @@
+"""GGUF models through llama.cpp (`llama-cpp-python`): `llamacpp:/path/model.gguf`.
+
+Quantised weights, the engine Ollama and LM Studio run on; the default model is the embedded
+SmolLM2-135M-Instruct (`farm_jupyter.embedded`). A model loads on first use (a fraction of a
+second), generates in a daemon thread that hands text to the runtime loop (`_local.Channel`), and
+stops within a token when the request is cancelled: the thread closes llama.cpp's generator.
+
+llama_cpp is imported on first load. Its exceptions become FarmErrors in one place,
+`_mapped_errors`. Options (`[providers.llamacpp]` in farm.toml): `default_model`, `n_ctx`
+(default 2048), `n_threads`, `n_gpu_layers`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import importlib.util
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import embedded
+from ..errors import BadRequest, FarmError, MissingDependency, ModelNotFound, ProviderTimeout, ServerError
+from ..types import ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress, Usage
+from ._local import Channel, first_line, join
+from .base import Provider
+
+_STREAM_TIMEOUT = 60.0  # seconds without a token before the request is given up
+_PASSED = {"top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "grammar"}
+
+
+@dataclass
+class _Loaded:
+    name: str
+    path: Path
+    llm: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)  # a Llama runs one generation at a time
+    loaded_at: float = field(default_factory=time.time)
+
+
+def _llama_class() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise MissingDependency("llama-cpp-python", "llamacpp") from exc
+
+    class CountingLlama(llama_cpp.Llama):  # type: ignore[misc, name-defined]
+        """Llama that counts what it really generated: its stream carries no usage."""
+
+        prompt_tokens = 0
+        sampled = 0
+        last_token: int | None = None
+
+        def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:  # type: ignore[override]
+            self.prompt_tokens, self.sampled, self.last_token = len(tokens), 0, None
+            # llama.cpp may round the context up past the buffer llama-cpp-python made for it (n_ctx=64
+            # gives 256): a prompt between the two would fail deep inside eval() with a numpy error.
+            limit = min(self.n_ctx(), len(self.input_ids))
+            if len(tokens) >= limit:
+                raise ValueError(f"the prompt is {len(tokens)} tokens, over the context window of {limit}")
+            with contextlib.closing(super().generate(tokens, *args, **kwargs)) as inner:
+                for token in inner:
+                    self.sampled += 1
+                    self.last_token = token
+                    yield token
+
+        def completion_tokens(self) -> int:
+            # The end-of-generation token is sampled but not part of the answer (llama.cpp's own
+            # non-streaming usage does not count it either).
+            last = self.last_token
+            is_eog = last is not None and bool(llama_cpp.llama_vocab_is_eog(self._model.vocab, last))
+            return self.sampled - int(is_eog)
+
+    return CountingLlama
+
+
+@contextlib.contextmanager
+def _mapped_errors(provider: str, model: str, *, loading: bool = False) -> Iterator[None]:
+    """The one place where llama.cpp's exceptions become FarmErrors, each with what to do."""
+    try:
+        yield
+    except FarmError:
+        raise
+    except MemoryError as exc:
+        raise ServerError(
+            f"llama.cpp ran out of memory with {model}", provider=provider,
+            hint="lower n_ctx, use a smaller quantisation, or unload other models (%farm unload)",
+        ) from exc
+    except (ValueError, RuntimeError) as exc:
+        text = first_line(exc)
+        if loading:
+            raise ModelNotFound(
+                f"llama.cpp could not load {model} ({text})", provider=provider,
+                hint="check that the file is a GGUF model that this llama-cpp-python version supports",
+            ) from exc
+        if "context window" in text or "exceed" in text:
+            raise BadRequest(
+                f"llama.cpp rejected the request to {model}: {text}", provider=provider,
+                hint="shorten the conversation (%farm reset) or raise n_ctx in [providers.llamacpp]",
+            ) from exc
+        raise ServerError(f"llama.cpp failed with {model}: {text}", provider=provider, hint="see the log above") from exc
+    except (TypeError, KeyError) as exc:
+        raise BadRequest(
+            f"llama.cpp rejected the request to {model}: {type(exc).__name__}: {first_line(exc)}", provider=provider,
+            hint="check the generation parameters (params.extra) and the messages' roles",
+        ) from exc
+
+
+class LlamaCppProvider(Provider):
+    kind = "llamacpp"
+
+    def __init__(self, name: str, settings: Any, **options: Any) -> None:
+        super().__init__(name, settings, **options)
+        self._models: dict[str, _Loaded] = {}
+        self._guard = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+
+    @property
+    def default_model(self) -> str:
+        return str(self.options.get("default_model") or embedded.NAME)
+
+    @property
+    def url(self) -> str:
+        return "local (llama.cpp)"
+
+    @property
+    def cache_identity(self) -> str | None:
+        return "local"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} models={sorted(self._models)}>"
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    def _path(self, name: str) -> Path:
+        if embedded.is_embedded(name):
+            return embedded.locate(self.name)
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ModelNotFound(
+                f"no GGUF file at {name}", provider=self.name,
+                hint=f"give the path of a .gguf file, or use {embedded.NAME} (the embedded model)",
+            )
+        return path.absolute()
+
+    def _load(self, name: str) -> _Loaded:
+        with self._guard:
+            lock = self._loading.setdefault(name, threading.Lock())
+        with lock:
+            if (ready := self._models.get(name)) is not None:
+                return ready
+            path = self._path(name)
+            llama = _llama_class()
+            kwargs: dict[str, Any] = {"n_ctx": int(self.options.get("n_ctx", 2048)), "verbose": False}
+            for key in ("n_threads", "n_gpu_layers", "seed"):
+                if self.options.get(key) is not None:
+                    kwargs[key] = int(self.options[key])
+            with _mapped_errors(self.name, name, loading=True):
+                llm = llama(model_path=str(path), **kwargs)
+            loaded = self._models[name] = _Loaded(name=name, path=path, llm=llm)
+            return loaded
+
+    async def _ensure(self, name: str) -> _Loaded:
+        loaded = self._models.get(name)
+        if loaded is None:
+            loaded = await asyncio.to_thread(self._load, name)
+        return loaded
+
+    # -- the primitive ---------------------------------------------------------------------------
+
+    def _arguments(self, request: ChatRequest) -> dict[str, Any]:
+        p = request.params
+        kwargs: dict[str, Any] = {
+            "messages": [m.model_dump() for m in request.messages],
+            "stream": True,
+            "temperature": p.temperature or 0.0,  # 0 is greedy in llama.cpp too
+            "max_tokens": p.max_tokens or 256,
+        }
+        if p.top_p is not None:
+            kwargs["top_p"] = p.top_p
+        if p.stop:
+            kwargs["stop"] = p.stop
+        if p.seed is not None:
+            kwargs["seed"] = p.seed
+        unknown = sorted(set(p.extra) - _PASSED)
+        if unknown:
+            raise BadRequest(
+                f"llama.cpp does not take {', '.join(unknown)}", provider=self.name,
+                hint=f"params.extra may hold {', '.join(sorted(_PASSED))}",
+            )
+        kwargs.update(p.extra)
+        return kwargs
+
+    def _generate(self, loaded: _Loaded, request: ChatRequest, channel: Channel, stop: threading.Event) -> None:
+        """The body of the generate thread: every outcome ends as one "done" or "error" item."""
+        try:
+            with loaded.lock, _mapped_errors(self.name, request.model):
+                llm = loaded.llm
+                if llm is None:  # unloaded while this request waited for the lock
+                    raise ServerError(f"{request.model} was unloaded", provider=self.name, hint="ask again to reload it")
+                finish = None
+                with contextlib.closing(llm.create_chat_completion(**self._arguments(request))) as chunks:
+                    for chunk in chunks:
+                        if stop.is_set():
+                            break  # closing the generator stops llama.cpp before its next token
+                        choice = chunk["choices"][0]
+                        text = choice["delta"].get("content")
+                        if text:
+                            channel.push("text", text)
+                        finish = choice.get("finish_reason") or finish
+                usage = Usage(prompt_tokens=llm.prompt_tokens, completion_tokens=llm.completion_tokens())
+            channel.push("done", (usage, finish or "stop"))
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop, raised there
+            channel.push("error", exc.with_traceback(None))
+            del exc
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        loaded = await self._ensure(request.model)
+        timeout = float(self.options.get("stream_timeout", _STREAM_TIMEOUT))
+        channel = Channel(asyncio.get_running_loop())
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=self._generate, args=(loaded, request, channel, stop),
+            name=f"farm-llamacpp-generate-{loaded.path.name}", daemon=True,
+        )
+        del loaded  # the thread holds it while it runs; unload must be able to free it after
+        error: BaseException | None = None
+        ended = False
+        thread.start()
+        try:
+            while error is None:
+                try:
+                    batch = await channel.take(timeout)
+                except TimeoutError:
+                    raise ProviderTimeout(
+                        f"llama.cpp produced nothing for {timeout:.0f}s with {request.model}", provider=self.name,
+                        hint="raise stream_timeout in [providers.llamacpp], or use a smaller model",
+                    ) from None
+                text = "".join(v for k, v in batch if k == "text")
+                if text:
+                    yield Chunk(text=text)
+                for kind, value in batch:
+                    if kind == "error":
+                        error, ended = value, True
+                    elif kind == "done":
+                        ended = True
+                        usage, finish = value
+                        yield Chunk(done=True, usage=usage, finish_reason=finish)
+                        return
+        finally:
+            stop.set()
+            await join(thread, channel, ended)
+        assert error is not None
+        if isinstance(error, FarmError):
+            raise error
+        raise ServerError(
+            f"llama.cpp failed with {request.model}: {type(error).__name__}: {first_line(error)}",
+            provider=self.name, hint="see the log above",
+        ) from error
+
+    # -- model management ------------------------------------------------------------------------
+
+    def _info(self, name: str, path: Path | None, loaded: bool) -> ModelInfo:
+        details: dict[str, Any] = {"engine": "llama.cpp"}
+        if path is not None:
+            details["path"] = str(path)
+        if embedded.is_embedded(name):
+            details["about"] = embedded.ABOUT
+        size = path.stat().st_size if path is not None and path.is_file() else None
+        quant = path.stem.rsplit(".", 1)[-1] if path is not None and "." in path.stem else None
+        return ModelInfo(name=name, provider=self.name, size=size, family="gguf", quantization=quant, loaded=loaded,
+                         parameter_size="135M" if embedded.is_embedded(name) else None, details=details)
+
+    async def list_models(self) -> list[ModelInfo]:
+        """The loaded models, the default one, and the GGUF files on this machine."""
+        models = [self._info(m.name, m.path, True) for m in self._models.values()]
+        seen = {m.path for m in self._models.values()}
+        default = self.default_model
+        if default not in self._models:
+            found = embedded.find() if embedded.is_embedded(default) else None
+            path = found[0] if found else (Path(default) if Path(default).is_file() else None)
+            models.append(self._info(default, path, False))
+            if path is not None:
+                seen.add(path)
+        for path in embedded.local_gguf_files():
+            if path not in seen:
+                models.append(self._info(str(path), path, False))
+        return models
+
+    async def load_model(self, model: str) -> AsyncIterator[PullProgress]:
+        yield PullProgress(status="loading")
+        loaded = await self._ensure(model)
+        size = loaded.path.stat().st_size
+        yield PullProgress(status="loaded (llama.cpp)", total=size, completed=size)
+
+    async def unload_model(self, model: str) -> None:
+        loaded = self._models.pop(model, None)
+        if loaded is not None:
+            await asyncio.to_thread(self._close, loaded)
+
+    @staticmethod
+    def _close(loaded: _Loaded) -> None:
+        with loaded.lock:  # never under a running generation: it ends (or is stopped) first
+            llm, loaded.llm = loaded.llm, None
+        with contextlib.suppress(Exception):
+            llm.close()  # frees the weights and the context now, not whenever the object is collected
+        del llm
+        gc.collect()
+
+    async def health(self) -> ProviderStatus:
+        if importlib.util.find_spec("llama_cpp") is None:
+            error = str(MissingDependency("llama-cpp-python", "llamacpp"))
+            return ProviderStatus(provider=self.name, state="unhealthy", url=self.url, error=error)
+        return ProviderStatus(provider=self.name, state="healthy", url=self.url, latency=0.0,
+                              models_loaded=sorted(self._models))
+
+    async def aclose(self) -> None:
+        for name in list(self._models):
+            await self.unload_model(name)

