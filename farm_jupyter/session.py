@@ -10,20 +10,32 @@ import sys
 import threading
 import time
 import types
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .cache import make_cache
 from .config import Settings, load_settings
-from .errors import FarmError
+from .errors import ConfigError, FarmError
 from .ledger import UsageReport
 from .monitor import Monitor
 from .providers.base import as_messages
 from .router import Router
 from .runtime import Runtime, get_runtime
-from .types import ChatMessage, ChatResponse, Chunk, GPUStats, ModelInfo, ProviderStatus, PullProgress
+from .steps import Steps
+from .types import (
+    ChatMessage,
+    ChatResponse,
+    Chunk,
+    GenerationParams,
+    GPUStats,
+    ImagePart,
+    ModelInfo,
+    ProviderStatus,
+    PullProgress,
+    ToolRun,
+)
 
 if TYPE_CHECKING:
     from .batch import BatchResult, Comparison, PromptBuilder
@@ -53,7 +65,9 @@ class Conversation:
         self._lock = threading.Lock()
         self._counter = 0
 
-    def messages_for(self, prompt: str, turn_id: str | None = None, system: str | None = None) -> list[ChatMessage]:
+    def messages_for(
+        self, prompt: str, turn_id: str | None = None, system: str | None = None, images: Sequence[ImagePart] = ()
+    ) -> list[ChatMessage]:
         with self._lock:
             turns = list(self.turns)
         if turn_id is not None:
@@ -65,16 +79,22 @@ class Conversation:
             messages.append(ChatMessage(role="system", content=system or self.system or ""))
         for t in turns[-self.max_turns:]:
             messages += [t.user, t.assistant]
-        messages.append(ChatMessage(role="user", content=prompt))
+        messages.append(ChatMessage(role="user", content=prompt, images=list(images)))
         return messages
 
-    def commit(self, prompt: str, response: ChatResponse, turn_id: str | None = None) -> Turn:
+    def commit(
+        self, prompt: str, response: ChatResponse, turn_id: str | None = None, *,
+        images: Sequence[ImagePart] = (), keep_thinking: bool = False,
+    ) -> Turn:
+        """The turn as the next request sends it back: the images asked about stay with their
+        question; the model's thinking only when asked to (`keep_thinking`)."""
         with self._lock:
             self._counter += 1
+            thinking = response.thinking if keep_thinking else None
             turn = Turn(
                 id=turn_id or f"turn-{self._counter}",
-                user=ChatMessage(role="user", content=prompt),
-                assistant=ChatMessage(role="assistant", content=response.text),
+                user=ChatMessage(role="user", content=prompt, images=list(images)),
+                assistant=ChatMessage(role="assistant", content=response.text, thinking=thinking),
                 address=response.address,
                 at=time.time(),
             )
@@ -100,6 +120,41 @@ class Conversation:
             return [m for t in self.turns for m in (t.user, t.assistant)]
 
 
+def _with_context(
+    prompt: str, context: Mapping[str, Any] | None, images: Sequence[Any], budget: int | None
+) -> tuple[str, list[ImagePart]]:
+    """The prompt with `{name}` filled from `context` (each object described) and the images: an
+    `ImagePart` as it is, anything else described (a figure becomes one); their stand-ins go at the
+    end of the text, where a text-only model reads them."""
+    from .context import DEFAULT_BUDGET, Collector, fill
+
+    budget = budget or DEFAULT_BUDGET
+    try:
+        described = fill(prompt, context, budget) if context is not None else None
+    except (KeyError, ValueError, IndexError, AttributeError) as exc:
+        raise ConfigError(f"the prompt cannot be filled from context=: {exc}",
+                          hint="name each {field} in context=, or write {{ }} for literal braces") from None
+    text = described.text if described else prompt
+    attached = list(described.images) if described else []
+    collector = Collector(budget)
+    collector.images = attached
+    stand_ins = []
+    for obj in images:
+        if isinstance(obj, ImagePart):
+            attached.append(obj)
+            stand_ins.append(obj.alt)
+            continue
+        before = len(attached)
+        said = collector(obj)
+        if len(attached) == before:
+            raise ConfigError(f"images= takes figures and pictures, not {type(obj).__name__}",
+                              hint="put other objects in the prompt with context=")
+        stand_ins.append(said)
+    if stand_ins:
+        text = "\n\n".join([text, *stand_ins])
+    return text, attached
+
+
 class ChatStream:
     """A lazy, replayable stream: nothing runs until iterated; `.response` forces it.
 
@@ -107,30 +162,42 @@ class ChatStream:
     the answer so far, without text voided by a restart.
     """
 
-    def __init__(self, session: Session, source: AsyncIterator[Chunk]) -> None:
+    def __init__(self, session: Session, source: AsyncIterator[Chunk] | Steps) -> None:
         self._session = session
-        self._source: AsyncIterator[Chunk] | None = source
+        self._source: AsyncIterator[Chunk] | Steps | None = source
         self._parts: list[str] = []
+        self._thinking: list[str] = []
         self._seen: list[Chunk] = []
         self.response: ChatResponse | None = None
         self.notice: str | None = None  # the fallback line, as soon as the stream says it
+        self.tool_runs: list[ToolRun] = []  # tool calls run so far, as they finish
 
     @property
     def text(self) -> str:
         return self.response.text if self.response else "".join(self._parts)
 
+    @property
+    def thinking(self) -> str:
+        """The model's reasoning so far, apart from the answer."""
+        return "".join(self._thinking)
+
     def _take(self, chunk: Chunk) -> None:
         self._seen.append(chunk)
         if chunk.restart:
             self._parts.clear()
+            self._thinking.clear()
         elif chunk.text:
             self._parts.append(chunk.text)
+        if chunk.thinking:
+            self._thinking.append(chunk.thinking)
+        if chunk.tool_run is not None:
+            self.tool_runs.append(chunk.tool_run)
         if chunk.notice:
             self.notice = chunk.notice
         if chunk.response is not None:
             self.response = chunk.response
 
-    def _claim(self) -> AsyncIterator[Chunk] | None:
+    def _claim(self) -> AsyncIterator[Chunk] | Steps | None:
         source, self._source = self._source, None
         return source
 
@@ -139,7 +206,9 @@ class ChatStream:
         if source is None:
             yield from list(self._seen)
             return
-        for chunk in self._session.runtime.iterate(source):
+        runtime = self._session.runtime
+        chunks = source.run(runtime.iterate, runtime.run) if isinstance(source, Steps) else runtime.iterate(source)
+        for chunk in chunks:
             self._take(chunk)
             yield chunk
 
@@ -149,7 +218,9 @@ class ChatStream:
             for chunk in list(self._seen):
                 yield chunk
             return
-        async for chunk in self._session.runtime.aiterate(source):
+        runtime = self._session.runtime
+        chunks = source.arun(runtime.aiterate, runtime.run) if isinstance(source, Steps) else runtime.aiterate(source)
+        async for chunk in chunks:
             self._take(chunk)
             yield chunk
 
@@ -161,15 +232,23 @@ class ChatStream:
                 self._take(chunk)
 
     def result(self) -> ChatResponse:
+        if isinstance(self._source, Steps):  # its steps between requests run in this thread
+            for _ in self:
+                pass
+            return self._finished()
         source = self._claim()
         if source is not None:
-            self._session.runtime.run(self._collect(source))
+            self._session.runtime.run(self._collect(source))  # type: ignore[arg-type]
         return self._finished()
 
     async def aresult(self) -> ChatResponse:
+        if isinstance(self._source, Steps):
+            async for _ in self:
+                pass
+            return self._finished()
         source = self._claim()
         if source is not None:
-            await self._session.runtime.wrap(self._collect(source))
+            await self._session.runtime.wrap(self._collect(source))  # type: ignore[arg-type]
         return self._finished()
 
     def _finished(self) -> ChatResponse:
@@ -221,30 +300,82 @@ class Session:
         fallback: bool | None,
         params: dict[str, Any],
         stream: bool = True,
-    ) -> AsyncIterator[Chunk]:
+        context: Mapping[str, Any] | None = None,
+        images: Sequence[Any] = (),
+        context_budget: int | None = None,
+        schema: Any = None,
+        tools: Sequence[Callable[..., Any]] | None = None,
+        max_steps: int = 5,
+        max_reasks: int = 2,
+        keep_thinking: bool = False,
+    ) -> AsyncIterator[Chunk] | Steps:
+        attached: list[ImagePart] = []
+        if context is not None or images:
+            if not isinstance(prompt, str):
+                raise TypeError("context= and images= go with a prompt string")
+            prompt, attached = _with_context(prompt, context, images, context_budget)
         if conversation is not None:
             if not isinstance(prompt, str):
                 raise TypeError("a conversation turn takes a prompt string")
-            messages = conversation.messages_for(prompt, turn_id, system)
+            messages = conversation.messages_for(prompt, turn_id, system, attached)
         else:
             messages = as_messages(prompt)
+            if attached:
+                messages[-1] = messages[-1].model_copy(update={"images": attached})
             if system:
                 messages.insert(0, ChatMessage(role="system", content=system))
         if not any(m.content.strip() for m in messages if m.role == "user"):
             raise FarmError("the prompt is empty", hint="write a question in the cell")
-        chunks = self.router.astream(
-            messages, model, params, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream
+        if schema is None and not tools:
+            chunks = self.router.astream(
+                messages, model, params, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream
+            )
+            if conversation is None:
+                return chunks
+            return self._committing(chunks, conversation, str(prompt), turn_id, attached, keep_thinking)
+        return self._steps(
+            messages, model, params, schema=schema, tools=tools, max_steps=max_steps, max_reasks=max_reasks,
+            no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream,
+            on_final=(lambda r: conversation.commit(str(prompt), r, turn_id, images=attached, keep_thinking=keep_thinking))
+            if conversation is not None else None,
         )
-        if conversation is None:
-            return chunks
-        return self._committing(chunks, conversation, str(prompt), turn_id)
+
+    def _steps(
+        self, messages: list[ChatMessage], model: str | None, params: dict[str, Any], *, schema: Any,
+        tools: Sequence[Callable[..., Any]] | None, max_steps: int, max_reasks: int, no_cache: bool, refresh: bool,
+        fallback: bool | None, stream: bool, on_final: Callable[[ChatResponse], Any] | None,
+    ) -> Steps:
+        from .router.call import parse_params
+        from .structured import Schema
+        from .tools import tools_of
+
+        found = tools_of(tools or [])
+        shape = Schema(schema) if schema is not None else None
+        generation = parse_params(params).model_copy(update={
+            "response_schema": shape.json_schema if shape else None,
+            "tools": [t.spec for t in found.values()] or None,
+        })
+        if shape is not None:  # said in the prompt too, for a model that does not constrain its output
+            messages = [*messages[:-1], shape.instruction(), messages[-1]]
+
+        def ask(msgs: list[ChatMessage], p: GenerationParams) -> AsyncIterator[Chunk]:
+            return self.router.astream(msgs, model, p, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream)
+
+        def forget(response: ChatResponse, msgs: list[ChatMessage], p: GenerationParams) -> None:
+            done = self.runtime.submit(self.router.forget(response, msgs, p))
+            if not self.runtime.in_loop():  # farm.map runs steps on the loop itself: no waiting there
+                done.result()
+
+        return Steps(messages, generation, ask, tools=found, schema=shape, max_steps=max_steps,
+                     max_reasks=max_reasks, forget=None if no_cache else forget, on_final=on_final)
 
     async def _committing(
-        self, stream: AsyncIterator[Chunk], conversation: Conversation, prompt: str, turn_id: str | None
+        self, stream: AsyncIterator[Chunk], conversation: Conversation, prompt: str, turn_id: str | None,
+        images: Sequence[ImagePart] = (), keep_thinking: bool = False,
     ) -> AsyncIterator[Chunk]:
         async for chunk in stream:
             if chunk.response is not None:
-                conversation.commit(prompt, chunk.response, turn_id)
+                conversation.commit(prompt, chunk.response, turn_id, images=images, keep_thinking=keep_thinking)
             yield chunk
 
     def stream(
@@ -258,13 +389,34 @@ class Session:
         no_cache: bool = False,
         refresh: bool = False,
         fallback: bool | None = None,
+        context: Mapping[str, Any] | None = None,
+        images: Sequence[Any] = (),
+        context_budget: int | None = None,
+        schema: Any = None,
+        tools: Sequence[Callable[..., Any]] | None = None,
+        max_steps: int = 5,
+        max_reasks: int = 2,
+        keep_thinking: bool = False,
         _whole: bool = False,
         **params: Any,
     ) -> ChatStream:
-        """A stream of the answer; `conversation=session.conversation` makes it a turn."""
+        """A stream of the answer; `conversation=session.conversation` makes it a turn.
+
+        - `context={"df": df, "fig": fig}` fills `{df}`, `{fig}` in the prompt with each object's
+          description (`farm_jupyter.context`), within `context_budget` tokens each; figures and
+          pictures go as images to a model that takes them (`images=[fig]` attaches them directly).
+        - `schema=Model` (a pydantic model, a type or a JSON Schema dict): the answer is validated
+          into `response.parsed`, re-asked up to `max_reasks` times when it does not match.
+        - `tools=[fn, ...]`: kernel functions the model may call, at most `max_steps` rounds; each
+          call runs in the thread that iterates the stream and shows as a `Chunk(tool_run=...)`.
+        - `think=True` asks for the model's reasoning: it streams apart (`Chunk.thinking`), is never
+          part of the answer, and goes back in a conversation only with `keep_thinking=True`.
+        """
         source = self._source(
             prompt, model, system=system, conversation=conversation, turn_id=turn_id,
             no_cache=no_cache, refresh=refresh, fallback=fallback, params=params, stream=not _whole,
+            context=context, images=images, context_budget=context_budget, schema=schema, tools=tools,
+            max_steps=max_steps, max_reasks=max_reasks, keep_thinking=keep_thinking,
         )
         return ChatStream(self, source)
 

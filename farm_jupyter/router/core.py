@@ -202,8 +202,10 @@ class Router:
     async def _route(self, call: Call, route: Route) -> AsyncIterator[Chunk]:
         provider = self.provider(route.provider)
         request = ChatRequest(messages=call.messages, model=route.model, params=call.params, stream=call.stream)
-        # Each route has its own entry: an answer is cached under the provider that gave it.
+        # Each route has its own entry: an answer is cached under the provider that gave it. The key
+        # covers the images' bytes, also for a model that gets only their stand-ins.
         key = self.cache_key(provider, request)
+        request = await self._fit_images(call, provider, request)
         notice = call.notice(route)
         if call.read_cache and (entry := await self._cache_call(call, "get", key)) is not None:
             if call.shown:
@@ -212,13 +214,17 @@ class Router:
             if notice:
                 yield Chunk(notice=notice)
             # A hit replays as a stream; a caller that wants the whole answer gets one piece.
+            if entry.response.thinking:
+                yield Chunk(thinking=entry.response.thinking)
             for text in entry.chunks if call.stream else ["".join(entry.chunks)]:
                 yield Chunk(text=text)
+            if entry.response.tool_calls:
+                yield Chunk(tool_calls=list(entry.response.tool_calls))
             call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True))
             elapsed = call.elapsed()
             response = entry.response.model_copy(update={
                 "cached": True, "restarted": call.restarted, "attempts": call.attempts,
-                "notice": notice,
+                "notice": notice, "notes": list(call.notes),
                 "timings": Timings(first_token=call.first_token or elapsed, total=elapsed,
                                    waited=sum(a.waited for a in call.attempts)),
             })
@@ -303,6 +309,9 @@ class Router:
                 restarted=call.restarted,
                 attempts=call.attempts,
                 notice=notice,
+                thinking="".join(attempt.thinking) or None,
+                tool_calls=attempt.tool_calls,
+                notes=list(call.notes),
                 timings=Timings(
                     first_token=call.first_token,
                     total=call.elapsed(),
@@ -318,6 +327,26 @@ class Router:
                 log.warning("; ".join(call.warnings))
             yield Chunk(done=True, usage=usage, finish_reason=final.finish_reason, response=response)
             return
+
+    async def _fit_images(self, call: Call, provider: Provider, request: ChatRequest) -> ChatRequest:
+        """A model that cannot see images gets each one's one-line stand-in (already in the text
+        where the image was named) instead of its bytes; the footer says so."""
+        count = sum(len(m.images) for m in request.messages)
+        call.notes.clear()
+        if not count or await provider.accepts_images(request.model):
+            return request
+        call.notes.append(f"{count} image{'s' if count != 1 else ''} sent as text ({request.model} takes no images)")
+        messages = [m.model_copy(update={"images": []}) if m.images else m for m in request.messages]
+        return request.model_copy(update={"messages": messages})
+
+    async def forget(self, response: ChatResponse, messages: list[ChatMessage], params: GenerationParams | Mapping[str, Any] | None) -> None:
+        """Drop the cached entry that gave `response` (an answer its caller refused, say one that
+        did not match the schema), so that asking again asks the model again."""
+        request = ChatRequest(messages=messages, model=response.model, params=parse_params(params))
+        try:
+            await self.cache.delete(self.cache_key(self.provider(response.provider), request))
+        except Exception:  # noqa: BLE001 - a cache that is down has nothing to forget
+            log.debug("cache delete failed", exc_info=True)
 
     def _record_failure(
         self, call: Call, route: Route, exc: ProviderError, *, retries: int = 0, waited: float = 0.0, chunks: int = 0
