@@ -126,9 +126,8 @@ def _figure(fig: Any) -> tuple[bytes, str]:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})  # the same figure, the same bytes
     data = buffer.getvalue()
-    bits = ["matplotlib figure"]
-    if size := _png_size(data):
-        bits.append(f"{size[0]}x{size[1]} px")
+    size = _png_size(data)
+    bits = ["matplotlib figure" + (f", {size[0]}x{size[1]} px" if size else "")]
     if title := getattr(getattr(fig, "_suptitle", None), "get_text", lambda: "")():
         bits.append(f"title {title!r}")
     for i, ax in enumerate(fig.get_axes()):
