@@ -108,13 +108,21 @@ class MemoryCache:
         self.misses = 0
 
     async def get(self, key: str) -> CacheEntry | None:
+        return self.peek(key)
+
+    def peek(self, key: str) -> CacheEntry | None:
+        """`get` without a loop: a hit can be answered in the caller's thread (no thread hop).
+        Every step is one dict operation, atomic under the GIL, so the loop's own use is safe."""
         entry = self._data.get(key)
         if entry is None or (self.ttl is not None and time.time() - entry.created > self.ttl):
             if entry is not None:
-                del self._data[key]
+                self._data.pop(key, None)
             self.misses += 1
             return None
-        self._data.move_to_end(key)
+        try:
+            self._data.move_to_end(key)
+        except KeyError:  # evicted by the loop in between: still a hit, the entry is whole
+            pass
         self.hits += 1
         return entry
 
@@ -177,9 +185,18 @@ class DiskCache:
                 f"the disk cache {self.path} is not readable: {exc}", hint="delete it or pick another FARM_CACHE path"
             ) from exc
 
+    async def _sql(self, query: str, args: tuple[Any, ...] = ()) -> Any:
+        """One statement in a worker thread: the lock may be held across a write's fsync, and the
+        runtime loop must never wait for a disk."""
+
+        def run() -> Any:
+            with self._lock:
+                return self._db.execute(query, args).fetchone()
+
+        return await asyncio.to_thread(run)
+
     async def get(self, key: str) -> CacheEntry | None:
-        with self._lock:
-            row = self._db.execute("SELECT created, value FROM entries WHERE key = ?", (key,)).fetchone()
+        row = await self._sql("SELECT created, value FROM entries WHERE key = ?", (key,))
         if row is None:
             return None
         if self.ttl is not None and time.time() - row[0] > self.ttl:
@@ -207,22 +224,22 @@ class DiskCache:
                     )
 
     async def delete(self, key: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
+        await self._sql("DELETE FROM entries WHERE key = ?", (key,))
 
     async def clear(self) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM entries")
+        await self._sql("DELETE FROM entries")
 
     async def info(self) -> dict[str, Any]:
-        with self._lock:
-            count = self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        count = (await self._sql("SELECT COUNT(*) FROM entries"))[0]
         size = self.path.stat().st_size if self.path.exists() else 0
         return {"backend": self.name, "entries": count, "path": str(self.path), "bytes": size, "ttl": self.ttl}
 
     async def aclose(self) -> None:
-        with self._lock:
-            self._db.close()
+        def close() -> None:
+            with self._lock:
+                self._db.close()
+
+        await asyncio.to_thread(close)
 
 
 class RedisCache:

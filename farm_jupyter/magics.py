@@ -8,9 +8,13 @@ Loading is instant: this module imports only IPython, traitlets and the standard
 top; the session (pydantic, httpx, the providers) is imported inside a magic on first use.
 
 Rendering: an answer streams into one `display(..., display_id=True)` output, updated at most
-`update_rate` times a second whatever the token rate. When the answer is complete that output is
-blanked and the answer is shown again as a fresh display (markdown and `text/plain`) with a
-one-line footer below it, so headless runs (nbval, nbclient) and saved notebooks hold the answer.
+`update_rate` times a second whatever the token rate. When the answer is complete the cell's
+outputs are cleared (`clear_output(wait=True)`: the frontend drops them as the next output comes)
+and the answer is shown as a fresh display (markdown and `text/plain`) with a one-line footer
+below it, so headless runs (nbval, nbclient) and saved notebooks hold the answer once, and no
+empty output. A cell that does more than the magic (prints, a loop of `run_cell_magic`) is not
+cleared: its answers are shown when complete. An answer from another model than the one asked
+has one line above it that says so (`ollama was not reachable: answered by openai:gpt-4o-mini`).
 A terminal IPython, which cannot update an output in place, gets the text printed as it comes.
 
 Errors: misuse (bad option, unknown subcommand or provider, empty prompt, a `{name}` that is not
@@ -163,47 +167,62 @@ _RAW_HINT = "or %%farm_chat --raw to send the cell as written"
 
 
 class _PromptFormatter(string.Formatter):
-    """`str.format` field lookup over the user namespace: names, `.attr`, `[key]`; no eval."""
+    """`str.format` field lookup over the user namespace: names, `.attr`, `[key]`; no eval.
 
-    def __init__(self, namespace: Mapping[str, Any]) -> None:
+    Errors quote each field exactly as the user wrote it (`{"a": 1}`, not the `{"a"}` that
+    str.format's parser leaves of it) and name the text it is in (`what`: the prompt or the
+    system text). `parse` finds each field's source span with the same brace counting as
+    CPython's parser; a stack keeps the outer field's text while a nested one (`{x:{w}}`) runs.
+    """
+
+    def __init__(self, namespace: Mapping[str, Any], what: str) -> None:
         self.namespace = namespace
-        self.field = ""
+        self.what = what
+        self._written: list[str] = []
+
+    def parse(self, format_string: str) -> Iterator[tuple[str, str | None, str | None, str | None]]:  # type: ignore[override]
+        spans = iter(_field_texts(format_string))
+        for literal, field, spec, conversion in super().parse(format_string):
+            if field is not None:
+                self._written.append(next(spans, "{" + field + "}"))
+            yield literal, field, spec, conversion
+
+    @property
+    def written(self) -> str:
+        return self._written[-1] if self._written else "{}"
+
+    def _error(self, problem: str) -> UsageError:
+        return UsageError(f"{self.what} uses {self.written}{problem}")
 
     def get_field(self, field_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[Any, str]:
-        self.field = field_name
-        written = "{" + field_name + "}"
-        literal = "{{" + field_name + "}}"
+        literal = "{" + self.written + "}"
         try:
             first, rest = _formatter_field_name_split(field_name)
         except ValueError as exc:
-            raise UsageError(f"prompt uses {written}, which is not a name: {exc}; write {literal} for literal braces, {_RAW_HINT}") from None
+            raise self._error(f", which is not a name: {exc}; write {literal} for literal braces, {_RAW_HINT}") from None
         if isinstance(first, int) or first == "":
-            raise UsageError(f"prompt uses {written} with no name; write {literal} for literal braces, {_RAW_HINT}")
+            raise self._error(f" with no name; write {literal} for literal braces, {_RAW_HINT}")
         if not first.isidentifier():
-            raise UsageError(f"prompt uses {written}, which is not a name from the notebook; write {literal} for literal braces, {_RAW_HINT}")
+            raise self._error(f", which is not a name from the notebook; write {literal} for literal braces, {_RAW_HINT}")
         if first not in self.namespace:
-            raise UsageError(
-                f"prompt uses {written}, but {first} is not defined in the notebook; "
-                f"define it or write {literal} for literal braces"
-            )
+            raise self._error(f", but {first} is not defined in the notebook; define it or write {literal} for literal braces")
         obj = self.namespace[first]
         path = first
         for is_attr, key in rest:
             if is_attr:
                 if not key or key.startswith("_"):
-                    raise UsageError(f"prompt uses {written}: attributes starting with '_' are not looked up; write {literal} for literal braces")
+                    raise self._error(f": attributes starting with '_' are not looked up; write {literal} for literal braces")
                 try:
                     obj = getattr(obj, key)
                 except Exception as exc:  # noqa: BLE001 - any lookup failure is the user's to fix
-                    raise UsageError(f"prompt uses {written}, but {path} has no attribute {key!r} ({type(exc).__name__})") from None
+                    raise self._error(f", but {path} has no attribute {key!r} ({type(exc).__name__})") from None
                 path += "." + key
             else:
-                if isinstance(key, str) and re.fullmatch(r"-\d+", key) and not isinstance(obj, Mapping):
-                    key = int(key)
+                key = _index_key(key, obj)
                 try:
                     obj = obj[key]
                 except Exception as exc:  # noqa: BLE001
-                    raise UsageError(f"prompt uses {written}, but {path} has no item {key!r} ({type(exc).__name__})") from None
+                    raise self._error(f", but {path} has no item {key!r} ({type(exc).__name__})") from None
                 path += f"[{key!r}]"
         return obj, first
 
@@ -211,13 +230,94 @@ class _PromptFormatter(string.Formatter):
         try:
             return super().convert_field(value, conversion)
         except Exception as exc:  # noqa: BLE001
-            raise UsageError(f"prompt uses {{{self.field}!{conversion}}}, which failed: {type(exc).__name__}: {exc}") from None
+            raise self._error(f", which failed: {type(exc).__name__}: {exc}") from None
 
     def format_field(self, value: Any, format_spec: str) -> Any:
         try:
             return super().format_field(value, format_spec)
         except Exception as exc:  # noqa: BLE001
-            raise UsageError(f"prompt uses {{{self.field}:{format_spec}}}, which failed: {type(exc).__name__}: {exc}") from None
+            raise self._error(f", which failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            if self._written:  # the field is done: an enclosing one is current again
+                self._written.pop()
+
+
+def _field_texts(template: str) -> list[str]:
+    """Each top-level `{...}` field of `template` as written, in order; `{{` and `}}` skipped.
+
+    The scan of CPython's format parser (`parse_field` in unicode_format.h): the name runs to
+    `}`, `:` or `!`, skipping `[...]`; `!` takes one character; a format spec ends at the `}`
+    that balances its `{`. Where that parser fails, this stops; `str.format` reports the problem.
+    """
+    out: list[str] = []
+    i, n = 0, len(template)
+    while i < n:
+        c = template[i]
+        if c in "{}" and template[i + 1 : i + 2] == c:
+            i += 2
+            continue
+        if c != "{":
+            i += 1
+            continue
+        end = _field_end(template, i + 1)
+        if end is None:
+            break
+        out.append(template[i:end])
+        i = end
+    return out
+
+
+def _field_end(t: str, i: int) -> int | None:
+    """Where the field whose name starts at `i` ends (just past its `}`); None if malformed."""
+    n = len(t)
+    c = ""
+    while i < n:
+        c, i = t[i], i + 1
+        if c == "[":
+            while i < n and t[i] != "]":
+                i += 1
+        elif c == "}":
+            return i
+        elif c in ":!":
+            break
+        elif c == "{":
+            return None
+    else:
+        return None
+    if c == "!":
+        if i + 1 >= n:
+            return None
+        c, i = t[i + 1], i + 2  # the conversion character, then `}` or `:`
+        if c == "}":
+            return i
+        if c != ":":
+            return None
+    depth = 1
+    while i < n:
+        c, i = t[i], i + 1
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return None
+
+
+_QUOTED = re.compile(r"""(['"])(.*)\1""", re.S)
+
+
+def _index_key(key: Any, obj: Any) -> Any:
+    """`d['k']` and `d["k"]` look up the string k (str.format would look up "'k'" with its
+    quotes); `d[0]` an int (str.format's own rule); `items[-1]` an int where obj is no mapping."""
+    if not isinstance(key, str):
+        return key
+    quoted = _QUOTED.fullmatch(key)
+    if quoted:
+        return quoted.group(2)
+    if re.fullmatch(r"-\d+", key) and not isinstance(obj, Mapping):
+        return int(key)
+    return key
 
 
 def _formatter_field_name_split(field_name: str) -> tuple[Any, Iterator[tuple[bool, Any]]]:
@@ -227,24 +327,25 @@ def _formatter_field_name_split(field_name: str) -> tuple[Any, Iterator[tuple[bo
     return first, iter(list(rest))  # parse all of it now, so a malformed key fails here
 
 
-def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
+def interpolate(template: str, namespace: Mapping[str, Any], *, what: str = "prompt") -> str:
     """Fill `{name}`, `{obj.attr}`, `{d[key]}`, `{Out[3]}` from `namespace`, like `str.format`.
 
-    Nothing is evaluated: a field is a name followed by attribute and index lookups, with an
-    optional `!r`/`!s` conversion and a format spec. `{{` and `}}` are literal braces. Any problem
-    is a one-line `UsageError` that names the field.
+    Nothing is evaluated: a field is a name followed by attribute and index lookups (`d['k']`
+    and `d["k"]` look up the string k), with an optional `!r`/`!s` conversion and a format spec.
+    `{{` and `}}` are literal braces. Any problem is a one-line `UsageError` that quotes the
+    field as written and names `what` holds it ("prompt", "system text (-s)").
     """
-    formatter = _PromptFormatter(namespace)
+    formatter = _PromptFormatter(namespace, what)
     try:
         return formatter.vformat(template, (), {})
     except UsageError:
         raise
     except (ValueError, IndexError, KeyError, TypeError) as exc:
         raise UsageError(
-            f"prompt has a brace problem ({exc}); write {{{{ and }}}} for literal braces, {_RAW_HINT}"
+            f"{what} has a brace problem ({exc}); write {{{{ and }}}} for literal braces, {_RAW_HINT}"
         ) from None
     except RecursionError:
-        raise UsageError(f"prompt nests format fields too deeply; {_RAW_HINT}") from None
+        raise UsageError(f"{what} nests format fields too deeply; {_RAW_HINT}") from None
 
 
 # -- answers -> what is shown ---------------------------------------------------------------------
@@ -281,9 +382,17 @@ def parse_json(text: str) -> Any:
 
 
 def _markdown_html(text: str) -> str:
-    from .widgets._markdown import render  # the widgets' renderer: tables, highlighted code
+    from ._markdown import render  # the widgets' renderer (tables, highlighted code), without ipywidgets
 
     return render(text)
+
+
+def _notice_bundle(line: str) -> dict[str, str]:
+    """The line above an answer that came from another model than the one asked."""
+    return {
+        "text/html": f"<div style='color:#9a6700'>&#9888; {html.escape(line)}</div>",
+        "text/plain": line,
+    }
 
 
 def _footer_bundle(line: str) -> dict[str, str]:
@@ -351,7 +460,14 @@ def _drive(session: Session, streams: Sequence[ChatStream], tick: float) -> Gene
 
 
 class _Live:
-    """One output updated in place, at most `rate` times a second, blanked when done."""
+    """One output updated in place, at most `rate` times a second; gone when done.
+
+    `close()` clears the cell's outputs with `wait=True`: the frontend (JupyterLab, nbclient)
+    drops them when the next output arrives (the final answer, or the error), so the saved
+    notebook holds the answer once and no empty output. Blanking the live output instead left a
+    `text/plain: ''` output in every saved notebook; there is no message that removes one output.
+    The magic streams live only when it owns the cell (`FarmMagics._owns_cell`).
+    """
 
     def __init__(self, enabled: bool, rate: float, initial: dict[str, Any]) -> None:
         self.gap = 1.0 / rate
@@ -375,7 +491,9 @@ class _Live:
 
     def close(self) -> None:
         if self.handle is not None:
-            self.handle.update({"text/plain": ""}, raw=True)
+            from IPython.display import clear_output
+
+            clear_output(wait=True)
             self.handle = None
 
 
@@ -388,6 +506,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "health": ("[PROVIDER ...]", "is each provider reachable: state, latency, loaded models"),
     "gpu": ("", "GPU memory, utilisation, temperature and processes"),
     "stats": ("", "per-model requests, latency p50/p95, time to first token, tokens/s, cache hits"),
+    "usage": ("", "tokens in and out, cache savings and cost per model ([prices], [budget] in farm.toml)"),
     "history": ("", "the turns of the conversation that %%farm_chat cells form"),
     "reset": ("", "start a new conversation"),
     "cache": ("[info|clear]", "the response cache: its state, or empty it"),
@@ -467,6 +586,7 @@ class FarmMagics(Magics):
         self._lock = threading.Lock()
         self._configured: weakref.WeakSet[Session] = weakref.WeakSet()
         self._cell_id: str | None = None
+        self._cell_source: str | None = None
         self._ollama: subprocess.Popen[bytes] | None = None
         self._ollama_log: str | None = None
         self._dashboard: Any = None
@@ -476,9 +596,26 @@ class FarmMagics(Magics):
 
     def _pre_run_cell(self, info: Any) -> None:
         self._cell_id = getattr(info, "cell_id", None)
+        self._cell_source = getattr(info, "raw_cell", None)
 
     def _post_run_cell(self, result: Any) -> None:
         self._cell_id = None
+        self._cell_source = None
+
+    def _owns_cell(self, magic: str) -> bool:
+        """Is the running cell this magic alone, so that clearing its outputs loses nothing else?
+
+        A live answer ends by clearing the cell's outputs (see `_Live`); a cell that also prints
+        or loops over `run_cell_magic` keeps its outputs, and its answers are shown when complete.
+        Called outside a cell (a script, a test) there is nothing else to keep.
+        """
+        source = self._cell_source
+        if source is None:
+            return True
+        if magic.startswith("%%"):
+            return source.lstrip().startswith(magic)
+        lines = [ln for ln in source.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        return len(lines) == 1 and lines[0].lstrip().startswith(magic)
 
     def current_cell_id(self) -> str | None:
         """The frontend's id of the running cell: IPython's ExecutionInfo, else ipykernel's header."""
@@ -551,6 +688,8 @@ class FarmMagics(Magics):
     @argument("-o", "--out", metavar="NAME", help="store the response object (ChatResponse) in this variable")
     @argument("--no-cache", action="store_true", help="neither read nor write the response cache")
     @argument("--refresh", action="store_true", help="ask again even if cached, and cache the new answer")
+    @argument("--no-fallback", action="store_true",
+              help="exactly the model named, or an error: never another provider (fallback = false in farm.toml)")
     @argument("--new", action="store_true", help="start a new conversation before this question")
     @argument("--no-stream", action="store_true", help="show the answer only when it is complete")
     @argument("--raw", action="store_true", help="send the cell as written: no {name} interpolation")
@@ -588,7 +727,7 @@ class FarmMagics(Magics):
             raise UsageError("the prompt is empty: write the question in the cell, below %%farm_chat")
         system = None
         if args.system is not None:
-            system = args.system if args.raw else interpolate(args.system, ns)
+            system = args.system if args.raw else interpolate(args.system, ns, what="system text (-s)")
         if args.out is not None and not args.out.isidentifier():
             raise UsageError(f"-o/--out needs a variable name, got {args.out!r}")
         params: dict[str, Any] = {}
@@ -627,9 +766,10 @@ class FarmMagics(Magics):
             session.conversation.reset()
         stream = session.stream(
             prompt, target, system=system, conversation=session.conversation, turn_id=self.current_cell_id(),
-            no_cache=args.no_cache, refresh=args.refresh, **params,
+            no_cache=args.no_cache, refresh=args.refresh, fallback=False if args.no_fallback else None, **params,
         )
-        self._answer(session, stream, address, fmt=args.format, live=not args.no_stream, out=args.out)
+        self._answer(session, stream, address, fmt=args.format, live=not args.no_stream, out=args.out,
+                     owned=self._owns_cell("%%farm_chat"))
         return None
 
     @staticmethod
@@ -648,20 +788,29 @@ class FarmMagics(Magics):
 
     def _answer(
         self, session: Session, stream: ChatStream, address: str, *, fmt: str = "markdown",
-        live: bool = True, out: str | None = None,
+        live: bool = True, out: str | None = None, owned: bool = True,
     ) -> ChatResponse:
-        """Stream one answer to the screen; show the final answer and its footer; return it."""
+        """Stream one answer to the screen; show the final answer and its footer; return it.
+
+        A fallback's notice (`ollama was not reachable: answered by openai:gpt-4o-mini`) is one
+        line above the answer: in the live output as soon as the stream says it, then as its
+        own output above the final answer, so text/plain readers (nbval, saved notebooks) see it.
+        """
 
         rich = self._live()
         parts: list[str] = []
         note: list[str | None] = [None]
+        notice: list[str | None] = [None]
+        printed: list[str | None] = [None]  # the notice a terminal has printed
 
         def bundle() -> dict[str, Any]:
             text = "".join(parts)
-            md = text + (f"\n\n*{note[0]}*" if note[0] else "")
-            return {"text/markdown": md or f"*asking {address}…*", "text/plain": text}
+            head = f"*&#9888; {notice[0]}*\n\n" if notice[0] else ""
+            md = head + text + (f"\n\n*{note[0]}*" if note[0] else "")
+            plain = (f"{notice[0]}\n\n" if notice[0] else "") + text
+            return {"text/markdown": md if text or notice[0] or note[0] else f"*asking {address}…*", "text/plain": plain}
 
-        screen = _Live(rich and live, self.update_rate, {"text/markdown": f"*asking {address}…*", "text/plain": ""})
+        screen = _Live(rich and live and owned, self.update_rate, {"text/markdown": f"*asking {address}…*", "text/plain": ""})
         echo = live and not rich  # a terminal: print the text as it comes
         response: ChatResponse | None = None
         start = time.perf_counter()
@@ -679,15 +828,22 @@ class FarmMagics(Magics):
                 assert chunk is not None
                 if chunk.restart:
                     parts.clear()
-                    note[0] = "the first provider failed; answering again with the next one"
+                    note[0] = chunk.status or "the answer was cut: starting over"
                     if echo:
-                        print("\n[restarting on another provider]", flush=True)
-                if chunk.status:
+                        print(f"\n[{note[0]}]", flush=True)
+                elif chunk.status:
                     note[0] = chunk.status
+                if chunk.notice:
+                    notice[0] = chunk.notice
                 if chunk.text:
                     parts.append(chunk.text)
                     note[0] = None
                     if echo:
+                        # The router says the notice before each try of the fallback: print it
+                        # once, when that model's text comes (a try that fails shows nothing).
+                        if notice[0] and notice[0] != printed[0]:
+                            print(notice[0], flush=True)
+                            printed[0] = notice[0]
                         sys.stdout.write(chunk.text)
                         sys.stdout.flush()
                 if chunk.response is not None:
@@ -701,7 +857,7 @@ class FarmMagics(Magics):
                 # show it as the complete answer it is, rather than as stopped.
                 response = stream.response
             else:
-                self._stopped(parts, address, start, echo=echo, out=out)
+                self._stopped(parts, address, start, echo=echo, out=out, notice=notice[0])
         finally:
             items.close()
             screen.close()
@@ -710,6 +866,11 @@ class FarmMagics(Magics):
         self.last_updates = screen.updates
         if out:
             self.ip.user_ns[out] = response
+        line = response.notice or notice[0]
+        if line and not echo:
+            display(_notice_bundle(line), raw=True)
+        elif line and echo and line != printed[0]:  # not printed with the text: say it before the footer
+            print(f"\n{line}", flush=True)
         extra = self._finish(response, fmt, echo=echo)
         footer = response.footer() + (f" · {extra}" if extra else "")
         if echo:
@@ -718,18 +879,21 @@ class FarmMagics(Magics):
             display(_footer_bundle(footer), raw=True)
         return response
 
-    def _stopped(self, parts: list[str], address: str, start: float, *, echo: bool, out: str | None) -> None:
+    def _stopped(self, parts: list[str], address: str, start: float, *, echo: bool, out: str | None,
+                 notice: str | None = None) -> None:
         """Ctrl-C: keep the partial text on screen, marked, out of the conversation; fail the cell."""
         from .types import ChatResponse, Timings
 
         target, _, model = address.partition(":")
         stopped = ChatResponse(
             text="".join(parts), provider=target, model=model, stopped=True,
-            timings=Timings(total=time.perf_counter() - start),
+            timings=Timings(total=time.perf_counter() - start), notice=notice,
         )
         if echo:
             print(f"\n(stopped)\n{stopped.footer()}", flush=True)
         else:
+            if notice:
+                display(_notice_bundle(notice), raw=True)
             self._show_text(stopped.text, "markdown", stopped=True)
             display(_footer_bundle(stopped.footer()), raw=True)
         if out:
@@ -785,7 +949,14 @@ class FarmMagics(Magics):
         parts: list[list[str]] = [[] for _ in range(n)]
         results: list[ChatResponse | BaseException | None] = [None] * n
         notes: list[str | None] = [None] * n
+        notices: list[str | None] = [None] * n  # a column answered by another model says so above its text
         text_only = args.format == "text"
+
+        def notice_of(i: int) -> str | None:
+            result = results[i]
+            if isinstance(result, BaseException):
+                return None  # what it announced did not answer either
+            return (result.notice if result is not None else None) or notices[i]
 
         def columns(final: bool) -> str:
             cols = []
@@ -798,9 +969,11 @@ class FarmMagics(Magics):
                 else:
                     body = f"<pre style='white-space:pre-wrap'>{html.escape(text)}</pre>" if text_only else _markdown_html(text)
                     stats = result.footer(address=False, first_token=True) if result is not None else (notes[i] or ("waiting…" if not text else "streaming…"))
+                line = notice_of(i)
+                head = f"<div style='color:#9a6700'>&#9888; {html.escape(line)}</div>" if line else ""
                 cols.append(
                     "<div style='flex:1;min-width:0;border:1px solid rgba(128,128,128,.35);border-radius:4px;padding:.5em'>"
-                    f"<div><b>{html.escape(address)}</b></div>{body}"
+                    f"<div><b>{html.escape(address)}</b></div>{head}{body}"
                     f"<div style='font-size:85%;opacity:.7'>{html.escape(stats)}</div></div>"
                 )
             return f"<div style='display:flex;gap:.75em;align-items:flex-start'>{''.join(cols)}</div>"
@@ -815,14 +988,15 @@ class FarmMagics(Magics):
                     body, stats = result.text, result.footer(address=False, first_token=True)
                 else:
                     body, stats = "".join(parts[i]), notes[i] or ""
-                sections.append(f"── {address} ──\n{body}\n[{stats}]")
+                line = notice_of(i)
+                sections.append(f"── {address} ──\n" + (f"{line}\n" if line else "") + f"{body}\n[{stats}]")
             return "\n\n".join(sections)
 
         def bundle() -> dict[str, Any]:
             return {"text/html": columns(False), "text/plain": plain()}
 
         rich = self._live()
-        screen = _Live(rich and not args.no_stream, self.update_rate, bundle())
+        screen = _Live(rich and not args.no_stream and self._owns_cell("%%farm_chat"), self.update_rate, bundle())
         start = time.perf_counter()
         items = _drive(session, streams, tick=1.0 / self.update_rate)
         try:
@@ -838,6 +1012,8 @@ class FarmMagics(Magics):
                         parts[i].clear()
                     if chunk.status:
                         notes[i] = chunk.status
+                    if chunk.notice:
+                        notices[i] = chunk.notice
                     if chunk.text:
                         parts[i].append(chunk.text)
                         notes[i] = None
@@ -930,14 +1106,26 @@ class FarmMagics(Magics):
         provider = rest[0] if rest else None
         if provider:
             self._check_provider(session, provider)
-        models = session.models(provider)
-        rows = [
-            (m.address, m.family, m.parameter_size, m.quantization, _size(m.size), m.loaded)
-            for m in models
-        ]
-        where = provider or ", ".join(dict.fromkeys(session.settings.chain))
-        return Table(["model", "family", "parameters", "quantization", "size", "loaded"], rows,
-                     title=f"models ({where})", caption=None if rows else "no models found: %farm pull MODEL")
+        headers = ["model", "family", "parameters", "quantization", "size", "loaded"]
+        if provider:
+            lists: dict[str, Any] = {provider: session.models(provider)}  # a down provider raises its own error
+        else:
+            lists = session.model_lists()
+        where = provider or ", ".join(lists)
+        rows: list[tuple[Any, ...]] = []
+        down = {name: found for name, found in lists.items() if isinstance(found, BaseException)}
+        for found in lists.values():
+            if not isinstance(found, BaseException):
+                rows += [(m.address, m.family, m.parameter_size, m.quantization, _size(m.size), m.loaded) for m in found]
+        if down and not rows:
+            return Table(["provider", "error"], [(name, str(exc)) for name, exc in down.items()],
+                         title=f"models ({where})", caption="no provider answered: each one's error is above")
+        if down:  # the models of those that answered, and one row for each that did not
+            headers.append("error")
+            rows = [(*row, "") for row in rows]
+            rows += [(name, "", "", "", "", "", str(exc)) for name, exc in down.items()]
+        return Table(headers, rows, title=f"models ({where})",
+                     caption=None if rows else "no models found: %farm pull MODEL")
 
     def _farm_use(self, rest: list[str]) -> None:
         self._arity("use", rest, 0, 1)
@@ -984,14 +1172,33 @@ class FarmMagics(Magics):
 
     def _farm_stats(self, rest: list[str]) -> Table:
         self._arity("stats", rest, 0, 0)
-        summary = self.session().monitor.summary()
-        rows = [
-            (s.address, s.requests, s.errors, s.cache_hits, _seconds(s.p50), _seconds(s.p95),
-             _seconds(s.first_token_p50), None if s.tokens_per_second is None else f"{s.tokens_per_second:.1f}", s.tokens_out)
-            for s in summary
-        ]
-        return Table(["model", "requests", "errors", "cache hits", "p50", "p95", "TTFT p50", "tok/s", "tokens out"], rows,
-                     title="requests this session", caption=None if rows else "no requests yet")
+        from ._format import describe_failures
+
+        monitor = self.session().monitor
+        failures = monitor.failure_counts()
+        rows: list[tuple[Any, ...]] = []
+        shown: set[str] = set()
+        for s in monitor.summary():
+            provider = s.address.partition(":")[0]
+            # a provider's failures by class go on its first row (they are the provider's, not a model's)
+            kinds = "" if provider in shown else describe_failures(failures.get(provider, {}))
+            shown.add(provider)
+            rows.append((s.address, s.requests, s.errors, s.cache_hits, _seconds(s.p50), _seconds(s.p95),
+                         _seconds(s.first_token_p50), None if s.tokens_per_second is None else f"{s.tokens_per_second:.1f}",
+                         s.tokens_out, kinds))
+        for provider, kinds_of in failures.items():  # failed without ever answering (a fallback answered)
+            if provider not in shown and any(kinds_of.values()):
+                rows.append((provider, "", "", "", "", "", "", "", "", describe_failures(kinds_of)))
+        return Table(["model", "requests", "errors", "cache hits", "p50", "p95", "TTFT p50", "tok/s", "tokens out", "failures"],
+                     rows, title="requests this session", caption=None if rows else "no requests yet")
+
+    def _farm_usage(self, rest: list[str]) -> Table:
+        self._arity("usage", rest, 0, 0)
+        report = self.session().usage()
+        rows = [(r.address, r.requests, r.cache_hits, r.tokens_in, r.tokens_out, r.saved_in + r.saved_out, r.cost_text())
+                for r in report]
+        return Table(["model", "requests", "cache hits", "tokens in", "tokens out", "tokens saved by cache", "cost"],
+                     rows, title="usage this session", caption=report.summary() if rows else "no requests yet")
 
     def _farm_history(self, rest: list[str]) -> Table:
         self._arity("history", rest, 0, 0)
@@ -1054,20 +1261,38 @@ class FarmMagics(Magics):
                 bar.close()
         return last
 
-    def _farm_pull(self, rest: list[str]) -> None:
-        self._arity("pull", rest, 1, 1)
+    def _remote(self, session: Session, target: str, action: str) -> str | None:
+        """The address, when its provider serves models itself (nothing to pull, load or free)."""
+        from .errors import FarmError
+
+        address = self._check_target(session, target)
+        try:
+            loads = session.has_models_to_load(target)
+        except FarmError as exc:
+            raise UsageError(str(exc)) from None
+        if loads:
+            return None
+        provider = address.partition(":")[0]
+        print(f"{address}: nothing to {action}: {provider} serves its models remotely; ask it with %%farm_chat -m {address}")
+        return address
+
+    def _farm_pull(self, rest: list[str], action: str = "pull") -> None:
+        self._arity(action, rest, 1, 1)
         session = self.session()
+        if self._remote(session, rest[0], action):
+            return
         address = self._check_target(session, rest[0])
         self._progress(rest[0], session.load)
         print(f"{address}: pulled and loaded")
 
     def _farm_load(self, rest: list[str]) -> None:
-        self._arity("load", rest, 1, 1)
-        self._farm_pull(rest)
+        self._farm_pull(rest, "load")
 
     def _farm_unload(self, rest: list[str]) -> None:
         self._arity("unload", rest, 1, 1)
         session = self.session()
+        if self._remote(session, rest[0], "unload"):
+            return
         address = self._check_target(session, rest[0])
         session.unload(rest[0])
         print(f"{address}: unloaded")
@@ -1075,6 +1300,8 @@ class FarmMagics(Magics):
     def _farm_reload(self, rest: list[str]) -> None:
         self._arity("reload", rest, 1, 1)
         session = self.session()
+        if self._remote(session, rest[0], "reload"):
+            return
         address = self._check_target(session, rest[0])
         self._progress(rest[0], session.reload)
         print(f"{address}: reloaded")
@@ -1126,7 +1353,7 @@ class FarmMagics(Magics):
         session = self.session()
         target = rest[0] if rest else None
         address = self._check_target(session, target)
-        self._answer(session, session.stream(prompt, target), address)
+        self._answer(session, session.stream(prompt, target), address, owned=self._owns_cell("%farm"))
 
     def _farm_ollama(self, rest: list[str]) -> None:
         self._arity("ollama", rest, 1, 1)

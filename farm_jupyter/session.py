@@ -6,6 +6,7 @@ and widgets go through a Session, never to a provider directly.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import time
@@ -118,6 +119,12 @@ class Conversation:
     def to_messages(self) -> list[ChatMessage]:
         with self._lock:
             return [m for t in self.turns for m in (t.user, t.assistant)]
+
+
+# Asking with these takes more than one cache lookup (objects to describe, steps to run).
+_MORE = ("context", "images", "schema", "tools")
+_ASKING = frozenset({"system", "conversation", "turn_id", "no_cache", "refresh", "fallback", *_MORE,
+                     "context_budget", "max_steps", "max_reasks", "keep_thinking"})  # not params
 
 
 def _with_context(
@@ -314,18 +321,7 @@ class Session:
             if not isinstance(prompt, str):
                 raise TypeError("context= and images= go with a prompt string")
             prompt, attached = _with_context(prompt, context, images, context_budget)
-        if conversation is not None:
-            if not isinstance(prompt, str):
-                raise TypeError("a conversation turn takes a prompt string")
-            messages = conversation.messages_for(prompt, turn_id, system, attached)
-        else:
-            messages = as_messages(prompt)
-            if attached:
-                messages[-1] = messages[-1].model_copy(update={"images": attached})
-            if system:
-                messages.insert(0, ChatMessage(role="system", content=system))
-        if not any(m.content.strip() for m in messages if m.role == "user"):
-            raise FarmError("the prompt is empty", hint="write a question in the cell")
+        messages = self._messages(prompt, system, conversation, turn_id, attached)
         if schema is None and not tools:
             chunks = self.router.astream(
                 messages, model, params, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream
@@ -339,6 +335,25 @@ class Session:
             on_final=(lambda r: conversation.commit(str(prompt), r, turn_id, images=attached, keep_thinking=keep_thinking))
             if conversation is not None else None,
         )
+
+    @staticmethod
+    def _messages(
+        prompt: Prompt, system: str | None, conversation: Conversation | None = None, turn_id: str | None = None,
+        images: Sequence[ImagePart] = (),
+    ) -> list[ChatMessage]:
+        if conversation is not None:
+            if not isinstance(prompt, str):
+                raise TypeError("a conversation turn takes a prompt string")
+            messages = conversation.messages_for(prompt, turn_id, system, images)
+        else:
+            messages = as_messages(prompt)
+            if images:
+                messages[-1] = messages[-1].model_copy(update={"images": list(images)})
+            if system:
+                messages.insert(0, ChatMessage(role="system", content=system))
+        if not any(m.content.strip() for m in messages if m.role == "user"):
+            raise FarmError("the prompt is empty", hint="write a question in the cell")
+        return messages
 
     def _steps(
         self, messages: list[ChatMessage], model: str | None, params: dict[str, Any], *, schema: Any,
@@ -423,6 +438,11 @@ class Session:
     astream = stream  # a ChatStream is both iterable and async-iterable
 
     def chat(self, prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatResponse:
+        if not any(kwargs.get(k) for k in ("conversation", "no_cache", "refresh", *_MORE)):
+            params = {k: v for k, v in kwargs.items() if k not in _ASKING}
+            hit = self.router.replay(self._messages(prompt, kwargs.get("system")), model, params)
+            if hit is not None:  # a memory-cache hit, answered here: no hop to the runtime loop
+                return hit
         return self.stream(prompt, model, _whole=True, **kwargs).result()
 
     async def achat(self, prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatResponse:
@@ -461,6 +481,30 @@ class Session:
                 if provider:
                     raise
         return out
+
+    def model_lists(self) -> dict[str, list[ModelInfo] | FarmError]:
+        """Each provider of the chain with its live model list, or the error it gave instead
+        (`%farm models` says which provider is down and why, not just "no models")."""
+        return self.runtime.run(self._model_lists())
+
+    async def _model_lists(self) -> dict[str, list[ModelInfo] | FarmError]:
+        names = list(dict.fromkeys(self.settings.chain))
+
+        async def one(name: str) -> list[ModelInfo] | FarmError:
+            try:
+                return await self.router.provider(name).list_models()
+            except FarmError as exc:
+                return exc
+
+        return dict(zip(names, await asyncio.gather(*(one(n) for n in names)), strict=True))
+
+    def has_models_to_load(self, model: str) -> bool:
+        """Does `model`'s provider pull or load models (Ollama, HuggingFace)? A remote API (OpenAI
+        or a compatible server) serves its models itself: there is nothing to load or free."""
+        from .providers.base import Provider
+
+        provider, _ = self._split(model)
+        return type(self.router.provider(provider)).load_model is not Provider.load_model
 
     def _split(self, model: str) -> tuple[str, str]:
         route = self.router.resolve(model, fallback=False)[0]

@@ -4,7 +4,8 @@ The test starts a loopback Ollama server and `jupyter lab` (fresh HOME, token, t
 in OLLAMA_HOST, so the kernel inherits it), opens a generated notebook with Playwright for
 Python driving Debian's chromium (`executable_path`; never `playwright install`), runs all
 cells, and checks that the streamed answer reaches the widget's DOM and that the GPU gauge keeps
-refreshing while another cell sleeps. It leaves `test-output/dashboard.png` for the README.
+refreshing while another cell sleeps, and that a `%%farm_chat` cell ends with its answer and
+footer only (the live output is cleared, not left empty). It leaves `test-output/dashboard.png` for the README.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ OUTPUT = ROOT / "test-output"
 CELLS = [
     'import os\nprint(os.environ["OLLAMA_HOST"], os.environ["FARM_ENV"])',
     "%load_ext farm_jupyter",
+    "%%farm_chat\nhello from a cell",
     "from farm_jupyter.widgets import Dashboard\nd = Dashboard(gpu_interval=0.5)\nd",
     'd.chat.send("hello")',
     "import time; time.sleep(12)",  # long enough to outlast the checks below on a slow machine
@@ -147,6 +149,18 @@ def test_dashboard_streams_in_jupyterlab(lab: tuple[str, OllamaServer, Path]) ->
             )
             # not awaited: the command's promise settles only when every cell has run
             page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+
+            # the chat cell: the live output went when the answer came, so the answer and its footer are all
+            chat_cell = page.locator(".jp-Notebook .jp-Cell").nth(CELLS.index("%%farm_chat\nhello from a cell"))
+            page.wait_for_function(
+                """(i) => { const c = document.querySelectorAll('.jp-Notebook .jp-Cell')[i];
+                            return c && c.innerText.includes('ollama:llama3.1 ·'); }""",
+                arg=CELLS.index("%%farm_chat\nhello from a cell"), timeout=60_000,
+            )
+            outputs = chat_cell.locator(".jp-OutputArea-child")
+            assert outputs.count() == 2, [outputs.nth(i).inner_text() for i in range(outputs.count())]
+            assert "Echo: hello from a cell" in outputs.nth(0).inner_text()
+            assert outputs.nth(1).inner_text().startswith("ollama:llama3.1 ·")
 
             dashboard = page.locator(".farm-dashboard").first
             dashboard.wait_for(state="visible", timeout=60_000)

@@ -101,3 +101,43 @@ def test_redis_roundtrip(redis_url):
 
     got, info = run(go())
     assert got.response.text == "shared" and info["entries"] == 1
+
+
+def test_a_memory_hit_answered_in_the_callers_thread_is_the_same_hit(ollama_server):
+    """Session.chat's hit without the runtime loop (Router.replay) says what the loop's hit says."""
+    from farm_jupyter.session import Session
+    from farm_jupyter.testing.pytest_plugin import loopback_settings
+
+    s = Session(loopback_settings(ollama_server))
+    first = s.chat("hi", "ollama", temperature=0.1)
+    fast = s.chat("hi", "ollama", temperature=0.1)  # answered by Router.replay
+    loop = s.stream("hi", "ollama", temperature=0.1, _whole=True).result()  # answered on the loop
+    assert ollama_server.count("/api/chat") == 1
+    for hit in (fast, loop):
+        assert hit.cached and hit.text == first.text and hit.address == first.address
+        assert [a.ok for a in hit.attempts] == [True] and hit.usage == first.usage
+    assert s.chat("hi", "ollama", temperature=0.2).cached is False  # parameters are in the key
+    assert [r.cached for r in s.monitor.records] == [False, True, True, False]
+    s.close()
+
+
+def test_a_disk_cache_held_by_a_slow_write_never_blocks_the_loop(ollama_server, tmp_path):
+    """Every SQLite call runs in a worker thread: a lock held across an fsync stalls no stream."""
+    from farm_jupyter.session import Session
+    from farm_jupyter.testing.pytest_plugin import loopback_settings
+
+    s = Session(loopback_settings(ollama_server, cache={"backend": "disk", "path": str(tmp_path / "c.sqlite")}))
+    disk = s.cache
+    events: list[str] = []
+
+    async def read() -> None:
+        await disk.get("some key")
+        events.append("disk read")
+
+    with disk._lock:  # a write in the middle of its fsync, as far as readers can tell
+        pending = s.runtime.submit(read())
+        answer = s.chat("meanwhile", "ollama", no_cache=True)  # on the same loop
+        events.append("answered")
+    pending.result(timeout=30)
+    assert events == ["answered", "disk read"] and answer.text == "Echo: meanwhile"
+    s.close()

@@ -11,12 +11,15 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from IPython.core.displaypub import CapturingDisplayPublisher
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import CapturedIO, capture_output
@@ -46,6 +49,7 @@ def shell() -> Iterator[InteractiveShell]:
         ip.run_line_magic("unload_ext", "farm_jupyter")
     for name in set(ip.user_ns) - before:
         del ip.user_ns[name]
+    ip.config.pop("FarmMagics", None)  # `%config FarmMagics.x = ...` in a test stays with the shell
 
 
 @pytest.fixture
@@ -61,19 +65,83 @@ def magics(ip: InteractiveShell) -> FarmMagics:
     return found
 
 
-def chat(ip: InteractiveShell, line: str, cell: str) -> CapturedIO:
-    with capture_output() as cap:
+class RecordingPublisher(CapturingDisplayPublisher):
+    """What the kernel sends, in order, `clear_output` included (IPython's capturing publisher
+    would empty its list at once, as no frontend does with `wait=True`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.events: list[dict[str, Any]] = []
+
+    def publish(self, data: Any, metadata: Any = None, source: Any = None, *, transient: Any = None,
+                update: bool = False, **kwargs: Any) -> None:
+        self.events.append({"data": data, "transient": transient or {}, "update": update})
+        super().publish(data, metadata=metadata, source=source, transient=transient, update=update)
+
+    def clear_output(self, wait: bool = False) -> None:
+        self.events.append({"clear": True, "wait": wait})
+
+
+@dataclass
+class Captured:
+    events: list[dict[str, Any]]
+    io: CapturedIO | None = None
+
+    @property
+    def stdout(self) -> str:
+        return self.io.stdout if self.io is not None else ""
+
+
+@contextmanager
+def captured(ip: InteractiveShell) -> Iterator[Captured]:
+    pub = RecordingPublisher(shell=ip)
+    old, ip.display_pub = ip.display_pub, pub
+    cap = Captured(pub.events)
+    try:
+        with capture_output(display=False) as io:
+            cap.io = io
+            yield cap
+    finally:
+        ip.display_pub = old
+
+
+def chat(ip: InteractiveShell, line: str, cell: str) -> Captured:
+    with captured(ip) as cap:
         ip.run_cell_magic("farm_chat", line, cell)
     return cap
 
 
-def fresh(cap: CapturedIO) -> list[dict[str, Any]]:
-    """The displays a headless run keeps (nbval ignores updates): [live, answer, footer]."""
-    return [o.data for o in cap.outputs if not o.update]
+def fresh(cap: Captured) -> list[dict[str, Any]]:
+    """What the cell keeps in a frontend and a saved notebook (JupyterLab, nbclient): displays,
+    updated in place by display id, and cleared by `clear_output(wait=True)` at the next one."""
+    outputs: list[dict[str, Any]] = []
+    clear = False
+    for event in cap.events:
+        if event.get("clear"):
+            if event["wait"]:
+                clear = True
+            else:
+                outputs.clear()
+            continue
+        display_id = event["transient"].get("display_id")
+        if event["update"]:
+            for output in outputs:
+                if display_id is not None and output["id"] == display_id:
+                    output["data"] = event["data"]
+            continue
+        if clear:
+            outputs, clear = [], False
+        outputs.append({"id": display_id, "data": event["data"]})
+    return [o["data"] for o in outputs]
 
 
-def updates(cap: CapturedIO) -> list[dict[str, Any]]:
-    return [o.data for o in cap.outputs if o.update]
+def nbval_sees(cap: Captured) -> list[dict[str, Any]]:
+    """What nbval compares: every display's first value; it applies no update and no clear."""
+    return [e["data"] for e in cap.events if "data" in e and not e["update"]]
+
+
+def updates(cap: Captured) -> list[dict[str, Any]]:
+    return [e["data"] for e in cap.events if "data" in e and e["update"]]
 
 
 def last_prompt(server: OllamaServer) -> str:
@@ -169,12 +237,12 @@ def test_traitlets_are_config_and_apply_to_a_new_session(shell: InteractiveShell
 def test_answer_final_output_footer_and_out(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer) -> None:
     ollama_server.reply = "The **answer** is 42."
     cap = chat(shell, "-o r", "What is the answer?")
-    live, answer, footer = fresh(cap)
-    assert live["text/plain"] == ""  # what nbval sees of the live output
+    answer, footer = fresh(cap)  # the live output is gone: no empty output is saved
     assert answer == {"text/markdown": "The **answer** is 42.", "text/plain": "The **answer** is 42."}
     assert footer["text/plain"].startswith("ollama:llama3.1 · ")
     assert "tokens" in footer["text/plain"] and "<div" in footer["text/html"]
-    assert updates(cap)[-1] == {"text/plain": ""}  # the live output is blanked at the end
+    assert {"clear": True, "wait": True} in cap.events  # it goes when the answer comes
+    assert nbval_sees(cap)[-2:] == [answer, footer]  # nbval keeps the live output's first value too
     r = shell.user_ns["r"]
     assert r.text == "The **answer** is 42." and r.address == "ollama:llama3.1"
     assert footer["text/plain"] == r.footer()
@@ -368,7 +436,7 @@ def test_updates_are_coalesced(shell: InteractiveShell, farm: Session, ollama_se
     assert len(text_updates) <= elapsed * 20 + 3
     assert len(text_updates) < 200  # whatever the machine, far fewer than the 2000 tokens
     assert fresh(cap)[-2]["text/plain"].endswith("tok1999 ")
-    assert magics(shell).last_updates == len(updates(cap)) - 1  # all but the final blanking
+    assert magics(shell).last_updates == len(updates(cap))
 
 
 def test_update_rate_is_a_setting(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer) -> None:
@@ -399,14 +467,12 @@ def test_ctrl_c_keeps_partial_text_and_stops_the_request(shell: InteractiveShell
             time.sleep(0.01)
 
     watcher = threading.Thread(target=interrupt_after_first_chunk, daemon=True)
-    start = time.monotonic()
-    with capture_output() as cap:
+    with captured(shell) as cap:
         watcher.start()
         with pytest.raises(Stopped) as info:
             shell.run_cell_magic("farm_chat", "-o r", "count slowly")
     watcher.join(5)
     assert sent.is_set()
-    assert time.monotonic() - start < 5  # not the whole 10 s stream
     assert isinstance(info.value, KeyboardInterrupt)
     assert len(info.value._render_traceback_()) == 1
     answer, footer = fresh(cap)[-2:]
@@ -498,7 +564,8 @@ def test_provider_failure_fails_the_cell_with_one_line(shell: InteractiveShell, 
     result = shell.run_cell("%%farm_chat\nhi again")
     assert isinstance(result.error_in_exec, AllProvidersFailed)
     out = capsys.readouterr().out.strip()
-    assert out.startswith("AllProvidersFailed: every provider failed (ollama:llama3.1: ")
+    assert out.startswith("AllProvidersFailed: no provider could answer (ollama:llama3.1: ")
+    assert "answered by" not in out  # the fallback it tried failed too: no notice of it
     assert "\n" not in out and "Traceback" not in out
     assert len(farm.conversation) == 0
 
@@ -643,7 +710,7 @@ def test_farm_gpu(shell: InteractiveShell, farm: Session) -> None:
 def test_farm_error_explains_the_last_exception(shell: InteractiveShell, farm: Session,
                                                 ollama_server: OllamaServer) -> None:
     shell.run_cell("def broken():\n    return {}['missing_key']\nbroken()")
-    with capture_output() as cap:
+    with captured(shell) as cap:
         shell.run_line_magic("farm", "error")
     prompt = last_prompt(ollama_server)
     assert "KeyError" in prompt and "missing_key" in prompt
@@ -755,3 +822,200 @@ def test_dashboard_replaces_the_previous_one(shell: InteractiveShell, farm: Sess
     assert first.comm is None  # closed: its timers stopped
     shell.run_line_magic("unload_ext", "farm_jupyter")  # closes the live one too
     assert second.comm is None
+
+
+# -- issue 12: what the faces got wrong, and the fallback notice ------------------------------------
+
+NOTICE = "ollama was not reachable: answered by openai:gpt-4o-mini"
+
+
+def notice_stream(session: Session, text: str = "from openai", notice: str = NOTICE) -> Any:
+    """The chunks the router sends for a fallback: the notice, then the other model's answer."""
+    from farm_jupyter.session import ChatStream
+    from farm_jupyter.types import ChatResponse, Chunk
+
+    async def source() -> Any:
+        yield Chunk(notice=notice)
+        yield Chunk(text=text)
+        yield Chunk(done=True, response=ChatResponse(text=text, provider="openai", model="gpt-4o-mini", notice=notice))
+
+    return ChatStream(session, source())
+
+
+def test_a_notice_is_one_line_above_the_answer(shell: InteractiveShell, farm: Session,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(farm, "stream", lambda *a, **k: notice_stream(farm))
+    cap = chat(shell, "-o r", "hi")
+    notice, answer, footer = fresh(cap)
+    assert notice["text/plain"] == NOTICE and "&#9888;" in notice["text/html"]
+    assert answer["text/plain"] == "from openai" and footer["text/plain"].startswith("openai:gpt-4o-mini")
+    live = [u["text/markdown"] for u in updates(cap)]
+    assert live and all(u.startswith(f"*&#9888; {NOTICE}*\n\n") for u in live)  # above the text as it streams
+    assert nbval_sees(cap)[-3:] == [notice, answer, footer]
+    # a terminal prints it once, above the text
+    monkeypatch.setattr(magics(shell), "_live", lambda: False)
+    with captured(shell) as cap:
+        shell.run_cell_magic("farm_chat", "", "hi")
+    assert cap.stdout.startswith(f"{NOTICE}\nfrom openai\nopenai:gpt-4o-mini")
+
+
+def test_compare_shows_a_notice_above_its_column(shell: InteractiveShell, farm: Session,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    real = farm.stream
+    monkeypatch.setattr(farm, "stream", lambda p, t=None, **k: notice_stream(farm) if t == "ollama" else real(p, t, **k))
+    final = fresh(chat(shell, "--compare ollama,openai", "say hi"))[-1]
+    assert f"── ollama:llama3.1 ──\n{NOTICE}\nfrom openai\n[" in final["text/plain"]
+    assert "── openai:gpt-4o-mini ──\nEcho: say hi" in final["text/plain"]
+    assert final["text/plain"].count(NOTICE) == 1
+    html = final["text/html"]
+    assert html.index("ollama:llama3.1") < html.index(NOTICE) < html.index("from openai")
+
+
+def test_fallback_notice_end_to_end(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer,
+                                    openai_server: OpenAIServer) -> None:
+    ollama_server.refuse()
+    openai_server.reply = "openai answers"
+    cap = chat(shell, "-o r", "hi")
+    notice, answer, _ = fresh(cap)
+    assert notice["text/plain"] == "ollama was not reachable: answered by openai:gpt-4o-mini"
+    assert answer["text/plain"] == "openai answers"
+    assert shell.user_ns["r"].notice == notice["text/plain"]
+    assert ollama_server.count("/api/chat") == 0 and openai_server.count("/v1/chat/completions") == 1
+    # the model asked for answers itself again: no notice
+    ollama_server.accept()
+    assert len(fresh(chat(shell, "--new", "hi"))) == 2
+
+
+def test_the_saved_notebook_has_no_empty_output(ollama_server: OllamaServer, tmp_path: Path) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    setup = textwrap.dedent(f"""\
+        from farm_jupyter.session import Session, set_session
+        set_session(Session(config={{"env": "test", "fallback": [], "ollama": {{"host": "{ollama_server.url}",
+                                     "default_model": "llama3.1"}}}}))""")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in (
+        "%load_ext farm_jupyter", setup, "%%farm_chat\nSay hello",
+        "%%farm_chat --compare ollama:llama3.1,ollama:qwen2.5:0.5b\nSay hi",
+        "print('kept')\nget_ipython().run_cell_magic('farm_chat', '', 'in a loop')",
+    )]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    client = NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute(env=env)  # the kernel imports this checkout
+    outputs = [cell.outputs for cell in nb.cells]
+    answer = [o for o in outputs[2] if o.output_type == "display_data"]
+    assert [o.data["text/plain"] for o in answer][0] == "Echo: Say hello"
+    assert len(answer) == 2 and answer[1].data["text/plain"].startswith("ollama:llama3.1 · ")
+    assert len(outputs[3]) == 1 and "Echo: Say hi" in outputs[3][0].data["text/plain"]
+    assert outputs[4][0].text == "kept\n"  # a cell that does more than ask keeps its other outputs
+    assert [o.data["text/plain"] for o in outputs[4][1:]][0] == "Echo: in a loop"
+    for cell_outputs in outputs:
+        for output in cell_outputs:
+            if output.output_type == "display_data":
+                assert output.data.get("text/plain", "").strip(), output  # nothing empty is saved
+
+
+def test_interpolation_errors_quote_the_field_as_written(shell: InteractiveShell, farm: Session) -> None:
+    with pytest.raises(UsageError) as info:
+        chat(shell, "", 'Parse {"a": 1} please')
+    assert str(info.value) == (
+        'prompt uses {"a": 1}, which is not a name from the notebook; write {{"a": 1}} for literal braces, '
+        "or %%farm_chat --raw to send the cell as written"
+    )
+    with pytest.raises(UsageError) as info:
+        chat(shell, "-s 'Answer as {persona!r:>10}.'", "hi")
+    assert str(info.value).startswith("system text (-s) uses {persona!r:>10}, but persona is not defined")
+    with pytest.raises(UsageError, match=r"^prompt uses \{w\}, but w is not defined"):  # the nested field
+        interpolate("{x:{w}}", {"x": 1})
+    with pytest.raises(UsageError, match=r"^prompt uses \{x:\{w\}\}, which failed: ValueError"):
+        interpolate("{x:{w}}", {"x": 1, "w": "zz"})
+    with pytest.raises(UsageError, match=r"^prompt uses \{d\[' k'\]\}"):
+        interpolate("{{ok}} {d[' k']}", {"d": {}})
+    with pytest.raises(UsageError, match=r"^prompt uses \{d\[}\]!r\}, but d has no item '}'"):  # `}` in brackets
+        interpolate("{d[}]!r}", {"d": {}})
+
+
+def test_interpolation_of_quoted_and_numeric_keys() -> None:
+    ns = {"d": {"k": "string key", 0: "int key", "0": "string zero", "a b": "spaced"}, "items": ["x", "y"]}
+    assert interpolate("""{d['k']} {d["k"]} {d[k]} {d[0]} {d['0']} {d[a b]} {items[-1]}""", ns) == (
+        "string key string key string key int key string zero spaced y"
+    )
+    with pytest.raises(UsageError, match=r"has no item 'missing'"):
+        interpolate("{d['missing']}", ns)
+
+
+def test_farm_models_says_which_providers_are_down_and_why(shell: InteractiveShell, farm: Session,
+                                                           ollama_server: OllamaServer,
+                                                           openai_server: OpenAIServer) -> None:
+    openai_server.refuse()
+    mixed = shell.run_line_magic("farm", "models")
+    rows = mixed.to_dicts()
+    assert [r["model"] for r in rows] == ["ollama:llama3.1:latest", "ollama:qwen2.5:0.5b", "openai"]
+    assert rows[0]["error"] == "" and openai_server.url in rows[2]["error"]
+    ollama_server.refuse()
+    down = shell.run_line_magic("farm", "models")
+    assert down.headers == ["provider", "error"]
+    errors = dict(down.rows)
+    assert list(errors) == ["ollama", "openai"]
+    assert ollama_server.url in errors["ollama"] and "ollama serve" in errors["ollama"]
+    assert openai_server.url in errors["openai"]
+    assert "no models found" not in repr(down)
+
+
+def test_farm_load_of_a_remote_model_says_there_is_nothing_to_load(shell: InteractiveShell, farm: Session,
+                                                                    openai_server: OpenAIServer,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    for action in ("load", "pull", "unload", "reload"):
+        shell.run_line_magic("farm", f"{action} openai:gpt-4o-mini")
+        out = capsys.readouterr().out
+        assert out == (f"openai:gpt-4o-mini: nothing to {action}: openai serves its models remotely; "
+                       "ask it with %%farm_chat -m openai:gpt-4o-mini\n")
+    assert openai_server.requests == []  # nothing was sent, nothing claimed
+
+
+def test_farm_stats_counts_each_providers_failures_by_class(shell: InteractiveShell, farm: Session,
+                                                            ollama_server: OllamaServer) -> None:
+    ollama_server.refuse()
+    chat(shell, "", "one")  # ollama unreachable: openai answers
+    table = shell.run_line_magic("farm", "stats")
+    rows = {r["model"]: r for r in table.to_dicts()}
+    assert "failures" in table.headers
+    failures = farm.monitor.failure_counts()["ollama"]
+    assert failures.get("unreachable")
+    assert rows["ollama"]["failures"] == " · ".join(f"{k} {n}" for k, n in sorted(failures.items(), key=lambda kv: -kv[1]))
+    assert rows["openai:gpt-4o-mini"]["requests"] == "1" and rows["openai:gpt-4o-mini"]["failures"] == ""
+
+
+def test_only_a_cell_that_is_the_magic_alone_is_cleared(shell: InteractiveShell, farm: Session,
+                                                         ollama_server: OllamaServer) -> None:
+    with captured(shell) as cap:
+        shell.run_cell("%%farm_chat\nhi")
+    assert {"clear": True, "wait": True} in cap.events and fresh(cap)[0]["text/plain"] == "Echo: hi"
+    with captured(shell) as cap:  # a loop of questions in one cell: earlier answers and prints stay
+        shell.run_cell("print('mine')\nfor q in ('one', 'two'):\n    get_ipython().run_cell_magic('farm_chat', '', q)")
+    assert not any(e.get("clear") for e in cap.events) and updates(cap) == []
+    assert [o["text/plain"] for o in fresh(cap)][0::2] == ["Echo: one", "Echo: two"]
+    assert cap.stdout == "mine\n"
+    shell.run_cell("1 / 0")
+    with captured(shell) as cap:
+        shell.run_cell("# why?\n%farm error")
+    assert {"clear": True, "wait": True} in cap.events
+
+
+def test_no_fallback_asks_only_the_model_named(shell: InteractiveShell, farm: Session, ollama_server, openai_server) -> None:
+    ollama_server.refuse()
+    with pytest.raises(AllProvidersFailed, match="Ollama is not reachable"):
+        shell.run_cell_magic("farm_chat", "--no-fallback -m ollama:llama3.1", "hello")
+    assert openai_server.count("/v1/chat/completions") == 0
+    cap = chat(shell, "-m ollama:llama3.1", "hello again")  # without it, the fallback answers, and says so
+    assert "ollama was not reachable: answered by openai:gpt-4o-mini" in cap.stdout + str(cap.events)
+
+
+def test_farm_usage_is_a_table_per_model(shell: InteractiveShell, farm: Session) -> None:
+    farm.chat("one two")
+    farm.chat("one two")
+    table = shell.run_line_magic("farm", "usage")
+    (row,) = table.to_dicts()
+    assert row["model"] == "ollama:llama3.1" and row["requests"] == "2" and row["cache hits"] == "1"
+    assert row["cost"] == "price unknown"

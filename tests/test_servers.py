@@ -274,13 +274,12 @@ def test_times_counts_and_any_path(ollama: OllamaServer, client: httpx.Client) -
 
 
 def test_delay_fault(ollama: OllamaServer, client: httpx.Client) -> None:
-    ollama.add_fault(Fault("delay", path="/api/tags", delay=0.3))
+    fault = ollama.add_fault(Fault("delay", path="/api/tags", delay=0.3))
     started = time.monotonic()
     assert client.get(f"{ollama.url}/api/tags").status_code == 200
-    assert time.monotonic() - started >= 0.3
-    started = time.monotonic()
+    assert time.monotonic() - started >= 0.3  # a sleep never ends early
     client.get(f"{ollama.url}/api/tags")
-    assert time.monotonic() - started < 0.3
+    assert fault.hits == 1  # the second request was not delayed
 
 
 def test_drop_fault_breaks_stream(ollama: OllamaServer, client: httpx.Client) -> None:
@@ -340,9 +339,7 @@ def test_hang_fault_is_released_by_stop() -> None:
     deadline = time.monotonic() + 5
     while srv.count() < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    started = time.monotonic()
-    srv.stop()
-    assert time.monotonic() - started < 2
+    srv.stop()  # the hung request is cut, not waited for (the pytest timeout bounds a hang)
     waiter.join(5)
     assert len(outcome) == 1 and isinstance(outcome[0], httpx.RemoteProtocolError)
     assert _wait_no_server_threads(before) == set()
@@ -447,9 +444,7 @@ def test_stop_closes_everything() -> None:
             lines = r.iter_lines()
             next(lines)
             assert len(_server_threads() - before) >= 3
-            started = time.monotonic()
-            srv.stop()
-            assert time.monotonic() - started < 2
+            srv.stop()  # cuts the 50 s stream: it ends in an error, not after its 1000 tokens
             with pytest.raises(httpx.RemoteProtocolError):
                 for _ in lines:
                     pass

@@ -49,6 +49,7 @@ from ..types import (
     GenerationParams,
     ProviderStatus,
     Timings,
+    ToolCall,
     Usage,
 )
 from .call import Call, Route, Try, parse_params
@@ -199,6 +200,26 @@ class Router:
         self.monitor.record_error(routes[0].provider, routes[0].model, last or RuntimeError("no route"), call.elapsed())
         raise AllProvidersFailed(call.attempts, last)
 
+    def replay(
+        self, messages: list[ChatMessage], target: str | None, params: GenerationParams | Mapping[str, Any] | None,
+    ) -> ChatResponse | None:
+        """A memory-cache hit for the route asked, answered in the caller's thread, or None: the
+        hop to the runtime loop costs more than the whole hit (see benchmarks/cache_latency.py)."""
+        peek = getattr(self.cache, "peek", None)
+        if peek is None or any(m.images for m in messages):  # images: the model's eyes are asked on the loop
+            return None
+        call = Call(messages, parse_params(params), stream=False, use_cache=True, read_cache=True)
+        route = self.resolve(target, fallback=False)[0]
+        provider = self.provider(route.provider)
+        request = ChatRequest(messages=messages, model=route.model, params=call.params, stream=False)
+        entry = peek(self.cache_key(provider, request))
+        if entry is None:
+            return None
+        call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True))
+        hit = entry.response
+        return self._respond(call, route, None, text=hit.text, usage=hit.usage, finish_reason=hit.finish_reason,
+                             cached=True, thinking=hit.thinking, tool_calls=hit.tool_calls)
+
     async def _route(self, call: Call, route: Route) -> AsyncIterator[Chunk]:
         provider = self.provider(route.provider)
         request = ChatRequest(messages=call.messages, model=route.model, params=call.params, stream=call.stream)
@@ -221,15 +242,11 @@ class Router:
             if entry.response.tool_calls:
                 yield Chunk(tool_calls=list(entry.response.tool_calls))
             call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True))
-            elapsed = call.elapsed()
-            response = entry.response.model_copy(update={
-                "cached": True, "restarted": call.restarted, "attempts": call.attempts,
-                "notice": notice, "notes": list(call.notes),
-                "timings": Timings(first_token=call.first_token or elapsed, total=elapsed,
-                                   waited=sum(a.waited for a in call.attempts)),
-            })
-            self.monitor.record(RequestRecord.from_response(response))
-            yield Chunk(done=True, response=response)
+            hit = entry.response
+            yield Chunk(done=True, response=self._respond(
+                call, route, notice, text=hit.text, usage=hit.usage, finish_reason=hit.finish_reason, cached=True,
+                thinking=hit.thinking, tool_calls=hit.tool_calls,
+            ))
             return
         breaker = self.breaker(route.provider)
         if not breaker.allow():
@@ -257,14 +274,14 @@ class Router:
         tries = self.settings.retry.max_retries + 1
         retries, waited = 0, 0.0
         while True:
+            self.ledger.check(str(route), sum(len(m.content) for m in request.messages) // 4,
+                              request.params.max_tokens or 256)
             booking: list[float] | None = None
             if limiter is not None:
                 async for wait, note in self._wait_turn(limiter, route, request):
                     waited += wait
                     yield Chunk(status=note)
                 booking = limiter.admit(estimate_tokens(request))
-            self.ledger.check(str(route), sum(len(m.content) for m in request.messages) // 4,
-                              request.params.max_tokens or 256)
             if call.shown:
                 then = f"retrying {route.provider} ({retries + 1} of {tries})" if retries else f"answering with {route}"
                 yield Chunk(restart=True, status=self._restart_note(call, then))
@@ -300,29 +317,13 @@ class Router:
                 booking[1] = usage.total_tokens
             call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True,
                                          retries=retries, waited=waited))
-            response = ChatResponse(
-                text="".join(attempt.parts),
-                provider=route.provider,
-                model=route.model,
-                usage=usage,
-                finish_reason=final.finish_reason,
-                restarted=call.restarted,
-                attempts=call.attempts,
-                notice=notice,
-                thinking="".join(attempt.thinking) or None,
-                tool_calls=attempt.tool_calls,
-                notes=list(call.notes),
-                timings=Timings(
-                    first_token=call.first_token,
-                    total=call.elapsed(),
-                    waited=sum(a.waited for a in call.attempts),
-                    provider_total=final.provider_total,
-                    rate=attempt.rate(usage.completion_tokens),
-                ),
+            response = self._respond(
+                call, route, notice, text="".join(attempt.parts), usage=usage, finish_reason=final.finish_reason,
+                rate=attempt.rate(usage.completion_tokens), provider_total=final.provider_total,
+                thinking="".join(attempt.thinking) or None, tool_calls=attempt.tool_calls,
             )
             if call.use_cache:
                 await self._cache_call(call, "set", key, CacheEntry(response=response, chunks=attempt.parts))
-            self.monitor.record(RequestRecord.from_response(response))
             if call.warnings:
                 log.warning("; ".join(call.warnings))
             yield Chunk(done=True, usage=usage, finish_reason=final.finish_reason, response=response)
@@ -347,6 +348,25 @@ class Router:
             await self.cache.delete(self.cache_key(self.provider(response.provider), request))
         except Exception:  # noqa: BLE001 - a cache that is down has nothing to forget
             log.debug("cache delete failed", exc_info=True)
+
+    def _respond(
+        self, call: Call, route: Route, notice: str | None, *, text: str, usage: Usage, finish_reason: str | None,
+        cached: bool = False, rate: float | None = None, provider_total: float | None = None,
+        thinking: str | None = None, tool_calls: list[ToolCall] | None = None,
+    ) -> ChatResponse:
+        """The one place a response is built (a fresh answer or a cache hit), and recorded."""
+        elapsed = call.elapsed()
+        response = ChatResponse(
+            text=text, provider=route.provider, model=route.model, usage=usage, finish_reason=finish_reason,
+            cached=cached, restarted=call.restarted, attempts=call.attempts, notice=notice,
+            thinking=thinking, tool_calls=tool_calls or [], notes=list(call.notes),
+            timings=Timings(
+                first_token=call.first_token or (elapsed if cached else None), total=elapsed,
+                waited=sum(a.waited for a in call.attempts), provider_total=provider_total, rate=rate,
+            ),
+        )
+        self.monitor.record(RequestRecord.from_response(response))
+        return response
 
     def _record_failure(
         self, call: Call, route: Route, exc: ProviderError, *, retries: int = 0, waited: float = 0.0, chunks: int = 0

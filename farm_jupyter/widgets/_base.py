@@ -238,12 +238,19 @@ class FarmBox(W.VBox):
             job.cancel()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the current answer or run is finished (tests, scripts); False on timeout."""
-        job = self._job
-        if job is None:
-            return True
-        done, _ = concurrent.futures.wait([job], timeout=timeout)
-        return bool(done)
+        """Block until the current job (an answer, a run, a pull) and any that it hands on to (a
+        queued message) are finished (tests, scripts); False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self._job
+            if job is None:
+                return True
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = concurrent.futures.wait([job], timeout=left)
+            if not done:
+                return False
+            if self._job is job:  # nothing took over as it finished
+                return True
 
     def cancel_tasks(self, wait: float = 0.0) -> None:
         with self._tasks_lock:

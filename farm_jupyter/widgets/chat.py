@@ -8,12 +8,19 @@ had not been sent.
 Keys: ipywidgets' Textarea sends no key events to the kernel, so there is no Shift+Enter; a
 single-line `Text` would give Enter, but prompts are often several lines (code, tracebacks).
 Send is the button, or `chat.send("...")` from code.
+
+A message sent while an answer streams is queued, not dropped: it shows at once, marked as
+queued, and is asked (with the answer before it as history) when that answer is finished. Stop
+stops the answer that streams; the queued messages still follow. Clear drops them too.
+
+An answer from another model than the one asked (a fallback) says so in one line above it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,15 +44,18 @@ class _Turn:
     prompt: str
     view: W.HTML
     target: str
+    ask: str | None = None  # what the stream is asked for ("" / None: the session default)
     text: str = ""
     status: str | None = None
+    notice: str | None = None  # the fallback line shown above the answer
+    queued: bool = False
     response: ChatResponse | None = None
     error: str | None = None
     stopped: bool = False
     done: bool = False
 
     def html(self) -> str:
-        from ._markdown import render
+        from .._markdown import render
 
         user = (
             f'<div style="display:flex;justify-content:flex-end;margin:2px 0 6px">'
@@ -54,11 +64,16 @@ class _Turn:
         )
         if self.text:
             body = render(self.text)
-        elif not self.done:
+        elif not self.done and not self.queued:
             body = f'<span style="color:{FG2}">&#8230;</span>'
         else:
             body = ""
-        if self.response is not None:
+        if self.notice:
+            body = (f'<div class="farm-notice" style="color:{WARN};font-size:12px;margin:4px 0 2px">'
+                    f"&#9888; {esc(self.notice)}</div>{body}")
+        if self.queued:
+            note = f'<span class="farm-queued" style="color:{FG2}">queued: sent to {esc(self.target)} when the answer above is finished</span>'
+        elif self.response is not None:
             note = f'<span style="color:{FG2}">{esc(self.response.footer(first_token=True))}</span>'
         elif self.stopped:
             note = f'<span style="color:{WARN}">&#9632; stopped · {esc(self.target)} · partial answer, not added to the history</span>'
@@ -88,6 +103,7 @@ class ChatWidget(FarmBox):
     model = Unicode("", help='Where to send: "provider:model", an alias, or "" for the session default.').tag(sync=True)
     busy = Bool(False, help="True while an answer is streaming.").tag(sync=True)
     turns = Int(0, help="Turns kept in the conversation (finished answers only).").tag(sync=True)
+    queued = Int(0, help="Messages sent while an answer streamed, waiting for their turn.").tag(sync=True)
     updates = Int(0, help="Screen updates sent for streamed answers (coalesced, about 20 a second).").tag(sync=True)
 
     def __init__(
@@ -108,6 +124,7 @@ class ChatWidget(FarmBox):
         self.system = system
         self.interval = interval
         self._turns: list[_Turn] = []
+        self._queue: deque[_Turn] = deque()
         self._lock = threading.RLock()
         self._filling = False
 
@@ -151,38 +168,45 @@ class ChatWidget(FarmBox):
     # -- public ---------------------------------------------------------------------------------
 
     def send(self, text: str | None = None) -> None:
-        """Send `text` (or the box's text); the answer streams in the background."""
+        """Send `text` (or the box's text); the answer streams in the background.
+
+        While an answer streams, the message is queued (shown as such) and asked after it.
+        """
         prompt = (self.input.value if text is None else text).strip()
         if not prompt:
             self.show_error("the message is empty: write a question first")
             return
-        if self.busy:
-            self.show_error("an answer is still streaming: wait for it or press Stop first")
-            return
         target = self.model or None
         self.clear_error()
-        try:
-            stream = self.session.stream(prompt, target, conversation=self.conversation, system=self.system)
-        except FarmError as exc:  # an unknown provider, a bad alias: say so, keep the text
-            self.show_error(exc)
-            return
-        turn = _Turn(prompt=prompt, view=W.HTML(), target=target or self.default_address())
-        turn.view.add_class("farm-turn-view")
-        turn.view.value = turn.html()
-        with self._lock, self.hold_sync():
-            self._turns.append(turn)
-            self.transcript.children = tuple(reversed([t.view for t in self._turns]))
-            if text is None:
-                self.input.value = ""
-            self._set_busy(True)
-        self._job = self.submit(self._run(turn, stream))
+        with self._lock:
+            if self.busy:
+                turn = self._new_turn(prompt, target, queued=True)
+                self._queue.append(turn)
+                with self.hold_sync():
+                    self._show_turn(turn, clear_input=text is None)
+                    self.queued = len(self._queue)
+                return
+            try:
+                stream = self.session.stream(prompt, target, conversation=self.conversation, system=self.system)
+            except FarmError as exc:  # an unknown provider, a bad alias: say so, keep the text
+                self.show_error(exc)
+                return
+            turn = self._new_turn(prompt, target)
+            with self.hold_sync():
+                self._show_turn(turn, clear_input=text is None)
+                self._set_busy(True)
+            self._job = self.submit(self._run(turn, stream))
 
     def stop(self) -> None:
-        """Stop the answer that is streaming: its HTTP stream is closed, the partial text kept."""
+        """Stop the answer that is streaming: its HTTP stream is closed, the partial text kept.
+        Queued messages are asked next; `clear()` drops them too."""
         self._cancel_job()
 
     def clear(self) -> None:
-        """Start over: stop any answer, forget the turns."""
+        """Start over: drop queued messages, stop any answer, forget the turns."""
+        with self._lock:
+            self._queue.clear()
+            self.queued = 0
         self.stop()
         self.conversation.reset(self.system)
         with self._lock, self.hold_sync():
@@ -208,8 +232,40 @@ class ChatWidget(FarmBox):
     def summary(self) -> str:
         target = self.model or f"default {self.default_address()}"
         state = ", streaming" if self.busy else ""
+        if self.queued:
+            state += f", {self.queued} queued"
         n = len(self.conversation)
         return f"ChatWidget: {n} turn{'' if n == 1 else 's'}, {target}{state}"
+
+    def _new_turn(self, prompt: str, target: str | None, *, queued: bool = False) -> _Turn:
+        turn = _Turn(prompt=prompt, view=W.HTML(), target=target or self.default_address(), ask=target, queued=queued)
+        turn.view.add_class("farm-turn-view")
+        turn.view.value = turn.html()
+        return turn
+
+    def _show_turn(self, turn: _Turn, *, clear_input: bool) -> None:
+        self._turns.append(turn)
+        self.transcript.children = tuple(reversed([t.view for t in self._turns]))
+        if clear_input:
+            self.input.value = ""
+
+    def _next_queued(self) -> bool:
+        """Start the oldest queued message (the lock is held); False when there is none."""
+        while self._queue and not self._closed:
+            turn = self._queue.popleft()
+            self.queued = len(self._queue)
+            turn.queued = False
+            try:  # made now, so that the answer just finished is part of its history
+                stream = self.session.stream(turn.prompt, turn.ask, conversation=self.conversation, system=self.system)
+            except Exception as exc:  # noqa: BLE001 - shown in its turn; the next one still goes
+                turn.error, turn.done = error_line(exc), True
+                self._render(turn)
+                self.error = turn.error
+                continue
+            self._render(turn)
+            self._job = self.submit(self._run(turn, stream))
+            return True
+        return False
 
     # -- the stream, on the runtime loop --------------------------------------------------------
 
@@ -223,15 +279,19 @@ class ChatWidget(FarmBox):
                     turn.text += chunk.text
                 if chunk.status:
                     turn.status = chunk.status
+                if chunk.notice:
+                    turn.notice = chunk.notice
                 if chunk.response is not None:
                     turn.response = chunk.response
                     turn.text = chunk.response.text
+                    turn.notice = chunk.response.notice or turn.notice
                 throttle.poke()
         except asyncio.CancelledError:
             turn.stopped = True
             raise
         except Exception as exc:  # noqa: BLE001 - shown in the turn; the chat stays usable
             turn.error = error_line(exc)
+            turn.notice = None  # the fallback it announced failed too: nothing answered
         finally:
             throttle.cancel()
             turn.done = True
@@ -251,15 +311,16 @@ class ChatWidget(FarmBox):
             with self.hold_sync():
                 self.updates += 1
                 self.turns = len(self.conversation)
-                self._set_busy(False)
                 if turn.error is not None:
                     self.error = turn.error
                 elif not turn.stopped:
                     self.error = ""
+                if not self._next_queued():
+                    self._set_busy(False)
 
     def _set_busy(self, busy: bool) -> None:
+        # Send stays enabled while an answer streams: a message sent then is queued.
         self.busy = busy
-        self.send_button.disabled = busy
         self.stop_button.disabled = not busy
 
     # -- the model list -------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 from traitlets import Bool, Int, List, Unicode
 
-from ._base import BAD, BORDER, FG, FG2, GOOD, PANEL, FarmBox, Throttle, error_line, esc, seconds
+from ._base import BAD, BORDER, FG, FG2, GOOD, PANEL, WARN, FarmBox, Throttle, error_line, esc, seconds
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -29,6 +29,7 @@ class _Column:
     body: W.HTML = field(default_factory=W.HTML)
     foot: W.HTML = field(default_factory=W.HTML)
     text: str = ""
+    notice: str | None = None  # another model answered for this one: said above its text
     response: ChatResponse | None = None
     error: str | None = None
     stopped: bool = False
@@ -43,7 +44,7 @@ class _Column:
         ))
 
     def draw(self) -> None:
-        from ._markdown import render
+        from .._markdown import render
 
         badge = (f' <span style="background:{GOOD};color:white;border-radius:8px;padding:0 6px;font-size:11px">'
                  "fastest</span>") if self.fastest else ""
@@ -57,6 +58,9 @@ class _Column:
             body = ""
         else:
             body = f'<span style="color:{FG2}">waiting for the first token&#8230;</span>'
+        if self.notice:
+            body = (f'<div class="farm-notice" style="color:{WARN};font-size:12px;margin:2px 0">'
+                    f"&#9888; {esc(self.notice)}</div>{body}")
         self.body.value = f'<div style="color:{FG};line-height:1.45;overflow-wrap:anywhere">{body}</div>'
         self.foot.value = f'<div style="font-size:11px;color:{FG2};background:{PANEL};padding:2px 4px">{self.stats()}</div>'
 
@@ -204,15 +208,19 @@ class CompareWidget(FarmBox):
                     column.text = ""
                 elif chunk.text:
                     column.text += chunk.text
+                if chunk.notice:
+                    column.notice = chunk.notice
                 if chunk.response is not None:
                     column.response = chunk.response
                     column.text = chunk.response.text
+                    column.notice = chunk.response.notice or column.notice
                 throttle.poke()
         except asyncio.CancelledError:
             column.stopped = True
             raise
         except Exception as exc:  # noqa: BLE001 - one model's failure is its column's, not the others'
             column.error = error_line(exc)
+            column.notice = None  # what it announced did not answer either
         finally:
             throttle.cancel()
             column.done = True

@@ -1,8 +1,10 @@
 """HealthBoard: one row per provider: up, down, cooling down or rate-limited, and what to do.
 
-While displayed it refreshes on the runtime loop every `interval` seconds (an asyncio task, so
-it keeps going while a cell computes) and soon after any failed request (it listens to the
-session's monitor); `close()` or `stop()` ends both.
+It checks once when made (in the background), so a board that is never displayed still knows:
+`board.statuses` waits for that first check. While displayed it refreshes on the runtime loop
+every `interval` seconds (an asyncio task, so it keeps going while a cell computes) and soon
+after any failed request or attempt (it listens to the session's monitor); `close()` or `stop()`
+ends both. Each provider's failures are counted by class (unreachable, timeout, ...).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 from traitlets import Float, Int
 
+from .._format import describe_failures
 from ._base import BAD, BORDER, FG, FG2, GOOD, WARN, PollingBox, card, clock, esc, seconds
+
+_FIRST_CHECK_WAIT = 30.0  # most seconds `statuses` waits for the check a new board started
 
 if TYPE_CHECKING:
     from ..monitor import RequestRecord
@@ -63,10 +68,13 @@ class HealthBoard(PollingBox):
     interval = Float(10.0, help="Seconds between checks while displayed.").tag(sync=True)
     checks = Int(0, help="How many times the board has been refreshed.").tag(sync=True)
 
-    def __init__(self, session: Session | None = None, *, interval: float = 10.0, **kwargs: Any) -> None:
+    def __init__(self, session: Session | None = None, *, interval: float = 10.0, check: bool = True, **kwargs: Any) -> None:
         super().__init__(session, **kwargs)
         self.interval = interval
-        self.statuses: list[ProviderStatus] = []
+        self._statuses: list[ProviderStatus] = []
+        self._asked = 0  # refreshes started and applied, in order: a slow old one never
+        self._applied = 0  # overwrites a newer one
+        self._first: concurrent.futures.Future[Any] | None = None
         self._loop_future: concurrent.futures.Future[Any] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._poke: asyncio.Event | None = None
@@ -82,8 +90,18 @@ class HealthBoard(PollingBox):
             self._error_view,
         ]
         self.add_class("farm-health")
+        if check:
+            self._first = self.submit(self._refresh())
 
     # -- public ---------------------------------------------------------------------------------
+
+    @property
+    def statuses(self) -> list[ProviderStatus]:
+        """Each provider's last status; the first access waits for the check made at creation."""
+        first = self._first
+        if first is not None and not first.done() and not self.runtime.in_loop():
+            concurrent.futures.wait([first], timeout=_FIRST_CHECK_WAIT)
+        return self._statuses
 
     def refresh(self, timeout: float = 30.0) -> list[ProviderStatus]:
         """Check every provider now and redraw; returns the statuses."""
@@ -114,10 +132,11 @@ class HealthBoard(PollingBox):
         return self._loop_future is not None and not self._loop_future.done()
 
     def summary(self) -> str:
-        if not self.statuses:
+        statuses = self._statuses  # a repr never waits for a check
+        if not statuses:
             return f"HealthBoard: {', '.join(self.session.settings.chain)} (not checked yet)"
         parts = []
-        for s in self.statuses:
+        for s in statuses:
             part = f"{s.provider} {state_text(s)}"
             if s.state == "healthy" and s.latency is not None:
                 part += f" ({seconds(s.latency)})"
@@ -143,8 +162,8 @@ class HealthBoard(PollingBox):
             self._poke.clear()
 
     def _on_record(self, record: RequestRecord) -> None:
-        if record.ok:
-            return
+        if record.ok and not record.fallbacks and not record.retries:
+            return  # nothing failed: the failure counts are as they were
         poke = self._poke
         if poke is not None:
             try:
@@ -153,8 +172,13 @@ class HealthBoard(PollingBox):
                 pass
 
     async def _refresh(self) -> None:
+        self._asked += 1
+        ticket = self._asked
         statuses = await self.session.ahealth()
-        self.statuses = statuses
+        if ticket < self._applied:
+            return  # a newer check has drawn already
+        self._applied = ticket
+        self._statuses = statuses
         with self.hold_sync():
             self.table.value = self._table(statuses)
             self.header.value = card("Providers", right=f"checked {clock()} · every {self.interval:g} s")
@@ -165,22 +189,30 @@ class HealthBoard(PollingBox):
         head = "".join(
             f'<th style="text-align:left;padding:3px 8px 3px 0;color:{FG2};font-weight:600;'
             f'border-bottom:1px solid {BORDER}">{h}</th>'
-            for h in ("provider", "status", "latency", "URL", "loaded", "requests", "last error · what to do")
+            for h in ("provider", "status", "latency", "URL", "loaded", "requests", "failures", "last error · what to do")
         )
         if not statuses:
             names = self.session.settings.chain
             rows = "".join(
                 f'<tr><td style="padding:3px 8px 3px 0">{esc(n)}</td>'
-                f'<td colspan="6" style="color:{FG2}">checking&#8230;</td></tr>' for n in names
+                f'<td colspan="7" style="color:{FG2}">checking&#8230;</td></tr>' for n in names
             )
         else:
-            rows = "".join(self._row(s, stats.get(s.provider)) for s in statuses)
+            failures = self.session.monitor.failure_counts()
+            seen: set[str] = set()
+            parts = []
+            for s in statuses:  # a provider with several servers has a row each; its counts go on the first
+                first = s.provider not in seen
+                seen.add(s.provider)
+                parts.append(self._row(s, stats.get(s.provider) if first else None,
+                                       failures.get(s.provider, {}) if first else {}))
+            rows = "".join(parts)
         return (
             f'<table class="farm-health-rows" style="border-collapse:collapse;width:100%;font-size:12px;color:{FG};'
             f'table-layout:auto"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
         )
 
-    def _row(self, s: ProviderStatus, stat: tuple[int, int] | None) -> str:
+    def _row(self, s: ProviderStatus, stat: tuple[int, int] | None, failures: dict[str, int]) -> str:
         color, dot, _ = _STATE.get(s.state, _STATE["unknown"])
         loaded = ", ".join(s.models_loaded[:4]) + (f" +{len(s.models_loaded) - 4}" if len(s.models_loaded) > 4 else "")
         requests = "–" if stat is None else f"{stat[0]}" + (f' <span style="color:{BAD}">({stat[1]} failed)</span>' if stat[1] else "")
@@ -193,6 +225,7 @@ class HealthBoard(PollingBox):
             f'<td style="{cell};color:{FG2}"><code>{esc(s.url or "–")}</code></td>'
             f'<td style="{cell}">{esc(loaded) or "–"}</td>'
             f'<td style="{cell}">{requests}</td>'
+            f'<td class="farm-failures" style="{cell};color:{BAD if failures else FG2}">{esc(describe_failures(failures)) or "–"}</td>'
             f'<td style="{cell};color:{FG2};overflow-wrap:anywhere">{esc(advice(s)) or "–"}</td></tr>'
         )
 

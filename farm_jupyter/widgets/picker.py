@@ -245,12 +245,12 @@ class ModelPicker(FarmBox):
         self._set_busy(True)
         self.progress.layout.visibility = "visible" if kind != "unload" else "hidden"
         self._progress(kind, address, None)
-        self.submit(self._op_task(kind, address))
+        self._job = self.submit(self._op_task(kind, address))  # wait() waits for it
 
     async def _op_task(self, kind: str, address: str) -> None:
         cancelled = threading.Event()
         try:
-            await asyncio.to_thread(self._op_sync, kind, address, cancelled)
+            changed = await asyncio.to_thread(self._op_sync, kind, address, cancelled)
         except asyncio.CancelledError:
             cancelled.set()
             raise
@@ -260,14 +260,22 @@ class ModelPicker(FarmBox):
             raise
         finally:
             self._set_busy(False)
-        if self.provider and not self._closed:
+        if changed and self.provider and not self._closed:
             await self._fill(self.provider)
 
-    def _op_sync(self, kind: str, address: str, cancelled: threading.Event) -> None:
+    def _op_sync(self, kind: str, address: str, cancelled: threading.Event) -> bool:
+        """Run the pull, load or unload; False when there was nothing to do."""
+        if not self.session.has_models_to_load(address):  # a remote API: say so, do nothing
+            provider = address.partition(":")[0]
+            with self.progress.hold_sync():
+                self.progress.max, self.progress.value, self.progress.bar_style = 1, 1, "info"
+            self.progress_label.value = (f'<span style="color:{FG2};font-size:12px">{esc(address)}: nothing to {kind}: '
+                                         f"{esc(provider)} serves its models remotely</span>")
+            return False
         if kind == "unload":
             self.session.unload(address)
             self._progress(kind, address, None, done=True)
-            return
+            return True
         steps: Iterator[PullProgress] = self.session.reload(address) if kind == "reload" else self.session.load(address)
         try:
             for step in steps:
@@ -279,6 +287,7 @@ class ModelPicker(FarmBox):
             if close is not None:
                 close()  # cancels the pull on the runtime loop if we stopped early
         self._progress(kind, address, None, done=not cancelled.is_set())
+        return True
 
     def _progress(self, kind: str, address: str, step: PullProgress | None, *, done: bool = False) -> None:
         verb = {"pull": "pulling", "load": "loading", "unload": "unloading", "reload": "reloading"}[kind]

@@ -1,15 +1,24 @@
 """Markdown to safe HTML for answers: markdown-it-py (raw HTML off), code coloured by pygments.
 
-Imported on first render, not with `farm_jupyter.widgets`. Styles are inline (pygments'
-`noclasses`), because a widget's HTML cannot rely on a stylesheet being in the page.
+Shared by the widgets and `%%farm_chat --compare`, and outside `widgets/` so that the magic
+renders markdown without importing ipywidgets. markdown-it and pygments are imported on first
+render. Styles are inline (pygments' `noclasses`), because a widget's HTML cannot rely on a
+stylesheet being in the page.
 """
 
 from __future__ import annotations
 
 import functools
+from html import escape
 from typing import Any
 
-from ._base import BORDER, PANEL, esc
+# JupyterLab's theme variables with fallbacks, as in widgets/_base.py.
+BORDER = "var(--jp-border-color2, #d0d7de)"
+PANEL = "var(--jp-layout-color2, #f6f8fa)"
+
+
+def esc(text: str) -> str:
+    return escape(text, quote=True)
 
 _PRE = (
     f'<pre style="background:{PANEL};border:1px solid {BORDER};border-radius:4px;padding:6px 8px;'
