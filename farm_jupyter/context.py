@@ -20,9 +20,10 @@ import struct
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .types import ImagePart
+if TYPE_CHECKING:
+    from .types import ImagePart  # imported when an image is made: the magics import this module
 
 DEFAULT_BUDGET = 1000  # tokens: a DataFrame's first rows, not the whole frame
 CHARS_PER_TOKEN = 4
@@ -192,6 +193,8 @@ class Collector:
         self.images: list[ImagePart] = []
 
     def _image(self, data: bytes, media_type: str, what: str) -> str:
+        from .types import ImagePart
+
         alt = f"[image {len(self.images) + 1}: {what}]"
         self.images.append(ImagePart(data=base64.b64encode(data).decode(), media_type=media_type, alt=alt))
         return alt

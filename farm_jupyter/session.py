@@ -149,7 +149,8 @@ def _with_context(
     for obj in images:
         if isinstance(obj, ImagePart):
             attached.append(obj)
-            stand_ins.append(obj.alt)
+            if obj.alt not in text:  # a face that interpolated the prompt has put it there already
+                stand_ins.append(obj.alt)
             continue
         before = len(attached)
         said = collector(obj)
@@ -182,6 +183,12 @@ class ChatStream:
     @property
     def text(self) -> str:
         return self.response.text if self.response else "".join(self._parts)
+
+    @property
+    def runs_here(self) -> bool:
+        """Does iterating run the user's code between requests (tools, a schema's validation)? A
+        face then iterates in the kernel's thread, not on the runtime loop."""
+        return isinstance(self._source, Steps)
 
     @property
     def thinking(self) -> str:
