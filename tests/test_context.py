@@ -171,6 +171,9 @@ def test_images_stay_with_their_question_in_a_conversation(s, ollama):
     s.chat("And its size?", "ollama:llava", conversation=s.conversation)
     first, follow = bodies(ollama, CHAT)[-1]["messages"][0], bodies(ollama, CHAT)[-1]["messages"][-1]
     assert len(first["images"]) == 1 and "images" not in follow
+    r = s.chat("In words?", "ollama:llama3.1", conversation=s.conversation)  # a text-only model: stand-ins only
+    assert all("images" not in m for m in bodies(ollama, CHAT)[-1]["messages"])
+    assert r.notes == []  # its own question had no image: nothing to say
 
 
 # -- structured answers -------------------------------------------------------------------------

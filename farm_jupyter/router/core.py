@@ -332,11 +332,13 @@ class Router:
     async def _fit_images(self, call: Call, provider: Provider, request: ChatRequest) -> ChatRequest:
         """A model that cannot see images gets each one's one-line stand-in (already in the text
         where the image was named) instead of its bytes; the footer says so."""
-        count = sum(len(m.images) for m in request.messages)
         call.notes.clear()
-        if not count or await provider.accepts_images(request.model):
+        if not any(m.images for m in request.messages) or await provider.accepts_images(request.model):
             return request
-        call.notes.append(f"{count} image{'s' if count != 1 else ''} sent as text ({request.model} takes no images)")
+        # Said for the question's own images; earlier turns' go as their stand-ins without a word.
+        count = len(request.messages[-1].images)
+        if count:
+            call.notes.append(f"{count} image{'s' if count != 1 else ''} sent as text ({request.model} takes no images)")
         messages = [m.model_copy(update={"images": []}) if m.images else m for m in request.messages]
         return request.model_copy(update={"messages": messages})
 
