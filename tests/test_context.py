@@ -396,3 +396,16 @@ def test_example_of_builds_the_smallest_matching_value():
     assert example_of(City.model_json_schema()) == {"name": "x", "population": 0}
     assert example_of({"type": "array", "items": {"enum": ["a", "b"]}, "minItems": 2}) == ["a", "a"]
     assert example_of({"anyOf": [{"type": "integer", "minimum": 3}, {"type": "null"}]}) == 3
+
+
+def test_a_stream_cut_after_thinking_restarts_and_voids_the_thinking_shown(ollama):
+    from farm_jupyter.testing import Fault
+
+    s = Session(loopback_settings(ollama))
+    ollama.add_fault(Fault(kind="drop", after=2, path=CHAT))  # two pieces of reasoning, then the cut
+    stream = s.stream("Why?", think=True)
+    chunks = list(stream)
+    assert [c.restart for c in chunks].count(True) == 1
+    assert stream.thinking == "Thinking about: Why?" and stream.response.thinking == "Thinking about: Why?"
+    assert stream.response.retries == 1
+    s.close()

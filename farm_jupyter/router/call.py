@@ -71,6 +71,11 @@ class Try:
     def chunks(self) -> int:
         return len(self.parts)
 
+    @property
+    def shown(self) -> int:
+        """Chunks the caller has on screen: reasoning too, which a restart must void as well."""
+        return len(self.parts) + sum(1 for t in self.thinking if t)
+
     async def run(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
         async for chunk in chunks:
             if chunk.done:

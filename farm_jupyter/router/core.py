@@ -295,13 +295,13 @@ class Router:
             except ProviderError as exc:
                 if booking is not None:
                     booking[1] = 0
-                if attempt.chunks:
-                    call.shown, call.cut = attempt.chunks, f"{route.provider} {exc.did}"
+                if attempt.shown:
+                    call.shown, call.cut = attempt.shown, f"{route.provider} {exc.did}"
                 delay = retry_delay(self.settings.retry, exc, retries) if exc.availability else None
                 if delay is None:
                     if exc.availability and not isinstance(exc, RateLimited):  # busy is not ill
                         breaker.failure(str(exc))
-                    self._record_failure(call, route, exc, retries=retries, waited=waited, chunks=attempt.chunks)
+                    self._record_failure(call, route, exc, retries=retries, waited=waited, chunks=attempt.shown)
                     raise
                 self.monitor.record_failure(route.provider, exc.kind)
                 retries += 1
