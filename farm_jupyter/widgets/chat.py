@@ -195,7 +195,7 @@ class ChatWidget(FarmBox):
                     self.queued = len(self._queue)
                 return
             try:
-                extra = {} if self.think is None else {"think": self.think}
+                extra: dict[str, Any] = {} if self.think is None else {"think": self.think}
                 stream = self.session.stream(prompt, target, conversation=self.conversation, system=self.system, **extra)
             except FarmError as exc:  # an unknown provider, a bad alias: say so, keep the text
                 self.show_error(exc)
