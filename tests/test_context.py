@@ -409,3 +409,33 @@ def test_a_stream_cut_after_thinking_restarts_and_voids_the_thinking_shown(ollam
     assert stream.thinking == "Thinking about: Why?" and stream.response.thinking == "Thinking about: Why?"
     assert stream.response.retries == 1
     s.close()
+
+
+def test_achat_runs_tools_and_schemas_on_the_callers_thread_too(ollama):
+    import asyncio
+
+    ran_in = []
+
+    async def slow_lookup(key: str) -> str:
+        """An async tool: awaited on the runtime loop."""
+        await asyncio.sleep(0)
+        return key * 2
+
+    def lookup(key: str) -> str:
+        """A plain tool."""
+        ran_in.append(threading.get_ident())
+        return key.upper()
+
+    s = Session(loopback_settings(ollama))
+
+    async def main() -> tuple:
+        a = await s.achat("Look up", tools=[lookup])
+        b = await s.achat("Look up", tools=[slow_lookup])
+        c = await s.achat("A city", schema=City)
+        return a, b, c
+
+    a, b, c = asyncio.run(main())
+    assert a.text == "Tool results: X" and b.text == "Tool results: xx" and c.parsed == City(name="x", population=0)
+    assert ran_in == [threading.get_ident()]
+    assert s.chat("Look up", tools=[slow_lookup]).text == "Tool results: xx"  # the sync twin
+    s.close()
