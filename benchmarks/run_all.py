@@ -39,6 +39,7 @@ SCRIPTS = [
     ("concurrency.py", False, "Concurrent requests"),
     ("batch.py", True, "Batch: 1,000 prompts through farm.map vs the ideal, the raw SDK and litellm"),
     ("local_model.py", False, "Local model (HuggingFace provider) tokens/s"),
+    ("server_memory.py", False, "Jupyter server extension: memory under bodies at and over the limit"),
 ]
 PACKAGES = ["farm-jupyter", "httpx", "openai", "pydantic", "ipython", "ipykernel", "ipywidgets", "redis",
             "torch", "transformers", "anyio"]

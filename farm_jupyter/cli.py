@@ -139,7 +139,7 @@ def disable(_: argparse.Namespace) -> int:
 
 
 def schema(args: argparse.Namespace) -> int:
-    from .schema import write_schema
+    from .server.schema import write_schema
 
     for path in write_schema(Path(args.folder)):
         print(f"wrote {path}")

@@ -16,11 +16,13 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .cache import make_cache
+from .cache_guard import GuardedCache
 from .config import Settings, load_settings
-from .errors import ConfigError, FarmError
+from .errors import ConfigError, FarmError, UnknownProvider
 from .ledger import UsageReport
 from .monitor import Monitor
+from .providers import available as available_providers
+from .providers import is_known as is_provider
 from .providers.base import as_messages
 from .router import Router
 from .runtime import Runtime, get_runtime
@@ -287,7 +289,7 @@ class Session:
     ) -> None:
         self.settings = settings or load_settings(config)
         self._runtime = runtime
-        self.cache = make_cache(self.settings.cache)
+        self.cache = GuardedCache(self.settings.cache)  # a cache that will not open is off, not fatal
         self.monitor = Monitor(self.settings.monitor_size)
         self.router = Router(self.settings, self.cache, self.monitor)
         self.conversation = Conversation(self.settings.max_history)
@@ -566,6 +568,48 @@ class Session:
 
     def cache_clear(self) -> None:
         self.runtime.run(self.cache.clear())
+
+    # -- for a face that drives the runtime loop itself (the server extension) -----------------
+
+    def address(self, target: str | None) -> tuple[str, str]:
+        """`(provider, model)`, asking no one; `x:y` with no provider or alias `x` is refused, not
+        taken as a model of the default provider (write `ollama:qwen2.5:0.5b`)."""
+        head, sep, _ = self.router.expand_alias((target or "").strip()).partition(":")
+        if sep and not is_provider(head) and head not in self.router.providers:
+            hint = f"write provider:model with one of {', '.join(available_providers())}"
+            raise UnknownProvider(f"no provider named {head!r}", hint=hint)
+        return self._split(target) if target else self._split(self.default_address)
+
+    def check_params(self, provider: str, params: GenerationParams) -> None:
+        """An option of `params.extra` that this provider does not take is a mistake, said here."""
+        found = self.router.provider(provider)
+        members = getattr(found, "members", None)  # a pool of servers: they are all of one kind
+        unknown, taken = params.not_taken_by(members[0].provider.kind if members else found.kind)
+        if unknown:
+            raise ConfigError(f"{provider} takes no option {unknown[0]!r}", hint=f"its options are {', '.join(taken)}")
+
+    def chunks(
+        self, messages: list[ChatMessage], target: str | None, params: GenerationParams, **options: Any
+    ) -> AsyncIterator[Chunk]:
+        """The router's raw chunks (options: no_cache, refresh, fallback, stream), for the runtime loop."""
+        return self.router.astream(messages, target, params, **options)
+
+    async def statuses(self, providers: list[str] | None = None) -> list[ProviderStatus]:
+        """Health of each provider (runs on the runtime loop)."""
+        return await self.router.health(providers)
+
+    def pull(self, provider: str, model: str) -> AsyncIterator[PullProgress]:
+        """Pull and load one model, as progress (iterated on the runtime loop)."""
+        return self.router.provider(provider).load_model(model)
+
+    async def drop(self, provider: str, model: str) -> None:
+        """Unload one model (runs on the runtime loop)."""
+        await self.router.provider(provider).unload_model(model)
+
+    @property
+    def cache_state(self) -> str:
+        """The cache backend's name, or `off: <why>` when it would not open."""
+        return str(getattr(self.cache, "state", self.cache.name))
 
     def close(self) -> None:
         async def shutdown() -> None:

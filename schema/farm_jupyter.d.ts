@@ -1,4 +1,4 @@
-// Generated from farm_jupyter/schema.py by `farm-jupyter schema`; do not edit.
+// Generated from farm_jupyter/server/schema.py by `farm-jupyter schema`; do not edit.
 // Routes under {base_url}farm-jupyter/api/ of a Jupyter server with the farm_jupyter.server extension.
 
 /** One try at one provider: the response lists them all, failed ones first. */
@@ -100,7 +100,51 @@ export interface GPUStats {
   reason: string | null;
 }
 
-/** Everything besides the messages that changes an answer (and so belongs in a cache key). */
+/**
+ * The provider-specific generation options `GenerationParams.extra` may hold: a closed set.
+ *
+ * Each provider takes the ones in `PROVIDER_OPTIONS[its kind]` and leaves the others (they are
+ * there for a fallback provider); no key can change the model, the messages or streaming, and no
+ * key loads or runs code (HuggingFace's `trust_remote_code`, `custom_generate`, ...).
+ */
+export interface GenerationOptions {
+  top_k?: number;
+  min_p?: number;
+  typical_p?: number;
+  presence_penalty?: number;
+  frequency_penalty?: number;
+  repeat_penalty?: number;
+  logit_bias?: Record<string, number>;
+  num_ctx?: number;
+  num_keep?: number;
+  repeat_last_n?: number;
+  mirostat?: 0 | 1 | 2;
+  mirostat_tau?: number;
+  mirostat_eta?: number;
+  penalize_newline?: boolean;
+  tfs_z?: number;
+  user?: string;
+  reasoning_effort?: "minimal" | "low" | "medium" | "high";
+  min_new_tokens?: number;
+  repetition_penalty?: number;
+  no_repeat_ngram_size?: number;
+  num_beams?: number;
+  length_penalty?: number;
+  epsilon_cutoff?: number;
+  eta_cutoff?: number;
+  suppress_tokens?: number[];
+  begin_suppress_tokens?: number[];
+  bad_words_ids?: number[][];
+  renormalize_logits?: boolean;
+  max_time?: number;
+  grammar?: string;
+}
+
+/**
+ * Everything besides the messages that changes an answer (and so belongs in a cache key).
+ *
+ * `extra` is closed: only `GenerationOptions` keys, each checked for type and range.
+ */
 export interface GenerationParams {
   temperature?: number | null;
   max_tokens?: number | null;
@@ -108,7 +152,8 @@ export interface GenerationParams {
   stop?: string[] | null;
   seed?: number | null;
   format?: "json" | null;
-  extra?: Record<string, unknown>;
+  /** Provider-specific options; each provider takes its own and leaves the rest. */
+  extra?: GenerationOptions;
   response_schema?: Record<string, unknown> | null;
   tools?: ToolSpec[] | null;
   think?: boolean | "low" | "medium" | "high" | null;
@@ -116,6 +161,8 @@ export interface GenerationParams {
 
 export interface HealthResponse {
   providers: ProviderStatus[];
+  /** The cache backend, or "off: <why>" when it would not open (answers go uncached). */
+  cache: string;
 }
 
 /** An image for a vision model: base64 bytes, and the one line a text-only model gets instead. */
@@ -208,7 +255,7 @@ export interface StatsResponse {
   models: ModelSummary[];
   /** Chat requests this server is answering right now. */
   in_flight: number;
-  /** The cache backend: memory, disk, redis or none. */
+  /** The cache backend (memory, disk, redis, none), or "off: <why>". */
   cache: string;
 }
 

@@ -7,6 +7,7 @@ argument parser and prompt interpolation.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from farm_jupyter.config import load_settings
 from farm_jupyter.errors import AllProvidersFailed, ConfigError, FarmError, ModelNotFound, UnknownProvider
 from farm_jupyter.providers import Provider, register_provider, unregister_provider
 from farm_jupyter.providers.base import as_messages
+from farm_jupyter.runtime import get_runtime
 from farm_jupyter.session import Session
 from farm_jupyter.testing import OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import loopback_settings
@@ -303,6 +305,52 @@ def test_a_cache_that_is_down_still_answers_with_a_warning(ollama_server: Ollama
     assert all("\n" not in r.getMessage() for r in warnings)
     assert len(s.conversation.turns) == 1
     s.close()
+
+
+def test_a_cache_that_will_not_open_is_off_and_comes_back(caplog: pytest.LogCaptureFixture) -> None:
+    from farm_jupyter.cache import MemoryCache
+    from farm_jupyter.cache_guard import REOPEN_AFTER, GuardedCache
+    from farm_jupyter.config import CacheSettings
+
+    now = [0.0]
+    writable = [False]
+
+    def opener(settings: CacheSettings) -> MemoryCache:
+        if not writable[0]:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return MemoryCache()
+
+    with caplog.at_level(logging.WARNING, logger="farm_jupyter"):
+        cache = GuardedCache(CacheSettings(backend="disk"), opener, clock=lambda: now[0])
+        assert (cache.name, cache.state) == ("none", "off: read-only file system")
+        runtime = get_runtime()
+        assert runtime.run(cache.get("k")) is None
+        writable[0] = True
+        assert runtime.run(cache.get("k")) is None and cache.inner is None  # not yet time to try again
+        now[0] += REOPEN_AFTER
+        assert runtime.run(cache.get("k")) is None and cache.state == "memory"
+    lines = [r.getMessage() for r in caplog.records if r.name == "farm_jupyter"]
+    assert lines == ["farm_jupyter: cache disk is off: read-only file system (tried again in 30 s)", "farm_jupyter: cache memory is back"]
+
+
+def test_a_corrupt_cache_row_costs_one_miss_and_one_line(
+    ollama_server: OllamaServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "cache.sqlite"
+    s = Session(loopback_settings(ollama_server, cache={"backend": "disk", "path": str(path)}))
+    try:
+        assert not s.chat("kept").cached
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE entries SET value = '{\"response\": 3}'")
+        with caplog.at_level(logging.WARNING, logger="farm_jupyter"):
+            assert not s.chat("kept").cached  # the bad row is dropped and answered afresh
+        lines = [r.getMessage() for r in caplog.records if r.name == "farm_jupyter"]
+        assert len(lines) == 1 and "dropped an unreadable cache entry" in lines[0] and "\n" not in lines[0]
+        assert s.chat("kept").cached  # and stored again: the cache never switched off
+    finally:
+        s.close()
 
 
 def test_no_environment_variable_is_needed_to_fail_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:

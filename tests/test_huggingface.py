@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from farm_jupyter import providers
 from farm_jupyter.config import load_settings
@@ -239,9 +240,12 @@ def test_out_of_memory_says_what_to_do(provider: HuggingFaceProvider) -> None:
     assert wait_no_generate_threads() == []
 
 
-def test_a_bad_generate_argument_is_a_bad_request(provider: HuggingFaceProvider) -> None:
-    with pytest.raises(BadRequest, match="not_a_generate_kwarg"):
+def test_a_bad_generate_argument_is_refused_before_generate(provider: HuggingFaceProvider) -> None:
+    # params.extra is closed (GenerationOptions): an unknown keyword never reaches generate().
+    with pytest.raises(ValidationError, match="not_a_generate_kwarg"):
         provider.chat(request(provider.default_model, 4, extra={"not_a_generate_kwarg": 1}))
+    with pytest.raises(BadRequest, match="local model"):  # what generate() itself refuses is a BadRequest
+        provider.chat(request(provider.default_model, 4, extra={"num_beams": 2}))
     assert wait_no_generate_threads() == []
 
 

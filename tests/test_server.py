@@ -21,28 +21,31 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import psutil
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
-from farm_jupyter.schema import (
+from farm_jupyter.errors import ConfigError
+from farm_jupyter.server.schema import (
     ChatBody,
     ErrorBody,
     HealthResponse,
     LoadStarted,
     LoadStatus,
     ModelsResponse,
-    SchemaError,
     StatsResponse,
     json_schema,
-    typescript,
     write_schema,
 )
+from farm_jupyter.server.typescript import SchemaError, typescript
 from farm_jupyter.session import Session
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import TEST_API_KEY, loopback_settings
-from farm_jupyter.types import ChatResponse, GPUStats
+from farm_jupyter.types import ChatResponse, GenerationOptions, GenerationParams, GPUStats
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_URL = "/farm-test/"
@@ -64,6 +67,7 @@ failures = 1000  # fault tests must not open the circuit for the tests after the
 small = "ollama:qwen2.5:0.5b"
 """
 
+MAX_LOAD_JOBS = 4
 OTHER_EXTENSIONS = ("jupyterlab", "jupyter_lsp", "notebook_shim", "jupyter_server_terminals")
 ROUTES = [
     ("POST", "chat"),
@@ -127,9 +131,14 @@ class JupyterServer:
 
 
 def _start_jupyter(
-    tmp: Path, ollama: OllamaServer, openai: OpenAIServer | None = None, cache: str | None = None
+    tmp: Path,
+    ollama: OllamaServer,
+    openai: OpenAIServer | None = None,
+    cache: str | None = None,
+    toml: str = FARM_TOML,
+    args: tuple[str, ...] = (),
 ) -> JupyterServer:
-    (tmp / "farm.toml").write_text(FARM_TOML)
+    (tmp / "farm.toml").write_text(toml)
     cache_path = tmp / "cache" / "responses.sqlite"
     env = _clean_environ() | _jupyter_dirs(tmp) | {
         "OLLAMA_HOST": ollama.url,
@@ -150,6 +159,7 @@ def _start_jupyter(
             f"--IdentityProvider.token={token}", "--allow-root",
             # The other installed server extensions cost 3 s a start; ours stays enabled by its config file.
             "--ServerApp.jpserver_extensions=" + repr(dict.fromkeys(OTHER_EXTENSIONS, False)),
+            *args,
         ]
         with log.open("wb") as out:
             proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -196,7 +206,7 @@ def slow_openai() -> Iterator[OpenAIServer]:
 def jupyter(
     tmp_path_factory: pytest.TempPathFactory, ollama: OllamaServer, slow_openai: OpenAIServer
 ) -> Iterator[JupyterServer]:
-    server = _start_jupyter(tmp_path_factory.mktemp("jupyter"), ollama, slow_openai)
+    server = _start_jupyter(tmp_path_factory.mktemp("jupyter"), ollama, slow_openai, args=(f"--FarmServer.max_load_jobs={MAX_LOAD_JOBS}",))
     yield server
     _stop(server.proc)
     # Cancelled streams and failed providers must leave no traceback behind in the server's log.
@@ -395,14 +405,23 @@ def test_chat_takes_messages_system_params_and_aliases_from_farm_toml(api: httpx
     assert sent["options"] == {"temperature": 0.2, "num_predict": 1}
 
 
-def test_provider_failure_is_502_with_the_one_line_message(api: httpx.Client, ollama: OllamaServer) -> None:
+def test_a_missing_model_is_404_with_the_closest_names(api: httpx.Client, ollama: OllamaServer) -> None:
     for path in ("chat", "chat/stream"):
-        response = api.post(path, json={"prompt": "hi", "model": "nosuch-model"})
+        response = api.post(path, json={"prompt": "hi", "model": "ollama:llama3.2"})
+        assert response.status_code == 404, response.text
+        error = error_of(response)
+        assert (error.type, error.field) == ("ModelNotFound", "model")
+        assert 'no model "llama3.2"' in error.error and "llama3.1" in error.error and "\n" not in error.error
+
+
+def test_provider_failure_is_502_with_the_one_line_message(api: httpx.Client, ollama: OllamaServer) -> None:
+    ollama.add_fault(Fault("status", path="/api/chat", status=503, times=None))
+    for path in ("chat", "chat/stream"):
+        response = api.post(path, json={"prompt": "hi", "no_cache": True})
         assert response.status_code == 502, response.text
         error = error_of(response)
-        assert error.type == "AllProvidersFailed"
-        assert "nosuch-model" in error.error and "not found" in error.error and "\n" not in error.error
-        assert error.attempts and error.attempts[0].error_type == "ModelNotFound"
+        assert error.type in ("ServerError", "AllProvidersFailed") and "503" in error.error
+        assert "\n" not in error.error
 
 
 # -- the stream -------------------------------------------------------------------------------
@@ -434,7 +453,7 @@ def test_stream_says_restart_when_a_broken_stream_is_retried(api: httpx.Client, 
     data = [e.json() for e in events if e.name == "message" and e.data != "[DONE]"]
     restart = data.index({"restart": True})
     assert [d["text"] for d in data[:restart] if "text" in d] == ["Echo: ", "one "]
-    assert any("retrying" in d.get("status", "") for d in data[:restart])
+    assert "retrying ollama" in data[restart + 1]["status"]  # the restart says why, then what comes next
     assert "".join(d["text"] for d in data[restart:] if "text" in d) == "Echo: one two three four"
     final = ChatResponse.model_validate_json(next(e.data for e in events if e.name == "done"))
     assert final.restarted and final.text == "Echo: one two three four"
@@ -633,11 +652,11 @@ def test_the_redis_cache_is_shared_with_kernel_sessions(tmp_path: Path, redis_ur
 
 def test_checked_in_schema_files_match_the_types(tmp_path: Path) -> None:
     folder = ROOT / "schema"
-    hint = "regenerate them: farm-jupyter schema (or python -c 'from farm_jupyter.schema import write_schema; write_schema()')"
+    hint = "regenerate them: farm-jupyter schema"
     assert json.loads((folder / "farm_jupyter.schema.json").read_text()) == json_schema(), hint
     assert (folder / "farm_jupyter.d.ts").read_text() == typescript(), hint
     written = write_schema(tmp_path)
-    assert [p.name for p in written] == ["farm_jupyter.schema.json", "farm_jupyter.d.ts"]
+    assert [p.name for p in written] == ["farm_jupyter.schema.json", "farm_jupyter.d.ts", "farm_jupyter_client.ts"]
     for path in written:
         assert path.read_text() == (folder / path.name).read_text()
 
@@ -724,3 +743,304 @@ def test_chat_body_builds_the_messages() -> None:
     assert [(m.role, m.content) for m in body.to_messages()] == [("system", "s"), ("user", "q")]
     body = ChatBody.model_validate({"messages": [{"role": "user", "content": "q"}]})
     assert [(m.role, m.content) for m in body.to_messages()] == [("user", "q")]
+
+
+# -- the hardened surface: closed params, limits, names, hosts --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "words"),
+    [
+        ({"options": "x"}, "params.extra", "'options' is not a generation option"),
+        ({"model": "gpt-3.5-turbo"}, "params.extra", "belongs to the request"),
+        ({"stream": False}, "params.extra", "belongs to the request"),
+        ({"num_predict": 5000}, "params.extra", "use params.max_tokens"),
+        ({"custom_generate": "/some/dir", "trust_remote_code": True}, "params.extra", "loads or runs code"),
+        ({"zzz": 1}, "params.extra.zzz", "not a generation option"),
+        ({"num_ctx": "big"}, "params.extra.num_ctx", "valid integer"),
+        ({"top_k": -1}, "params.extra.top_k", "greater than or equal to 0"),
+        ({"mirostat_tau": "INF"}, "params.extra.mirostat_tau", "finite number"),  # once a 500 (the fuzz found it)
+        ({"logit_bias": {"50256": -100}}, "params.extra", "ollama takes no option 'logit_bias'"),
+        ("x", "params.extra", "should be an object"),
+    ],
+)
+def test_params_are_closed_and_typed(
+    api: httpx.Client, ollama: OllamaServer, extra: Any, field: str, words: str
+) -> None:
+    response = api.post("chat", json={"prompt": "hi", "model": "ollama:llama3.1", "params": {"extra": extra}})
+    assert response.status_code == 400, response.text
+    error = error_of(response)
+    assert error.field == field and words in error.error and "\n" not in error.error
+    assert ollama.count() == 0
+
+
+def test_params_reach_the_provider_as_its_own_options(api: httpx.Client, ollama: OllamaServer) -> None:
+    body = {"prompt": "with options", "model": "ollama:llama3.1", "no_cache": True,
+            "params": {"max_tokens": 7, "extra": {"num_ctx": 4096, "top_k": 20}}}
+    assert api.post("chat", json=body).status_code == 200
+    sent = ollama.requests[-1].json or {}
+    assert sent["model"] == "llama3.1" and sent["stream"] is True
+    assert sent["options"] == {"num_predict": 7, "num_ctx": 4096, "top_k": 20}
+    # Over HTTP an option the asked provider does not take is a mistake (HuggingFace's here).
+    body["params"]["extra"]["min_new_tokens"] = 3  # type: ignore[index]
+    response = api.post("chat", json=body)
+    assert response.status_code == 400 and "ollama takes no option 'min_new_tokens'" in error_of(response).error
+
+
+def test_code_loading_arguments_never_reach_a_local_model(api: httpx.Client, tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    code = tmp_path / "custom"
+    code.mkdir()
+    (code / "generate.py").write_text(f"open({str(ran)!r}, 'w').close()\n")
+    body = {"prompt": "hi", "model": "huggingface:some/model",
+            "params": {"extra": {"custom_generate": str(code), "trust_remote_code": True}}}
+    response = api.post("chat", json=body)
+    assert response.status_code == 400 and "loads or runs code" in error_of(response).error
+    assert not ran.exists()
+
+
+def test_the_python_api_takes_the_same_closed_params(ollama: OllamaServer) -> None:
+    kernel = Session(loopback_settings(ollama))
+    try:
+        with pytest.raises(ConfigError, match="trust_remote_code") as info:
+            kernel.chat("hi", extra={"trust_remote_code": True})
+        assert "\n" not in str(info.value)
+        assert kernel.chat("hi", extra={"num_ctx": 2048}, no_cache=True).text == "Echo: hi"
+    finally:
+        kernel.close()
+
+
+def test_an_unknown_provider_prefix_is_400_listing_the_providers(api: httpx.Client, ollama: OllamaServer) -> None:
+    for path in ("chat", "chat/stream"):
+        response = api.post(path, json={"prompt": "hi", "model": "nosuch:foo"})
+        assert response.status_code == 400, response.text
+        error = error_of(response)
+        assert (error.field, error.type) == ("model", "UnknownProvider")
+        assert "nosuch" in error.error and "ollama, openai" in error.error
+    response = api.post("models/nosuch:foo/load")
+    assert response.status_code == 400 and error_of(response).field == "name"
+    assert ollama.count() == 0
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_over_the_limit_is_413_and_never_parsed(api: httpx.Client, ollama: OllamaServer, chunked: bool) -> None:
+    body = b'{"prompt": "' + b"x" * (8 * 1024 * 1024) + b'"}'
+    content: Any = iter([body[i:i + 65536] for i in range(0, len(body), 65536)]) if chunked else body
+    response = api.post("chat", content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413, response.text[:300]
+    assert "over the limit of 8388608 bytes" in error_of(response).error
+    assert ollama.count() == 0
+    assert api.get("stats").status_code == 200  # the connection pool and the server are fine
+
+
+def test_messages_and_prompt_length_are_limited(api: httpx.Client, ollama: OllamaServer) -> None:
+    many = [{"role": "user", "content": "hi"}] * 501
+    response = api.post("chat", json={"messages": many})
+    assert response.status_code == 400 and error_of(response).field == "messages"
+    response = api.post("chat", json={"prompt": "y" * 2_000_001})
+    assert response.status_code == 400 and error_of(response).field == "prompt"
+    assert "over the limit of 2000000" in error_of(response).error
+    assert ollama.count() == 0
+
+
+@pytest.mark.parametrize("name", ["..%2F..%2Fapi%2Fdelete", "a%2F..%2Fb", "%2Fetc%2Fpasswd", "x%20y", "-rf"])
+def test_model_names_are_checked_before_they_go_into_a_url(api: httpx.Client, ollama: OllamaServer, name: str) -> None:
+    for method, action in (("POST", "load"), ("GET", "load"), ("POST", "unload")):
+        response = api.request(method, f"models/{name}/{action}")
+        assert response.status_code == 400, (method, action, response.text)
+        assert error_of(response).field == "name" and "Location" not in response.headers
+    response = api.post("chat", json={"prompt": "hi", "model": "../../etc"})
+    assert response.status_code == 400 and error_of(response).field == "model"
+    assert ollama.count() == 0
+
+
+def test_load_jobs_are_bounded(api: httpx.Client) -> None:
+    names = [f"gone-{i}" for i in range(MAX_LOAD_JOBS + 1)]
+    for name in names:
+        assert _load(api, name).state in ("done", "error")  # the loopback Ollama answers at once
+    assert api.get(f"models/{names[0]}/load").status_code == 404  # the oldest finished job made room
+    assert api.get(f"models/{names[-1]}/load").status_code == 200
+
+
+def test_a_foreign_host_is_told_so_even_with_the_token(api: httpx.Client, ollama: OllamaServer) -> None:
+    response = api.post("chat", json={"prompt": "hi"}, headers={"Host": "evil.example.com"})
+    assert response.status_code == 403
+    assert error_of(response).error.startswith("host 'evil.example.com' is not allowed")
+    assert ollama.count() == 0
+
+
+def test_load_jobs_expire_and_running_ones_are_never_dropped() -> None:
+    from farm_jupyter.server.base import FarmServer
+    from farm_jupyter.server.jobs import LoadJob, ServerState, TooManyLoads
+
+    now = [1000.0]
+    state = ServerState(limits=FarmServer(max_load_jobs=2, load_job_ttl=60.0), clock=lambda: now[0])
+    running = LoadJob(name="a", address="ollama:a", started_at=now[0])
+    done = LoadJob(name="b", address="ollama:b", started_at=now[0], state="done", finished_at=now[0])
+    state.add(running)
+    state.add(done)
+    with pytest.raises(TooManyLoads):
+        state.add(LoadJob(name="c", address="ollama:c", started_at=now[0])) if done.state == "running" else None
+        done.state = "running"
+        state.add(LoadJob(name="c", address="ollama:c", started_at=now[0]))
+    done.state = "done"
+    state.add(LoadJob(name="c", address="ollama:c", started_at=now[0]))  # the finished job makes room
+    assert set(state.jobs) == {"ollama:a", "ollama:c"}
+    state.jobs["ollama:c"].finished_at, state.jobs["ollama:c"].state = now[0], "error"
+    now[0] += 61
+    assert state.job("ollama:c") is None and state.job("ollama:a") is running
+
+
+def test_the_url_table_is_the_route_table() -> None:
+    from farm_jupyter.server.handlers import HANDLERS, url_specs
+
+    specs = url_specs("/base/farm-jupyter/api/")
+    assert [h for _, h in specs] == HANDLERS
+    with pytest.raises(ConfigError, match="no handler serves GET gpu"):
+        url_specs("/", HANDLERS[:-1])
+
+
+BREAKER_TOML = FARM_TOML.replace("failures = 1000  # fault tests must not open the circuit for the tests after them", "failures = 2")
+
+
+def test_caller_errors_never_open_the_breaker_and_a_cache_that_will_not_open_is_off(tmp_path: Path) -> None:
+    """One server whose breaker opens after 2 availability failures and whose cache cannot open."""
+    (tmp_path / "a-file").write_text("not a folder")
+    with OllamaServer() as upstream, OpenAIServer(api_key=TEST_API_KEY) as openai:
+        server = _start_jupyter(tmp_path, upstream, openai, cache=f"disk:{tmp_path}/a-file/cache/r.sqlite", toml=BREAKER_TOML)
+        try:
+            with server.client() as api:
+                health = HealthResponse.model_validate_json(api.get("health").content)
+                assert health.cache == "off: not a directory"
+                assert _stats(api).cache == "off: not a directory"
+
+                # The caller's errors, three times each: a missing model and a request refused upstream.
+                for _ in range(3):
+                    assert api.post("chat", json={"prompt": "hi", "model": "ollama:nope"}).status_code == 404
+                openai.add_fault(Fault("status", path="/v1/chat/completions", status=400, times=3))
+                for _ in range(3):
+                    response = api.post("chat", json={"prompt": "hi", "model": "openai:gpt-4o-mini"})
+                    assert response.status_code == 400 and error_of(response).type == "BadRequest"
+                for model in ("ollama:llama3.1", "openai:gpt-4o-mini"):
+                    response = api.post("chat", json={"prompt": "still served", "model": model})
+                    assert response.status_code == 200, response.text
+                    assert not ChatResponse.model_validate_json(response.content).cached  # no cache, no harm
+                states = {s.provider: s.state for s in HealthResponse.model_validate_json(api.get("health").content).providers}
+                assert states["ollama"] == "healthy" and states["openai"] == "healthy"
+
+                # Availability failures do open it: the breaker is live, it just ignores callers' mistakes.
+                upstream.add_fault(Fault("status", path="/api/chat", status=503, times=None))
+                for _ in range(2):
+                    assert api.post("chat", json={"prompt": "hi", "model": "ollama:llama3.1", "fallback": False}).status_code == 502
+                states = {s.provider: s.state for s in HealthResponse.model_validate_json(api.get("health").content).providers}
+                assert states["ollama"] == "cooling_down"
+            log = server.log_tail()
+            assert "cache disk is off: not a directory" in log and "Traceback" not in log
+        finally:
+            _stop(server.proc)
+
+
+# -- the generated TypeScript client, compiled and run with Node ------------------------------
+
+NODE_DIR = ROOT / "tests" / "node"
+
+
+def _compiled_client(out: Path) -> Path:
+    tsc = NODE_DIR / "node_modules" / ".bin" / "tsc"
+    if not tsc.exists() or shutil.which("node") is None:
+        pytest.fail("Node and TypeScript are missing: run `bash scripts/bootstrap --test` (it runs npm ci in tests/node)")
+    result = subprocess.run(
+        [str(tsc), "-p", str(NODE_DIR / "tsconfig.json"), "--outDir", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out / "tests" / "node" / "client_check.js"
+
+
+def test_the_typescript_client_compiles_and_talks_to_a_real_server(
+    jupyter: JupyterServer, api: httpx.Client, ollama: OllamaServer, slow_openai: OpenAIServer, tmp_path: Path
+) -> None:
+    script = _compiled_client(tmp_path / "js")
+    env = _clean_environ() | {
+        "FARM_URL": f"http://127.0.0.1:{jupyter.port}{BASE_URL}",
+        "FARM_TOKEN": jupyter.token,
+        "FARM_SLOW_MODEL": SLOW["model"],
+    }
+    before = jupyter.log.read_text(errors="replace").count("went away")
+    result = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert out["health"]["cache"] == "disk" and ["ollama", "healthy"] in out["health"]["providers"]
+    assert out["chat"] == {"text": "Echo: hello from node", "address": "ollama:llama3.1"}
+    assert "".join(out["stream"]["texts"]) == out["stream"]["done"] == "Echo: stream to the end"
+    assert len(out["stream"]["texts"]) > 1
+    assert out["cancelled"] == {"seen": 3}
+    assert out["unknown"]["status"] == 400 and out["unknown"]["field"] == "model"
+    assert "no provider named 'nosuch'" in out["unknown"]["error"]
+    assert out["load"][-1] == "done" and set(out["load"]) <= {"running", "done"}
+    assert out["unload"] is True and "llama3.1:latest" in out["models"]
+    # The stream left early: the server saw the disconnect and closed the upstream request.
+    _wait_for(lambda: jupyter.log.read_text(errors="replace").count("went away") > before, 10.0, "the server noticing")
+    _wait_for(lambda: _established(jupyter, slow_openai) == 0, 10.0, "the upstream connection closing")
+    _wait_for(lambda: _stats(api).in_flight == 0, 10.0, "the server dropping the request")
+
+
+# -- no request body makes a 500 (hypothesis over every route) -----------------------------------
+# FARM_FUZZ_EXAMPLES sets the bodies per route: 100 by default keeps the suite quick; the issue's
+# figure is 1,000 (FARM_FUZZ_EXAMPLES=1000 pytest tests/test_server.py -k fuzz).
+
+FUZZ_EXAMPLES = int(os.environ.get("FARM_FUZZ_EXAMPLES", "100"))
+FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+# Models that would load a local model or wait on the slow upstream: not what this fuzzes.
+_AVOID = re.compile(r"hf|hugging|openai|llama.?cpp|smol", re.IGNORECASE)
+_KEYS = [*ChatBody.model_fields, "role", "content", *GenerationParams.model_fields,
+         *GenerationOptions.__annotations__, "options", "num_predict", "stream", "trust_remote_code"]
+_SCALARS = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=12)
+            | st.sampled_from(["user", "system", "assistant", "json", "ollama:llama3.1", "nosuch:foo", "small", "../x"]))
+_JSON = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(_KEYS) | st.text(max_size=6), inner, max_size=5),
+    max_leaves=16,
+)
+_BODIES = (
+    _JSON.map(lambda v: json.dumps(v).encode())
+    | st.builds(lambda extra, prompt: json.dumps({"prompt": prompt, "params": {"extra": extra}}).encode(),
+                st.dictionaries(st.sampled_from(_KEYS), _SCALARS, max_size=3), st.text(min_size=1, max_size=8))
+    | st.binary(max_size=40)
+)
+
+
+def _no_500(response: httpx.Response) -> None:
+    assert response.status_code < 500 or response.status_code == 502, response.text[:500]
+    if response.status_code >= 400:
+        assert "\n" not in error_of(response).error
+
+
+@pytest.mark.parametrize("path", ["chat", "chat/stream"])
+@FUZZ
+@given(body=_BODIES)
+def test_fuzz_chat_bodies_never_make_a_500(api: httpx.Client, path: str, body: bytes) -> None:
+    assume(not _AVOID.search(body.decode(errors="replace")))
+    _no_500(api.post(path, content=body, headers={"Content-Type": "application/json"}))
+
+
+@pytest.mark.parametrize(("method", "action"), [("POST", "load"), ("GET", "load"), ("POST", "unload")])
+@FUZZ
+@given(name=st.text(min_size=1, max_size=24), body=_BODIES)
+def test_fuzz_model_routes_never_make_a_500(api: httpx.Client, method: str, action: str, name: str, body: bytes) -> None:
+    assume(not _AVOID.search(name))
+    # Dots escaped too: httpx would resolve a `.` or `..` segment before sending it.
+    escaped = quote(name, safe="").replace(".", "%2E")
+    _no_500(api.request(method, f"models/{escaped}/{action}", content=body))
+
+
+@pytest.mark.parametrize("path", ["models", "health", "stats", "gpu"])
+@FUZZ
+@given(query=st.dictionaries(st.sampled_from(["provider", "x"]) | st.text(max_size=5), st.text(max_size=10), max_size=3),
+       body=_BODIES)
+def test_fuzz_read_routes_never_make_a_500(api: httpx.Client, path: str, query: dict[str, str], body: bytes) -> None:
+    assume(not any(_AVOID.search(v) for v in query.values()))
+    # A GET with a body is odd but legal; it must not change the answer's kind.
+    _no_500(api.request("GET", path, params=query, content=body))

@@ -331,7 +331,7 @@ class HuggingFaceProvider(Provider):
             kwargs["do_sample"] = False
         if p.stop:
             kwargs.update(stop_strings=p.stop, tokenizer=loaded.tokenizer)
-        kwargs.update({k: v for k, v in p.extra.items() if k not in _OWN_KWARGS})
+        kwargs.update(p.options_for("huggingface"))  # a closed set: none loads or runs code
         return kwargs
 
     def _generate(

@@ -31,7 +31,7 @@ def _options(request: ChatRequest) -> dict[str, Any]:
         "seed": p.seed,
     }
     options = {k: v for k, v in options.items() if v is not None}
-    options.update(p.extra.get("options", {}))
+    options.update(p.options_for("ollama"))  # closed and checked: none of them is one of the above
     return options
 
 

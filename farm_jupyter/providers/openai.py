@@ -212,8 +212,7 @@ class OpenAIProvider(Provider):
             kwargs["tools"] = [{"type": "function", "function": t.model_dump()} for t in p.tools]
         if isinstance(p.think, str):
             kwargs["reasoning_effort"] = p.think
-        if p.extra:
-            kwargs["extra_body"] = dict(p.extra)
+        kwargs.update(p.options_for("openai"))  # named SDK parameters, checked in GenerationParams
         return kwargs
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:

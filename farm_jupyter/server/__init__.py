@@ -3,10 +3,10 @@
     pip install farm-jupyter              # enables it (etc/jupyter/jupyter_server_config.d)
     jupyter server extension list         # farm_jupyter.server enabled - OK
 
-Routes live under `{base_url}farm-jupyter/api/` (see `farm_jupyter.schema.ROUTES`) and need the
-server's token or cookie. The server holds one process-wide Session, configured like a kernel's
-(farm.toml and the environment), so with the disk or Redis cache the server and the kernels
-share answers. This module stays light: `jupyter server extension list` imports it, and the
+Routes live under `{base_url}farm-jupyter/api/` (see `farm_jupyter.server.schema.ROUTES`) and need
+the server's token or cookie; their limits are the `FarmServer` traitlets (`c.FarmServer.max_body_size`).
+The server holds one process-wide Session, configured like a kernel's (farm.toml and the
+environment), so with the disk or Redis cache the server and the kernels share answers. This module stays light: `jupyter server extension list` imports it, and the
 handlers (tornado, pydantic, the router) load only when the server loads the extension.
 """
 
@@ -22,9 +22,10 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
+    from .base import FarmServer
     from .handlers import setup_handlers
 
-    prefix = setup_handlers(serverapp.web_app)
+    prefix = setup_handlers(serverapp.web_app, limits=FarmServer(parent=serverapp))
     serverapp.log.info("farm_jupyter: routes at %s", prefix)
     try:
         from ..session import session
@@ -32,7 +33,9 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
         farm = session()
         serverapp.log.info(
             "farm_jupyter: env=%s, providers %s, cache %s",
-            farm.settings.env, " > ".join(farm.settings.chain), farm.cache.name,
+            farm.settings.env,
+            " > ".join(farm.settings.chain),
+            farm.cache_state,
         )
     except Exception as exc:  # noqa: BLE001 - a bad farm.toml must not stop the Jupyter server
         serverapp.log.error("farm_jupyter: %s (the routes will answer 500 until it is fixed)", exc)

@@ -1,294 +1,85 @@
 """The routes of the farm_jupyter server extension, under `{base_url}farm-jupyter/api/`.
 
-Every handler is a Jupyter `APIHandler` behind `@web.authenticated` and `@authorized`, so the
-server's token or cookie is required (403 without) and a custom Authorizer sees the resource
-`farm_jupyter`. The work runs on the farm runtime loop (its own thread) and the handlers await it
-from tornado's loop: `session.runtime.submit(coro)` wrapped for asyncio for one answer,
-`session.runtime.aiterate(...)` for a stream. A client that goes away cancels that work, and so
-the provider's HTTP request, and the handler returns once it has stopped.
-
-Errors are JSON `ErrorBody`: 400 names the body field that failed validation, 502 carries the
-provider's one-line message (and the attempts when every provider failed).
+Each handler names the path it serves; the URL table is built from `schema.ROUTES` (the same
+table as the JSON Schema and the TypeScript client) and `url_specs` refuses to start when the two
+disagree. Handlers ask the Session only (`farm.chunks`, `farm.statuses`, `farm.pull`, ...).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from contextlib import aclosing, contextmanager
-from dataclasses import dataclass
-from http.client import responses
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
 
-from jupyter_server.auth.decorator import authorized
-from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_escape, url_path_join
-from pydantic import BaseModel, ValidationError
 from tornado import web
-from tornado.iostream import StreamClosedError
 
-from ..errors import AllProvidersFailed, FarmError, ProviderError, UnknownProvider
-from ..schema import (
+from ..errors import ConfigError, FarmError
+from ..types import ChatResponse, Chunk
+from .base import SETTINGS_KEY, ApiError, FarmHandler, FarmServer, bad_request, farm_error, route
+from .jobs import LoadJob, ServerState, TooManyLoads
+from .schema import (
     API_PREFIX,
+    ROUTES,
     ChatBody,
     ErrorBody,
     HealthResponse,
     LoadStarted,
-    LoadState,
-    LoadStatus,
     ModelsResponse,
     StatsResponse,
     StreamRestart,
     StreamStatus,
     StreamText,
     UnloadResponse,
+    check_model_name,
 )
-from ..types import ChatResponse, Chunk, PullProgress
 
-if TYPE_CHECKING:
-    import concurrent.futures
-
-    from ..session import Session
-
-SETTINGS_KEY = "farm_jupyter"
-AUTH_RESOURCE = "farm_jupyter"
 SSE_TYPE = "text/event-stream; charset=utf-8"
-NOT_AUTHENTICATED = (
-    "not authenticated: send the Jupyter server's token (header `Authorization: token <token>`) or its login cookie"
-)
-CANCEL_GRACE = 5.0  # seconds a cancelled request gets to close its provider stream
-
-T = TypeVar("T")
 
 
-# -- process-wide state -----------------------------------------------------------------------
+class ChatHandler(FarmHandler):
+    path = "chat"
 
+    def body(self) -> ChatBody:
+        """The parsed body, within the limits, its first provider's options checked."""
+        body: ChatBody = self.parse(ChatBody)
+        messages = body.to_messages()
+        limits = self.limits
+        if len(messages) > limits.max_messages:
+            raise bad_request(
+                "messages", f"{len(messages)} messages, over the limit of {limits.max_messages}: send fewer"
+            )
+        chars = sum(len(m.content) for m in messages)
+        if chars > limits.max_prompt_chars:
+            field = "prompt" if body.prompt is not None else "messages"
+            raise bad_request(field, f"{chars} characters, over the limit of {limits.max_prompt_chars}: send less")
+        provider, _ = self.farm.address(body.model)  # an unknown `x:` prefix is 400 before anyone is asked
+        try:
+            self.farm.check_params(provider, body.params)
+        except ConfigError as exc:
+            raise bad_request("params.extra", str(exc)) from None
+        return body
 
-@dataclass
-class LoadJob:
-    """A background `load` on the runtime loop; written there, read by the handlers."""
-
-    name: str
-    address: str
-    started_at: float
-    state: LoadState = "running"
-    progress: PullProgress | None = None
-    error: str | None = None
-    finished_at: float | None = None
-    future: concurrent.futures.Future[None] | None = None
-
-    def status(self) -> LoadStatus:
-        return LoadStatus(
-            model=self.name, address=self.address, state=self.state, progress=self.progress,
-            error=self.error, started_at=self.started_at, finished_at=self.finished_at,
+    def source(self, body: ChatBody, *, stream: bool) -> AsyncIterator[Chunk]:
+        return self.farm.chunks(
+            body.to_messages(),
+            body.model,
+            body.params,
+            no_cache=body.no_cache,
+            refresh=body.refresh,
+            fallback=body.fallback,
+            stream=stream,
         )
 
-
-class ServerState:
-    """What the extension keeps for the life of the server: the Session, load jobs, a gauge."""
-
-    def __init__(self, session: Session | None = None) -> None:
-        self._session = session
-        self.jobs: dict[str, LoadJob] = {}
-        self.in_flight = 0
-
-    @property
-    def session(self) -> Session:
-        """The given Session, else the process's (`farm_jupyter.session()`: farm.toml + environment)."""
-        if self._session is not None:
-            return self._session
-        from ..session import session
-
-        return session()
-
-    @contextmanager
-    def answering(self) -> Iterator[None]:
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-
-
-# -- errors -----------------------------------------------------------------------------------
-
-
-class ApiError(web.HTTPError):
-    """An HTTP error whose JSON body is an ErrorBody."""
-
-    def __init__(self, status: int, body: ErrorBody) -> None:
-        super().__init__(status, log_message=body.error)  # no args: tornado logs it unformatted
-        self.body = body
-
-
-def validation_error(exc: ValidationError) -> ApiError:
-    """400 naming the first field at fault (dotted, e.g. `params.temperature`)."""
-    err = exc.errors(include_url=False)[0]
-    field = ".".join(str(p) for p in err["loc"]) or None
-    message = str(err["msg"]).removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        message = "unknown field"
-    error = f"{field}: {message}" if field else f"invalid request body: {message}"
-    return ApiError(400, ErrorBody(error=error, field=field))
-
-
-def farm_error(exc: FarmError, field: str | None) -> ApiError:
-    """Provider failures are 502; an unknown provider is the caller's 400; the rest are ours."""
-    kind = type(exc).__name__
-    if isinstance(exc, AllProvidersFailed):
-        return ApiError(502, ErrorBody(error=str(exc), type=kind, attempts=exc.attempts))
-    if isinstance(exc, ProviderError):
-        return ApiError(502, ErrorBody(error=str(exc), type=kind))
-    if isinstance(exc, UnknownProvider):
-        return ApiError(400, ErrorBody(error=str(exc), field=field, type=kind))
-    return ApiError(500, ErrorBody(error=str(exc), type=kind))  # ConfigError and the like: fix the server
-
-
-def _mapped(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """FarmError -> ApiError (with the handler's `field` for an unknown provider); a client that
-    went away ends the request quietly."""
-
-    @functools.wraps(method)
-    async def wrapper(self: FarmHandler, *args: Any, **kwargs: Any) -> None:
-        try:
-            await method(self, *args, **kwargs)
-        except FarmError as exc:
-            raise farm_error(exc, self.field) from exc
-        except asyncio.CancelledError:
-            if not self._client_gone:  # not ours: the server is shutting down
-                raise
-            self.note_gone()
-        except StreamClosedError:
-            self._client_gone = True
-            self.note_gone()
-
-    return wrapper
-
-
-def route(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """Authenticated (403 without the server's token or cookie), authorized, errors mapped."""
-    return cast("Callable[..., Awaitable[None]]", web.authenticated(authorized(_mapped(method))))
-
-
-# -- handlers ---------------------------------------------------------------------------------
-
-
-class FarmHandler(APIHandler):
-    auth_resource = AUTH_RESOURCE
-    field: str | None = "model"  # the input named by a 400 for an unknown provider
-
-    def initialize(self) -> None:
-        self._client_gone = False
-        self._waiting: asyncio.Future[Any] | None = None
-
-    @property
-    def state(self) -> ServerState:
-        state: ServerState = self.settings[SETTINGS_KEY]
-        return state
-
-    @property
-    def farm(self) -> Session:
-        return self.state.session
-
-    def parse(self, model: type[BaseModel]) -> Any:
-        try:
-            return model.model_validate_json(self.request.body or b"")
-        except ValidationError as exc:
-            raise validation_error(exc) from None
-
-    def _source(self, body: ChatBody) -> AsyncIterator[Chunk]:
-        """The router's stream for a chat body (both chat routes ask the same way)."""
-        return self.farm.router.astream(
-            body.to_messages(), body.model, body.params,
-            no_cache=body.no_cache, refresh=body.refresh, fallback=body.fallback,
-        )
-
-    def reply(self, model: BaseModel, status: int = 200) -> None:
-        self.set_status(status)
-        self.finish(model.model_dump_json())
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ApiError):
-            body = exc.body
-        elif status_code == 403 and not self._authenticated():
-            body = ErrorBody(error=NOT_AUTHENTICATED)  # rather than Jupyter's "'_xsrf' argument missing"
-        elif isinstance(exc, web.HTTPError):
-            body = ErrorBody(error=exc.log_message or exc.reason or responses.get(status_code, "error"))
-        else:
-            body = ErrorBody(error="internal error in farm_jupyter: see the Jupyter server's log", type=type(exc).__name__)
-        self.finish(body.model_dump_json())
-
-    def _authenticated(self) -> bool:
-        try:
-            return bool(self.current_user)
-        except Exception:  # noqa: BLE001 - failed before Jupyter's prepare() identified the user
-            return False
-
-    # A client that goes away cancels what it was waiting for.
-
-    def on_connection_close(self) -> None:
-        self._client_gone = True
-        if self._waiting is not None and not self._waiting.done():
-            self._waiting.cancel()
-
-    async def until_gone(self, work: Awaitable[T]) -> T:
-        """Await `work`; cancel it if the client disconnects (then CancelledError is raised here)."""
-        task = asyncio.ensure_future(work)
-        self._waiting = task
-        if self._client_gone:
-            task.cancel()
-        try:
-            return await task
-        finally:
-            self._waiting = None
-
-    async def on_runtime(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` as a task on the farm runtime loop and await its outcome here.
-
-        If this request is cancelled (the client went away), the task is cancelled there too and
-        this waits (up to CANCEL_GRACE) until it has stopped, so the provider's HTTP request is
-        closed by the time the handler returns. (`asyncio.wrap_future(runtime.submit(coro))`
-        cannot tell when a cancelled task has actually finished.)
-        """
-        runtime_loop = self.farm.runtime.loop
-        here = asyncio.get_running_loop()
-        outcome: asyncio.Future[T] = here.create_future()
-        tasks: list[asyncio.Task[T]] = []
-
-        def settle(task: asyncio.Task[T]) -> None:  # on tornado's loop
-            if outcome.done():
-                return
-            if task.cancelled():
-                outcome.set_exception(FarmError("the request was cancelled on the farm runtime loop"))
-            elif (exc := task.exception()) is not None:
-                outcome.set_exception(exc)
-            else:
-                outcome.set_result(task.result())
-
-        def start() -> None:  # on the runtime loop
-            task = runtime_loop.create_task(coro)
-            tasks.append(task)
-            task.add_done_callback(lambda t: here.call_soon_threadsafe(settle, t))
-
-        def cancel() -> None:  # on the runtime loop, always after start(): callbacks run in order
-            tasks[0].cancel()
-
-        runtime_loop.call_soon_threadsafe(start)
-        try:
-            return await asyncio.shield(outcome)
-        except asyncio.CancelledError:
-            runtime_loop.call_soon_threadsafe(cancel)
-            await asyncio.wait([outcome], timeout=CANCEL_GRACE)
-            if outcome.done():
-                outcome.exception()  # retrieved: it is the cancellation we asked for
-            raise
-
-    def note_gone(self) -> None:
-        self.log.info("farm_jupyter: %s went away; cancelled its request", self.request.remote_ip)
-        self.set_status(499, reason="Client Closed Request")
+    @route
+    async def post(self) -> None:
+        source = self.source(self.body(), stream=True)  # tokens as they come: deadlines per token, not per answer
+        with self.state.answering():
+            response = await self.until_gone(self.on_runtime(_answer(source)))
+        self.reply(response)
 
 
 async def _answer(chunks: AsyncIterator[Chunk]) -> ChatResponse:
@@ -299,20 +90,11 @@ async def _answer(chunks: AsyncIterator[Chunk]) -> ChatResponse:
     raise FarmError("the router ended without an answer")
 
 
-class ChatHandler(FarmHandler):
-    @route
-    async def post(self) -> None:
-        source = self._source(self.parse(ChatBody))
-        with self.state.answering():
-            response = await self.until_gone(self.on_runtime(_answer(source)))
-        self.reply(response)
-
-
 def _event(data: str, name: str | None = None) -> str:
     return (f"event: {name}\n" if name else "") + f"data: {data}\n\n"
 
 
-class ChatStreamHandler(FarmHandler):
+class ChatStreamHandler(ChatHandler):
     """Server-sent events: `data: {"text": ...}` per chunk, `{"restart": true}`, `{"status": ...}`,
     then `event: done` with the ChatResponse, then `data: [DONE]`.
 
@@ -320,9 +102,11 @@ class ChatStreamHandler(FarmHandler):
     response; after that it is an `event: error` with an ErrorBody, then `data: [DONE]`.
     """
 
+    path = "chat/stream"
+
     @route
     async def post(self) -> None:
-        source = self._source(self.parse(ChatBody))
+        source = self.source(self.body(), stream=True)
         with self.state.answering():
             await self.until_gone(self._relay(self.farm.runtime.aiterate(source)))
 
@@ -363,6 +147,7 @@ class ChatStreamHandler(FarmHandler):
 
 
 class ModelsHandler(FarmHandler):
+    path = "models"
     field = "provider"
 
     @route
@@ -373,86 +158,103 @@ class ModelsHandler(FarmHandler):
 
 
 class HealthHandler(FarmHandler):
+    path = "health"
     field = "provider"
 
     @route
     async def get(self) -> None:
         providers = [p for p in self.get_arguments("provider") if p] or None
-        statuses = await self.until_gone(self.on_runtime(self.farm.router.health(providers)))
-        self.reply(HealthResponse(providers=statuses))
+        statuses = await self.until_gone(self.on_runtime(self.farm.statuses(providers)))
+        self.reply(HealthResponse(providers=statuses, cache=self.farm.cache_state))
 
 
-class LoadHandler(FarmHandler):
+class ModelHandler(FarmHandler):
+    """A route about one model: its name is checked before it goes anywhere (a URL included)."""
+
     field = "name"
 
-    def _address(self, name: str) -> tuple[str, str]:
-        route_ = self.farm.router.resolve(name, fallback=False)[0]
-        return route_.provider, route_.model
+    def address(self, name: str) -> tuple[str, str]:
+        try:
+            check_model_name(name)
+        except ValueError as exc:
+            raise bad_request("name", str(exc)) from None
+        return self.farm.address(name)
+
+
+class LoadHandler(ModelHandler):
+    path = "models/{name}/load"
 
     def progress_url(self, name: str) -> str:
         return url_path_join(self.base_url, API_PREFIX, "models", url_escape(name), "load")
 
     @route
     async def post(self, name: str) -> None:
-        session = self.farm
-        provider_name, model = self._address(name)
-        address = f"{provider_name}:{model}"
-        job = self.state.jobs.get(address)
+        provider, model = self.address(name)
+        address = f"{provider}:{model}"
+        job = self.state.job(address)
         if job is None or job.state != "running":
-            provider = session.router.provider(provider_name)
             job = LoadJob(name=name, address=address, started_at=time.time())
-
-            async def run(job: LoadJob = job) -> None:
-                try:
-                    async for progress in provider.load_model(model):
-                        job.progress = progress
-                except asyncio.CancelledError:
-                    job.error, job.finished_at, job.state = "cancelled", time.time(), "error"
-                    raise
-                except Exception as exc:  # noqa: BLE001 - reported through GET, not raised
-                    job.error, job.finished_at, job.state = str(exc) or type(exc).__name__, time.time(), "error"
-                else:
-                    job.finished_at, job.state = time.time(), "done"
-
-            self.state.jobs[address] = job
-            job.future = session.runtime.submit(run())
+            try:
+                self.state.add(job)
+            except TooManyLoads:
+                raise ApiError(
+                    429,
+                    ErrorBody(
+                        error=(
+                            f"{self.limits.max_load_jobs} loads are running already: wait for one to finish "
+                            "(GET its progress_url) and try again"
+                        ),
+                        field="name",
+                    ),
+                ) from None
+            job.future = self.farm.runtime.submit(job.run(self.farm, provider, model))
         started = LoadStarted(**job.status().model_dump(), progress_url=self.progress_url(name))
         self.set_header("Location", started.progress_url)
         self.reply(started, status=202)
 
     @route
     async def get(self, name: str) -> None:
-        provider_name, model = self._address(name)
-        job = self.state.jobs.get(f"{provider_name}:{model}")
+        provider, model = self.address(name)
+        job = self.state.job(f"{provider}:{model}")
         if job is None:
-            raise ApiError(404, ErrorBody(
-                error=f"no load of {name!r} was started here: POST to this URL to start one", field="name",
-            ))
+            raise ApiError(
+                404,
+                ErrorBody(
+                    error=f"no load of {name!r} is known here: POST to this URL to start one",
+                    field="name",
+                ),
+            )
         self.reply(job.status())
 
 
-class UnloadHandler(FarmHandler):
-    field = "name"
+class UnloadHandler(ModelHandler):
+    path = "models/{name}/unload"
 
     @route
     async def post(self, name: str) -> None:
-        session = self.farm
-        target = session.router.resolve(name, fallback=False)[0]
-        provider = session.router.provider(target.provider)
-        await self.until_gone(self.on_runtime(provider.unload_model(target.model)))
-        self.reply(UnloadResponse(model=name, address=str(target), unloaded=True))
+        provider, model = self.address(name)
+        await self.until_gone(self.on_runtime(self.farm.drop(provider, model)))
+        self.reply(UnloadResponse(model=name, address=f"{provider}:{model}", unloaded=True))
 
 
 class StatsHandler(FarmHandler):
+    path = "stats"
+
     @route
     async def get(self) -> None:
         session = self.farm
-        self.reply(StatsResponse(
-            models=session.monitor.summary(), in_flight=self.state.in_flight, cache=session.cache.name,
-        ))
+        self.reply(
+            StatsResponse(
+                models=session.monitor.summary(),
+                in_flight=self.state.in_flight,
+                cache=session.cache_state,
+            )
+        )
 
 
 class GPUHandler(FarmHandler):
+    path = "gpu"
+
     @route
     async def get(self) -> None:
         # NVML calls (and torch's import, the first time) block: keep them off tornado's loop.
@@ -460,22 +262,47 @@ class GPUHandler(FarmHandler):
         self.reply(stats)
 
 
-HANDLERS: list[tuple[str, type[FarmHandler]]] = [
-    ("chat", ChatHandler),
-    ("chat/stream", ChatStreamHandler),
-    ("models", ModelsHandler),
-    ("models/(?P<name>.+)/load", LoadHandler),
-    ("models/(?P<name>.+)/unload", UnloadHandler),
-    ("health", HealthHandler),
-    ("stats", StatsHandler),
-    ("gpu", GPUHandler),
+HANDLERS: list[type[FarmHandler]] = [
+    ChatHandler,
+    ChatStreamHandler,
+    ModelsHandler,
+    HealthHandler,
+    LoadHandler,
+    UnloadHandler,
+    StatsHandler,
+    GPUHandler,
 ]
 
 
-def setup_handlers(web_app: Any, session: Session | None = None) -> str:
+def url_specs(prefix: str, handlers: list[type[FarmHandler]] = HANDLERS) -> list[tuple[str, type[FarmHandler]]]:
+    """Tornado's URL table from the route table: each route's path served by the handler that
+    names it, with its method; a route without one, or a handler for no route, is an error."""
+    by_path = {h.path: h for h in handlers}
+    specs: dict[str, tuple[str, type[FarmHandler]]] = {}
+    for r in ROUTES:
+        handler = by_path.get(r["path"])
+        if (
+            handler is None
+            or not callable(getattr(handler, r["method"].lower(), None))
+            or (getattr(handler, r["method"].lower()) is getattr(web.RequestHandler, r["method"].lower()))
+        ):
+            raise ConfigError(f"no handler serves {r['method']} {r['path']}: add it to server.handlers")
+        # A model name may hold `/` (hf.co/org/model): tornado unquotes what the pattern captures.
+        pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>.+)", r["path"])
+        specs[r["path"]] = (url_path_join(prefix, pattern), handler)
+    unused = set(by_path) - set(specs)
+    if unused:
+        raise ConfigError(f"handlers for paths not in schema.ROUTES: {', '.join(sorted(unused))}")
+    return list(specs.values())
+
+
+def setup_handlers(web_app: Any, session: Any = None, limits: FarmServer | None = None) -> str:
     """Add the routes to a Jupyter server's tornado application; returns their URL prefix."""
     base_url = web_app.settings.get("base_url", "/")
     prefix = url_path_join(base_url, API_PREFIX)
-    web_app.settings[SETTINGS_KEY] = ServerState(session)
-    web_app.add_handlers(".*$", [(url_path_join(prefix, pattern), handler) for pattern, handler in HANDLERS])
+    web_app.settings[SETTINGS_KEY] = ServerState(session, limits)
+    web_app.add_handlers(".*$", url_specs(prefix))
     return prefix
+
+
+__all__ = ["HANDLERS", "setup_handlers", "url_specs"]

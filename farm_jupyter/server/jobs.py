@@ -1,0 +1,119 @@
+"""What the extension keeps for the life of the server: the Session, its limits, the load jobs.
+
+Load jobs are bounded: a finished job stays readable for `load_job_ttl` seconds, the oldest
+finished ones make room first, and when `max_load_jobs` are all still running a new load is
+refused (429) rather than started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .base import FarmServer
+from .schema import LoadState, LoadStatus
+
+if TYPE_CHECKING:
+    import concurrent.futures
+
+    from ..session import Session
+    from ..types import PullProgress
+
+
+@dataclass
+class LoadJob:
+    """A background `load` on the runtime loop; written there, read by the handlers."""
+
+    name: str
+    address: str
+    started_at: float
+    state: LoadState = "running"
+    progress: PullProgress | None = None
+    error: str | None = None
+    finished_at: float | None = None
+    future: concurrent.futures.Future[None] | None = None
+
+    def status(self) -> LoadStatus:
+        return LoadStatus(
+            model=self.name,
+            address=self.address,
+            state=self.state,
+            progress=self.progress,
+            error=self.error,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+        )
+
+    async def run(self, session: Session, provider: str, model: str) -> None:
+        try:
+            async for progress in session.pull(provider, model):
+                self.progress = progress
+        except asyncio.CancelledError:
+            self.error, self.finished_at, self.state = "cancelled", time.time(), "error"
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported through GET, not raised
+            self.error, self.finished_at, self.state = str(exc) or type(exc).__name__, time.time(), "error"
+        else:
+            self.finished_at, self.state = time.time(), "done"
+
+
+class TooManyLoads(Exception):
+    pass
+
+
+class ServerState:
+    def __init__(
+        self,
+        session: Session | None = None,
+        limits: FarmServer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = session
+        self.limits = limits or FarmServer()
+        self.jobs: dict[str, LoadJob] = {}
+        self.in_flight = 0
+        self._clock = clock
+
+    @property
+    def session(self) -> Session:
+        """The given Session, else the process's (`farm_jupyter.session()`: farm.toml + environment)."""
+        if self._session is not None:
+            return self._session
+        from ..session import session
+
+        return session()
+
+    @contextmanager
+    def answering(self) -> Iterator[None]:
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    def job(self, address: str) -> LoadJob | None:
+        self._expire()
+        return self.jobs.get(address)
+
+    def add(self, job: LoadJob) -> None:
+        """Keep `job`, making room by dropping the oldest finished jobs; TooManyLoads when every
+        kept job is still running."""
+        self._expire()
+        self.jobs.pop(job.address, None)
+        while len(self.jobs) >= self.limits.max_load_jobs:
+            finished = [j for j in self.jobs.values() if j.state != "running"]
+            if not finished:
+                raise TooManyLoads
+            oldest = min(finished, key=lambda j: j.finished_at or 0.0)
+            del self.jobs[oldest.address]
+        self.jobs[job.address] = job
+
+    def _expire(self) -> None:
+        cutoff = self._clock() - self.limits.load_job_ttl
+        for address, job in list(self.jobs.items()):
+            if job.finished_at is not None and job.finished_at < cutoff:
+                del self.jobs[address]
