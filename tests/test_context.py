@@ -439,3 +439,19 @@ def test_achat_runs_tools_and_schemas_on_the_callers_thread_too(ollama):
     assert ran_in == [threading.get_ident()]
     assert s.chat("Look up", tools=[slow_lookup]).text == "Tool results: xx"  # the sync twin
     s.close()
+
+
+def test_ipython_images_and_ai_repr_bundles_become_image_parts():
+    from IPython.display import Image
+
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + (7).to_bytes(4, "big") + (5).to_bytes(4, "big") + b"rest"
+    found = describe(Image(data=png, format="png"))
+    assert found.text == "[image 1: PNG image, 7x5 px]"
+    assert base64.b64decode(found.images[0].data) == png and found.images[0].media_type == "image/png"
+
+    class Chart:
+        def _ai_repr_(self, **kwargs):
+            return {"text/plain": "a chart of units", "image/png": png}
+
+    chart = describe(Chart(), name="chart")
+    assert chart.text == "a chart of units\n[image 1: from chart]" and len(chart.images) == 1
