@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import struct
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -286,3 +286,36 @@ def fill(template: str, values: Mapping[str, Any], budget: int = DEFAULT_BUDGET)
 
     text = _Formatter().vformat(template, (), dict(values))
     return Described(text, collector.images)
+
+
+def attach(
+    prompt: str, context: Mapping[str, Any] | None, images: Sequence[Any], budget: int | None
+) -> tuple[str, list[ImagePart]]:
+    """A prompt with `{name}` filled from `context` (each object described), and its images: an
+    `ImagePart` as it is, anything else described (a figure becomes one); the stand-ins of images
+    not named in the text go at its end, where a text-only model reads them."""
+    from .errors import ConfigError
+    from .types import ImagePart
+
+    budget = budget or DEFAULT_BUDGET
+    try:
+        described = fill(prompt, context, budget) if context is not None else Described(prompt)
+    except (KeyError, ValueError, IndexError, AttributeError) as exc:
+        raise ConfigError(f"the prompt cannot be filled from context=: {exc}",
+                          hint="name each {field} in context=, or write {{ }} for literal braces") from None
+    collector = Collector(budget)
+    collector.images = described.images
+    stand_ins = []
+    for obj in images:
+        if isinstance(obj, ImagePart):
+            collector.images.append(obj)
+            if obj.alt not in described.text:  # a face that filled the prompt has put it there already
+                stand_ins.append(obj.alt)
+            continue
+        before = len(collector.images)
+        said = collector(obj)
+        if len(collector.images) == before:
+            raise ConfigError(f"images= takes figures and pictures, not {type(obj).__name__}",
+                              hint="put other objects in the prompt with context=")
+        stand_ins.append(said)
+    return "\n\n".join([described.text, *stand_ins]), collector.images

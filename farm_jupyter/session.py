@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cache_guard import GuardedCache
 from .config import Settings, load_settings
+from .context import attach
 from .errors import ConfigError, FarmError, UnknownProvider
 from .ledger import UsageReport
 from .monitor import Monitor
@@ -26,7 +27,7 @@ from .providers import is_known as is_provider
 from .providers.base import as_messages
 from .router import Router
 from .runtime import Runtime, get_runtime
-from .steps import Steps
+from .steps import Extras, Steps, plan
 from .types import (
     ChatMessage,
     ChatResponse,
@@ -127,42 +128,6 @@ class Conversation:
 _MORE = ("context", "images", "schema", "tools")
 _ASKING = frozenset({"system", "conversation", "turn_id", "no_cache", "refresh", "fallback", *_MORE,
                      "context_budget", "max_steps", "max_reasks", "keep_thinking"})  # not params
-
-
-def _with_context(
-    prompt: str, context: Mapping[str, Any] | None, images: Sequence[Any], budget: int | None
-) -> tuple[str, list[ImagePart]]:
-    """The prompt with `{name}` filled from `context` (each object described) and the images: an
-    `ImagePart` as it is, anything else described (a figure becomes one); their stand-ins go at the
-    end of the text, where a text-only model reads them."""
-    from .context import DEFAULT_BUDGET, Collector, fill
-
-    budget = budget or DEFAULT_BUDGET
-    try:
-        described = fill(prompt, context, budget) if context is not None else None
-    except (KeyError, ValueError, IndexError, AttributeError) as exc:
-        raise ConfigError(f"the prompt cannot be filled from context=: {exc}",
-                          hint="name each {field} in context=, or write {{ }} for literal braces") from None
-    text = described.text if described else prompt
-    attached = list(described.images) if described else []
-    collector = Collector(budget)
-    collector.images = attached
-    stand_ins = []
-    for obj in images:
-        if isinstance(obj, ImagePart):
-            attached.append(obj)
-            if obj.alt not in text:  # a face that interpolated the prompt has put it there already
-                stand_ins.append(obj.alt)
-            continue
-        before = len(attached)
-        said = collector(obj)
-        if len(attached) == before:
-            raise ConfigError(f"images= takes figures and pictures, not {type(obj).__name__}",
-                              hint="put other objects in the prompt with context=")
-        stand_ins.append(said)
-    if stand_ins:
-        text = "\n\n".join([text, *stand_ins])
-    return text, attached
 
 
 class ChatStream:
@@ -316,34 +281,27 @@ class Session:
         fallback: bool | None,
         params: dict[str, Any],
         stream: bool = True,
-        context: Mapping[str, Any] | None = None,
-        images: Sequence[Any] = (),
-        context_budget: int | None = None,
-        schema: Any = None,
-        tools: Sequence[Callable[..., Any]] | None = None,
-        max_steps: int = 5,
-        max_reasks: int = 2,
-        keep_thinking: bool = False,
+        extras: Extras | None = None,
     ) -> AsyncIterator[Chunk] | Steps:
+        x = extras or Extras()
         attached: list[ImagePart] = []
-        if context is not None or images:
+        if x.context is not None or x.images:
             if not isinstance(prompt, str):
                 raise TypeError("context= and images= go with a prompt string")
-            prompt, attached = _with_context(prompt, context, images, context_budget)
+            prompt, attached = attach(prompt, x.context, x.images, x.context_budget)
         messages = self._messages(prompt, system, conversation, turn_id, attached)
-        if schema is None and not tools:
+
+        def commit(response: ChatResponse) -> None:
+            if conversation is not None:
+                conversation.commit(str(prompt), response, turn_id, images=attached, keep_thinking=x.keep_thinking)
+
+        if x.schema is None and not x.tools:
             chunks = self.router.astream(
                 messages, model, params, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream
             )
-            if conversation is None:
-                return chunks
-            return self._committing(chunks, conversation, str(prompt), turn_id, attached, keep_thinking)
-        return self._steps(
-            messages, model, params, schema=schema, tools=tools, max_steps=max_steps, max_reasks=max_reasks,
-            no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream,
-            on_final=(lambda r: conversation.commit(str(prompt), r, turn_id, images=attached, keep_thinking=keep_thinking))
-            if conversation is not None else None,
-        )
+            return chunks if conversation is None else self._committing(chunks, commit)
+        return plan(self.router, self.runtime, messages, model, params, x, no_cache=no_cache, refresh=refresh,
+                    fallback=fallback, stream=stream, on_final=commit)
 
     @staticmethod
     def _messages(
@@ -364,42 +322,12 @@ class Session:
             raise FarmError("the prompt is empty", hint="write a question in the cell")
         return messages
 
-    def _steps(
-        self, messages: list[ChatMessage], model: str | None, params: dict[str, Any], *, schema: Any,
-        tools: Sequence[Callable[..., Any]] | None, max_steps: int, max_reasks: int, no_cache: bool, refresh: bool,
-        fallback: bool | None, stream: bool, on_final: Callable[[ChatResponse], Any] | None,
-    ) -> Steps:
-        from .router.call import parse_params
-        from .structured import Schema
-        from .tools import tools_of
-
-        found = tools_of(tools or [])
-        shape = Schema(schema) if schema is not None else None
-        generation = parse_params(params).model_copy(update={
-            "response_schema": shape.json_schema if shape else None,
-            "tools": [t.spec for t in found.values()] or None,
-        })
-        if shape is not None:  # said in the prompt too, for a model that does not constrain its output
-            messages = [*messages[:-1], shape.instruction(), messages[-1]]
-
-        def ask(msgs: list[ChatMessage], p: GenerationParams) -> AsyncIterator[Chunk]:
-            return self.router.astream(msgs, model, p, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream)
-
-        def forget(response: ChatResponse, msgs: list[ChatMessage], p: GenerationParams) -> None:
-            done = self.runtime.submit(self.router.forget(response, msgs, p))
-            if not self.runtime.in_loop():  # farm.map runs steps on the loop itself: no waiting there
-                done.result()
-
-        return Steps(messages, generation, ask, tools=found, schema=shape, max_steps=max_steps,
-                     max_reasks=max_reasks, forget=None if no_cache else forget, on_final=on_final)
-
     async def _committing(
-        self, stream: AsyncIterator[Chunk], conversation: Conversation, prompt: str, turn_id: str | None,
-        images: Sequence[ImagePart] = (), keep_thinking: bool = False,
+        self, stream: AsyncIterator[Chunk], commit: Callable[[ChatResponse], None]
     ) -> AsyncIterator[Chunk]:
         async for chunk in stream:
             if chunk.response is not None:
-                conversation.commit(prompt, chunk.response, turn_id, images=images, keep_thinking=keep_thinking)
+                commit(chunk.response)
             yield chunk
 
     def stream(
@@ -436,11 +364,10 @@ class Session:
         - `think=True` asks for the model's reasoning: it streams apart (`Chunk.thinking`), is never
           part of the answer, and goes back in a conversation only with `keep_thinking=True`.
         """
+        extras = Extras(context, images, context_budget, schema, tools, max_steps, max_reasks, keep_thinking)
         source = self._source(
             prompt, model, system=system, conversation=conversation, turn_id=turn_id,
-            no_cache=no_cache, refresh=refresh, fallback=fallback, params=params, stream=not _whole,
-            context=context, images=images, context_budget=context_budget, schema=schema, tools=tools,
-            max_steps=max_steps, max_reasks=max_reasks, keep_thinking=keep_thinking,
+            no_cache=no_cache, refresh=refresh, fallback=fallback, params=params, stream=not _whole, extras=extras,
         )
         return ChatStream(self, source)
 

@@ -13,15 +13,62 @@ the caller's, because it is the user's code. The steps are bounded (`max_steps` 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .errors import FarmError
+from .router.call import parse_params
 from .structured import Schema, SchemaMismatch
-from .tools import Tool, run_call
+from .tools import Tool, run_call, tools_of
 from .types import ChatMessage, ChatResponse, Chunk, GenerationParams, ToolRun, Usage
 
+if TYPE_CHECKING:
+    from .router import Router
+    from .runtime import Runtime
+
 Ask = Callable[[list[ChatMessage], GenerationParams], AsyncIterator[Chunk]]
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What a request may carry besides a prompt and generation params (see `Session.stream`)."""
+
+    context: Mapping[str, Any] | None = None
+    images: Sequence[Any] = ()
+    context_budget: int | None = None
+    schema: Any = None
+    tools: Sequence[Callable[..., Any]] | None = None
+    max_steps: int = 5
+    max_reasks: int = 2
+    keep_thinking: bool = False
+
+
+def plan(
+    router: Router, runtime: Runtime, messages: list[ChatMessage], model: str | None, params: Mapping[str, Any],
+    extras: Extras, *, no_cache: bool, refresh: bool, fallback: bool | None, stream: bool,
+    on_final: Callable[[ChatResponse], None] | None,
+) -> Steps:
+    """The steps of one answer with a schema or tools: each request through `router`."""
+    found = tools_of(extras.tools or [])
+    shape = Schema(extras.schema) if extras.schema is not None else None
+    generation = parse_params(params).model_copy(update={
+        "response_schema": shape.json_schema if shape else None,
+        "tools": [t.spec for t in found.values()] or None,
+    })
+    if shape is not None:  # said in the prompt too, for a model that does not constrain its output
+        messages = [*messages[:-1], shape.instruction(), messages[-1]]
+
+    def ask(msgs: list[ChatMessage], p: GenerationParams) -> AsyncIterator[Chunk]:
+        return router.astream(msgs, model, p, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream)
+
+    def forget(response: ChatResponse, msgs: list[ChatMessage], p: GenerationParams) -> None:
+        done = runtime.submit(router.forget(response, msgs, p))
+        if not runtime.in_loop():  # farm.map runs steps on the loop itself: no waiting there
+            done.result()
+
+    return Steps(messages, generation, ask, tools=found, schema=shape, max_steps=extras.max_steps,
+                 max_reasks=extras.max_reasks, forget=None if no_cache else forget, on_final=on_final)
 
 
 class Steps:
