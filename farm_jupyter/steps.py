@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mappin
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import FarmError
+from .errors import ConfigError, FarmError
 from .router.call import parse_params
 from .structured import Schema, SchemaMismatch
 from .tools import Tool, run_call, tools_of
@@ -86,7 +86,8 @@ class Steps:
         on_final: Callable[[ChatResponse], None] | None = None,
     ) -> None:
         if max_steps < 0 or max_reasks < 0:
-            raise FarmError(f"max_steps={max_steps} and max_reasks={max_reasks} must be 0 or more")
+            raise ConfigError(f"max_steps={max_steps} and max_reasks={max_reasks} must be 0 or more",
+                              hint="max_steps=0 offers the tools but runs none; max_reasks=0 never asks again")
         self.messages = list(messages)
         self.params = params
         self.ask = ask
