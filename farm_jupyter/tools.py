@@ -140,4 +140,4 @@ def run_call(
     run = ToolRun(step=step, name=call.name, arguments=call.arguments, result=result, error=error,
                   seconds=time.perf_counter() - start)
     content = f"Error: {error}" if error else result
-    return run, ChatMessage(role="tool", content=content, tool_call_id=call.id, name=call.name)
+    return run, ChatMessage(role="tool", content=content, tool_call_id=call.id, tool_name=call.name)

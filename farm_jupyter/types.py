@@ -66,7 +66,7 @@ class ToolRun(_Model):
 
 # Fields a message has only in some protocols' turns: left out of its dump when empty, so a plain
 # message serialises as {role, content} for every provider, chat template and custom function.
-_OPTIONAL_MESSAGE_FIELDS = ("images", "tool_calls", "tool_call_id", "name", "thinking")
+_OPTIONAL_MESSAGE_FIELDS = ("images", "tool_calls", "tool_call_id", "tool_name", "thinking")
 
 
 class ChatMessage(_Model):
@@ -75,7 +75,7 @@ class ChatMessage(_Model):
     images: list[ImagePart] = Field(default_factory=list)
     tool_calls: list[ToolCall] = Field(default_factory=list)  # an assistant turn that called tools
     tool_call_id: str | None = None  # a tool result: the call it answers (OpenAI)
-    name: str | None = None  # a tool result: the tool's name (Ollama's tool_name)
+    tool_name: str | None = None  # a tool result: the tool's name (Ollama says it so)
     thinking: str | None = None  # an assistant turn's reasoning, kept only when asked
 
     @field_validator("content", mode="before")

@@ -39,7 +39,7 @@ export interface ChatMessage {
   images?: ImagePart[];
   tool_calls?: ToolCall-Input[];
   tool_call_id?: string | null;
-  name?: string | null;
+  tool_name?: string | null;
   thinking?: string | null;
 }
 

@@ -42,8 +42,8 @@ def _message(m: ChatMessage) -> dict[str, Any]:
         out["images"] = [i.data for i in m.images]
     if m.tool_calls:
         out["tool_calls"] = [{"function": {"name": c.name, "arguments": c.arguments}} for c in m.tool_calls]
-    if m.role == "tool" and m.name:
-        out["tool_name"] = m.name
+    if m.role == "tool" and m.tool_name:
+        out["tool_name"] = m.tool_name
     if m.thinking:
         out["thinking"] = m.thinking
     return out
