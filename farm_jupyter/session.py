@@ -200,7 +200,8 @@ class ChatStream:
                 yield chunk
             return
         runtime = self._session.runtime
-        chunks = source.arun(runtime.aiterate, runtime.run) if isinstance(source, Steps) else runtime.aiterate(source)
+        chunks = (source.arun(runtime.aiterate, runtime.run, offload=runtime.in_loop()) if isinstance(source, Steps)
+                  else runtime.aiterate(source))
         async for chunk in chunks:
             self._take(chunk)
             yield chunk

@@ -12,6 +12,7 @@ the caller's, because it is the user's code. The steps are bounded (`max_steps` 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -124,8 +125,13 @@ class Steps:
                 yield Chunk(done=True, usage=done.usage, finish_reason=done.finish_reason, response=done)
                 return
 
-    async def arun(self, aiterate: Callable[[AsyncIterator[Chunk]], AsyncIterator[Chunk]], run_async: Callable[[Any], Any]) -> AsyncIterator[Chunk]:
-        """Async twin of `run`: a cell's `await`; the steps between requests run on the cell's thread."""
+    async def arun(
+        self, aiterate: Callable[[AsyncIterator[Chunk]], AsyncIterator[Chunk]], run_async: Callable[[Any], Any],
+        *, offload: bool = False,
+    ) -> AsyncIterator[Chunk]:
+        """Async twin of `run`: a cell's `await`; the steps between requests run on the cell's thread,
+        or, with `offload` (iterated on the runtime loop itself, as farm.map does), in a worker
+        thread: the user's code never stalls the loop."""
         while True:
             response = None
             async for chunk in aiterate(self.ask(self.messages, self.params)):
@@ -136,14 +142,8 @@ class Steps:
             if response is None:
                 raise FarmError("a step of this answer ended without a response", hint="ask again")
             pending: list[Chunk] = []
-            done: ChatResponse | None = None
             steps = self._after(response, run_async)
-            while True:
-                try:
-                    pending.append(next(steps))
-                except StopIteration as stop:
-                    done = stop.value
-                    break
+            done = await asyncio.to_thread(_drain, steps, pending) if offload else _drain(steps, pending)
             for chunk in pending:
                 yield chunk
             if done is not None:
@@ -226,3 +226,12 @@ class Steps:
             "cached": all(r.cached for r in self.responses),
             "restarted": any(r.restarted for r in self.responses),
         })
+
+
+def _drain(steps: Generator[Chunk, None, ChatResponse | None], into: list[Chunk]) -> ChatResponse | None:
+    """Run the steps between two requests to their end: their chunks into `into`, their result back."""
+    while True:
+        try:
+            into.append(next(steps))
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]

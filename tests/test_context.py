@@ -455,3 +455,18 @@ def test_ipython_images_and_ai_repr_bundles_become_image_parts():
 
     chart = describe(Chart(), name="chart")
     assert chart.text == "a chart of units\n[image 1: from chart]" and len(chart.images) == 1
+
+
+def test_a_map_with_tools_runs_them_off_the_runtime_loop(ollama):
+    s = Session(loopback_settings(ollama))
+    loop_thread = []
+
+    def lookup(key: str) -> str:
+        """Look a key up."""
+        loop_thread.append(s.runtime.in_loop())
+        return key.upper()
+
+    rows = s.map(["a", "b", "c"], "Look up {}", tools=[lookup], progress=False)
+    assert list(rows.answer) == ["Tool results: X"] * 3
+    assert loop_thread == [False, False, False]  # a worker thread each time, never the loop's
+    s.close()
