@@ -43,6 +43,11 @@ _EXPORTS = {
     "Usage": "farm_jupyter.types",
     "Timings": "farm_jupyter.types",
     "Attempt": "farm_jupyter.types",
+    "ImagePart": "farm_jupyter.types",
+    "ToolCall": "farm_jupyter.types",
+    "ToolRun": "farm_jupyter.types",
+    "describe": "farm_jupyter.context",
+    "SchemaMismatch": "farm_jupyter.structured",
     "FarmError": "farm_jupyter.errors",
     "ProviderError": "farm_jupyter.errors",
     "AllProvidersFailed": "farm_jupyter.errors",
@@ -60,19 +65,24 @@ __all__ = [
     "FarmError",
     "GPUStats",
     "GenerationParams",
+    "ImagePart",
     "ModelInfo",
     "Provider",
     "ProviderError",
     "ProviderStatus",
+    "SchemaMismatch",
     "Session",
     "Settings",
     "Timings",
+    "ToolCall",
+    "ToolRun",
     "Usage",
     "__version__",
     "achat",
     "astream",
     "chat",
     "compare",
+    "describe",
     "load_ipython_extension",
     "load_settings",
     "map",
@@ -113,10 +123,12 @@ def unload_ipython_extension(ipython: Any) -> None:
 if TYPE_CHECKING:
     from .api import achat, astream, chat, compare, map, stream, usage
     from .config import Settings, load_settings
+    from .context import describe
     from .errors import AllProvidersFailed, FarmError, ProviderError
     from .providers import register_provider, unregister_provider
     from .providers.base import Provider
     from .session import ChatStream, Conversation, Session, session
+    from .structured import SchemaMismatch
     from .types import (
         Attempt,
         ChatMessage,
@@ -125,8 +137,11 @@ if TYPE_CHECKING:
         Chunk,
         GenerationParams,
         GPUStats,
+        ImagePart,
         ModelInfo,
         ProviderStatus,
         Timings,
+        ToolCall,
+        ToolRun,
         Usage,
     )

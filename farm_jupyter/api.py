@@ -37,7 +37,8 @@ def map(items: Iterable[Any], prompt: PromptBuilder = "{}", **kwargs: Any) -> An
 
     `prompt` is a `{}`-template (a dict item's keys fill `{name}` too) or a function of the item
     returning a prompt or messages. Every row's outcome is kept (answer, provider, attempts, error)
-    in input order: a pandas DataFrame when pandas is installed, else a BatchResult. Rate limits,
+    in input order: a pandas DataFrame when pandas is installed, else a BatchResult; with
+    `schema=Model` each answer is validated too (a `parsed` column, re-asked when it does not match). Rate limits,
     retries, fallback and the cache apply per row; a rerun asks only for rows the cache lacks.
     Ctrl-C stops it; the finished rows stay in `farm.session().last_batch`.
     """

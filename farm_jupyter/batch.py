@@ -54,6 +54,7 @@ class Row:
     tokens_out: int = 0
     tokens_per_second: float | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    parsed: Any = None  # the validated answer, when the map was given a schema=
     response: ChatResponse | None = field(default=None, repr=False)
     exception: BaseException | None = field(default=None, repr=False)
 
@@ -67,7 +68,7 @@ class Row:
             index, item, answer=r.text, provider=r.provider, model=r.model, cached=r.cached,
             retries=r.retries, notice=r.notice, first_token=r.timings.first_token, seconds=r.timings.total,
             tokens_in=r.usage.prompt_tokens, tokens_out=r.usage.completion_tokens,
-            tokens_per_second=r.tokens_per_second, attempts=r.attempts, response=r,
+            tokens_per_second=r.tokens_per_second, attempts=r.attempts, parsed=r.parsed, response=r,
         )
 
     @classmethod
@@ -97,7 +98,9 @@ class BatchResult(list[Row]):
     def to_pandas(self):  # type: ignore[no-untyped-def]
         import pandas as pd
 
-        frame = pd.DataFrame([{c: getattr(r, c) for c in self.COLUMNS} for r in self], columns=list(self.COLUMNS))
+        # `parsed` only when a schema= gave the rows validated answers.
+        columns = [*self.COLUMNS, *(["parsed"] if any(r.parsed is not None for r in self) else [])]
+        frame = pd.DataFrame([{c: getattr(r, c) for c in columns} for r in self], columns=columns)
         if self.labels is not None:
             frame.index = self.labels
         return frame

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from .config import CacheSettings
 from .errors import ConfigError, MissingDependency
-from .types import ChatRequest, ChatResponse
+from .types import ChatMessage, ChatRequest, ChatResponse
 
 SCHEMA_VERSION = 2
 
@@ -48,11 +48,18 @@ def cache_key(provider: str, request: ChatRequest, where: str | None = None) -> 
         "provider": provider,
         "where": where,
         "model": request.model,
-        "messages": [(m.role, m.content) for m in request.messages],
+        # A plain message keys as before; images (their bytes), tool calls and results add to it.
+        "messages": [(m.role, m.content, *([extra] if (extra := _extras(m)) else [])) for m in request.messages],
         "params": request.params.model_dump(exclude_none=True),
     }
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _extras(message: ChatMessage) -> dict[str, Any]:
+    data = message.model_dump()
+    del data["role"], data["content"]
+    return data
 
 
 class Cache(Protocol):

@@ -52,6 +52,8 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from traitlets import Float, Int, TraitError, Unicode, observe, validate
 
+from .context import DEFAULT_BUDGET, Collector  # standard library only, like this module
+
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
@@ -175,10 +177,12 @@ class _PromptFormatter(string.Formatter):
     CPython's parser; a stack keeps the outer field's text while a nested one (`{x:{w}}`) runs.
     """
 
-    def __init__(self, namespace: Mapping[str, Any], what: str) -> None:
+    def __init__(self, namespace: Mapping[str, Any], what: str, collector: Collector | None = None) -> None:
         self.namespace = namespace
         self.what = what
+        self.collector = collector  # describes {df}, {fig}, ... (farm_jupyter.context)
         self._written: list[str] = []
+        self._names: list[str] = []
 
     def parse(self, format_string: str) -> Iterator[tuple[str, str | None, str | None, str | None]]:  # type: ignore[override]
         spans = iter(_field_texts(format_string))
@@ -208,6 +212,7 @@ class _PromptFormatter(string.Formatter):
             raise self._error(f", but {first} is not defined in the notebook; define it or write {literal} for literal braces")
         obj = self.namespace[first]
         path = first
+        self._names.append(first)
         for is_attr, key in rest:
             if is_attr:
                 if not key or key.startswith("_"):
@@ -234,6 +239,8 @@ class _PromptFormatter(string.Formatter):
 
     def format_field(self, value: Any, format_spec: str) -> Any:
         try:
+            if self.collector is not None and not format_spec:
+                return self.collector(value, self._names[-1] if self._names else None)
             return super().format_field(value, format_spec)
         except Exception as exc:  # noqa: BLE001
             raise self._error(f", which failed: {type(exc).__name__}: {exc}") from None
@@ -327,15 +334,19 @@ def _formatter_field_name_split(field_name: str) -> tuple[Any, Iterator[tuple[bo
     return first, iter(list(rest))  # parse all of it now, so a malformed key fails here
 
 
-def interpolate(template: str, namespace: Mapping[str, Any], *, what: str = "prompt") -> str:
+def interpolate(template: str, namespace: Mapping[str, Any], *, what: str = "prompt", collector: Collector | None = None) -> str:
     """Fill `{name}`, `{obj.attr}`, `{d[key]}`, `{Out[3]}` from `namespace`, like `str.format`.
+
+    With a `collector`, a field without a format spec or conversion is the object's description
+    for a model (a DataFrame's shape, dtypes and first rows; a figure's stand-in, its image kept by
+    the collector); `{x!s}` is plain `str(x)` as before.
 
     Nothing is evaluated: a field is a name followed by attribute and index lookups (`d['k']`
     and `d["k"]` look up the string k), with an optional `!r`/`!s` conversion and a format spec.
     `{{` and `}}` are literal braces. Any problem is a one-line `UsageError` that quotes the
     field as written and names `what` holds it ("prompt", "system text (-s)").
     """
-    formatter = _PromptFormatter(namespace, what)
+    formatter = _PromptFormatter(namespace, what, collector)
     try:
         return formatter.vformat(template, (), {})
     except UsageError:
@@ -393,6 +404,48 @@ def _notice_bundle(line: str) -> dict[str, str]:
         "text/html": f"<div style='color:#9a6700'>&#9888; {html.escape(line)}</div>",
         "text/plain": line,
     }
+
+
+def thinking_markdown(text: str, *, done: bool = True) -> str:
+    """The model's reasoning folded away (`<details>`), open while it is the only thing coming."""
+    words = len(text.split())
+    return (f"<details{'' if done else ' open'}><summary>thinking ({words} word{'s' if words != 1 else ''})</summary>\n\n"
+            f"{html.escape(text)}\n\n</details>\n\n")
+
+
+def thinking_bundle(text: str) -> dict[str, str]:
+    """Reasoning shown folded under its answer's notice; plain text readers get it whole, marked."""
+    words = len(text.split())
+    return {
+        "text/html": f"<details><summary>thinking ({words} word{'s' if words != 1 else ''})</summary>"
+                     f"<div style='white-space:pre-wrap;opacity:.7'>{html.escape(text)}</div></details>",
+        "text/plain": f"[thinking] {text}",
+    }
+
+
+def tool_runs_bundle(lines: Sequence[str]) -> dict[str, str]:
+    return {
+        "text/html": "<div style='font-family:monospace;font-size:90%'>"
+                     + "<br>".join(f"&#128295; {html.escape(line)}" for line in lines) + "</div>",
+        "text/plain": "\n".join(f"[tool] {line}" for line in lines),
+    }
+
+
+def _here(stream: ChatStream) -> Generator[_Item | None, None, None]:
+    """`_drive`'s items for one stream iterated in this thread (its steps run the user's code)."""
+    chunks = iter(stream)
+    try:
+        try:
+            for chunk in chunks:
+                yield 0, chunk, None
+        except Exception as exc:  # noqa: BLE001 - handed over as _drive hands it
+            yield 0, None, exc
+            return
+        yield 0, None, _DONE
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def _footer_bundle(line: str) -> dict[str, str]:
@@ -694,6 +747,13 @@ class FarmMagics(Magics):
     @argument("--no-stream", action="store_true", help="show the answer only when it is complete")
     @argument("--raw", action="store_true", help="send the cell as written: no {name} interpolation")
     @argument("--compare", metavar="A,B,...", help="ask several models at once, side by side, with TTFT, total time and tokens/s")
+    @argument("--context-budget", type=int, metavar="TOKENS",
+              help=f"most tokens for each {{object}} described in the prompt (a DataFrame's first rows); default {DEFAULT_BUDGET}")
+    @argument("--schema", metavar="NAME", help="a pydantic model or JSON Schema from the notebook: the answer is validated "
+              "(asked again when it does not match) and stored parsed in -o's response.parsed; implies -f json")
+    @argument("--tools", metavar="FN1,FN2", help="notebook functions the model may call; each call shows with its result")
+    @argument("--think", nargs="?", const=True, default=None, metavar="LEVEL",
+              help="ask for the model's reasoning (low, medium or high where the model takes a level); shown folded")
     @no_var_expand  # IPython would eval `{expr}` in the line; we interpolate without eval
     @cell_magic
     def farm_chat(self, line: str, cell: str) -> None:
@@ -722,12 +782,18 @@ class FarmMagics(Magics):
             raise UsageError(f"cannot parse the options {line!r}: {exc}") from None
         args = self.farm_chat.parser.parse_args(argv)
         ns = self.shell.user_ns if self.shell is not None else {}
-        prompt = (cell if args.raw else interpolate(cell, ns)).strip("\r\n").rstrip()
+        if args.context_budget is not None and args.context_budget < 1:
+            raise UsageError(f"--context-budget must be a positive number of tokens, got {args.context_budget}")
+        collector = Collector(args.context_budget or DEFAULT_BUDGET)
+        prompt = (cell if args.raw else interpolate(cell, ns, collector=collector)).strip("\r\n").rstrip()
         if not prompt.strip():
             raise UsageError("the prompt is empty: write the question in the cell, below %%farm_chat")
         system = None
         if args.system is not None:
-            system = args.system if args.raw else interpolate(args.system, ns, what="system text (-s)")
+            system = args.system if args.raw else interpolate(args.system, ns, what="system text (-s)", collector=collector)
+        asking = self._asking(args, ns)
+        if collector.images:
+            asking["images"] = collector.images
         if args.out is not None and not args.out.isidentifier():
             raise UsageError(f"-o/--out needs a variable name, got {args.out!r}")
         params: dict[str, Any] = {}
@@ -754,10 +820,12 @@ class FarmMagics(Magics):
                 raise UsageError("--compare is not a conversation turn, so --new has nothing to reset; drop it")
             if args.format in ("code", "json"):
                 raise UsageError(f"-f {args.format} works with one model; use -f markdown or -f text with --compare")
+            if args.schema or args.tools:
+                raise UsageError("--schema and --tools work with one model; drop --compare")
             targets = [t.strip() for t in args.compare.split(",") if t.strip()]
             if not targets:
                 raise UsageError("--compare needs models separated by commas, e.g. --compare ollama:llama3.1,openai:gpt-4o-mini")
-            self._compare(session, targets, prompt, system, params, args)
+            self._compare(session, targets, prompt, system, {**params, **asking}, args)
             return None
 
         target = self._target(session, args.model, args.provider)
@@ -767,10 +835,42 @@ class FarmMagics(Magics):
         stream = session.stream(
             prompt, target, system=system, conversation=session.conversation, turn_id=self.current_cell_id(),
             no_cache=args.no_cache, refresh=args.refresh, fallback=False if args.no_fallback else None, **params,
+            **asking,
         )
         self._answer(session, stream, address, fmt=args.format, live=not args.no_stream, out=args.out,
                      owned=self._owns_cell("%%farm_chat"))
         return None
+
+    @staticmethod
+    def _asking(args: Any, ns: Mapping[str, Any]) -> dict[str, Any]:
+        """--schema, --tools and --think as Session.stream's keywords; names looked up, never evaluated."""
+        asking: dict[str, Any] = {}
+        if args.schema is not None:
+            if args.format not in ("json", "markdown"):
+                raise UsageError(f"--schema answers JSON; drop -f {args.format} (or write -f json)")
+            args.format = "json"
+            if args.schema not in ns:
+                raise UsageError(f"--schema {args.schema}: no such name in the notebook; define the pydantic model or JSON Schema first")
+            asking["schema"] = ns[args.schema]
+        if args.tools is not None:
+            names = [n.strip() for n in args.tools.split(",") if n.strip()]
+            if not names:
+                raise UsageError("--tools needs function names separated by commas, e.g. --tools get_weather,lookup")
+            tools = []
+            for name in names:
+                fn = ns.get(name)
+                if not callable(fn):
+                    said = "is not defined in the notebook" if fn is None else f"is a {type(fn).__name__}, not a function"
+                    raise UsageError(f"--tools {name}: {name} {said}; define it with def first")
+                tools.append(fn)
+            asking["tools"] = tools
+        if args.think is not None:
+            if args.think is not True and args.think not in ("low", "medium", "high"):
+                raise UsageError(f"--think takes no value or one of low, medium, high; got {args.think!r}")
+            asking["think"] = args.think
+        if args.context_budget is not None:
+            asking["context_budget"] = args.context_budget
+        return asking
 
     @staticmethod
     def _target(session: Session, model: str | None, provider: str | None) -> str | None:
@@ -799,6 +899,8 @@ class FarmMagics(Magics):
 
         rich = self._live()
         parts: list[str] = []
+        thinking: list[str] = []
+        runs: list[str] = []  # tool calls, one line each, as they run
         note: list[str | None] = [None]
         notice: list[str | None] = [None]
         printed: list[str | None] = [None]  # the notice a terminal has printed
@@ -806,15 +908,18 @@ class FarmMagics(Magics):
         def bundle() -> dict[str, Any]:
             text = "".join(parts)
             head = f"*&#9888; {notice[0]}*\n\n" if notice[0] else ""
+            head += thinking_markdown("".join(thinking), done=bool(text)) if thinking else ""
+            head += "".join(f"- `{html.escape(r)}`\n" for r in runs) + ("\n" if runs else "")
             md = head + text + (f"\n\n*{note[0]}*" if note[0] else "")
-            plain = (f"{notice[0]}\n\n" if notice[0] else "") + text
-            return {"text/markdown": md if text or notice[0] or note[0] else f"*asking {address}…*", "text/plain": plain}
+            plain = (f"{notice[0]}\n\n" if notice[0] else "") + "".join(f"{r}\n" for r in runs) + text
+            return {"text/markdown": md if md.strip() else f"*asking {address}…*", "text/plain": plain}
 
         screen = _Live(rich and live and owned, self.update_rate, {"text/markdown": f"*asking {address}…*", "text/plain": ""})
         echo = live and not rich  # a terminal: print the text as it comes
         response: ChatResponse | None = None
         start = time.perf_counter()
-        items = _drive(session, [stream], tick=1.0 / self.update_rate)
+        # Tools and schemas run the user's code between requests: in this thread, so iterate here.
+        items = _here(stream) if stream.runs_here else _drive(session, [stream], tick=1.0 / self.update_rate)
         try:
             for item in items:
                 if item is None:
@@ -826,8 +931,15 @@ class FarmMagics(Magics):
                 if isinstance(end, BaseException):
                     raise end
                 assert chunk is not None
+                if chunk.thinking:
+                    thinking.append(chunk.thinking)
+                if chunk.tool_run is not None:
+                    runs.append(chunk.tool_run.line())
+                    if echo:
+                        print(f"[tool] {runs[-1]}", flush=True)
                 if chunk.restart:
                     parts.clear()
+                    thinking.clear()
                     note[0] = chunk.status or "the answer was cut: starting over"
                     if echo:
                         print(f"\n[{note[0]}]", flush=True)
@@ -871,6 +983,11 @@ class FarmMagics(Magics):
             display(_notice_bundle(line), raw=True)
         elif line and echo and line != printed[0]:  # not printed with the text: say it before the footer
             print(f"\n{line}", flush=True)
+        if not echo:
+            if response.thinking:
+                display(thinking_bundle(response.thinking), raw=True)
+            if response.tool_runs:
+                display(tool_runs_bundle([r.line() for r in response.tool_runs]), raw=True)
         extra = self._finish(response, fmt, echo=echo)
         footer = response.footer() + (f" · {extra}" if extra else "")
         if echo:

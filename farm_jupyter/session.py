@@ -11,13 +11,14 @@ import sys
 import threading
 import time
 import types
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .cache_guard import GuardedCache
 from .config import Settings, load_settings
+from .context import attach
 from .errors import ConfigError, FarmError, UnknownProvider
 from .ledger import UsageReport
 from .monitor import Monitor
@@ -26,7 +27,19 @@ from .providers import is_known as is_provider
 from .providers.base import as_messages
 from .router import Router
 from .runtime import Runtime, get_runtime
-from .types import ChatMessage, ChatResponse, Chunk, GenerationParams, GPUStats, ModelInfo, ProviderStatus, PullProgress
+from .steps import Extras, Steps, plan
+from .types import (
+    ChatMessage,
+    ChatResponse,
+    Chunk,
+    GenerationParams,
+    GPUStats,
+    ImagePart,
+    ModelInfo,
+    ProviderStatus,
+    PullProgress,
+    ToolRun,
+)
 
 if TYPE_CHECKING:
     from .batch import BatchResult, Comparison, PromptBuilder
@@ -56,7 +69,9 @@ class Conversation:
         self._lock = threading.Lock()
         self._counter = 0
 
-    def messages_for(self, prompt: str, turn_id: str | None = None, system: str | None = None) -> list[ChatMessage]:
+    def messages_for(
+        self, prompt: str, turn_id: str | None = None, system: str | None = None, images: Sequence[ImagePart] = ()
+    ) -> list[ChatMessage]:
         with self._lock:
             turns = list(self.turns)
         if turn_id is not None:
@@ -68,16 +83,22 @@ class Conversation:
             messages.append(ChatMessage(role="system", content=system or self.system or ""))
         for t in turns[-self.max_turns:]:
             messages += [t.user, t.assistant]
-        messages.append(ChatMessage(role="user", content=prompt))
+        messages.append(ChatMessage(role="user", content=prompt, images=list(images)))
         return messages
 
-    def commit(self, prompt: str, response: ChatResponse, turn_id: str | None = None) -> Turn:
+    def commit(
+        self, prompt: str, response: ChatResponse, turn_id: str | None = None, *,
+        images: Sequence[ImagePart] = (), keep_thinking: bool = False,
+    ) -> Turn:
+        """The turn as the next request sends it back: the images asked about stay with their
+        question; the model's thinking only when asked to (`keep_thinking`)."""
         with self._lock:
             self._counter += 1
+            thinking = response.thinking if keep_thinking else None
             turn = Turn(
                 id=turn_id or f"turn-{self._counter}",
-                user=ChatMessage(role="user", content=prompt),
-                assistant=ChatMessage(role="assistant", content=response.text),
+                user=ChatMessage(role="user", content=prompt, images=list(images)),
+                assistant=ChatMessage(role="assistant", content=response.text, thinking=thinking),
                 address=response.address,
                 at=time.time(),
             )
@@ -103,7 +124,10 @@ class Conversation:
             return [m for t in self.turns for m in (t.user, t.assistant)]
 
 
-_ASKING = frozenset({"system", "conversation", "turn_id", "no_cache", "refresh", "fallback"})  # not params
+# Asking with these takes more than one cache lookup (objects to describe, steps to run).
+_MORE = ("context", "images", "schema", "tools")
+_ASKING = frozenset({"system", "conversation", "turn_id", "no_cache", "refresh", "fallback", *_MORE,
+                     "context_budget", "max_steps", "max_reasks", "keep_thinking"})  # not params
 
 
 class ChatStream:
@@ -113,30 +137,48 @@ class ChatStream:
     the answer so far, without text voided by a restart.
     """
 
-    def __init__(self, session: Session, source: AsyncIterator[Chunk]) -> None:
+    def __init__(self, session: Session, source: AsyncIterator[Chunk] | Steps) -> None:
         self._session = session
-        self._source: AsyncIterator[Chunk] | None = source
+        self._source: AsyncIterator[Chunk] | Steps | None = source
         self._parts: list[str] = []
+        self._thinking: list[str] = []
         self._seen: list[Chunk] = []
         self.response: ChatResponse | None = None
         self.notice: str | None = None  # the fallback line, as soon as the stream says it
+        self.tool_runs: list[ToolRun] = []  # tool calls run so far, as they finish
 
     @property
     def text(self) -> str:
         return self.response.text if self.response else "".join(self._parts)
 
+    @property
+    def runs_here(self) -> bool:
+        """Does iterating run the user's code between requests (tools, a schema's validation)? A
+        face then iterates in the kernel's thread, not on the runtime loop."""
+        return isinstance(self._source, Steps)
+
+    @property
+    def thinking(self) -> str:
+        """The model's reasoning so far, apart from the answer."""
+        return "".join(self._thinking)
+
     def _take(self, chunk: Chunk) -> None:
         self._seen.append(chunk)
         if chunk.restart:
             self._parts.clear()
+            self._thinking.clear()
         elif chunk.text:
             self._parts.append(chunk.text)
+        if chunk.thinking:
+            self._thinking.append(chunk.thinking)
+        if chunk.tool_run is not None:
+            self.tool_runs.append(chunk.tool_run)
         if chunk.notice:
             self.notice = chunk.notice
         if chunk.response is not None:
             self.response = chunk.response
 
-    def _claim(self) -> AsyncIterator[Chunk] | None:
+    def _claim(self) -> AsyncIterator[Chunk] | Steps | None:
         source, self._source = self._source, None
         return source
 
@@ -145,7 +187,9 @@ class ChatStream:
         if source is None:
             yield from list(self._seen)
             return
-        for chunk in self._session.runtime.iterate(source):
+        runtime = self._session.runtime
+        chunks = source.run(runtime.iterate, runtime.run) if isinstance(source, Steps) else runtime.iterate(source)
+        for chunk in chunks:
             self._take(chunk)
             yield chunk
 
@@ -155,7 +199,10 @@ class ChatStream:
             for chunk in list(self._seen):
                 yield chunk
             return
-        async for chunk in self._session.runtime.aiterate(source):
+        runtime = self._session.runtime
+        chunks = (source.arun(runtime.aiterate, runtime.run, offload=runtime.in_loop()) if isinstance(source, Steps)
+                  else runtime.aiterate(source))
+        async for chunk in chunks:
             self._take(chunk)
             yield chunk
 
@@ -167,15 +214,23 @@ class ChatStream:
                 self._take(chunk)
 
     def result(self) -> ChatResponse:
+        if isinstance(self._source, Steps):  # its steps between requests run in this thread
+            for _ in self:
+                pass
+            return self._finished()
         source = self._claim()
         if source is not None:
-            self._session.runtime.run(self._collect(source))
+            self._session.runtime.run(self._collect(source))  # type: ignore[arg-type]
         return self._finished()
 
     async def aresult(self) -> ChatResponse:
+        if isinstance(self._source, Steps):
+            async for _ in self:
+                pass
+            return self._finished()
         source = self._claim()
         if source is not None:
-            await self._session.runtime.wrap(self._collect(source))
+            await self._session.runtime.wrap(self._collect(source))  # type: ignore[arg-type]
         return self._finished()
 
     def _finished(self) -> ChatResponse:
@@ -227,25 +282,41 @@ class Session:
         fallback: bool | None,
         params: dict[str, Any],
         stream: bool = True,
-    ) -> AsyncIterator[Chunk]:
-        messages = self._messages(prompt, system, conversation, turn_id)
-        chunks = self.router.astream(
-            messages, model, params, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream
-        )
-        if conversation is None:
-            return chunks
-        return self._committing(chunks, conversation, str(prompt), turn_id)
+        extras: Extras | None = None,
+    ) -> AsyncIterator[Chunk] | Steps:
+        x = extras or Extras()
+        attached: list[ImagePart] = []
+        if x.context is not None or x.images:
+            if not isinstance(prompt, str):
+                raise TypeError("context= and images= go with a prompt string")
+            prompt, attached = attach(prompt, x.context, x.images, x.context_budget)
+        messages = self._messages(prompt, system, conversation, turn_id, attached)
+
+        def commit(response: ChatResponse) -> None:
+            if conversation is not None:
+                conversation.commit(str(prompt), response, turn_id, images=attached, keep_thinking=x.keep_thinking)
+
+        if x.schema is None and not x.tools:
+            chunks = self.router.astream(
+                messages, model, params, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream
+            )
+            return chunks if conversation is None else self._committing(chunks, commit)
+        return plan(self.router, self.runtime, messages, model, params, x, no_cache=no_cache, refresh=refresh,
+                    fallback=fallback, stream=stream, on_final=commit)
 
     @staticmethod
     def _messages(
-        prompt: Prompt, system: str | None, conversation: Conversation | None = None, turn_id: str | None = None
+        prompt: Prompt, system: str | None, conversation: Conversation | None = None, turn_id: str | None = None,
+        images: Sequence[ImagePart] = (),
     ) -> list[ChatMessage]:
         if conversation is not None:
             if not isinstance(prompt, str):
                 raise TypeError("a conversation turn takes a prompt string")
-            messages = conversation.messages_for(prompt, turn_id, system)
+            messages = conversation.messages_for(prompt, turn_id, system, images)
         else:
             messages = as_messages(prompt)
+            if images:
+                messages[-1] = messages[-1].model_copy(update={"images": list(images)})
             if system:
                 messages.insert(0, ChatMessage(role="system", content=system))
         if not any(m.content.strip() for m in messages if m.role == "user"):
@@ -253,11 +324,11 @@ class Session:
         return messages
 
     async def _committing(
-        self, stream: AsyncIterator[Chunk], conversation: Conversation, prompt: str, turn_id: str | None
+        self, stream: AsyncIterator[Chunk], commit: Callable[[ChatResponse], None]
     ) -> AsyncIterator[Chunk]:
         async for chunk in stream:
             if chunk.response is not None:
-                conversation.commit(prompt, chunk.response, turn_id)
+                commit(chunk.response)
             yield chunk
 
     def stream(
@@ -271,20 +342,40 @@ class Session:
         no_cache: bool = False,
         refresh: bool = False,
         fallback: bool | None = None,
+        context: Mapping[str, Any] | None = None,
+        images: Sequence[Any] = (),
+        context_budget: int | None = None,
+        schema: Any = None,
+        tools: Sequence[Callable[..., Any]] | None = None,
+        max_steps: int = 5,
+        max_reasks: int = 2,
+        keep_thinking: bool = False,
         _whole: bool = False,
         **params: Any,
     ) -> ChatStream:
-        """A stream of the answer; `conversation=session.conversation` makes it a turn."""
+        """A stream of the answer; `conversation=session.conversation` makes it a turn.
+
+        - `context={"df": df, "fig": fig}` fills `{df}`, `{fig}` in the prompt with each object's
+          description (`farm_jupyter.context`), within `context_budget` tokens each; figures and
+          pictures go as images to a model that takes them (`images=[fig]` attaches them directly).
+        - `schema=Model` (a pydantic model, a type or a JSON Schema dict): the answer is validated
+          into `response.parsed`, re-asked up to `max_reasks` times when it does not match.
+        - `tools=[fn, ...]`: kernel functions the model may call, at most `max_steps` rounds; each
+          call runs in the thread that iterates the stream and shows as a `Chunk(tool_run=...)`.
+        - `think=True` asks for the model's reasoning: it streams apart (`Chunk.thinking`), is never
+          part of the answer, and goes back in a conversation only with `keep_thinking=True`.
+        """
+        extras = Extras(context, images, context_budget, schema, tools, max_steps, max_reasks, keep_thinking)
         source = self._source(
             prompt, model, system=system, conversation=conversation, turn_id=turn_id,
-            no_cache=no_cache, refresh=refresh, fallback=fallback, params=params, stream=not _whole,
+            no_cache=no_cache, refresh=refresh, fallback=fallback, params=params, stream=not _whole, extras=extras,
         )
         return ChatStream(self, source)
 
     astream = stream  # a ChatStream is both iterable and async-iterable
 
     def chat(self, prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatResponse:
-        if not any(kwargs.get(k) for k in ("conversation", "no_cache", "refresh")):
+        if not any(kwargs.get(k) for k in ("conversation", "no_cache", "refresh", *_MORE)):
             params = {k: v for k, v in kwargs.items() if k not in _ASKING}
             hit = self.router.replay(self._messages(prompt, kwargs.get("system")), model, params)
             if hit is not None:  # a memory-cache hit, answered here: no hop to the runtime loop

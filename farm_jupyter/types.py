@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -21,9 +21,62 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
+class ImagePart(_Model):
+    """An image for a vision model: base64 bytes, and the one line a text-only model gets instead."""
+
+    data: str  # base64, no `data:` prefix
+    media_type: str = "image/png"
+    alt: str = "[an image]"
+
+
+class ToolCall(_Model):
+    """A model asking to call one of the tools it was given."""
+
+    id: str | None = None  # OpenAI's call id, sent back with the result; Ollama has none
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolSpec(_Model):
+    """A tool as described to a model: what both protocols call a function."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class ToolRun(_Model):
+    """One tool call run in the kernel: what was asked, what came back, how long it took."""
+
+    step: int
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    result: str = ""
+    error: str | None = None  # the exception, as the model was told it
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        """`get_weather(city='Paris') -> 21 (0.01s)`, for outputs."""
+        args = ", ".join(f"{k}={v!r}" for k, v in self.arguments.items())
+        said = f"raised {self.error}" if self.error else f"-> {self.result}"
+        if len(said) > 200:
+            said = said[:199] + "…"
+        return f"{self.name}({args}) {said} ({self.seconds:.2f}s)"
+
+
+# Fields a message has only in some protocols' turns: left out of its dump when empty, so a plain
+# message serialises as {role, content} for every provider, chat template and custom function.
+_OPTIONAL_MESSAGE_FIELDS = ("images", "tool_calls", "tool_call_id", "tool_name", "thinking")
+
+
 class ChatMessage(_Model):
     role: Role
     content: str
+    images: list[ImagePart] = Field(default_factory=list)
+    tool_calls: list[ToolCall] = Field(default_factory=list)  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a tool result: the call it answers (OpenAI)
+    tool_name: str | None = None  # a tool result: the tool's name (Ollama says it so)
+    thinking: str | None = None  # an assistant turn's reasoning, kept only when asked
 
     @field_validator("content", mode="before")
     @classmethod
@@ -31,6 +84,15 @@ class ChatMessage(_Model):
         if not isinstance(value, str):
             raise ValueError(f"message content must be a string, not {type(value).__name__}")
         return value
+
+    @model_serializer(mode="wrap")
+    def _drop_empty(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in _OPTIONAL_MESSAGE_FIELDS:
+                if key in data and not data[key]:
+                    del data[key]
+        return data
 
 
 class GenerationOptions(TypedDict, total=False):
@@ -133,6 +195,12 @@ class GenerationParams(_Model):
         description="Provider-specific options; each provider takes its own and leaves the rest.",
     )
 
+    # A JSON Schema the answer must match (Ollama `format`, OpenAI `response_format` json_schema).
+    response_schema: dict[str, Any] | None = None
+    tools: list[ToolSpec] | None = None
+    # Ask for the model's reasoning apart from the answer: True, or a level for models that take one.
+    think: bool | Literal["low", "medium", "high"] | None = None
+
     @field_validator("extra", mode="before")
     @classmethod
     def _refuse_overrides(cls, value: Any) -> Any:
@@ -219,6 +287,8 @@ class Attempt(_Model):
     retries: int = 0
     waited: float = 0.0
     chunks_before_failure: int = 0
+    # Why this request was made, when it is not the first of its answer: "tool results 1", "re-ask 1".
+    step: str | None = None
 
 
 class ChatResponse(_Model):
@@ -235,6 +305,14 @@ class ChatResponse(_Model):
     # One line to show above the answer when it comes from another model than the one asked
     # (`ollama was not reachable: answered by openai:gpt-4o-mini`); None when it is the one asked.
     notice: str | None = None
+    thinking: str | None = None  # the model's reasoning, apart: never part of `text`
+    tool_calls: list[ToolCall] = Field(default_factory=list)  # what the model asked to call
+    tool_runs: list[ToolRun] = Field(default_factory=list)  # the calls run in the kernel, in order
+    reasks: int = 0  # answers that did not match the schema and were asked again
+    notes: list[str] = Field(default_factory=list)  # e.g. images sent as text to a text-only model
+    # The answer validated against the schema asked for (a pydantic object, or JSON data); not
+    # serialised: a cached answer is validated again, by the caller's own model.
+    parsed: Any = Field(default=None, exclude=True)
 
     @property
     def address(self) -> str:
@@ -275,6 +353,13 @@ class ChatResponse(_Model):
             parts.append(f"waited {self.timings.waited:.1f}s")
         if self.fell_back_from:
             parts.append("fell back from " + ", ".join(self.fell_back_from))
+        if self.tool_runs:
+            steps = len({r.step for r in self.tool_runs})
+            calls = len(self.tool_runs)
+            parts.append(f"{calls} tool call{'s' if calls != 1 else ''} in {steps} step{'s' if steps != 1 else ''}")
+        if self.reasks:
+            parts.append(f"{self.reasks} re-ask{'s' if self.reasks != 1 else ''}")
+        parts += self.notes
         if self.restarted:
             parts.append("restarted")
         if self.stopped:
@@ -292,7 +377,7 @@ class ChatResponse(_Model):
 class Chunk:
     """One piece of a stream.
 
-    `text` is the new text. `restart` says the text shown so far is void (the answer is being
+    `text` is the new text (`thinking` the new reasoning, kept apart). `restart` says the text shown so far is void (the answer is being
     restarted, on the same provider or another). `status` is a passing note for the caller (a
     rate-limit wait, a retry). `notice` is a line that stays above the answer: it comes from
     another model than the one asked (a fallback). The last chunk has `done=True` and carries
@@ -309,6 +394,9 @@ class Chunk:
     provider_total: float | None = None
     generation: float | None = None  # seconds the provider says it spent on the completion tokens
     response: ChatResponse | None = None
+    thinking: str = ""  # new reasoning text, shown apart and never part of the answer
+    tool_calls: list[ToolCall] | None = None  # the model asks for these (a provider's last chunks)
+    tool_run: ToolRun | None = None  # a tool call that has just run in the kernel (session layer)
 
 
 class ModelInfo(_Model):

@@ -11,6 +11,7 @@ export interface Attempt {
   retries: number;
   waited: number;
   chunks_before_failure: number;
+  step: string | null;
 }
 
 /** The body of `POST chat` and `POST chat/stream`: a `prompt` or a list of `messages`. */
@@ -35,6 +36,11 @@ export interface ChatBody {
 export interface ChatMessage {
   role: "system" | "user" | "assistant" | "tool";
   content: string;
+  images?: ImagePart[];
+  tool_calls?: ToolCall-Input[];
+  tool_call_id?: string | null;
+  tool_name?: string | null;
+  thinking?: string | null;
 }
 
 export interface ChatResponse {
@@ -49,6 +55,11 @@ export interface ChatResponse {
   stopped: boolean;
   attempts: Attempt[];
   notice: string | null;
+  thinking: string | null;
+  tool_calls: ToolCall-Output[];
+  tool_runs: ToolRun[];
+  reasks: number;
+  notes: string[];
 }
 
 /** Every error response (4xx, 5xx) and the `error` event of a stream. */
@@ -143,12 +154,22 @@ export interface GenerationParams {
   format?: "json" | null;
   /** Provider-specific options; each provider takes its own and leaves the rest. */
   extra?: GenerationOptions;
+  response_schema?: Record<string, unknown> | null;
+  tools?: ToolSpec[] | null;
+  think?: boolean | "low" | "medium" | "high" | null;
 }
 
 export interface HealthResponse {
   providers: ProviderStatus[];
   /** The cache backend, or "off: <why>" when it would not open (answers go uncached). */
   cache: string;
+}
+
+/** An image for a vision model: base64 bytes, and the one line a text-only model gets instead. */
+export interface ImagePart {
+  data: string;
+  media_type?: string;
+  alt?: string;
 }
 
 /** The 202 answer of `POST models/{name}/load`. */
@@ -260,6 +281,37 @@ export interface Timings {
   waited: number;
   provider_total: number | null;
   rate: number | null;
+}
+
+/** A model asking to call one of the tools it was given. */
+export interface ToolCall-Input {
+  id?: string | null;
+  name: string;
+  arguments?: Record<string, unknown>;
+}
+
+/** A model asking to call one of the tools it was given. */
+export interface ToolCall-Output {
+  id: string | null;
+  name: string;
+  arguments: Record<string, unknown>;
+}
+
+/** One tool call run in the kernel: what was asked, what came back, how long it took. */
+export interface ToolRun {
+  step: number;
+  name: string;
+  arguments: Record<string, unknown>;
+  result: string;
+  error: string | null;
+  seconds: number;
+}
+
+/** A tool as described to a model: what both protocols call a function. */
+export interface ToolSpec {
+  name: string;
+  description?: string;
+  parameters?: Record<string, unknown>;
 }
 
 export interface UnloadResponse {

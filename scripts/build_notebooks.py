@@ -273,6 +273,99 @@ comparison'''),
         md("Tokens, cache savings and cost per model for this session (`[prices]` in farm.toml sets prices)."),
         code("farm.usage()"),
     ],
+    "08-context-structure-tools": [
+        md(f"""
+# The notebook as context: objects, figures, structured answers, tools, thinking
+
+What only a kernel can give a model: its variables. `{{df}}` in a prompt sends the DataFrame's
+shape, dtypes and first rows (within a token budget), `{{fig}}` sends a figure as an image to a
+model that can see, and a one-line stand-in to one that cannot. Answers can be validated
+pydantic objects (`schema=`), notebook functions can be tools the model calls (`tools=`), and a
+reasoning model's thinking streams apart from its answer (`think=`).
+
+{INTRO_NOTE}
+"""),
+        code("%load_ext farm_jupyter\nimport farm_jupyter as farm\nimport pandas as pd"),
+        md("## Objects in prompts\n\nAn object describes itself (`_repr_llm_`, `_ai_repr_`), else a default does: "
+           "a DataFrame as its shape, dtypes and as many first rows as the budget holds."),
+        code('''sales = pd.DataFrame({
+    "month": ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"] * 20,
+    "units": [120, 135, 160, 180, 210, 260, 300, 290, 220, 170, 140, 125] * 20,
+})'''),
+        code("%%farm_chat --context-budget 150\nWhich month sells most? {sales}"),
+        md("This is exactly what the model was sent for `{sales}`:"),
+        code(CHECK + "from farm_jupyter.context import describe\nprint(describe(sales, budget=150, name='sales').text)"),
+        md("## Figures as images\n\nA vision model gets the PNG (Ollama `images`, OpenAI `image_url`); a text-only "
+           "model gets the stand-in, and the footer says so. The cache key covers the image's bytes."),
+        code('''import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(4, 2.5), dpi=60)
+ax.plot(sales.month[:12], sales.units[:12], label="units")
+ax.set_title("Units sold per month")
+ax.set_xlabel("month")
+plt.close(fig)'''),
+        code("%%farm_chat -m openai:gpt-4o-mini -o seen\nWhat trend does {fig} show?"),
+        code("%%farm_chat -m ollama:llama3.1 --new -o told\nWhat trend does {fig} show?"),
+        code(CHECK + "print(seen.notes)\nprint(told.notes)"),
+        md("## Structured answers\n\n`schema=` takes a pydantic model (or a type, or a JSON Schema): it goes to the "
+           "provider (`format`, `response_format`), the answer is validated into `.parsed`, and an answer that "
+           "does not match is asked again, each try in `attempts`."),
+        code('''from pydantic import BaseModel
+
+class Peak(BaseModel):
+    month: str
+    units: int
+
+r = farm.chat("Which month sells most, and how many units? {sales}", context={"sales": sales}, schema=Peak)
+r.parsed'''),
+        code(CHECK + "print(type(r.parsed).__name__, r.reasks, [a.step for a in r.attempts])"),
+        code("%%farm_chat --schema Peak\nThe weakest month of {sales}?"),
+        md("## Kernel functions as tools\n\nOnly the functions named can be called; each call runs here, in the "
+           "kernel, and shows with its arguments, result and time. An exception goes back to the model as the "
+           "tool's result; the number of rounds is bounded (`max_steps`)."),
+        code('''from typing import Literal
+
+Month = Literal["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+
+def units_sold(month: Month) -> int:
+    """Units sold in a month, from the sales table.
+
+    Args:
+        month: the month's three-letter name
+    """
+    found = sales[sales.month == month].units
+    if found.empty:
+        raise KeyError(f"no month {month!r}; use Jan ... Dec")
+    return int(found.iloc[0])'''),
+        code("%%farm_chat --tools units_sold\nHow many units were sold in March?"),
+        code(CHECK + '''r = farm.chat("How many units in March?", tools=[units_sold])
+print([(run.name, run.arguments, run.error) for run in r.tool_runs])
+print(r.text)'''),
+        md("## Thinking\n\nOllama's `think` and OpenAI-compatible `reasoning_content` stream apart from the answer, "
+           "folded in the cell; they are never part of `.text` and are not sent back in the conversation "
+           "unless asked (`keep_thinking=True`)."),
+        code("%%farm_chat --think\nWhy would sales peak in July?"),
+        code(CHECK + '''r = farm.chat("Why would sales peak in July?", think=True)
+print("thinking:", r.thinking)
+print("answer:", r.text)'''),
+        md("## Testing notebooks that use all this\n\nThe loopback servers speak images, schemas, tool calls "
+           "(streamed or not) and thinking; a `reply` function scripts the model."),
+        code(CHECK + '''from farm_jupyter.testing import OllamaServer, Said
+from farm_jupyter.testing.pytest_plugin import loopback_settings
+
+def model(body):
+    if body["messages"][-1]["role"] == "tool":
+        return f"March: {body['messages'][-1]['content']} units."
+    return Said(tool_calls=[{"name": "units_sold", "arguments": {"month": "Mar"}}])
+
+with OllamaServer(reply=model) as server:
+    s = farm.Session(loopback_settings(server))
+    r = s.chat("How many in March?", tools=[units_sold])
+    s.close()
+print(r.text, "|", r.footer().split(" · ")[-1])'''),
+    ],
 }
 
 

@@ -69,7 +69,7 @@ def _sse(response: httpx.Response) -> list[str]:
 
 
 def test_exports() -> None:
-    assert sorted(testing.__all__) == ["Fault", "OllamaServer", "OpenAIServer", "RecordedRequest"]
+    assert sorted(testing.__all__) == ["Fault", "OllamaServer", "OpenAIServer", "RecordedRequest", "Said", "example_of"]
     for name in testing.__all__:
         assert getattr(testing, name).__module__ == "farm_jupyter.testing.servers"
 
@@ -186,7 +186,7 @@ def test_ollama_tags_and_show(ollama: OllamaServer, client: httpx.Client) -> Non
     assert models[1]["details"]["parameter_size"] == "0.5B"
     show = client.post(f"{ollama.url}/api/show", json={"model": "llama3.1"}).json()
     assert {"modelfile", "parameters", "template", "details", "model_info"} <= set(show)
-    assert show["capabilities"] == ["completion"]
+    assert show["capabilities"] == ["completion", "tools", "thinking"]  # "vision" for llava and its kind
     missing = client.post(f"{ollama.url}/api/show", json={"model": "nope"})
     assert missing.status_code == 404 and "error" in missing.json()
 

@@ -698,3 +698,14 @@ def test_chat_notice_end_to_end(make_session: Callable[..., Session]) -> None:
         value = chat.transcript.children[0].value
         assert f"&#9888; {NOTICE}" in value and value.index(NOTICE) < value.index("openai answers")
         assert openai.count("/v1/chat/completions") == 1 and not chat.error
+
+
+def test_chat_shows_thinking_folded_apart_from_the_answer(make_session: Callable[..., Session]) -> None:
+    with OllamaServer() as server:
+        chat = ChatWidget(make_session(server), load_models=False, think=True)
+        chat.send("why?")
+        assert chat.wait(WAIT)
+        html = chat.transcript.children[0].value
+        assert '<details class="farm-thinking"' in html and "<summary>thinking (3 words)</summary>" in html
+        assert "Thinking about: why?" in html
+        assert chat.last_text == "Echo: why?" and server.requests[-1].json["think"] is True

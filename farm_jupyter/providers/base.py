@@ -21,6 +21,7 @@ from ..types import (
     ProviderStatus,
     PullProgress,
     Timings,
+    ToolCall,
     Usage,
     generation_rate,
 )
@@ -56,8 +57,12 @@ async def collect(name: str, model: str, chunks: AsyncIterator[Chunk]) -> ChatRe
     first = last = None
     pieces = 0
     parts: list[str] = []
+    thinking: list[str] = []
+    calls: list[ToolCall] = []
     final = Chunk()
     async for chunk in chunks:
+        thinking.append(chunk.thinking)
+        calls += chunk.tool_calls or []
         if chunk.text:
             last = time.perf_counter() - start
             first = last if first is None else first
@@ -72,6 +77,8 @@ async def collect(name: str, model: str, chunks: AsyncIterator[Chunk]) -> ChatRe
         model=model,
         usage=usage,
         finish_reason=final.finish_reason,
+        thinking="".join(thinking) or None,
+        tool_calls=calls,
         timings=Timings(
             first_token=first, total=time.perf_counter() - start, provider_total=final.provider_total,
             rate=generation_rate(usage.completion_tokens, generation=final.generation, chunks=pieces,
@@ -162,6 +169,10 @@ class Provider(ABC):
 
     async def list_models(self) -> list[ModelInfo]:
         return [ModelInfo(name=self.default_model, provider=self.name, loaded=True)]
+
+    async def accepts_images(self, model: str) -> bool:
+        """Can this model see images? If not, the router sends each image's one-line stand-in."""
+        return bool(self.options.get("vision", False))
 
     async def load_model(self, model: str) -> AsyncIterator[PullProgress]:
         """Make a model ready (Ollama pulls it); yields progress. The default has nothing to do."""

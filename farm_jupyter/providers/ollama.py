@@ -11,8 +11,8 @@ import httpx
 
 from .. import secrets
 from ..config import shown_url, split_credentials
-from ..errors import ModelNotFound, ServerError, StreamInterrupted
-from ..types import ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress, Usage
+from ..errors import ModelNotFound, ProviderError, ServerError, StreamInterrupted
+from ..types import ChatMessage, ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress, ToolCall, Usage
 from ._http import mapped_transport_errors, status_error
 from .base import Provider
 
@@ -35,6 +35,46 @@ def _options(request: ChatRequest) -> dict[str, Any]:
     return options
 
 
+def _message(m: ChatMessage) -> dict[str, Any]:
+    """One message in /api/chat's shape: images as bare base64, tool calls with object arguments."""
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.images:
+        out["images"] = [i.data for i in m.images]
+    if m.tool_calls:
+        out["tool_calls"] = [{"function": {"name": c.name, "arguments": c.arguments}} for c in m.tool_calls]
+    if m.role == "tool" and m.tool_name:
+        out["tool_name"] = m.tool_name
+    if m.thinking:
+        out["thinking"] = m.thinking
+    return out
+
+
+def _tool_calls(message: dict[str, Any]) -> list[ToolCall]:
+    calls = []
+    for i, raw in enumerate(message.get("tool_calls") or []):
+        function = raw.get("function") or {}
+        arguments = function.get("arguments") or {}
+        if isinstance(arguments, str):  # some servers send a JSON string, as OpenAI does
+            try:
+                arguments = json.loads(arguments or "{}")
+            except ValueError:
+                arguments = {"__raw__": arguments}
+        calls.append(ToolCall(id=raw.get("id") or f"call_{i}", name=str(function.get("name", "")), arguments=arguments))
+    return calls
+
+
+def _pieces(message: dict[str, Any]) -> list[Chunk]:
+    """What one /api/chat message holds: reasoning, text and tool calls, each as its own chunk."""
+    out = []
+    if thinking := message.get("thinking"):
+        out.append(Chunk(thinking=thinking))
+    if text := message.get("content"):
+        out.append(Chunk(text=text))
+    if message.get("tool_calls"):
+        out.append(Chunk(tool_calls=_tool_calls(message)))
+    return out
+
+
 class OllamaProvider(Provider):
     kind = "ollama"
 
@@ -49,6 +89,7 @@ class OllamaProvider(Provider):
         self._auth = httpx.BasicAuth(user or "", password or "") if (user or password) else None
         self._host: str = shown_url(self._base, user, password)  # what messages show: no password
         self._client: httpx.AsyncClient | None = None
+        self._vision: dict[str, bool] = {}
 
     @property
     def default_model(self) -> str:
@@ -145,13 +186,19 @@ class OllamaProvider(Provider):
             body["options"] = options
         if request.params.format:
             body["format"] = request.params.format
+        if request.params.response_schema is not None:
+            body["format"] = request.params.response_schema
+        if request.params.tools:
+            body["tools"] = [{"type": "function", "function": t.model_dump()} for t in request.params.tools]
+        if request.params.think is not None:
+            body["think"] = request.params.think
         keep_alive = self.options.get("keep_alive") or self.settings.ollama.keep_alive
         if keep_alive is not None:
             body["keep_alive"] = keep_alive
         return body
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
-        body = self._body(request, messages=[m.model_dump() for m in request.messages])
+        body = self._body(request, messages=[_message(m) for m in request.messages])
         if not request.stream:
             body["stream"] = False
             async with self._errors():
@@ -160,23 +207,35 @@ class OllamaProvider(Provider):
             data = self._json(response)
             if "error" in data:
                 raise ServerError(f"Ollama at {self._host} failed: {data['error']}", provider=self.name)
-            if text := (data.get("message") or {}).get("content"):
-                yield Chunk(text=text)
+            for chunk in _pieces(data.get("message") or {}):
+                yield chunk
             yield self._final(data)
             return
         # The final line is yielded once the body has ended: a response closed unread closes its
         # connection, and every streamed request would then pay for a new one.
         final: Chunk | None = None
         async for data in self._ndjson("/api/chat", body, request.model):
-            if final is None and data.get("done"):
-                final = self._final(data)
-            elif final is None and (text := (data.get("message") or {}).get("content") or ""):
-                yield Chunk(text=text)
+            if final is None:
+                for chunk in _pieces(data.get("message") or {}):
+                    yield chunk
+                if data.get("done"):
+                    final = self._final(data)
         if final is None:
             raise StreamInterrupted(
                 f"Ollama at {self._host} ended the stream without its final line", provider=self.name
             )
         yield final
+
+    async def accepts_images(self, model: str) -> bool:
+        """Ollama says what a model can do: `vision` among its capabilities (asked once per model)."""
+        model = _tagged(model)
+        if model not in self._vision:
+            try:
+                shown = await self.show(model)
+            except ProviderError:
+                return False  # the chat itself will say what is wrong
+            self._vision[model] = "vision" in (shown.get("capabilities") or [])
+        return self._vision[model]
 
     async def agenerate_stream(self, prompt: str, model: str | None = None, **params: Any) -> AsyncIterator[Chunk]:  # type: ignore[override]
         # Ollama has a native completion endpoint; raw prompts skip the chat template there.

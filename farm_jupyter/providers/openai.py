@@ -7,6 +7,8 @@ retries, so a failure is seen once, here, and mapped.
 from __future__ import annotations
 
 import base64
+import json
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +26,7 @@ from ..errors import (
     ServerError,
     StreamInterrupted,
 )
-from ..types import ChatRequest, Chunk, ModelInfo, ProviderStatus, Usage
+from ..types import ChatMessage, ChatRequest, Chunk, ModelInfo, ProviderStatus, ToolCall, Usage
 from ._http import status_error
 from .base import Provider
 
@@ -32,6 +34,46 @@ if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# Model names that take images, for servers that do not say (the OpenAI API has no such field);
+# the `vision` option of a provider says it outright.
+_VISION = re.compile(r"gpt-4o|gpt-4\.1|gpt-4-turbo|gpt-4-vision|gpt-5|^o[134]\b|^o[134]-|vision|-vl\b|-vl-|llava|pixtral|gemma-?3|claude|gemini", re.I)
+
+
+def _message(m: ChatMessage) -> dict[str, Any]:
+    """One message in the chat completions shape: images as `image_url` data URLs, tool calls with
+    JSON-string arguments, a tool result answering its call id."""
+    out: dict[str, Any] = {"role": m.role}
+    if m.images:
+        out["content"] = [{"type": "text", "text": m.content}] + [
+            {"type": "image_url", "image_url": {"url": f"data:{i.media_type};base64,{i.data}"}} for i in m.images
+        ]
+    else:
+        out["content"] = m.content
+    if m.tool_calls:
+        out["content"] = m.content or None
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+            for c in m.tool_calls
+        ]
+    if m.role == "tool":
+        out["tool_call_id"] = m.tool_call_id
+    if m.thinking:
+        out["reasoning_content"] = m.thinking
+    return out
+
+
+def _arguments(raw: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(raw or "{}")
+    except ValueError:
+        return {"__raw__": raw}  # said back to the model as the tool's error
+    return value if isinstance(value, dict) else {"__raw__": raw}
+
+
+def _reasoning(delta: Any) -> str:
+    """DeepSeek's and vLLM's `reasoning_content` (or `reasoning`): extra fields the SDK keeps."""
+    extra = getattr(delta, "model_extra", None) or {}
+    return str(extra.get("reasoning_content") or extra.get("reasoning") or "")
 
 
 class OpenAIProvider(Provider):
@@ -154,7 +196,7 @@ class OpenAIProvider(Provider):
         p = request.params
         kwargs: dict[str, Any] = {
             "model": request.model,
-            "messages": [m.model_dump() for m in request.messages],
+            "messages": [_message(m) for m in request.messages],
         }
         optional = {
             "temperature": p.temperature, "max_tokens": p.max_tokens, "top_p": p.top_p,
@@ -163,6 +205,13 @@ class OpenAIProvider(Provider):
         kwargs.update({k: v for k, v in optional.items() if v is not None})
         if p.format == "json":
             kwargs["response_format"] = {"type": "json_object"}
+        if p.response_schema is not None:
+            name = re.sub(r"[^A-Za-z0-9_-]", "_", str(p.response_schema.get("title") or "answer"))[:64]
+            kwargs["response_format"] = {"type": "json_schema", "json_schema": {"name": name, "schema": p.response_schema}}
+        if p.tools:
+            kwargs["tools"] = [{"type": "function", "function": t.model_dump()} for t in p.tools]
+        if isinstance(p.think, str):
+            kwargs["reasoning_effort"] = p.think
         kwargs.update(p.options_for("openai"))  # named SDK parameters, checked in GenerationParams
         return kwargs
 
@@ -171,8 +220,15 @@ class OpenAIProvider(Provider):
             async with self._errors(request.model):
                 result = await self.client.chat.completions.create(**self._kwargs(request))
             choice = result.choices[0]
+            if thinking := _reasoning(choice.message):
+                yield Chunk(thinking=thinking)
             if choice.message.content:
                 yield Chunk(text=choice.message.content)
+            if choice.message.tool_calls:
+                yield Chunk(tool_calls=[
+                    ToolCall(id=c.id, name=c.function.name, arguments=_arguments(c.function.arguments))
+                    for c in choice.message.tool_calls
+                ])
             usage = result.usage
             yield Chunk(
                 done=True,
@@ -183,6 +239,7 @@ class OpenAIProvider(Provider):
         usage = Usage()
         finish = None
         started = False
+        calls: dict[int, dict[str, Any]] = {}  # streamed tool calls, by index, as their pieces come
         try:
             async with self._errors(request.model):
                 stream = await self.client.chat.completions.create(
@@ -199,8 +256,18 @@ class OpenAIProvider(Provider):
                         for choice in event.choices:
                             if choice.finish_reason:
                                 finish = choice.finish_reason
-                            if choice.delta and choice.delta.content:
+                            if not choice.delta:
+                                continue
+                            if thinking := _reasoning(choice.delta):
+                                yield Chunk(thinking=thinking)
+                            if choice.delta.content:
                                 yield Chunk(text=choice.delta.content)
+                            for piece in choice.delta.tool_calls or []:
+                                call = calls.setdefault(piece.index, {"id": None, "name": "", "arguments": ""})
+                                call["id"] = piece.id or call["id"]
+                                if piece.function is not None:
+                                    call["name"] += piece.function.name or ""
+                                    call["arguments"] += piece.function.arguments or ""
                 finally:
                     await stream.close()
         except ProviderUnavailable as exc:
@@ -216,7 +283,16 @@ class OpenAIProvider(Provider):
                 f"{self.name} at {self._base_url} ended the stream without a finish reason",
                 provider=self.name,
             )
+        if calls:
+            yield Chunk(tool_calls=[
+                ToolCall(id=c["id"] or f"call_{i}", name=c["name"], arguments=_arguments(c["arguments"]))
+                for i, c in sorted(calls.items())
+            ])
         yield Chunk(done=True, usage=usage, finish_reason=finish)
+
+    async def accepts_images(self, model: str) -> bool:
+        vision = self.options.get("vision")
+        return bool(vision) if vision is not None else bool(_VISION.search(model))
 
     async def list_models(self) -> list[ModelInfo]:
         async with self._errors(""):

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import ConfigError, ProviderError
-from ..types import Attempt, ChatMessage, Chunk, GenerationParams, generation_rate
+from ..types import Attempt, ChatMessage, Chunk, GenerationParams, ToolCall, generation_rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,7 @@ class Call:
     cut: str = ""  # what ended that try: "ollama cut the answer"
     restarted: bool = False
     first_token: float | None = None
+    notes: list[str] = field(default_factory=list)  # said in the footer: images sent as text
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -61,6 +62,8 @@ class Try:
     def __init__(self, call: Call) -> None:
         self.call = call
         self.parts: list[str] = []
+        self.thinking: list[str] = []  # reasoning, apart from the answer's parts
+        self.tool_calls: list[ToolCall] = []
         self.final = Chunk(done=True)
         self.first = self.last = 0.0
 
@@ -68,11 +71,20 @@ class Try:
     def chunks(self) -> int:
         return len(self.parts)
 
+    @property
+    def shown(self) -> int:
+        """Chunks the caller has on screen: reasoning too, which a restart must void as well."""
+        return len(self.parts) + sum(1 for t in self.thinking if t)
+
     async def run(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
         async for chunk in chunks:
             if chunk.done:
                 self.final = chunk
                 return
+            if chunk.thinking or chunk.tool_calls:
+                self.thinking.append(chunk.thinking)
+                self.tool_calls += chunk.tool_calls or []
+                yield chunk
             if chunk.text:
                 now = time.perf_counter()
                 if not self.parts:

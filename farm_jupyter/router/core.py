@@ -50,6 +50,7 @@ from ..types import (
     GenerationParams,
     ProviderStatus,
     Timings,
+    ToolCall,
     Usage,
 )
 from .call import Call, Route, Try, parse_params
@@ -208,7 +209,7 @@ class Router:
         """A memory-cache hit for the route asked, answered in the caller's thread, or None: the
         hop to the runtime loop costs more than the whole hit (see benchmarks/cache_latency.py)."""
         peek = getattr(self.cache, "peek", None)
-        if peek is None:
+        if peek is None or any(m.images for m in messages):  # images: the model's eyes are asked on the loop
             return None
         call = Call(messages, parse_params(params), stream=False, use_cache=True, read_cache=True)
         route = self.resolve(target, fallback=False)[0]
@@ -220,13 +221,15 @@ class Router:
         call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True))
         hit = entry.response
         return self._respond(call, route, None, text=hit.text, usage=hit.usage, finish_reason=hit.finish_reason,
-                             cached=True)
+                             cached=True, thinking=hit.thinking, tool_calls=hit.tool_calls)
 
     async def _route(self, call: Call, route: Route) -> AsyncIterator[Chunk]:
         provider = self.provider(route.provider)
         request = ChatRequest(messages=call.messages, model=route.model, params=call.params, stream=call.stream)
-        # Each route has its own entry: an answer is cached under the provider that gave it.
+        # Each route has its own entry: an answer is cached under the provider that gave it. The key
+        # covers the images' bytes, also for a model that gets only their stand-ins.
         key = self.cache_key(provider, request)
+        request = await self._fit_images(call, provider, request)
         notice = call.notice(route)
         if call.read_cache and (entry := await self._cache_call(call, "get", key)) is not None:
             if call.shown:
@@ -235,12 +238,17 @@ class Router:
             if notice:
                 yield Chunk(notice=notice)
             # A hit replays as a stream; a caller that wants the whole answer gets one piece.
+            if entry.response.thinking:
+                yield Chunk(thinking=entry.response.thinking)
             for text in entry.chunks if call.stream else ["".join(entry.chunks)]:
                 yield Chunk(text=text)
+            if entry.response.tool_calls:
+                yield Chunk(tool_calls=list(entry.response.tool_calls))
             call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True))
             hit = entry.response
             yield Chunk(done=True, response=self._respond(
                 call, route, notice, text=hit.text, usage=hit.usage, finish_reason=hit.finish_reason, cached=True,
+                thinking=hit.thinking, tool_calls=hit.tool_calls,
             ))
             return
         if self.cache.name == "replay":  # only the recording answers: a provider is never asked
@@ -294,13 +302,13 @@ class Router:
             except ProviderError as exc:
                 if booking is not None:
                     booking[1] = 0
-                if attempt.chunks:
-                    call.shown, call.cut = attempt.chunks, f"{route.provider} {exc.did}"
+                if attempt.shown:
+                    call.shown, call.cut = attempt.shown, f"{route.provider} {exc.did}"
                 delay = retry_delay(self.settings.retry, exc, retries) if exc.availability else None
                 if delay is None:
                     if exc.availability and not isinstance(exc, RateLimited):  # busy is not ill
                         breaker.failure(str(exc))
-                    self._record_failure(call, route, exc, retries=retries, waited=waited, chunks=attempt.chunks)
+                    self._record_failure(call, route, exc, retries=retries, waited=waited, chunks=attempt.shown)
                     raise
                 self.monitor.record_failure(route.provider, exc.kind)
                 retries += 1
@@ -319,6 +327,7 @@ class Router:
             response = self._respond(
                 call, route, notice, text="".join(attempt.parts), usage=usage, finish_reason=final.finish_reason,
                 rate=attempt.rate(usage.completion_tokens), provider_total=final.provider_total,
+                thinking="".join(attempt.thinking) or None, tool_calls=attempt.tool_calls,
             )
             if call.use_cache:
                 await self._cache_call(call, "set", key, CacheEntry(response=response, chunks=attempt.parts))
@@ -327,15 +336,39 @@ class Router:
             yield Chunk(done=True, usage=usage, finish_reason=final.finish_reason, response=response)
             return
 
+    async def _fit_images(self, call: Call, provider: Provider, request: ChatRequest) -> ChatRequest:
+        """A model that cannot see images gets each one's one-line stand-in (already in the text
+        where the image was named) instead of its bytes; the footer says so."""
+        call.notes.clear()
+        if not any(m.images for m in request.messages) or await provider.accepts_images(request.model):
+            return request
+        # Said for the question's own images; earlier turns' go as their stand-ins without a word.
+        count = len(request.messages[-1].images)
+        if count:
+            call.notes.append(f"{count} image{'s' if count != 1 else ''} sent as text ({request.model} takes no images)")
+        messages = [m.model_copy(update={"images": []}) if m.images else m for m in request.messages]
+        return request.model_copy(update={"messages": messages})
+
+    async def forget(self, response: ChatResponse, messages: list[ChatMessage], params: GenerationParams | Mapping[str, Any] | None) -> None:
+        """Drop the cached entry that gave `response` (an answer its caller refused, say one that
+        did not match the schema), so that asking again asks the model again."""
+        request = ChatRequest(messages=messages, model=response.model, params=parse_params(params))
+        try:
+            await self.cache.delete(self.cache_key(self.provider(response.provider), request))
+        except Exception:  # noqa: BLE001 - a cache that is down has nothing to forget
+            log.debug("cache delete failed", exc_info=True)
+
     def _respond(
         self, call: Call, route: Route, notice: str | None, *, text: str, usage: Usage, finish_reason: str | None,
         cached: bool = False, rate: float | None = None, provider_total: float | None = None,
+        thinking: str | None = None, tool_calls: list[ToolCall] | None = None,
     ) -> ChatResponse:
         """The one place a response is built (a fresh answer or a cache hit), and recorded."""
         elapsed = call.elapsed()
         response = ChatResponse(
             text=text, provider=route.provider, model=route.model, usage=usage, finish_reason=finish_reason,
             cached=cached, restarted=call.restarted, attempts=call.attempts, notice=notice,
+            thinking=thinking, tool_calls=tool_calls or [], notes=list(call.notes),
             timings=Timings(
                 first_token=call.first_token or (elapsed if cached else None), total=elapsed,
                 waited=sum(a.waited for a in call.attempts), provider_total=provider_total, rate=rate,

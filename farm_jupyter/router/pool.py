@@ -115,6 +115,9 @@ class Pool(Provider):
                     seen.setdefault(m.name, m)
         return list(seen.values())
 
+    async def accepts_images(self, model: str) -> bool:  # the servers of a pool serve the same models
+        return await self.members[0].provider.accepts_images(model)
+
     async def health(self) -> ProviderStatus:
         rows = await self.health_rows()
         best = next((r for r in rows if r.healthy), rows[0])

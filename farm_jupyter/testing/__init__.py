@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .servers import Fault, OllamaServer, OpenAIServer, RecordedRequest
+from .servers import Fault, OllamaServer, OpenAIServer, RecordedRequest, Said, example_of
 
-__all__ = ["Fault", "OllamaServer", "OpenAIServer", "RecordedRequest"]
+__all__ = ["Fault", "OllamaServer", "OpenAIServer", "RecordedRequest", "Said", "example_of"]

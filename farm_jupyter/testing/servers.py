@@ -35,7 +35,7 @@ from urllib.parse import quote, unquote, urlsplit
 if TYPE_CHECKING:
     from typing import Self, TypeAlias
 
-__all__ = ["Fault", "OllamaServer", "OpenAIServer", "RecordedRequest"]
+__all__ = ["Fault", "OllamaServer", "OpenAIServer", "RecordedRequest", "Said", "example_of"]
 
 FaultKind = Literal["status", "delay", "drop", "malformed", "error_line", "hang", "echo"]
 Reply: TypeAlias = str | Callable[[dict[str, Any]], str] | None
@@ -117,8 +117,8 @@ def _chunks(text: str) -> list[str]:
 def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
-    if isinstance(content, list):  # OpenAI content parts
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    if isinstance(content, list):  # OpenAI content parts; image parts have no text
+        return " ".join(str(p["text"]) for p in content if isinstance(p, dict) and "text" in p)
     return "" if content is None else str(content)
 
 
@@ -128,6 +128,77 @@ def _last_user(messages: Any) -> str:
             if isinstance(message, dict) and message.get("role") == "user":
                 return _text_of(message.get("content"))
     return ""
+
+
+def _images_of(message: Any) -> int:
+    """How many images a message carries, in either protocol."""
+    if not isinstance(message, dict):
+        return 0
+    content = message.get("content")
+    parts = sum(1 for p in content if isinstance(p, dict) and p.get("type") == "image_url") if isinstance(content, list) else 0
+    return parts + len(message.get("images") or [])
+
+
+def example_of(schema: Any, root: Any = None, depth: int = 0) -> Any:
+    """The smallest value that matches a JSON Schema's common keywords: what a model constrained by
+    `format` / `response_format` would at least produce. Defaults, enums and consts are used first."""
+    root = schema if root is None else root
+    if not isinstance(schema, dict) or depth > 20:
+        return None
+    if "$ref" in schema:
+        target: Any = root
+        for part in str(schema["$ref"]).removeprefix("#/").split("/"):
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        return example_of(target, root, depth + 1)
+    for key in ("const", "default"):
+        if key in schema:
+            return schema[key]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return example_of(schema[key][0], root, depth + 1)
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {name: example_of(sub, root, depth + 1) for name, sub in props.items()}
+    if kind == "array":
+        return [example_of(schema.get("items", {}), root, depth + 1) for _ in range(schema.get("minItems", 1))]
+    if kind == "integer":
+        return int(schema.get("minimum", 0))
+    if kind == "number":
+        return float(schema.get("minimum", 0))
+    if kind == "boolean":
+        return False
+    if kind == "null":
+        return None
+    return "x" * int(schema.get("minLength", 1))
+
+
+@dataclass
+class Said:
+    """What a loopback model answers: text, and maybe reasoning and tool calls
+    (`{"name": ..., "arguments": {...}}` each). A `reply` callable may return one, or a dict with
+    these keys, or a string."""
+
+    content: str = ""
+    thinking: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _since_user(messages: Any) -> list[dict[str, Any]]:
+    """The messages after the last user message (tool results of this turn)."""
+    if not isinstance(messages, list):
+        return []
+    tail: list[dict[str, Any]] = []
+    for m in reversed(messages):
+        if isinstance(m, dict) and m.get("role") == "user":
+            break
+        if isinstance(m, dict):
+            tail.insert(0, m)
+    return tail
 
 
 def _words(*texts: str) -> int:
@@ -608,13 +679,48 @@ class _LoopbackServer:
         return True
 
     def _answer(self, body: Json, prompt: str) -> str:
+        return self._said(body, prompt).content
+
+    def _said(self, body: Json, prompt: str) -> Said:
+        """The answer to a request: the `reply` given, else what a model would do with the
+        request's tools (call the first one, then report its results), schema (the smallest
+        matching JSON) or thinking (a line of reasoning); else an echo of the prompt."""
         if self.tokens is not None:
-            return "".join(f"tok{i} " for i in range(self.tokens))
+            return Said("".join(f"tok{i} " for i in range(self.tokens)))
+        said = self._default(body, prompt)
         if callable(self.reply):
-            return self.reply(body)
+            given: Any = self.reply(body)
+            if isinstance(given, Said):
+                return given
+            if isinstance(given, dict):
+                return Said(str(given.get("content", "")), str(given.get("thinking", "")), list(given.get("tool_calls", [])))
+            return Said(given, said.thinking)
         if self.reply is not None:
-            return self.reply
-        return f"Echo: {prompt}"
+            return Said(self.reply, said.thinking)
+        return said
+
+    def _default(self, body: Json, prompt: str) -> Said:
+        thinking = f"Thinking about: {prompt}" if self._thinks(body) else ""
+        messages = body.get("messages")
+        tools = [t.get("function", t) for t in body.get("tools") or [] if isinstance(t, dict)]
+        if tools:
+            results = [_text_of(m.get("content")) for m in _since_user(messages) if m.get("role") == "tool"]
+            if results:
+                return Said("Tool results: " + "; ".join(results), thinking)
+            first = tools[0]
+            return Said("", thinking, [{"name": first.get("name"), "arguments": example_of(first.get("parameters") or {}) or {}}])
+        schema = self._schema(body)
+        if schema is not None:
+            return Said(json.dumps(example_of(schema), separators=(", ", ": ")), thinking)
+        images = _images_of(next((m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None)) if isinstance(messages, list) else 0
+        seen = f" [{images} image{'s' if images != 1 else ''}]" if images else ""
+        return Said(f"Echo: {prompt}{seen}", thinking)
+
+    def _thinks(self, body: Json) -> bool:
+        return False
+
+    def _schema(self, body: Json) -> Any:
+        return None
 
     def _normalise(self, name: str) -> str:
         return name
@@ -683,6 +789,13 @@ class OllamaServer(_LoopbackServer):
             return True
         h.send_bytes(401, _dumps({"error": "unauthorized"}), self.content_type, {"WWW-Authenticate": 'Basic realm="ollama"'})
         return False
+
+    def _thinks(self, body: Json) -> bool:
+        return bool(body.get("think"))
+
+    def _schema(self, body: Json) -> Any:
+        found = body.get("format")
+        return found if isinstance(found, dict) else None
 
     def _error_body(self, status: int, message: str | None = None) -> Json:
         if message is None:
@@ -780,7 +893,9 @@ class OllamaServer(_LoopbackServer):
                     f"{family}.context_length": 8192,
                     f"{family}.embedding_length": 8 if embedding else 4096,
                 },
-                "capabilities": ["embedding"] if embedding else ["completion"],
+                "capabilities": ["embedding"] if embedding else ["completion", "tools", "thinking", *(
+                    ["vision"] if re.search(r"llava|vision|-vl|gemma3|moondream", name) else []
+                )],
                 "modified_at": self._modified_at,
             },
             fault,
@@ -873,16 +988,22 @@ class OllamaServer(_LoopbackServer):
         with self._lock:
             cold = name not in self._loaded
             self._loaded.add(name)
-        pieces = _chunks(self._answer(body, prompt if generate else _last_user(messages)))
+        said = self._said(body, prompt if generate else _last_user(messages))
+        pieces = _chunks(said.content)
+        thoughts = _chunks(said.thinking)
+        calls = [{"function": {"name": c.get("name"), "arguments": c.get("arguments") or {}}} for c in said.tool_calls]
         reason = "stop"
         limit = _positive_int((body.get("options") or {}).get("num_predict"))
         if limit is not None and limit < len(pieces):
             pieces, reason = pieces[:limit], "length"
         prompt_words = _words(prompt, _text_of(body.get("system"))) if generate else _message_words(messages)
 
-        def content(text: str, done: bool) -> Json:
+        def content(text: str, done: bool, **extra: Any) -> Json:
             line: Json = {"model": asked, "created_at": _now_iso()}
-            line.update({"response": text} if generate else {"message": {"role": "assistant", "content": text}})
+            if generate:
+                line.update({"response": text, **extra})
+            else:
+                line["message"] = {"role": "assistant", "content": text, **extra}
             line["done"] = done
             return line
 
@@ -911,12 +1032,22 @@ class OllamaServer(_LoopbackServer):
             eval_started = time.perf_counter_ns()
             if self.chunk_delay > 0 and h.server.stopping.wait(self.chunk_delay * max(len(pieces) - 1, 0)):
                 return h.drop()
-            return self._send(h, 200, final("".join(pieces), eval_started), fault)
+            whole = final("".join(pieces), eval_started)
+            if not generate:
+                if thoughts:
+                    whole["message"]["thinking"] = "".join(thoughts)
+                if calls:
+                    whole["message"]["tool_calls"] = calls
+            return self._send(h, 200, whole, fault)
 
         def frames() -> Iterator[Frame]:
             eval_started = time.perf_counter_ns()
+            for thought in thoughts:  # reasoning first, in its own field, as Ollama streams it
+                yield "content", _dumps(content("", False, thinking=thought)) + b"\n"
             for piece in pieces:
                 yield "content", _dumps(content(piece, False)) + b"\n"
+            if calls:  # Ollama sends a turn's tool calls whole, in one line before the last
+                yield "content", _dumps(content("", False, tool_calls=calls)) + b"\n"
             yield "tail", _dumps(final("", eval_started)) + b"\n"
 
         self._stream(h, "application/x-ndjson", frames(), fault, *self._bad_lines(fault))
@@ -987,6 +1118,13 @@ class OpenAIServer(_LoopbackServer):
         )
         self.api_key = api_key
         self._ids = itertools.count(1)
+
+    def _thinks(self, body: Json) -> bool:
+        return bool(body.get("reasoning_effort"))
+
+    def _schema(self, body: Json) -> Any:
+        found = body.get("response_format") or {}
+        return (found.get("json_schema") or {}).get("schema") if found.get("type") == "json_schema" else None
 
     @property
     def base_url(self) -> str:
@@ -1079,8 +1217,15 @@ class OpenAIServer(_LoopbackServer):
             return self._send(h, 400, self._error_body(400, "Missing required parameter: 'messages'."), fault)
         if not self._model_time(h):
             return
-        pieces = _chunks(self._answer(body, _last_user(messages)))
-        reason = "stop"
+        said = self._said(body, _last_user(messages))
+        pieces = _chunks(said.content)
+        thoughts = _chunks(said.thinking)
+        calls: list[Json] = [
+            {"id": f"call_farm{next(self._ids):06d}", "type": "function",
+             "function": {"name": c.get("name"), "arguments": json.dumps(c.get("arguments") or {})}}
+            for c in said.tool_calls
+        ]
+        reason = "tool_calls" if calls else "stop"
         limit = _positive_int(body.get("max_completion_tokens")) or _positive_int(body.get("max_tokens"))
         if limit is not None and limit < len(pieces):
             pieces, reason = pieces[:limit], "length"
@@ -1105,7 +1250,13 @@ class OpenAIServer(_LoopbackServer):
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": "".join(pieces), "refusal": None},
+                            "message": {
+                                "role": "assistant",
+                                "content": "".join(pieces) if pieces or not calls else None,
+                                "refusal": None,
+                                **({"reasoning_content": "".join(thoughts)} if thoughts else {}),
+                                **({"tool_calls": calls} if calls else {}),
+                            },
                             "finish_reason": reason,
                             "logprobs": None,
                         }
@@ -1134,8 +1285,17 @@ class OpenAIServer(_LoopbackServer):
 
         def frames() -> Iterator[Frame]:
             yield "head", event({"role": "assistant", "content": "", "refusal": None})
+            for thought in thoughts:  # DeepSeek's and vLLM's field for reasoning
+                yield "content", event({"content": None, "reasoning_content": thought})
             for piece in pieces:
                 yield "content", event({"content": piece})
+            for index, call in enumerate(calls):  # as OpenAI streams them: the name, then the arguments in pieces
+                arguments = call["function"]["arguments"]
+                half = len(arguments) // 2
+                yield "content", event({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                                        "function": {"name": call["function"]["name"], "arguments": ""}}]})
+                for part in (arguments[:half], arguments[half:]):
+                    yield "content", event({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
             yield "tail", event({}, reason)
             if include_usage:
                 yield "tail", event(None, last=True)

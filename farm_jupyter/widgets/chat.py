@@ -46,6 +46,7 @@ class _Turn:
     target: str
     ask: str | None = None  # what the stream is asked for ("" / None: the session default)
     text: str = ""
+    thinking: str = ""  # the model's reasoning, shown folded above the answer
     status: str | None = None
     notice: str | None = None  # the fallback line shown above the answer
     queued: bool = False
@@ -68,6 +69,11 @@ class _Turn:
             body = f'<span style="color:{FG2}">&#8230;</span>'
         else:
             body = ""
+        if self.thinking:
+            words = len(self.thinking.split())
+            body = (f'<details class="farm-thinking" style="color:{FG2};font-size:12px;margin:2px 0 4px">'
+                    f'<summary>thinking ({words} word{"s" if words != 1 else ""})</summary>'
+                    f'<div style="white-space:pre-wrap">{esc(self.thinking)}</div></details>{body}')
         if self.notice:
             body = (f'<div class="farm-notice" style="color:{WARN};font-size:12px;margin:4px 0 2px">'
                     f"&#9888; {esc(self.notice)}</div>{body}")
@@ -115,6 +121,7 @@ class ChatWidget(FarmBox):
         system: str | None = None,
         interval: float = 0.05,
         load_models: bool = True,
+        think: bool | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(session, **kwargs)
@@ -122,6 +129,7 @@ class ChatWidget(FarmBox):
 
         self.conversation = conversation if conversation is not None else Conversation(self.session.settings.max_history)
         self.system = system
+        self.think = think  # ask for the model's reasoning: shown folded, never part of the answer
         self.interval = interval
         self._turns: list[_Turn] = []
         self._queue: deque[_Turn] = deque()
@@ -187,7 +195,8 @@ class ChatWidget(FarmBox):
                     self.queued = len(self._queue)
                 return
             try:
-                stream = self.session.stream(prompt, target, conversation=self.conversation, system=self.system)
+                extra: dict[str, Any] = {} if self.think is None else {"think": self.think}
+                stream = self.session.stream(prompt, target, conversation=self.conversation, system=self.system, **extra)
             except FarmError as exc:  # an unknown provider, a bad alias: say so, keep the text
                 self.show_error(exc)
                 return
@@ -274,9 +283,11 @@ class ChatWidget(FarmBox):
         try:
             async for chunk in stream:
                 if chunk.restart:
-                    turn.text = ""
+                    turn.text = turn.thinking = ""
                 elif chunk.text:
                     turn.text += chunk.text
+                if chunk.thinking:
+                    turn.thinking += chunk.thinking
                 if chunk.status:
                     turn.status = chunk.status
                 if chunk.notice:
