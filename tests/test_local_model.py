@@ -195,9 +195,8 @@ def test_models_lists_the_local_gguf_files(session: Session, engine: str) -> Non
 def test_a_missing_gguf_file_is_model_not_found_in_one_line(engine: str, tmp_path: Path) -> None:
     _needs(engine)
     s = Session(local_settings(engine))
-    with pytest.raises(AllProvidersFailed) as err:
-        s.chat("hi", f"{engine}:{tmp_path / 'nothing.gguf'}", fallback=False)
-    assert isinstance(err.value.last, ModelNotFound)
+    with pytest.raises(ModelNotFound) as err:  # the caller's: raised as itself, never a fallback
+        s.chat("hi", f"{engine}:{tmp_path / 'nothing.gguf'}")
     assert "nothing.gguf" in str(err.value) and "\n" not in str(err.value)
     s.close()
 
