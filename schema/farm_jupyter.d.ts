@@ -37,7 +37,7 @@ export interface ChatMessage {
   role: "system" | "user" | "assistant" | "tool";
   content: string;
   images?: ImagePart[];
-  tool_calls?: ToolCall-Input[];
+  tool_calls?: ToolCallInput[];
   tool_call_id?: string | null;
   tool_name?: string | null;
   thinking?: string | null;
@@ -56,7 +56,7 @@ export interface ChatResponse {
   attempts: Attempt[];
   notice: string | null;
   thinking: string | null;
-  tool_calls: ToolCall-Output[];
+  tool_calls: ToolCallOutput[];
   tool_runs: ToolRun[];
   reasks: number;
   notes: string[];
@@ -284,14 +284,14 @@ export interface Timings {
 }
 
 /** A model asking to call one of the tools it was given. */
-export interface ToolCall-Input {
+export interface ToolCallInput {
   id?: string | null;
   name: string;
   arguments?: Record<string, unknown>;
 }
 
 /** A model asking to call one of the tools it was given. */
-export interface ToolCall-Output {
+export interface ToolCallOutput {
   id: string | null;
   name: string;
   arguments: Record<string, unknown>;

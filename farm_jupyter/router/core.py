@@ -419,10 +419,10 @@ class Router:
         hints = [f"did you mean {' or '.join(near)}?"] if near else []
         if exc.hint:
             hints.append(exc.hint)
-        return ModelNotFound(
-            f'{said}{route.provider} has no model "{route.model}"', provider=route.provider,
-            status=exc.status, hint="; ".join(hints) or None,
-        )
+        # An HTTP 404 says little ("model not found, try pulling it"): say it plainly. A local
+        # engine's own words say more (a file that is there but is no model): keep them.
+        what = str(exc).removesuffix(f": {exc.hint}") if exc.status is None else f'{route.provider} has no model "{route.model}"'
+        return ModelNotFound(f"{said}{what}", provider=route.provider, status=exc.status, hint="; ".join(hints) or None)
 
     async def _wait_turn(self, limiter: RateLimiter, route: Route, request: ChatRequest) -> AsyncIterator[tuple[float, str]]:
         """Wait for the request's turn, saying so, under the limiter's lock, so that concurrent

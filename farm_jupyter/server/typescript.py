@@ -151,7 +151,7 @@ class _Converter:
         prefix = "#/$defs/"
         if not ref.startswith(prefix) or ref[len(prefix) :] not in self.defs:
             raise SchemaError(f"unresolvable $ref {ref!r}: only {prefix}<Name> into $defs is supported")
-        return ref[len(prefix) :]
+        return ts_name(ref[len(prefix) :])
 
     def _object(self, schema: Mapping[str, Any], indent: str) -> str:
         props: Mapping[str, Any] = schema.get("properties", {})
@@ -188,6 +188,12 @@ class _Converter:
         return [*lines, f"export type {name} = {self.type_of(schema)};"]
 
 
+def ts_name(name: str) -> str:
+    """A `$defs` name as a TypeScript identifier: pydantic splits a model whose input and output
+    differ into `ToolCall-Input` / `ToolCall-Output`; they become `ToolCallInput` / `ToolCallOutput`."""
+    return re.sub(r"[^A-Za-z0-9_$]", "", name)
+
+
 def typescript(schema: Mapping[str, Any] | None = None) -> str:
     """TypeScript declarations for `schema` (default: `json_schema()`): one per `$defs` entry,
     plus a `Routes` interface when the schema has an `x-routes` table."""
@@ -200,7 +206,7 @@ def typescript(schema: Mapping[str, Any] | None = None) -> str:
         "",
     ]
     for name in sorted(defs):
-        out += conv.declaration(name, defs[name])
+        out += conv.declaration(ts_name(name), defs[name])
         out.append("")
     routes = schema.get("x-routes")
     if routes:
