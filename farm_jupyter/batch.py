@@ -126,6 +126,11 @@ def messages_for(prompt: PromptBuilder, item: Any) -> str | Sequence[ChatMessage
         ) from None
 
 
+@dataclass
+class _Broken:
+    error: Exception
+
+
 async def _bounded(jobs: Sequence[Callable[[], Any]], concurrency: int,
                    last: Callable[[Any], bool] = lambda result: False) -> AsyncIterator[Any]:
     """Run the jobs with at most `concurrency` in flight; yield each result as it finishes. A
@@ -140,14 +145,22 @@ async def _bounded(jobs: Sequence[Callable[[], Any]], concurrency: int,
         for job in todo:  # one shared iterator: each worker takes the next job
             if stop:
                 return
-            result = await job()
+            try:
+                result = await job()
+            except Exception as exc:  # noqa: BLE001 - a bug, not a row's failure: it ends the run
+                stop = True
+                done.put_nowait(_Broken(exc))
+                return
             stop = stop or last(result)
             done.put_nowait(result)
 
     workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(jobs)))]
     try:
         for _ in range(len(jobs)):
-            yield await done.get()
+            result = await done.get()
+            if isinstance(result, _Broken):
+                raise result.error
+            yield result
     finally:
         for w in workers:
             w.cancel()

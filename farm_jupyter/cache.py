@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -320,18 +321,25 @@ class Recording:
         self.path = Path(path).absolute()
         self._lock = threading.Lock()
         self._data: dict[str, CacheEntry] = _read_recording(self.path) if self.path.exists() else {}
+        self._dropped: set[str] = set()  # deleted here: not merged back from the file
 
     async def get(self, key: str) -> CacheEntry | None:
         return self._data.get(key)
 
     async def set(self, key: str, entry: CacheEntry) -> None:
-        self._data[key] = _strip(entry)
-        await asyncio.to_thread(self._write)
+        await asyncio.to_thread(self._write, {key: _strip(entry)})
 
-    def _write(self) -> None:
+    def _write(self, new: dict[str, CacheEntry], dropped: Iterable[str] = ()) -> None:
+        """Merge with the file under the lock (all changes happen here, so none is lost to a
+        concurrent write), then replace the file atomically."""
         with self._lock:
+            self._dropped.update(dropped)
+            self._dropped.difference_update(new)
             merged = _read_recording(self.path) if self.path.exists() else {}
             merged.update(self._data)
+            merged.update(new)
+            for key in self._dropped:
+                merged.pop(key, None)
             self._data = merged
             answers = {k: json.loads(v.model_dump_json()) for k, v in sorted(merged.items())}
             text = json.dumps({"format": RECORDING_FORMAT, "version": 1, "answers": answers},
@@ -342,11 +350,10 @@ class Recording:
             os.replace(tmp, self.path)
 
     async def delete(self, key: str) -> None:
-        self._data.pop(key, None)
-        await asyncio.to_thread(self._write)
+        await asyncio.to_thread(self._write, {}, [key])
 
     async def clear(self) -> None:
-        self._data.clear()  # what this session recorded is dropped; the file keeps the others'
+        await asyncio.to_thread(self._write, {}, list(self._data))  # the whole recording starts over
 
     async def info(self) -> dict[str, Any]:
         return {"backend": self.name, "entries": len(self._data), "path": str(self.path)}

@@ -216,7 +216,7 @@ class HuggingFaceSettings(_Section):
 class CacheSettings(_Section):
     backend: Literal["memory", "disk", "redis", "none", "record", "replay"] = "memory"
     path: str | None = None  # disk: the cache file (default under ~/.cache/farm_jupyter); record/replay: the answers file
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)  # may hold a password
     ttl: float | None = Field(default=None, gt=0)  # seconds; None keeps entries until evicted
     max_entries: int = Field(default=1024, gt=0)
 

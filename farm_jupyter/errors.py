@@ -10,13 +10,18 @@
     │   │   ├── StreamInterrupted   the stream broke after it started
     │   │   └── CoolingDown         its circuit breaker is open
     │   ├── NotConfigured           no key / URL set: skipped as a fallback, raised when asked
+    │   ├── ReplayMiss              a replay's recording lacks the request: never asked   availability*
     │   └── ProviderResponseError   the provider answered with an error
     │       ├── RateLimited         429                                                     availability
     │       ├── ServerError         5xx, or an error line in a stream                       availability
     │       ├── AuthenticationError bad or missing key                                      the caller's
     │       ├── ModelNotFound       the model is not there                                  the caller's
     │       └── BadRequest          the request itself is wrong (400/422, content filter)   the caller's
-    └── AllProvidersFailed          every route was tried; `.attempts` says what happened
+    ├── AllProvidersFailed          every route was tried; `.attempts` says what happened
+    ├── BudgetExceeded (ledger.py)  a request could take the spend past [budget] usd
+    └── SchemaMismatch (structured.py) no answer matched the schema after the re-asks
+
+(*) the next route is looked up in the recording too, never asked.
 
 The class decides what the router does, as data (`availability`): an availability failure is
 retried (if `retryable`), counted by the provider's circuit breaker and falls back to the next

@@ -112,6 +112,7 @@ class Ledger:
         self._lock = threading.Lock()
         self._rows: dict[str, UsageRow] = {}
         self.spent = 0.0
+        self.held = 0.0  # reserved by requests in flight (`hold`)
         monitor.subscribe(self._add)
 
     def price(self, address: str) -> Price | None:
@@ -144,19 +145,29 @@ class Ledger:
             rows = [UsageRow(**vars(r)) for r in self._rows.values()]
             return UsageReport(rows, self.settings.budget.usd, self.spent)
 
-    def check(self, address: str, tokens_in: int, max_out: int) -> None:
-        """Raise before a request that could take the spend past the budget."""
+    def hold(self, address: str, tokens_in: int, max_out: int) -> float:
+        """Reserve the most a request could cost, or raise if that could take the spend past the
+        budget; what is held by requests in flight counts, so concurrent ones cannot all pass.
+        Returns the amount to `release` when the request is over (its real cost is then spent)."""
         budget = self.settings.budget.usd
         price = self.price(address)
         if budget is None or price is None:
-            return
+            return 0.0
         worst = price.cost(tokens_in, max_out)
-        if self.spent + worst > budget:
-            raise BudgetExceeded(
-                f"this request to {address} could cost up to ${worst:.4f}, and ${self.spent:.4f} of the "
-                f"${budget:.2f} budget is spent",
-                hint="raise [budget] usd in farm.toml, lower max_tokens, or use a local model",
-            )
+        with self._lock:
+            if self.spent + self.held + worst > budget:
+                raise BudgetExceeded(
+                    f"this request to {address} could cost up to ${worst:.4f}, and ${self.spent + self.held:.4f} "
+                    f"of the ${budget:.2f} budget is spent or held by requests in flight",
+                    hint="raise [budget] usd in farm.toml, lower max_tokens, or use a local model",
+                )
+            self.held += worst
+        return worst
+
+    def release(self, amount: float) -> None:
+        if amount:
+            with self._lock:
+                self.held -= amount
 
     def clear(self) -> None:
         with self._lock:

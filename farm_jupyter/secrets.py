@@ -47,7 +47,10 @@ def mask(value: str) -> str:
     """`sk-abc...f3a9` -> `sk-...f3a9`: enough to tell keys apart, never enough to use one."""
     if len(value) < 12:
         return "***"
-    prefix = value.split("-", 1)[0] + "-" if "-" in value[:8] else ""
+    # Only a vendor's short prefix (`sk-`) is kept, and only on a long key: a longer "prefix" is
+    # a piece of the secret itself (and would be masked again by redact()).
+    head = value.split("-", 1)[0]
+    prefix = head + "-" if "-" in value and len(head) <= 4 and len(value) >= 20 else ""
     return f"{prefix}...{value[-4:]}"
 
 

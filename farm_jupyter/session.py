@@ -26,6 +26,7 @@ from .providers import available as available_providers
 from .providers import is_known as is_provider
 from .providers.base import as_messages
 from .router import Router
+from .router.pool import Pool
 from .runtime import Runtime, get_runtime
 from .steps import Extras, Steps, plan
 from .types import (
@@ -441,7 +442,9 @@ class Session:
         from .providers.base import Provider
 
         provider, _ = self._split(model)
-        return type(self.router.provider(provider)).load_model is not Provider.load_model
+        found = self.router.provider(provider)
+        one = found.members[0].provider if isinstance(found, Pool) else found  # a pool of servers: ask one
+        return type(one).load_model is not Provider.load_model
 
     def _split(self, model: str) -> tuple[str, str]:
         route = self.router.resolve(model, fallback=False)[0]

@@ -21,6 +21,7 @@ from pydantic import TypeAdapter, ValidationError, validate_call
 
 from .context import Collector
 from .errors import ConfigError
+from .secrets import redact
 from .types import ChatMessage, ToolCall, ToolRun, ToolSpec
 
 RESULT_BUDGET = 1000  # tokens of a tool's result sent back (a DataFrame is described, not dumped)
@@ -136,7 +137,7 @@ def run_call(
             said = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors()[:3])
             error = f"invalid arguments: {said}"
         except Exception as exc:  # noqa: BLE001 - the model is told what its call raised
-            error = f"{type(exc).__name__}: {exc}"
+            error = redact(f"{type(exc).__name__}: {exc}")  # it goes to a model, perhaps a remote one
     run = ToolRun(step=step, name=call.name, arguments=call.arguments, result=result, error=error,
                   seconds=time.perf_counter() - start)
     content = f"Error: {error}" if error else result

@@ -164,3 +164,34 @@ def test_a_budget_stops_the_next_request_before_it_is_sent(ollama_server, openai
     assert openai_server.count("/v1/chat/completions") == asked
     assert s.chat("free", "ollama").provider == "ollama"  # an unpriced model is not stopped
     s.close()
+
+
+def test_a_bug_in_a_row_ends_the_run_instead_of_hanging_it():
+    import asyncio
+
+    from farm_jupyter.batch import _bounded
+
+    async def fine() -> int:
+        return 1
+
+    async def broken() -> int:
+        raise TypeError("a bug, not a row's failure")
+
+    async def run() -> list[int]:
+        return [r async for r in _bounded([fine, broken, fine, fine], concurrency=2)]
+
+    with pytest.raises(TypeError, match="a bug"):
+        asyncio.run(asyncio.wait_for(run(), 30))
+
+
+def test_a_budget_holds_what_requests_in_flight_may_spend(ollama_server, openai_server):
+    # Each request may cost up to $0.0004 (40 tokens at $10/M); $0.001 lets two be in flight.
+    s = Session(loopback_settings(ollama_server, openai_server, budget={"usd": 0.001},
+                                  prices={"openai:gpt-4o": {"input": 10, "output": 10}}))
+    openai_server.latency = 0.3
+    rows = s.map([f"q{i}" for i in range(8)], model="openai:gpt-4o", concurrency=8, max_tokens=40,
+                 progress=False, no_cache=True)
+    refused = [r for r in s.last_batch if r.error_type == "BudgetExceeded"]
+    assert len(refused) >= 6 and openai_server.count("/v1/chat/completions") == 8 - len(refused) <= 2
+    assert len(rows) == 8
+    s.close()

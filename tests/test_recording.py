@@ -161,3 +161,21 @@ def test_a_notebook_recorded_on_the_real_model_replays_under_nbval(tmp_path: Pat
     line = next((x for x in out.splitlines() if "ReplayMiss" in x), out[-3000:])
     assert f'ReplayMiss: no recorded answer for {engine}:{embedded.NAME} "What is the capital of Italy?' in line
     assert "(key " in line and "recorded.answers.json" in line
+
+
+def test_a_deleted_recorded_answer_stays_deleted(tmp_path: Path) -> None:
+    import asyncio
+
+    from farm_jupyter.cache import CacheEntry, Recording
+    from farm_jupyter.types import ChatResponse
+
+    path = tmp_path / "answers.json"
+    rec = Recording(path)
+    entry = CacheEntry(response=ChatResponse(text="refused", provider="ollama", model="m"), chunks=["refused"])
+    asyncio.run(rec.set("k", entry))
+    asyncio.run(rec.set("other", entry))
+    asyncio.run(rec.delete("k"))  # e.g. an answer the schema refused
+    assert asyncio.run(rec.get("k")) is None and asyncio.run(Recording(path).get("k")) is None
+    assert asyncio.run(Recording(path).get("other")) is not None
+    asyncio.run(rec.clear())
+    assert asyncio.run(Recording(path).get("other")) is None

@@ -96,7 +96,6 @@ class Provider(ABC):
     """
 
     kind: ClassVar[str] = "custom"
-    pooled: ClassVar[bool] = False  # several servers, each with its own breaker (router/pool.py)
 
     def __init__(self, name: str, settings: Settings, **options: Any) -> None:
         self.name = name

@@ -280,61 +280,66 @@ class Router:
         limiter = self.limiter(route.provider)
         tries = self.settings.retry.max_retries + 1
         retries, waited = 0, 0.0
-        while True:
-            self.ledger.check(str(route), sum(len(m.content) for m in request.messages) // 4,
-                              request.params.max_tokens or 256)
-            booking: list[float] | None = None
-            if limiter is not None:
-                async for wait, note in self._wait_turn(limiter, route, request):
-                    waited += wait
-                    yield Chunk(status=note)
-                booking = limiter.admit(estimate_tokens(request))
-            if call.shown:
-                then = f"retrying {route.provider} ({retries + 1} of {tries})" if retries else f"answering with {route}"
-                yield Chunk(restart=True, status=self._restart_note(call, then))
-                call.shown, call.restarted = 0, True
-            if notice:
-                yield Chunk(notice=notice)
-            attempt = Try(call)
-            try:
-                async for chunk in attempt.run(timed(provider.astream(request), self.settings.timeouts, route.provider)):
-                    yield chunk
-            except ProviderError as exc:
+        held = 0.0  # the budget this try may spend, reserved so concurrent requests see it
+        try:
+            while True:
+                self.ledger.release(held)
+                held = self.ledger.hold(str(route), sum(len(m.content) for m in request.messages) // 4,
+                                        request.params.max_tokens or 256)
+                booking: list[float] | None = None
+                if limiter is not None:
+                    async for wait, note in self._wait_turn(limiter, route, request):
+                        waited += wait
+                        yield Chunk(status=note)
+                    booking = limiter.admit(estimate_tokens(request))
+                if call.shown:
+                    then = f"retrying {route.provider} ({retries + 1} of {tries})" if retries else f"answering with {route}"
+                    yield Chunk(restart=True, status=self._restart_note(call, then))
+                    call.shown, call.restarted = 0, True
+                if notice:
+                    yield Chunk(notice=notice)
+                attempt = Try(call)
+                try:
+                    async for chunk in attempt.run(timed(provider.astream(request), self.settings.timeouts, route.provider)):
+                        yield chunk
+                except ProviderError as exc:
+                    if booking is not None:
+                        booking[1] = 0
+                    if attempt.shown:
+                        call.shown, call.cut = attempt.shown, f"{route.provider} {exc.did}"
+                    delay = retry_delay(self.settings.retry, exc, retries) if exc.availability else None
+                    if delay is None:
+                        if exc.availability and not isinstance(exc, RateLimited):  # busy is not ill
+                            breaker.failure(str(exc))
+                        self._record_failure(call, route, exc, retries=retries, waited=waited, chunks=attempt.shown)
+                        raise
+                    self.monitor.record_failure(route.provider, exc.kind)
+                    retries += 1
+                    waited += delay
+                    if not call.shown:  # with text on screen, the restart chunk says it instead
+                        yield Chunk(status=f"{route.provider} {exc.did}: retrying in {delay:.2f}s ({retries + 1} of {tries})")
+                    await self.sleep(delay)
+                    continue
+                breaker.success()
+                final = attempt.final
+                usage = final.usage or Usage()
                 if booking is not None:
-                    booking[1] = 0
-                if attempt.shown:
-                    call.shown, call.cut = attempt.shown, f"{route.provider} {exc.did}"
-                delay = retry_delay(self.settings.retry, exc, retries) if exc.availability else None
-                if delay is None:
-                    if exc.availability and not isinstance(exc, RateLimited):  # busy is not ill
-                        breaker.failure(str(exc))
-                    self._record_failure(call, route, exc, retries=retries, waited=waited, chunks=attempt.shown)
-                    raise
-                self.monitor.record_failure(route.provider, exc.kind)
-                retries += 1
-                waited += delay
-                if not call.shown:  # with text on screen, the restart chunk says it instead
-                    yield Chunk(status=f"{route.provider} {exc.did}: retrying in {delay:.2f}s ({retries + 1} of {tries})")
-                await self.sleep(delay)
-                continue
-            breaker.success()
-            final = attempt.final
-            usage = final.usage or Usage()
-            if booking is not None:
-                booking[1] = usage.total_tokens
-            call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True,
-                                         retries=retries, waited=waited))
-            response = self._respond(
-                call, route, notice, text="".join(attempt.parts), usage=usage, finish_reason=final.finish_reason,
-                rate=attempt.rate(usage.completion_tokens), provider_total=final.provider_total,
-                thinking="".join(attempt.thinking) or None, tool_calls=attempt.tool_calls,
-            )
-            if call.use_cache:
-                await self._cache_call(call, "set", key, CacheEntry(response=response, chunks=attempt.parts))
-            if call.warnings:
-                log.warning("; ".join(call.warnings))
-            yield Chunk(done=True, usage=usage, finish_reason=final.finish_reason, response=response)
-            return
+                    booking[1] = usage.total_tokens
+                call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True,
+                                             retries=retries, waited=waited))
+                response = self._respond(
+                    call, route, notice, text="".join(attempt.parts), usage=usage, finish_reason=final.finish_reason,
+                    rate=attempt.rate(usage.completion_tokens), provider_total=final.provider_total,
+                    thinking="".join(attempt.thinking) or None, tool_calls=attempt.tool_calls,
+                )
+                if call.use_cache:
+                    await self._cache_call(call, "set", key, CacheEntry(response=response, chunks=attempt.parts))
+                if call.warnings:
+                    log.warning("; ".join(call.warnings))
+                yield Chunk(done=True, usage=usage, finish_reason=final.finish_reason, response=response)
+                return
+        finally:
+            self.ledger.release(held)
 
     async def _fit_images(self, call: Call, provider: Provider, request: ChatRequest) -> ChatRequest:
         """A model that cannot see images gets each one's one-line stand-in (already in the text
@@ -429,11 +434,13 @@ class Router:
         requests see each other; the caller admits it right after."""
         cost = estimate_tokens(request)
         async with limiter.lock:
-            while (wait := limiter.delay(cost)) > 0:
-                limiter.waiting = True
-                yield wait, f"waiting {wait:.1f}s for {route.provider}'s rate limit"
-                await self.sleep(wait)
-            limiter.waiting = False
+            try:
+                while (wait := limiter.delay(cost)) > 0:
+                    limiter.waiting = True
+                    yield wait, f"waiting {wait:.1f}s for {route.provider}'s rate limit"
+                    await self.sleep(wait)
+            finally:  # a wait cancelled or closed early is over too: the board must not say "waiting"
+                limiter.waiting = False
 
     async def _cache_call(self, call: Call, op: str, key: str, *args: object) -> CacheEntry | None:
         """A cache that is down costs a warning, never the answer; a cache that refuses on

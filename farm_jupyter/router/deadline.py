@@ -37,7 +37,7 @@ async def timed(chunks: AsyncIterator[Chunk], limits: TimeoutSettings, provider:
                         f"{provider} gave no answer within {which} timeout ({seconds:g}s)", provider=provider,
                         hint="raise [timeouts] in farm.toml, or try another model",
                     ) from None
-                if chunk.text and not seen_text:
+                if (chunk.text or chunk.thinking or chunk.tool_calls) and not seen_text:  # it is answering
                     seen_text = True
                     deadline.move(total_at)
                 yield chunk

@@ -35,10 +35,8 @@ class Server:
 
 
 class Pool(Provider):
-    """One provider name over several servers; the router treats it as one provider whose breaker
-    is its servers' (`pooled`)."""
-
-    pooled = True
+    """One provider name over several servers, each with its own breaker; the router gives the
+    pool a breaker that never opens (see `Router.provider`)."""
 
     def __init__(self, name: str, settings: Settings, members: list[Provider]) -> None:
         super().__init__(name, settings)
@@ -48,6 +46,10 @@ class Pool(Provider):
     @property
     def default_model(self) -> str:
         return self.members[0].provider.default_model
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]  # what its servers are
+        return self.members[0].provider.kind
 
     @property
     def url(self) -> str | None:
@@ -80,7 +82,7 @@ class Pool(Provider):
             shown = False
             try:
                 async for chunk in server.provider.astream(request):
-                    if chunk.text and not shown:
+                    if (chunk.text or chunk.thinking) and not shown:  # on screen: a sibling would repeat it
                         shown = True
                         server.took(time.perf_counter() - start)
                     yield chunk

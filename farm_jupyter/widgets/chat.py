@@ -195,8 +195,7 @@ class ChatWidget(FarmBox):
                     self.queued = len(self._queue)
                 return
             try:
-                extra: dict[str, Any] = {} if self.think is None else {"think": self.think}
-                stream = self.session.stream(prompt, target, conversation=self.conversation, system=self.system, **extra)
+                stream = self._stream(prompt, target)
             except FarmError as exc:  # an unknown provider, a bad alias: say so, keep the text
                 self.show_error(exc)
                 return
@@ -258,6 +257,11 @@ class ChatWidget(FarmBox):
         if clear_input:
             self.input.value = ""
 
+    def _stream(self, prompt: str, target: str | None) -> ChatStream:
+        """One way to ask, for a message sent now and one that waited in the queue alike."""
+        extra: dict[str, Any] = {} if self.think is None else {"think": self.think}
+        return self.session.stream(prompt, target, conversation=self.conversation, system=self.system, **extra)
+
     def _next_queued(self) -> bool:
         """Start the oldest queued message (the lock is held); False when there is none."""
         while self._queue and not self._closed:
@@ -265,7 +269,7 @@ class ChatWidget(FarmBox):
             self.queued = len(self._queue)
             turn.queued = False
             try:  # made now, so that the answer just finished is part of its history
-                stream = self.session.stream(turn.prompt, turn.ask, conversation=self.conversation, system=self.system)
+                stream = self._stream(turn.prompt, turn.ask)
             except Exception as exc:  # noqa: BLE001 - shown in its turn; the next one still goes
                 turn.error, turn.done = error_line(exc), True
                 self._render(turn)
