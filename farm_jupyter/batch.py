@@ -251,10 +251,14 @@ class Comparison:
     prompts: list[str]
     models: list[str]
     rows: BatchResult
-    verdicts: list[str | None] = field(default_factory=list)  # per prompt: the winning model, "tie", None
+    verdicts: list[str | None] = field(default_factory=list)  # per prompt: the judge's: a model, "tie", None
+    picks: list[str | None] = field(default_factory=list)  # per prompt: a person's (CompareWidget), the same
 
     def row(self, prompt: int, model: int) -> Row:
         return self.rows[prompt * len(self.models) + model]
+
+    def rows_of(self, prompt: int) -> list[Row]:
+        return [self.row(prompt, j) for j in range(len(self.models))]
 
     def summary(self) -> list[dict[str, Any]]:
         out = []
@@ -272,7 +276,8 @@ class Comparison:
                 "seconds": mean([r.seconds for r in served]),
                 "tokens_per_second": mean([r.tokens_per_second for r in served if r.tokens_per_second]),
                 "tokens_out": sum(r.tokens_out for r in ok),
-                "wins": sum(v == m for v in self.verdicts),
+                "wins": sum(v == m for v in self.verdicts),  # the judge's
+                "picked": sum(v == m for v in self.picks),  # a person's
             })
         return out
 
@@ -286,7 +291,7 @@ class Comparison:
                 records.append({"prompt": p, "model": m, "answer": r.answer, "error": r.error,
                                 "first_token": r.first_token, "seconds": r.seconds, "tokens_out": r.tokens_out,
                                 "tokens_per_second": r.tokens_per_second,
-                                "verdict": self.verdicts[i] if self.verdicts else None})
+                                "verdict": _at(self.verdicts, i), "pick": _at(self.picks, i)})
         return pd.DataFrame.from_records(records)
 
     def to_csv(self, path: str) -> None:
@@ -296,11 +301,11 @@ class Comparison:
         with open(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["prompt", "model", "answer", "error", "first_token", "seconds", "tokens_out",
-                             "tokens_per_second", "verdict"])
+                             "tokens_per_second", "verdict", "pick"])
             for k, r in enumerate(frame_rows):
                 i, j = divmod(k, len(self.models))
                 writer.writerow([self.prompts[i], self.models[j], r.answer, r.error, r.first_token, r.seconds,
-                                 r.tokens_out, r.tokens_per_second, self.verdicts[i] if self.verdicts else None])
+                                 r.tokens_out, r.tokens_per_second, _at(self.verdicts, i), _at(self.picks, i)])
 
     def __repr__(self) -> str:
         lines = [f"<Comparison {len(self.prompts)} prompts x {len(self.models)} models>"]
@@ -310,6 +315,10 @@ class Comparison:
             wins = f", {s['wins']} wins" if self.verdicts else ""
             lines.append(f"  {s['model']}: {s['answered']} answered, {s['errors']} errors, TTFT {ttft}, {rate}{wins}")
         return "\n".join(lines)
+
+
+def _at(values: list[str | None], i: int) -> str | None:
+    return values[i] if i < len(values) else None
 
 
 def run_compare(
@@ -352,18 +361,25 @@ def run_compare(
 
 
 def _judge(session: Session, judge: str, result: Comparison, i: int) -> str | None:
-    """Ask the judge model which answer is best; its verdict is recorded, never trusted blindly:
-    a reply that names no answer is None."""
-    letters = [chr(ord("A") + j) for j in range(len(result.models))]
-    answers = "\n\n".join(f"Answer {letter}:\n{result.row(i, j).answer or '(no answer)'}"
-                          for j, letter in enumerate(letters))
-    question = (f"Question:\n{result.prompts[i]}\n\n{answers}\n\nWhich answer is best? "
-                f"Reply with one letter ({', '.join(letters)}) or TIE, nothing else.")
-    reply = session.chat(question, judge, temperature=0, fallback=False).text.strip().upper()
-    found = _VERDICT.search(reply)
+    reply = session.chat(judge_question(result.prompts[i], [r.answer for r in result.rows_of(i)]), judge,
+                         temperature=0, fallback=False)
+    return parse_verdict(reply.text, result.models)
+
+
+def judge_question(prompt: str, answers: Sequence[str | None]) -> str:
+    """What a judge model is asked: the question and the answers, lettered, in the models' order."""
+    letters = [chr(ord("A") + j) for j in range(len(answers))]
+    listed = "\n\n".join(f"Answer {letter}:\n{answer or '(no answer)'}" for letter, answer in zip(letters, answers, strict=True))
+    return (f"Question:\n{prompt}\n\n{listed}\n\nWhich answer is best? "
+            f"Reply with one letter ({', '.join(letters)}) or TIE, nothing else.")
+
+
+def parse_verdict(reply: str, models: Sequence[str]) -> str | None:
+    """The model the judge named, "tie", or None: a reply that names no answer is not a verdict."""
+    found = _VERDICT.search(reply.strip().upper())
     if found is None:
         return None
     if found.group(1) == "TIE":
         return "tie"
     j = ord(found.group(1)) - ord("A")
-    return result.models[j] if 0 <= j < len(result.models) else None
+    return models[j] if 0 <= j < len(models) else None

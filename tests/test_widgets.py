@@ -20,6 +20,7 @@ import ipywidgets as W
 import pytest
 from traitlets import TraitError
 
+from farm_jupyter.errors import ConfigError
 from farm_jupyter.session import Session
 from farm_jupyter.testing import OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import loopback_settings
@@ -709,3 +710,39 @@ def test_chat_shows_thinking_folded_apart_from_the_answer(make_session: Callable
         assert '<details class="farm-thinking"' in html and "<summary>thinking (3 words)</summary>" in html
         assert "Thinking about: why?" in html
         assert chat.last_text == "Echo: why?" and server.requests[-1].json["think"] is True
+
+
+def test_compare_over_prompts_keeps_picks_verdicts_and_a_scoreboard(
+    make_session: Callable[..., Session], tmp_path: Any
+) -> None:
+    with OllamaServer() as ollama, OpenAIServer(api_key="sk-test-0123456789abcdef") as oai:
+        # The judge (gpt-4o) always names answer B; the compared models echo.
+        oai.reply = lambda body: "B" if "Which answer is best" in body["messages"][-1]["content"] else "Sure."
+        s = make_session(ollama, oai)
+        models = ["ollama:llama3.1", "openai:gpt-4o-mini"]
+        compare = CompareWidget(models=models, prompts=["one", "two", "three"], session=s, judge="openai:gpt-4o")
+        assert compare.wait(WAIT)
+        until(lambda: not compare.running, what="the first prompt")
+        assert compare.comparison is not None and compare.comparison.verdicts[0] == "openai:gpt-4o-mini"
+        compare.pick("ollama:llama3.1")  # a person disagrees with the judge; the next prompt runs
+        assert compare.index == 1 and compare.wait(WAIT)
+        until(lambda: not compare.running, what="the second prompt")
+        compare.pick("tie")
+        assert compare.index == 2 and compare.wait(WAIT)
+        until(lambda: not compare.running, what="the third prompt")
+        compare.pick("openai:gpt-4o-mini")
+        result = compare.comparison
+        assert result.picks == ["ollama:llama3.1", "tie", "openai:gpt-4o-mini"]
+        assert result.verdicts == ["openai:gpt-4o-mini"] * 3
+        assert [r.answer for r in result.rows_of(1)] == ["Echo: two", "Sure."]
+        board = compare.scoreboard.value
+        assert "3 picked, 1 tie" in board and "50%" not in board and "33%" in board
+        summary = {row["model"]: row for row in result.summary()}
+        assert summary["ollama:llama3.1"]["picked"] == 1 and summary["openai:gpt-4o-mini"]["wins"] == 3
+        frame = result.to_pandas()
+        assert list(frame.pick[:2]) == ["ollama:llama3.1", "ollama:llama3.1"] and len(frame) == 6
+        result.to_csv(str(tmp_path / "eval.csv"))
+        assert (tmp_path / "eval.csv").read_text().count("\n") == 7
+        with pytest.raises(ConfigError, match="pick one of"):
+            compare.pick("nosuch")
+        compare.close()

@@ -4,6 +4,11 @@ Under each column: time to first token, total time, tokens/s and tokens; the fas
 total time among the answers that finished) is marked. Each model is asked on its own, with no
 fallback, so a column shows that model's answer or its error, never another's. By default the
 cache is not read (`fresh=True`), so the timings are real.
+
+Over a list of prompts (`prompts=[...]`) it is an evaluation: a pick per prompt (a model, or a
+tie) moves on to the next one, a scoreboard keeps each model's win rate and latency, an optional
+judge model's verdict is recorded next to each pick, and `comparison` (`to_pandas()`,
+`to_csv()`) holds every answer with its figures, pick and verdict.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 from traitlets import Bool, Int, List, Unicode
 
+from ..batch import BatchResult, Comparison, Row, judge_question, parse_verdict
+from ..errors import ConfigError, FarmError
 from ._base import BAD, BORDER, FG, FG2, GOOD, PANEL, WARN, FarmBox, Throttle, error_line, esc, seconds
 
 if TYPE_CHECKING:
@@ -86,6 +93,7 @@ class CompareWidget(FarmBox):
     running = Bool(False, help="True while any column is streaming.").tag(sync=True)
     fastest = Unicode("", help="The address with the least total time, once all are done.").tag(sync=True)
     updates = Int(0, help="Column redraws sent (coalesced, about 20 a second per column).").tag(sync=True)
+    index = Int(0, help="Which of `prompts` is shown (an evaluation over several prompts).").tag(sync=True)
 
     def __init__(
         self,
@@ -97,9 +105,14 @@ class CompareWidget(FarmBox):
         fresh: bool = True,
         interval: float = 0.05,
         run: bool = True,
+        prompts: list[str] | None = None,
+        judge: str | None = None,
         **params: Any,
     ) -> None:
         super().__init__(session)
+        self.prompts = list(prompts or ([prompt] if prompt else []))
+        self.judge = judge
+        self.comparison: Comparison | None = None
         self.system = system
         self.fresh = fresh
         self.interval = interval
@@ -113,6 +126,8 @@ class CompareWidget(FarmBox):
         self.stop_button.on_click(self.dispatch(lambda _: self.stop()))
         self.grid = W.GridBox(layout=W.Layout(width="100%", grid_gap="8px"))
         self.grid.add_class("farm-compare-grid")
+        self.picks_row = W.HBox(layout=W.Layout(width="100%", flex_flow="row wrap"))
+        self.scoreboard = W.HTML()
         self.children = [
             W.HBox([self.prompt_box, self.run_button, self.stop_button], layout=W.Layout(width="100%")),
             self._error_view,
@@ -120,6 +135,9 @@ class CompareWidget(FarmBox):
         ]
         self.add_class("farm-compare")
         self.models = list(models or [])
+        if prompts:
+            self._start_evaluation()
+        prompt = self.prompts[0] if prompts else prompt
         self.prompt = prompt
         if run and prompt and self.models:
             self.run(prompt)
@@ -159,6 +177,77 @@ class CompareWidget(FarmBox):
     def stop(self) -> None:
         self._cancel_job()
 
+    # -- an evaluation over several prompts -------------------------------------------------------
+
+    def _start_evaluation(self) -> None:
+        if len(self.models) < 2:
+            raise ConfigError("an evaluation needs at least two models", hint='models=["ollama:llama3.1", "openai:gpt-4o-mini"]')
+        n = len(self.prompts)
+        self.comparison = Comparison(self.prompts, list(self.models), BatchResult(
+            Row(k, self.prompts[k // len(self.models)], error="not asked yet", error_type="NotAsked")
+            for k in range(n * len(self.models))
+        ), verdicts=[None] * n if self.judge else [], picks=[None] * n)
+        buttons = [W.Button(description=f"{m} is better", layout=W.Layout(width="auto")) for m in self.models]
+        buttons.append(W.Button(description="tie", layout=W.Layout(width="auto")))
+        for button, choice in zip(buttons, [*self.models, "tie"], strict=True):
+            button.on_click(self.dispatch(lambda _, choice=choice: self.pick(choice)))
+        self.picks_row.children = buttons
+        self.children = [*self.children, self.picks_row, self.scoreboard]
+        self._draw_scoreboard()
+
+    def pick(self, choice: str) -> None:
+        """Record a person's pick for the prompt shown (a model's address, or "tie"), then ask
+        the next prompt that has no pick yet."""
+        if self.comparison is None:
+            raise ConfigError("pick() is for an evaluation: CompareWidget(prompts=[...], models=[...])")
+        if choice != "tie" and choice not in self.models:
+            raise ConfigError(f"pick one of {', '.join(self.models)} or 'tie', not {choice!r}")
+        self.comparison.picks[self.index] = choice
+        self._draw_scoreboard()
+        rest = [i for i, p in enumerate(self.comparison.picks) if p is None]
+        if rest:
+            self.index = rest[0]
+            self.run(self.prompts[self.index])
+
+    async def _record(self, columns: list[_Column]) -> None:
+        """The finished columns of the prompt shown go into the comparison; the judge is asked."""
+        assert self.comparison is not None
+        i, width = self.index, len(self.models)
+        for j, column in enumerate(columns):
+            k = i * width + j
+            if column.response is not None:
+                self.comparison.rows[k] = Row.answered(k, self.prompts[i], column.response)
+            else:
+                self.comparison.rows[k] = Row(k, self.prompts[i], error=column.error or "stopped", error_type="Failed")
+        if self.judge:
+            try:
+                reply = await self.session.achat(judge_question(self.prompts[i], [c.text or None for c in columns]),
+                                                 self.judge, temperature=0, fallback=False)
+                self.comparison.verdicts[i] = parse_verdict(reply.text, self.models)
+            except FarmError as exc:
+                self.show_error(f"the judge {self.judge} could not answer: {error_line(exc)}")
+        self._draw_scoreboard()
+
+    def _draw_scoreboard(self) -> None:
+        if self.comparison is None:
+            return
+        picked = sum(p is not None for p in self.comparison.picks)
+        rows = []
+        for s in self.comparison.summary():
+            rate = f"{s['picked'] / picked:.0%}" if picked else "-"
+            judged = f"{s['wins']}" if self.judge else "-"
+            ttft = seconds(s["first_token"]) if s["first_token"] is not None else "-"
+            total = seconds(s["seconds"]) if s["seconds"] is not None else "-"
+            rows.append(f"<tr><td>{esc(s['model'])}</td><td>{s['picked']}</td><td>{rate}</td><td>{judged}</td>"
+                        f"<td>{ttft}</td><td>{total}</td></tr>")
+        ties = sum(p == "tie" for p in self.comparison.picks)
+        self.scoreboard.value = (
+            f'<div style="font-size:12px;color:{FG}">prompt {self.index + 1} of {len(self.prompts)} · '
+            f"{picked} picked, {ties} tie{'s' if ties != 1 else ''}"
+            f'<table class="farm-scoreboard"><tr><th>model</th><th>your picks</th><th>win rate</th>'
+            f"<th>judge's</th><th>TTFT (mean)</th><th>total (mean)</th></tr>{''.join(rows)}</table></div>"
+        )
+
     @property
     def responses(self) -> dict[str, ChatResponse | None]:
         return {c.address: c.response for c in self.columns}
@@ -179,6 +268,8 @@ class CompareWidget(FarmBox):
     async def _all(self, prompt: str, columns: list[_Column]) -> None:
         try:
             await asyncio.gather(*(self._one(prompt, c) for c in columns))
+            if self.comparison is not None and columns is self.columns:
+                await self._record(columns)
         finally:
             if columns is self.columns:  # else a newer run has taken over the widget: leave it be
                 self._finish(columns)
