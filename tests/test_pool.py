@@ -68,7 +68,8 @@ def test_a_server_killed_mid_run_loses_nothing_and_its_breaker_opens_alone(three
     assert sum(srv.count(CHAT) for srv in three) == 30 + victim.count(CHAT)
     assert all(a.provider == "ollama" and a.notice is None for a in answers)  # no other provider
     cut = [a for a in answers if a.restarted]
-    assert len(cut) == victim.count(CHAT) >= 1  # each answer it cut was finished by a sibling
+    # Each answer it cut was finished elsewhere; one may have been cut twice before its breaker opened.
+    assert 1 <= len(cut) <= victim.count(CHAT)
     pool = s.router.provider("ollama")
     states = {m.provider.url: m.breaker.state for m in pool.members}  # type: ignore[attr-defined]
     assert states[victim.url] == "open"
