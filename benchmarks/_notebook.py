@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
     from IPython.utils.capture import CapturedIO
 
-    from farm_jupyter.session import Session
+    from farm_jupyter.sessions import Session
 
 MAGICS_TODO = "TODO: farm_jupyter.magics (issue 4) is not in this checkout yet"
 WIDGETS_TODO = "TODO: farm_jupyter.widgets (ChatWidget) is not in this checkout yet"
@@ -31,7 +31,7 @@ def shell_for(session: Session) -> InteractiveShell:
     """An InteractiveShell with `%load_ext farm_jupyter` whose kernel session is `session`."""
     from IPython.core.interactiveshell import InteractiveShell
 
-    from farm_jupyter.session import set_session
+    from farm_jupyter.sessions import set_session
 
     ip = InteractiveShell.instance()
     if "farm_jupyter" not in ip.extension_manager.loaded:

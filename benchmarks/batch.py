@@ -27,7 +27,7 @@ from _common import emit, fmt, summary, target  # noqa: E402
 from _servers import serve, settings_for  # noqa: E402
 from anchors import NOT_RUN, python_for  # noqa: E402
 
-from farm_jupyter.session import Session  # noqa: E402
+from farm_jupyter.sessions import Session  # noqa: E402
 from farm_jupyter.testing.pytest_plugin import TEST_API_KEY  # noqa: E402
 
 LITELLM = """

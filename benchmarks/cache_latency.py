@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 from _common import ameasure, emit, fmt, measure, summary, table, target  # noqa: E402
 from _servers import Served, serve, settings_for  # noqa: E402
 
-from farm_jupyter.session import Session  # noqa: E402
+from farm_jupyter.sessions import Session  # noqa: E402
 from farm_jupyter.types import ChatMessage, ChatRequest, GenerationParams  # noqa: E402
 
 TARGETS = {"memory": 50e-6, "disk": 1e-3, "redis": 1e-3}

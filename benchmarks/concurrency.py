@@ -26,7 +26,7 @@ from _common import emit, measure, ratio, summary, table, target  # noqa: E402
 from _notebook import MAGICS_TODO, farm_chat, have_magics, shell_for  # noqa: E402
 from _servers import serve, settings_for  # noqa: E402
 
-from farm_jupyter.session import Session  # noqa: E402
+from farm_jupyter.sessions import Session  # noqa: E402
 from farm_jupyter.testing.pytest_plugin import TEST_API_KEY  # noqa: E402
 
 COUNTS = (8, 64)

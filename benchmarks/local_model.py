@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 from _common import emit, measure, table, target  # noqa: E402
 
 from farm_jupyter import embedded  # noqa: E402
-from farm_jupyter.session import Session  # noqa: E402
+from farm_jupyter.sessions import Session  # noqa: E402
 
 PROMPT = "Write a long story about a lighthouse keeper."
 

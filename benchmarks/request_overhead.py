@@ -33,7 +33,7 @@ from _notebook import MAGICS_TODO, farm_chat, final_text, have_magics, shell_for
 from _servers import Served, serve, settings_for  # noqa: E402
 from anchors import NOT_RUN, python_for  # noqa: E402
 
-from farm_jupyter.session import Session  # noqa: E402
+from farm_jupyter.sessions import Session  # noqa: E402
 from farm_jupyter.testing.pytest_plugin import TEST_API_KEY  # noqa: E402
 from farm_jupyter.types import ChatMessage, ChatRequest  # noqa: E402
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, measure, ratio, summary, table, target  # noqa: E402
 from _servers import serve, settings_for  # noqa: E402
 
-from farm_jupyter.session import Session  # noqa: E402
+from farm_jupyter.sessions import Session  # noqa: E402
 from farm_jupyter.types import ChatMessage, ChatRequest  # noqa: E402
 
 

@@ -40,7 +40,7 @@ VARIANTS: dict[str, tuple[str | None, str]] = {
     "import httpx": (None, _TIMED.format(step="import httpx")),
     "import openai": (None, _TIMED.format(step="import openai")),
     "first use: Session() (pydantic, httpx, config)": (
-        None, _TIMED.format(step="import farm_jupyter.session as s\ns.Session(config={})")
+        None, _TIMED.format(step="import farm_jupyter.sessions as s\ns.Session(config={})")
     ),
     "bare IPython": (None, _TIMED.format(step=_IPYTHON)),
     "IPython + %load_ext farm_jupyter": (None, _ipython_then("ip.run_line_magic('load_ext', 'farm_jupyter')")),

@@ -37,7 +37,7 @@ from _common import emit, measure, ratio, summary, table, target  # noqa: E402
 from _notebook import MAGICS_TODO, WIDGETS_TODO, farm_chat, have_magics, have_widgets, screen_updates, shell_for  # noqa: E402
 from _servers import serve, settings_for  # noqa: E402
 
-from farm_jupyter.session import Session  # noqa: E402
+from farm_jupyter.sessions import Session  # noqa: E402
 from farm_jupyter.testing.pytest_plugin import TEST_API_KEY  # noqa: E402
 
 RATE = 20.0  # screen updates per second that the magic and the widget promise at most

@@ -23,10 +23,10 @@ _EXPORTS = {
     "map": "farm_jupyter.api",
     "compare": "farm_jupyter.api",
     "usage": "farm_jupyter.api",
-    "session": "farm_jupyter.session",
-    "Session": "farm_jupyter.session",
-    "ChatStream": "farm_jupyter.session",
-    "Conversation": "farm_jupyter.session",
+    "session": "farm_jupyter.sessions",
+    "Session": "farm_jupyter.sessions",
+    "ChatStream": "farm_jupyter.sessions",
+    "Conversation": "farm_jupyter.sessions",
     "Settings": "farm_jupyter.config",
     "load_settings": "farm_jupyter.config",
     "register_provider": "farm_jupyter.providers",
@@ -127,7 +127,7 @@ if TYPE_CHECKING:
     from .errors import AllProvidersFailed, FarmError, ProviderError
     from .providers import register_provider, unregister_provider
     from .providers.base import Provider
-    from .session import ChatStream, Conversation, Session, session
+    from .sessions import ChatStream, Conversation, Session, session
     from .structured import SchemaMismatch
     from .types import (
         Attempt,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .session import ChatStream, Prompt, session
+from .sessions import ChatStream, Prompt, session
 from .types import ChatResponse
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from .errors import (
 from .types import Attempt, ChatMessage, ChatResponse
 
 if TYPE_CHECKING:
-    from .session import Session
+    from .sessions import Session
 
 PromptBuilder = str | Callable[[Any], "str | Sequence[ChatMessage | dict[str, Any]]"]
 

@@ -161,7 +161,7 @@ def schema(args: argparse.Namespace) -> int:
 
 
 def doctor(_: argparse.Namespace) -> int:
-    from .session import Session
+    from .sessions import Session
 
     session = Session()
     print(f"config file: {session.settings.source or '(none)'}")

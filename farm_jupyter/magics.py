@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import atexit
 import html
-import importlib
 import json
 import os
 import queue
@@ -57,7 +56,7 @@ from .context import DEFAULT_BUDGET, Collector  # standard library only, like th
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
-    from .session import ChatStream, Session
+    from .sessions import ChatStream, Session
     from .types import ChatResponse, Chunk
 
 __all__ = ["FarmMagics", "Stopped", "Table", "interpolate", "load", "unload"]
@@ -625,7 +624,9 @@ class FarmMagics(Magics):
 
     @staticmethod
     def _existing_session() -> Session | None:
-        return getattr(importlib.import_module("farm_jupyter.session"), "_session", None)
+        from .sessions import current
+
+        return current()
 
     @validate("max_history")
     def _valid_history(self, proposal: Any) -> int:
@@ -683,10 +684,10 @@ class FarmMagics(Magics):
 
     def session(self) -> Session:
         """The kernel's session; made with this class's traitlets when this is the first use."""
-        sessions = importlib.import_module("farm_jupyter.session")  # the module, not the function
+        from . import sessions
 
         with self._lock:
-            if getattr(sessions, "_session", None) is None:
+            if sessions.current() is None:
                 overrides: dict[str, Any] = {}
                 if self.cache_backend:
                     overrides["cache"] = {"backend": self.cache_backend}

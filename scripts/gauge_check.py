@@ -2,7 +2,7 @@
 
 import time
 
-from farm_jupyter.session import Session
+from farm_jupyter.sessions import Session
 from farm_jupyter.widgets import GPUGauge
 
 s = Session(config={"env": "test"})

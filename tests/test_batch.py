@@ -13,7 +13,7 @@ import pytest
 from farm_jupyter.batch import BatchResult
 from farm_jupyter.errors import ConfigError, ModelNotFound
 from farm_jupyter.ledger import BudgetExceeded
-from farm_jupyter.session import Session
+from farm_jupyter.sessions import Session
 from farm_jupyter.testing import Fault
 from farm_jupyter.testing.pytest_plugin import loopback_settings
 

@@ -105,7 +105,7 @@ def test_redis_roundtrip(redis_url):
 
 def test_a_memory_hit_answered_in_the_callers_thread_is_the_same_hit(ollama_server):
     """Session.chat's hit without the runtime loop (Router.replay) says what the loop's hit says."""
-    from farm_jupyter.session import Session
+    from farm_jupyter.sessions import Session
     from farm_jupyter.testing.pytest_plugin import loopback_settings
 
     s = Session(loopback_settings(ollama_server))
@@ -123,7 +123,7 @@ def test_a_memory_hit_answered_in_the_callers_thread_is_the_same_hit(ollama_serv
 
 def test_a_disk_cache_held_by_a_slow_write_never_blocks_the_loop(ollama_server, tmp_path):
     """Every SQLite call runs in a worker thread: a lock held across an fsync stalls no stream."""
-    from farm_jupyter.session import Session
+    from farm_jupyter.sessions import Session
     from farm_jupyter.testing.pytest_plugin import loopback_settings
 
     s = Session(loopback_settings(ollama_server, cache={"backend": "disk", "path": str(tmp_path / "c.sqlite")}))

@@ -140,9 +140,11 @@ def test_import_is_light():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-def test_session_function_survives_importing_the_submodule():
-    import farm_jupyter.session as module
+def test_session_function_survives_importing_the_package():
+    import farm_jupyter.sessions as module
+    import farm_jupyter.sessions.core  # noqa: F401
 
+    assert callable(farm_jupyter.session) and not isinstance(farm_jupyter.session, type(module))
     assert farm_jupyter.session() is module.session()
     assert isinstance(farm_jupyter.session(), farm_jupyter.Session)
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from farm_jupyter.context import CHARS_PER_TOKEN, describe
 from farm_jupyter.errors import ConfigError
-from farm_jupyter.session import Session
+from farm_jupyter.sessions import Session
 from farm_jupyter.structured import SchemaMismatch
 from farm_jupyter.testing import OllamaServer, OpenAIServer, Said, example_of
 from farm_jupyter.testing.pytest_plugin import loopback_settings

@@ -14,7 +14,7 @@ from IPython.utils.capture import capture_output
 from pydantic import BaseModel
 
 from farm_jupyter.context import CHARS_PER_TOKEN
-from farm_jupyter.session import Session, set_session
+from farm_jupyter.sessions import Session, set_session
 from farm_jupyter.testing import OllamaServer, OpenAIServer, Said
 from farm_jupyter.testing.pytest_plugin import loopback_settings
 from farm_jupyter.testing.servers import TEST_API_KEY

@@ -23,7 +23,7 @@ from farm_jupyter.errors import AllProvidersFailed, ConfigError, FarmError, Mode
 from farm_jupyter.providers import Provider, register_provider, unregister_provider
 from farm_jupyter.providers.base import as_messages
 from farm_jupyter.runtime import get_runtime
-from farm_jupyter.session import Session
+from farm_jupyter.sessions import Session
 from farm_jupyter.testing import OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import loopback_settings
 
@@ -421,7 +421,7 @@ def shell(ollama_server: OllamaServer, openai_server: OpenAIServer,
     """IPython with the extension, a session whose default answers instantly (no fallback)."""
     from IPython.core.interactiveshell import InteractiveShell
 
-    from farm_jupyter.session import set_session
+    from farm_jupyter.sessions import set_session
 
     provider_named("fuzzecho", lambda messages, **params: "echo:" + messages[-1]["content"])
     session = Session(loopback_settings(ollama_server, openai_server, provider="fuzzecho", fallback=[]))

@@ -32,7 +32,7 @@ from farm_jupyter import embedded
 from farm_jupyter.config import load_settings
 from farm_jupyter.errors import BadRequest, ModelNotFound
 from farm_jupyter.runtime import get_runtime
-from farm_jupyter.session import Session, set_session
+from farm_jupyter.sessions import Session, set_session
 from farm_jupyter.testing import OllamaServer
 from farm_jupyter.types import ChatMessage, ChatRequest, GenerationParams
 

@@ -27,7 +27,7 @@ from traitlets import TraitError
 
 from farm_jupyter.errors import AllProvidersFailed, FarmError
 from farm_jupyter.magics import FarmMagics, Stopped, Table, extract_code, interpolate, parse_json
-from farm_jupyter.session import Session, set_session
+from farm_jupyter.sessions import Session, set_session
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import TEST_API_KEY, loopback_settings
 
@@ -177,7 +177,7 @@ def test_load_ext_imports_nothing_heavy() -> None:
         ip = InteractiveShell.instance()
         ip.run_line_magic("load_ext", "farm_jupyter")
         assert ip.find_cell_magic("farm_chat") is not None
-        heavy = [m for m in ("openai", "torch", "transformers", "httpx", "pydantic", "farm_jupyter.session",
+        heavy = [m for m in ("openai", "torch", "transformers", "httpx", "pydantic", "farm_jupyter.sessions",
                              "farm_jupyter.router", "ipywidgets", "markdown_it", "tqdm") if m in sys.modules]
         print(heavy)
         """
@@ -831,7 +831,7 @@ NOTICE = "ollama was not reachable: answered by openai:gpt-4o-mini"
 
 def notice_stream(session: Session, text: str = "from openai", notice: str = NOTICE) -> Any:
     """The chunks the router sends for a fallback: the notice, then the other model's answer."""
-    from farm_jupyter.session import ChatStream
+    from farm_jupyter.sessions import ChatStream
     from farm_jupyter.types import ChatResponse, Chunk
 
     async def source() -> Any:
@@ -891,7 +891,7 @@ def test_the_saved_notebook_has_no_empty_output(ollama_server: OllamaServer, tmp
     from nbclient import NotebookClient
 
     setup = textwrap.dedent(f"""\
-        from farm_jupyter.session import Session, set_session
+        from farm_jupyter.sessions import Session, set_session
         set_session(Session(config={{"env": "test", "fallback": [], "ollama": {{"host": "{ollama_server.url}",
                                      "default_model": "llama3.1"}}}}))""")
     nb = nbformat.v4.new_notebook()

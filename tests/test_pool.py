@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from farm_jupyter.session import Session
+from farm_jupyter.sessions import Session
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import loopback_settings
 from farm_jupyter.testing.servers import TEST_API_KEY

@@ -292,7 +292,7 @@ def test_a_blocking_sync_provider_does_not_stall_other_streams(ollama_server):
     """A plain `def` that blocks runs in a worker thread: the runtime loop keeps serving others."""
     import threading
 
-    from farm_jupyter.session import Session
+    from farm_jupyter.sessions import Session
     from farm_jupyter.testing.pytest_plugin import loopback_settings
 
     release = threading.Event()

@@ -18,7 +18,7 @@ from farm_jupyter import embedded
 from farm_jupyter.cache import RECORDING_FORMAT, Recording, ReplayCache
 from farm_jupyter.config import load_settings
 from farm_jupyter.errors import ConfigError, ReplayMiss
-from farm_jupyter.session import Session
+from farm_jupyter.sessions import Session
 from farm_jupyter.testing import OllamaServer
 from farm_jupyter.testing.pytest_plugin import loopback_settings
 

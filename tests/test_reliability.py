@@ -32,7 +32,7 @@ import pytest
 
 from farm_jupyter.cache import CacheEntry
 from farm_jupyter.errors import AllProvidersFailed, FarmError
-from farm_jupyter.session import Session
+from farm_jupyter.sessions import Session
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import TEST_API_KEY, loopback_settings
 

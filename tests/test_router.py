@@ -9,7 +9,7 @@ import time
 import pytest
 
 from farm_jupyter.errors import AllProvidersFailed, BadRequest, ModelNotFound
-from farm_jupyter.session import Session
+from farm_jupyter.sessions import Session
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import loopback_settings
 

@@ -23,7 +23,7 @@ import pytest
 from farm_jupyter import secrets
 from farm_jupyter.config import load_settings
 from farm_jupyter.errors import AllProvidersFailed, ConfigError, FarmError, ProviderError
-from farm_jupyter.session import Session
+from farm_jupyter.sessions import Session
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
 
 KEY = "sk-proj-Zq7RtWm9XkVb3NcLp5HdJf2GsYa8Ue4"

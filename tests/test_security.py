@@ -27,7 +27,7 @@ import pytest
 
 from farm_jupyter.config import load_settings, mask
 from farm_jupyter.errors import AllProvidersFailed, FarmError
-from farm_jupyter.session import Session, set_session
+from farm_jupyter.sessions import Session, set_session
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
 
 OPENAI_KEY = "sk-SECRET-canary-1234567890abcdef"

@@ -42,7 +42,7 @@ from farm_jupyter.server.schema import (
     write_schema,
 )
 from farm_jupyter.server.typescript import SchemaError, typescript
-from farm_jupyter.session import Session
+from farm_jupyter.sessions import Session
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import TEST_API_KEY, loopback_settings
 from farm_jupyter.types import ChatResponse, GenerationOptions, GenerationParams, GPUStats

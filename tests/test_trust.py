@@ -17,7 +17,7 @@ from farm_jupyter.errors import (
     ConfigError,
     ModelNotFound,
 )
-from farm_jupyter.session import Session
+from farm_jupyter.sessions import Session
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import loopback_settings
 

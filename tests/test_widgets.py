@@ -21,7 +21,7 @@ import pytest
 from traitlets import TraitError
 
 from farm_jupyter.errors import ConfigError
-from farm_jupyter.session import Session
+from farm_jupyter.sessions import Session
 from farm_jupyter.testing import OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import loopback_settings
 from farm_jupyter.types import GPUDevice, GPUProcess, GPUStats
@@ -586,7 +586,7 @@ NOTICE = "ollama was not reachable: answered by openai:gpt-4o-mini"
 
 def notice_stream(session: Session, text: str = "from openai") -> Any:
     """The chunks the router sends for a fallback: the notice, then the other model's answer."""
-    from farm_jupyter.session import ChatStream
+    from farm_jupyter.sessions import ChatStream
     from farm_jupyter.types import ChatResponse, Chunk
 
     async def source() -> Any:

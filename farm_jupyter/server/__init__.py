@@ -28,7 +28,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     prefix = setup_handlers(serverapp.web_app, limits=FarmServer(parent=serverapp))
     serverapp.log.info("farm_jupyter: routes at %s", prefix)
     try:
-        from ..session import session
+        from ..sessions import session
 
         farm = session()
         serverapp.log.info(

@@ -41,7 +41,7 @@ from ..errors import (
 from .schema import ErrorBody
 
 if TYPE_CHECKING:
-    from ..session import Session
+    from ..sessions import Session
     from .jobs import ServerState
 
 SETTINGS_KEY = "farm_jupyter"

@@ -20,7 +20,7 @@ from .schema import LoadState, LoadStatus
 if TYPE_CHECKING:
     import concurrent.futures
 
-    from ..session import Session
+    from ..sessions import Session
     from ..types import PullProgress
 
 
@@ -83,7 +83,7 @@ class ServerState:
         """The given Session, else the process's (`farm_jupyter.session()`: farm.toml + environment)."""
         if self._session is not None:
             return self._session
-        from ..session import session
+        from ..sessions import session
 
         return session()
 

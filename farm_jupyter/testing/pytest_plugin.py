@@ -25,7 +25,7 @@ import pytest
 from farm_jupyter.testing.servers import TEST_API_KEY
 
 if TYPE_CHECKING:
-    from farm_jupyter.session import Session
+    from farm_jupyter.sessions import Session
     from farm_jupyter.testing.servers import OllamaServer, OpenAIServer
 
 
@@ -77,7 +77,7 @@ def _deep(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def farm_session(ollama_server: OllamaServer, openai_server: OpenAIServer) -> Iterator[Session]:
-    from farm_jupyter.session import Session
+    from farm_jupyter.sessions import Session
 
     session = Session(loopback_settings(ollama_server, openai_server))
     yield session

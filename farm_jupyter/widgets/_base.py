@@ -27,7 +27,7 @@ from .._format import human_bytes  # noqa: F401 - re-exported for the widgets
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
-    from ..session import Session
+    from ..sessions import Session
 
 log = logging.getLogger("farm_jupyter.widgets")
 
@@ -134,7 +134,7 @@ class FarmBox(W.VBox):
 
     def __init__(self, session: Session | None = None, **kwargs: Any) -> None:
         if session is None:
-            from ..session import session as kernel_session
+            from ..sessions import session as kernel_session
 
             session = kernel_session()
         self.session = session

@@ -31,7 +31,7 @@ from ..errors import FarmError
 from ._base import ACCENT, BAD, BORDER, FG, FG2, PANEL, WARN, FarmBox, Throttle, error_line, esc
 
 if TYPE_CHECKING:
-    from ..session import ChatStream, Conversation, Session
+    from ..sessions import ChatStream, Conversation, Session
     from ..types import ChatResponse, ModelInfo
 
 
@@ -125,7 +125,7 @@ class ChatWidget(FarmBox):
         **kwargs: Any,
     ) -> None:
         super().__init__(session, **kwargs)
-        from ..session import Conversation
+        from ..sessions import Conversation
 
         self.conversation = conversation if conversation is not None else Conversation(self.session.settings.max_history)
         self.system = system

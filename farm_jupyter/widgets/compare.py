@@ -25,7 +25,7 @@ from ..errors import ConfigError, FarmError
 from ._base import BAD, BORDER, FG, FG2, GOOD, PANEL, WARN, FarmBox, Throttle, error_line, esc, seconds
 
 if TYPE_CHECKING:
-    from ..session import Session
+    from ..sessions import Session
     from ..types import ChatResponse
 
 

@@ -22,7 +22,7 @@ from .health import HealthBoard
 from .picker import ModelPicker
 
 if TYPE_CHECKING:
-    from ..session import Session
+    from ..sessions import Session
 
 
 class Dashboard(FarmBox):

@@ -19,7 +19,7 @@ from traitlets import Bool, Float, Int
 from ._base import BAD, FG, FG2, WARN, PollingBox, card, clock, esc, gib
 
 if TYPE_CHECKING:
-    from ..session import Session
+    from ..sessions import Session
     from ..types import GPUDevice, GPUStats
 
 

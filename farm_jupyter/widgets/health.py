@@ -24,7 +24,7 @@ _FIRST_CHECK_WAIT = 30.0  # most seconds `statuses` waits for the check a new bo
 
 if TYPE_CHECKING:
     from ..monitor import RequestRecord
-    from ..session import Session
+    from ..sessions import Session
     from ..types import ProviderStatus
 
 _STATE = {

@@ -18,7 +18,7 @@ from traitlets import Bool, Int, Unicode, observe
 from ._base import FG2, FarmBox, card, esc, human_bytes
 
 if TYPE_CHECKING:
-    from ..session import Session
+    from ..sessions import Session
     from ..types import ModelInfo, PullProgress
 
 

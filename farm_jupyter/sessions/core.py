@@ -1,35 +1,28 @@
-"""The kernel's Session: settings + router + cache + monitor + conversation, in one object.
+"""The Session: settings + router + cache + monitor + conversation, in one object.
 
-`farm_jupyter.session()` is the kernel's; `Session(config=...)` makes an independent one. Magics
-and widgets go through a Session, never to a provider directly.
+Magics, widgets and the server go through a Session, never to a provider or the router directly.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
-import threading
-import time
-import types
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import aclosing
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .cache_guard import GuardedCache
-from .config import Settings, load_settings
-from .context import attach
-from .errors import ConfigError, FarmError, UnknownProvider
-from .ledger import UsageReport
-from .monitor import Monitor
-from .providers import available as available_providers
-from .providers import is_known as is_provider
-from .providers.base import as_messages
-from .router import Router
-from .router.pool import Pool
-from .runtime import Runtime, get_runtime
-from .steps import Extras, Steps, plan
-from .types import (
+from ..cache_guard import GuardedCache
+from ..config import Settings, load_settings
+from ..context import attach
+from ..errors import ConfigError, FarmError, UnknownProvider
+from ..ledger import UsageReport
+from ..monitor import Monitor
+from ..providers import available as available_providers
+from ..providers import is_known as is_provider
+from ..providers.base import as_messages
+from ..router import Router
+from ..router.pool import Pool
+from ..runtime import Runtime, get_runtime
+from ..steps import Extras, Steps, plan
+from ..types import (
     ChatMessage,
     ChatResponse,
     Chunk,
@@ -39,211 +32,20 @@ from .types import (
     ModelInfo,
     ProviderStatus,
     PullProgress,
-    ToolRun,
 )
+from .conversation import Conversation
+from .stream import ChatStream
 
 if TYPE_CHECKING:
-    from .batch import BatchResult, Comparison, PromptBuilder
+    from ..batch import BatchResult, Comparison, PromptBuilder
 
 Prompt = str | Sequence[ChatMessage | dict[str, Any]]
-
-
-@dataclass
-class Turn:
-    id: str
-    user: ChatMessage
-    assistant: ChatMessage
-    address: str
-    at: float
-
-
-class Conversation:
-    """Turns of one conversation. A re-run turn (same id) replaces its old self in place.
-
-    Only finished answers are committed: a failed or stopped request leaves the history as it was.
-    """
-
-    def __init__(self, max_turns: int = 50, system: str | None = None) -> None:
-        self.max_turns = max_turns
-        self.system = system
-        self.turns: list[Turn] = []
-        self._lock = threading.Lock()
-        self._counter = 0
-
-    def messages_for(
-        self, prompt: str, turn_id: str | None = None, system: str | None = None, images: Sequence[ImagePart] = ()
-    ) -> list[ChatMessage]:
-        with self._lock:
-            turns = list(self.turns)
-        if turn_id is not None:
-            ids = [t.id for t in turns]
-            if turn_id in ids:
-                turns = turns[: ids.index(turn_id)]
-        messages: list[ChatMessage] = []
-        if system or self.system:
-            messages.append(ChatMessage(role="system", content=system or self.system or ""))
-        for t in turns[-self.max_turns:]:
-            messages += [t.user, t.assistant]
-        messages.append(ChatMessage(role="user", content=prompt, images=list(images)))
-        return messages
-
-    def commit(
-        self, prompt: str, response: ChatResponse, turn_id: str | None = None, *,
-        images: Sequence[ImagePart] = (), keep_thinking: bool = False,
-    ) -> Turn:
-        """The turn as the next request sends it back: the images asked about stay with their
-        question; the model's thinking only when asked to (`keep_thinking`)."""
-        with self._lock:
-            self._counter += 1
-            thinking = response.thinking if keep_thinking else None
-            turn = Turn(
-                id=turn_id or f"turn-{self._counter}",
-                user=ChatMessage(role="user", content=prompt, images=list(images)),
-                assistant=ChatMessage(role="assistant", content=response.text, thinking=thinking),
-                address=response.address,
-                at=time.time(),
-            )
-            for i, t in enumerate(self.turns):
-                if t.id == turn.id:
-                    self.turns[i] = turn
-                    break
-            else:
-                self.turns.append(turn)
-                del self.turns[: -self.max_turns]
-            return turn
-
-    def reset(self, system: str | None = None) -> None:
-        with self._lock:
-            self.turns.clear()
-            self.system = system
-
-    def __len__(self) -> int:
-        return len(self.turns)
-
-    def to_messages(self) -> list[ChatMessage]:
-        with self._lock:
-            return [m for t in self.turns for m in (t.user, t.assistant)]
-
 
 # Asking with these takes more than one cache lookup (objects to describe, steps to run).
 _MORE = ("context", "images", "schema", "tools")
 _ASKING = frozenset({"system", "conversation", "turn_id", "no_cache", "refresh", "fallback", *_MORE,
                      "context_budget", "max_steps", "max_reasks", "keep_thinking"})  # not params
 
-
-class ChatStream:
-    """A lazy, replayable stream: nothing runs until iterated; `.response` forces it.
-
-    Iterating yields Chunks (`restart` ones included, so a display can start over); `.text` is
-    the answer so far, without text voided by a restart.
-    """
-
-    def __init__(self, session: Session, source: AsyncIterator[Chunk] | Steps) -> None:
-        self._session = session
-        self._source: AsyncIterator[Chunk] | Steps | None = source
-        self._parts: list[str] = []
-        self._thinking: list[str] = []
-        self._seen: list[Chunk] = []
-        self.response: ChatResponse | None = None
-        self.notice: str | None = None  # the fallback line, as soon as the stream says it
-        self.tool_runs: list[ToolRun] = []  # tool calls run so far, as they finish
-
-    @property
-    def text(self) -> str:
-        return self.response.text if self.response else "".join(self._parts)
-
-    @property
-    def runs_here(self) -> bool:
-        """Does iterating run the user's code between requests (tools, a schema's validation)? A
-        face then iterates in the kernel's thread, not on the runtime loop."""
-        return isinstance(self._source, Steps)
-
-    @property
-    def thinking(self) -> str:
-        """The model's reasoning so far, apart from the answer."""
-        return "".join(self._thinking)
-
-    def _take(self, chunk: Chunk) -> None:
-        self._seen.append(chunk)
-        if chunk.restart:
-            self._parts.clear()
-            self._thinking.clear()
-        elif chunk.text:
-            self._parts.append(chunk.text)
-        if chunk.thinking:
-            self._thinking.append(chunk.thinking)
-        if chunk.tool_run is not None:
-            self.tool_runs.append(chunk.tool_run)
-        if chunk.notice:
-            self.notice = chunk.notice
-        if chunk.response is not None:
-            self.response = chunk.response
-
-    def _claim(self) -> AsyncIterator[Chunk] | Steps | None:
-        source, self._source = self._source, None
-        return source
-
-    def __iter__(self) -> Iterator[Chunk]:
-        source = self._claim()
-        if source is None:
-            yield from list(self._seen)
-            return
-        runtime = self._session.runtime
-        chunks = source.run(runtime.iterate, runtime.run) if isinstance(source, Steps) else runtime.iterate(source)
-        for chunk in chunks:
-            self._take(chunk)
-            yield chunk
-
-    async def __aiter__(self) -> AsyncIterator[Chunk]:
-        source = self._claim()
-        if source is None:
-            for chunk in list(self._seen):
-                yield chunk
-            return
-        runtime = self._session.runtime
-        chunks = (source.arun(runtime.aiterate, runtime.run, offload=runtime.in_loop()) if isinstance(source, Steps)
-                  else runtime.aiterate(source))
-        async for chunk in chunks:
-            self._take(chunk)
-            yield chunk
-
-    async def _collect(self, source: AsyncIterator[Chunk]) -> None:
-        """Run on the runtime loop by `result()`: one thread hop in all, not one per chunk (each
-        hop wakes the waiting thread, 20-100 us)."""
-        async with aclosing(source) as chunks:  # type: ignore[type-var]
-            async for chunk in chunks:
-                self._take(chunk)
-
-    def result(self) -> ChatResponse:
-        if isinstance(self._source, Steps):  # its steps between requests run in this thread
-            for _ in self:
-                pass
-            return self._finished()
-        source = self._claim()
-        if source is not None:
-            self._session.runtime.run(self._collect(source))  # type: ignore[arg-type]
-        return self._finished()
-
-    async def aresult(self) -> ChatResponse:
-        if isinstance(self._source, Steps):
-            async for _ in self:
-                pass
-            return self._finished()
-        source = self._claim()
-        if source is not None:
-            await self._session.runtime.wrap(self._collect(source))  # type: ignore[arg-type]
-        return self._finished()
-
-    def _finished(self) -> ChatResponse:
-        if self.response is None:  # an earlier iteration stopped early or failed
-            raise FarmError(
-                "this stream ended before its answer was complete", hint="ask again for a new stream"
-            )
-        return self.response
-
-    def __repr__(self) -> str:
-        state = "done" if self.response else ("running" if self._source is None else "not started")
-        return f"<ChatStream {state}, {len(self.text)} chars>"
 
 
 class Session:
@@ -439,7 +241,7 @@ class Session:
     def has_models_to_load(self, model: str) -> bool:
         """Does `model`'s provider pull or load models (Ollama, HuggingFace)? A remote API (OpenAI
         or a compatible server) serves its models itself: there is nothing to load or free."""
-        from .providers.base import Provider
+        from ..providers.base import Provider
 
         provider, _ = self._split(model)
         found = self.router.provider(provider)
@@ -470,7 +272,7 @@ class Session:
         return await self.runtime.wrap(self.router.health(providers))
 
     def gpu(self) -> GPUStats:
-        from .gpu import gpu_stats
+        from ..gpu import gpu_stats
 
         return gpu_stats()
 
@@ -480,13 +282,13 @@ class Session:
 
     def map(self, items: Iterable[Any], prompt: PromptBuilder = "{}", **kwargs: Any) -> Any:
         """One prompt over many items, `concurrency` at a time; see `farm_jupyter.map`."""
-        from .batch import run_map
+        from ..batch import run_map
 
         return run_map(self, items, prompt, **kwargs)
 
     def compare(self, prompts: Sequence[str], models: Sequence[str], **kwargs: Any) -> Comparison:
         """Every prompt to every model; see `farm_jupyter.compare`."""
-        from .batch import run_compare
+        from ..batch import run_compare
 
         return run_compare(self, prompts, models, **kwargs)
 
@@ -553,37 +355,3 @@ class Session:
     def __repr__(self) -> str:
         return f"<Session env={self.settings.env!r} default={self.router.default_target or self.settings.default_provider!r} cache={self.cache.name}>"
 
-
-_session: Session | None = None
-_lock = threading.Lock()
-
-
-def session() -> Session:
-    """The kernel's Session, made on first use from farm.toml and the environment."""
-    global _session
-    with _lock:
-        if _session is None:
-            _session = Session()
-        return _session
-
-
-def set_session(new: Session | None) -> Session | None:
-    """Replace the kernel's Session (tests, `%farm` reconfiguration); returns the old one."""
-    global _session
-    with _lock:
-        old, _session = _session, new
-        return old
-
-
-class _CallableModule(types.ModuleType):
-    """`farm_jupyter.session()` must work after `import farm_jupyter.session` too.
-
-    Importing a submodule sets it as an attribute of its package, which hides the lazily exported
-    `session` function of the same name; making the module callable keeps both spellings right.
-    """
-
-    def __call__(self) -> Session:
-        return session()
-
-
-sys.modules[__name__].__class__ = _CallableModule
