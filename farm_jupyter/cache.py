@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 
 from .config import CacheSettings
 from .errors import ConfigError, MissingDependency
-from .types import ChatMessage, ChatRequest, ChatResponse
+from .types import ChatMessage, ChatResponse, GenerationParams
 
 SCHEMA_VERSION = 2
 
@@ -42,22 +42,26 @@ class CacheEntry(BaseModel):
     created: float = Field(default_factory=time.time)
 
 
-def cache_key(provider: str, request: ChatRequest, where: str | None = None) -> str:
+def cache_key(
+    provider: str, model: str, messages: list[ChatMessage], params: GenerationParams, where: str | None = None
+) -> str:
     """`where` tells two servers of one provider apart (OLLAMA_HOST, OPENAI_BASE_URL); never a secret."""
     payload = {
         "v": SCHEMA_VERSION,
         "provider": provider,
         "where": where,
-        "model": request.model,
+        "model": model,
         # A plain message keys as before; images (their bytes), tool calls and results add to it.
-        "messages": [(m.role, m.content, *([extra] if (extra := _extras(m)) else [])) for m in request.messages],
-        "params": request.params.model_dump(exclude_none=True),
+        "messages": [(m.role, m.content, *([extra] if (extra := _extras(m)) else [])) for m in messages],
+        "params": params.model_dump(exclude_none=True),
     }
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _extras(message: ChatMessage) -> dict[str, Any]:
+    if not (message.images or message.tool_calls or message.tool_call_id or message.tool_name or message.thinking):
+        return {}  # a plain message (most of them): no dump, the same key
     data = message.model_dump()
     del data["role"], data["content"]
     return data

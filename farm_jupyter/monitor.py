@@ -31,7 +31,8 @@ class RequestRecord(BaseModel):
 
     @classmethod
     def from_response(cls, response: ChatResponse) -> RequestRecord:
-        return cls(
+        # Every value comes from a validated response: not validated again (on each cache hit too).
+        return cls.model_construct(
             provider=response.provider,
             model=response.model,
             ok=True,

@@ -11,7 +11,7 @@ import pytest
 
 from farm_jupyter.cache import CacheEntry, DiskCache, MemoryCache, RedisCache, cache_key
 from farm_jupyter.errors import ConfigError
-from farm_jupyter.types import Attempt, ChatMessage, ChatRequest, ChatResponse, GenerationParams
+from farm_jupyter.types import Attempt, ChatMessage, ChatResponse, GenerationParams
 
 
 def entry(text: str = "answer") -> CacheEntry:
@@ -22,8 +22,9 @@ def entry(text: str = "answer") -> CacheEntry:
     return CacheEntry(response=response, chunks=[text])
 
 
-def request(**params: object) -> ChatRequest:
-    return ChatRequest(messages=[ChatMessage(role="user", content="q")], model="m", params=GenerationParams(**params))
+def key(provider: str = "ollama", where: str | None = None, **params: object) -> str:
+    messages = [ChatMessage(role="user", content="q")]
+    return cache_key(provider, "m", messages, GenerationParams(**params), where)
 
 
 def run(coro):
@@ -31,21 +32,28 @@ def run(coro):
 
 
 def test_key_covers_every_parameter_and_the_server():
-    base = cache_key("ollama", request())
-    assert base == cache_key("ollama", request())
+    base = key()
+    assert base == key()
     others = {
-        cache_key("openai", request()),
-        cache_key("ollama", request(temperature=0.1)),
-        cache_key("ollama", request(max_tokens=3)),
-        cache_key("ollama", request(top_p=0.5)),
-        cache_key("ollama", request(stop=["x"])),
-        cache_key("ollama", request(seed=2)),
-        cache_key("ollama", request(format="json")),
-        cache_key("ollama", request(extra={"min_new_tokens": 2})),
+        key("openai"),
+        key(temperature=0.1),
+        key(max_tokens=3),
+        key(top_p=0.5),
+        key(stop=["x"]),
+        key(seed=2),
+        key(format="json"),
+        key(extra={"min_new_tokens": 2}),
     }
-    others.add(cache_key("ollama", request(), where="http://gpu-box:11434"))  # another server
+    others.add(key(where="http://gpu-box:11434"))  # another server
     assert base not in others and len(others) == 9
-    assert cache_key("ollama", request(), where="http://a:1") != cache_key("ollama", request(), where="http://b:1")
+    assert key(where="http://a:1") != key(where="http://b:1")
+
+
+def test_a_key_does_not_change_between_versions():
+    """Recorded notebooks replay from their keys: a change of key loses every recording."""
+    messages = [ChatMessage(role="system", content="be brief"), ChatMessage(role="user", content="q")]
+    found = cache_key("ollama", "m", messages, GenerationParams(temperature=0.2), "http://a:1")
+    assert found == "16c8f31b23bae2d832f5c34e5666761d33da4ba63ca0afd58adf49927a22a0d5"
 
 
 def test_memory_lru_and_ttl():

@@ -138,9 +138,8 @@ class Router:
     @staticmethod
     def cache_key(provider: Provider, request: ChatRequest) -> str:
         """The entry for this request to this provider; `llama3.1` and `llama3.1:latest` share one."""
-        same = provider.normalize_model(request.model)
-        keyed = request if same == request.model else request.model_copy(update={"model": same})
-        return cache_key(provider.name, keyed, where=provider.cache_identity)
+        model = provider.normalize_model(request.model)
+        return cache_key(provider.name, model, request.messages, request.params, provider.cache_identity)
 
     def breaker(self, name: str) -> CircuitBreaker:
         if name not in self.breakers:
@@ -214,8 +213,8 @@ class Router:
         call = Call(messages, parse_params(params), stream=False, use_cache=True, read_cache=True)
         route = self.resolve(target, fallback=False)[0]
         provider = self.provider(route.provider)
-        request = ChatRequest(messages=messages, model=route.model, params=call.params, stream=False)
-        entry = peek(self.cache_key(provider, request))
+        model = provider.normalize_model(route.model)
+        entry = peek(cache_key(provider.name, model, messages, call.params, provider.cache_identity))
         if entry is None:
             return None
         call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True))
