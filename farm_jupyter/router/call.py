@@ -11,7 +11,19 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import ConfigError, ProviderError
-from ..types import Attempt, ChatMessage, Chunk, GenerationParams, ToolCall, generation_rate
+from ..providers.base import Provider
+from ..types import (
+    Attempt,
+    ChatMessage,
+    ChatRequest,
+    ChatResponse,
+    Chunk,
+    GenerationParams,
+    Timings,
+    ToolCall,
+    Usage,
+    generation_rate,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +58,24 @@ class Call:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+    def respond(
+        self, route: Route, notice: str | None, *, text: str, usage: Usage, finish_reason: str | None,
+        cached: bool = False, rate: float | None = None, provider_total: float | None = None,
+        thinking: str | None = None, tool_calls: list[ToolCall] | None = None,
+    ) -> ChatResponse:
+        """The answer as the caller gets it: what was said, by whom, every attempt, and timings
+        measured here (a cache hit's first token is its whole time)."""
+        elapsed = self.elapsed()
+        return ChatResponse(
+            text=text, provider=route.provider, model=route.model, usage=usage, finish_reason=finish_reason,
+            cached=cached, restarted=self.restarted, attempts=self.attempts, notice=notice,
+            thinking=thinking, tool_calls=tool_calls or [], notes=list(self.notes),
+            timings=Timings(
+                first_token=self.first_token or (elapsed if cached else None), total=elapsed,
+                waited=sum(a.waited for a in self.attempts), provider_total=provider_total, rate=rate,
+            ),
+        )
 
     def notice(self, route: Route) -> str | None:
         """`ollama was not reachable: answered by openai:gpt-4o-mini`, once a route has failed."""
@@ -108,3 +138,17 @@ def parse_params(params: GenerationParams | Mapping[str, Any] | None) -> Generat
             f"invalid generation parameter {'.'.join(map(str, err['loc']))}={err.get('input')!r}: {err['msg']}",
             hint="see help(farm_jupyter.types.GenerationParams)",
         ) from None
+
+
+async def fit_images(call: Call, provider: Provider, request: ChatRequest) -> ChatRequest:
+    """A model that cannot see images gets each one's one-line stand-in (already in the text
+    where the image was named) instead of its bytes; the footer says so."""
+    call.notes.clear()
+    if not any(m.images for m in request.messages) or await provider.accepts_images(request.model):
+        return request
+    # Said for the question's own images; earlier turns' go as their stand-ins without a word.
+    count = len(request.messages[-1].images)
+    if count:
+        call.notes.append(f"{count} image{'s' if count != 1 else ''} sent as text ({request.model} takes no images)")
+    messages = [m.model_copy(update={"images": []}) if m.images else m for m in request.messages]
+    return request.model_copy(update={"messages": messages})

@@ -15,10 +15,8 @@ status says what happened and what comes next. Every response lists its attempts
 from __future__ import annotations
 
 import asyncio
-import difflib
 import logging
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -28,7 +26,6 @@ from ..config import Settings
 from ..errors import (
     AllProvidersFailed,
     ConfigError,
-    CoolingDown,
     FarmError,
     ModelNotFound,
     NotConfigured,
@@ -49,12 +46,11 @@ from ..types import (
     Chunk,
     GenerationParams,
     ProviderStatus,
-    Timings,
-    ToolCall,
     Usage,
 )
-from .call import Call, Route, Try, parse_params
+from .call import Call, Route, Try, fit_images, parse_params
 from .deadline import timed
+from .failures import as_fallback, cooling_down, failed_attempt, missing_model, not_recorded, restart_note
 from .limits import CircuitBreaker, RateLimiter, estimate_tokens, retry_delay
 from .pool import Pool
 
@@ -228,11 +224,11 @@ class Router:
         # Each route has its own entry: an answer is cached under the provider that gave it. The key
         # covers the images' bytes, also for a model that gets only their stand-ins.
         key = self.cache_key(provider, request)
-        request = await self._fit_images(call, provider, request)
+        request = await fit_images(call, provider, request)
         notice = call.notice(route)
         if call.read_cache and (entry := await self._cache_call(call, "get", key)) is not None:
             if call.shown:
-                yield Chunk(restart=True, status=self._restart_note(call, f"answering with {route} (cached)"))
+                yield Chunk(restart=True, status=restart_note(call, f"answering with {route} (cached)"))
                 call.shown, call.restarted = 0, True
             if notice:
                 yield Chunk(notice=notice)
@@ -251,16 +247,12 @@ class Router:
             ))
             return
         if self.cache.name == "replay":  # only the recording answers: a provider is never asked
-            missing = self._not_recorded(route, request, key)
+            missing = not_recorded(route, request.messages, key, self.settings.cache.path)
             self._record_failure(call, route, missing)
             raise missing
         breaker = self.breaker(route.provider)
         if not breaker.allow():
-            until = time.strftime("%H:%M:%S", time.localtime(breaker.open_until))
-            exc = CoolingDown(
-                f"{route.provider} is cooling down until {until} after: {breaker.last_error}",
-                provider=route.provider, hint="it is tried again then; `%farm health` shows it",
-            )
+            exc = cooling_down(route, breaker)
             self._record_failure(call, route, exc)
             raise exc
         try:
@@ -287,13 +279,14 @@ class Router:
                                         request.params.max_tokens or 256)
                 booking: list[float] | None = None
                 if limiter is not None:
-                    async for wait, note in self._wait_turn(limiter, route, request):
+                    cost = estimate_tokens(request)
+                    async for wait, note in limiter.turn(cost, route.provider, self.sleep):
                         waited += wait
                         yield Chunk(status=note)
-                    booking = limiter.admit(estimate_tokens(request))
+                    booking = limiter.admit(cost)
                 if call.shown:
                     then = f"retrying {route.provider} ({retries + 1} of {tries})" if retries else f"answering with {route}"
-                    yield Chunk(restart=True, status=self._restart_note(call, then))
+                    yield Chunk(restart=True, status=restart_note(call, then))
                     call.shown, call.restarted = 0, True
                 if notice:
                     yield Chunk(notice=notice)
@@ -340,19 +333,6 @@ class Router:
         finally:
             self.ledger.release(held)
 
-    async def _fit_images(self, call: Call, provider: Provider, request: ChatRequest) -> ChatRequest:
-        """A model that cannot see images gets each one's one-line stand-in (already in the text
-        where the image was named) instead of its bytes; the footer says so."""
-        call.notes.clear()
-        if not any(m.images for m in request.messages) or await provider.accepts_images(request.model):
-            return request
-        # Said for the question's own images; earlier turns' go as their stand-ins without a word.
-        count = len(request.messages[-1].images)
-        if count:
-            call.notes.append(f"{count} image{'s' if count != 1 else ''} sent as text ({request.model} takes no images)")
-        messages = [m.model_copy(update={"images": []}) if m.images else m for m in request.messages]
-        return request.model_copy(update={"messages": messages})
-
     async def forget(self, response: ChatResponse, messages: list[ChatMessage], params: GenerationParams | Mapping[str, Any] | None) -> None:
         """Drop the cached entry that gave `response` (an answer its caller refused, say one that
         did not match the schema), so that asking again asks the model again."""
@@ -362,84 +342,24 @@ class Router:
         except Exception:  # noqa: BLE001 - a cache that is down has nothing to forget
             log.debug("cache delete failed", exc_info=True)
 
-    def _respond(
-        self, call: Call, route: Route, notice: str | None, *, text: str, usage: Usage, finish_reason: str | None,
-        cached: bool = False, rate: float | None = None, provider_total: float | None = None,
-        thinking: str | None = None, tool_calls: list[ToolCall] | None = None,
-    ) -> ChatResponse:
+    def _respond(self, call: Call, route: Route, notice: str | None, **answer: Any) -> ChatResponse:
         """The one place a response is built (a fresh answer or a cache hit), and recorded."""
-        elapsed = call.elapsed()
-        response = ChatResponse(
-            text=text, provider=route.provider, model=route.model, usage=usage, finish_reason=finish_reason,
-            cached=cached, restarted=call.restarted, attempts=call.attempts, notice=notice,
-            thinking=thinking, tool_calls=tool_calls or [], notes=list(call.notes),
-            timings=Timings(
-                first_token=call.first_token or (elapsed if cached else None), total=elapsed,
-                waited=sum(a.waited for a in call.attempts), provider_total=provider_total, rate=rate,
-            ),
-        )
+        response = call.respond(route, notice, **answer)
         self.monitor.record(RequestRecord.from_response(response))
         return response
-
-    def _not_recorded(self, route: Route, request: ChatRequest, key: str) -> ReplayMiss:
-        words = " ".join(request.messages[-1].content.split()) if request.messages else ""
-        words = words if len(words) <= 48 else words[:47] + "…"
-        path = self.settings.cache.path
-        return ReplayMiss(
-            f'no recorded answer for {route} "{words}" (key {key[:12]}) in {path}',
-            provider=route.provider, hint=f"record it again with FARM_CACHE=record:{path}",
-        )
-
-    def _record_failure(
-        self, call: Call, route: Route, exc: ProviderError, *, retries: int = 0, waited: float = 0.0, chunks: int = 0
-    ) -> None:
-        self.monitor.record_failure(route.provider, exc.kind)
-        call.attempts.append(Attempt(
-            provider=route.provider, model=route.model, ok=False, error=str(exc), error_type=type(exc).__name__,
-            retries=retries, waited=waited, chunks_before_failure=chunks,
-        ))
-
-    @staticmethod
-    def _restart_note(call: Call, then: str) -> str:
-        """`ollama cut the answer after 3 chunks: retrying ollama (2 of 3)`."""
-        return f"{call.cut} after {call.shown} chunk{'s' if call.shown != 1 else ''}: {then}"
 
     async def _callers_error(self, call: Call, route: Route, exc: ProviderError) -> ProviderError:
         """The caller's own mistake, said in one line with what to do; nothing else was asked."""
         self.monitor.record_error(route.provider, route.model, exc, call.elapsed())
         if isinstance(exc, ModelNotFound):
-            exc = self._missing_model(route, exc, await self.learn_models(route.provider))
-        if call.failed:  # reached as a fallback: say why we were here at all
-            why = ", ".join(f"{e.provider} {e.did}" for e in call.failed)
-            exc = type(exc)(f"{why}, and the fallback {route}: {exc}", provider=exc.provider, status=exc.status)
-        return exc
+            exc = missing_model(route, exc, await self.learn_models(route.provider))
+        return as_fallback(call, route, exc)
 
-    @staticmethod
-    def _missing_model(route: Route, exc: ModelNotFound, names: list[str]) -> ModelNotFound:
-        near = difflib.get_close_matches(route.model, names, n=3, cutoff=0.5)
-        if not near:  # `llama3` for `llama3.1:latest`: a prefix is a good guess too
-            near = [n for n in names if n.startswith(route.model.split(":")[0])][:3]
-        said = f'no provider "{route.unknown_provider}"; ' if route.unknown_provider else ""
-        hints = [f"did you mean {' or '.join(near)}?"] if near else []
-        if exc.hint:
-            hints.append(exc.hint)
-        # An HTTP 404 says little ("model not found, try pulling it"): say it plainly. A local
-        # engine's own words say more (a file that is there but is no model): keep them.
-        what = str(exc).removesuffix(f": {exc.hint}") if exc.status is None else f'{route.provider} has no model "{route.model}"'
-        return ModelNotFound(f"{said}{what}", provider=route.provider, status=exc.status, hint="; ".join(hints) or None)
-
-    async def _wait_turn(self, limiter: RateLimiter, route: Route, request: ChatRequest) -> AsyncIterator[tuple[float, str]]:
-        """Wait for the request's turn, saying so, under the limiter's lock, so that concurrent
-        requests see each other; the caller admits it right after."""
-        cost = estimate_tokens(request)
-        async with limiter.lock:
-            try:
-                while (wait := limiter.delay(cost)) > 0:
-                    limiter.waiting = True
-                    yield wait, f"waiting {wait:.1f}s for {route.provider}'s rate limit"
-                    await self.sleep(wait)
-            finally:  # a wait cancelled or closed early is over too: the board must not say "waiting"
-                limiter.waiting = False
+    def _record_failure(
+        self, call: Call, route: Route, exc: ProviderError, *, retries: int = 0, waited: float = 0.0, chunks: int = 0
+    ) -> None:
+        self.monitor.record_failure(route.provider, exc.kind)
+        call.attempts.append(failed_attempt(route, exc, retries=retries, waited=waited, chunks=chunks))
 
     async def _cache_call(self, call: Call, op: str, key: str, *args: object) -> CacheEntry | None:
         """A cache that is down costs a warning, never the answer; a cache that refuses on
@@ -466,26 +386,22 @@ class Router:
     # -- state for the health board -------------------------------------------------------------
 
     async def health(self, names: list[str] | None = None) -> list[ProviderStatus]:
+        """Each provider's state, as its breaker and rate limiter see it too (the health board)."""
         names = names or list(dict.fromkeys([*self.settings.chain, *self.providers]))
+        found = await asyncio.gather(*(self._health(n) for n in names))
+        return [status for rows in found for status in rows]
 
-        async def rows(name: str) -> list[ProviderStatus]:
-            try:
-                found = await asyncio.wait_for(self.provider(name).health_rows(), self.settings.timeouts.connect * 2)
-            except Exception as exc:  # noqa: BLE001 - reported, not raised (TimeoutError included)
-                found = [ProviderStatus(provider=name, state="unhealthy", error=redact(str(exc)) or type(exc).__name__)]
-            breaker = self.breaker(name)
-            limiter = self.limiters.get(name)
-            for status in found:
-                if breaker.state == "open":
-                    status.state = "cooling_down"
-                    status.cooldown_until = breaker.open_until
-                    status.error = status.error or breaker.last_error
-                if limiter is not None and limiter.waiting:
-                    status.state = "rate_limited"
-            self.last_status[name] = found[0]
-            return found
-
-        return [s for found in await asyncio.gather(*(rows(n) for n in names)) for s in found]
+    async def _health(self, name: str) -> list[ProviderStatus]:
+        try:
+            found = await asyncio.wait_for(self.provider(name).health_rows(), self.settings.timeouts.connect * 2)
+        except Exception as exc:  # noqa: BLE001 - reported, not raised (TimeoutError included)
+            found = [ProviderStatus(provider=name, state="unhealthy", error=redact(str(exc)) or type(exc).__name__)]
+        for status in found:
+            self.breaker(name).annotate(status)
+            if (limiter := self.limiters.get(name)) is not None and limiter.waiting:
+                status.state = "rate_limited"
+        self.last_status[name] = found[0]
+        return found
 
     async def aclose(self) -> None:
         for provider in list(self.providers.values()):

@@ -7,12 +7,12 @@ import asyncio
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ..config import RateLimit, RetrySettings
 from ..errors import ProviderError, RateLimited
-from ..types import ChatRequest
+from ..types import ChatRequest, ProviderStatus
 
 Clock = Callable[[], float]
 
@@ -51,6 +51,13 @@ class CircuitBreaker:
         self.open_until = 0.0
         self.probing = False
         self.last_error = None
+
+    def annotate(self, status: ProviderStatus) -> None:
+        """An open breaker is the state a health row shows, whatever the provider said."""
+        if self.state == "open":
+            status.state = "cooling_down"
+            status.cooldown_until = self.open_until
+            status.error = status.error or self.last_error
 
     def failure(self, error: str) -> None:
         self.failures += 1
@@ -97,6 +104,18 @@ class RateLimiter:
                         break
                 wait = max(wait, 60 - (now - frees_at))
         return wait
+
+    async def turn(self, cost: int, who: str, sleep: Callable[[float], Awaitable[None]]) -> AsyncIterator[tuple[float, str]]:
+        """Wait for a request's turn, saying so, under the lock, so that concurrent requests see
+        each other; the caller admits it right after."""
+        async with self.lock:
+            try:
+                while (wait := self.delay(cost)) > 0:
+                    self.waiting = True
+                    yield wait, f"waiting {wait:.1f}s for {who}'s rate limit"
+                    await sleep(wait)
+            finally:  # a wait cancelled or closed early is over too: the board must not say "waiting"
+                self.waiting = False
 
     def admit(self, cost: int) -> list[float]:
         """Count a request's tokens from its admission (an estimate), so concurrent requests see
