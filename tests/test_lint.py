@@ -30,3 +30,9 @@ def test_layers():
     lint_imports = Path(sys.executable).with_name("lint-imports")
     result = subprocess.run([str(lint_imports)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-4000:]
+
+
+def test_modules_stay_small():
+    """No module of the package over 500 lines: a reader finds one subject per room."""
+    sizes = {p.relative_to(ROOT): len(p.read_text().splitlines()) for p in (ROOT / "farm_jupyter").rglob("*.py")}
+    assert not {p: n for p, n in sizes.items() if n > 500}
