@@ -21,7 +21,3 @@ from .openai import OpenAIServer
 
 __all__ = ["Fault", "OllamaServer", "OpenAIServer", "RecordedRequest", "Said", "example_of"]
 
-# The public names say they come from here, where users import them (httpx does the same).
-for _name in __all__:
-    globals()[_name].__module__ = __name__
-del _name
