@@ -44,6 +44,17 @@ class _Credentials(_Section):
             secrets.register_basic(self.username, self.password.get_secret_value())
         return self
 
+    def endpoint(self, given: str | None, default: str = "") -> tuple[str, str | None, str | None]:
+        """A provider's URL without credentials, and the basic-auth user and password to send: a URL
+        `given` in the provider's options brings its own (registered as secrets here), the section's
+        URL (else `default`) goes with the section's `username` and `password`."""
+        url, user, password = split_credentials(given or getattr(self, self._url_field) or default)
+        if not given:
+            user = self.username
+            password = self.password.get_secret_value() if self.password else None
+        secrets.register_basic(user, password)
+        return url, user, password
+
 
 class OllamaSettings(_Credentials):
     host: str = "http://127.0.0.1:11434"
