@@ -120,28 +120,39 @@ def unload_ipython_extension(ipython: Any) -> None:
     unload(ipython)
 
 
-if TYPE_CHECKING:
-    from .api import achat, astream, chat, compare, map, stream, usage
-    from .config import Settings, load_settings
-    from .context import describe
-    from .errors import AllProvidersFailed, FarmError, ProviderError
-    from .providers import register_provider, unregister_provider
-    from .providers.base import Provider
-    from .sessions import ChatStream, Conversation, Session, session
-    from .structured import SchemaMismatch
-    from .types import (
-        Attempt,
-        ChatMessage,
-        ChatRequest,
-        ChatResponse,
-        Chunk,
-        GenerationParams,
-        GPUStats,
-        ImagePart,
-        ModelInfo,
-        ProviderStatus,
-        Timings,
-        ToolCall,
-        ToolRun,
-        Usage,
-    )
+if TYPE_CHECKING:  # what __getattr__ loads, for type checkers; `X as X` marks each as re-exported
+    from .api import achat as achat
+    from .api import astream as astream
+    from .api import chat as chat
+    from .api import compare as compare
+    from .api import map as map
+    from .api import stream as stream
+    from .api import usage as usage
+    from .config import Settings as Settings
+    from .config import load_settings as load_settings
+    from .context import describe as describe
+    from .errors import AllProvidersFailed as AllProvidersFailed
+    from .errors import FarmError as FarmError
+    from .errors import ProviderError as ProviderError
+    from .providers import register_provider as register_provider
+    from .providers import unregister_provider as unregister_provider
+    from .providers.base import Provider as Provider
+    from .sessions import ChatStream as ChatStream
+    from .sessions import Conversation as Conversation
+    from .sessions import Session as Session
+    from .sessions import session as session
+    from .structured import SchemaMismatch as SchemaMismatch
+    from .types import Attempt as Attempt
+    from .types import ChatMessage as ChatMessage
+    from .types import ChatRequest as ChatRequest
+    from .types import ChatResponse as ChatResponse
+    from .types import Chunk as Chunk
+    from .types import GenerationParams as GenerationParams
+    from .types import GPUStats as GPUStats
+    from .types import ImagePart as ImagePart
+    from .types import ModelInfo as ModelInfo
+    from .types import ProviderStatus as ProviderStatus
+    from .types import Timings as Timings
+    from .types import ToolCall as ToolCall
+    from .types import ToolRun as ToolRun
+    from .types import Usage as Usage

@@ -113,14 +113,8 @@ class Runtime:
         finished = threading.Event()
         future = self.submit(_signal_when_done(pump(), finished))
         try:
-            while True:
-                kind, value = items.get()
-                if kind == 0:
-                    yield value
-                elif kind == 1:
-                    raise value
-                else:
-                    return
+            while (item := _unpacked(items.get())) is not _END:
+                yield item
         finally:
             if not future.done():
                 future.cancel()
@@ -149,14 +143,8 @@ class Runtime:
         finished = threading.Event()
         future = self.submit(_signal_when_done(pump(), finished))
         try:
-            while True:
-                kind, value = await items.get()
-                if kind == 0:
-                    yield value
-                elif kind == 1:
-                    raise value
-                else:
-                    return
+            while (item := _unpacked(await items.get())) is not _END:
+                yield item
         finally:
             if not future.done():
                 future.cancel()
@@ -175,6 +163,18 @@ class Runtime:
 
     def close(self) -> None:
         self._finalizer()
+
+
+_END = object()
+
+
+def _unpacked(message: tuple[int, Any]) -> Any:
+    """A pump's message to its reader: (0, item) is the item, (1, exception) raises it, (2, None)
+    is _END."""
+    kind, value = message
+    if kind == 1:
+        raise value
+    return value if kind == 0 else _END
 
 
 async def _signal_when_done(coro: Awaitable[T], finished: threading.Event) -> T:

@@ -1,6 +1,6 @@
 """Secret values, registered once, masked wherever they turn up.
 
-Settings register every configured secret as they are built (config.py): the OpenAI key, the HF
+Settings register every configured secret as they are built (config/): the OpenAI key, the HF
 token, a password in a URL, a custom provider's option named like a key, token, secret or password;
 providers register the ones handed to them directly. `redact(text)` replaces each value, and every
 piece of it of 8 characters or more, with the value's masked form (`sk-...f3a9`): a server that

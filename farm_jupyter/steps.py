@@ -106,21 +106,17 @@ class Steps:
         self.start = time.perf_counter()
         self.first_token: float | None = None
         self.label: str | None = None  # what the next request is for, on its attempts
+        self._last: ChatResponse | None = None
 
     # -- driving, from the caller's thread ---------------------------------------------------------
 
     def run(self, iterate: Callable[[AsyncIterator[Chunk]], Iterator[Chunk]], run_async: Callable[[Any], Any]) -> Iterator[Chunk]:
         """Sync: each request iterated with `iterate` (the runtime's), the steps between them here."""
         while True:
-            response = None
             for chunk in iterate(self.ask(self.messages, self.params)):
-                if chunk.response is not None:
-                    response = chunk.response
-                    continue
-                yield self._seen(chunk)
-            if response is None:
-                raise FarmError("a step of this answer ended without a response", hint="ask again")
-            done = yield from self._after(response, run_async)
+                if self._shown(chunk):
+                    yield chunk
+            done = yield from self._after(self._answer(), run_async)
             if done is not None:
                 yield Chunk(done=True, usage=done.usage, finish_reason=done.finish_reason, response=done)
                 return
@@ -133,16 +129,11 @@ class Steps:
         or, with `offload` (iterated on the runtime loop itself, as farm.map does), in a worker
         thread: the user's code never stalls the loop."""
         while True:
-            response = None
             async for chunk in aiterate(self.ask(self.messages, self.params)):
-                if chunk.response is not None:
-                    response = chunk.response
-                    continue
-                yield self._seen(chunk)
-            if response is None:
-                raise FarmError("a step of this answer ended without a response", hint="ask again")
+                if self._shown(chunk):
+                    yield chunk
             pending: list[Chunk] = []
-            steps = self._after(response, run_async)
+            steps = self._after(self._answer(), run_async)
             done = await asyncio.to_thread(_drain, steps, pending) if offload else _drain(steps, pending)
             for chunk in pending:
                 yield chunk
@@ -150,10 +141,21 @@ class Steps:
                 yield Chunk(done=True, usage=done.usage, finish_reason=done.finish_reason, response=done)
                 return
 
-    def _seen(self, chunk: Chunk) -> Chunk:
+    def _shown(self, chunk: Chunk) -> bool:
+        """Whether the caller sees `chunk`: the response that closes a request is kept for the steps."""
+        if chunk.response is not None:
+            self._last = chunk.response
+            return False
         if chunk.text and self.first_token is None:
             self.first_token = time.perf_counter() - self.start
-        return chunk
+        return True
+
+    def _answer(self) -> ChatResponse:
+        """The response that closed the request just iterated."""
+        response, self._last = self._last, None
+        if response is None:
+            raise FarmError("a step of this answer ended without a response", hint="ask again")
+        return response
 
     # -- between two requests ---------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """What the local engines (transformers, llama.cpp) share: a generating thread that hands its
-items to the runtime loop, and a bounded wait for that thread when the request ends."""
+items to the runtime loop, the loop that turns them into chunks, and a bounded wait for that
+thread when the request ends."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ import asyncio
 import threading
 import time
 from collections import deque
-from typing import Any
+from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import Any, TypeVar
+
+from ..errors import FarmError
+from ..types import Chunk
 
 JOIN_TIMEOUT = 10.0  # seconds a cancelled generation gets to finish its current step
+M = TypeVar("M")
 
 
 class Channel:
@@ -17,7 +23,7 @@ class Channel:
 
     The loop is woken only while the reader waits: when it lags behind, items pile up and are
     taken in one batch, so fast tokens cost no extra wake-ups. The thread's last item is
-    ("done", value) or ("error", exception); before it, ("text", str) items.
+    ("done", (Usage, finish_reason)) or ("error", exception); before it, ("text", str) items.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -53,6 +59,14 @@ class Channel:
         return batch
 
 
+async def ensure(models: Mapping[str, M], load: Callable[[str], M], name: str) -> M:
+    """The model `name` from `models`, or `load(name)` in a worker thread: loading blocks for seconds."""
+    loaded = models.get(name)
+    if loaded is None:
+        loaded = await asyncio.to_thread(load, name)
+    return loaded
+
+
 async def join(thread: threading.Thread, channel: Channel, ended: bool) -> None:
     """Wait (bounded) for the generate thread: its last act is to push "done" or "error"."""
     deadline = time.monotonic() + JOIN_TIMEOUT
@@ -67,6 +81,56 @@ async def join(thread: threading.Thread, channel: Channel, ended: bool) -> None:
         ended = any(kind != "text" for kind, _ in batch)
     while thread.is_alive() and time.monotonic() < deadline:
         await asyncio.sleep(0.0005)
+
+
+async def stream(
+    target: Callable[..., None],
+    args: tuple[Any, ...],
+    *,
+    name: str,
+    timeout: float,
+    stalled: Callable[[], FarmError],
+    failed: Callable[[BaseException, bool], FarmError],
+) -> AsyncGenerator[Chunk, None]:
+    """Run `target(*args, channel, stop)` in a daemon thread and yield what it pushes as chunks.
+
+    `stop` is set when the request ends for any reason (done, failed, cancelled, closed early),
+    and the thread gets a bounded wait to notice it. Nothing for `timeout` seconds raises
+    `stalled()`; an exception from the thread is raised as it is when it is a FarmError, else as
+    `failed(exc, shown)`, `shown` saying whether any text was yielded before it.
+    """
+    channel = Channel(asyncio.get_running_loop())
+    stop = threading.Event()
+    thread = threading.Thread(target=target, args=(*args, channel, stop), name=name, daemon=True)
+    del args  # the thread holds the model while it runs; unload must be able to free it after
+    error: BaseException | None = None
+    shown = ended = False
+    thread.start()
+    try:
+        while error is None:
+            try:
+                batch = await channel.take(timeout)
+            except TimeoutError:
+                raise stalled() from None
+            text = "".join(v for k, v in batch if k == "text")
+            if text:
+                shown = True
+                yield Chunk(text=text)
+            for kind, value in batch:
+                if kind == "error":
+                    error, ended = value, True
+                elif kind == "done":
+                    ended = True
+                    usage, finish = value
+                    yield Chunk(done=True, usage=usage, finish_reason=finish)
+                    return
+    finally:
+        stop.set()
+        await join(thread, channel, ended)
+    assert error is not None
+    if isinstance(error, FarmError):
+        raise error
+    raise failed(error, shown) from error
 
 
 def first_line(exc: BaseException) -> str:

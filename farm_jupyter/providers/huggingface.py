@@ -21,57 +21,36 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import traceback
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
 from .. import embedded
 from ..errors import BadRequest, FarmError, MissingDependency, ModelNotFound, ProviderTimeout, ServerError
 from ..tiny_model import quiet_hf
-from ..types import ChatMessage, ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress, Usage
-from ._local import Channel, first_line, join
+from ..types import ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress, Usage
+from ._local import Channel, ensure, first_line, stream
+from ._transformers import (
+    CONVERTED,
+    Loaded,
+    describe,
+    encode,
+    imports,
+    mean_pooled,
+    oom_type,
+    save_converted,
+    stop_class,
+    streamer_class,
+)
 from .base import Provider
 
 _NOT_FOUND_HINT = "give a local path, or set HF_TOKEN / check the hub id"
-_CONVERTED = "farm-converted.json"  # written last: a folder without it is an unfinished conversion
 log = logging.getLogger("farm_jupyter")
-_OWN_KWARGS = {"streamer", "stopping_criteria", "input_ids", "attention_mask"}
-_EMBED_BATCH = 32
-
-
-@dataclass
-class _Loaded:
-    name: str
-    model: Any
-    tokenizer: Any
-    device: str
-    dtype: str
-    size: int
-    parameters: int
-    family: str | None
-    quantization: str | None = None
-    kind: str = "causal"  # causal | encoder | sentence-transformers
-    loaded_at: float = field(default_factory=time.time)
-
-
-def _imports() -> tuple[Any, Any]:
-    try:
-        import torch
-        import transformers
-    except ImportError as exc:
-        raise MissingDependency(exc.name or "transformers", "hf") from exc
-    return torch, transformers
-
-
-def _oom_type(torch: Any) -> type[BaseException]:
-    return getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
 
 
 def _looks_local(name: str) -> bool:
@@ -85,45 +64,13 @@ def _human(count: int) -> str:
     return str(count)
 
 
-def _streamer_class(transformers: Any) -> Any:
-    class LoopStreamer(transformers.TextIteratorStreamer):
-        """TextIteratorStreamer's decoding, delivered to the loop instead of a blocking queue."""
-
-        def __init__(self, tokenizer: Any, channel: Channel, timeout: float) -> None:
-            super().__init__(tokenizer, skip_prompt=True, timeout=timeout, skip_special_tokens=True)
-            self.channel = channel
-
-        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            if text:
-                self.channel.push("text", text)
-
-    return LoopStreamer
-
-
-def _stop_class(transformers: Any) -> Any:
-    class StopOnEvent(transformers.StoppingCriteria):
-        def __init__(self, event: threading.Event) -> None:
-            self.event = event
-            self.answers: dict[tuple[int, bool], Any] = {}  # made once: no allocation per token
-
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            key = (input_ids.shape[0], self.event.is_set())
-            if key not in self.answers:
-                import torch
-
-                self.answers[key] = torch.full(key[:1], key[1], dtype=torch.bool, device=input_ids.device)
-            return self.answers[key]
-
-    return StopOnEvent
-
-
 class HuggingFaceProvider(Provider):
     kind = "huggingface"
 
     def __init__(self, name: str, settings: Any, **options: Any) -> None:
         super().__init__(name, settings, **options)
-        self._models: dict[str, _Loaded] = {}
-        self._embedders: dict[str, _Loaded] = {}
+        self._models: dict[str, Loaded] = {}
+        self._embedders: dict[str, Loaded] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._device: str | None = None
@@ -232,7 +179,7 @@ class HuggingFaceProvider(Provider):
     def _load_gguf(self, name: str, gguf: Path, transformers: Any, dtype: Any) -> tuple[Any, Any]:
         """Tokenizer and model from a GGUF file: from its converted copy when there is one."""
         folder = embedded.converted_dir() / f"{gguf.stem}-{embedded.fingerprint(gguf)}"
-        if (folder / _CONVERTED).is_file():
+        if (folder / CONVERTED).is_file():
             tokenizer = self._from_pretrained(name, transformers.AutoTokenizer, str(folder))
             return tokenizer, self._from_pretrained(name, transformers.AutoModelForCausalLM, str(folder), dtype=dtype)
         where = str(gguf.parent)
@@ -243,43 +190,25 @@ class HuggingFaceProvider(Provider):
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         try:
-            self._save_converted(folder, gguf, model, tokenizer)
+            save_converted(folder, gguf, model, tokenizer)
         except OSError as exc:  # a full disk costs the next load its time, not this answer
             log.warning("could not save the converted %s into %s: %s", gguf.name, folder, exc)
         return tokenizer, model
 
-    @staticmethod
-    def _save_converted(folder: Path, gguf: Path, model: Any, tokenizer: Any) -> None:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
-            with quiet_hf(warnings=False):
-                model.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-            (tmp / _CONVERTED).write_text(json.dumps({"gguf": str(gguf), "at": time.time()}))
-            tmp.chmod(0o755)
-            try:
-                os.replace(tmp, folder)  # atomic: of two kernels converting at once, one wins
-            except OSError:
-                if not (folder / _CONVERTED).is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
     def _place(self, torch: Any, model: Any, device: str) -> Any:
         try:
             return model.to(device).eval()
-        except _oom_type(torch) as exc:
+        except oom_type(torch) as exc:
             raise ServerError(
                 f"HuggingFace model does not fit on {device}", provider=self.name,
                 hint="use a smaller model, set huggingface.dtype=float16, or unload other models",
             ) from exc
 
-    def _load_causal(self, name: str) -> _Loaded:
+    def _load_causal(self, name: str) -> Loaded:
         with self._lock_for(name):
             if (ready := self._models.get(name)) is not None:
                 return ready
-            torch, transformers = _imports()
+            torch, transformers = imports()
             device = self._resolve_device()
             dtype = self._resolve_dtype(torch, device)
             gguf = self._gguf(name)
@@ -291,52 +220,15 @@ class HuggingFaceProvider(Provider):
             model = self._place(torch, model, device)
             if model.generation_config.pad_token_id is None and tokenizer.eos_token_id is not None:
                 model.generation_config.pad_token_id = tokenizer.eos_token_id  # quiets a warning per call
-            loaded = self._describe(name, model, tokenizer, device)
+            loaded = describe(name, model, tokenizer, device)
             if gguf is not None:
                 loaded.quantization = f"{gguf.stem.rsplit('.', 1)[-1]} (GGUF, dequantised)"
             self._models[name] = loaded
             return loaded
 
-    def _describe(self, name: str, model: Any, tokenizer: Any, device: str, kind: str = "causal") -> _Loaded:
-        params = list(model.parameters())
-        config = getattr(model, "config", None)
-        quant = getattr(config, "quantization_config", None)
-        if isinstance(quant, dict):
-            quant_method = quant.get("quant_method")
-        else:
-            quant_method = getattr(quant, "quant_method", None)
-        return _Loaded(
-            name=name, model=model, tokenizer=tokenizer, device=device,
-            dtype=str(params[0].dtype).removeprefix("torch.") if params else "unknown",
-            size=sum(p.numel() * p.element_size() for p in params),
-            parameters=sum(p.numel() for p in params),
-            family=getattr(config, "model_type", None),
-            quantization=str(quant_method) if quant_method else None,
-            kind=kind,
-        )
-
-    async def _ensure(self, name: str) -> _Loaded:
-        loaded = self._models.get(name)
-        if loaded is None:
-            loaded = await asyncio.to_thread(self._load_causal, name)
-        return loaded
-
     # -- the primitive ---------------------------------------------------------------------------
 
-    def _encode(self, tokenizer: Any, messages: list[ChatMessage]) -> Any:
-        if getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template(
-                [m.model_dump() for m in messages],
-                add_generation_prompt=True, return_tensors="pt", return_dict=True,
-            )
-        # A base model: one user message is a plain completion; a conversation becomes lines.
-        if len(messages) == 1 and messages[0].role == "user":
-            prompt = messages[0].content
-        else:
-            prompt = "\n".join(f"{m.role}: {m.content}" for m in messages) + "\nassistant:"
-        return tokenizer(prompt, return_tensors="pt")
-
-    def _generate_kwargs(self, request: ChatRequest, loaded: _Loaded) -> dict[str, Any]:
+    def _generate_kwargs(self, request: ChatRequest, loaded: Loaded) -> dict[str, Any]:
         p = request.params
         kwargs: dict[str, Any] = {"max_new_tokens": p.max_tokens or self._hf.max_new_tokens}
         if p.temperature:
@@ -351,16 +243,16 @@ class HuggingFaceProvider(Provider):
         return kwargs
 
     def _generate(
-        self, loaded: _Loaded, request: ChatRequest, channel: Channel, stop: threading.Event
+        self, loaded: Loaded, request: ChatRequest, channel: Channel, stop: threading.Event
     ) -> None:
         """The body of the generate thread: every outcome ends as one "done" or "error" item."""
         try:
-            torch, transformers = _imports()
-            enc = self._encode(loaded.tokenizer, request.messages).to(loaded.device)
+            torch, transformers = imports()
+            enc = encode(loaded.tokenizer, request.messages).to(loaded.device)
             prompt_tokens = int(enc["input_ids"].shape[1])
             kwargs = self._generate_kwargs(request, loaded)
-            streamer = _streamer_class(transformers)(loaded.tokenizer, channel, self._hf.stream_timeout)
-            stopping = transformers.StoppingCriteriaList([_stop_class(transformers)(stop)])
+            streamer = streamer_class(transformers)(loaded.tokenizer, channel, self._hf.stream_timeout)
+            stopping = transformers.StoppingCriteriaList([stop_class(transformers)(stop)])
             if request.params.seed is not None and kwargs.get("do_sample"):
                 torch.manual_seed(request.params.seed)
             out = loaded.model.generate(**enc, streamer=streamer, stopping_criteria=stopping, **kwargs)
@@ -369,7 +261,7 @@ class HuggingFaceProvider(Provider):
             eos_ids = set(eos if isinstance(eos, list) else [eos])
             hit_eos = completion > 0 and int(out[0, -1]) in eos_ids
             finish = "length" if completion >= kwargs["max_new_tokens"] and not hit_eos else "stop"
-            channel.push("done", (prompt_tokens, completion, finish))
+            channel.push("done", (Usage(prompt_tokens=prompt_tokens, completion_tokens=completion), finish))
         except BaseException as exc:  # noqa: BLE001 - handed to the loop, raised there
             # The traceback's frames (and torch's hook closures in them) hold the model, and a
             # notebook keeps the last exception: keep the traceback as text so unload can free it.
@@ -378,53 +270,24 @@ class HuggingFaceProvider(Provider):
             del exc
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
-        loaded = await self._ensure(request.model)
-        channel = Channel(asyncio.get_running_loop())
-        stop = threading.Event()
-        thread = threading.Thread(
-            target=self._generate, args=(loaded, request, channel, stop),
-            name=f"farm-hf-generate-{loaded.name}", daemon=True,
+        loaded = await ensure(self._models, self._load_causal, request.model)
+        timeout = self._hf.stream_timeout
+        chunks = stream(
+            self._generate, (loaded, request), name=f"farm-hf-generate-{loaded.name}", timeout=timeout,
+            stalled=lambda: ProviderTimeout(
+                f"local model {request.model} produced nothing for {timeout:.0f}s", provider=self.name,
+                hint="raise huggingface.stream_timeout, or use a smaller model or a GPU",
+            ),
+            failed=lambda error, shown: self._generate_error(error, request.model, shown),
         )
         del loaded  # the thread holds it while it runs; unload must be able to free it after
-        error: BaseException | None = None
-        shown = ended = False
-        thread.start()
-        try:
-            while error is None:
-                try:
-                    batch = await channel.take(self._hf.stream_timeout)
-                except TimeoutError:
-                    raise ProviderTimeout(
-                        f"local model {request.model} produced nothing for {self._hf.stream_timeout:.0f}s",
-                        provider=self.name,
-                        hint="raise huggingface.stream_timeout, or use a smaller model or a GPU",
-                    ) from None
-                text = "".join(v for k, v in batch if k == "text")
-                if text:
-                    shown = True
-                    yield Chunk(text=text)
-                for kind, value in batch:
-                    if kind == "error":
-                        error, ended = value, True
-                    elif kind == "done":
-                        ended = True
-                        prompt_tokens, completion, finish = value
-                        yield Chunk(
-                            done=True, finish_reason=finish,
-                            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion),
-                        )
-                        return
-        finally:
-            stop.set()
-            await join(thread, channel, ended)
-        assert error is not None
-        raise self._generate_error(error, request.model, shown) from error
+        async with aclosing(chunks) as it:
+            async for chunk in it:
+                yield chunk
 
     def _generate_error(self, exc: BaseException, model: str, shown: bool) -> FarmError:
-        if isinstance(exc, FarmError):
-            return exc
         torch = sys.modules.get("torch")
-        if torch is not None and isinstance(exc, _oom_type(torch)):
+        if torch is not None and isinstance(exc, oom_type(torch)):
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             return ServerError(
@@ -444,7 +307,7 @@ class HuggingFaceProvider(Provider):
 
     # -- model management ------------------------------------------------------------------------
 
-    def _info(self, loaded: _Loaded) -> ModelInfo:
+    def _info(self, loaded: Loaded) -> ModelInfo:
         return ModelInfo(
             name=loaded.name, provider=self.name, size=loaded.size, family=loaded.family,
             parameter_size=_human(loaded.parameters), quantization=loaded.quantization, loaded=True,
@@ -480,7 +343,7 @@ class HuggingFaceProvider(Provider):
 
     async def load_model(self, model: str) -> AsyncIterator[PullProgress]:
         yield PullProgress(status="loading")
-        loaded = await self._ensure(model)
+        loaded = await ensure(self._models, self._load_causal, model)
         yield PullProgress(status=f"loaded on {loaded.device}", total=loaded.size, completed=loaded.size)
 
     async def unload_model(self, model: str) -> None:
@@ -511,12 +374,12 @@ class HuggingFaceProvider(Provider):
 
     # -- embeddings ------------------------------------------------------------------------------
 
-    def _load_embedder(self, name: str) -> _Loaded:
+    def _load_embedder(self, name: str) -> Loaded:
         key = f"embed:{name}"
         with self._lock_for(key):
             if (ready := self._embedders.get(name)) is not None:
                 return ready
-            torch, transformers = _imports()
+            torch, transformers = imports()
             device = self._resolve_device()
             source = self._source(name)
             if (Path(source) / "modules.json").is_file() and importlib.util.find_spec("sentence_transformers"):
@@ -524,15 +387,15 @@ class HuggingFaceProvider(Provider):
 
                 with quiet_hf(warnings=False):
                     model = SentenceTransformer(source, device=device, token=self._token())
-                loaded = self._describe(name, model, None, device, kind="sentence-transformers")
+                loaded = describe(name, model, None, device, kind="sentence-transformers")
             elif (chat := self._models.get(name)) is not None:
                 # The chat model's own encoder: no second copy of the weights.
-                loaded = self._describe(name, chat.model.base_model, chat.tokenizer, chat.device, kind="encoder")
+                loaded = describe(name, chat.model.base_model, chat.tokenizer, chat.device, kind="encoder")
             else:
                 dtype = self._resolve_dtype(torch, device)
                 tokenizer = self._from_pretrained(name, transformers.AutoTokenizer)
                 model = self._place(torch, self._from_pretrained(name, transformers.AutoModel, dtype=dtype), device)
-                loaded = self._describe(name, model, tokenizer, device, kind="encoder")
+                loaded = describe(name, model, tokenizer, device, kind="encoder")
             self._embedders[name] = loaded
             return loaded
 
@@ -541,22 +404,7 @@ class HuggingFaceProvider(Provider):
         if loaded.kind == "sentence-transformers":
             vectors = loaded.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
             return [list(map(float, v)) for v in vectors]
-        import torch
-
-        tokenizer = loaded.tokenizer
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        out: list[list[float]] = []
-        for start in range(0, len(texts), _EMBED_BATCH):
-            enc = tokenizer(
-                texts[start : start + _EMBED_BATCH], padding=True, truncation=True, return_tensors="pt"
-            ).to(loaded.device)
-            with torch.inference_mode():
-                hidden = loaded.model(**enc).last_hidden_state.float()
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            out += torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().tolist()
-        return out
+        return mean_pooled(loaded, texts)
 
     async def embed(self, texts: list[str], model: str | None = None) -> list[list[float]]:
         if not texts:

@@ -26,7 +26,7 @@ from typing import Any
 from .. import embedded
 from ..errors import BadRequest, FarmError, MissingDependency, ModelNotFound, ProviderTimeout, ServerError
 from ..types import ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress, Usage
-from ._local import Channel, first_line, join
+from ._local import Channel, ensure, first_line, stream
 from .base import Provider
 
 _STREAM_TIMEOUT = 60.0  # seconds without a token before the request is given up
@@ -164,12 +164,6 @@ class LlamaCppProvider(Provider):
             loaded = self._models[name] = _Loaded(name=name, path=path, llm=llm)
             return loaded
 
-    async def _ensure(self, name: str) -> _Loaded:
-        loaded = self._models.get(name)
-        if loaded is None:
-            loaded = await asyncio.to_thread(self._load, name)
-        return loaded
-
     # -- the primitive ---------------------------------------------------------------------------
 
     def _arguments(self, request: ChatRequest) -> dict[str, Any]:
@@ -219,48 +213,23 @@ class LlamaCppProvider(Provider):
             del exc
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
-        loaded = await self._ensure(request.model)
+        loaded = await ensure(self._models, self._load, request.model)
         timeout = float(self.options.get("stream_timeout", _STREAM_TIMEOUT))
-        channel = Channel(asyncio.get_running_loop())
-        stop = threading.Event()
-        thread = threading.Thread(
-            target=self._generate, args=(loaded, request, channel, stop),
-            name=f"farm-llamacpp-generate-{loaded.path.name}", daemon=True,
+        chunks = stream(
+            self._generate, (loaded, request), name=f"farm-llamacpp-generate-{loaded.path.name}", timeout=timeout,
+            stalled=lambda: ProviderTimeout(
+                f"llama.cpp produced nothing for {timeout:.0f}s with {request.model}", provider=self.name,
+                hint="raise stream_timeout in [providers.llamacpp], or use a smaller model",
+            ),
+            failed=lambda error, _shown: ServerError(
+                f"llama.cpp failed with {request.model}: {type(error).__name__}: {first_line(error)}",
+                provider=self.name, hint="see the log above",
+            ),
         )
         del loaded  # the thread holds it while it runs; unload must be able to free it after
-        error: BaseException | None = None
-        ended = False
-        thread.start()
-        try:
-            while error is None:
-                try:
-                    batch = await channel.take(timeout)
-                except TimeoutError:
-                    raise ProviderTimeout(
-                        f"llama.cpp produced nothing for {timeout:.0f}s with {request.model}", provider=self.name,
-                        hint="raise stream_timeout in [providers.llamacpp], or use a smaller model",
-                    ) from None
-                text = "".join(v for k, v in batch if k == "text")
-                if text:
-                    yield Chunk(text=text)
-                for kind, value in batch:
-                    if kind == "error":
-                        error, ended = value, True
-                    elif kind == "done":
-                        ended = True
-                        usage, finish = value
-                        yield Chunk(done=True, usage=usage, finish_reason=finish)
-                        return
-        finally:
-            stop.set()
-            await join(thread, channel, ended)
-        assert error is not None
-        if isinstance(error, FarmError):
-            raise error
-        raise ServerError(
-            f"llama.cpp failed with {request.model}: {type(error).__name__}: {first_line(error)}",
-            provider=self.name, hint="see the log above",
-        ) from error
+        async with contextlib.aclosing(chunks) as it:
+            async for chunk in it:
+                yield chunk
 
     # -- model management ------------------------------------------------------------------------
 
@@ -293,7 +262,7 @@ class LlamaCppProvider(Provider):
 
     async def load_model(self, model: str) -> AsyncIterator[PullProgress]:
         yield PullProgress(status="loading")
-        loaded = await self._ensure(model)
+        loaded = await ensure(self._models, self._load, model)
         size = loaded.path.stat().st_size
         yield PullProgress(status="loaded (llama.cpp)", total=size, completed=size)
 

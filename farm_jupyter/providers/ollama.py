@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from .. import secrets
-from ..config import shown_url, split_credentials
+from ..config import shown_url
 from ..errors import ModelNotFound, ProviderError, ServerError, StreamInterrupted
 from ..types import ChatMessage, ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress, ToolCall, Usage
 from ._http import mapped_transport_errors, status_error
@@ -80,12 +80,7 @@ class OllamaProvider(Provider):
 
     def __init__(self, name: str, settings: Any, **options: Any) -> None:
         super().__init__(name, settings, **options)
-        own = options.get("host")
-        self._base, user, password = split_credentials(own or settings.ollama.host)
-        if not own:  # the settings moved OLLAMA_HOST's user:password out of the URL
-            user = settings.ollama.username
-            password = settings.ollama.password.get_secret_value() if settings.ollama.password else None
-        secrets.register_basic(user, password)
+        self._base, user, password = settings.ollama.endpoint(options.get("host"))
         self._auth = httpx.BasicAuth(user or "", password or "") if (user or password) else None
         self._host: str = shown_url(self._base, user, password)  # what messages show: no password
         self._client: httpx.AsyncClient | None = None

@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from .. import secrets
-from ..config import mask, shown_url, split_credentials
+from ..config import mask, shown_url
 from ..errors import (
     ConfigError,
     MissingDependency,
@@ -86,13 +86,8 @@ class OpenAIProvider(Provider):
         super().__init__(name, settings, **options)
         key = options.get("api_key", settings.openai.api_key)
         self._api_key: str | None = key.get_secret_value() if hasattr(key, "get_secret_value") else key
-        own = options.get("base_url")
-        self._base, user, password = split_credentials(own or settings.openai.base_url or DEFAULT_BASE_URL)
-        if not own:  # the settings moved OPENAI_BASE_URL's user:password out of the URL
-            user = settings.openai.username
-            password = settings.openai.password.get_secret_value() if settings.openai.password else None
+        self._base, user, password = settings.openai.endpoint(options.get("base_url"), DEFAULT_BASE_URL)
         secrets.register(self._api_key)
-        secrets.register_basic(user, password)
         self._basic = (user or "", password or "") if (user or password) else None
         self._base_url: str = shown_url(self._base, user, password)  # what messages show: no password
         self._client: AsyncOpenAI | None = None

@@ -19,23 +19,9 @@ from tornado import web
 
 from ..errors import ConfigError, FarmError
 from ..types import ChatResponse, Chunk
+from . import schema
 from .base import SETTINGS_KEY, ApiError, FarmHandler, FarmServer, bad_request, farm_error, route
 from .jobs import LoadJob, ServerState, TooManyLoads
-from .schema import (
-    API_PREFIX,
-    ROUTES,
-    ChatBody,
-    ErrorBody,
-    HealthResponse,
-    LoadStarted,
-    ModelsResponse,
-    StatsResponse,
-    StreamRestart,
-    StreamStatus,
-    StreamText,
-    UnloadResponse,
-    check_model_name,
-)
 
 SSE_TYPE = "text/event-stream; charset=utf-8"
 
@@ -43,9 +29,9 @@ SSE_TYPE = "text/event-stream; charset=utf-8"
 class ChatHandler(FarmHandler):
     path = "chat"
 
-    def body(self) -> ChatBody:
+    def body(self) -> schema.ChatBody:
         """The parsed body, within the limits, its first provider's options checked."""
-        body: ChatBody = self.parse(ChatBody)
+        body: schema.ChatBody = self.parse(schema.ChatBody)
         messages = body.to_messages()
         limits = self.limits
         if len(messages) > limits.max_messages:
@@ -63,7 +49,7 @@ class ChatHandler(FarmHandler):
             raise bad_request("params.extra", str(exc)) from None
         return body
 
-    def source(self, body: ChatBody, *, stream: bool) -> AsyncIterator[Chunk]:
+    def source(self, body: schema.ChatBody, *, stream: bool) -> AsyncIterator[Chunk]:
         return self.farm.chunks(
             body.to_messages(),
             body.model,
@@ -118,11 +104,11 @@ class ChatStreamHandler(ChatHandler):
                 async for chunk in it:
                     events = []
                     if chunk.restart:
-                        events.append(_event(StreamRestart().model_dump_json()))
+                        events.append(_event(schema.StreamRestart().model_dump_json()))
                     if chunk.status:
-                        events.append(_event(StreamStatus(status=chunk.status).model_dump_json()))
+                        events.append(_event(schema.StreamStatus(status=chunk.status).model_dump_json()))
                     if chunk.text:
-                        events.append(_event(StreamText(text=chunk.text).model_dump_json()))
+                        events.append(_event(schema.StreamText(text=chunk.text).model_dump_json()))
                     if chunk.response is not None:
                         events.append(_event(chunk.response.model_dump_json(), "done"))
                         events.append(_event("[DONE]"))
@@ -154,7 +140,7 @@ class ModelsHandler(FarmHandler):
     async def get(self) -> None:
         provider = self.get_argument("provider", None) or None
         models = await self.until_gone(self.on_runtime(self.farm.list_models(provider)))
-        self.reply(ModelsResponse(models=models))
+        self.reply(schema.ModelsResponse(models=models))
 
 
 class HealthHandler(FarmHandler):
@@ -165,7 +151,7 @@ class HealthHandler(FarmHandler):
     async def get(self) -> None:
         providers = [p for p in self.get_arguments("provider") if p] or None
         statuses = await self.until_gone(self.on_runtime(self.farm.statuses(providers)))
-        self.reply(HealthResponse(providers=statuses, cache=self.farm.cache_state))
+        self.reply(schema.HealthResponse(providers=statuses, cache=self.farm.cache_state))
 
 
 class ModelHandler(FarmHandler):
@@ -175,7 +161,7 @@ class ModelHandler(FarmHandler):
 
     def address(self, name: str) -> tuple[str, str]:
         try:
-            check_model_name(name)
+            schema.check_model_name(name)
         except ValueError as exc:
             raise bad_request("name", str(exc)) from None
         return self.farm.address(name)
@@ -185,7 +171,7 @@ class LoadHandler(ModelHandler):
     path = "models/{name}/load"
 
     def progress_url(self, name: str) -> str:
-        return url_path_join(self.base_url, API_PREFIX, "models", url_escape(name), "load")
+        return url_path_join(self.base_url, schema.API_PREFIX, "models", url_escape(name), "load")
 
     @route
     async def post(self, name: str) -> None:
@@ -199,7 +185,7 @@ class LoadHandler(ModelHandler):
             except TooManyLoads:
                 raise ApiError(
                     429,
-                    ErrorBody(
+                    schema.ErrorBody(
                         error=(
                             f"{self.limits.max_load_jobs} loads are running already: wait for one to finish "
                             "(GET its progress_url) and try again"
@@ -208,7 +194,7 @@ class LoadHandler(ModelHandler):
                     ),
                 ) from None
             job.future = self.farm.runtime.submit(job.run(self.farm, provider, model))
-        started = LoadStarted(**job.status().model_dump(), progress_url=self.progress_url(name))
+        started = schema.LoadStarted(**job.status().model_dump(), progress_url=self.progress_url(name))
         self.set_header("Location", started.progress_url)
         self.reply(started, status=202)
 
@@ -219,7 +205,7 @@ class LoadHandler(ModelHandler):
         if job is None:
             raise ApiError(
                 404,
-                ErrorBody(
+                schema.ErrorBody(
                     error=f"no load of {name!r} is known here: POST to this URL to start one",
                     field="name",
                 ),
@@ -234,7 +220,7 @@ class UnloadHandler(ModelHandler):
     async def post(self, name: str) -> None:
         provider, model = self.address(name)
         await self.until_gone(self.on_runtime(self.farm.drop(provider, model)))
-        self.reply(UnloadResponse(model=name, address=f"{provider}:{model}", unloaded=True))
+        self.reply(schema.UnloadResponse(model=name, address=f"{provider}:{model}", unloaded=True))
 
 
 class StatsHandler(FarmHandler):
@@ -244,7 +230,7 @@ class StatsHandler(FarmHandler):
     async def get(self) -> None:
         session = self.farm
         self.reply(
-            StatsResponse(
+            schema.StatsResponse(
                 models=session.monitor.summary(),
                 in_flight=self.state.in_flight,
                 cache=session.cache_state,
@@ -279,7 +265,7 @@ def url_specs(prefix: str, handlers: list[type[FarmHandler]] = HANDLERS) -> list
     names it, with its method; a route without one, or a handler for no route, is an error."""
     by_path = {h.path: h for h in handlers}
     specs: dict[str, tuple[str, type[FarmHandler]]] = {}
-    for r in ROUTES:
+    for r in schema.ROUTES:
         handler = by_path.get(r["path"])
         if (
             handler is None
@@ -299,7 +285,7 @@ def url_specs(prefix: str, handlers: list[type[FarmHandler]] = HANDLERS) -> list
 def setup_handlers(web_app: Any, session: Any = None, limits: FarmServer | None = None) -> str:
     """Add the routes to a Jupyter server's tornado application; returns their URL prefix."""
     base_url = web_app.settings.get("base_url", "/")
-    prefix = url_path_join(base_url, API_PREFIX)
+    prefix = url_path_join(base_url, schema.API_PREFIX)
     web_app.settings[SETTINGS_KEY] = ServerState(session, limits)
     web_app.add_handlers(".*$", url_specs(prefix))
     return prefix
