@@ -36,7 +36,7 @@ secret masked (farm_jupyter.secrets).
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from .secrets import redact, scrub_exception
 
@@ -72,94 +72,70 @@ class UnknownProvider(FarmError):
 
 class MissingDependency(FarmError):
     def __init__(self, package: str, extra: str) -> None:
-        super().__init__(
-            f"{package} is not installed", hint=f'pip install "farm-jupyter[{extra}]"'
-        )
+        super().__init__(f"{package} is not installed", hint=f'pip install "farm-jupyter[{extra}]"')
 
 
 class ProviderError(FarmError):
-    availability = False  # True: retry, count against the breaker, fall back
-    retryable = False
-    kind = "error"
-    # What a fallback notice says happened to this provider: "ollama <did>: answered by ...".
-    did = "failed"
+    """A failure at one provider; its class says what the router does (keywords of each subclass)."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        provider: str,
-        hint: str | None = None,
-        status: int | None = None,
-    ) -> None:
+    availability: ClassVar[bool] = False  # True: retry, count against the breaker, fall back
+    retryable: ClassVar[bool] = False
+    kind: ClassVar[str] = "error"
+    # What a fallback notice says happened to this provider: "ollama <did>: answered by ...".
+    did: ClassVar[str] = "failed"
+
+    def __init_subclass__(cls, *, kind: str | None = None, did: str | None = None, **policy: bool) -> None:
+        super().__init_subclass__()
+        cls.kind, cls.did = kind or cls.kind, did or cls.did
+        if "availability" in policy:  # the provider's trouble is worth retrying, unless said otherwise
+            cls.availability = cls.retryable = policy.pop("availability")
+        cls.retryable = policy.pop("retryable", cls.retryable)
+        if policy:
+            raise TypeError(f"{cls.__name__}: unknown failure policy {', '.join(policy)}")
+
+    def __init__(self, message: str, *, provider: str, hint: str | None = None, status: int | None = None) -> None:
         self.provider = provider
         self.status = status
         super().__init__(message, hint=hint)
 
 
-class ProviderUnavailable(ProviderError):
-    availability = True
-    retryable = True
-    kind = "unreachable"
-    did = "was not reachable"
+# The tree of the module's docstring, in code: where each failure goes and what its notice says.
+class ProviderUnavailable(ProviderError, availability=True, kind="unreachable", did="was not reachable"): ...
 
 
-class ProviderTimeout(ProviderUnavailable):
-    kind = "timeout"
-    did = "timed out"
+class ProviderTimeout(ProviderUnavailable, kind="timeout", did="timed out"): ...
 
 
-class StreamInterrupted(ProviderUnavailable):
-    kind = "cut mid-answer"
-    did = "cut the answer"
+class StreamInterrupted(ProviderUnavailable, kind="cut mid-answer", did="cut the answer"): ...
 
 
-class CoolingDown(ProviderUnavailable):
-    retryable = False
-    kind = "cooling down"
-    did = "is cooling down after repeated failures"
+class CoolingDown(
+    ProviderUnavailable, retryable=False, kind="cooling down", did="is cooling down after repeated failures"
+): ...
 
 
-class NotConfigured(ProviderError):
-    kind = "not configured"
-    did = "is not configured"
+class NotConfigured(ProviderError, kind="not configured", did="is not configured"): ...
 
 
-class ProviderResponseError(ProviderError):
-    pass
+class ProviderResponseError(ProviderError): ...
 
 
-class RateLimited(ProviderResponseError):
-    availability = True
-    retryable = True
-    kind = "rate limited"
-    did = "is rate limited"
-
+class RateLimited(ProviderResponseError, availability=True, kind="rate limited", did="is rate limited"):
     def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
         self.retry_after = retry_after
         super().__init__(message, **kw)  # type: ignore[arg-type]
 
 
-class ServerError(ProviderResponseError):
-    availability = True
-    retryable = True
-    kind = "server error"
-    did = "failed"
+class ServerError(ProviderResponseError, availability=True, kind="server error"): ...
 
 
-class AuthenticationError(ProviderResponseError):
-    kind = "auth"
-    did = "refused the key"
+class AuthenticationError(ProviderResponseError, kind="auth", did="refused the key"): ...
 
 
-class ModelNotFound(ProviderResponseError):
-    kind = "model not found"
-    did = "has no such model"
+class ModelNotFound(ProviderResponseError, kind="model not found", did="has no such model"): ...
 
 
-class BadRequest(ProviderResponseError):
-    kind = "bad request"
-    did = "refused the request"
+class BadRequest(ProviderResponseError, kind="bad request", did="refused the request"): ...
 
 
 class AllProvidersFailed(FarmError):
@@ -178,12 +154,8 @@ class AllProvidersFailed(FarmError):
         super().__init__(message)
 
 
-class ReplayMiss(ProviderError):
+class ReplayMiss(ProviderError, availability=True, retryable=False, kind="not recorded", did="has no recorded answer"):
     """`FARM_CACHE=replay:PATH` holds no answer for a request, and nothing else may answer it
     (a replayed notebook must not quietly ask a real model). The router raises it instead of
     asking the provider; the next route is looked up in the recording too (a recorded fallback
     replays), never asked; when no route is recorded, the first route's miss is the error."""
-
-    availability = True
-    kind = "not recorded"
-    did = "has no recorded answer"
