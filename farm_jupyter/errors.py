@@ -36,11 +36,13 @@ secret masked (farm_jupyter.secrets).
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from .secrets import redact, scrub_exception
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
+
     from .types import Attempt
 
 
@@ -159,3 +161,19 @@ class ReplayMiss(ProviderError, availability=True, retryable=False, kind="not re
     (a replayed notebook must not quietly ask a real model). The router raises it instead of
     asking the provider; the next route is looked up in the recording too (a recorded fallback
     replays), never asked; when no route is recorded, the first route's miss is the error."""
+
+
+class Problem(NamedTuple):
+    place: str  # dotted: `params.temperature`; empty for the value as a whole
+    why: str
+    value: Any
+    type: str
+
+
+def problems(exc: ValidationError, most: int = 3) -> list[Problem]:
+    """pydantic says each problem in several lines: here each is its place, why and the value, to
+    be said in one line with what to do."""
+    return [
+        Problem(".".join(map(str, e["loc"])), str(e["msg"]).removeprefix("Value error, "), e.get("input"), e["type"])
+        for e in exc.errors(include_url=False)[:most]
+    ]

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from .errors import ConfigError, FarmError
+from .errors import ConfigError, FarmError, problems
 from .types import ChatMessage
 
 _FENCE = re.compile(r"```[\w-]*\s*\n(.*?)\n?```", re.S)
@@ -63,18 +63,14 @@ class Schema:
         """The validated answer; ValueError with a short reason when it is not one."""
         data = _json_of(text)
         if self._adapter is None:
-            problems = list(_check(data, self.json_schema, self.json_schema, "$"))
-            if problems:
-                raise ValueError("; ".join(problems[:3]))
+            found = list(_check(data, self.json_schema, self.json_schema, "$"))
+            if found:
+                raise ValueError("; ".join(found[:3]))
             return data
         try:
             return self._adapter.validate_python(data)
         except ValidationError as exc:
-            said = []
-            for err in exc.errors()[:3]:
-                where = ".".join(str(p) for p in err["loc"]) or "the answer"
-                said.append(f"{where}: {err['msg']}")
-            raise ValueError("; ".join(said)) from None
+            raise ValueError("; ".join(f"{p.place or 'the answer'}: {p.why}" for p in problems(exc))) from None
 
     @staticmethod
     def reask(problem: str) -> ChatMessage:

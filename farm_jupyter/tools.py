@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError, validate_call
 
 from .context import Collector
-from .errors import ConfigError
+from .errors import ConfigError, problems
 from .secrets import redact
 from .types import ChatMessage, ToolCall, ToolRun, ToolSpec
 
@@ -134,7 +134,7 @@ def run_call(
                 value = run_async(value)
             result = result_text(value)
         except ValidationError as exc:
-            said = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors()[:3])
+            said = "; ".join(f"{p.place or 'arguments'}: {p.why}" for p in problems(exc))
             error = f"invalid arguments: {said}"
         except Exception as exc:  # noqa: BLE001 - the model is told what its call raised
             error = redact(f"{type(exc).__name__}: {exc}")  # it goes to a model, perhaps a remote one

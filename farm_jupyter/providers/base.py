@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import ValidationError
 
-from ..errors import BadRequest, ConfigError
+from ..errors import BadRequest, ConfigError, problems
 from ..runtime import get_runtime
 from ..types import (
     ChatMessage,
@@ -41,11 +41,9 @@ def as_messages(prompt: str | Sequence[ChatMessage | dict[str, Any]]) -> list[Ch
         try:
             messages.append(m if isinstance(m, ChatMessage) else ChatMessage.model_validate(m))
         except ValidationError as exc:  # pydantic's report is several lines; say it in one
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "message"
-            why = err["msg"].removeprefix("Value error, ")
+            where, why, *_ = problems(exc)[0]
             raise ConfigError(
-                f"message {i + 1} of the prompt is invalid: {where}: {why}",
+                f"message {i + 1} of the prompt is invalid: {where or 'message'}: {why}",
                 hint='write each message as {"role": "user", "content": "text"}',
             ) from None
     return messages

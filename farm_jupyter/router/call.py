@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import ConfigError, ProviderError
+from ..errors import ConfigError, ProviderError, problems
 from ..providers.base import Provider
 from ..types import (
     Attempt,
@@ -133,9 +133,9 @@ def parse_params(params: GenerationParams | Mapping[str, Any] | None) -> Generat
     try:
         return params if isinstance(params, GenerationParams) else GenerationParams(**(params or {}))
     except ValidationError as exc:  # pydantic's report is several lines; say it in one
-        err = exc.errors()[0]
+        where, why, value, _ = problems(exc)[0]
         raise ConfigError(
-            f"invalid generation parameter {'.'.join(map(str, err['loc']))}={err.get('input')!r}: {err['msg']}",
+            f"invalid generation parameter {where}={value!r}: {why}",
             hint="see help(farm_jupyter.types.GenerationParams)",
         ) from None
 

@@ -37,6 +37,7 @@ from ..errors import (
     ModelNotFound,
     ProviderError,
     UnknownProvider,
+    problems,
 )
 from .schema import ErrorBody
 
@@ -81,10 +82,9 @@ def bad_request(field: str | None, message: str) -> ApiError:
 
 def validation_error(exc: ValidationError, prefix: str = "") -> ApiError:
     """400 naming the first field at fault (dotted, e.g. `params.temperature`)."""
-    err = exc.errors(include_url=False)[0]
-    field = prefix + ".".join(str(p) for p in err["loc"]) or None
-    message = str(err["msg"]).removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
+    where, message, _, kind = problems(exc)[0]
+    field = prefix + where or None
+    if kind == "extra_forbidden":
         message = "not a generation option" if ".extra." in f".{field}" else "unknown field"
     return bad_request(field, message) if field else bad_request(None, f"invalid request body: {message}")
 
