@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .fields import FieldFormatter, Source
+
 if TYPE_CHECKING:
     from .types import ImagePart  # imported when an image is made: the magics import this module
 
@@ -99,9 +101,7 @@ def _rows(data: Any, head: list[str], total: int, budget: int) -> str:
 def _array(a: Any, budget: int, name: str | None) -> str:
     lines = [f"{_named(name, 'numpy array')}: shape {tuple(a.shape)}, dtype {a.dtype}"]
     if a.size and a.dtype.kind in "biuf":
-        lines.append(
-            f"min {a.min():.6g}, max {a.max():.6g}, mean {a.mean():.6g}, std {a.std():.6g}"
-        )
+        lines.append(f"min {a.min():.6g}, max {a.max():.6g}, mean {a.mean():.6g}, std {a.std():.6g}")
     if a.size:
         import numpy as np  # the array exists, so numpy is already imported
 
@@ -258,34 +258,16 @@ def describe(obj: Any, budget: int = DEFAULT_BUDGET, name: str | None = None) ->
     return Collector(budget).describe(obj, name)
 
 
+_CONTEXT = Source("context", "{name} is not in context; give context={{'{name}': ...}}")
+
+
 def fill(template: str, values: Mapping[str, Any], budget: int = DEFAULT_BUDGET) -> Described:
     """`template.format(**values)` with each value described (`{df}` -> its description, `{fig}` ->
-    an image); a field with a format spec or conversion (`{x:.2f}`, `{s!r}`) is formatted as usual."""
-    import string
-
+    an image); a field with a format spec or conversion (`{x:.2f}`, `{s!r}`) is formatted as usual.
+    The fields are `%%farm_chat`'s (`farm_jupyter.fields`): looked up, never evaluated."""
     collector = Collector(budget)
-    names: list[str] = []
-
-    class _Formatter(string.Formatter):
-        def get_field(self, field_name: str, args: Any, kwargs: Any) -> tuple[Any, str]:
-            first = field_name.split(".", 1)[0].split("[", 1)[0]
-            names.append(field_name)
-            if "._" in field_name or field_name.startswith("_"):
-                raise ValueError(f"{{{field_name}}}: attributes starting with '_' are not looked up")
-            if first not in values:
-                raise KeyError(f"{{{field_name}}} is not in context; give context={{{first!r}: ...}}")
-            return super().get_field(field_name, args, kwargs)
-
-        def format_field(self, value: Any, format_spec: str) -> Any:
-            if format_spec:
-                return super().format_field(value, format_spec)
-            return collector(value, names[-1] if names else None)
-
-        def convert_field(self, value: Any, conversion: str | None) -> Any:
-            return value if conversion is None else str(super().convert_field(value, conversion))
-
-    text = _Formatter().vformat(template, (), dict(values))
-    return Described(text, collector.images)
+    formatter = FieldFormatter(values, "the prompt", collector, _CONTEXT)
+    return Described(formatter.vformat(template, (), {}), collector.images)
 
 
 def attach(
@@ -301,8 +283,10 @@ def attach(
     try:
         described = fill(prompt, context, budget) if context is not None else Described(prompt)
     except (KeyError, ValueError, IndexError, AttributeError) as exc:
-        raise ConfigError(f"the prompt cannot be filled from context=: {exc}",
-                          hint="name each {field} in context=, or write {{ }} for literal braces") from None
+        raise ConfigError(
+            f"the prompt cannot be filled from context=: {exc}",
+            hint="name each {field} in context=, or write {{ }} for literal braces",
+        ) from None
     collector = Collector(budget)
     collector.images = described.images
     stand_ins = []
@@ -315,7 +299,9 @@ def attach(
         before = len(collector.images)
         said = collector(obj)
         if len(collector.images) == before:
-            raise ConfigError(f"images= takes figures and pictures, not {type(obj).__name__}",
-                              hint="put other objects in the prompt with context=")
+            raise ConfigError(
+                f"images= takes figures and pictures, not {type(obj).__name__}",
+                hint="put other objects in the prompt with context=",
+            )
         stand_ins.append(said)
     return "\n\n".join([described.text, *stand_ins]), collector.images

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 from pydantic_core import core_schema
 
-from ..monitor import ModelSummary
+from ..records import ModelSummary
 from ..types import (
     Attempt,
     ChatMessage,

@@ -16,6 +16,7 @@ from ..errors import ConfigError, FarmError, UnknownProvider
 from ..ledger import UsageReport
 from ..monitor import Monitor
 from ..providers import available as available_providers
+from ..providers import canonical
 from ..providers import is_known as is_provider
 from ..providers.base import as_messages
 from ..router import Router
@@ -43,9 +44,21 @@ Prompt = str | Sequence[ChatMessage | dict[str, Any]]
 
 # Asking with these takes more than one cache lookup (objects to describe, steps to run).
 _MORE = ("context", "images", "schema", "tools")
-_ASKING = frozenset({"system", "conversation", "turn_id", "no_cache", "refresh", "fallback", *_MORE,
-                     "context_budget", "max_steps", "max_reasks", "keep_thinking"})  # not params
-
+_ASKING = frozenset(
+    {
+        "system",
+        "conversation",
+        "turn_id",
+        "no_cache",
+        "refresh",
+        "fallback",
+        *_MORE,
+        "context_budget",
+        "max_steps",
+        "max_reasks",
+        "keep_thinking",
+    }
+)  # not params
 
 
 class Session:
@@ -104,12 +117,26 @@ class Session:
                 messages, model, params, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream
             )
             return chunks if conversation is None else self._committing(chunks, commit)
-        return plan(self.router, self.runtime, messages, model, params, x, no_cache=no_cache, refresh=refresh,
-                    fallback=fallback, stream=stream, on_final=commit)
+        return plan(
+            self.router,
+            self.runtime,
+            messages,
+            model,
+            params,
+            x,
+            no_cache=no_cache,
+            refresh=refresh,
+            fallback=fallback,
+            stream=stream,
+            on_final=commit,
+        )
 
     @staticmethod
     def _messages(
-        prompt: Prompt, system: str | None, conversation: Conversation | None = None, turn_id: str | None = None,
+        prompt: Prompt,
+        system: str | None,
+        conversation: Conversation | None = None,
+        turn_id: str | None = None,
         images: Sequence[ImagePart] = (),
     ) -> list[ChatMessage]:
         if conversation is not None:
@@ -172,7 +199,7 @@ class Session:
         source = self._source(
             prompt, model, system=system, conversation=conversation, turn_id=turn_id,
             no_cache=no_cache, refresh=refresh, fallback=fallback, params=params, stream=not _whole, extras=extras,
-        )
+        )  # fmt: skip
         return ChatStream(self, source)
 
     astream = stream  # a ChatStream is both iterable and async-iterable
@@ -198,7 +225,44 @@ class Session:
 
     @property
     def default_address(self) -> str:
-        return str(self.router.resolve(None, fallback=False)[0])
+        return self.resolve(None)
+
+    @property
+    def default_target(self) -> str | None:
+        """What `use()` set, as given; None when the default comes from the settings."""
+        return self.router.default_target
+
+    # -- targets, asking no one -----------------------------------------------------------------
+
+    def resolve(self, target: str | None) -> str:
+        """The `provider:model` a target (an address, provider, model or alias; None: the default)
+        stands for; an unknown provider or alias is a FarmError that says what to write."""
+        return str(self.router.resolve(target, fallback=False)[0])
+
+    def expand_alias(self, target: str) -> str:
+        return self.router.expand_alias(target)
+
+    def provider_names(self) -> list[str]:
+        """The chain's providers, then the others this session has set up."""
+        return list(dict.fromkeys([*self.settings.chain, *self.router.providers]))
+
+    def check_provider(self, name: str) -> None:
+        """An UnknownProvider error unless `name` is registered or set up in this session."""
+        if not (is_provider(name) or name in self.router.providers):
+            known = sorted(set(available_providers()) | set(self.router.providers))
+            raise UnknownProvider(f"no provider named {name!r}", hint=f"use one of {', '.join(known)}")
+
+    @staticmethod
+    def provider_of(target: str) -> str | None:
+        """The provider `target` names before its first `:` (`hf:x` -> huggingface), or None when
+        it names a model only (`llama3.1`, `qwen2.5:0.5b`)."""
+        head, sep, _ = target.partition(":")
+        return canonical(head) if sep and is_provider(head) else None
+
+    @staticmethod
+    def canonical_provider(name: str) -> str:
+        """The registered name behind a short one (`hf` -> huggingface)."""
+        return canonical(name)
 
     def alias(self, name: str, target: str) -> None:
         self.settings.aliases[name] = target
@@ -354,4 +418,3 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<Session env={self.settings.env!r} default={self.router.default_target or self.settings.default_provider!r} cache={self.cache.name}>"
-

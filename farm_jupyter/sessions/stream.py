@@ -1,27 +1,32 @@
 """ChatStream: the one fold of a stream of Chunks into text, thinking, tool runs, notice and response.
 
 Every face (cells, widgets, the HTTP server, the API) reads a ChatStream; none folds chunks itself.
+A face iterates it (or lets `follow` iterate several at once) and draws what it has folded:
+`text`, `thinking`, `tool_runs`, `notice`, `status`, `restarts`, `response`, `error`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from ..errors import FarmError
 from ..steps import Steps
-from ..types import ChatResponse, Chunk, ToolRun
+from ..types import ChatResponse, Chunk, ToolRun, Usage
 
 if TYPE_CHECKING:
     from .core import Session
+
+CUT = "the answer was cut: starting over"  # the status of a restart that gives no reason
 
 
 class ChatStream:
     """A lazy, replayable stream: nothing runs until iterated; `.response` forces it.
 
     Iterating yields Chunks (`restart` ones included, so a display can start over); `.text` is
-    the answer so far, without text voided by a restart.
+    the answer so far, without text voided by a restart. `on_done(fn)` calls `fn(stream)` once
+    the stream has its response or its error (llm's Response.on_done).
     """
 
     def __init__(self, session: Session, source: AsyncIterator[Chunk] | Steps) -> None:
@@ -30,8 +35,12 @@ class ChatStream:
         self._parts: list[str] = []
         self._thinking: list[str] = []
         self._seen: list[Chunk] = []
+        self._callbacks: list[Callable[[ChatStream], None]] = []
         self.response: ChatResponse | None = None
+        self.error: Exception | None = None  # why the stream failed, once it has
         self.notice: str | None = None  # the fallback line, as soon as the stream says it
+        self.status: str | None = None  # a passing note (a retry, a restart): cleared when text comes
+        self.restarts = 0  # times the text shown so far was voided
         self.tool_runs: list[ToolRun] = []  # tool calls run so far, as they finish
 
     @property
@@ -49,13 +58,33 @@ class ChatStream:
         """The model's reasoning so far, apart from the answer."""
         return "".join(self._thinking)
 
+    @property
+    def usage(self) -> Usage | None:
+        return self.response.usage if self.response else None
+
+    @property
+    def done(self) -> bool:
+        return self.response is not None or self.error is not None
+
+    def on_done(self, fn: Callable[[ChatStream], None]) -> None:
+        """Call `fn(self)` when the stream has its response or its error (now, if it has)."""
+        if self.done:
+            fn(self)
+        else:
+            self._callbacks.append(fn)
+
     def _take(self, chunk: Chunk) -> None:
         self._seen.append(chunk)
         if chunk.restart:
             self._parts.clear()
             self._thinking.clear()
-        elif chunk.text:
+            self.restarts += 1
+            self.status = chunk.status or CUT
+        elif chunk.status:
+            self.status = chunk.status
+        if chunk.text and not chunk.restart:
             self._parts.append(chunk.text)
+            self.status = None
         if chunk.thinking:
             self._thinking.append(chunk.thinking)
         if chunk.tool_run is not None:
@@ -64,6 +93,18 @@ class ChatStream:
             self.notice = chunk.notice
         if chunk.response is not None:
             self.response = chunk.response
+            self.notice = chunk.response.notice or self.notice
+            self._finish()
+
+    def _fail(self, exc: Exception) -> None:
+        self.error = exc
+        self.notice = None  # the fallback it announced did not answer either
+        self._finish()
+
+    def _finish(self) -> None:
+        callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            fn(self)
 
     def _claim(self) -> AsyncIterator[Chunk] | Steps | None:
         source, self._source = self._source, None
@@ -76,9 +117,13 @@ class ChatStream:
             return
         runtime = self._session.runtime
         chunks = source.run(runtime.iterate, runtime.run) if isinstance(source, Steps) else runtime.iterate(source)
-        for chunk in chunks:
-            self._take(chunk)
-            yield chunk
+        try:
+            for chunk in chunks:
+                self._take(chunk)
+                yield chunk
+        except Exception as exc:
+            self._fail(exc)
+            raise
 
     async def __aiter__(self) -> AsyncIterator[Chunk]:
         source = self._claim()
@@ -87,18 +132,29 @@ class ChatStream:
                 yield chunk
             return
         runtime = self._session.runtime
-        chunks = (source.arun(runtime.aiterate, runtime.run, offload=runtime.in_loop()) if isinstance(source, Steps)
-                  else runtime.aiterate(source))
-        async for chunk in chunks:
-            self._take(chunk)
-            yield chunk
+        chunks = (
+            source.arun(runtime.aiterate, runtime.run, offload=runtime.in_loop())
+            if isinstance(source, Steps)
+            else runtime.aiterate(source)
+        )
+        try:
+            async for chunk in chunks:
+                self._take(chunk)
+                yield chunk
+        except Exception as exc:
+            self._fail(exc)
+            raise
 
     async def _collect(self, source: AsyncIterator[Chunk]) -> None:
         """Run on the runtime loop by `result()`: one thread hop in all, not one per chunk (each
         hop wakes the waiting thread, 20-100 us)."""
-        async with aclosing(source) as chunks:  # type: ignore[type-var]
-            async for chunk in chunks:
-                self._take(chunk)
+        try:
+            async with aclosing(source) as chunks:  # type: ignore[type-var]
+                async for chunk in chunks:
+                    self._take(chunk)
+        except Exception as exc:
+            self._fail(exc)
+            raise
 
     def result(self) -> ChatResponse:
         if isinstance(self._source, Steps):  # its steps between requests run in this thread
@@ -122,12 +178,9 @@ class ChatStream:
 
     def _finished(self) -> ChatResponse:
         if self.response is None:  # an earlier iteration stopped early or failed
-            raise FarmError(
-                "this stream ended before its answer was complete", hint="ask again for a new stream"
-            )
+            raise FarmError("this stream ended before its answer was complete", hint="ask again for a new stream")
         return self.response
 
     def __repr__(self) -> str:
         state = "done" if self.response else ("running" if self._source is None else "not started")
         return f"<ChatStream {state}, {len(self.text)} chars>"
-

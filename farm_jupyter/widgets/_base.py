@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import html
 import logging
 import threading
 import time
@@ -23,10 +22,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import ipywidgets as W
 from traitlets import TraitError, Unicode, validate
 
-from .._format import human_bytes  # noqa: F401 - re-exported for the widgets
+from ..display.answer import error_line
+from ..display.theme import BAD, BORDER, FG, FG2, esc
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
     from ..sessions import Session
 
 log = logging.getLogger("farm_jupyter.widgets")
@@ -35,53 +34,10 @@ T = TypeVar("T")
 
 UPDATE_INTERVAL = 0.05  # seconds between screen updates of a stream: about 20 a second
 
-# JupyterLab's theme variables, with fallbacks for classic Notebook and VS Code.
-FG = "var(--jp-ui-font-color1, #1f2328)"
-FG2 = "var(--jp-ui-font-color2, #59636e)"
-BORDER = "var(--jp-border-color2, #d0d7de)"
-PANEL = "var(--jp-layout-color2, #f6f8fa)"
-GOOD = "#1a7f37"
-BAD = "#cf222e"
-WARN = "#9a6700"
-ACCENT = "#0969da"
-
-
-def esc(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def clock(at: float | None = None) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(at if at is not None else time.time()))
-
-
-def gib(n: int | float | None) -> str:
-    return "?" if n is None else f"{n / 2**30:.1f}"
-
-
-def seconds(s: float | None) -> str:
-    if s is None:
-        return "–"
-    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s"
-
-
-def error_line(exc: BaseException) -> str:
-    """One readable line: a FarmError already says what to do; anything else is our bug."""
-    from ..errors import FarmError
-
-    if isinstance(exc, FarmError):
-        return str(exc)
-    return (
-        f"{type(exc).__name__}: {exc}: this is a bug in farm_jupyter, please report it "
-        "with the traceback below; the widget keeps working"
-    )
-
 
 def error_html(exc: BaseException | str, *, traceback_text: str | None = None) -> str:
     text = exc if isinstance(exc, str) else error_line(exc)
-    out = (
-        f'<div class="farm-error" style="color:{BAD};white-space:normal;line-height:1.4">'
-        f"&#9888; {esc(text)}</div>"
-    )
+    out = f'<div class="farm-error" style="color:{BAD};white-space:normal;line-height:1.4">&#9888; {esc(text)}</div>'
     if traceback_text:
         out += (
             f'<details style="color:{FG2}"><summary>traceback</summary>'
@@ -148,16 +104,12 @@ class FarmBox(W.VBox):
 
     # -- where work runs ------------------------------------------------------------------------
 
-    @property
-    def runtime(self) -> Runtime:
-        return self.session.runtime
-
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T | None]:
         """Run `coro` on the runtime loop; its errors show inline; `close()` cancels it."""
         if self._closed:
             coro.close()
             raise RuntimeError(f"{type(self).__name__} is closed")
-        future = self.runtime.submit(self._guarded(coro))
+        future = self.session.runtime.submit(self._guarded(coro))
         with self._tasks_lock:
             self._tasks.add(future)
         future.add_done_callback(self._forget)
@@ -228,6 +180,20 @@ class FarmBox(W.VBox):
 
     def stop(self) -> None:
         """Stop periodic work; the widget stays usable and `start()` resumes it."""
+
+    # A fill in progress: the dropdowns' observers ignore what it sets (it is no one's choice).
+    _filling = False
+
+    def fill(self, dropdown: W.Dropdown, value: Any, options: Any = None) -> None:
+        """Set a dropdown's options and value as the widget's own doing, not as a user's pick."""
+        self._filling = True
+        try:
+            with dropdown.hold_sync():
+                if options is not None:
+                    dropdown.options = options
+                dropdown.value = value
+        finally:
+            self._filling = False
 
     # The one piece of work a chat or a comparison runs at a time (an answer, a run).
     _job: concurrent.futures.Future[Any] | None = None

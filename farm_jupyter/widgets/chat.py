@@ -27,8 +27,11 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 from traitlets import Bool, Int, Unicode, observe
 
+from ..display.answer import error_line, notice_html, thinking_html
+from ..display.markdown import render
+from ..display.theme import ACCENT, BAD, BORDER, FG, FG2, PANEL, WARN, esc
 from ..errors import FarmError
-from ._base import ACCENT, BAD, BORDER, FG, FG2, PANEL, WARN, FarmBox, Throttle, error_line, esc
+from ._base import FarmBox, Throttle
 
 if TYPE_CHECKING:
     from ..sessions import ChatStream, Conversation, Session
@@ -41,69 +44,73 @@ def model_label(info: ModelInfo) -> str:
 
 @dataclass
 class _Turn:
+    """One message and its answer: what the answer's stream has folded, and how it ended."""
+
     prompt: str
     view: W.HTML
     target: str
     ask: str | None = None  # what the stream is asked for ("" / None: the session default)
-    text: str = ""
-    thinking: str = ""  # the model's reasoning, shown folded above the answer
-    status: str | None = None
-    notice: str | None = None  # the fallback line shown above the answer
+    stream: ChatStream | None = None
     queued: bool = False
-    response: ChatResponse | None = None
-    error: str | None = None
+    error: str | None = None  # the stream failed, or could not be made
     stopped: bool = False
     done: bool = False
 
-    def html(self) -> str:
-        from .._markdown import render
+    @property
+    def text(self) -> str:
+        return self.stream.text if self.stream is not None else ""
 
+    def html(self) -> str:
         user = (
             f'<div style="display:flex;justify-content:flex-end;margin:2px 0 6px">'
             f'<div class="farm-user" style="background:{ACCENT};color:white;border-radius:10px 10px 2px 10px;'
             f'padding:5px 10px;max-width:85%;white-space:pre-wrap">{esc(self.prompt)}</div></div>'
         )
+        stream = self.stream
+        response = stream.response if stream is not None else None
         if self.text:
             body = render(self.text)
         elif not self.done and not self.queued:
             body = f'<span style="color:{FG2}">&#8230;</span>'
         else:
             body = ""
-        if self.thinking:
-            words = len(self.thinking.split())
-            body = (f'<details class="farm-thinking" style="color:{FG2};font-size:12px;margin:2px 0 4px">'
-                    f'<summary>thinking ({words} word{"s" if words != 1 else ""})</summary>'
-                    f'<div style="white-space:pre-wrap">{esc(self.thinking)}</div></details>{body}')
-        if self.notice:
-            body = (f'<div class="farm-notice" style="color:{WARN};font-size:12px;margin:4px 0 2px">'
-                    f"&#9888; {esc(self.notice)}</div>{body}")
+        if stream is not None and stream.thinking:
+            style = f' class="farm-thinking" style="color:{FG2};font-size:12px;margin:2px 0 4px"'
+            body = thinking_html(stream.thinking, attrs=style) + body
+        if stream is not None and stream.notice:
+            body = notice_html(stream.notice) + body
         if self.queued:
             note = f'<span class="farm-queued" style="color:{FG2}">queued: sent to {esc(self.target)} when the answer above is finished</span>'
-        elif self.response is not None:
-            note = f'<span style="color:{FG2}">{esc(self.response.footer(first_token=True))}</span>'
+        elif response is not None:
+            note = f'<span style="color:{FG2}">{esc(response.footer(first_token=True))}</span>'
         elif self.stopped:
             note = f'<span style="color:{WARN}">&#9632; stopped · {esc(self.target)} · partial answer, not added to the history</span>'
         elif self.error is not None:
             note = f'<span class="farm-error" style="color:{BAD}">&#9888; {esc(self.error)}</span>'
-        elif self.status:
-            note = f'<span style="color:{WARN}">{esc(self.status)}</span>'
+        elif stream is not None and stream.status:
+            note = f'<span style="color:{WARN}">{esc(stream.status)}</span>'
         else:
             note = f'<span style="color:{FG2}">streaming from {esc(self.target)}&#8230;</span>'
         answer = (
             f'<div class="farm-answer" style="background:{PANEL};border:1px solid {BORDER};'
-            f'border-radius:10px 10px 10px 2px;padding:2px 10px;max-width:95%;color:{FG};'
+            f"border-radius:10px 10px 10px 2px;padding:2px 10px;max-width:95%;color:{FG};"
             f'line-height:1.45;overflow-wrap:anywhere">{body}'
             f'<div class="farm-footer" style="font-size:11px;margin:2px 0 4px">{note}</div></div>'
         )
         return f'<div class="farm-turn" style="margin:4px 2px 8px">{user}{answer}</div>'
 
 
+# The newest turn at the bottom, scrolled into view: a reversed column keeps the scroll there.
+_TRANSCRIPT = {"flex_flow": "column-reverse", "overflow": "hidden auto", "max_height": "460px", "min_height": "60px",
+               "padding": "2px", "width": "100%", "flex": "1 1 auto"}  # fmt: skip
+
+
 class ChatWidget(FarmBox):
     """A chat with the session's models: the conversation, a message box, Send, Stop, a model picker.
 
-        chat = ChatWidget()            # the kernel's session; its own conversation
-        chat.send("Explain asyncio")   # what the Send button does; returns at once
-        chat.wait(); chat.stop()
+    chat = ChatWidget()            # the kernel's session; its own conversation
+    chat.send("Explain asyncio")   # what the Send button does; returns at once
+    chat.wait(); chat.stop()
     """
 
     model = Unicode("", help='Where to send: "provider:model", an alias, or "" for the session default.').tag(sync=True)
@@ -127,34 +134,46 @@ class ChatWidget(FarmBox):
         super().__init__(session, **kwargs)
         from ..sessions import Conversation
 
-        self.conversation = conversation if conversation is not None else Conversation(self.session.settings.max_history)
+        self.conversation = (
+            conversation if conversation is not None else Conversation(self.session.settings.max_history)
+        )
         self.system = system
         self.think = think  # ask for the model's reasoning: shown folded, never part of the answer
         self.interval = interval
         self._turns: list[_Turn] = []
         self._queue: deque[_Turn] = deque()
         self._lock = threading.RLock()
-        self._filling = False
 
-        self.transcript = W.VBox(layout=W.Layout(
-            flex_flow="column-reverse", overflow="hidden auto", max_height="460px", min_height="60px",
-            padding="2px", width="100%", flex="1 1 auto",
-        ))
+        self.transcript = W.VBox(layout=W.Layout(**_TRANSCRIPT))
         self.transcript.add_class("farm-transcript")
         self.picker = W.Dropdown(
-            options=[(self._default_label(), "")], value="", description="model",
-            layout=W.Layout(width="auto", flex="1 1 auto"), style={"description_width": "initial"},
+            options=[(self._default_label(), "")],
+            value="",
+            description="model",
+            layout=W.Layout(width="auto", flex="1 1 auto"),
+            style={"description_width": "initial"},
         )
         self.input = W.Textarea(
             placeholder="Ask something (Markdown answers; Send or chat.send(text))",
             layout=W.Layout(width="auto", flex="1 1 auto", height="62px"),
         )
-        self.send_button = W.Button(description="Send", button_style="primary", icon="paper-plane",
-                                    tooltip="send the message", layout=W.Layout(width="90px"))
-        self.stop_button = W.Button(description="Stop", icon="stop", disabled=True,
-                                    tooltip="stop the answer (keeps what arrived)", layout=W.Layout(width="90px"))
-        self.clear_button = W.Button(description="Clear", icon="trash", tooltip="start a new conversation",
-                                     layout=W.Layout(width="90px"))
+        self.send_button = W.Button(
+            description="Send",
+            button_style="primary",
+            icon="paper-plane",
+            tooltip="send the message",
+            layout=W.Layout(width="90px"),
+        )
+        self.stop_button = W.Button(
+            description="Stop",
+            icon="stop",
+            disabled=True,
+            tooltip="stop the answer (keeps what arrived)",
+            layout=W.Layout(width="90px"),
+        )
+        self.clear_button = W.Button(
+            description="Clear", icon="trash", tooltip="start a new conversation", layout=W.Layout(width="90px")
+        )
         self.send_button.on_click(self.dispatch(lambda _: self.send()))
         self.stop_button.on_click(self.dispatch(lambda _: self.stop()))
         self.clear_button.on_click(self.dispatch(lambda _: self.clear()))
@@ -164,8 +183,10 @@ class ChatWidget(FarmBox):
             W.HBox([self.picker, self.clear_button], layout=W.Layout(width="100%", align_items="center")),
             self.transcript,
             self._error_view,
-            W.HBox([self.input, W.VBox([self.send_button, self.stop_button])],
-                   layout=W.Layout(width="100%", align_items="flex-start")),
+            W.HBox(
+                [self.input, W.VBox([self.send_button, self.stop_button])],
+                layout=W.Layout(width="100%", align_items="flex-start"),
+            ),
         ]
         self.add_class("farm-chat")
         if model:
@@ -231,7 +252,8 @@ class ChatWidget(FarmBox):
 
     @property
     def last_response(self) -> ChatResponse | None:
-        return self._turns[-1].response if self._turns else None
+        stream = self._turns[-1].stream if self._turns else None
+        return stream.response if stream is not None else None
 
     def refresh_models(self) -> None:
         """Fill the model list from `session.models()` in the background."""
@@ -284,29 +306,15 @@ class ChatWidget(FarmBox):
 
     async def _run(self, turn: _Turn, stream: ChatStream) -> None:
         throttle = Throttle(lambda: self._render(turn), self.interval)
+        turn.stream = stream
         try:
-            async for chunk in stream:
-                if chunk.restart:
-                    turn.text = turn.thinking = ""
-                elif chunk.text:
-                    turn.text += chunk.text
-                if chunk.thinking:
-                    turn.thinking += chunk.thinking
-                if chunk.status:
-                    turn.status = chunk.status
-                if chunk.notice:
-                    turn.notice = chunk.notice
-                if chunk.response is not None:
-                    turn.response = chunk.response
-                    turn.text = chunk.response.text
-                    turn.notice = chunk.response.notice or turn.notice
+            async for _ in stream:
                 throttle.poke()
         except asyncio.CancelledError:
             turn.stopped = True
             raise
         except Exception as exc:  # noqa: BLE001 - shown in the turn; the chat stays usable
             turn.error = error_line(exc)
-            turn.notice = None  # the fallback it announced failed too: nothing answered
         finally:
             throttle.cancel()
             turn.done = True
@@ -358,13 +366,7 @@ class ChatWidget(FarmBox):
                     current = f"{current}:latest"
                 else:
                     options.append((current, current))
-            self._filling = True
-            try:
-                with self.picker.hold_sync():
-                    self.picker.options = options
-                    self.picker.value = current
-            finally:
-                self._filling = False
+            self.fill(self.picker, current, options)
             if current != self.model:
                 self.model = current
 
@@ -382,8 +384,4 @@ class ChatWidget(FarmBox):
             if new not in values:
                 self._set_options([*self.picker.options, (new, new)])
             elif self.picker.value != new:
-                self._filling = True
-                try:
-                    self.picker.value = new
-                finally:
-                    self._filling = False
+                self.fill(self.picker, new)

@@ -21,8 +21,12 @@ import ipywidgets as W
 from traitlets import Bool, Int, List, Unicode
 
 from ..batch import BatchResult, Comparison, Row, judge_question, parse_verdict
+from ..display.answer import error_line
+from ..display.compare import Column
+from ..display.formats import duration
+from ..display.theme import BORDER, FG, esc
 from ..errors import ConfigError, FarmError
-from ._base import BAD, BORDER, FG, FG2, GOOD, PANEL, WARN, FarmBox, Throttle, error_line, esc, seconds
+from ._base import FarmBox, Throttle
 
 if TYPE_CHECKING:
     from ..sessions import Session
@@ -30,62 +34,36 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class _Column:
-    address: str
+class _Column(Column):
+    """A comparison's column (`display.compare.Column`) drawn into three views."""
+
     head: W.HTML = field(default_factory=W.HTML)
     body: W.HTML = field(default_factory=W.HTML)
     foot: W.HTML = field(default_factory=W.HTML)
-    text: str = ""
-    notice: str | None = None  # another model answered for this one: said above its text
-    response: ChatResponse | None = None
-    error: str | None = None
-    stopped: bool = False
-    done: bool = False
-    fastest: bool = False
 
     def box(self) -> W.VBox:
         self.body.add_class("farm-compare-body")
         self.foot.add_class("farm-compare-foot")
-        return W.VBox([self.head, self.body, self.foot], layout=W.Layout(
-            border=f"1px solid {BORDER}", padding="4px 8px", min_width="0", width="auto",
-        ))
+        return W.VBox(
+            [self.head, self.body, self.foot],
+            layout=W.Layout(
+                border=f"1px solid {BORDER}",
+                padding="4px 8px",
+                min_width="0",
+                width="auto",
+            ),
+        )
 
     def draw(self) -> None:
-        from .._markdown import render
-
-        badge = (f' <span style="background:{GOOD};color:white;border-radius:8px;padding:0 6px;font-size:11px">'
-                 "fastest</span>") if self.fastest else ""
-        self.head.value = (
-            f'<div style="font-weight:600;color:{FG};border-bottom:1px solid {BORDER};padding-bottom:2px">'
-            f"{esc(self.address)}{badge}</div>"
-        )
-        if self.text:
-            body = render(self.text)
-        elif self.done:
-            body = ""
-        else:
-            body = f'<span style="color:{FG2}">waiting for the first token&#8230;</span>'
-        if self.notice:
-            body = (f'<div class="farm-notice" style="color:{WARN};font-size:12px;margin:2px 0">'
-                    f"&#9888; {esc(self.notice)}</div>{body}")
-        self.body.value = f'<div style="color:{FG};line-height:1.45;overflow-wrap:anywhere">{body}</div>'
-        self.foot.value = f'<div style="font-size:11px;color:{FG2};background:{PANEL};padding:2px 4px">{self.stats()}</div>'
-
-    def stats(self) -> str:
-        if self.error is not None:
-            return f'<span class="farm-error" style="color:{BAD}">&#9888; {esc(self.error)}</span>'
-        if self.stopped:
-            return "stopped"
-        r = self.response
-        if r is None:
-            return "streaming&#8230;"
-        return esc(r.footer(address=False, first_token=True))
+        self.head.value = self.heading_html()
+        self.body.value = self.body_html()
+        self.foot.value = self.foot_html()
 
 
 class CompareWidget(FarmBox):
     """The same prompt to several models, side by side.
 
-        CompareWidget("Explain a mutex in one paragraph", ["ollama:llama3.1", "openai:gpt-4o-mini"])
+    CompareWidget("Explain a mutex in one paragraph", ["ollama:llama3.1", "openai:gpt-4o-mini"])
     """
 
     prompt = Unicode("", help="The prompt sent to every model.").tag(sync=True)
@@ -118,9 +96,12 @@ class CompareWidget(FarmBox):
         self.interval = interval
         self.params = params
         self.columns: list[_Column] = []
-        self.prompt_box = W.Text(value=prompt, placeholder="prompt for every model",
-                                 layout=W.Layout(flex="1 1 auto", width="auto"))
-        self.run_button = W.Button(description="Run", button_style="primary", icon="play", layout=W.Layout(width="80px"))
+        self.prompt_box = W.Text(
+            value=prompt, placeholder="prompt for every model", layout=W.Layout(flex="1 1 auto", width="auto")
+        )
+        self.run_button = W.Button(
+            description="Run", button_style="primary", icon="play", layout=W.Layout(width="80px")
+        )
         self.stop_button = W.Button(description="Stop", icon="stop", disabled=True, layout=W.Layout(width="80px"))
         self.run_button.on_click(self.dispatch(lambda _: self.run(self.prompt_box.value)))
         self.stop_button.on_click(self.dispatch(lambda _: self.stop()))
@@ -181,12 +162,20 @@ class CompareWidget(FarmBox):
 
     def _start_evaluation(self) -> None:
         if len(self.models) < 2:
-            raise ConfigError("an evaluation needs at least two models", hint='models=["ollama:llama3.1", "openai:gpt-4o-mini"]')
+            raise ConfigError(
+                "an evaluation needs at least two models", hint='models=["ollama:llama3.1", "openai:gpt-4o-mini"]'
+            )
         n = len(self.prompts)
-        self.comparison = Comparison(self.prompts, list(self.models), BatchResult(
-            Row(k, self.prompts[k // len(self.models)], error="not asked yet", error_type="NotAsked")
-            for k in range(n * len(self.models))
-        ), verdicts=[None] * n if self.judge else [], picks=[None] * n)
+        self.comparison = Comparison(
+            self.prompts,
+            list(self.models),
+            BatchResult(
+                Row(k, self.prompts[k // len(self.models)], error="not asked yet", error_type="NotAsked")
+                for k in range(n * len(self.models))
+            ),
+            verdicts=[None] * n if self.judge else [],
+            picks=[None] * n,
+        )
         buttons = [W.Button(description=f"{m} is better", layout=W.Layout(width="auto")) for m in self.models]
         buttons.append(W.Button(description="tie", layout=W.Layout(width="auto")))
         for button, choice in zip(buttons, [*self.models, "tie"], strict=True):
@@ -221,8 +210,12 @@ class CompareWidget(FarmBox):
                 self.comparison.rows[k] = Row(k, self.prompts[i], error=column.error or "stopped", error_type="Failed")
         if self.judge:
             try:
-                reply = await self.session.achat(judge_question(self.prompts[i], [c.text or None for c in columns]),
-                                                 self.judge, temperature=0, fallback=False)
+                reply = await self.session.achat(
+                    judge_question(self.prompts[i], [c.text or None for c in columns]),
+                    self.judge,
+                    temperature=0,
+                    fallback=False,
+                )
                 self.comparison.verdicts[i] = parse_verdict(reply.text, self.models)
             except FarmError as exc:
                 self.show_error(f"the judge {self.judge} could not answer: {error_line(exc)}")
@@ -236,10 +229,12 @@ class CompareWidget(FarmBox):
         for s in self.comparison.summary():
             rate = f"{s['picked'] / picked:.0%}" if picked else "-"
             judged = f"{s['wins']}" if self.judge else "-"
-            ttft = seconds(s["first_token"]) if s["first_token"] is not None else "-"
-            total = seconds(s["seconds"]) if s["seconds"] is not None else "-"
-            rows.append(f"<tr><td>{esc(s['model'])}</td><td>{s['picked']}</td><td>{rate}</td><td>{judged}</td>"
-                        f"<td>{ttft}</td><td>{total}</td></tr>")
+            ttft = duration(s["first_token"]) if s["first_token"] is not None else "-"
+            total = duration(s["seconds"]) if s["seconds"] is not None else "-"
+            rows.append(
+                f"<tr><td>{esc(s['model'])}</td><td>{s['picked']}</td><td>{rate}</td><td>{judged}</td>"
+                f"<td>{ttft}</td><td>{total}</td></tr>"
+            )
         ties = sum(p == "tie" for p in self.comparison.picks)
         self.scoreboard.value = (
             f'<div style="font-size:12px;color:{FG}">prompt {self.index + 1} of {len(self.prompts)} · '
@@ -260,7 +255,7 @@ class CompareWidget(FarmBox):
         best = next((c for c in self.columns if c.address == self.fastest), None)
         if best is not None:
             total = best.response.timings.total if best.response else None
-            return head + f"; fastest {self.fastest} ({seconds(total)})"
+            return head + f"; fastest {self.fastest} ({duration(total)})"
         return head
 
     # -- on the runtime loop --------------------------------------------------------------------
@@ -292,29 +287,19 @@ class CompareWidget(FarmBox):
 
         throttle = Throttle(flush, self.interval)
         try:
-            stream = self.session.stream(prompt, column.address, system=self.system, fallback=False,
-                                         refresh=self.fresh, **self.params)
-            async for chunk in stream:
-                if chunk.restart:
-                    column.text = ""
-                elif chunk.text:
-                    column.text += chunk.text
-                if chunk.notice:
-                    column.notice = chunk.notice
-                if chunk.response is not None:
-                    column.response = chunk.response
-                    column.text = chunk.response.text
-                    column.notice = chunk.response.notice or column.notice
+            column.stream = self.session.stream(
+                prompt, column.address, system=self.system, fallback=False, refresh=self.fresh, **self.params
+            )
+            async for _ in column.stream:
                 throttle.poke()
         except asyncio.CancelledError:
             column.stopped = True
             raise
         except Exception as exc:  # noqa: BLE001 - one model's failure is its column's, not the others'
-            column.error = error_line(exc)
-            column.notice = None  # what it announced did not answer either
+            if column.stream is None or column.stream.error is None:
+                column.failure = exc
         finally:
             throttle.cancel()
-            column.done = True
             flush()
 
 

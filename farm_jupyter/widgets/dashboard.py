@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 from traitlets import dlink
 
-from ._base import BORDER, FG, FG2, PANEL, FarmBox, esc
+from ..display.theme import BORDER, FG, FG2, PANEL, esc
+from ._base import FarmBox
 from .chat import ChatWidget
 from .gauge import GPUGauge
 from .health import HealthBoard
@@ -46,7 +47,12 @@ class Dashboard(FarmBox):
         self.picker.observe(lambda _: setattr(self.title, "value", self._title()), "value")
 
         panel = {"border": f"1px solid {BORDER}", "padding": "8px 10px", "margin": "0"}
-        for part, area in ((self.picker, "picker"), (self.gauge, "gauge"), (self.chat, "chat"), (self.health, "health")):
+        for part, area in (
+            (self.picker, "picker"),
+            (self.gauge, "gauge"),
+            (self.chat, "chat"),
+            (self.health, "health"),
+        ):
             part.layout = W.Layout(grid_area=area, min_width="0", width="auto", **panel)
         self.chat.layout.height = "100%"
         self.title.layout = W.Layout(grid_area="header")
@@ -87,8 +93,7 @@ class Dashboard(FarmBox):
     def summary(self) -> str:
         health = self.health.summary().removeprefix("HealthBoard: ")
         gpu = self.gauge.summary().removeprefix("GPUGauge: ")
-        return (f"Dashboard: default {self.default_address()} · {_turns(len(self.chat.conversation))} · "
-                f"{health} · {gpu}")
+        return f"Dashboard: default {self.default_address()} · {_turns(len(self.chat.conversation))} · {health} · {gpu}"
 
     def close(self) -> None:
         if not self._closed:

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 from traitlets import Bool, Float, Int
 
-from ._base import BAD, FG, FG2, WARN, PollingBox, card, clock, esc, gib
+from ..display.formats import clock, gib
+from ..display.theme import BAD, FG, FG2, WARN, esc
+from ._base import PollingBox, card
 
 if TYPE_CHECKING:
     from ..sessions import Session
@@ -33,7 +35,9 @@ class _Bar:
     """`label [=====    ] text`: a FloatProgress between two HTML labels."""
 
     def __init__(self, label: str) -> None:
-        self.label = W.HTML(f'<span style="color:{FG2};font-size:12px">{esc(label)}</span>', layout=W.Layout(width="62px"))
+        self.label = W.HTML(
+            f'<span style="color:{FG2};font-size:12px">{esc(label)}</span>', layout=W.Layout(width="62px")
+        )
         self.bar = W.FloatProgress(value=0.0, min=0.0, max=100.0, layout=W.Layout(flex="1 1 auto", width="auto"))
         self.text = W.HTML("", layout=W.Layout(width="150px"))
         self.text.add_class("farm-gauge-value")
@@ -49,8 +53,8 @@ class _Bar:
 class GPUGauge(PollingBox):
     """Live GPU (or CPU/RAM) figures.
 
-        gauge = GPUGauge(interval=1.0)   # starts when displayed; gauge.start() without display
-        gauge.stats                       # the last GPUStats
+    gauge = GPUGauge(interval=1.0)   # starts when displayed; gauge.start() without display
+    gauge.stats                       # the last GPUStats
     """
 
     interval = Float(1.0, help="Seconds between readings while running.").tag(sync=True)

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 from traitlets import Float, Int
 
-from .._format import describe_failures
-from ._base import BAD, BORDER, FG, FG2, GOOD, WARN, PollingBox, card, clock, esc, seconds
+from ..display.formats import clock, describe_failures, duration
+from ..display.theme import BAD, BORDER, FG, FG2, GOOD, WARN, esc
+from ._base import PollingBox, card
 
 _FIRST_CHECK_WAIT = 30.0  # most seconds `statuses` waits for the check a new board started
 
 if TYPE_CHECKING:
-    from ..monitor import RequestRecord
+    from ..records import RequestRecord
     from ..sessions import Session
     from ..types import ProviderStatus
 
@@ -53,22 +54,25 @@ def advice(status: ProviderStatus) -> str:
         cause = f"{status.error}. " if status.error else ""
         return f"{cause}Requests skip it until {until}, then one request probes it; fix the cause above meanwhile."
     if status.state == "rate_limited":
-        return (status.error + ". " if status.error else "") + \
-            "Requests wait for their turn; raise rate_limits in farm.toml if your plan allows more."
+        return (
+            status.error + ". " if status.error else ""
+        ) + "Requests wait for their turn; raise rate_limits in farm.toml if your plan allows more."
     return status.error or "not checked yet: press refresh"
 
 
 class HealthBoard(PollingBox):
     """Which provider is up, at a glance.
 
-        board = HealthBoard(interval=10)   # refreshes while displayed
-        board.refresh()                     # one check now (blocks until done)
+    board = HealthBoard(interval=10)   # refreshes while displayed
+    board.refresh()                     # one check now (blocks until done)
     """
 
     interval = Float(10.0, help="Seconds between checks while displayed.").tag(sync=True)
     checks = Int(0, help="How many times the board has been refreshed.").tag(sync=True)
 
-    def __init__(self, session: Session | None = None, *, interval: float = 10.0, check: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, session: Session | None = None, *, interval: float = 10.0, check: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(session, **kwargs)
         self.interval = interval
         self._statuses: list[ProviderStatus] = []
@@ -79,13 +83,17 @@ class HealthBoard(PollingBox):
         self._unsubscribe: Callable[[], None] | None = None
         self._poke: asyncio.Event | None = None
         self.header = W.HTML(card("Providers", right="not checked yet"))
-        self.refresh_button = W.Button(icon="refresh", tooltip="check every provider now", layout=W.Layout(width="36px"))
+        self.refresh_button = W.Button(
+            icon="refresh", tooltip="check every provider now", layout=W.Layout(width="36px")
+        )
         self.refresh_button.on_click(self.dispatch(lambda _: self.submit(self._refresh())))
         self.table = W.HTML(self._table([]))
         self.table.add_class("farm-health-table")
         self.children = [
-            W.HBox([W.Box([self.header], layout=W.Layout(flex="1")), self.refresh_button],
-                   layout=W.Layout(width="100%", align_items="center")),
+            W.HBox(
+                [W.Box([self.header], layout=W.Layout(flex="1")), self.refresh_button],
+                layout=W.Layout(width="100%", align_items="center"),
+            ),
             self.table,
             self._error_view,
         ]
@@ -99,13 +107,13 @@ class HealthBoard(PollingBox):
     def statuses(self) -> list[ProviderStatus]:
         """Each provider's last status; the first access waits for the check made at creation."""
         first = self._first
-        if first is not None and not first.done() and not self.runtime.in_loop():
+        if first is not None and not first.done() and not self.session.runtime.in_loop():
             concurrent.futures.wait([first], timeout=_FIRST_CHECK_WAIT)
         return self._statuses
 
     def refresh(self, timeout: float = 30.0) -> list[ProviderStatus]:
         """Check every provider now and redraw; returns the statuses."""
-        if self.runtime.in_loop():
+        if self.session.runtime.in_loop():
             raise RuntimeError("HealthBoard.refresh() blocks; from the runtime loop await board._refresh()")
         self.submit(self._refresh()).result(timeout)
         return self.statuses
@@ -139,7 +147,7 @@ class HealthBoard(PollingBox):
         for s in statuses:
             part = f"{s.provider} {state_text(s)}"
             if s.state == "healthy" and s.latency is not None:
-                part += f" ({seconds(s.latency)})"
+                part += f" ({duration(s.latency)})"
             parts.append(part)
         return "HealthBoard: " + ", ".join(parts)
 
@@ -167,7 +175,7 @@ class HealthBoard(PollingBox):
         poke = self._poke
         if poke is not None:
             try:
-                self.runtime.loop.call_soon_threadsafe(poke.set)
+                self.session.runtime.loop.call_soon_threadsafe(poke.set)
             except RuntimeError:  # the loop is closed: nothing to refresh
                 pass
 
@@ -189,13 +197,23 @@ class HealthBoard(PollingBox):
         head = "".join(
             f'<th style="text-align:left;padding:3px 8px 3px 0;color:{FG2};font-weight:600;'
             f'border-bottom:1px solid {BORDER}">{h}</th>'
-            for h in ("provider", "status", "latency", "URL", "loaded", "requests", "failures", "last error · what to do")
+            for h in (
+                "provider",
+                "status",
+                "latency",
+                "URL",
+                "loaded",
+                "requests",
+                "failures",
+                "last error · what to do",
+            )
         )
         if not statuses:
             names = self.session.settings.chain
             rows = "".join(
                 f'<tr><td style="padding:3px 8px 3px 0">{esc(n)}</td>'
-                f'<td colspan="7" style="color:{FG2}">checking&#8230;</td></tr>' for n in names
+                f'<td colspan="7" style="color:{FG2}">checking&#8230;</td></tr>'
+                for n in names
             )
         else:
             failures = self.session.monitor.failure_counts()
@@ -204,8 +222,11 @@ class HealthBoard(PollingBox):
             for s in statuses:  # a provider with several servers has a row each; its counts go on the first
                 first = s.provider not in seen
                 seen.add(s.provider)
-                parts.append(self._row(s, stats.get(s.provider) if first else None,
-                                       failures.get(s.provider, {}) if first else {}))
+                parts.append(
+                    self._row(
+                        s, stats.get(s.provider) if first else None, failures.get(s.provider, {}) if first else {}
+                    )
+                )
             rows = "".join(parts)
         return (
             f'<table class="farm-health-rows" style="border-collapse:collapse;width:100%;font-size:12px;color:{FG};'
@@ -215,13 +236,17 @@ class HealthBoard(PollingBox):
     def _row(self, s: ProviderStatus, stat: tuple[int, int] | None, failures: dict[str, int]) -> str:
         color, dot, _ = _STATE.get(s.state, _STATE["unknown"])
         loaded = ", ".join(s.models_loaded[:4]) + (f" +{len(s.models_loaded) - 4}" if len(s.models_loaded) > 4 else "")
-        requests = "–" if stat is None else f"{stat[0]}" + (f' <span style="color:{BAD}">({stat[1]} failed)</span>' if stat[1] else "")
+        requests = (
+            "–"
+            if stat is None
+            else f"{stat[0]}" + (f' <span style="color:{BAD}">({stat[1]} failed)</span>' if stat[1] else "")
+        )
         cell = "padding:3px 8px 3px 0;vertical-align:top"
         return (
             f'<tr class="farm-health-row" data-provider="{esc(s.provider)}" data-state="{esc(s.state)}">'
             f'<td style="{cell};font-weight:600">{esc(s.provider)}</td>'
             f'<td style="{cell};color:{color};white-space:nowrap">{dot} {esc(state_text(s))}</td>'
-            f'<td style="{cell};white-space:nowrap">{seconds(s.latency) if s.latency is not None else "–"}</td>'
+            f'<td style="{cell};white-space:nowrap">{duration(s.latency) if s.latency is not None else "–"}</td>'
             f'<td style="{cell};color:{FG2}"><code>{esc(s.url or "–")}</code></td>'
             f'<td style="{cell}">{esc(loaded) or "–"}</td>'
             f'<td style="{cell}">{requests}</td>'

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 from traitlets import Bool, Int, Unicode, observe
 
-from ._base import FG2, FarmBox, card, esc, human_bytes
+from ..display.formats import human_bytes
+from ..display.theme import FG2, esc
+from ._base import FarmBox, card
 
 if TYPE_CHECKING:
     from ..sessions import Session
@@ -42,12 +44,14 @@ def _same_model(listed: str, wanted: str) -> bool:
 class ModelPicker(FarmBox):
     """Pick the session's default model from what the providers really have.
 
-        picker = ModelPicker()
-        picker.value              # "ollama:llama3.1:latest"
-        picker.value = "openai:gpt-4o-mini"   # same as choosing it
+    picker = ModelPicker()
+    picker.value              # "ollama:llama3.1:latest"
+    picker.value = "openai:gpt-4o-mini"   # same as choosing it
     """
 
-    value = Unicode("", help='The chosen model as "provider:model"; choosing one sets the session default.').tag(sync=True)
+    value = Unicode("", help='The chosen model as "provider:model"; choosing one sets the session default.').tag(
+        sync=True
+    )
     provider = Unicode("", help="The provider whose models are listed.").tag(sync=True)
     busy = Bool(False, help="True while a pull, load or unload runs.").tag(sync=True)
     fills = Int(0, help="How many times the model list has been filled.").tag(sync=True)
@@ -55,29 +59,43 @@ class ModelPicker(FarmBox):
     def __init__(self, session: Session | None = None, *, load_models: bool = True, **kwargs: Any) -> None:
         super().__init__(session, **kwargs)
         self.models: list[ModelInfo] = []
-        self._filling = False
         self._lock = threading.RLock()
         self._op: Any = None
 
-        providers = list(dict.fromkeys([*self.session.settings.chain, *self.session.router.providers]))
+        providers = self.session.provider_names()
         current = self.default_address()
         head = current.partition(":")[0] if ":" in current else (providers[0] if providers else "")
-        self.provider_dd = W.Dropdown(options=providers, value=head if head in providers else None,
-                                      description="provider", style={"description_width": "60px"},
-                                      layout=W.Layout(width="100%"))
-        self.model_dd = W.Dropdown(options=[], description="model", style={"description_width": "60px"},
-                                   layout=W.Layout(width="auto", flex="1 1 auto"))
-        self.refresh_button = W.Button(icon="refresh", tooltip="refresh the model list",
-                                       layout=W.Layout(width="36px", flex="0 0 36px"))
-        self.load_button = W.Button(description="Load", tooltip="load the model into memory (pulls it if missing)",
-                                    layout=W.Layout(width="auto", flex="1"))
-        self.unload_button = W.Button(description="Unload", tooltip="free the model's memory",
-                                      layout=W.Layout(width="auto", flex="1"))
-        self.reload_button = W.Button(description="Reload", tooltip="unload, then load again",
-                                      layout=W.Layout(width="auto", flex="1"))
+        self.provider_dd = W.Dropdown(
+            options=providers,
+            value=head if head in providers else None,
+            description="provider",
+            style={"description_width": "60px"},
+            layout=W.Layout(width="100%"),
+        )
+        self.model_dd = W.Dropdown(
+            options=[],
+            description="model",
+            style={"description_width": "60px"},
+            layout=W.Layout(width="auto", flex="1 1 auto"),
+        )
+        self.refresh_button = W.Button(
+            icon="refresh", tooltip="refresh the model list", layout=W.Layout(width="36px", flex="0 0 36px")
+        )
+        self.load_button = W.Button(
+            description="Load",
+            tooltip="load the model into memory (pulls it if missing)",
+            layout=W.Layout(width="auto", flex="1"),
+        )
+        self.unload_button = W.Button(
+            description="Unload", tooltip="free the model's memory", layout=W.Layout(width="auto", flex="1")
+        )
+        self.reload_button = W.Button(
+            description="Reload", tooltip="unload, then load again", layout=W.Layout(width="auto", flex="1")
+        )
         self.pull_name = W.Text(placeholder="model to pull, e.g. qwen2.5:0.5b", layout=W.Layout(width="auto", flex="1"))
-        self.pull_button = W.Button(description="Pull", icon="download", tooltip="download the model (Ollama)",
-                                    layout=W.Layout(width="80px"))
+        self.pull_button = W.Button(
+            description="Pull", icon="download", tooltip="download the model (Ollama)", layout=W.Layout(width="80px")
+        )
         self.progress = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="100%", visibility="hidden"))
         self.progress_label = W.HTML("", layout=W.Layout(width="100%"))
         self.info = W.HTML("")
@@ -135,7 +153,9 @@ class ModelPicker(FarmBox):
         if not name:
             self.show_error("write the model to pull in the box first, e.g. qwen2.5:0.5b")
             return
-        address = name if ":" in name and name.partition(":")[0] in self.provider_dd.options else f"{self.provider}:{name}"
+        address = (
+            name if ":" in name and name.partition(":")[0] in self.provider_dd.options else f"{self.provider}:{name}"
+        )
         self._start_op("pull", address)
 
     def summary(self) -> str:
@@ -152,16 +172,14 @@ class ModelPicker(FarmBox):
             self.models = infos
             head, _, model = self.value.partition(":")
             if head != provider:
-                model = self.default_address().partition(":")[2] if self.default_address().startswith(provider + ":") else ""
+                model = (
+                    self.default_address().partition(":")[2]
+                    if self.default_address().startswith(provider + ":")
+                    else ""
+                )
             chosen = next((m.name for m in infos if _same_model(m.name, model)), None)
             options = [(describe(m), m.name) for m in infos]
-            self._filling = True
-            try:
-                with self.model_dd.hold_sync():
-                    self.model_dd.options = options
-                    self.model_dd.value = chosen
-            finally:
-                self._filling = False
+            self.fill(self.model_dd, chosen, options)
             self._show_info()
             self.fills += 1
 
@@ -171,8 +189,15 @@ class ModelPicker(FarmBox):
         if info is None:
             text = f"{len(self.models)} models at {esc(self.provider)}" if self.models else "no models listed"
         else:
-            bits = [b for b in (info.quantization, human_bytes(info.size) if info.size else None,
-                                "loaded in memory" if info.loaded else "not loaded") if b]
+            bits = [
+                b
+                for b in (
+                    info.quantization,
+                    human_bytes(info.size) if info.size else None,
+                    "loaded in memory" if info.loaded else "not loaded",
+                )
+                if b
+            ]
             text = esc(" · ".join(bits))
         self.info.value = f'<span style="color:{FG2};font-size:12px">{text}</span>'
 
@@ -185,11 +210,7 @@ class ModelPicker(FarmBox):
                 return
             self.provider = change["new"]
             self.models = []
-            self._filling = True
-            try:
-                self.model_dd.options = []
-            finally:
-                self._filling = False
+            self.fill(self.model_dd, None, [])
         self.refresh()
 
     def _on_model(self, change: dict[str, Any]) -> None:
@@ -213,21 +234,13 @@ class ModelPicker(FarmBox):
         head, _, model = new.partition(":")
         with self._lock:
             if head != self.provider_dd.value and head in self.provider_dd.options:
-                self._filling = True
-                try:
-                    self.provider_dd.value = head
-                finally:
-                    self._filling = False
+                self.fill(self.provider_dd, head)
                 self.provider = head
                 self.refresh()
             elif model and self.model_dd.value != model:
                 match = next((m.name for m in self.models if _same_model(m.name, model)), None)
                 if match is not None:
-                    self._filling = True
-                    try:
-                        self.model_dd.value = match
-                    finally:
-                        self._filling = False
+                    self.fill(self.model_dd, match)
             self._show_info()
 
     # -- pull, load, unload (sync Session calls, in a worker thread) ----------------------------
@@ -269,8 +282,10 @@ class ModelPicker(FarmBox):
             provider = address.partition(":")[0]
             with self.progress.hold_sync():
                 self.progress.max, self.progress.value, self.progress.bar_style = 1, 1, "info"
-            self.progress_label.value = (f'<span style="color:{FG2};font-size:12px">{esc(address)}: nothing to {kind}: '
-                                         f"{esc(provider)} serves its models remotely</span>")
+            self.progress_label.value = (
+                f'<span style="color:{FG2};font-size:12px">{esc(address)}: nothing to {kind}: '
+                f"{esc(provider)} serves its models remotely</span>"
+            )
             return False
         if kind == "unload":
             self.session.unload(address)
@@ -306,7 +321,9 @@ class ModelPicker(FarmBox):
                     self.progress.max = max(int(step.total), 1)
                     self.progress.value = min(int(step.completed or 0), self.progress.max)
                     pct = 100 * (step.completed or 0) / step.total
-                    text = f"{esc(step.status)} · {human_bytes(step.completed)} / {human_bytes(step.total)} ({pct:.0f}%)"
+                    text = (
+                        f"{esc(step.status)} · {human_bytes(step.completed)} / {human_bytes(step.total)} ({pct:.0f}%)"
+                    )
                 else:
                     text = esc(step.status)
         self.progress_label.value = f'<span style="color:{FG2};font-size:12px">{text}</span>'

@@ -1,7 +1,7 @@
 """Markdown to safe HTML for answers: markdown-it-py (raw HTML off), code coloured by pygments.
 
-Shared by the widgets and `%%farm_chat --compare`, and outside `widgets/` so that the magic
-renders markdown without importing ipywidgets. markdown-it and pygments are imported on first
+Shared by the widgets and `%%farm_chat --compare`, which renders markdown without importing
+ipywidgets. markdown-it and pygments are imported on first
 render. Styles are inline (pygments' `noclasses`), because a widget's HTML cannot rely on a
 stylesheet being in the page.
 """
@@ -9,16 +9,9 @@ stylesheet being in the page.
 from __future__ import annotations
 
 import functools
-from html import escape
 from typing import Any
 
-# JupyterLab's theme variables with fallbacks, as in widgets/_base.py.
-BORDER = "var(--jp-border-color2, #d0d7de)"
-PANEL = "var(--jp-layout-color2, #f6f8fa)"
-
-
-def esc(text: str) -> str:
-    return escape(text, quote=True)
+from .theme import BORDER, PANEL, esc
 
 _PRE = (
     f'<pre style="background:{PANEL};border:1px solid {BORDER};border-radius:4px;padding:6px 8px;'

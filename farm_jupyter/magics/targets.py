@@ -1,0 +1,42 @@
+"""Targets as a magic takes them: the Session's answers, its errors made one-line UsageErrors."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from IPython.core.error import UsageError
+
+from ..errors import FarmError
+
+if TYPE_CHECKING:
+    from ..sessions import Session
+
+
+def resolve(session: Session, target: str | None) -> str:
+    """Resolve a target now so that an unknown provider is a UsageError, not a failed request."""
+    try:
+        return session.resolve(target)
+    except FarmError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def check_provider(session: Session, name: str) -> None:
+    try:
+        session.check_provider(name)
+    except FarmError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def join(session: Session, model: str | None, provider: str | None) -> str | None:
+    """One target from `-m` and `-p`; `-p ollama -m fast` with fast an alias of an Ollama model."""
+    if not (provider and model):
+        return provider or model or None
+    expanded = session.expand_alias(model)
+    named = session.provider_of(expanded)
+    if named is None:
+        return f"{provider}:{expanded}"
+    if named != session.canonical_provider(provider):
+        raise UsageError(
+            f"-m {model} names provider {expanded.partition(':')[0]!r}, but -p says {provider!r}: drop one of them"
+        )
+    return expanded
