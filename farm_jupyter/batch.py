@@ -41,20 +41,21 @@ class Row:
     index: int
     item: Any
     answer: str | None = None
+    parsed: Any = None  # the validated answer, when the map was given a schema=
     error: str | None = None
     error_type: str | None = None
+    # Who answered, and how: the figures are the response's own, measured where it was asked.
     provider: str | None = None
     model: str | None = None
+    notice: str | None = None
     cached: bool = False
     retries: int = 0
-    notice: str | None = None
-    first_token: float | None = None
     seconds: float = 0.0
+    first_token: float | None = None
+    tokens_per_second: float | None = None
     tokens_in: int = 0
     tokens_out: int = 0
-    tokens_per_second: float | None = None
     attempts: list[Attempt] = field(default_factory=list)
-    parsed: Any = None  # the validated answer, when the map was given a schema=
     response: ChatResponse | None = field(default=None, repr=False)
     exception: BaseException | None = field(default=None, repr=False)
 

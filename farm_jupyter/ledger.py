@@ -119,23 +119,25 @@ class Ledger:
         return self.settings.prices.get(address) or SHIPPED_PRICES.get(address)
 
     def _add(self, record: RequestRecord) -> None:
-        if not record.ok:
+        response = record.response
+        if response is None:
             return
         address = f"{record.provider}:{record.model}"
         price = self.price(address)
+        tokens_in, tokens_out = response.usage.prompt_tokens, response.usage.completion_tokens
         with self._lock:
             row = self._rows.setdefault(address, UsageRow(address))
             row.requests += 1
-            if record.cached:
+            if response.cached:
                 row.cache_hits += 1
-                row.saved_in += record.tokens_in
-                row.saved_out += record.tokens_out
+                row.saved_in += tokens_in
+                row.saved_out += tokens_out
                 return
-            row.tokens_in += record.tokens_in
-            row.tokens_out += record.tokens_out
+            row.tokens_in += tokens_in
+            row.tokens_out += tokens_out
             row.seconds += record.total
             if price is not None:
-                cost = price.cost(record.tokens_in, record.tokens_out)
+                cost = price.cost(tokens_in, tokens_out)
                 row.cost = (row.cost or 0.0) + cost
                 self.spent += cost
                 row.price_note = "" if address in self.settings.prices else f"shipped price as of {price.as_of}"

@@ -36,7 +36,7 @@ class Monitor:
                 pass
 
     def record_error(self, provider: str, model: str, error: BaseException, total: float) -> None:
-        self.record(RequestRecord(provider=provider, model=model, ok=False, error=str(error), total=total))
+        self.record(RequestRecord(provider, model, total, error=str(error)))
 
     def record_failure(self, provider: str, kind: str) -> None:
         """One failed attempt at a provider, by failure class (`ProviderError.kind`)."""
@@ -67,21 +67,22 @@ class Monitor:
             groups.setdefault(f"{r.provider}:{r.model}", []).append(r)
         out = []
         for address, rs in sorted(groups.items()):
-            served = [r for r in rs if r.ok and not r.cached]
-            latencies = [r.total for r in served]
-            firsts = [r.first_token for r in served if r.first_token is not None]
-            rates = [r.tokens_per_second for r in served if r.tokens_per_second]
+            answers = [r.response for r in rs if r.response is not None]
+            served = [a for a in answers if not a.cached]
+            latencies = [a.timings.total for a in served]
+            firsts = [a.timings.first_token for a in served if a.timings.first_token is not None]
+            rates = [rate for a in served if (rate := a.tokens_per_second)]
             out.append(
                 ModelSummary(
                     address=address,
                     requests=len(rs),
-                    errors=sum(1 for r in rs if not r.ok),
-                    cache_hits=sum(1 for r in rs if r.cached),
+                    errors=len(rs) - len(answers),
+                    cache_hits=len(answers) - len(served),
                     p50=_quantile(latencies, 0.5),
                     p95=_quantile(latencies, 0.95),
                     first_token_p50=_quantile(firsts, 0.5),
                     tokens_per_second=statistics.median(rates) if rates else None,
-                    tokens_out=sum(r.tokens_out for r in rs),
+                    tokens_out=sum(a.usage.completion_tokens for a in answers),
                 )
             )
         return out

@@ -4,45 +4,34 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from .types import ChatResponse
 
 
-class RequestRecord(BaseModel):
-    at: float = Field(default_factory=time.time)
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One request as the monitor keeps it: the response it got, or why it failed, and when.
+
+    Made on every answer and every cache hit: a slotted dataclass over the response itself,
+    nothing copied and nothing validated again."""
+
     provider: str
     model: str
-    ok: bool
+    total: float
+    response: ChatResponse | None = None  # None: it failed, and `error` says why
     error: str | None = None
-    first_token: float | None = None
-    total: float = 0.0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    tokens_per_second: float | None = None
-    cached: bool = False
-    retries: int = 0
-    fallbacks: int = 0
-    waited: float = 0.0
+    at: float = field(default_factory=time.time)
 
     @classmethod
     def from_response(cls, response: ChatResponse) -> RequestRecord:
-        # Every value comes from a validated response: not validated again (on each cache hit too).
-        return cls.model_construct(
-            provider=response.provider,
-            model=response.model,
-            ok=True,
-            first_token=response.timings.first_token,
-            total=response.timings.total,
-            tokens_in=response.usage.prompt_tokens,
-            tokens_out=response.usage.completion_tokens,
-            tokens_per_second=response.tokens_per_second,
-            cached=response.cached,
-            retries=sum(a.retries for a in response.attempts),
-            fallbacks=sum(1 for a in response.attempts if not a.ok),
-            waited=response.timings.waited,
-        )
+        return cls(response.provider, response.model, response.timings.total, response)
+
+    @property
+    def ok(self) -> bool:
+        return self.response is not None
 
 
 class ModelSummary(BaseModel):

@@ -209,6 +209,10 @@ class Settings(_Section):
         _register_options(self.providers)
         return self
 
+    def default_model_of(self, kind: str) -> str | None:
+        """A provider kind's configured default model (`[ollama] default_model`), if it has one."""
+        return getattr(getattr(self, kind, None), "default_model", None)
+
     @property
     def default_provider(self) -> str:
         if self.provider:

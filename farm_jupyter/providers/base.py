@@ -110,7 +110,7 @@ class Provider(ABC):
 
     @property
     def default_model(self) -> str:
-        return str(self.options.get("default_model") or "default")
+        return str(self.options.get("default_model") or self.settings.default_model_of(self.kind) or "default")
 
     @property
     def url(self) -> str | None:

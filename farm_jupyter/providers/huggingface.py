@@ -83,8 +83,7 @@ class HuggingFaceProvider(Provider):
 
     @property
     def default_model(self) -> str:
-        configured = self.options.get("default_model") or self._hf.default_model
-        return str(configured) if configured else embedded.NAME
+        return str(self.options.get("default_model") or self._hf.default_model or embedded.NAME)
 
     @property
     def url(self) -> str:

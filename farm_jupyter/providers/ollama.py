@@ -87,10 +87,6 @@ class OllamaProvider(Provider):
         self._vision: dict[str, bool] = {}
 
     @property
-    def default_model(self) -> str:
-        return str(self.options.get("default_model") or self.settings.ollama.default_model)
-
-    @property
     def url(self) -> str:
         return self._host
 

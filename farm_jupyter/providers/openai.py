@@ -93,10 +93,6 @@ class OpenAIProvider(Provider):
         self._client: AsyncOpenAI | None = None
 
     @property
-    def default_model(self) -> str:
-        return str(self.options.get("default_model") or self.settings.openai.default_model)
-
-    @property
     def url(self) -> str:
         return self._base_url
 

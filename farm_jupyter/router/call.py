@@ -12,18 +12,9 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError, ProviderError, problems
 from ..providers.base import Provider
-from ..types import (
-    Attempt,
-    ChatMessage,
-    ChatRequest,
-    ChatResponse,
-    Chunk,
-    GenerationParams,
-    Timings,
-    ToolCall,
-    Usage,
-    generation_rate,
-)
+from ..types.messages import ChatMessage, ToolCall
+from ..types.request import ChatRequest, GenerationParams
+from ..types.responses import Attempt, ChatResponse, Chunk, Timings, Usage, generation_rate
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,16 +38,7 @@ from ..ledger import Ledger
 from ..monitor import Monitor, RequestRecord
 from ..providers.base import Provider
 from ..secrets import redact
-from ..types import (
-    Attempt,
-    ChatMessage,
-    ChatRequest,
-    ChatResponse,
-    Chunk,
-    GenerationParams,
-    ProviderStatus,
-    Usage,
-)
+from ..types import Attempt, ChatMessage, ChatRequest, ChatResponse, Chunk, GenerationParams, ProviderStatus, Usage
 from .call import Call, Route, Try, fit_images, parse_params
 from .deadline import timed
 from .failures import as_fallback, cooling_down, failed_attempt, missing_model, not_recorded, restart_note
