@@ -111,7 +111,11 @@ def jupyter_ai_tables(args: argparse.Namespace) -> dict[str, dict[str, list[floa
             raise RuntimeError(f"%%ai did not answer from the loopback server: {text[:300]!r}")
         return text
 
-    return {"openai_chat": measure({"raw openai SDK (jupyter-ai venv)": raw["chat"], "%%ai (jupyter-ai-magics)": ai}, args.runs)}
+    return {
+        "openai_chat": measure(
+            {"raw openai SDK (jupyter-ai venv)": raw["chat"], "%%ai (jupyter-ai-magics)": ai}, args.runs
+        )
+    }
 
 
 def main() -> None:

@@ -44,7 +44,9 @@ def serve(kind: str, **options: Any) -> Iterator[Served]:
     """A loopback OllamaServer or OpenAIServer (same options) in a child process."""
     proc = subprocess.Popen(
         [sys.executable, "-c", _CHILD, kind, json.dumps(options)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdin is not None and proc.stdout is not None
     try:

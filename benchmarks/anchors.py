@@ -38,17 +38,15 @@ def python_for(name: str, *, install: bool = True) -> Path | None:
     venv.EnvBuilder(with_pip=True, clear=True).create(folder)
     subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *PACKAGES[name]],
-        check=True, stdout=sys.stderr,
+        check=True,
+        stdout=sys.stderr,
     )
     marker.write_text(json.dumps(versions(python, PACKAGES[name])))
     return python
 
 
 def versions(python: Path, packages: list[str]) -> dict[str, str]:
-    code = (
-        "import json, sys, importlib.metadata as m\n"
-        "print(json.dumps({p: m.version(p) for p in sys.argv[1:]}))"
-    )
+    code = "import json, sys, importlib.metadata as m\nprint(json.dumps({p: m.version(p) for p in sys.argv[1:]}))"
     out = subprocess.run([str(python), "-c", code, *packages], check=True, capture_output=True, text=True)
     return dict(json.loads(out.stdout))
 

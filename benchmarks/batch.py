@@ -93,20 +93,35 @@ def main() -> None:
             missing["litellm.batch_completion"] = NOT_RUN
         else:
             out = subprocess.run(
-                [str(python), "-c", LITELLM, oai.url + "/v1", TEST_API_KEY, str(args.prompts),
-                 str(args.concurrency), str(args.runs)], capture_output=True, text=True, check=True,
+                [
+                    str(python),
+                    "-c",
+                    LITELLM,
+                    oai.url + "/v1",
+                    TEST_API_KEY,
+                    str(args.prompts),
+                    str(args.concurrency),
+                    str(args.runs),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
             )
             times["litellm.batch_completion"] = json.loads(out.stdout.strip().splitlines()[-1])
 
     lines = [
         f"### Batch: {args.prompts} prompts, {args.latency * 1e3:.0f} ms per answer, concurrency {args.concurrency}",
-        "", "| variant | median | min | max | vs ideal | vs raw SDK |", "|---|---:|---:|---:|---:|---:|",
+        "",
+        "| variant | median | min | max | vs ideal | vs raw SDK |",
+        "|---|---:|---:|---:|---:|---:|",
         f"| ideal ({args.prompts} x {args.latency}s / {args.concurrency}) | {fmt(ideal)} | | | 1.000x | |",
     ]
     raw = sorted(times["raw AsyncOpenAI + Semaphore"])[args.runs // 2]
     for name, ts in times.items():
         med = sorted(ts)[len(ts) // 2]
-        lines.append(f"| {name} | {fmt(med)} | {fmt(min(ts))} | {fmt(max(ts))} | {med / ideal:.3f}x | {med / raw:.3f}x |")
+        lines.append(
+            f"| {name} | {fmt(med)} | {fmt(min(ts))} | {fmt(max(ts))} | {med / ideal:.3f}x | {med / raw:.3f}x |"
+        )
     for name, why in missing.items():
         lines.append(f"| {name} | {why} | | | | |")
     farm = sorted(times["farm.map (OpenAI protocol)"])[args.runs // 2] / ideal

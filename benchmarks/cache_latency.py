@@ -51,7 +51,8 @@ def redis_server() -> Iterator[str | None]:
     with tempfile.TemporaryDirectory() as folder:
         proc = subprocess.Popen(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", folder],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             deadline = time.monotonic() + 10
@@ -91,11 +92,14 @@ def backend_times(name: str, cache: dict[str, object], server: Served, runs: int
         return None
 
     in_loop = session.runtime.run(ameasure({f"{name}: get()": get, f"{name}: router lookup + replay": replay}, runs))
-    via_chat = measure({
-        f"{name}: thread hop alone (runtime.run of an empty coroutine)": lambda: session.runtime.run(nothing()),
-        f"{name}: Session.chat hit": lambda: session.chat("hi", "ollama:llama3.1"),
-        f"{name}: Session.stream hit": lambda: list(session.stream("hi", "ollama:llama3.1")),
-    }, runs)
+    via_chat = measure(
+        {
+            f"{name}: thread hop alone (runtime.run of an empty coroutine)": lambda: session.runtime.run(nothing()),
+            f"{name}: Session.chat hit": lambda: session.chat("hi", "ollama:llama3.1"),
+            f"{name}: Session.stream hit": lambda: list(session.stream("hi", "ollama:llama3.1")),
+        },
+        runs,
+    )
     session.close()
     return {**in_loop, **via_chat}
 
@@ -109,14 +113,25 @@ def main() -> None:
 
     times: dict[str, list[float]] = {}
     missing: dict[str, str] = {}
-    with serve("ollama", tokens=args.tokens) as server, tempfile.TemporaryDirectory() as folder, redis_server() as redis_url:
+    with (
+        serve("ollama", tokens=args.tokens) as server,
+        tempfile.TemporaryDirectory() as folder,
+        redis_server() as redis_url,
+    ):
         times |= backend_times("memory", {"backend": "memory"}, server, args.runs)
-        times |= backend_times("disk", {"backend": "disk", "path": str(Path(folder) / "cache.sqlite")}, server, args.runs)
+        times |= backend_times(
+            "disk", {"backend": "disk", "path": str(Path(folder) / "cache.sqlite")}, server, args.runs
+        )
         if redis_url is not None:
             times |= backend_times("redis", {"backend": "redis", "redis_url": redis_url}, server, args.runs)
         else:
-            for row in ("get()", "router lookup + replay", "thread hop alone (runtime.run of an empty coroutine)",
-                    "Session.chat hit", "Session.stream hit"):
+            for row in (
+                "get()",
+                "router lookup + replay",
+                "thread hop alone (runtime.run of an empty coroutine)",
+                "Session.chat hit",
+                "Session.stream hit",
+            ):
                 missing[f"redis: {row}"] = "skipped: redis-server is not on PATH"
 
     targets = []
@@ -129,12 +144,18 @@ def main() -> None:
         med = statistics.median(times[row])
         inside = statistics.median(times[f"{backend}: router lookup + replay"])
         hop = statistics.median(times[f"{backend}: thread hop alone (runtime.run of an empty coroutine)"])
-        targets.append(target(name, f"{fmt(med)} (inside the loop {fmt(inside)}; the thread hop alone {fmt(hop)})",
-                              med < limit))
+        targets.append(
+            target(name, f"{fmt(med)} (inside the loop {fmt(inside)}; the thread hop alone {fmt(hop)})", med < limit)
+        )
     text = table(
-        f"Cache hit latency ({args.tokens}-chunk answer, {args.runs} hits each)", times, "memory: get()", missing=missing,
-        notes=["get() and router lookup + replay are timed on the runtime loop; Session.chat/stream from the calling thread.",
-               "ratios are to the in-memory get(), the cheapest possible hit."],
+        f"Cache hit latency ({args.tokens}-chunk answer, {args.runs} hits each)",
+        times,
+        "memory: get()",
+        missing=missing,
+        notes=[
+            "get() and router lookup + replay are timed on the runtime loop; Session.chat/stream from the calling thread.",
+            "ratios are to the in-memory get(), the cheapest possible hit.",
+        ],
     )
     emit(text, {"times": summary(times), "targets": targets})
 

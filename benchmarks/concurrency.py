@@ -40,8 +40,11 @@ def main() -> None:
     args = parser.parse_args()
 
     missing: dict[str, str] = {}
-    with serve("ollama", tokens=20, latency=args.latency) as ollama, \
-            serve("openai", api_key=TEST_API_KEY, tokens=20, latency=args.latency) as oai, asyncio.Runner() as cell:
+    with (
+        serve("ollama", tokens=20, latency=args.latency) as ollama,
+        serve("openai", api_key=TEST_API_KEY, tokens=20, latency=args.latency) as oai,
+        asyncio.Runner() as cell,
+    ):
         session = Session(settings_for(ollama, oai, cache={"backend": "none"}, fallback=[]))
 
         def gather(n: int, target: str) -> Callable[[], Any]:
@@ -77,7 +80,9 @@ def main() -> None:
         targets.append(target("8 concurrent requests (--compare) < 1.3x one request", MAGICS_TODO, None))
     text = table(
         f"Concurrent requests, {args.latency * 1e3:.0f} ms per answer (loopback, cache off, {args.runs} runs)",
-        times, base, missing=missing,
+        times,
+        base,
+        missing=missing,
         notes=["ratio 1.0x: all N answered in the time of one; N x 1.0: one after another."],
     )
     emit(text, {"times": summary(times), "targets": targets})

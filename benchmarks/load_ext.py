@@ -50,8 +50,13 @@ ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 def run_once(load: bool) -> dict[str, Any]:
     start = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-c", CHILD.format(load=load)], capture_output=True, text=True, cwd=ROOT, timeout=120,
-        check=True, env=ENV,
+        [sys.executable, "-c", CHILD.format(load=load)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=True,
+        env=ENV,
     )
     wall = time.perf_counter() - start
     data: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])

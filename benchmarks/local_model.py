@@ -43,8 +43,15 @@ def timed(fn: Any) -> float:
 
 
 def session_for(engine: str) -> Session:
-    return Session(config={"env": "test", "provider": engine, "fallback": [], "cache": {"backend": "none"},
-                           "huggingface": {"device": "cpu", "dtype": "float32"}})
+    return Session(
+        config={
+            "env": "test",
+            "provider": engine,
+            "fallback": [],
+            "cache": {"backend": "none"},
+            "huggingface": {"device": "cpu", "dtype": "float32"},
+        }
+    )
 
 
 def loads(engine: str) -> dict[str, float]:
@@ -90,8 +97,11 @@ def llamacpp_pair(n: int) -> tuple[dict[str, Any], str]:
 
     assert by_hand() == farm(), "the provider and the hand-written loop must generate the same text"
     fns = {"llama.cpp by hand: create_chat_completion(stream=True)": by_hand, "farm_jupyter.stream (llamacpp)": farm}
-    return {"fns": fns, "close": session.close, "note": f"llama.cpp threads: {llm.n_threads}"}, \
-        "llama.cpp by hand: create_chat_completion(stream=True)"
+    return {
+        "fns": fns,
+        "close": session.close,
+        "note": f"llama.cpp threads: {llm.n_threads}",
+    }, "llama.cpp by hand: create_chat_completion(stream=True)"
 
 
 def huggingface_pair(n: int) -> tuple[dict[str, Any], str]:
@@ -105,10 +115,15 @@ def huggingface_pair(n: int) -> tuple[dict[str, Any], str]:
     folder = embedded.converted_dir() / f"{gguf.stem}-{embedded.fingerprint(gguf)}"
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    enc = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)
-    settings: dict[str, Any] = {"max_new_tokens": n, "min_new_tokens": n, "do_sample": False,
-                                "pad_token_id": tokenizer.eos_token_id}
+    enc = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    settings: dict[str, Any] = {
+        "max_new_tokens": n,
+        "min_new_tokens": n,
+        "do_sample": False,
+        "pad_token_id": tokenizer.eos_token_id,
+    }
 
     def by_hand() -> str:
         streamer = transformers.TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -159,27 +174,56 @@ def main() -> None:
         # a shared machine's load drifting between runs than the ratio of the two medians.
         rel = statistics.median(b / f for b, f in zip(measured[base], measured[farm], strict=True))
         rates[engine] = rel
-        targets.append(target(f"{engine} provider >= 0.95x the engine by hand (cpu, {n} tokens)",
-                              f"{rel:.3f}x (median of paired runs)", rel >= 0.95))
-        texts.append(table(
-            f"{engine}: {n} new tokens of {embedded.NAME} (Q4_1 GGUF), greedy, CPU ({args.runs} runs)", measured, base,
-            extra={"tokens/s": {k: f"{n / statistics.median(v):,.1f}" for k, v in measured.items()},
-                   "rate vs by hand": {k: f"{statistics.median(measured[base]) / statistics.median(v):.3f}x"
-                                       for k, v in measured.items()}},
-            notes=[pair["note"], f"rate vs by hand, median of the {args.runs} paired runs: {rel:.3f}x"],
-        ))
+        targets.append(
+            target(
+                f"{engine} provider >= 0.95x the engine by hand (cpu, {n} tokens)",
+                f"{rel:.3f}x (median of paired runs)",
+                rel >= 0.95,
+            )
+        )
+        texts.append(
+            table(
+                f"{engine}: {n} new tokens of {embedded.NAME} (Q4_1 GGUF), greedy, CPU ({args.runs} runs)",
+                measured,
+                base,
+                extra={
+                    "tokens/s": {k: f"{n / statistics.median(v):,.1f}" for k, v in measured.items()},
+                    "rate vs by hand": {
+                        k: f"{statistics.median(measured[base]) / statistics.median(v):.3f}x"
+                        for k, v in measured.items()
+                    },
+                },
+                notes=[pair["note"], f"rate vs by hand, median of the {args.runs} paired runs: {rel:.3f}x"],
+            )
+        )
     if len(engines) == 2:
         hf = statistics.median(times["farm_jupyter.stream (huggingface)"])
         lc = statistics.median(times["farm_jupyter.stream (llamacpp)"])
         notes.append(f"llama.cpp streams {hf / lc:.2f}x as many tokens per second as transformers through the provider")
     first = next(iter(load_rows))
-    texts.append(table("Loading SmolLM2 through the provider (one run each, fresh models folder)", load_rows, first,
-                       notes=["transformers' first load dequantises the GGUF file and saves a converted copy; "
-                              "its cached load reads that copy. llama.cpp maps the file both times."]))
+    texts.append(
+        table(
+            "Loading SmolLM2 through the provider (one run each, fresh models folder)",
+            load_rows,
+            first,
+            notes=[
+                "transformers' first load dequantises the GGUF file and saves a converted copy; "
+                "its cached load reads that copy. llama.cpp maps the file both times."
+            ],
+        )
+    )
     if len(engines) == 2:
         texts.append("\n".join(f"- {n}" for n in notes[-1:]))
-    emit("\n\n".join(texts), {"times": {k: v for k, v in times.items()}, "loads": load_rows, "tokens": n,
-                              "rates": rates, "targets": targets})
+    emit(
+        "\n\n".join(texts),
+        {
+            "times": {k: v for k, v in times.items()},
+            "loads": load_rows,
+            "tokens": n,
+            "rates": rates,
+            "targets": targets,
+        },
+    )
 
 
 if __name__ == "__main__":

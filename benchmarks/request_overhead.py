@@ -89,7 +89,9 @@ def ours(openai_server: Served, ollama_server: Served, runs: int) -> dict[str, d
         return "".join(e.choices[0].delta.content or "" for e in events if e.choices)
 
     async def async_chat(c: openai.AsyncOpenAI) -> str:
-        return (await c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)).choices[0].message.content or ""
+        return (await c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)).choices[
+            0
+        ].message.content or ""
 
     async def async_events(c: openai.AsyncOpenAI) -> AsyncIterator[str]:
         events = await c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
@@ -104,7 +106,11 @@ def ours(openai_server: Served, ollama_server: Served, runs: int) -> dict[str, d
         return "".join([c.text async for c in provider.astream(req)])
 
     def ollama_raw_chat() -> str:
-        return str(http.post("/api/chat", json={"model": "llama3.1", "messages": MESSAGES, "stream": False}).json()["message"]["content"])
+        return str(
+            http.post("/api/chat", json={"model": "llama3.1", "messages": MESSAGES, "stream": False}).json()["message"][
+                "content"
+            ]
+        )
 
     def ollama_raw_stream() -> str:
         parts = []
@@ -124,7 +130,9 @@ def ours(openai_server: Served, ollama_server: Served, runs: int) -> dict[str, d
         },
         "openai_stream": {
             "raw openai SDK stream": raw_stream,
-            "AsyncOpenAI on the runtime loop, a hop per event": lambda: "".join(runtime.iterate(async_events(loop_client))),
+            "AsyncOpenAI on the runtime loop, a hop per event": lambda: "".join(
+                runtime.iterate(async_events(loop_client))
+            ),
             "OpenAI provider on the runtime loop, a hop per chunk": lambda: "".join(
                 c.text for c in runtime.iterate(provider.astream(request))
             ),
@@ -162,9 +170,23 @@ def anchor(name: str, openai_server: Served, ollama_server: Served, runs: int) -
     assert python is not None
     env = {**os.environ, "IPYTHONDIR": str(HERE / ".cache" / "ipython")}
     out = subprocess.run(
-        [str(python), str(HERE / "_anchor_requests.py"), name, "--openai", openai_server.url,
-         "--ollama", ollama_server.url, "--key", TEST_API_KEY, "--runs", str(runs)],
-        capture_output=True, text=True, env=env, timeout=1800,
+        [
+            str(python),
+            str(HERE / "_anchor_requests.py"),
+            name,
+            "--openai",
+            openai_server.url,
+            "--ollama",
+            ollama_server.url,
+            "--key",
+            TEST_API_KEY,
+            "--runs",
+            str(runs),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
     )
     if out.returncode:
         raise RuntimeError(f"{name} anchor failed:\n{out.stderr[-3000:]}")
@@ -194,21 +216,29 @@ def main() -> None:
         if name == "openai_chat":
             if not have_magics():
                 missing["%%farm_chat --no-stream (magic)"] = MAGICS_TODO
-            notes.append("%%ai runs jupyter-ai's openai-chat-custom provider with "
-                         "`-m {\"openai_api_base\": ...}` and OPENAI_API_KEY; it builds a new LangChain "
-                         "model (and client) per cell, and always waits for the whole answer.")
+            notes.append(
+                "%%ai runs jupyter-ai's openai-chat-custom provider with "
+                '`-m {"openai_api_base": ...}` and OPENAI_API_KEY; it builds a new LangChain '
+                "model (and client) per cell, and always waits for the whole answer."
+            )
             notes.append("the magics' rows include rendering the answer (markdown, footer) into a captured display.")
         if name == "openai_stream":
             missing["%%ai (jupyter-ai-magics)"] = "n/a: %%ai does not stream (it calls provider.generate)"
         if name.startswith("ollama"):
-            notes.append("litellm's ollama/ prefix posts to /api/generate, ollama_chat/ to /api/chat (what we and the raw row use).")
-        texts.append(table(TITLES[name], times, BASELINE[name], baselines=baselines, missing=missing, notes=notes or None))
+            notes.append(
+                "litellm's ollama/ prefix posts to /api/generate, ollama_chat/ to /api/chat (what we and the raw row use)."
+            )
+        texts.append(
+            table(TITLES[name], times, BASELINE[name], baselines=baselines, missing=missing, notes=notes or None)
+        )
 
     chat = ratio(results["openai_chat"], "farm_jupyter.chat", "raw openai SDK")
     stream = ratio(results["openai_stream"], "farm_jupyter.stream", "raw openai SDK stream")
     targets = [
         target("OpenAI protocol, chat: farm_jupyter.chat <= 1.10x the raw openai SDK", f"{chat:.2f}x", chat <= 1.10),
-        target("OpenAI protocol, stream: farm_jupyter.stream <= 1.10x the raw openai SDK", f"{stream:.2f}x", stream <= 1.10),
+        target(
+            "OpenAI protocol, stream: farm_jupyter.stream <= 1.10x the raw openai SDK", f"{stream:.2f}x", stream <= 1.10
+        ),
     ]
     emit("\n\n".join(texts), {name: summary(times) for name, times in results.items()} | {"targets": targets})
 

@@ -92,7 +92,9 @@ def main() -> None:
             "raw httpx iter_lines": raw_stream,
             "async httpx aiter_lines, loop in this thread": lambda: here.run(async_stream(here_client)),
             "async httpx on the runtime loop, one hop": lambda: runtime.run(async_stream(loop_client)),
-            "async httpx on the runtime loop, a hop per line": lambda: "".join(runtime.iterate(async_lines(loop_client))),
+            "async httpx on the runtime loop, a hop per line": lambda: "".join(
+                runtime.iterate(async_lines(loop_client))
+            ),
             "Ollama provider on the runtime loop, a hop per chunk": lambda: "".join(
                 c.text for c in runtime.iterate(provider.astream(request))
             ),
@@ -111,12 +113,22 @@ def main() -> None:
     stream_ratio = ratio(stream_times, "farm_jupyter.stream", "raw httpx iter_lines")
     targets = [
         target("Ollama protocol, chat: farm_jupyter.chat <= 1.10x raw httpx", f"{chat_ratio:.2f}x", chat_ratio <= 1.10),
-        target("Ollama protocol, stream: farm_jupyter.stream <= 1.10x raw httpx", f"{stream_ratio:.2f}x", stream_ratio <= 1.10),
+        target(
+            "Ollama protocol, stream: farm_jupyter.stream <= 1.10x raw httpx",
+            f"{stream_ratio:.2f}x",
+            stream_ratio <= 1.10,
+        ),
     ]
-    text = "\n\n".join([
-        table("Per-request overhead, non-streaming (20-token answer, loopback Ollama protocol)", chat_times, "raw httpx"),
-        table("Per-request overhead, streaming (20 chunks)", stream_times, "raw httpx iter_lines"),
-    ])
+    text = "\n\n".join(
+        [
+            table(
+                "Per-request overhead, non-streaming (20-token answer, loopback Ollama protocol)",
+                chat_times,
+                "raw httpx",
+            ),
+            table("Per-request overhead, streaming (20 chunks)", stream_times, "raw httpx iter_lines"),
+        ]
+    )
     emit(text, {"chat": summary(chat_times), "stream": summary(stream_times), "targets": targets})
 
 

@@ -41,8 +41,19 @@ SCRIPTS = [
     ("local_model.py", False, "Local model: SmolLM2-135M-Instruct on llama.cpp and transformers"),
     ("server_memory.py", False, "Jupyter server extension: memory under bodies at and over the limit"),
 ]
-PACKAGES = ["farm-jupyter", "httpx", "openai", "pydantic", "ipython", "ipykernel", "ipywidgets", "redis",
-            "torch", "transformers", "anyio"]
+PACKAGES = [
+    "farm-jupyter",
+    "httpx",
+    "openai",
+    "pydantic",
+    "ipython",
+    "ipykernel",
+    "ipywidgets",
+    "redis",
+    "torch",
+    "transformers",
+    "anyio",
+]
 TIMEOUT = 600
 
 
@@ -71,7 +82,9 @@ def machine() -> list[tuple[str, str]]:
     ]
     for name in ("jupyter-ai", "litellm"):
         found = installed_versions(name)
-        rows.append((f"anchor venv {name}", ", ".join(f"{k} {v}" for k, v in found.items()) if found else "not installed"))
+        rows.append(
+            (f"anchor venv {name}", ", ".join(f"{k} {v}" for k, v in found.items()) if found else "not installed")
+        )
     return rows
 
 
@@ -85,8 +98,9 @@ def _version(package: str) -> str:
 def _gpu() -> str:
     if shutil.which("nvidia-smi") is None:
         return "none"
-    out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True, text=True
+    )
     return "; ".join(out.stdout.strip().splitlines()) or "none"
 
 
@@ -98,9 +112,12 @@ def _redis() -> str:
 
 
 def _git() -> str:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                           cwd=HERE).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=HERE
+    ).stdout.strip()
     return f"{head or '?'}{' (with uncommitted changes)' if dirty else ''}"
 
 
@@ -121,11 +138,17 @@ def run(script: str, anchors: bool) -> dict[str, Any]:
     if script == "load_ext.py":  # its own format: render its table and its target here
         import load_ext
 
-        data = {"markdown": load_ext.table(data), "targets": [{
-            "target": "`%load_ext farm_jupyter` adds < 0.15 s",
-            "measured": f"{data['added_wall_s'] * 1e3:.0f} ms wall, {data['added_load_ext_s'] * 1e3:.1f} ms in the call",
-            "met": bool(data["ok"]),
-        }], "figures": data}
+        data = {
+            "markdown": load_ext.table(data),
+            "targets": [
+                {
+                    "target": "`%load_ext farm_jupyter` adds < 0.15 s",
+                    "measured": f"{data['added_wall_s'] * 1e3:.0f} ms wall, {data['added_load_ext_s'] * 1e3:.1f} ms in the call",
+                    "met": bool(data["ok"]),
+                }
+            ],
+            "figures": data,
+        }
     data["seconds"] = seconds
     return data
 
@@ -149,8 +172,11 @@ def main() -> None:
             continue
         print(f"[run_all] {script} ...", file=sys.stderr, flush=True)
         results[script] = run(script, takes_anchors and args.with_anchors)
-        print(f"[run_all] {script}: {results[script]['seconds']:.0f} s"
-              f"{' FAILED' if 'error' in results[script] else ''}", file=sys.stderr, flush=True)
+        print(
+            f"[run_all] {script}: {results[script]['seconds']:.0f} s{' FAILED' if 'error' in results[script] else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
     total = time.perf_counter() - started
     load_after = os.getloadavg()
 

@@ -40,12 +40,16 @@ VARIANTS: dict[str, tuple[str | None, str]] = {
     "import httpx": (None, _TIMED.format(step="import httpx")),
     "import openai": (None, _TIMED.format(step="import openai")),
     "first use: Session() (pydantic, httpx, config)": (
-        None, _TIMED.format(step="import farm_jupyter.sessions as s\ns.Session(config={})")
+        None,
+        _TIMED.format(step="import farm_jupyter.sessions as s\ns.Session(config={})"),
     ),
     "bare IPython": (None, _TIMED.format(step=_IPYTHON)),
     "IPython + %load_ext farm_jupyter": (None, _ipython_then("ip.run_line_magic('load_ext', 'farm_jupyter')")),
     "bare IPython (jupyter-ai venv)": ("jupyter-ai", _TIMED.format(step=_IPYTHON)),
-    "IPython + %load_ext jupyter_ai_magics": ("jupyter-ai", _ipython_then("ip.run_line_magic('load_ext', 'jupyter_ai_magics')")),
+    "IPython + %load_ext jupyter_ai_magics": (
+        "jupyter-ai",
+        _ipython_then("ip.run_line_magic('load_ext', 'jupyter_ai_magics')"),
+    ),
     "python (litellm venv)": ("litellm", _TIMED.format(step="pass")),
     "import litellm": ("litellm", _TIMED.format(step="import litellm")),
 }
@@ -98,18 +102,31 @@ def main() -> None:
         fns[name] = lambda p=python, c=code, n=name: run_child(p, c, env, inner[n], rss[n])
     times = measure(fns, args.runs, warmup=1)
     for name in fns:  # drop the warm-up's figures
-        inner[name], rss[name] = inner[name][-args.runs:], rss[name][-args.runs:]
+        inner[name], rss[name] = inner[name][-args.runs :], rss[name][-args.runs :]
 
     def added(name: str) -> float:
         return median(times, name) - median(times, BASELINES.get(name, "bare IPython"))
 
     ours = added("IPython + %load_ext farm_jupyter")
     ours_inner = statistics.median(inner["IPython + %load_ext farm_jupyter"])
-    targets = [target("`%load_ext farm_jupyter` adds < 0.15 s", f"{ours:.3f} s (in-process {ours_inner * 1e3:.1f} ms)", ours < 0.15)]
-    theirs = added("IPython + %load_ext jupyter_ai_magics") if "IPython + %load_ext jupyter_ai_magics" in times else None
+    targets = [
+        target(
+            "`%load_ext farm_jupyter` adds < 0.15 s",
+            f"{ours:.3f} s (in-process {ours_inner * 1e3:.1f} ms)",
+            ours < 0.15,
+        )
+    ]
+    theirs = (
+        added("IPython + %load_ext jupyter_ai_magics") if "IPython + %load_ext jupyter_ai_magics" in times else None
+    )
     if theirs is not None:
-        targets.append(target("< 1/20 of what `%load_ext jupyter_ai_magics` adds",
-                              f"{ours:.3f} s vs {theirs:.2f} s (1/{theirs / max(ours, 1e-9):.0f})", ours * 20 < theirs))
+        targets.append(
+            target(
+                "< 1/20 of what `%load_ext jupyter_ai_magics` adds",
+                f"{ours:.3f} s vs {theirs:.2f} s (1/{theirs / max(ours, 1e-9):.0f})",
+                ours * 20 < theirs,
+            )
+        )
     else:
         targets.append(target("< 1/20 of what `%load_ext jupyter_ai_magics` adds", NOT_RUN, None))
 
@@ -118,12 +135,17 @@ def main() -> None:
         "peak RSS": {n: f"{statistics.median(v):.0f} MB" for n, v in rss.items()},
         "added RSS": {
             n: f"{statistics.median(v) - statistics.median(rss[BASELINES.get(n, 'bare IPython')]):+.0f} MB"
-            for n, v in rss.items() if n in BASELINES or n == "IPython + %load_ext farm_jupyter"
+            for n, v in rss.items()
+            if n in BASELINES or n == "IPython + %load_ext farm_jupyter"
         },
     }
     text = table(
-        f"Start-up, each in a fresh process ({args.runs} runs after a warm-up)", times, "bare IPython",
-        baselines=BASELINES, missing=missing, extra=extra,
+        f"Start-up, each in a fresh process ({args.runs} runs after a warm-up)",
+        times,
+        "bare IPython",
+        baselines=BASELINES,
+        missing=missing,
+        extra=extra,
         notes=[
             "median/min/max: wall time of the whole process; 'step in-process': the import or `%load_ext` timed inside it.",
             "rows marked [vs X] are compared with X (the same venv's bare python or IPython), not with our bare IPython.",

@@ -59,7 +59,9 @@ def with_cpu(fns: dict[str, Callable[[], Any]], cpu: dict[str, list[float]]) -> 
     return {name: timed(name, fn) for name, fn in fns.items()}
 
 
-def rates(tokens: int, runs: int, cpu: dict[str, dict[str, list[float]]]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+def rates(
+    tokens: int, runs: int, cpu: dict[str, dict[str, list[float]]]
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     messages: Any = [{"role": "user", "content": "go"}]
     with serve("ollama", tokens=tokens) as ollama, serve("openai", api_key=TEST_API_KEY, tokens=tokens) as oai:
         session = Session(settings_for(ollama, oai, cache={"backend": "none"}, fallback=[]))
@@ -97,7 +99,9 @@ def rates(tokens: int, runs: int, cpu: dict[str, dict[str, list[float]]]) -> tup
 
         ollama_fns = {
             "raw httpx iter_lines": raw_lines,
-            "async httpx aiter_lines on the runtime loop, a hop per line": lambda: sum(1 for _ in runtime.iterate(async_lines())),
+            "async httpx aiter_lines on the runtime loop, a hop per line": lambda: sum(
+                1 for _ in runtime.iterate(async_lines())
+            ),
             "farm_jupyter.stream": lambda: farm("ollama:llama3.1"),
         }
         openai_fns = {"raw openai SDK stream": raw_sdk, "farm_jupyter.stream": lambda: farm("openai:gpt-4o-mini")}
@@ -165,11 +169,15 @@ def updates(tokens: int, pace: float, runs: int) -> tuple[list[dict[str, Any]], 
                 rows.append({"variant": f"ChatWidget, {label}", "todo": WIDGETS_TODO})
             session.close()
     if have_magics():
-        notes.append("%%farm_chat: `update_display_data` messages with text, counted by IPython's capturing display "
-                     "publisher; the final blanking of the live output and the fresh final display are not counted.")
+        notes.append(
+            "%%farm_chat: `update_display_data` messages with text, counted by IPython's capturing display "
+            "publisher; the final blanking of the live output and the fresh final display are not counted."
+        )
     if have_widgets():
-        notes.append("ChatWidget: comm `update` messages carrying the answer view's `value` (a recording comm); "
-                     "the last one is the finished turn with its footer.")
+        notes.append(
+            "ChatWidget: comm `update` messages carrying the answer view's `value` (a recording comm); "
+            "the last one is the finished turn with its footer."
+        )
     return rows, notes
 
 
@@ -202,8 +210,15 @@ def _row(variant: str, tokens: int, samples: list[tuple[float, int]]) -> dict[st
     elapsed = statistics.median(s[0] for s in samples)
     count = statistics.median(s[1] for s in samples)
     worst = max(s[1] - _bound(s[0]) for s in samples)  # > 0: some run went over its bound
-    return {"variant": variant, "tokens": tokens, "elapsed": elapsed, "updates": count,
-            "max_updates": max(s[1] for s in samples), "bound": _bound(elapsed), "within": worst <= 0}
+    return {
+        "variant": variant,
+        "tokens": tokens,
+        "elapsed": elapsed,
+        "updates": count,
+        "max_updates": max(s[1] for s in samples),
+        "bound": _bound(elapsed),
+        "within": worst <= 0,
+    }
 
 
 def _bound(elapsed: float) -> int:
@@ -246,17 +261,31 @@ def main() -> None:
         return {
             "chunks/s": {n: f"{args.tokens / statistics.median(t):,.0f}" for n, t in times.items()},
             "rate vs raw": {n: f"{b / statistics.median(t):.3f}x" for n, t in times.items()},
-            "CPU per token": {n: f"{statistics.median(c[-args.runs:]) / args.tokens * 1e6:.1f} us" for n, c in used.items()},
+            "CPU per token": {
+                n: f"{statistics.median(c[-args.runs :]) / args.tokens * 1e6:.1f} us" for n, c in used.items()
+            },
         }
 
-    text = "\n\n".join([
-        table(f"Relay rate, {args.tokens}-token answer, Ollama protocol (NDJSON)", ollama_times, "raw httpx iter_lines",
-              extra=per_second(ollama_times, "raw httpx iter_lines", cpu["ollama"]),
-              notes=["CPU per token: this process's CPU time (every thread) per token; the server runs in another process."]),
-        table(f"Relay rate, {args.tokens}-token answer, OpenAI protocol (SSE)", openai_times, "raw openai SDK stream",
-              extra=per_second(openai_times, "raw openai SDK stream", cpu["openai"])),
-        updates_table(rows, args.update_runs, notes),
-    ])
+    text = "\n\n".join(
+        [
+            table(
+                f"Relay rate, {args.tokens}-token answer, Ollama protocol (NDJSON)",
+                ollama_times,
+                "raw httpx iter_lines",
+                extra=per_second(ollama_times, "raw httpx iter_lines", cpu["ollama"]),
+                notes=[
+                    "CPU per token: this process's CPU time (every thread) per token; the server runs in another process."
+                ],
+            ),
+            table(
+                f"Relay rate, {args.tokens}-token answer, OpenAI protocol (SSE)",
+                openai_times,
+                "raw openai SDK stream",
+                extra=per_second(openai_times, "raw openai SDK stream", cpu["openai"]),
+            ),
+            updates_table(rows, args.update_runs, notes),
+        ]
+    )
     ollama_rate = 1 / ratio(ollama_times, "farm_jupyter.stream", "raw httpx iter_lines")
     openai_rate = 1 / ratio(openai_times, "farm_jupyter.stream", "raw openai SDK stream")
     targets = [
@@ -267,10 +296,23 @@ def main() -> None:
         if "todo" in r:
             targets.append(target(f"screen updates bounded: {r['variant']}", r["todo"], None))
         else:
-            targets.append(target(f"screen updates bounded: {r['variant']}",
-                                  f"{r['updates']:.0f} updates in {r['elapsed']:.2f} s (bound {r['bound']})", r["within"]))
-    emit(text, {"ollama": summary(ollama_times), "openai": summary(openai_times),
-                "cpu": {k: summary(v) for k, v in cpu.items()}, "updates": rows, "targets": targets})
+            targets.append(
+                target(
+                    f"screen updates bounded: {r['variant']}",
+                    f"{r['updates']:.0f} updates in {r['elapsed']:.2f} s (bound {r['bound']})",
+                    r["within"],
+                )
+            )
+    emit(
+        text,
+        {
+            "ollama": summary(ollama_times),
+            "openai": summary(openai_times),
+            "cpu": {k: summary(v) for k, v in cpu.items()},
+            "updates": rows,
+            "targets": targets,
+        },
+    )
 
 
 if __name__ == "__main__":

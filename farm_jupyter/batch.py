@@ -66,23 +66,53 @@ class Row:
     @classmethod
     def answered(cls, index: int, item: Any, r: ChatResponse) -> Row:
         return cls(
-            index, item, answer=r.text, provider=r.provider, model=r.model, cached=r.cached,
-            retries=r.retries, notice=r.notice, first_token=r.timings.first_token, seconds=r.timings.total,
-            tokens_in=r.usage.prompt_tokens, tokens_out=r.usage.completion_tokens,
-            tokens_per_second=r.tokens_per_second, attempts=r.attempts, parsed=r.parsed, response=r,
+            index,
+            item,
+            answer=r.text,
+            provider=r.provider,
+            model=r.model,
+            cached=r.cached,
+            retries=r.retries,
+            notice=r.notice,
+            first_token=r.timings.first_token,
+            seconds=r.timings.total,
+            tokens_in=r.usage.prompt_tokens,
+            tokens_out=r.usage.completion_tokens,
+            tokens_per_second=r.tokens_per_second,
+            attempts=r.attempts,
+            parsed=r.parsed,
+            response=r,
         )
 
     @classmethod
     def failed(cls, index: int, item: Any, exc: BaseException, seconds: float) -> Row:
-        return cls(index, item, error=str(exc) or type(exc).__name__, error_type=type(exc).__name__,
-                   seconds=seconds, attempts=list(getattr(exc, "attempts", [])), exception=exc)
+        return cls(
+            index,
+            item,
+            error=str(exc) or type(exc).__name__,
+            error_type=type(exc).__name__,
+            seconds=seconds,
+            attempts=list(getattr(exc, "attempts", [])),
+            exception=exc,
+        )
 
 
 class BatchResult(list[Row]):
     """The rows in input order; `answers`, `errors`, `to_pandas()`."""
 
-    COLUMNS = ("item", "answer", "error", "provider", "model", "cached", "retries", "notice", "seconds",
-               "tokens_in", "tokens_out")
+    COLUMNS = (
+        "item",
+        "answer",
+        "error",
+        "provider",
+        "model",
+        "cached",
+        "retries",
+        "notice",
+        "seconds",
+        "tokens_in",
+        "tokens_out",
+    )
 
     def __init__(self, rows: Iterable[Row] = (), labels: Sequence[Any] | None = None) -> None:
         super().__init__(rows)
@@ -132,8 +162,9 @@ class _Broken:
     error: Exception
 
 
-async def _bounded(jobs: Sequence[Callable[[], Any]], concurrency: int,
-                   last: Callable[[Any], bool] = lambda result: False) -> AsyncIterator[Any]:
+async def _bounded(
+    jobs: Sequence[Callable[[], Any]], concurrency: int, last: Callable[[Any], bool] = lambda result: False
+) -> AsyncIterator[Any]:
     """Run the jobs with at most `concurrency` in flight; yield each result as it finishes. A
     result for which `last` is true stops the workers from starting more. Closing the iterator
     cancels what is still running."""
@@ -173,8 +204,15 @@ async def _bounded(jobs: Sequence[Callable[[], Any]], concurrency: int,
 _ABOUT_THE_TARGET = (ModelNotFound, AuthenticationError, NotConfigured, UnknownProvider, ConfigError)
 
 
-def _run(session: Session, jobs: list[Callable[[], Any]], concurrency: int, rows: list[Row | None],
-         desc: str, progress: bool, item_of: Callable[[int], Any]) -> None:
+def _run(
+    session: Session,
+    jobs: list[Callable[[], Any]],
+    concurrency: int,
+    rows: list[Row | None],
+    desc: str,
+    progress: bool,
+    item_of: Callable[[int], Any],
+) -> None:
     """Drive the jobs from the caller's thread, filling `rows` by index, with a tqdm bar."""
     from tqdm.auto import tqdm
 
@@ -225,6 +263,7 @@ def run_map(
             except FarmError as exc:
                 return Row.failed(i, values[i], exc, time.perf_counter() - start)
             return Row.answered(i, values[i], r)
+
         return ask
 
     rows: list[Row | None] = [None] * len(values)
@@ -271,15 +310,19 @@ class Comparison:
             def mean(values: list[float]) -> float | None:
                 return sum(values) / len(values) if values else None
 
-            out.append({
-                "model": m, "answered": len(ok), "errors": len(rows) - len(ok),
-                "first_token": mean([r.first_token for r in served if r.first_token is not None]),
-                "seconds": mean([r.seconds for r in served]),
-                "tokens_per_second": mean([r.tokens_per_second for r in served if r.tokens_per_second]),
-                "tokens_out": sum(r.tokens_out for r in ok),
-                "wins": sum(v == m for v in self.verdicts),  # the judge's
-                "picked": sum(v == m for v in self.picks),  # a person's
-            })
+            out.append(
+                {
+                    "model": m,
+                    "answered": len(ok),
+                    "errors": len(rows) - len(ok),
+                    "first_token": mean([r.first_token for r in served if r.first_token is not None]),
+                    "seconds": mean([r.seconds for r in served]),
+                    "tokens_per_second": mean([r.tokens_per_second for r in served if r.tokens_per_second]),
+                    "tokens_out": sum(r.tokens_out for r in ok),
+                    "wins": sum(v == m for v in self.verdicts),  # the judge's
+                    "picked": sum(v == m for v in self.picks),  # a person's
+                }
+            )
         return out
 
     def to_pandas(self):  # type: ignore[no-untyped-def]
@@ -289,10 +332,20 @@ class Comparison:
         for i, p in enumerate(self.prompts):
             for j, m in enumerate(self.models):
                 r = self.row(i, j)
-                records.append({"prompt": p, "model": m, "answer": r.answer, "error": r.error,
-                                "first_token": r.first_token, "seconds": r.seconds, "tokens_out": r.tokens_out,
-                                "tokens_per_second": r.tokens_per_second,
-                                "verdict": _at(self.verdicts, i), "pick": _at(self.picks, i)})
+                records.append(
+                    {
+                        "prompt": p,
+                        "model": m,
+                        "answer": r.answer,
+                        "error": r.error,
+                        "first_token": r.first_token,
+                        "seconds": r.seconds,
+                        "tokens_out": r.tokens_out,
+                        "tokens_per_second": r.tokens_per_second,
+                        "verdict": _at(self.verdicts, i),
+                        "pick": _at(self.picks, i),
+                    }
+                )
         return pd.DataFrame.from_records(records)
 
     def to_csv(self, path: str) -> None:
@@ -301,12 +354,36 @@ class Comparison:
         frame_rows = [self.row(i, j) for i in range(len(self.prompts)) for j in range(len(self.models))]
         with open(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(["prompt", "model", "answer", "error", "first_token", "seconds", "tokens_out",
-                             "tokens_per_second", "verdict", "pick"])
+            writer.writerow(
+                [
+                    "prompt",
+                    "model",
+                    "answer",
+                    "error",
+                    "first_token",
+                    "seconds",
+                    "tokens_out",
+                    "tokens_per_second",
+                    "verdict",
+                    "pick",
+                ]
+            )
             for k, r in enumerate(frame_rows):
                 i, j = divmod(k, len(self.models))
-                writer.writerow([self.prompts[i], self.models[j], r.answer, r.error, r.first_token, r.seconds,
-                                 r.tokens_out, r.tokens_per_second, _at(self.verdicts, i), _at(self.picks, i)])
+                writer.writerow(
+                    [
+                        self.prompts[i],
+                        self.models[j],
+                        r.answer,
+                        r.error,
+                        r.first_token,
+                        r.seconds,
+                        r.tokens_out,
+                        r.tokens_per_second,
+                        _at(self.verdicts, i),
+                        _at(self.picks, i),
+                    ]
+                )
 
     def __repr__(self) -> str:
         lines = [f"<Comparison {len(self.prompts)} prompts x {len(self.models)} models>"]
@@ -350,11 +427,13 @@ def run_compare(
             except FarmError as exc:
                 return Row.failed(k, prompt, exc, time.perf_counter() - start)
             return Row.answered(k, prompt, r)
+
         return ask
 
     rows: list[Row | None] = [None] * len(pairs)
-    _run(session, [job(k) for k in range(len(pairs))], concurrency, rows, "farm.compare", progress,
-         lambda k: pairs[k][0])
+    _run(
+        session, [job(k) for k in range(len(pairs))], concurrency, rows, "farm.compare", progress, lambda k: pairs[k][0]
+    )
     result = Comparison(list(prompts), list(models), BatchResult(r for r in rows if r is not None))
     if judge is not None:
         result.verdicts = [_judge(session, judge, result, i) for i in range(len(prompts))]
@@ -362,17 +441,22 @@ def run_compare(
 
 
 def _judge(session: Session, judge: str, result: Comparison, i: int) -> str | None:
-    reply = session.chat(judge_question(result.prompts[i], [r.answer for r in result.rows_of(i)]), judge,
-                         temperature=0, fallback=False)
+    reply = session.chat(
+        judge_question(result.prompts[i], [r.answer for r in result.rows_of(i)]), judge, temperature=0, fallback=False
+    )
     return parse_verdict(reply.text, result.models)
 
 
 def judge_question(prompt: str, answers: Sequence[str | None]) -> str:
     """What a judge model is asked: the question and the answers, lettered, in the models' order."""
     letters = [chr(ord("A") + j) for j in range(len(answers))]
-    listed = "\n\n".join(f"Answer {letter}:\n{answer or '(no answer)'}" for letter, answer in zip(letters, answers, strict=True))
-    return (f"Question:\n{prompt}\n\n{listed}\n\nWhich answer is best? "
-            f"Reply with one letter ({', '.join(letters)}) or TIE, nothing else.")
+    listed = "\n\n".join(
+        f"Answer {letter}:\n{answer or '(no answer)'}" for letter, answer in zip(letters, answers, strict=True)
+    )
+    return (
+        f"Question:\n{prompt}\n\n{listed}\n\nWhich answer is best? "
+        f"Reply with one letter ({', '.join(letters)}) or TIE, nothing else."
+    )
 
 
 def parse_verdict(reply: str, models: Sequence[str]) -> str | None:

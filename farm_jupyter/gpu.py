@@ -191,7 +191,7 @@ def gpu_stats() -> GPUStats:
 
 
 def best_device() -> str:
-    """"cuda:N" for the GPU with the most free memory, else "mps", else "cpu". Imports torch."""
+    """ "cuda:N" for the GPU with the most free memory, else "mps", else "cpu". Imports torch."""
     import torch
 
     if torch.cuda.is_available():

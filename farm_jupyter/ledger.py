@@ -76,8 +76,15 @@ class UsageReport:
 
     def _cells(self) -> list[list[str]]:
         return [
-            [r.address, str(r.requests), str(r.cache_hits), str(r.tokens_in), str(r.tokens_out),
-             f"{r.saved_in + r.saved_out} tokens", r.cost_text()]
+            [
+                r.address,
+                str(r.requests),
+                str(r.cache_hits),
+                str(r.tokens_in),
+                str(r.tokens_out),
+                f"{r.saved_in + r.saved_out} tokens",
+                r.cost_text(),
+            ]
             for r in self.rows
         ]
 

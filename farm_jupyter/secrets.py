@@ -37,9 +37,20 @@ LOGGERS = ("farm_jupyter", "httpx", "httpcore", "openai", "httpx2", "httpcore2")
 # record factory below puts it on any other child at its first record.
 _CHILDREN = (
     "farm_jupyter.widgets",
-    "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy", "httpcore.socks",
-    "httpcore2.connection", "httpcore2.http11", "httpcore2.http2", "httpcore2.proxy", "httpcore2.socks",
-    "openai._base_client", "openai._response", "openai._legacy_response", "openai.lib.parsing",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+    "httpcore2.connection",
+    "httpcore2.http11",
+    "httpcore2.http2",
+    "httpcore2.proxy",
+    "httpcore2.socks",
+    "openai._base_client",
+    "openai._response",
+    "openai._legacy_response",
+    "openai.lib.parsing",
 )
 
 
@@ -127,8 +138,7 @@ def _widest(text: str, start: int, piece: str, masks: dict[str, str]) -> tuple[i
         at = form.find(piece)
         while at != -1:
             length = len(piece)
-            while (start + length < len(text) and at + length < len(form)
-                   and text[start + length] == form[at + length]):
+            while start + length < len(text) and at + length < len(form) and text[start + length] == form[at + length]:
                 length += 1
             if start + length >= best_end:
                 best_end, best_shown = start + length, shown
@@ -195,10 +205,7 @@ def install_log_filter(extra: Iterable[str] = ()) -> None:
     loggers of its own.
     """
     names = {*LOGGERS, *_CHILDREN, *extra}
-    names.update(
-        name for name in list(logging.root.manager.loggerDict)
-        if name.split(".", 1)[0] in LOGGERS
-    )
+    names.update(name for name in list(logging.root.manager.loggerDict) if name.split(".", 1)[0] in LOGGERS)
     for name in names:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:

@@ -46,17 +46,28 @@ class Extras:
 
 
 def plan(
-    router: Router, runtime: Runtime, messages: list[ChatMessage], model: str | None, params: Mapping[str, Any],
-    extras: Extras, *, no_cache: bool, refresh: bool, fallback: bool | None, stream: bool,
+    router: Router,
+    runtime: Runtime,
+    messages: list[ChatMessage],
+    model: str | None,
+    params: Mapping[str, Any],
+    extras: Extras,
+    *,
+    no_cache: bool,
+    refresh: bool,
+    fallback: bool | None,
+    stream: bool,
     on_final: Callable[[ChatResponse], None] | None,
 ) -> Steps:
     """The steps of one answer with a schema or tools: each request through `router`."""
     found = tools_of(extras.tools or [])
     shape = Schema(extras.schema) if extras.schema is not None else None
-    generation = parse_params(params).model_copy(update={
-        "response_schema": shape.json_schema if shape else None,
-        "tools": [t.spec for t in found.values()] or None,
-    })
+    generation = parse_params(params).model_copy(
+        update={
+            "response_schema": shape.json_schema if shape else None,
+            "tools": [t.spec for t in found.values()] or None,
+        }
+    )
     if shape is not None:  # said in the prompt too, for a model that does not constrain its output
         messages = [*messages[:-1], shape.instruction(), messages[-1]]
 
@@ -68,8 +79,17 @@ def plan(
         if not runtime.in_loop():  # farm.map runs steps on the loop itself: no waiting there
             done.result()
 
-    return Steps(messages, generation, ask, tools=found, schema=shape, max_steps=extras.max_steps,
-                 max_reasks=extras.max_reasks, forget=None if no_cache else forget, on_final=on_final)
+    return Steps(
+        messages,
+        generation,
+        ask,
+        tools=found,
+        schema=shape,
+        max_steps=extras.max_steps,
+        max_reasks=extras.max_reasks,
+        forget=None if no_cache else forget,
+        on_final=on_final,
+    )
 
 
 class Steps:
@@ -87,8 +107,10 @@ class Steps:
         on_final: Callable[[ChatResponse], None] | None = None,
     ) -> None:
         if max_steps < 0 or max_reasks < 0:
-            raise ConfigError(f"max_steps={max_steps} and max_reasks={max_reasks} must be 0 or more",
-                              hint="max_steps=0 offers the tools but runs none; max_reasks=0 never asks again")
+            raise ConfigError(
+                f"max_steps={max_steps} and max_reasks={max_reasks} must be 0 or more",
+                hint="max_steps=0 offers the tools but runs none; max_reasks=0 never asks again",
+            )
         self.messages = list(messages)
         self.params = params
         self.ask = ask
@@ -110,7 +132,9 @@ class Steps:
 
     # -- driving, from the caller's thread ---------------------------------------------------------
 
-    def run(self, iterate: Callable[[AsyncIterator[Chunk]], Iterator[Chunk]], run_async: Callable[[Any], Any]) -> Iterator[Chunk]:
+    def run(
+        self, iterate: Callable[[AsyncIterator[Chunk]], Iterator[Chunk]], run_async: Callable[[Any], Any]
+    ) -> Iterator[Chunk]:
         """Sync: each request iterated with `iterate` (the runtime's), the steps between them here."""
         while True:
             for chunk in iterate(self.ask(self.messages, self.params)):
@@ -122,8 +146,11 @@ class Steps:
                 return
 
     async def arun(
-        self, aiterate: Callable[[AsyncIterator[Chunk]], AsyncIterator[Chunk]], run_async: Callable[[Any], Any],
-        *, offload: bool = False,
+        self,
+        aiterate: Callable[[AsyncIterator[Chunk]], AsyncIterator[Chunk]],
+        run_async: Callable[[Any], Any],
+        *,
+        offload: bool = False,
     ) -> AsyncIterator[Chunk]:
         """Async twin of `run`: a cell's `await`; the steps between requests run on the cell's thread,
         or, with `offload` (iterated on the runtime loop itself, as farm.map does), in a worker
@@ -159,7 +186,9 @@ class Steps:
 
     # -- between two requests ---------------------------------------------------------------------
 
-    def _after(self, response: ChatResponse, run_async: Callable[[Any], Any]) -> Generator[Chunk, None, ChatResponse | None]:
+    def _after(
+        self, response: ChatResponse, run_async: Callable[[Any], Any]
+    ) -> Generator[Chunk, None, ChatResponse | None]:
         """Decide what comes next; returns the final response, or None to ask again."""
         if self.label is not None:
             for a in response.attempts:
@@ -193,8 +222,11 @@ class Steps:
                         response=self._final(response, None),
                     ) from None
                 self.reasks += 1
-                yield Chunk(restart=True, status=f"the answer did not match {self.schema.name} ({exc}): asking again "
-                                                 f"({self.reasks + 1} of {self.max_reasks + 1})")
+                yield Chunk(
+                    restart=True,
+                    status=f"the answer did not match {self.schema.name} ({exc}): asking again "
+                    f"({self.reasks + 1} of {self.max_reasks + 1})",
+                )
                 self.messages += [ChatMessage(role="assistant", content=response.text), Schema.reask(str(exc))]
                 self.label = f"re-ask {self.reasks}"
                 return None
@@ -211,23 +243,27 @@ class Steps:
             completion_tokens=sum(r.usage.completion_tokens for r in self.responses),
         )
         thinking = "\n\n".join(r.thinking for r in self.responses if r.thinking) or None
-        timings = last.timings.model_copy(update={
-            "total": time.perf_counter() - self.start,
-            "first_token": self.first_token,
-            "waited": sum(r.timings.waited for r in self.responses),
-        })
-        return last.model_copy(update={
-            "usage": usage,
-            "timings": timings,
-            "thinking": thinking,
-            "attempts": [a for r in self.responses for a in r.attempts],
-            "tool_runs": list(self.runs),
-            "reasks": self.reasks,
-            "notes": [*last.notes, *self.notes],
-            "parsed": parsed,
-            "cached": all(r.cached for r in self.responses),
-            "restarted": any(r.restarted for r in self.responses),
-        })
+        timings = last.timings.model_copy(
+            update={
+                "total": time.perf_counter() - self.start,
+                "first_token": self.first_token,
+                "waited": sum(r.timings.waited for r in self.responses),
+            }
+        )
+        return last.model_copy(
+            update={
+                "usage": usage,
+                "timings": timings,
+                "thinking": thinking,
+                "attempts": [a for r in self.responses for a in r.attempts],
+                "tool_runs": list(self.runs),
+                "reasks": self.reasks,
+                "notes": [*last.notes, *self.notes],
+                "parsed": parsed,
+                "cached": all(r.cached for r in self.responses),
+                "restarted": any(r.restarted for r in self.responses),
+            }
+        )
 
 
 def _drain(steps: Generator[Chunk, None, ChatResponse | None], into: list[Chunk]) -> ChatResponse | None:

@@ -34,8 +34,14 @@ SPECIALS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|end|>", "<|system|>", "<|user|>"
 _VERSION = 1
 # What save_pretrained writes here: only a folder holding nothing else may be replaced.
 _OURS = {
-    "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-    "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", MARKER,
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    MARKER,
 }
 
 
@@ -103,20 +109,34 @@ def _write(out: Path, seed: int) -> None:
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=2000, min_frequency=2, special_tokens=SPECIALS, show_progress=False,
+        vocab_size=2000,
+        min_frequency=2,
+        special_tokens=SPECIALS,
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
     hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|end|>",
-        pad_token="<|pad|>", unk_token=None, model_max_length=512,
+        tokenizer_object=tok,
+        bos_token="<|bos|>",
+        eos_token="<|end|>",
+        pad_token="<|pad|>",
+        unk_token=None,
+        model_max_length=512,
     )
     hf_tok.chat_template = CHAT_TEMPLATE
     cfg = LlamaConfig(
-        vocab_size=len(hf_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id,
-        pad_token_id=hf_tok.pad_token_id, tie_word_embeddings=True,
+        vocab_size=len(hf_tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=hf_tok.bos_token_id,
+        eos_token_id=hf_tok.eos_token_id,
+        pad_token_id=hf_tok.pad_token_id,
+        tie_word_embeddings=True,
     )
     # fork_rng: seeding must not disturb the user's own random state.
     with torch.random.fork_rng(devices=[]):
@@ -133,9 +153,7 @@ def _write(out: Path, seed: int) -> None:
 
 def _check_replaceable(path: Path) -> None:
     if path.exists() and (not path.is_dir() or any(p.name not in _OURS for p in path.iterdir())):
-        raise FileExistsError(
-            f"{path} exists and is not a tiny-model folder: pick another path or remove it"
-        )
+        raise FileExistsError(f"{path} exists and is not a tiny-model folder: pick another path or remove it")
 
 
 def _clear_stale(path: Path) -> None:

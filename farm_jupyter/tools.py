@@ -138,7 +138,13 @@ def run_call(
             error = f"invalid arguments: {said}"
         except Exception as exc:  # noqa: BLE001 - the model is told what its call raised
             error = redact(f"{type(exc).__name__}: {exc}")  # it goes to a model, perhaps a remote one
-    run = ToolRun(step=step, name=call.name, arguments=call.arguments, result=result, error=error,
-                  seconds=time.perf_counter() - start)
+    run = ToolRun(
+        step=step,
+        name=call.name,
+        arguments=call.arguments,
+        result=result,
+        error=error,
+        seconds=time.perf_counter() - start,
+    )
     content = f"Error: {error}" if error else result
     return run, ChatMessage(role="tool", content=content, tool_call_id=call.id, tool_name=call.name)

@@ -57,7 +57,9 @@ Ollama running (or `OPENAI_API_KEY` set) the same cells talk to it.
         code("%%farm_chat\nWhat is the capital of France? Answer in one sentence."),
         md("Consecutive `%%farm_chat` cells are one conversation: this one sees the question above."),
         code("%%farm_chat\nAnd what is the capital of Italy?"),
-        md("`{name}` takes a value from the notebook; `-o` keeps the whole response object; `--new` starts a new conversation."),
+        md(
+            "`{name}` takes a value from the notebook; `-o` keeps the whole response object; `--new` starts a new conversation."
+        ),
         code('country = "Japan"'),
         code("%%farm_chat -o answer --new\nWhat is the capital of {country}? Answer in one sentence."),
         code(CHECK + "print('Tokyo' in answer.text, answer.usage.completion_tokens > 0)"),
@@ -209,8 +211,7 @@ and every kernel is pointed at the loopback servers through its environment.
         code(CHECK + "print(s.chat('anything').text)"),
         md("Faults come from the real server: here it fails twice with 503 before answering."),
         code(
-            CHECK
-            + "server.add_fault(Fault(kind='status', status=503, times=2))\n"
+            CHECK + "server.add_fault(Fault(kind='status', status=503, times=2))\n"
             "r = s.chat('again', no_cache=True)\n"
             "print(r.text, '| retries:', r.attempts[-1].retries, '| requests seen:', server.count('/api/chat'))"
         ),
@@ -249,7 +250,7 @@ with a judge model, which was better). `farm.usage()` says what it all cost.
 {INTRO_NOTE}
 """),
         code("import farm_jupyter as farm"),
-        code('''reviews = [
+        code("""reviews = [
     "The battery lasts all day and the screen is lovely.",
     "Stopped working after a week.",
     "Does what it says, nothing more.",
@@ -257,18 +258,20 @@ with a judge model, which was better). `farm.usage()` says what it all cost.
     "The manual is useless.",
 ]
 rows = farm.map(reviews, "Is this review positive or negative? {}", concurrency=4)
-rows[["item", "answer", "provider", "error"]]'''),
+rows[["item", "answer", "provider", "error"]]"""),
         code(CHECK + "print(len(rows), rows.error.isna().all(), list(rows.item) == reviews)"),
-        md("A rerun asks only for what the cache lacks: here, nothing (with a disk or Redis cache this survives a kernel restart)."),
-        code("again = farm.map(reviews, \"Is this review positive or negative? {}\", concurrency=4)"),
+        md(
+            "A rerun asks only for what the cache lacks: here, nothing (with a disk or Redis cache this survives a kernel restart)."
+        ),
+        code('again = farm.map(reviews, "Is this review positive or negative? {}", concurrency=4)'),
         code(CHECK + "print(int(again.cached.sum()), 'of', len(again), 'rows from the cache')"),
         md("Compare two models over a few prompts: time to first token, total time and tokens/s per model."),
-        code('''comparison = farm.compare(
+        code("""comparison = farm.compare(
     ["What is 2 + 2?", "Name a primary colour.", "Say hello in French."],
     ["ollama:llama3.1", "openai:gpt-4o-mini"],
 )
-comparison'''),
-        code("comparison.to_pandas()[[\"prompt\", \"model\", \"answer\", \"seconds\", \"tokens_out\"]]"),
+comparison"""),
+        code('comparison.to_pandas()[["prompt", "model", "answer", "seconds", "tokens_out"]]'),
         code(CHECK + "print([s['answered'] for s in comparison.summary()])"),
         md("Tokens, cache savings and cost per model for this session (`[prices]` in farm.toml sets prices)."),
         code("farm.usage()"),
@@ -286,18 +289,24 @@ reasoning model's thinking streams apart from its answer (`think=`).
 {INTRO_NOTE}
 """),
         code("%load_ext farm_jupyter\nimport farm_jupyter as farm\nimport pandas as pd"),
-        md("## Objects in prompts\n\nAn object describes itself (`_repr_llm_`, `_ai_repr_`), else a default does: "
-           "a DataFrame as its shape, dtypes and as many first rows as the budget holds."),
-        code('''sales = pd.DataFrame({
+        md(
+            "## Objects in prompts\n\nAn object describes itself (`_repr_llm_`, `_ai_repr_`), else a default does: "
+            "a DataFrame as its shape, dtypes and as many first rows as the budget holds."
+        ),
+        code("""sales = pd.DataFrame({
     "month": ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"] * 20,
     "units": [120, 135, 160, 180, 210, 260, 300, 290, 220, 170, 140, 125] * 20,
-})'''),
+})"""),
         code("%%farm_chat --context-budget 150\nWhich month sells most? {sales}"),
         md("This is exactly what the model was sent for `{sales}`:"),
-        code(CHECK + "from farm_jupyter.context import describe\nprint(describe(sales, budget=150, name='sales').text)"),
-        md("## Figures as images\n\nA vision model gets the PNG (Ollama `images`, OpenAI `image_url`); a text-only "
-           "model gets the stand-in, and the footer says so. The cache key covers the image's bytes."),
-        code('''import matplotlib
+        code(
+            CHECK + "from farm_jupyter.context import describe\nprint(describe(sales, budget=150, name='sales').text)"
+        ),
+        md(
+            "## Figures as images\n\nA vision model gets the PNG (Ollama `images`, OpenAI `image_url`); a text-only "
+            "model gets the stand-in, and the footer says so. The cache key covers the image's bytes."
+        ),
+        code("""import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
@@ -305,26 +314,30 @@ fig, ax = plt.subplots(figsize=(4, 2.5), dpi=60)
 ax.plot(sales.month[:12], sales.units[:12], label="units")
 ax.set_title("Units sold per month")
 ax.set_xlabel("month")
-plt.close(fig)'''),
+plt.close(fig)"""),
         code("%%farm_chat -m openai:gpt-4o-mini -o seen\nWhat trend does {fig} show?"),
         code("%%farm_chat -m ollama:llama3.1 --new -o told\nWhat trend does {fig} show?"),
         code(CHECK + "print(seen.notes)\nprint(told.notes)"),
-        md("## Structured answers\n\n`schema=` takes a pydantic model (or a type, or a JSON Schema): it goes to the "
-           "provider (`format`, `response_format`), the answer is validated into `.parsed`, and an answer that "
-           "does not match is asked again, each try in `attempts`."),
-        code('''from pydantic import BaseModel
+        md(
+            "## Structured answers\n\n`schema=` takes a pydantic model (or a type, or a JSON Schema): it goes to the "
+            "provider (`format`, `response_format`), the answer is validated into `.parsed`, and an answer that "
+            "does not match is asked again, each try in `attempts`."
+        ),
+        code("""from pydantic import BaseModel
 
 class Peak(BaseModel):
     month: str
     units: int
 
 r = farm.chat("Which month sells most, and how many units? {sales}", context={"sales": sales}, schema=Peak)
-r.parsed'''),
+r.parsed"""),
         code(CHECK + "print(type(r.parsed).__name__, r.reasks, [a.step for a in r.attempts])"),
         code("%%farm_chat --schema Peak\nThe weakest month of {sales}?"),
-        md("## Kernel functions as tools\n\nOnly the functions named can be called; each call runs here, in the "
-           "kernel, and shows with its arguments, result and time. An exception goes back to the model as the "
-           "tool's result; the number of rounds is bounded (`max_steps`)."),
+        md(
+            "## Kernel functions as tools\n\nOnly the functions named can be called; each call runs here, in the "
+            "kernel, and shows with its arguments, result and time. An exception goes back to the model as the "
+            "tool's result; the number of rounds is bounded (`max_steps`)."
+        ),
         code('''from typing import Literal
 
 Month = Literal["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
@@ -340,19 +353,31 @@ def units_sold(month: Month) -> int:
         raise KeyError(f"no month {month!r}; use Jan ... Dec")
     return int(found.iloc[0])'''),
         code("%%farm_chat --tools units_sold\nHow many units were sold in March?"),
-        code(CHECK + '''r = farm.chat("How many units in March?", tools=[units_sold])
+        code(
+            CHECK
+            + """r = farm.chat("How many units in March?", tools=[units_sold])
 print([(run.name, run.arguments, run.error) for run in r.tool_runs])
-print(r.text)'''),
-        md("## Thinking\n\nOllama's `think` and OpenAI-compatible `reasoning_content` stream apart from the answer, "
-           "folded in the cell; they are never part of `.text` and are not sent back in the conversation "
-           "unless asked (`keep_thinking=True`)."),
+print(r.text)"""
+        ),
+        md(
+            "## Thinking\n\nOllama's `think` and OpenAI-compatible `reasoning_content` stream apart from the answer, "
+            "folded in the cell; they are never part of `.text` and are not sent back in the conversation "
+            "unless asked (`keep_thinking=True`)."
+        ),
         code("%%farm_chat --think\nWhy would sales peak in July?"),
-        code(CHECK + '''r = farm.chat("Why would sales peak in July?", think=True)
+        code(
+            CHECK
+            + """r = farm.chat("Why would sales peak in July?", think=True)
 print("thinking:", r.thinking)
-print("answer:", r.text)'''),
-        md("## Testing notebooks that use all this\n\nThe loopback servers speak images, schemas, tool calls "
-           "(streamed or not) and thinking; a `reply` function scripts the model."),
-        code(CHECK + '''from farm_jupyter.testing import OllamaServer, Said
+print("answer:", r.text)"""
+        ),
+        md(
+            "## Testing notebooks that use all this\n\nThe loopback servers speak images, schemas, tool calls "
+            "(streamed or not) and thinking; a `reply` function scripts the model."
+        ),
+        code(
+            CHECK
+            + """from farm_jupyter.testing import OllamaServer, Said
 from farm_jupyter.testing.pytest_plugin import loopback_settings
 
 def model(body):
@@ -364,7 +389,8 @@ with OllamaServer(reply=model) as server:
     s = farm.Session(loopback_settings(server))
     r = s.chat("How many in March?", tools=[units_sold])
     s.close()
-print(r.text, "|", r.footer().split(" · ")[-1])'''),
+print(r.text, "|", r.footer().split(" · ")[-1])"""
+        ),
     ],
 }
 
@@ -381,7 +407,9 @@ def build(name: str, cells: list[nbformat.NotebookNode], env: dict[str, str]) ->
     old = dict(os.environ)
     os.environ.update(env)
     try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        ).execute()
     finally:
         os.environ.clear()
         os.environ.update(old)

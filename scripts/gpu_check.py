@@ -38,12 +38,16 @@ def show_stats(title: str) -> Any:
     from farm_jupyter.gpu import gpu_stats
 
     stats = gpu_stats()
-    print(f"\n== {title}: source={stats.source} cpu={stats.cpu_percent}% "
-          f"ram={(stats.ram_used or 0) / 2**30:.1f}/{(stats.ram_total or 0) / 2**30:.1f} GiB"
-          + (f" reason={stats.reason}" if stats.reason else ""))
+    print(
+        f"\n== {title}: source={stats.source} cpu={stats.cpu_percent}% "
+        f"ram={(stats.ram_used or 0) / 2**30:.1f}/{(stats.ram_total or 0) / 2**30:.1f} GiB"
+        + (f" reason={stats.reason}" if stats.reason else "")
+    )
     for d in stats.devices:
-        print(f"   gpu{d.index} {d.name}: util={d.utilization}% mem={d.memory_used / MiB:.0f}/"
-              f"{d.memory_total / MiB:.0f} MiB temp={d.temperature}C power={d.power}W")
+        print(
+            f"   gpu{d.index} {d.name}: util={d.utilization}% mem={d.memory_used / MiB:.0f}/"
+            f"{d.memory_total / MiB:.0f} MiB temp={d.temperature}C power={d.power}W"
+        )
         for p in d.processes:
             print(f"     pid {p.pid} {p.name or '?'}: {p.memory_used / MiB:.0f} MiB")
     return stats
@@ -81,9 +85,16 @@ def build_medium_model(tiny: Path, out: Path) -> Path:
         return out
     tok = AutoTokenizer.from_pretrained(tiny)
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=1024, intermediate_size=4096, num_hidden_layers=8,
-        num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
         tie_word_embeddings=True,
     )
     torch.manual_seed(0)
@@ -103,7 +114,8 @@ def stream_once(provider: Any, name: str, tokens: int) -> dict[str, float]:
     from farm_jupyter.types import ChatMessage, ChatRequest, GenerationParams
 
     req = ChatRequest(
-        messages=[ChatMessage(role="user", content="Write a haiku about GPUs.")], model=name,
+        messages=[ChatMessage(role="user", content="Write a haiku about GPUs.")],
+        model=name,
         params=GenerationParams(max_tokens=tokens, extra={"min_new_tokens": tokens}),
     )
     start = time.perf_counter()
@@ -118,8 +130,13 @@ def stream_once(provider: Any, name: str, tokens: int) -> dict[str, float]:
             done = chunk
     total = time.perf_counter() - start
     completion = done.usage.completion_tokens if done and done.usage else 0
-    return {"first_token_s": first or 0.0, "total_s": total, "completion_tokens": completion,
-            "tok_per_s": completion / total if total else 0.0, "chars": len("".join(text))}
+    return {
+        "first_token_s": first or 0.0,
+        "total_s": total,
+        "completion_tokens": completion,
+        "tok_per_s": completion / total if total else 0.0,
+        "chars": len("".join(text)),
+    }
 
 
 def by_hand(provider: Any, name: str, tokens: int) -> float:
@@ -129,7 +146,9 @@ def by_hand(provider: Any, name: str, tokens: int) -> float:
     loaded = provider._models[name]
     enc = loaded.tokenizer.apply_chat_template(
         [{"role": "user", "content": "Write a haiku about GPUs."}],
-        add_generation_prompt=True, return_tensors="pt", return_dict=True,
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     ).to(loaded.device)
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=60)
     kwargs = dict(**enc, streamer=streamer, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
@@ -147,7 +166,8 @@ def cancel_mid_stream(provider: Any, name: str) -> bool:
     from farm_jupyter.types import ChatMessage, ChatRequest, GenerationParams
 
     req = ChatRequest(
-        messages=[ChatMessage(role="user", content="go on")], model=name,
+        messages=[ChatMessage(role="user", content="go on")],
+        model=name,
         params=GenerationParams(max_tokens=500, extra={"min_new_tokens": 500}),
     )
     stream = get_runtime().iterate(provider.astream(req))
@@ -173,8 +193,10 @@ def exercise(provider: Any, name: str, index: int, label: str, *, compare: bool,
     out["after_load"] = memory(index)
     loaded = provider._models[name]
     weights_mib = loaded.size / MiB
-    print(f"\n== {label}: {statuses}, {loaded.parameters / 1e6:.1f}M params, {loaded.dtype}, "
-          f"{weights_mib:.1f} MiB, loaded in {out['load_s']:.2f}s")
+    print(
+        f"\n== {label}: {statuses}, {loaded.parameters / 1e6:.1f}M params, {loaded.dtype}, "
+        f"{weights_mib:.1f} MiB, loaded in {out['load_s']:.2f}s"
+    )
     check(loaded.device.startswith("cuda"), f"{label}: device auto -> {loaded.device}")
     check(next(loaded.model.parameters()).is_cuda, f"{label}: weights are on the GPU")
     if torch.cuda.is_bf16_supported():
@@ -183,8 +205,10 @@ def exercise(provider: Any, name: str, index: int, label: str, *, compare: bool,
     stream_once(provider, name, 16)  # warm-up: kernels, allocator
     out["stream"] = stream_once(provider, name, tokens)
     s = out["stream"]
-    print(f"   streamed {s['completion_tokens']} tokens: first token {s['first_token_s'] * 1000:.0f} ms, "
-          f"{s['tok_per_s']:.0f} tok/s")
+    print(
+        f"   streamed {s['completion_tokens']} tokens: first token {s['first_token_s'] * 1000:.0f} ms, "
+        f"{s['tok_per_s']:.0f} tok/s"
+    )
     check(s["completion_tokens"] == tokens, f"{label}: usage counts {tokens} generated tokens")
     if compare:
         hand = max(by_hand(provider, name, tokens) for _ in range(2))
@@ -201,10 +225,14 @@ def exercise(provider: Any, name: str, index: int, label: str, *, compare: bool,
         m = out[key]
         print(f"     {key:13s} {m['allocated_mib']:9.1f} {m['reserved_mib']:9.1f} {m['nvml_used_mib']:9.0f}")
     check(name not in provider._models, f"{label}: unload drops the model")
-    check(after["allocated_mib"] <= out["before"]["allocated_mib"] + 1,
-          f"{label}: torch allocated back to {after['allocated_mib']:.1f} MiB after unload")
-    check(after["reserved_mib"] <= out["before"]["reserved_mib"] + 1,
-          f"{label}: cache emptied (reserved {after['reserved_mib']:.1f} MiB)")
+    check(
+        after["allocated_mib"] <= out["before"]["allocated_mib"] + 1,
+        f"{label}: torch allocated back to {after['allocated_mib']:.1f} MiB after unload",
+    )
+    check(
+        after["reserved_mib"] <= out["before"]["reserved_mib"] + 1,
+        f"{label}: cache emptied (reserved {after['reserved_mib']:.1f} MiB)",
+    )
     freed = peak - after["nvml_used_mib"]
     need = 0.8 * weights_mib if weights_mib > 64 else 0.5
     check(freed >= need, f"{label}: NVML sees {freed:.0f} MiB given back (weights {weights_mib:.0f} MiB)")
@@ -220,8 +248,9 @@ def main() -> int:
     stats = show_stats("gpu_stats() at start")
     check(stats.source == "nvml", f"NVML answers (source={stats.source})")
     check(stats.has_gpu and all(d.memory_total > 0 for d in stats.devices), "every device reports its memory")
-    check(any(d.temperature is not None and d.power is not None for d in stats.devices),
-          "temperature and power are read")
+    check(
+        any(d.temperature is not None and d.power is not None for d in stats.devices), "temperature and power are read"
+    )
     from farm_jupyter.gpu import gpu_stats
 
     t = time.perf_counter()
@@ -239,8 +268,10 @@ def main() -> int:
     from farm_jupyter.runtime import get_runtime
     from farm_jupyter.tiny_model import build_tiny_model
 
-    print(f"\nimports {time.perf_counter() - t:.1f}s; torch {torch.__version__}, cuda {torch.version.cuda}, "
-          f"available={torch.cuda.is_available()}")
+    print(
+        f"\nimports {time.perf_counter() - t:.1f}s; torch {torch.__version__}, cuda {torch.version.cuda}, "
+        f"available={torch.cuda.is_available()}"
+    )
     device = best_device()
     check(device.startswith("cuda:"), f"best_device() -> {device}")
     if not device.startswith("cuda:"):
@@ -256,8 +287,9 @@ def main() -> int:
     medium = build_medium_model(tiny, root / "medium")
     print(f"built the medium model in {time.perf_counter() - t:.1f}s")
 
-    settings = load_settings(use_file=False, environ={},
-                             overrides={"huggingface": {"default_model": str(tiny), "device": "auto"}})
+    settings = load_settings(
+        use_file=False, environ={}, overrides={"huggingface": {"default_model": str(tiny), "device": "auto"}}
+    )
     provider = create("huggingface", settings)
     report = {"tiny": exercise(provider, str(tiny), index, "tiny model", compare=True, tokens=128)}
     report["medium"] = exercise(provider, str(medium), index, "medium model", compare=True, tokens=48)
@@ -266,14 +298,18 @@ def main() -> int:
 
     show_stats("gpu_stats() at the end")
     failed = [what for ok, what in results if not ok]
-    print(f"\n== report: {len(results) - len(failed)}/{len(results)} checks passed "
-          f"in {time.perf_counter() - started:.0f}s")
+    print(
+        f"\n== report: {len(results) - len(failed)}/{len(results)} checks passed "
+        f"in {time.perf_counter() - started:.0f}s"
+    )
     for label, r in report.items():
         s = r["stream"]
-        print(f"   {label}: load {r['load_s']:.2f}s, first token {s['first_token_s'] * 1000:.0f} ms, "
-              f"{s['tok_per_s']:.0f} tok/s (by hand {r.get('by_hand_tok_per_s', 0):.0f}, "
-              f"ratio {r.get('ratio', 0):.2f}); NVML used {r['before']['nvml_used_mib']:.0f} -> "
-              f"{r['after_load']['nvml_used_mib']:.0f} -> {r['after_unload']['nvml_used_mib']:.0f} MiB")
+        print(
+            f"   {label}: load {r['load_s']:.2f}s, first token {s['first_token_s'] * 1000:.0f} ms, "
+            f"{s['tok_per_s']:.0f} tok/s (by hand {r.get('by_hand_tok_per_s', 0):.0f}, "
+            f"ratio {r.get('ratio', 0):.2f}); NVML used {r['before']['nvml_used_mib']:.0f} -> "
+            f"{r['after_load']['nvml_used_mib']:.0f} -> {r['after_unload']['nvml_used_mib']:.0f} MiB"
+        )
     for what in failed:
         print(f"   FAILED: {what}")
     watchdog.cancel()

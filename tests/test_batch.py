@@ -111,8 +111,9 @@ def test_ctrl_c_stops_a_map_and_keeps_the_finished_rows(ollama_server):
 def test_compare_over_prompts_with_a_judge(ollama_server, openai_server, tmp_path):
     s = Session(loopback_settings(ollama_server, openai_server))
     openai_server.reply = lambda body: "B" if "Which answer is best" in body["messages"][-1]["content"] else "Sure."
-    result = s.compare(["one", "two", "three"], ["ollama:llama3.1", "openai:gpt-4o"], judge="openai:gpt-4o-mini",
-                       progress=False)
+    result = s.compare(
+        ["one", "two", "three"], ["ollama:llama3.1", "openai:gpt-4o"], judge="openai:gpt-4o-mini", progress=False
+    )
     assert result.row(0, 0).answer == "Echo: one" and result.row(2, 1).answer == "Sure."
     assert result.verdicts == ["openai:gpt-4o"] * 3
     summary = {row["model"]: row for row in result.summary()}
@@ -139,8 +140,11 @@ def test_compare_never_falls_back(ollama_server, openai_server):
 
 
 def test_usage_counts_tokens_savings_and_prices(ollama_server, openai_server):
-    s = Session(loopback_settings(ollama_server, openai_server,
-                                  prices={"openai:gpt-4o": {"input": 1_000_000, "output": 2_000_000}}))
+    s = Session(
+        loopback_settings(
+            ollama_server, openai_server, prices={"openai:gpt-4o": {"input": 1_000_000, "output": 2_000_000}}
+        )
+    )
     s.chat("one two three", "openai:gpt-4o")
     s.chat("one two three", "openai:gpt-4o")  # a cache hit: saved, not paid
     s.chat("hello", "ollama")
@@ -155,8 +159,11 @@ def test_usage_counts_tokens_savings_and_prices(ollama_server, openai_server):
 
 
 def test_a_budget_stops_the_next_request_before_it_is_sent(ollama_server, openai_server):
-    s = Session(loopback_settings(ollama_server, openai_server, budget={"usd": 0.001},
-                                  prices={"openai:gpt-4o": {"input": 10, "output": 10}}))
+    s = Session(
+        loopback_settings(
+            ollama_server, openai_server, budget={"usd": 0.001}, prices={"openai:gpt-4o": {"input": 10, "output": 10}}
+        )
+    )
     s.chat("hi", "openai:gpt-4o", max_tokens=10)  # at most (2 + 10) tokens at $10/M: well inside
     asked = openai_server.count("/v1/chat/completions")
     with pytest.raises(BudgetExceeded, match="budget"):
@@ -186,11 +193,15 @@ def test_a_bug_in_a_row_ends_the_run_instead_of_hanging_it():
 
 def test_a_budget_holds_what_requests_in_flight_may_spend(ollama_server, openai_server):
     # Each request may cost up to $0.0004 (40 tokens at $10/M); $0.001 lets two be in flight.
-    s = Session(loopback_settings(ollama_server, openai_server, budget={"usd": 0.001},
-                                  prices={"openai:gpt-4o": {"input": 10, "output": 10}}))
+    s = Session(
+        loopback_settings(
+            ollama_server, openai_server, budget={"usd": 0.001}, prices={"openai:gpt-4o": {"input": 10, "output": 10}}
+        )
+    )
     openai_server.latency = 0.3
-    rows = s.map([f"q{i}" for i in range(8)], model="openai:gpt-4o", concurrency=8, max_tokens=40,
-                 progress=False, no_cache=True)
+    rows = s.map(
+        [f"q{i}" for i in range(8)], model="openai:gpt-4o", concurrency=8, max_tokens=40, progress=False, no_cache=True
+    )
     refused = [r for r in s.last_batch if r.error_type == "BudgetExceeded"]
     assert len(refused) >= 6 and openai_server.count("/v1/chat/completions") == 8 - len(refused) <= 2
     assert len(rows) == 8

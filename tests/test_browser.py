@@ -30,8 +30,13 @@ pytestmark = pytest.mark.timeout(180)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "test-output"
@@ -91,19 +96,29 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, OllamaServer, Path]]:
     port, token = _free_port(), secrets.token_hex(16)
     log = tmp_path / "jupyter.log"
     with OllamaServer(chunk_delay=0.05) as ollama:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("JUPYTER", "FARM_", "OPENAI_", "OLLAMA_", "HF_"))}
-        env.update(HOME=str(home), OLLAMA_HOST=ollama.url, FARM_ENV="test", FARM_FALLBACK="",
-                   PYTHONUNBUFFERED="1")
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "FARM_", "OPENAI_", "OLLAMA_", "HF_"))
+        }
+        env.update(HOME=str(home), OLLAMA_HOST=ollama.url, FARM_ENV="test", FARM_FALLBACK="", PYTHONUNBUFFERED="1")
         command = [
-            sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root",
-            "--port", str(port), "--ServerApp.port_retries=0", f"--ServerApp.token={token}",
-            "--ServerApp.ip=127.0.0.1", f"--ServerApp.root_dir={notebooks}",
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            "--allow-root",
+            "--port",
+            str(port),
+            "--ServerApp.port_retries=0",
+            f"--ServerApp.token={token}",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.root_dir={notebooks}",
             "--LabApp.expose_app_in_browser=True",
         ]
         with log.open("wb") as out:
-            proc = subprocess.Popen(command, env=env, cwd=notebooks, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                command, env=env, cwd=notebooks, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         try:
             base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 60
@@ -155,7 +170,8 @@ def test_dashboard_streams_in_jupyterlab(lab: tuple[str, OllamaServer, Path]) ->
             page.wait_for_function(
                 """(i) => { const c = document.querySelectorAll('.jp-Notebook .jp-Cell')[i];
                             return c && c.innerText.includes('ollama:llama3.1 ·'); }""",
-                arg=CELLS.index("%%farm_chat\nhello from a cell"), timeout=60_000,
+                arg=CELLS.index("%%farm_chat\nhello from a cell"),
+                timeout=60_000,
             )
             outputs = chat_cell.locator(".jp-OutputArea-child")
             assert outputs.count() == 2, [outputs.nth(i).inner_text() for i in range(outputs.count())]

@@ -16,7 +16,9 @@ from farm_jupyter.types import Attempt, ChatMessage, ChatResponse, GenerationPar
 
 def entry(text: str = "answer") -> CacheEntry:
     response = ChatResponse(
-        text=text, provider="ollama", model="llama3.1",
+        text=text,
+        provider="ollama",
+        model="llama3.1",
         attempts=[Attempt(provider="openai", model="x", ok=False, error="down")],
     )
     return CacheEntry(response=response, chunks=[text])

@@ -98,7 +98,9 @@ def test_load_ext_says_when_the_embedded_default_answers():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stdout
     assert "embedded offline model (/models/tiny)" in out
     env.pop("FARM_EMBEDDED_DEFAULT")
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stdout == ""
+    assert (
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stdout == ""
+    )
 
 
 def test_shipped_startup_file_is_what_enable_writes():
@@ -109,9 +111,22 @@ def test_shipped_startup_file_is_what_enable_writes():
 def test_a_notebook_that_raises_fails_the_suite(tmp_path):
     nb = notebook(tmp_path / "broken.ipynb", "%load_ext farm_jupyter", "1 / 0")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider",
-         "-o", "addopts=", str(nb)],
-        capture_output=True, text=True, timeout=200, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--nbval-lax",
+            "--nbval-current-env",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "addopts=",
+            str(nb),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        cwd=tmp_path,
     )
     assert result.returncode == 1, result.stdout[-2000:]
     assert "ZeroDivisionError" in result.stdout

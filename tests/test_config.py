@@ -70,7 +70,8 @@ def test_secrets_in_urls_and_provider_options_are_masked():
             "cache": {"redis_url": "redis://:hunter2-redis-pass@cache:6379/0"},
             "providers": {"vllm": {"api_key": "sk-live-abcdef1234567890", "base_url": "http://u:pw-secret@h:1/v1"}},
         },
-        environ={}, use_file=False,
+        environ={},
+        use_file=False,
     )
     for shown in (repr(s), str(s.public())):
         assert "hunter2" not in shown and "abcdef1234567890" not in shown and "pw-secret" not in shown
@@ -164,8 +165,11 @@ def test_bad_hf_device_is_named(name, value):
         ({"AI_PROVIDER": "openai"}, {"FARM_AI_PROVIDER": "huggingface"}, lambda s: s.default_provider),
         ({"OLLAMA_URL": "10.0.0.1"}, {"OLLAMA_HOST": "10.0.0.2"}, lambda s: s.ollama.host),
         ({"AI_FALLBACK_PROVIDER": "huggingface"}, {"FARM_FALLBACK": "openai"}, lambda s: s.chain[1:]),
-        ({"HUGGINGFACE_TOKEN": "hf_seedseedseedseed"}, {"HF_TOKEN": "hf_ourstokenourstoken"},
-         lambda s: s.huggingface.token.get_secret_value()),
+        (
+            {"HUGGINGFACE_TOKEN": "hf_seedseedseedseed"},
+            {"HF_TOKEN": "hf_ourstokenourstoken"},
+            lambda s: s.huggingface.token.get_secret_value(),
+        ),
         ({"AI_DEFAULT_MODEL": "llama3.2"}, {"FARM_OLLAMA_MODEL": "qwen2.5"}, lambda s: s.ollama.default_model),
     ],
 )
@@ -182,8 +186,11 @@ def test_seed_default_model_and_rate_limit_follow_the_default_provider():
     s = load_settings(environ=env, use_file=False)
     assert s.openai.default_model == "gpt-4o" and s.ollama.default_model == "llama3.1"
     assert s.rate_limits["openai"].rpm == 30 and "ollama" not in s.rate_limits
-    s = load_settings({"rate_limits": {"openai": {"rpm": 5, "tpm": 900}}, "openai": {"default_model": "o1"}},
-                      environ=env, use_file=False)
+    s = load_settings(
+        {"rate_limits": {"openai": {"rpm": 5, "tpm": 900}}, "openai": {"default_model": "o1"}},
+        environ=env,
+        use_file=False,
+    )
     assert s.rate_limits["openai"].rpm == 5 and s.openai.default_model == "o1"  # arguments win
     s = load_settings({"rate_limits": {"openai": {"tpm": 900}}}, environ=env, use_file=False)
     assert (s.rate_limits["openai"].rpm, s.rate_limits["openai"].tpm) == (30, 900)
@@ -231,7 +238,7 @@ def test_seed_environment_files(tmp_path, monkeypatch):
         ({"OLLAMA_URL": "ftp://x"}, None, '[ollama]\nhost = "h"\n', "OLLAMA_URL='ftp://x' is not an http(s) URL"),
         ({}, "OLLAMA_HOST=bad host\n", None, "OLLAMA_HOST='bad host' in {path}/.env is not a URL"),
         ({"OLLAMA_HOST": "http://u:hunter2pw@h:x"}, None, None, "OLLAMA_HOST='http://***@h:x' has a bad port"),
-        ({}, None, "[openai]\nbase_url = \"nope nope\"\n", "openai.base_url='nope nope' in {path}/farm.toml"),
+        ({}, None, '[openai]\nbase_url = "nope nope"\n', "openai.base_url='nope nope' in {path}/farm.toml"),
         ({"FARM_CACHE": "floppy"}, None, "[cache]\nttl = 1\n", "cache.backend (from FARM_CACHE)"),
         ({}, "FARM_CACHE=floppy\n", None, "cache.backend (from FARM_CACHE in {path}/.env)"),
         ({}, None, "[timeouts]\ntotal = -1\n", "timeouts.total (in {path}/farm.toml)"),
@@ -253,11 +260,17 @@ def test_a_bad_value_is_named_where_it_came_from(tmp_path, environ, dotenv, file
 
 def test_credentials_in_urls_leave_the_url():
     s = load_settings(
-        environ={"OLLAMA_HOST": "http://ann:p%40ss-word-1@gpu-box", "OPENAI_BASE_URL": "http://bob:s3cret-pw-22@vllm:8000/v1"},
+        environ={
+            "OLLAMA_HOST": "http://ann:p%40ss-word-1@gpu-box",
+            "OPENAI_BASE_URL": "http://bob:s3cret-pw-22@vllm:8000/v1",
+        },
         use_file=False,
     )
     assert (s.ollama.host, s.ollama.username, s.ollama.password.get_secret_value()) == (
-        "http://gpu-box:11434", "ann", "p@ss-word-1")
+        "http://gpu-box:11434",
+        "ann",
+        "p@ss-word-1",
+    )
     assert (s.openai.base_url, s.openai.username) == ("http://vllm:8000/v1", "bob")
     public = s.public()
     assert public["ollama"]["host"] == "http://ann:***@gpu-box:11434" and public["ollama"]["password"] == "***"

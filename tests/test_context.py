@@ -194,7 +194,8 @@ def test_a_schema_goes_to_both_protocols_and_comes_back_validated(s, ollama, ope
     r = s.chat("The biggest city?", "openai", schema=City)
     assert isinstance(r.parsed, City)
     assert bodies(openai, COMPLETIONS)[-1]["response_format"] == {
-        "type": "json_schema", "json_schema": {"name": "City", "schema": City.model_json_schema()},
+        "type": "json_schema",
+        "json_schema": {"name": "City", "schema": City.model_json_schema()},
     }
     r = s.chat("Three numbers", "ollama", schema=list[int])
     assert r.parsed == [0] and bodies(ollama, CHAT)[-1]["format"]["type"] == "array"
@@ -284,11 +285,16 @@ def test_a_tool_round_trip_in_both_protocols_streamed_and_not(ollama, openai):
             (spec,) = first["tools"]
             assert spec["type"] == "function" and spec["function"]["name"] == "get_weather"
             assert spec["function"]["description"] == "The forecast for a city."
-            assert spec["function"]["parameters"]["properties"]["city"] == {"type": "string", "description": "the city's name"}
+            assert spec["function"]["parameters"]["properties"]["city"] == {
+                "type": "string",
+                "description": "the city's name",
+            }
             assert spec["function"]["parameters"]["required"] == ["city"]
             call, result = second["messages"][-2:]
             if target == "ollama":
-                assert call["tool_calls"] == [{"function": {"name": "get_weather", "arguments": {"city": "Paris", "days": "2"}}}]
+                assert call["tool_calls"] == [
+                    {"function": {"name": "get_weather", "arguments": {"city": "Paris", "days": "2"}}}
+                ]
                 assert result["role"] == "tool" and result["tool_name"] == "get_weather"
             else:
                 (tc,) = call["tool_calls"]
@@ -305,11 +311,17 @@ def test_an_exception_goes_back_to_the_model_and_unknown_names_are_never_looked_
         """Divide a by b."""
         return a / b
 
-    calls = iter([
-        [{"name": "divide", "arguments": {"a": 1, "b": 0}}, {"name": "exec", "arguments": {"code": "1"}}],
-        [{"name": "divide", "arguments": {"a": "one"}}],
-    ])
-    ollama.reply = lambda body: Said(tool_calls=next(calls, [])) if body["messages"][-1]["role"] != "tool" or len(body["messages"]) < 6 else "done"
+    calls = iter(
+        [
+            [{"name": "divide", "arguments": {"a": 1, "b": 0}}, {"name": "exec", "arguments": {"code": "1"}}],
+            [{"name": "divide", "arguments": {"a": "one"}}],
+        ]
+    )
+    ollama.reply = lambda body: (
+        Said(tool_calls=next(calls, []))
+        if body["messages"][-1]["role"] != "tool" or len(body["messages"]) < 6
+        else "done"
+    )
     s = Session(loopback_settings(ollama))
     r = s.chat("Divide", tools=[divide])
     assert r.text == "done"

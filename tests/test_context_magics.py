@@ -115,8 +115,11 @@ def test_schema_validates_and_shows_json(ip, ollama):
 
 def test_tools_run_in_the_kernel_and_show_each_call(ip, ollama):
     ip.run_cell("def units(month: int) -> int:\n    '''Units sold in a month.'''\n    return month * 10\n")
-    ollama.reply = lambda body: "Done." if body["messages"][-1]["role"] == "tool" else Said(
-        tool_calls=[{"name": "units", "arguments": {"month": 3}}])
+    ollama.reply = lambda body: (
+        "Done."
+        if body["messages"][-1]["role"] == "tool"
+        else Said(tool_calls=[{"name": "units", "arguments": {"month": 3}}])
+    )
     out = run(ip, "--tools units", "How many in March?")
     assert "[tool] units(month=3) -> 30 (" in out and "Done." in out and "1 tool call in 1 step" in out
     assert last(ollama)["messages"][-1] == {"role": "tool", "content": "30", "tool_name": "units"}

@@ -29,7 +29,9 @@ from farm_jupyter.testing.pytest_plugin import loopback_settings
 
 pytestmark = pytest.mark.timeout(120)
 
-FUZZ = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def one_line(exc: BaseException) -> str:
@@ -84,7 +86,12 @@ BAD_REQUESTS: dict[str, tuple[tuple[Any, ...], dict[str, Any], type[BaseExceptio
     "a message that is a string": ((["hi"],), {}, ConfigError, "message 1"),
     "prompt of the wrong type": ((42,), {}, TypeError, "prompt"),
     "a dict instead of a list": (({"role": "user", "content": "hi"},), {}, TypeError, "prompt"),
-    "conversation turn with messages": (([{"role": "user", "content": "hi"}],), {"conversation": True}, TypeError, "prompt"),
+    "conversation turn with messages": (
+        ([{"role": "user", "content": "hi"}],),
+        {"conversation": True},
+        TypeError,
+        "prompt",
+    ),
     "temperature out of range": (("hi",), {"temperature": 5}, ConfigError, "temperature"),
     "negative max_tokens": (("hi",), {"max_tokens": -1}, ConfigError, "max_tokens"),
     "unknown parameter": (("hi",), {"temprature": 0.1}, ConfigError, "temprature"),
@@ -131,22 +138,38 @@ def test_an_enormous_prompt_answers_or_fails_in_one_line(session: Session) -> No
     for target in ("ollama", "openai"):
         for how in ("chat", "stream"):
             try:
-                text = session.chat(prompt, target, no_cache=True).text if how == "chat" else \
-                    "".join(c.text for c in session.stream(prompt, target, no_cache=True))
+                text = (
+                    session.chat(prompt, target, no_cache=True).text
+                    if how == "chat"
+                    else "".join(c.text for c in session.stream(prompt, target, no_cache=True))
+                )
             except FarmError as exc:
                 one_line(exc)
             else:
                 assert text == f"Echo: {prompt}"
 
 
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(
-        st.sampled_from(["role", "content", "name", "x"]) | st.text(max_size=5), children, max_size=3),
-    max_leaves=8,
-) | st.lists(st.fixed_dictionaries(
-    {"role": st.sampled_from(["user", "system", "assistant", "tool", "User", ""]) | st.text(max_size=8),
-     "content": st.text(max_size=30) | st.integers() | st.none()}), max_size=4))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda children: (
+            st.lists(children, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(["role", "content", "name", "x"]) | st.text(max_size=5), children, max_size=3
+            )
+        ),
+        max_leaves=8,
+    )
+    | st.lists(
+        st.fixed_dictionaries(
+            {
+                "role": st.sampled_from(["user", "system", "assistant", "tool", "User", ""]) | st.text(max_size=8),
+                "content": st.text(max_size=30) | st.integers() | st.none(),
+            }
+        ),
+        max_size=4,
+    )
+)
 @FUZZ
 def test_fuzz_the_message_parser(prompt: Any) -> None:
     try:
@@ -271,8 +294,10 @@ def test_a_broken_custom_provider_is_one_line(
     factory, word = BROKEN[case]
     name = provider_named("broken", factory)
     before = snapshot(session)
-    for ask in (lambda: session.chat("hi", name, fallback=False),
-                lambda: list(session.stream("hi", name, fallback=False, conversation=session.conversation))):
+    for ask in (
+        lambda: session.chat("hi", name, fallback=False),
+        lambda: list(session.stream("hi", name, fallback=False, conversation=session.conversation)),
+    ):
         with pytest.raises(FarmError) as info:
             ask()
         assert word in one_line(info.value) and name in str(info.value)
@@ -288,14 +313,18 @@ def cannot_connect(messages: list[dict[str, Any]], **params: Any) -> str:
     raise ConnectionRefusedError(111, "Connection refused")
 
 
-def test_a_custom_provider_that_cannot_connect_falls_back(session: Session, provider_named: Callable[[str, Any], str]) -> None:
+def test_a_custom_provider_that_cannot_connect_falls_back(
+    session: Session, provider_named: Callable[[str, Any], str]
+) -> None:
     name = provider_named("remote", cannot_connect)
     response = session.chat("hi", name, fallback=True)
     assert response.text == "Echo: hi" and response.notice.startswith(f"{name} was not reachable: answered by ollama")
     assert response.attempts[0].error_type == "ProviderUnavailable"
 
 
-def test_a_cache_that_is_down_still_answers_with_a_warning(ollama_server: OllamaServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_cache_that_is_down_still_answers_with_a_warning(
+    ollama_server: OllamaServer, caplog: pytest.LogCaptureFixture
+) -> None:
     s = Session(loopback_settings(ollama_server, cache={"backend": "redis", "redis_url": "redis://127.0.0.1:1/0"}))
     with caplog.at_level(logging.WARNING, logger="farm_jupyter"):
         assert s.chat("hello", conversation=s.conversation).text == "Echo: hello"
@@ -330,7 +359,10 @@ def test_a_cache_that_will_not_open_is_off_and_comes_back(caplog: pytest.LogCapt
         now[0] += REOPEN_AFTER
         assert runtime.run(cache.get("k")) is None and cache.state == "memory"
     lines = [r.getMessage() for r in caplog.records if r.name == "farm_jupyter"]
-    assert lines == ["farm_jupyter: cache disk is off: read-only file system (tried again in 30 s)", "farm_jupyter: cache memory is back"]
+    assert lines == [
+        "farm_jupyter: cache disk is off: read-only file system (tried again in 30 s)",
+        "farm_jupyter: cache memory is back",
+    ]
 
 
 def test_a_corrupt_cache_row_costs_one_miss_and_one_line(
@@ -368,10 +400,28 @@ def test_no_environment_variable_is_needed_to_fail_cleanly(monkeypatch: pytest.M
 # -- the magics: argument parser and prompt interpolation -----------------------------------------
 
 INJECTIONS = [
-    "{__import__('os').system('touch pwned')}", "{os.system('touch pwned')}", "{eval('1+1')}", "{exec('x=1')}",
-    "{os.system}", "{os.__dict__[system]}", "{x.__class__.__mro__}", "{x.upper()}", "{f'{x}'}", "{x[__import__]}",
-    "{x!r:>{width}}", "{x:{__import__('os').system('x')}}", "{{literal}}", "{0}", "{}", "{x", "x}", "{ x }",
-    "{os.path.join}", "{lambda: 1}", "{[c for c in ()]}", "{x.split}",
+    "{__import__('os').system('touch pwned')}",
+    "{os.system('touch pwned')}",
+    "{eval('1+1')}",
+    "{exec('x=1')}",
+    "{os.system}",
+    "{os.__dict__[system]}",
+    "{x.__class__.__mro__}",
+    "{x.upper()}",
+    "{f'{x}'}",
+    "{x[__import__]}",
+    "{x!r:>{width}}",
+    "{x:{__import__('os').system('x')}}",
+    "{{literal}}",
+    "{0}",
+    "{}",
+    "{x",
+    "x}",
+    "{ x }",
+    "{os.path.join}",
+    "{lambda: 1}",
+    "{[c for c in ()]}",
+    "{x.split}",
 ]
 
 
@@ -392,8 +442,9 @@ def trapped(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return calls
 
 
-template_text = st.lists(st.sampled_from(INJECTIONS) | st.text(alphabet="{}[]().:!'\"_ =xwidthos", max_size=12),
-                         max_size=4).map("".join)
+template_text = st.lists(
+    st.sampled_from(INJECTIONS) | st.text(alphabet="{}[]().:!'\"_ =xwidthos", max_size=12), max_size=4
+).map("".join)
 
 
 @given(template=template_text)
@@ -416,8 +467,9 @@ def test_fuzz_interpolation_never_evaluates(template: str, trapped: list[Any]) -
 
 
 @pytest.fixture
-def shell(ollama_server: OllamaServer, openai_server: OpenAIServer,
-          provider_named: Callable[[str, Any], str]) -> Iterator[Any]:
+def shell(
+    ollama_server: OllamaServer, openai_server: OpenAIServer, provider_named: Callable[[str, Any], str]
+) -> Iterator[Any]:
     """IPython with the extension, a session whose default answers instantly (no fallback)."""
     from IPython.core.interactiveshell import InteractiveShell
 
@@ -442,26 +494,104 @@ def no_huggingface(text: str) -> bool:  # it would load a local model: slow, and
     return "hf" not in text.lower() and "huggingface" not in text.lower()
 
 
-OPTION = st.sampled_from([
-    "-m", "--model", "-p", "--provider", "-t", "--temperature", "--max-tokens", "-s", "--system", "-f", "--format",
-    "-o", "--out", "--no-cache", "--refresh", "--new", "--no-stream", "--raw", "--compare", "-h", "--help", "--",
-    "-", "--bogus", "-mt",
-])
-VALUE = st.sampled_from([
-    "ollama", "openai", "fuzzecho", "nosuch", "ollama:llama3.1", "openai:gpt-4o-mini", "ollama:nosuch", "0.5", "3",
-    "-1", "nan", "inf", "1e9", "text", "markdown", "code", "json", "answer", "1abc", "x y", "''", '""', "'",
-    '"unclosed', "a,b", "ollama:llama3.1,openai:gpt-4o-mini", ",", "{topic}", "{nope}", "\\", "$HOME", ";", "|",
-    *INJECTIONS[:6],
-]) | st.text(alphabet=" -=,:'\"{}abcxyz0123456789.\\", max_size=10)
-WELL_FORMED = st.sampled_from([
-    "-t 0.5", "-t 0", "--max-tokens 3", "-p ollama", "-p openai", "-p fuzzecho", "-m openai:gpt-4o-mini",
-    "-m ollama:llama3.1", "-m nosuch-model", "-s '{topic} expert'", "-s \"{__import__('os').system('x')}\"",
-    "-f text", "-f code", "-f json", "--no-stream", "--raw", "--new", "-o answer", "--no-cache", "--refresh",
-    "--compare ollama:llama3.1,openai:gpt-4o-mini", "--compare fuzzecho,ollama:nosuch",
-])
-LINE = (st.lists(WELL_FORMED, max_size=4).map(" ".join)
-        | st.lists(OPTION | VALUE, max_size=6).map(" ".join)
-        | st.text(max_size=30)).filter(no_huggingface)
+OPTION = st.sampled_from(
+    [
+        "-m",
+        "--model",
+        "-p",
+        "--provider",
+        "-t",
+        "--temperature",
+        "--max-tokens",
+        "-s",
+        "--system",
+        "-f",
+        "--format",
+        "-o",
+        "--out",
+        "--no-cache",
+        "--refresh",
+        "--new",
+        "--no-stream",
+        "--raw",
+        "--compare",
+        "-h",
+        "--help",
+        "--",
+        "-",
+        "--bogus",
+        "-mt",
+    ]
+)
+VALUE = st.sampled_from(
+    [
+        "ollama",
+        "openai",
+        "fuzzecho",
+        "nosuch",
+        "ollama:llama3.1",
+        "openai:gpt-4o-mini",
+        "ollama:nosuch",
+        "0.5",
+        "3",
+        "-1",
+        "nan",
+        "inf",
+        "1e9",
+        "text",
+        "markdown",
+        "code",
+        "json",
+        "answer",
+        "1abc",
+        "x y",
+        "''",
+        '""',
+        "'",
+        '"unclosed',
+        "a,b",
+        "ollama:llama3.1,openai:gpt-4o-mini",
+        ",",
+        "{topic}",
+        "{nope}",
+        "\\",
+        "$HOME",
+        ";",
+        "|",
+        *INJECTIONS[:6],
+    ]
+) | st.text(alphabet=" -=,:'\"{}abcxyz0123456789.\\", max_size=10)
+WELL_FORMED = st.sampled_from(
+    [
+        "-t 0.5",
+        "-t 0",
+        "--max-tokens 3",
+        "-p ollama",
+        "-p openai",
+        "-p fuzzecho",
+        "-m openai:gpt-4o-mini",
+        "-m ollama:llama3.1",
+        "-m nosuch-model",
+        "-s '{topic} expert'",
+        "-s \"{__import__('os').system('x')}\"",
+        "-f text",
+        "-f code",
+        "-f json",
+        "--no-stream",
+        "--raw",
+        "--new",
+        "-o answer",
+        "--no-cache",
+        "--refresh",
+        "--compare ollama:llama3.1,openai:gpt-4o-mini",
+        "--compare fuzzecho,ollama:nosuch",
+    ]
+)
+LINE = (
+    st.lists(WELL_FORMED, max_size=4).map(" ".join)
+    | st.lists(OPTION | VALUE, max_size=6).map(" ".join)
+    | st.text(max_size=30)
+).filter(no_huggingface)
 
 
 def _allowed(exc: BaseException) -> None:
@@ -490,8 +620,28 @@ def test_fuzz_the_farm_chat_options(shell: Any, trapped: list[Any], line: str, c
     assert trapped == []
 
 
-SUBCOMMAND = st.sampled_from(["help", "models", "use", "health", "stats", "history", "cache", "config", "alias",
-                              "unalias", "reset", "gpu", "error", "nosuch", "", "HELP", "--help", "-h"])
+SUBCOMMAND = st.sampled_from(
+    [
+        "help",
+        "models",
+        "use",
+        "health",
+        "stats",
+        "history",
+        "cache",
+        "config",
+        "alias",
+        "unalias",
+        "reset",
+        "gpu",
+        "error",
+        "nosuch",
+        "",
+        "HELP",
+        "--help",
+        "-h",
+    ]
+)
 
 
 @given(command=SUBCOMMAND, rest=st.lists(VALUE, max_size=3).map(" ".join).filter(no_huggingface))

@@ -154,8 +154,10 @@ class FakeNvml(types.ModuleType):
     def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[Any]:
         import os
 
-        return [types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=2**30),
-                types.SimpleNamespace(pid=999_999_999, usedGpuMemory=None)]
+        return [
+            types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=2**30),
+            types.SimpleNamespace(pid=999_999_999, usedGpuMemory=None),
+        ]
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, handle: int) -> list[Any]:
         import os
@@ -184,9 +186,7 @@ def test_nvml_figures_are_mapped(fresh_nvml: None, monkeypatch: pytest.MonkeyPat
     ("code", "words"),
     [(12, "no NVIDIA driver"), (9, "driver is not loaded"), (4, "permission"), (999, "NVML could not start")],
 )
-def test_nvml_failures_are_reasons(
-    fresh_nvml: None, monkeypatch: pytest.MonkeyPatch, code: int, words: str
-) -> None:
+def test_nvml_failures_are_reasons(fresh_nvml: None, monkeypatch: pytest.MonkeyPatch, code: int, words: str) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(init_error=code))
     monkeypatch.setitem(sys.modules, "torch", fake_torch(available=False))
     stats = gpu.gpu_stats()

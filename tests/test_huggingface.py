@@ -374,7 +374,9 @@ def test_two_concurrent_first_requests_load_once(
     assert first.text == second.text and first.usage.completion_tokens == 4
 
 
-def test_the_default_is_the_embedded_smollm2_never_the_tiny_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_is_the_embedded_smollm2_never_the_tiny_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FARM_CACHE_DIR", str(tmp_path))
     p = make_provider(None)
     assert p.default_model == embedded.NAME  # real weights; loading it: tests/test_local_model.py

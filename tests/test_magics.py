@@ -73,8 +73,16 @@ class RecordingPublisher(CapturingDisplayPublisher):
         super().__init__(**kwargs)
         self.events: list[dict[str, Any]] = []
 
-    def publish(self, data: Any, metadata: Any = None, source: Any = None, *, transient: Any = None,
-                update: bool = False, **kwargs: Any) -> None:
+    def publish(
+        self,
+        data: Any,
+        metadata: Any = None,
+        source: Any = None,
+        *,
+        transient: Any = None,
+        update: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self.events.append({"data": data, "transient": transient or {}, "update": update})
         super().publish(data, metadata=metadata, source=source, transient=transient, update=update)
 
@@ -166,7 +174,16 @@ def test_load_unload_reload(shell: InteractiveShell) -> None:
     shell.run_line_magic("reload_ext", "farm_jupyter")
     assert shell.find_cell_magic("farm_chat") is not None
     assert sum(isinstance(c, FarmMagics) for c in shell.configurables) == 1
-    assert len([cb for cb in shell.events.callbacks["pre_run_cell"] if getattr(cb, "__self__", None).__class__ is FarmMagics]) == 1
+    assert (
+        len(
+            [
+                cb
+                for cb in shell.events.callbacks["pre_run_cell"]
+                if getattr(cb, "__self__", None).__class__ is FarmMagics
+            ]
+        )
+        == 1
+    )
 
 
 def test_load_ext_imports_nothing_heavy() -> None:
@@ -189,23 +206,57 @@ def test_load_ext_imports_nothing_heavy() -> None:
 
 def test_help_text(shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
     doc = shell.find_cell_magic("farm_chat").__doc__
-    for option in ("--model", "--provider", "--temperature", "--max-tokens", "--system", "--format", "--out",
-                   "--no-cache", "--refresh", "--new", "--no-stream", "--raw", "--compare", "{Out[3]}", "{{"):
+    for option in (
+        "--model",
+        "--provider",
+        "--temperature",
+        "--max-tokens",
+        "--system",
+        "--format",
+        "--out",
+        "--no-cache",
+        "--refresh",
+        "--new",
+        "--no-stream",
+        "--raw",
+        "--compare",
+        "{Out[3]}",
+        "{{",
+    ):
         assert option in doc, option
     assert "markdown" in doc and "json" in doc and "code" in doc
     shell.run_cell("%%farm_chat?")
     assert "--compare" in capsys.readouterr().out
     table = shell.run_line_magic("farm", "help")
     commands = " ".join(table.column("command"))
-    for sub in ("models", "use", "health", "gpu", "stats", "history", "reset", "cache", "config", "pull", "load",
-                "unload", "reload", "alias", "unalias", "error", "ollama", "dashboard"):
+    for sub in (
+        "models",
+        "use",
+        "health",
+        "gpu",
+        "stats",
+        "history",
+        "reset",
+        "cache",
+        "config",
+        "pull",
+        "load",
+        "unload",
+        "reload",
+        "alias",
+        "unalias",
+        "error",
+        "ollama",
+        "dashboard",
+    ):
         assert f"%farm {sub}" in commands
     assert "<table>" in table._repr_html_()
     assert "%farm models" in repr(table)
 
 
-def test_traitlets_are_config_and_apply_to_a_new_session(shell: InteractiveShell, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_traitlets_are_config_and_apply_to_a_new_session(
+    shell: InteractiveShell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shell.run_line_magic("config", "FarmMagics.update_rate = 5")
     m = magics(shell)
     assert m.update_rate == 5
@@ -234,7 +285,9 @@ def test_traitlets_are_config_and_apply_to_a_new_session(shell: InteractiveShell
 # -- answering --------------------------------------------------------------------------------------
 
 
-def test_answer_final_output_footer_and_out(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer) -> None:
+def test_answer_final_output_footer_and_out(
+    shell: InteractiveShell, farm: Session, ollama_server: OllamaServer
+) -> None:
     ollama_server.reply = "The **answer** is 42."
     cap = chat(shell, "-o r", "What is the answer?")
     answer, footer = fresh(cap)  # the live output is gone: no empty output is saved
@@ -252,8 +305,9 @@ def test_answer_final_output_footer_and_out(shell: InteractiveShell, farm: Sessi
     assert ollama_server.count("/api/chat") == 1
 
 
-def test_options_reach_the_provider(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer,
-                                    openai_server: OpenAIServer) -> None:
+def test_options_reach_the_provider(
+    shell: InteractiveShell, farm: Session, ollama_server: OllamaServer, openai_server: OpenAIServer
+) -> None:
     chat(shell, "-m qwen2.5:0.5b -t 0.3 --max-tokens 5 --no-cache", "hello")
     body = ollama_server.requests[-1].json
     assert body is not None
@@ -277,8 +331,9 @@ def test_no_stream_and_text_format(shell: InteractiveShell, farm: Session, ollam
     assert "ollama:llama3.1" in footer["text/plain"]
 
 
-def test_format_code_puts_the_code_in_a_new_cell(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_format_code_puts_the_code_in_a_new_cell(
+    shell: InteractiveShell, farm: Session, ollama_server: OllamaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[tuple[str, bool]] = []
     monkeypatch.setattr(shell, "set_next_input", lambda s, replace=False: calls.append((s, replace)))
     ollama_server.reply = "Try:\n\n```bash\npip install x\n```\n\n```python\nimport x\nprint(x)\n```\n"
@@ -305,8 +360,9 @@ def test_format_json(shell: InteractiveShell, farm: Session, ollama_server: Olla
     assert parse_json('Here:\n```json\n{"b": 1}\n```') == {"b": 1}
 
 
-def test_terminal_prints_as_it_streams(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_terminal_prints_as_it_streams(
+    shell: InteractiveShell, farm: Session, ollama_server: OllamaServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     # no capture_output: a plain InteractiveShell's display publisher cannot update in place
     ollama_server.reply = "streamed words"
     shell.run_cell_magic("farm_chat", "", "hi")
@@ -336,8 +392,9 @@ def test_interpolation_of_in_and_out(shell: InteractiveShell, farm: Session, oll
     assert last_prompt(ollama_server) == "Out: 42; In: 6 * 7"
 
 
-def test_missing_name_is_a_one_line_usage_error(shell: InteractiveShell, farm: Session,
-                                                ollama_server: OllamaServer) -> None:
+def test_missing_name_is_a_one_line_usage_error(
+    shell: InteractiveShell, farm: Session, ollama_server: OllamaServer
+) -> None:
     with pytest.raises(UsageError) as info:
         chat(shell, "", "tell me about {undefined_thing}")
     assert type(info.value) is UsageError
@@ -350,8 +407,21 @@ def test_missing_name_is_a_one_line_usage_error(shell: InteractiveShell, farm: S
 
 @pytest.mark.parametrize(
     "template",
-    ["{x.__class__}", "{__import__('os').system('true')}", "{x()}", "{}", "{0}", "{'a': 1}", "{x", "x}",
-     "{d[missing]}", "{x.nope}", "{x:zz}", "{x!q}", "{Out[999]}"],
+    [
+        "{x.__class__}",
+        "{__import__('os').system('true')}",
+        "{x()}",
+        "{}",
+        "{0}",
+        "{'a': 1}",
+        "{x",
+        "x}",
+        "{d[missing]}",
+        "{x.nope}",
+        "{x:zz}",
+        "{x!q}",
+        "{Out[999]}",
+    ],
 )
 def test_interpolation_misuse(template: str) -> None:
     with pytest.raises(UsageError) as info:
@@ -389,8 +459,9 @@ def test_interpolation_fuzz(template: str) -> None:
 # -- conversation -----------------------------------------------------------------------------------
 
 
-def test_cells_form_a_conversation_and_a_rerun_replaces_its_turn(shell: InteractiveShell, farm: Session,
-                                                                   ollama_server: OllamaServer) -> None:
+def test_cells_form_a_conversation_and_a_rerun_replaces_its_turn(
+    shell: InteractiveShell, farm: Session, ollama_server: OllamaServer
+) -> None:
     shell.run_cell("%%farm_chat\nfirst question", cell_id="cell-a")
     shell.run_cell("%%farm_chat\nsecond question", cell_id="cell-b")
     assert [t.id for t in farm.conversation.turns] == ["cell-a", "cell-b"]
@@ -409,8 +480,9 @@ def test_cells_form_a_conversation_and_a_rerun_replaces_its_turn(shell: Interact
     assert "no turns yet" in repr(shell.run_line_magic("farm", "history"))
 
 
-def test_cell_id_from_the_kernel_parent_header(shell: InteractiveShell, farm: Session,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cell_id_from_the_kernel_parent_header(
+    shell: InteractiveShell, farm: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(shell, "parent_header", {"metadata": {"cellId": "kernel-cell"}}, raising=False)
     chat(shell, "", "one")
     chat(shell, "", "one again")
@@ -449,8 +521,9 @@ def test_update_rate_is_a_setting(shell: InteractiveShell, farm: Session, ollama
     assert len([u for u in updates(cap) if u.get("text/plain")]) <= elapsed * 4 + 2
 
 
-def test_ctrl_c_keeps_partial_text_and_stops_the_request(shell: InteractiveShell, farm: Session,
-                                                         ollama_server: OllamaServer) -> None:
+def test_ctrl_c_keeps_partial_text_and_stops_the_request(
+    shell: InteractiveShell, farm: Session, ollama_server: OllamaServer
+) -> None:
     ollama_server.tokens = 200
     ollama_server.chunk_delay = 0.05  # 10 s in all
     main = threading.get_ident()
@@ -493,8 +566,9 @@ def test_ctrl_c_keeps_partial_text_and_stops_the_request(shell: InteractiveShell
     assert len(farm.conversation) == 1
 
 
-def test_restart_chunk_replaces_partial_text(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer,
-                                             openai_server: OpenAIServer) -> None:
+def test_restart_chunk_replaces_partial_text(
+    shell: InteractiveShell, farm: Session, ollama_server: OllamaServer, openai_server: OpenAIServer
+) -> None:
     ollama_server.tokens = 10
     ollama_server.add_fault(Fault("drop", path="/api/chat", after=3, times=None))
     openai_server.reply = "from openai"
@@ -526,8 +600,9 @@ def test_restart_chunk_replaces_partial_text(shell: InteractiveShell, farm: Sess
         ("--no-cache --refresh", "hi"),
     ],
 )
-def test_chat_misuse_is_a_usage_error(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer,
-                                      line: str, cell: str) -> None:
+def test_chat_misuse_is_a_usage_error(
+    shell: InteractiveShell, farm: Session, ollama_server: OllamaServer, line: str, cell: str
+) -> None:
     with pytest.raises(UsageError) as info:
         chat(shell, line, cell)
     assert type(info.value) is UsageError
@@ -536,8 +611,19 @@ def test_chat_misuse_is_a_usage_error(shell: InteractiveShell, farm: Session, ol
 
 @pytest.mark.parametrize(
     "line",
-    ["bogus", "models nosuch", "pull", "cache frob", "unalias nope", "use a b", "ollama dance", "alias x",
-     "health nosuch", "history extra", "alias 'broken"],
+    [
+        "bogus",
+        "models nosuch",
+        "pull",
+        "cache frob",
+        "unalias nope",
+        "use a b",
+        "ollama dance",
+        "alias x",
+        "health nosuch",
+        "history extra",
+        "alias 'broken",
+    ],
 )
 def test_farm_misuse_is_a_usage_error(shell: InteractiveShell, farm: Session, line: str) -> None:
     with pytest.raises(UsageError) as info:
@@ -545,17 +631,22 @@ def test_farm_misuse_is_a_usage_error(shell: InteractiveShell, farm: Session, li
     assert type(info.value) is UsageError
 
 
-def test_usage_error_in_a_cell_is_one_line(shell: InteractiveShell, farm: Session,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_error_in_a_cell_is_one_line(
+    shell: InteractiveShell, farm: Session, capsys: pytest.CaptureFixture[str]
+) -> None:
     result = shell.run_cell("%%farm_chat --bogus\nhi")
     assert type(result.error_in_exec) is UsageError
     err = capsys.readouterr().err.strip()
     assert err.startswith("UsageError:") and "\n" not in err
 
 
-def test_provider_failure_fails_the_cell_with_one_line(shell: InteractiveShell, farm: Session,
-                                                       ollama_server: OllamaServer, openai_server: OpenAIServer,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_provider_failure_fails_the_cell_with_one_line(
+    shell: InteractiveShell,
+    farm: Session,
+    ollama_server: OllamaServer,
+    openai_server: OpenAIServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     ollama_server.refuse()
     openai_server.refuse()
     with pytest.raises(AllProvidersFailed):
@@ -573,14 +664,16 @@ def test_provider_failure_fails_the_cell_with_one_line(shell: InteractiveShell, 
 # -- --compare --------------------------------------------------------------------------------------
 
 
-def test_compare_two_providers_side_by_side(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer,
-                                            openai_server: OpenAIServer) -> None:
+def test_compare_two_providers_side_by_side(
+    shell: InteractiveShell, farm: Session, ollama_server: OllamaServer, openai_server: OpenAIServer
+) -> None:
     started: dict[str, float] = {}
 
     def replier(name: str, text: str) -> Any:
         def reply(body: dict[str, Any]) -> str:
             started[name] = time.monotonic()
             return text
+
         return reply
 
     ollama_server.reply = replier("ollama", "llama says hi")
@@ -602,8 +695,9 @@ def test_compare_two_providers_side_by_side(shell: InteractiveShell, farm: Sessi
     assert len(farm.conversation) == 0  # a comparison is not a conversation turn
 
 
-def test_compare_with_one_failure_shows_it_in_its_column(shell: InteractiveShell, farm: Session,
-                                                         openai_server: OpenAIServer) -> None:
+def test_compare_with_one_failure_shows_it_in_its_column(
+    shell: InteractiveShell, farm: Session, openai_server: OpenAIServer
+) -> None:
     openai_server.refuse()
     cap = chat(shell, "--compare ollama,openai -o both", "say hi")
     plain = fresh(cap)[-1]["text/plain"]
@@ -616,15 +710,21 @@ def test_compare_with_one_failure_shows_it_in_its_column(shell: InteractiveShell
 
 def test_farm_models(shell: InteractiveShell, farm: Session) -> None:
     table = shell.run_line_magic("farm", "models")
-    assert table.column("model") == ["ollama:llama3.1:latest", "ollama:qwen2.5:0.5b", "openai:gpt-4o-mini", "openai:gpt-4o"]
+    assert table.column("model") == [
+        "ollama:llama3.1:latest",
+        "ollama:qwen2.5:0.5b",
+        "openai:gpt-4o-mini",
+        "openai:gpt-4o",
+    ]
     assert isinstance(table, Table) and "qwen2.5:0.5b" in table._repr_html_()
     only = shell.run_line_magic("farm", "models ollama")
     assert only.column("model") == ["ollama:llama3.1:latest", "ollama:qwen2.5:0.5b"]
     assert "4.8 GB" in repr(only)  # decimal units, as Ollama reports sizes (the picker says the same)
 
 
-def test_farm_models_of_a_down_provider_is_one_farm_error(shell: InteractiveShell, farm: Session,
-                                                          ollama_server: OllamaServer) -> None:
+def test_farm_models_of_a_down_provider_is_one_farm_error(
+    shell: InteractiveShell, farm: Session, ollama_server: OllamaServer
+) -> None:
     ollama_server.refuse()
     with pytest.raises(FarmError) as info:
         shell.run_line_magic("farm", "models ollama")
@@ -657,8 +757,9 @@ def test_farm_cache_info_and_clear(shell: InteractiveShell, farm: Session, capsy
     assert dict(shell.run_line_magic("farm", "cache info").rows)["entries"] == "0"
 
 
-def test_farm_use_alias_unalias(shell: InteractiveShell, farm: Session, openai_server: OpenAIServer,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_farm_use_alias_unalias(
+    shell: InteractiveShell, farm: Session, openai_server: OpenAIServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     shell.run_line_magic("farm", "use openai:gpt-4o")
     assert "default model: openai:gpt-4o" in capsys.readouterr().out
     assert farm.default_address == "openai:gpt-4o"
@@ -676,8 +777,9 @@ def test_farm_use_alias_unalias(shell: InteractiveShell, farm: Session, openai_s
     assert farm.settings.aliases == {}
 
 
-def test_farm_pull_shows_progress(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_farm_pull_shows_progress(
+    shell: InteractiveShell, farm: Session, ollama_server: OllamaServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     shell.run_line_magic("farm", "pull phi3:mini")
     out, err = capsys.readouterr()
     assert "ollama:phi3:mini: pulled and loaded" in out
@@ -707,8 +809,9 @@ def test_farm_gpu(shell: InteractiveShell, farm: Session) -> None:
     assert len(table.rows) > 0 or (table.caption or "").startswith("no GPU")
 
 
-def test_farm_error_explains_the_last_exception(shell: InteractiveShell, farm: Session,
-                                                ollama_server: OllamaServer) -> None:
+def test_farm_error_explains_the_last_exception(
+    shell: InteractiveShell, farm: Session, ollama_server: OllamaServer
+) -> None:
     shell.run_cell("def broken():\n    return {}['missing_key']\nbroken()")
     with captured(shell) as cap:
         shell.run_line_magic("farm", "error")
@@ -726,8 +829,9 @@ def test_farm_dashboard(shell: InteractiveShell, farm: Session) -> None:
         board.close()
 
 
-def test_farm_ollama_not_installed(shell: InteractiveShell, farm: Session, monkeypatch: pytest.MonkeyPatch,
-                                   ollama_server: OllamaServer) -> None:
+def test_farm_ollama_not_installed(
+    shell: InteractiveShell, farm: Session, monkeypatch: pytest.MonkeyPatch, ollama_server: OllamaServer
+) -> None:
     ollama_server.refuse()
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(FarmError) as info:
@@ -737,14 +841,20 @@ def test_farm_ollama_not_installed(shell: InteractiveShell, farm: Session, monke
         shell.run_line_magic("farm", "ollama stop")
 
 
-def test_farm_ollama_start_and_stop(shell: InteractiveShell, ollama_server: OllamaServer, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_farm_ollama_start_and_stop(
+    shell: InteractiveShell,
+    ollama_server: OllamaServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     # a stand-in `ollama` on PATH: `ollama serve` runs a loopback Ollama on OLLAMA_HOST's port
     port = int(ollama_server.url.rsplit(":", 1)[1])
     session = Session(loopback_settings(ollama_server, ollama={"auto_pull": ["phi3:mini"]}))
     ollama_server.stop()  # free the port for the fake `ollama serve`
     fake = tmp_path / "ollama"
-    fake.write_text(textwrap.dedent(f"""\
+    fake.write_text(
+        textwrap.dedent(f"""\
         #!{sys.executable}
         import os, signal, sys, threading
         assert sys.argv[1:] == ["serve"], sys.argv
@@ -756,7 +866,8 @@ def test_farm_ollama_start_and_stop(shell: InteractiveShell, ollama_server: Olla
         print("listening", flush=True)
         stop.wait(60)
         server.stop()
-        """))
+        """)
+    )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("PYTHONPATH", str(REPO))
@@ -793,8 +904,9 @@ def test_table_text_and_html_escape() -> None:
 # -- found in review ------------------------------------------------------------------------------
 
 
-def test_config_after_the_first_answer_takes_effect(shell: InteractiveShell, farm: Session,
-                                                    openai_server: OpenAIServer) -> None:
+def test_config_after_the_first_answer_takes_effect(
+    shell: InteractiveShell, farm: Session, openai_server: OpenAIServer
+) -> None:
     chat(shell, "", "first")
     shell.run_line_magic("config", "FarmMagics.default_model = 'openai:gpt-4o-mini'")
     shell.run_line_magic("config", "FarmMagics.max_history = 1")
@@ -842,8 +954,9 @@ def notice_stream(session: Session, text: str = "from openai", notice: str = NOT
     return ChatStream(session, source())
 
 
-def test_a_notice_is_one_line_above_the_answer(shell: InteractiveShell, farm: Session,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_notice_is_one_line_above_the_answer(
+    shell: InteractiveShell, farm: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(farm, "stream", lambda *a, **k: notice_stream(farm))
     cap = chat(shell, "-o r", "hi")
     notice, answer, footer = fresh(cap)
@@ -859,10 +972,13 @@ def test_a_notice_is_one_line_above_the_answer(shell: InteractiveShell, farm: Se
     assert cap.stdout.startswith(f"{NOTICE}\nfrom openai\nopenai:gpt-4o-mini")
 
 
-def test_compare_shows_a_notice_above_its_column(shell: InteractiveShell, farm: Session,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compare_shows_a_notice_above_its_column(
+    shell: InteractiveShell, farm: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = farm.stream
-    monkeypatch.setattr(farm, "stream", lambda p, t=None, **k: notice_stream(farm) if t == "ollama" else real(p, t, **k))
+    monkeypatch.setattr(
+        farm, "stream", lambda p, t=None, **k: notice_stream(farm) if t == "ollama" else real(p, t, **k)
+    )
     final = fresh(chat(shell, "--compare ollama,openai", "say hi"))[-1]
     assert f"── ollama:llama3.1 ──\n{NOTICE}\nfrom openai\n[" in final["text/plain"]
     assert "── openai:gpt-4o-mini ──\nEcho: say hi" in final["text/plain"]
@@ -871,8 +987,9 @@ def test_compare_shows_a_notice_above_its_column(shell: InteractiveShell, farm: 
     assert html.index("ollama:llama3.1") < html.index(NOTICE) < html.index("from openai")
 
 
-def test_fallback_notice_end_to_end(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer,
-                                    openai_server: OpenAIServer) -> None:
+def test_fallback_notice_end_to_end(
+    shell: InteractiveShell, farm: Session, ollama_server: OllamaServer, openai_server: OpenAIServer
+) -> None:
     ollama_server.refuse()
     openai_server.reply = "openai answers"
     cap = chat(shell, "-o r", "hi")
@@ -895,11 +1012,16 @@ def test_the_saved_notebook_has_no_empty_output(ollama_server: OllamaServer, tmp
         set_session(Session(config={{"env": "test", "fallback": [], "ollama": {{"host": "{ollama_server.url}",
                                      "default_model": "llama3.1"}}}}))""")
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source) for source in (
-        "%load_ext farm_jupyter", setup, "%%farm_chat\nSay hello",
-        "%%farm_chat --compare ollama:llama3.1,ollama:qwen2.5:0.5b\nSay hi",
-        "print('kept')\nget_ipython().run_cell_magic('farm_chat', '', 'in a loop')",
-    )]
+    nb.cells = [
+        nbformat.v4.new_code_cell(source)
+        for source in (
+            "%load_ext farm_jupyter",
+            setup,
+            "%%farm_chat\nSay hello",
+            "%%farm_chat --compare ollama:llama3.1,ollama:qwen2.5:0.5b\nSay hi",
+            "print('kept')\nget_ipython().run_cell_magic('farm_chat', '', 'in a loop')",
+        )
+    ]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     client = NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute(env=env)  # the kernel imports this checkout
@@ -945,9 +1067,9 @@ def test_interpolation_of_quoted_and_numeric_keys() -> None:
         interpolate("{d['missing']}", ns)
 
 
-def test_farm_models_says_which_providers_are_down_and_why(shell: InteractiveShell, farm: Session,
-                                                           ollama_server: OllamaServer,
-                                                           openai_server: OpenAIServer) -> None:
+def test_farm_models_says_which_providers_are_down_and_why(
+    shell: InteractiveShell, farm: Session, ollama_server: OllamaServer, openai_server: OpenAIServer
+) -> None:
     openai_server.refuse()
     mixed = shell.run_line_magic("farm", "models")
     rows = mixed.to_dicts()
@@ -963,19 +1085,22 @@ def test_farm_models_says_which_providers_are_down_and_why(shell: InteractiveShe
     assert "no models found" not in repr(down)
 
 
-def test_farm_load_of_a_remote_model_says_there_is_nothing_to_load(shell: InteractiveShell, farm: Session,
-                                                                    openai_server: OpenAIServer,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_farm_load_of_a_remote_model_says_there_is_nothing_to_load(
+    shell: InteractiveShell, farm: Session, openai_server: OpenAIServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     for action in ("load", "pull", "unload", "reload"):
         shell.run_line_magic("farm", f"{action} openai:gpt-4o-mini")
         out = capsys.readouterr().out
-        assert out == (f"openai:gpt-4o-mini: nothing to {action}: openai serves its models remotely; "
-                       "ask it with %%farm_chat -m openai:gpt-4o-mini\n")
+        assert out == (
+            f"openai:gpt-4o-mini: nothing to {action}: openai serves its models remotely; "
+            "ask it with %%farm_chat -m openai:gpt-4o-mini\n"
+        )
     assert openai_server.requests == []  # nothing was sent, nothing claimed
 
 
-def test_farm_stats_counts_each_providers_failures_by_class(shell: InteractiveShell, farm: Session,
-                                                            ollama_server: OllamaServer) -> None:
+def test_farm_stats_counts_each_providers_failures_by_class(
+    shell: InteractiveShell, farm: Session, ollama_server: OllamaServer
+) -> None:
     ollama_server.refuse()
     chat(shell, "", "one")  # ollama unreachable: openai answers
     table = shell.run_line_magic("farm", "stats")
@@ -983,12 +1108,15 @@ def test_farm_stats_counts_each_providers_failures_by_class(shell: InteractiveSh
     assert "failures" in table.headers
     failures = farm.monitor.failure_counts()["ollama"]
     assert failures.get("unreachable")
-    assert rows["ollama"]["failures"] == " · ".join(f"{k} {n}" for k, n in sorted(failures.items(), key=lambda kv: -kv[1]))
+    assert rows["ollama"]["failures"] == " · ".join(
+        f"{k} {n}" for k, n in sorted(failures.items(), key=lambda kv: -kv[1])
+    )
     assert rows["openai:gpt-4o-mini"]["requests"] == "1" and rows["openai:gpt-4o-mini"]["failures"] == ""
 
 
-def test_only_a_cell_that_is_the_magic_alone_is_cleared(shell: InteractiveShell, farm: Session,
-                                                         ollama_server: OllamaServer) -> None:
+def test_only_a_cell_that_is_the_magic_alone_is_cleared(
+    shell: InteractiveShell, farm: Session, ollama_server: OllamaServer
+) -> None:
     with captured(shell) as cap:
         shell.run_cell("%%farm_chat\nhi")
     assert {"clear": True, "wait": True} in cap.events and fresh(cap)[0]["text/plain"] == "Echo: hi"
@@ -1003,7 +1131,9 @@ def test_only_a_cell_that_is_the_magic_alone_is_cleared(shell: InteractiveShell,
     assert {"clear": True, "wait": True} in cap.events
 
 
-def test_no_fallback_asks_only_the_model_named(shell: InteractiveShell, farm: Session, ollama_server, openai_server) -> None:
+def test_no_fallback_asks_only_the_model_named(
+    shell: InteractiveShell, farm: Session, ollama_server, openai_server
+) -> None:
     ollama_server.refuse()
     with pytest.raises(AllProvidersFailed, match="Ollama is not reachable"):
         shell.run_cell_magic("farm_chat", "--no-fallback -m ollama:llama3.1", "hello")

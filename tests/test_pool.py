@@ -84,9 +84,13 @@ def test_a_server_killed_mid_run_loses_nothing_and_its_breaker_opens_alone(three
 def test_openai_compatible_base_urls_pool_too():
     servers = [OpenAIServer(api_key=TEST_API_KEY).start() for _ in range(2)]
     try:
-        s = Session(loopback_settings(
-            None, servers[0], openai={"base_urls": [srv.url + "/v1" for srv in servers]},
-        ))
+        s = Session(
+            loopback_settings(
+                None,
+                servers[0],
+                openai={"base_urls": [srv.url + "/v1" for srv in servers]},
+            )
+        )
         servers[0].refuse()
         answers = [s.chat(f"q{i}", "openai", no_cache=True) for i in range(4)]
         assert all(a.text.startswith("Echo: q") and a.notice is None for a in answers)

@@ -27,7 +27,9 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def request(text: str = "hello there", model: str = "llama3.1", **params: object) -> ChatRequest:
-    return ChatRequest(messages=[ChatMessage(role="user", content=text)], model=model, params=GenerationParams(**params))
+    return ChatRequest(
+        messages=[ChatMessage(role="user", content=text)], model=model, params=GenerationParams(**params)
+    )
 
 
 @pytest.fixture

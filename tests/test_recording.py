@@ -63,8 +63,9 @@ def test_a_miss_fails_in_one_line_and_nothing_else_answers(ollama_server: Ollama
     recording.close()
     asked = ollama_server.count("/api/chat")
     # A fallback chain that could answer: the replay must not use it.
-    replay = Session(loopback_settings(ollama_server, cache={"backend": "replay", "path": str(path)},
-                                       fallback=["huggingface"]))
+    replay = Session(
+        loopback_settings(ollama_server, cache={"backend": "replay", "path": str(path)}, fallback=["huggingface"])
+    )
     with pytest.raises(ReplayMiss) as err:
         replay.chat("What is not recorded, in a question of many words that goes on and on", max_tokens=8)
     line = str(err.value)
@@ -118,7 +119,9 @@ def _shadow(folder: Path) -> Path:
     return folder
 
 
-def test_a_notebook_recorded_on_the_real_model_replays_under_nbval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_notebook_recorded_on_the_real_model_replays_under_nbval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     engine = embedded.engine()
     if embedded.find() is None:
         if os.environ.get("CI"):
@@ -137,16 +140,34 @@ def test_a_notebook_recorded_on_the_real_model_replays_under_nbval(tmp_path: Pat
 
     shadow = _shadow(tmp_path / "shadow")
     env = {
-        **os.environ, "FARM_CACHE": "replay:recorded.answers.json",
+        **os.environ,
+        "FARM_CACHE": "replay:recorded.answers.json",
         "PYTHONPATH": os.pathsep.join([str(shadow), str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        "FARM_MODELS_DIR": str(tmp_path / "no-models"), "FARM_INDEX_URL": "http://127.0.0.1:9/simple",
+        "FARM_MODELS_DIR": str(tmp_path / "no-models"),
+        "FARM_INDEX_URL": "http://127.0.0.1:9/simple",
     }
 
     def nbval() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider",
-             "-o", "addopts=", "-p", "no:farm_jupyter", str(notebook)],
-            capture_output=True, text=True, timeout=240, cwd=tmp_path, env=env,
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "--nbval-lax",
+                "--nbval-current-env",
+                "-p",
+                "no:cacheprovider",
+                "-o",
+                "addopts=",
+                "-p",
+                "no:farm_jupyter",
+                str(notebook),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            cwd=tmp_path,
+            env=env,
         )
 
     replayed = nbval()

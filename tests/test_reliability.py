@@ -76,7 +76,8 @@ def rss() -> int:
 def new_threads(before: set[int]) -> list[str]:
     """Threads started since `before`, other than the loopback servers' own."""
     return sorted(
-        t.name for t in threading.enumerate()
+        t.name
+        for t in threading.enumerate()
         if t.ident not in before and t.is_alive() and not t.name.startswith(("farm-ollama", "farm-openai"))
     )
 
@@ -201,7 +202,8 @@ def test_fault_injection_soak() -> None:
     rng = random.Random(8)
     with OllamaServer(seed=1) as ollama, OpenAIServer(api_key=TEST_API_KEY, seed=2) as openai:
         settings = loopback_settings(
-            ollama, openai,
+            ollama,
+            openai,
             retry={"max_retries": 1, "backoff": 0.001, "backoff_max": 0.005, "max_retry_after": 0.05},
             breaker={"failures": 10, "cooldown": 0.02},
             timeouts={"connect": 1.0, "first_token": 0.3, "total": 1.5},
@@ -210,10 +212,12 @@ def test_fault_injection_soak() -> None:
             max_history=SOAK_REQUESTS,
         )
         session = Session(settings)
+
         # Warm up (runtime thread, clients, imports, the executor's threads) before the baselines.
         async def warm() -> None:
-            await asyncio.gather(*(session.achat(f"warm {i}", t, no_cache=True)
-                                   for i in range(SOAK_BATCH) for t in ("ollama", "openai")))
+            await asyncio.gather(
+                *(session.achat(f"warm {i}", t, no_cache=True) for i in range(SOAK_BATCH) for t in ("ollama", "openai"))
+            )
             await asyncio.gather(*(asyncio.to_thread(session.chat, "warm", "openai", no_cache=True) for _ in range(4)))
 
         asyncio.run(warm())
@@ -271,15 +275,20 @@ def test_fault_injection_soak() -> None:
         failures = [p for p in plans if not p.ok]
         cache_entries = list(session.cache._data.values())  # type: ignore[attr-defined]
         pending = session.runtime.pending_tasks()
-        fired = {name: {f"{f.kind} {f.status if f.kind == 'status' else ''}".strip(): f.hits for f in fs}
-                 for name, fs in faults.items()}
-        report = _write_table(table, [
-            f"{len(plans)} requests ({SOAK_BATCH} a batch, every other batch concurrent) in {elapsed:.1f} s; "
-            f"HTTP requests seen: {dict(seen_by_server)}.",
-            f"Faults fired: {fired}; batches with a server refusing connections: {dict(refusals)}.",
-            f"Conversation turns: {len(session.conversation)}; cache entries: {len(cache_entries)} "
-            f"(bound {SOAK_CACHE_SIZE}); monitor records: {len(session.monitor.records)} (bound {SOAK_MONITOR_SIZE}).",
-        ])
+        fired = {
+            name: {f"{f.kind} {f.status if f.kind == 'status' else ''}".strip(): f.hits for f in fs}
+            for name, fs in faults.items()
+        }
+        report = _write_table(
+            table,
+            [
+                f"{len(plans)} requests ({SOAK_BATCH} a batch, every other batch concurrent) in {elapsed:.1f} s; "
+                f"HTTP requests seen: {dict(seen_by_server)}.",
+                f"Faults fired: {fired}; batches with a server refusing connections: {dict(refusals)}.",
+                f"Conversation turns: {len(session.conversation)}; cache entries: {len(cache_entries)} "
+                f"(bound {SOAK_CACHE_SIZE}); monitor records: {len(session.monitor.records)} (bound {SOAK_MONITOR_SIZE}).",
+            ],
+        )
         print("\n" + report)
 
         assert len(plans) == SOAK_REQUESTS
@@ -339,7 +348,10 @@ def _work() -> float:
 
 @pytest.mark.timeout(60)
 def test_the_kernel_stays_responsive_while_streams_run() -> None:
-    with OllamaServer(tokens=60, chunk_delay=0.05) as ollama, OpenAIServer(api_key=TEST_API_KEY, tokens=60, chunk_delay=0.05) as openai:
+    with (
+        OllamaServer(tokens=60, chunk_delay=0.05) as ollama,
+        OpenAIServer(api_key=TEST_API_KEY, tokens=60, chunk_delay=0.05) as openai,
+    ):
         session = Session(loopback_settings(ollama, openai))
         session.chat("warm", "ollama", no_cache=True)
         session.chat("warm", "openai", no_cache=True)
@@ -358,7 +370,9 @@ def test_the_kernel_stays_responsive_while_streams_run() -> None:
         assert all(e.wait(10) for e in started)
         during = statistics.median(_work() for _ in range(5))
         in_flight = sum(not f.done() for f in futures)
-        print(f"\nsum(range(2e6)): {alone * 1000:.1f} ms alone, {during * 1000:.1f} ms with {in_flight} streams in flight")
+        print(
+            f"\nsum(range(2e6)): {alone * 1000:.1f} ms alone, {during * 1000:.1f} ms with {in_flight} streams in flight"
+        )
         assert in_flight == 20  # the measurement really overlapped all the streams
         assert during <= 5 * alone, (alone, during)
         texts = [f.result(30) for f in futures]
@@ -418,6 +432,7 @@ def _interrupt(session: Session, stage: str, mechanism: str) -> list[str]:
             time.sleep(delay)
 
     if mechanism == "await":  # a cell's own loop awaiting the stream, cancelled
+
         async def cell() -> None:
             task = asyncio.ensure_future(consume())
             await asyncio.to_thread(when)
@@ -436,7 +451,9 @@ def _interrupt(session: Session, stage: str, mechanism: str) -> list[str]:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 @pytest.mark.parametrize("stage", STAGES)
-def test_an_interrupt_at_each_stage_leaves_the_session_usable(ollama_server: OllamaServer, stage: str, mechanism: str) -> None:
+def test_an_interrupt_at_each_stage_leaves_the_session_usable(
+    ollama_server: OllamaServer, stage: str, mechanism: str
+) -> None:
     session = Session(loopback_settings(ollama_server))
     _stage(ollama_server, stage)
     # Each stage would take 10 s or more uninterrupted; the pytest timeout bounds a missed stop.
@@ -503,7 +520,9 @@ def test_interrupts_around_the_disk_cache_write_keep_it_readable(ollama_server: 
             finished += 1
         assert wait_for(lambda: session.runtime.pending_tasks() == [])
         _check_disk_cache(path, answers)
-    print(f"\ndisk-cache interrupts: {cancelled} cancelled, {finished} finished; entries: {_check_disk_cache(path, answers)}")
+    print(
+        f"\ndisk-cache interrupts: {cancelled} cancelled, {finished} finished; entries: {_check_disk_cache(path, answers)}"
+    )
     assert cancelled and finished  # both sides of the race happened
     assert session.chat("after the interrupts").text == "Echo: after the interrupts"
     session.close()
@@ -515,7 +534,10 @@ def test_killing_a_process_mid_write_loses_at_most_that_entry(tmp_path: Path, se
     path = tmp_path / "cache.sqlite"
     script = Path(__file__).with_name("disk_cache_writer.py")
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, str(script), str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     try:
@@ -539,8 +561,10 @@ def test_killing_a_process_mid_write_loses_at_most_that_entry(tmp_path: Path, se
     finally:
         db.close()
     missing = [k for k in committed if k not in stored]
-    print(f"\nkilled after {len(committed)} committed writes (hot journal left: {hot}); "
-          f"{len(stored)} stored; missing: {missing}")
+    print(
+        f"\nkilled after {len(committed)} committed writes (hot journal left: {hot}); "
+        f"{len(stored)} stored; missing: {missing}"
+    )
     assert missing in ([], committed[-1:])
 
     from farm_jupyter.cache import DiskCache
@@ -566,8 +590,15 @@ def wide_model_path(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFact
     out = tmp_path_factory.mktemp("wide") / "wide-chat"
     shutil.copytree(tiny_model_path, out, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
     config = AutoConfig.from_pretrained(tiny_model_path)
-    config.update({"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8,
-                   "num_attention_heads": 8, "num_key_value_heads": 8})
+    config.update(
+        {
+            "hidden_size": 512,
+            "intermediate_size": 1536,
+            "num_hidden_layers": 8,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 8,
+        }
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         AutoModelForCausalLM.from_config(config).save_pretrained(out)
@@ -602,8 +633,12 @@ def test_unloading_a_local_model_frees_its_memory(which: str, request: pytest.Fi
     # RSS is printed, not asserted: how much the allocator hands back to the OS varies from run
     # to run on a shared machine (this failed at random). What unload controls is asserted in
     # cycle(): the provider keeps no reference and the weights are collected.
-    print("\n" + "\n".join(
-        f"{which} model ({size / MB:.1f} MB of weights), cycle {i + 1}: before {b / MB:.1f} MB, "
-        f"loaded {up / MB:.1f} MB ({(up - b) / MB:+.1f}), unloaded {a / MB:.1f} MB ({(a - b) / MB:+.1f})"
-        for i, (b, up, a, _) in enumerate(figures)))
+    print(
+        "\n"
+        + "\n".join(
+            f"{which} model ({size / MB:.1f} MB of weights), cycle {i + 1}: before {b / MB:.1f} MB, "
+            f"loaded {up / MB:.1f} MB ({(up - b) / MB:+.1f}), unloaded {a / MB:.1f} MB ({(a - b) / MB:+.1f})"
+            for i, (b, up, a, _) in enumerate(figures)
+        )
+    )
     session.close()

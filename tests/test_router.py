@@ -211,9 +211,9 @@ def test_fifty_concurrent_chats_over_two_providers(ollama_server, openai_server)
     s = make(ollama_server, openai_server, retry={"max_retries": 0})
 
     async def many():
-        return await asyncio.gather(*(
-            s.achat(f"q{i}", "ollama" if i % 2 else "openai", no_cache=True) for i in range(50)
-        ))
+        return await asyncio.gather(
+            *(s.achat(f"q{i}", "ollama" if i % 2 else "openai", no_cache=True) for i in range(50))
+        )
 
     responses = asyncio.run(many())
     assert [r.text for r in responses] == [f"Echo: q{i}" for i in range(50)]
@@ -305,7 +305,9 @@ def test_monitor_is_bounded(ollama_server):
 def _connections_to(port: int) -> int:
     import psutil
 
-    return sum(1 for c in psutil.net_connections("tcp") if c.raddr and c.raddr.port == port and c.status == "ESTABLISHED")
+    return sum(
+        1 for c in psutil.net_connections("tcp") if c.raddr and c.raddr.port == port and c.status == "ESTABLISHED"
+    )
 
 
 def test_cancelling_a_stream_leaves_nothing_behind(ollama_server):
@@ -324,8 +326,11 @@ def test_cancelling_a_stream_leaves_nothing_behind(ollama_server):
     s.close()
 
     def ours() -> list[str]:  # threads this test started, other than the loopback server's own
-        return [t.name for t in threading.enumerate()
-                if t.ident not in threads_before and t.is_alive() and not t.name.startswith(("farm-ollama", "farm-runtime"))]
+        return [
+            t.name
+            for t in threading.enumerate()
+            if t.ident not in threads_before and t.is_alive() and not t.name.startswith(("farm-ollama", "farm-runtime"))
+        ]
 
     assert wait_for(lambda: ours() == []), ours()
 

@@ -111,8 +111,12 @@ def settings_for(ollama: OllamaServer, openai: OpenAIServer, tmp_path: Path, **e
     """Settings as a user gets them: from environment variables (the seed's names for two)."""
     host = f"http://{USER}:{quote(PASSWORD, safe='')}@{ollama.host_port}"
     environ = {
-        "OLLAMA_URL": host, "OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": openai.base_url,
-        "HUGGINGFACE_TOKEN": HF, "FARM_ENV": "test", "FARM_CACHE": f"disk:{tmp_path / 'cache.sqlite'}",
+        "OLLAMA_URL": host,
+        "OPENAI_API_KEY": KEY,
+        "OPENAI_BASE_URL": openai.base_url,
+        "HUGGINGFACE_TOKEN": HF,
+        "FARM_ENV": "test",
+        "FARM_CACHE": f"disk:{tmp_path / 'cache.sqlite'}",
         **extra,
     }
     return load_settings({"retry": {"backoff": 0.01, "backoff_max": 0.02}}, environ=environ, use_file=False)
@@ -126,8 +130,14 @@ def test_redact_masks_every_form_and_piece() -> None:
     secrets.register_basic(USER, PASSWORD)
     bare = KEY.removeprefix("sk-proj-")
     for text in (
-        f"key {KEY}", f"token={bare}", f"the key ...{KEY[10:20]}... is wrong", f"Authorization: Basic {BASIC}",
-        f"password {PASSWORD}", f"encoded {quote(PASSWORD, safe='')}", f"{KEY}{KEY}", f"{bare},{PASSWORD}.",
+        f"key {KEY}",
+        f"token={bare}",
+        f"the key ...{KEY[10:20]}... is wrong",
+        f"Authorization: Basic {BASIC}",
+        f"password {PASSWORD}",
+        f"encoded {quote(PASSWORD, safe='')}",
+        f"{KEY}{KEY}",
+        f"{bare},{PASSWORD}.",
     ):
         shown = secrets.redact(text)
         assert not leaks(shown), (text, shown)
@@ -147,14 +157,28 @@ def test_settings_register_every_configured_secret() -> None:
     load_settings(
         {
             "cache": {"redis_url": "redis://:redis-Pass-7781x@cache:6379/0"},
-            "providers": {"vllm": {"api_key": "vllm-Key-0042-abcd", "base_url": "http://u:vllm-Url-Pass-93@h:1/v1",
-                                   "auth": {"client_secret": "nested-Secret-5501"}}},
+            "providers": {
+                "vllm": {
+                    "api_key": "vllm-Key-0042-abcd",
+                    "base_url": "http://u:vllm-Url-Pass-93@h:1/v1",
+                    "auth": {"client_secret": "nested-Secret-5501"},
+                }
+            },
         },
-        environ={"HUGGINGFACE_TOKEN": "hf_Seed-Token-66201"}, use_file=False,
+        environ={"HUGGINGFACE_TOKEN": "hf_Seed-Token-66201"},
+        use_file=False,
     )
-    for value in ("redis-Pass-7781x", "vllm-Key-0042-abcd", "vllm-Url-Pass-93", "nested-Secret-5501", "hf_Seed-Token-66201"):
+    for value in (
+        "redis-Pass-7781x",
+        "vllm-Key-0042-abcd",
+        "vllm-Url-Pass-93",
+        "nested-Secret-5501",
+        "hf_Seed-Token-66201",
+    ):
         assert value[2:10] not in secrets.redact(f"a server says {value[2:]}"), value
-    assert str(ConfigError("echo " + "vllm-Key-0042-abcd"[4:])) == "echo ...abcd"  # an 18-character key keeps no prefix: it would be a piece of the key
+    assert (
+        str(ConfigError("echo " + "vllm-Key-0042-abcd"[4:])) == "echo ...abcd"
+    )  # an 18-character key keeps no prefix: it would be a piece of the key
 
 
 def test_farm_error_redacts_its_message_and_the_chain_it_is_raised_from() -> None:
@@ -222,7 +246,9 @@ def test_ollama_url_credentials_are_sent_and_never_shown(servers: Any, tmp_path:
 def test_openai_base_url_credentials_are_basic_auth(tmp_path: Path) -> None:
     with OpenAIServer(api_key=None) as server:
         url = f"http://bob:{quote(PASSWORD, safe='')}@{server.host_port}/v1"
-        settings = load_settings({"provider": "openai"}, environ={"OPENAI_BASE_URL": url, "FARM_ENV": "test"}, use_file=False)
+        settings = load_settings(
+            {"provider": "openai"}, environ={"OPENAI_BASE_URL": url, "FARM_ENV": "test"}, use_file=False
+        )
         session = Session(settings)
         try:
             assert session.chat("hi", "openai", fallback=False).text == "Echo: hi"
@@ -231,8 +257,9 @@ def test_openai_base_url_credentials_are_basic_auth(tmp_path: Path) -> None:
             assert session.health(["openai"])[0].url == f"http://bob:***@{server.host_port}/v1"
         finally:
             session.close()
-        both = load_settings({"provider": "openai"}, environ={"OPENAI_BASE_URL": url, "OPENAI_API_KEY": KEY},
-                             use_file=False)
+        both = load_settings(
+            {"provider": "openai"}, environ={"OPENAI_BASE_URL": url, "OPENAI_API_KEY": KEY}, use_file=False
+        )
         session = Session(both)
         try:
             with pytest.raises(ConfigError, match="user:password and an API key") as info:
@@ -294,7 +321,8 @@ def test_echoed_credentials_reach_no_error_attempt_health_log_or_cache(
                 call()
             scan.error(where, info.value)
         scan.add("ollama health", [s.model_dump_json() for s in session.health()])
-        scan.add("monitor", [r.model_dump_json() for r in session.monitor.records])
+        records = session.monitor.records
+        scan.add("monitor", [f"{r!r} {r.response.model_dump_json() if r.response else ''}" for r in records])
         assert sum(f.hits for f in openai.faults + ollama.faults) >= 10
     finally:
         session.close()

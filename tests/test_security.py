@@ -35,12 +35,18 @@ HF_TOKEN = "hf_SECRETcanary1234567890"
 OLLAMA_USER, OLLAMA_PASSWORD = "farmer", "pw-SECRET-ollama-4242"
 WORD = "SECRET"  # in every canary, in no masked form
 MASKED_KEY = "sk-...cdef"
-CANARIES = [OPENAI_KEY, HF_TOKEN, OLLAMA_PASSWORD, base64.b64encode(f"{OLLAMA_USER}:{OLLAMA_PASSWORD}".encode()).decode()]
+CANARIES = [
+    OPENAI_KEY,
+    HF_TOKEN,
+    OLLAMA_PASSWORD,
+    base64.b64encode(f"{OLLAMA_USER}:{OLLAMA_PASSWORD}".encode()).decode(),
+]
 PIECES = {c[i : i + 8] for c in CANARIES for i in range(len(c) - 7)}
 
 
 def leaked(text: str) -> bool:
     return WORD in text or any(piece in text for piece in PIECES)
+
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -65,14 +71,18 @@ class Seen:
 
 @pytest.fixture
 def servers() -> Iterator[tuple[OllamaServer, OpenAIServer, OpenAIServer]]:
-    with OllamaServer() as ollama, OpenAIServer(api_key=OPENAI_KEY) as good, \
-            OpenAIServer(api_key="sk-another-key-0000000000000000") as wrong:
+    with (
+        OllamaServer() as ollama,
+        OpenAIServer(api_key=OPENAI_KEY) as good,
+        OpenAIServer(api_key="sk-another-key-0000000000000000") as wrong,
+    ):
         yield ollama, good, wrong
 
 
 @pytest.fixture
-def env(servers: tuple[OllamaServer, OpenAIServer, OpenAIServer], monkeypatch: pytest.MonkeyPatch,
-        tmp_path: Path) -> Path:
+def env(
+    servers: tuple[OllamaServer, OpenAIServer, OpenAIServer], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Path:
     """The canaries in the environment, the servers behind the usual variables, a disk cache."""
     for name in list(os.environ):
         if name.startswith("FARM_") or name in ("OPENAI_BASE_URL", "OLLAMA_HOST"):
@@ -109,8 +119,9 @@ def cache_files(path: Path) -> list[Path]:
     return [p for p in path.parent.iterdir() if p.name.startswith(path.name)]
 
 
-def test_session_settings_errors_monitor_logs_and_cache(env: Path, servers: Any, caplog: pytest.LogCaptureFixture,
-                                                       tiny_model_path: Path) -> None:
+def test_session_settings_errors_monitor_logs_and_cache(
+    env: Path, servers: Any, caplog: pytest.LogCaptureFixture, tiny_model_path: Path
+) -> None:
     debug_logs(caplog)
     _, _, wrong = servers
     seen = Seen()
@@ -121,8 +132,11 @@ def test_session_settings_errors_monitor_logs_and_cache(env: Path, servers: Any,
 
     # reprs and settings
     for where, value in [
-        ("repr(session)", repr(session)), ("repr(settings)", repr(session.settings)), ("str(settings)", str(session.settings)),
-        ("settings.public()", session.settings.public()), ("settings.model_dump()", session.settings.model_dump()),
+        ("repr(session)", repr(session)),
+        ("repr(settings)", repr(session.settings)),
+        ("str(settings)", str(session.settings)),
+        ("settings.public()", session.settings.public()),
+        ("settings.model_dump()", session.settings.model_dump()),
         ("settings.model_dump_json()", session.settings.model_dump_json()),
         ("repr(openai provider)", repr(session.router.provider("openai"))),
         ("repr(ollama provider)", repr(session.router.provider("ollama"))),
@@ -154,9 +168,11 @@ def test_session_settings_errors_monitor_logs_and_cache(env: Path, servers: Any,
     # a server that rejects the key and echoes it back, in every form: 401, every error path
     wrong.add_fault(Fault("echo", status=401, times=None))
     rejected = Session(load_settings({"openai": {"base_url": wrong.base_url}}))
-    for ask in (lambda: rejected.chat("hi", "openai", fallback=False),
-                lambda: list(rejected.stream("hi", "openai", fallback=False)),
-                lambda: rejected.models("openai")):
+    for ask in (
+        lambda: rejected.chat("hi", "openai", fallback=False),
+        lambda: list(rejected.stream("hi", "openai", fallback=False)),
+        lambda: rejected.models("openai"),
+    ):
         with pytest.raises(FarmError) as info:
             ask()
         error = info.value
@@ -177,7 +193,8 @@ def test_session_settings_errors_monitor_logs_and_cache(env: Path, servers: Any,
 
     # the monitor
     for s in (session, rejected):
-        seen.add("monitor records", [r.model_dump_json() for r in s.monitor.records])
+        records = s.monitor.records
+        seen.add("monitor records", [f"{r!r} {r.response.model_dump_json() if r.response else ''}" for r in records])
         seen.add("monitor summary", [m.model_dump_json() for m in s.monitor.summary()])
     rejected.close()
     session.close()
@@ -235,15 +252,40 @@ class RecordingComm:
 
 
 SUBCOMMANDS = [
-    "help", "models", "models openai", "use openai", "use", "use ollama", "health", "health openai", "gpu", "stats",
-    "history", "cache", "cache info", "config", "pull llama3.1", "load qwen2.5:0.5b", "unload qwen2.5:0.5b",
-    "reload qwen2.5:0.5b", "alias fast openai:gpt-4o-mini", "alias", "unalias fast", "error", "error openai",
-    "ollama start", "ollama stop", "dashboard", "cache clear", "reset",
+    "help",
+    "models",
+    "models openai",
+    "use openai",
+    "use",
+    "use ollama",
+    "health",
+    "health openai",
+    "gpu",
+    "stats",
+    "history",
+    "cache",
+    "cache info",
+    "config",
+    "pull llama3.1",
+    "load qwen2.5:0.5b",
+    "unload qwen2.5:0.5b",
+    "reload qwen2.5:0.5b",
+    "alias fast openai:gpt-4o-mini",
+    "alias",
+    "unalias fast",
+    "error",
+    "error openai",
+    "ollama start",
+    "ollama stop",
+    "dashboard",
+    "cache clear",
+    "reset",
 ]
 
 
-def test_magics_and_widgets(env: Path, servers: Any, caplog: pytest.LogCaptureFixture,
-                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_magics_and_widgets(
+    env: Path, servers: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import comm
     from IPython.core.interactiveshell import InteractiveShell
     from IPython.utils.capture import capture_output
@@ -267,6 +309,7 @@ def test_magics_and_widgets(env: Path, servers: Any, caplog: pytest.LogCaptureFi
     old = set_session(None)
     new_session()
     try:
+
         def run(label: str, code: str) -> Any:
             with capture_output() as cap:
                 result = ip.run_cell(code)
@@ -305,7 +348,9 @@ def test_magics_and_widgets(env: Path, servers: Any, caplog: pytest.LogCaptureFi
         monkeypatch.delenv("FARM_AI_PROVIDER")
         monkeypatch.setenv("FARM_FALLBACK", "openai")
         session = new_session()
-        widgets = [cls(session=session) for cls in (ChatWidget, CompareWidget, Dashboard, GPUGauge, HealthBoard, ModelPicker)]
+        widgets = [
+            cls(session=session) for cls in (ChatWidget, CompareWidget, Dashboard, GPUGauge, HealthBoard, ModelPicker)
+        ]
         for w in widgets:
             seen.add(f"{type(w).__name__} mimebundle", w._repr_mimebundle_())
         chat, compare = widgets[0], widgets[1]
@@ -362,8 +407,9 @@ def test_a_saved_executed_notebook(env: Path, servers: Any, tmp_path: Path) -> N
     ]
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
-    client = NotebookClient(nb, timeout=60, kernel_name="python3", allow_errors=True,
-                            resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        nb, timeout=60, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()
     saved = tmp_path / "executed.ipynb"
     nbformat.write(nb, saved)

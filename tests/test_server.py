@@ -140,12 +140,16 @@ def _start_jupyter(
 ) -> JupyterServer:
     (tmp / "farm.toml").write_text(toml)
     cache_path = tmp / "cache" / "responses.sqlite"
-    env = _clean_environ() | _jupyter_dirs(tmp) | {
-        "OLLAMA_HOST": ollama.url,
-        "FARM_ENV": "test",
-        "FARM_FALLBACK": "",
-        "FARM_CACHE": cache or f"disk:{cache_path}",
-    }
+    env = (
+        _clean_environ()
+        | _jupyter_dirs(tmp)
+        | {
+            "OLLAMA_HOST": ollama.url,
+            "FARM_ENV": "test",
+            "FARM_FALLBACK": "",
+            "FARM_CACHE": cache or f"disk:{cache_path}",
+        }
+    )
     if openai is not None:
         env |= {"OPENAI_BASE_URL": openai.base_url, "OPENAI_API_KEY": TEST_API_KEY}
     token = os.urandom(12).hex()
@@ -153,10 +157,17 @@ def _start_jupyter(
     for _ in range(3):  # the free port can be taken between our probe and the server's bind
         port = _free_port()
         cmd = [
-            sys.executable, "-m", "jupyter_server", "--no-browser",
-            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-            f"--ServerApp.base_url={BASE_URL}", f"--ServerApp.root_dir={tmp}",
-            f"--IdentityProvider.token={token}", "--allow-root",
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0",
+            f"--ServerApp.base_url={BASE_URL}",
+            f"--ServerApp.root_dir={tmp}",
+            f"--IdentityProvider.token={token}",
+            "--allow-root",
             # The other installed server extensions cost 3 s a start; ours stays enabled by its config file.
             "--ServerApp.jpserver_extensions=" + repr(dict.fromkeys(OTHER_EXTENSIONS, False)),
             *args,
@@ -206,7 +217,9 @@ def slow_openai() -> Iterator[OpenAIServer]:
 def jupyter(
     tmp_path_factory: pytest.TempPathFactory, ollama: OllamaServer, slow_openai: OpenAIServer
 ) -> Iterator[JupyterServer]:
-    server = _start_jupyter(tmp_path_factory.mktemp("jupyter"), ollama, slow_openai, args=(f"--FarmServer.max_load_jobs={MAX_LOAD_JOBS}",))
+    server = _start_jupyter(
+        tmp_path_factory.mktemp("jupyter"), ollama, slow_openai, args=(f"--FarmServer.max_load_jobs={MAX_LOAD_JOBS}",)
+    )
     yield server
     _stop(server.proc)
     # Cancelled streams and failed providers must leave no traceback behind in the server's log.
@@ -291,7 +304,10 @@ def test_jupyter_config_enables_the_extension(tmp_path: Path) -> None:
     jupyter_bin = Path(sys.executable).with_name("jupyter")
     result = subprocess.run(
         [str(jupyter_bin), "server", "extension", "list"],
-        env=_clean_environ() | _jupyter_dirs(tmp_path), capture_output=True, text=True, timeout=60,
+        env=_clean_environ() | _jupyter_dirs(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     listing = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
     assert re.search(r"farm_jupyter\.server\s+enabled", listing), listing
@@ -477,7 +493,8 @@ def _established(jupyter: JupyterServer, upstream: OpenAIServer) -> int:
     """Open connections from the Jupyter server to `upstream` (only the disconnect tests use it)."""
     port = int(upstream.host_port.rsplit(":", 1)[1])
     return sum(
-        1 for c in psutil.Process(jupyter.proc.pid).net_connections(kind="tcp")
+        1
+        for c in psutil.Process(jupyter.proc.pid).net_connections(kind="tcp")
         if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
     )
 
@@ -518,8 +535,11 @@ def test_client_disconnect_cancels_a_plain_chat_too(
     thread.start()
     try:
         _wait_for(lambda: _stats(api).in_flight == 1, 5.0, "the request reaching the server")
-        _wait_for(lambda: slow_openai.count("/v1/chat/completions") > 0 and _established(jupyter, slow_openai) > 0,
-                  5.0, "the upstream request starting")
+        _wait_for(
+            lambda: slow_openai.count("/v1/chat/completions") > 0 and _established(jupyter, slow_openai) > 0,
+            5.0,
+            "the upstream request starting",
+        )
         asking = _established(jupyter, slow_openai)
     finally:
         thread.join(10)
@@ -617,7 +637,9 @@ def test_the_disk_cache_is_shared_with_kernel_sessions(
     kernel = Session(loopback_settings(ollama, cache={"backend": "disk", "path": str(jupyter.cache_path)}))
     try:
         assert not kernel.chat("asked in a notebook first").cached
-        served = ChatResponse.model_validate_json(api.post("chat", json={"prompt": "asked in a notebook first"}).content)
+        served = ChatResponse.model_validate_json(
+            api.post("chat", json={"prompt": "asked in a notebook first"}).content
+        )
         assert served.cached and served.text == "Echo: asked in a notebook first"
         assert ollama.count("/api/chat") == 1
 
@@ -664,9 +686,23 @@ def test_checked_in_schema_files_match_the_types(tmp_path: Path) -> None:
 def test_schema_covers_every_route_and_type() -> None:
     schema = json_schema()
     defs = schema["$defs"]
-    for name in ("ChatBody", "ChatMessage", "GenerationParams", "ChatResponse", "ModelInfo", "ProviderStatus",
-                 "GPUStats", "PullProgress", "ErrorBody", "LoadStatus", "LoadStarted", "StatsResponse",
-                 "StreamText", "StreamRestart", "StreamStatus"):
+    for name in (
+        "ChatBody",
+        "ChatMessage",
+        "GenerationParams",
+        "ChatResponse",
+        "ModelInfo",
+        "ProviderStatus",
+        "GPUStats",
+        "PullProgress",
+        "ErrorBody",
+        "LoadStatus",
+        "LoadStarted",
+        "StatsResponse",
+        "StreamText",
+        "StreamRestart",
+        "StreamStatus",
+    ):
         assert name in defs
     assert {(r["method"], r["path"]) for r in schema["x-routes"]} == {
         (m, p.replace("llama3.1", "{name}")) for m, p in ROUTES
@@ -700,7 +736,11 @@ def test_typescript_converter_handles_each_construct() -> None:
                 },
                 "required": ["id", "kind"],
             },
-            "Other": {"type": "object", "properties": {"n": {"type": "integer"}}, "additionalProperties": {"type": "string"}},
+            "Other": {
+                "type": "object",
+                "properties": {"n": {"type": "integer"}},
+                "additionalProperties": {"type": "string"},
+            },
             "Level": {"enum": ["low", "high"], "type": "string"},
         }
     }
@@ -775,8 +815,12 @@ def test_params_are_closed_and_typed(
 
 
 def test_params_reach_the_provider_as_its_own_options(api: httpx.Client, ollama: OllamaServer) -> None:
-    body = {"prompt": "with options", "model": "ollama:llama3.1", "no_cache": True,
-            "params": {"max_tokens": 7, "extra": {"num_ctx": 4096, "top_k": 20}}}
+    body = {
+        "prompt": "with options",
+        "model": "ollama:llama3.1",
+        "no_cache": True,
+        "params": {"max_tokens": 7, "extra": {"num_ctx": 4096, "top_k": 20}},
+    }
     assert api.post("chat", json=body).status_code == 200
     sent = ollama.requests[-1].json or {}
     assert sent["model"] == "llama3.1" and sent["stream"] is True
@@ -792,8 +836,11 @@ def test_code_loading_arguments_never_reach_a_local_model(api: httpx.Client, tmp
     code = tmp_path / "custom"
     code.mkdir()
     (code / "generate.py").write_text(f"open({str(ran)!r}, 'w').close()\n")
-    body = {"prompt": "hi", "model": "huggingface:some/model",
-            "params": {"extra": {"custom_generate": str(code), "trust_remote_code": True}}}
+    body = {
+        "prompt": "hi",
+        "model": "huggingface:some/model",
+        "params": {"extra": {"custom_generate": str(code), "trust_remote_code": True}},
+    }
     response = api.post("chat", json=body)
     assert response.status_code == 400 and "loads or runs code" in error_of(response).error
     assert not ran.exists()
@@ -825,7 +872,7 @@ def test_an_unknown_provider_prefix_is_400_listing_the_providers(api: httpx.Clie
 @pytest.mark.parametrize("chunked", [False, True])
 def test_a_body_over_the_limit_is_413_and_never_parsed(api: httpx.Client, ollama: OllamaServer, chunked: bool) -> None:
     body = b'{"prompt": "' + b"x" * (8 * 1024 * 1024) + b'"}'
-    content: Any = iter([body[i:i + 65536] for i in range(0, len(body), 65536)]) if chunked else body
+    content: Any = iter([body[i : i + 65536] for i in range(0, len(body), 65536)]) if chunked else body
     response = api.post("chat", content=content, headers={"Content-Type": "application/json"})
     assert response.status_code == 413, response.text[:300]
     assert "over the limit of 8388608 bytes" in error_of(response).error
@@ -875,16 +922,16 @@ def test_load_jobs_expire_and_running_ones_are_never_dropped() -> None:
 
     now = [1000.0]
     state = ServerState(limits=FarmServer(max_load_jobs=2, load_job_ttl=60.0), clock=lambda: now[0])
-    running = LoadJob(name="a", address="ollama:a", started_at=now[0])
-    done = LoadJob(name="b", address="ollama:b", started_at=now[0], state="done", finished_at=now[0])
+    running = LoadJob(model="a", address="ollama:a", started_at=now[0])
+    done = LoadJob(model="b", address="ollama:b", started_at=now[0], state="done", finished_at=now[0])
     state.add(running)
     state.add(done)
     with pytest.raises(TooManyLoads):
-        state.add(LoadJob(name="c", address="ollama:c", started_at=now[0])) if done.state == "running" else None
+        state.add(LoadJob(model="c", address="ollama:c", started_at=now[0])) if done.state == "running" else None
         done.state = "running"
-        state.add(LoadJob(name="c", address="ollama:c", started_at=now[0]))
+        state.add(LoadJob(model="c", address="ollama:c", started_at=now[0]))
     done.state = "done"
-    state.add(LoadJob(name="c", address="ollama:c", started_at=now[0]))  # the finished job makes room
+    state.add(LoadJob(model="c", address="ollama:c", started_at=now[0]))  # the finished job makes room
     assert set(state.jobs) == {"ollama:a", "ollama:c"}
     state.jobs["ollama:c"].finished_at, state.jobs["ollama:c"].state = now[0], "error"
     now[0] += 61
@@ -900,14 +947,18 @@ def test_the_url_table_is_the_route_table() -> None:
         url_specs("/", HANDLERS[:-1])
 
 
-BREAKER_TOML = FARM_TOML.replace("failures = 1000  # fault tests must not open the circuit for the tests after them", "failures = 2")
+BREAKER_TOML = FARM_TOML.replace(
+    "failures = 1000  # fault tests must not open the circuit for the tests after them", "failures = 2"
+)
 
 
 def test_caller_errors_never_open_the_breaker_and_a_cache_that_will_not_open_is_off(tmp_path: Path) -> None:
     """One server whose breaker opens after 2 availability failures and whose cache cannot open."""
     (tmp_path / "a-file").write_text("not a folder")
     with OllamaServer() as upstream, OpenAIServer(api_key=TEST_API_KEY) as openai:
-        server = _start_jupyter(tmp_path, upstream, openai, cache=f"disk:{tmp_path}/a-file/cache/r.sqlite", toml=BREAKER_TOML)
+        server = _start_jupyter(
+            tmp_path, upstream, openai, cache=f"disk:{tmp_path}/a-file/cache/r.sqlite", toml=BREAKER_TOML
+        )
         try:
             with server.client() as api:
                 health = HealthResponse.model_validate_json(api.get("health").content)
@@ -925,14 +976,23 @@ def test_caller_errors_never_open_the_breaker_and_a_cache_that_will_not_open_is_
                     response = api.post("chat", json={"prompt": "still served", "model": model})
                     assert response.status_code == 200, response.text
                     assert not ChatResponse.model_validate_json(response.content).cached  # no cache, no harm
-                states = {s.provider: s.state for s in HealthResponse.model_validate_json(api.get("health").content).providers}
+                states = {
+                    s.provider: s.state for s in HealthResponse.model_validate_json(api.get("health").content).providers
+                }
                 assert states["ollama"] == "healthy" and states["openai"] == "healthy"
 
                 # Availability failures do open it: the breaker is live, it just ignores callers' mistakes.
                 upstream.add_fault(Fault("status", path="/api/chat", status=503, times=None))
                 for _ in range(2):
-                    assert api.post("chat", json={"prompt": "hi", "model": "ollama:llama3.1", "fallback": False}).status_code == 502
-                states = {s.provider: s.state for s in HealthResponse.model_validate_json(api.get("health").content).providers}
+                    assert (
+                        api.post(
+                            "chat", json={"prompt": "hi", "model": "ollama:llama3.1", "fallback": False}
+                        ).status_code
+                        == 502
+                    )
+                states = {
+                    s.provider: s.state for s in HealthResponse.model_validate_json(api.get("health").content).providers
+                }
                 assert states["ollama"] == "cooling_down"
             log = server.log_tail()
             assert "cache disk is off: not a directory" in log and "Traceback" not in log
@@ -948,10 +1008,14 @@ NODE_DIR = ROOT / "tests" / "node"
 def _compiled_client(out: Path) -> Path:
     tsc = NODE_DIR / "node_modules" / ".bin" / "tsc"
     if not tsc.exists() or shutil.which("node") is None:
-        pytest.fail("Node and TypeScript are missing: run `bash scripts/bootstrap --test` (it runs npm ci in tests/node)")
+        pytest.fail(
+            "Node and TypeScript are missing: run `bash scripts/bootstrap --test` (it runs npm ci in tests/node)"
+        )
     result = subprocess.run(
         [str(tsc), "-p", str(NODE_DIR / "tsconfig.json"), "--outDir", str(out)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return out / "tests" / "node" / "client_check.js"
@@ -991,23 +1055,47 @@ def test_the_typescript_client_compiles_and_talks_to_a_real_server(
 # figure is 1,000 (FARM_FUZZ_EXAMPLES=1000 pytest tests/test_server.py -k fuzz).
 
 FUZZ_EXAMPLES = int(os.environ.get("FARM_FUZZ_EXAMPLES", "100"))
-FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 # Models that would load a local model or wait on the slow upstream: not what this fuzzes.
 _AVOID = re.compile(r"hf|hugging|openai|llama.?cpp|smol", re.IGNORECASE)
-_KEYS = [*ChatBody.model_fields, "role", "content", *GenerationParams.model_fields,
-         *GenerationOptions.__annotations__, "options", "num_predict", "stream", "trust_remote_code"]
-_SCALARS = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=12)
-            | st.sampled_from(["user", "system", "assistant", "json", "ollama:llama3.1", "nosuch:foo", "small", "../x"]))
+_KEYS = [
+    *ChatBody.model_fields,
+    "role",
+    "content",
+    *GenerationParams.model_fields,
+    *GenerationOptions.__annotations__,
+    "options",
+    "num_predict",
+    "stream",
+    "trust_remote_code",
+]
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(max_size=12)
+    | st.sampled_from(["user", "system", "assistant", "json", "ollama:llama3.1", "nosuch:foo", "small", "../x"])
+)
 _JSON = st.recursive(
     _SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(_KEYS) | st.text(max_size=6), inner, max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(_KEYS) | st.text(max_size=6), inner, max_size=5)
+    ),
     max_leaves=16,
 )
 _BODIES = (
     _JSON.map(lambda v: json.dumps(v).encode())
-    | st.builds(lambda extra, prompt: json.dumps({"prompt": prompt, "params": {"extra": extra}}).encode(),
-                st.dictionaries(st.sampled_from(_KEYS), _SCALARS, max_size=3), st.text(min_size=1, max_size=8))
+    | st.builds(
+        lambda extra, prompt: json.dumps({"prompt": prompt, "params": {"extra": extra}}).encode(),
+        st.dictionaries(st.sampled_from(_KEYS), _SCALARS, max_size=3),
+        st.text(min_size=1, max_size=8),
+    )
     | st.binary(max_size=40)
 )
 
@@ -1029,7 +1117,9 @@ def test_fuzz_chat_bodies_never_make_a_500(api: httpx.Client, path: str, body: b
 @pytest.mark.parametrize(("method", "action"), [("POST", "load"), ("GET", "load"), ("POST", "unload")])
 @FUZZ
 @given(name=st.text(min_size=1, max_size=24), body=_BODIES)
-def test_fuzz_model_routes_never_make_a_500(api: httpx.Client, method: str, action: str, name: str, body: bytes) -> None:
+def test_fuzz_model_routes_never_make_a_500(
+    api: httpx.Client, method: str, action: str, name: str, body: bytes
+) -> None:
     assume(not _AVOID.search(name))
     # Dots escaped too: httpx would resolve a `.` or `..` segment before sending it.
     escaped = quote(name, safe="").replace(".", "%2E")
@@ -1038,8 +1128,10 @@ def test_fuzz_model_routes_never_make_a_500(api: httpx.Client, method: str, acti
 
 @pytest.mark.parametrize("path", ["models", "health", "stats", "gpu"])
 @FUZZ
-@given(query=st.dictionaries(st.sampled_from(["provider", "x"]) | st.text(max_size=5), st.text(max_size=10), max_size=3),
-       body=_BODIES)
+@given(
+    query=st.dictionaries(st.sampled_from(["provider", "x"]) | st.text(max_size=5), st.text(max_size=10), max_size=3),
+    body=_BODIES,
+)
 def test_fuzz_read_routes_never_make_a_500(api: httpx.Client, path: str, query: dict[str, str], body: bytes) -> None:
     assume(not any(_AVOID.search(v) for v in query.values()))
     # A GET with a body is odd but legal; it must not change the answer's kind.

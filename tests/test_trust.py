@@ -52,11 +52,18 @@ AVAILABILITY = {
     "refused": (None, "ProviderUnavailable", 3, "ollama was not reachable"),
     "503": (Fault(kind="status", status=503, times=None, path=CHAT), "ServerError", 3, "ollama failed"),
     "429 beyond max_retry_after": (
-        Fault(kind="status", status=429, retry_after=3600, times=None, path=CHAT), "RateLimited", 1,
+        Fault(kind="status", status=429, retry_after=3600, times=None, path=CHAT),
+        "RateLimited",
+        1,
         "ollama is rate limited",
     ),
     "first-token timeout": (Fault(kind="hang", times=None, path=CHAT), "ProviderTimeout", 3, "ollama timed out"),
-    "cut mid-answer": (Fault(kind="drop", after=2, times=None, path=CHAT), "StreamInterrupted", 3, "ollama cut the answer"),
+    "cut mid-answer": (
+        Fault(kind="drop", after=2, times=None, path=CHAT),
+        "StreamInterrupted",
+        3,
+        "ollama cut the answer",
+    ),
     "error line": (Fault(kind="error_line", after=1, times=None, path=CHAT), "ServerError", 3, "ollama failed"),
 }
 
@@ -101,7 +108,9 @@ CALLER = {
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "chat"])
 @pytest.mark.parametrize("status", list(CALLER))
-def test_callers_errors_raise_without_another_provider_or_the_breaker(session, ollama_server, openai_server, status, stream):
+def test_callers_errors_raise_without_another_provider_or_the_breaker(
+    session, ollama_server, openai_server, status, stream
+):
     code, error, kind = CALLER[status]
     ollama_server.add_fault(Fault(kind="status", status=code, times=None, path=CHAT))
     with pytest.raises(error) as info:
@@ -144,7 +153,9 @@ def test_a_fallbacks_own_error_says_why_it_was_asked(ollama_server, openai_serve
     ollama_server.refuse()
     with pytest.raises(ModelNotFound) as info:
         s.chat("hello")
-    assert str(info.value).startswith('ollama was not reachable, and the fallback openai:gpt-5-nano: openai has no model')
+    assert str(info.value).startswith(
+        "ollama was not reachable, and the fallback openai:gpt-5-nano: openai has no model"
+    )
     s.close()
 
 

@@ -64,8 +64,7 @@ class RecordingComm:
     def updates(self, key: str | None = None) -> int:
         with self._lock:
             return sum(
-                1 for m in self.messages
-                if m.get("method") == "update" and (key is None or key in m.get("state", {}))
+                1 for m in self.messages if m.get("method") == "update" and (key is None or key in m.get("state", {}))
             )
 
 
@@ -145,16 +144,26 @@ def test_import_is_light() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_every_widget_has_a_text_form_and_a_cheap_repr(make_session: Callable[..., Session], ollama: OllamaServer) -> None:
+def test_every_widget_has_a_text_form_and_a_cheap_repr(
+    make_session: Callable[..., Session], ollama: OllamaServer
+) -> None:
     s = make_session(ollama)
     host = GPUStats(source="none", cpu_percent=5.0, ram_used=2**30, ram_total=4 * 2**30, reason="no NVIDIA driver")
     widgets: list[FarmBox] = [
-        ChatWidget(s, load_models=False), ModelPicker(s, load_models=False), HealthBoard(s),
-        GPUGauge(s, stats=lambda: host), CompareWidget("hi", ["ollama:llama3.1"], s, run=False),
+        ChatWidget(s, load_models=False),
+        ModelPicker(s, load_models=False),
+        HealthBoard(s),
+        GPUGauge(s, stats=lambda: host),
+        CompareWidget("hi", ["ollama:llama3.1"], s, run=False),
     ]
-    expected = ["ChatWidget: 0 turns, default ollama:llama3.1", "ModelPicker: ollama:llama3.1",
-                "HealthBoard: ollama", "GPUGauge: no reading yet",
-                "CompareWidget: 'hi' over 1 models"]
+    expected = [
+        "ChatWidget: 0 turns, default ollama:llama3.1",
+        "ModelPicker: ollama:llama3.1",
+        "HealthBoard: ollama",
+        "GPUGauge: no reading yet",
+        "CompareWidget: 'hi' over 1 models",
+    ]
+
     def waits(*args: object, **kwargs: object) -> None:
         raise AssertionError("a repr waited on the runtime loop")
 
@@ -280,7 +289,9 @@ def test_a_failing_callback_is_shown_and_the_widget_survives(
     assert len(chat.conversation) == 1
 
 
-def test_chat_model_dropdown_is_filled_in_the_background(make_session: Callable[..., Session], ollama: OllamaServer) -> None:
+def test_chat_model_dropdown_is_filled_in_the_background(
+    make_session: Callable[..., Session], ollama: OllamaServer
+) -> None:
     chat = ChatWidget(make_session(ollama))
     until(lambda: len(chat.picker.options) == 3, what="the model list")
     assert [v for _, v in chat.picker.options] == ["", "ollama:llama3.1:latest", "ollama:qwen2.5:0.5b"]
@@ -395,7 +406,9 @@ def test_board_refreshes_on_the_runtime_loop_and_after_a_failure(make_session: C
         with pytest.raises(Exception, match="ollama serve"):
             s.chat("hello")
         # the failure is recorded by the monitor: the board refreshes without waiting 60 s
-        until(lambda: board.checks >= 2 and board.statuses[0].state == "cooling_down", what="a refresh after the failure")
+        until(
+            lambda: board.checks >= 2 and board.statuses[0].state == "cooling_down", what="a refresh after the failure"
+        )
         board.close()
         no_pending(s)
         assert board._unsubscribe is None and board._on_record not in s.monitor._listeners
@@ -411,8 +424,13 @@ def test_board_interval_is_validated(make_session: Callable[..., Session], ollam
 
 
 def test_gauge_no_gpu_state(make_session: Callable[..., Session], ollama: OllamaServer) -> None:
-    host = GPUStats(source="none", cpu_percent=37.0, ram_used=6 * 2**30, ram_total=16 * 2**30,
-                    reason="no NVIDIA driver on this machine (NVML library not found)")
+    host = GPUStats(
+        source="none",
+        cpu_percent=37.0,
+        ram_used=6 * 2**30,
+        ram_total=16 * 2**30,
+        reason="no NVIDIA driver on this machine (NVML library not found)",
+    )
     gauge = GPUGauge(make_session(ollama), stats=lambda: host)
     gauge.update()
     assert not gauge.has_gpu and gauge.updates == 1
@@ -421,25 +439,39 @@ def test_gauge_no_gpu_state(make_session: Callable[..., Session], ollama: Ollama
     cpu, ram = gauge._bars[0]["util"], gauge._bars[0]["mem"]
     assert cpu.bar.value == 37.0 and "37%" in cpu.text.value
     assert ram.bar.value == pytest.approx(37.5) and "6.0 / 16.0 GiB" in ram.text.value
-    assert gauge.summary() == ("GPUGauge: no GPU (no NVIDIA driver on this machine (NVML library not found)); "
-                               "CPU 37%, RAM 6.0/16.0 GiB")
+    assert gauge.summary() == (
+        "GPUGauge: no GPU (no NVIDIA driver on this machine (NVML library not found)); CPU 37%, RAM 6.0/16.0 GiB"
+    )
     assert "updated " in gauge.updated.value and " · 1" in gauge.updated.value
     with pytest.raises(TraitError):
         gauge.updates = 5  # read-only: only readings move it
 
 
 def test_gauge_devices_and_processes(make_session: Callable[..., Session], ollama: OllamaServer) -> None:
-    gpu = GPUStats(source="nvml", devices=[
-        GPUDevice(index=0, name="NVIDIA H200", memory_used=40 * 2**30, memory_total=140 * 2**30, utilization=93.0,
-                  temperature=61.0, power=420.0, processes=[GPUProcess(pid=42, memory_used=39 * 2**30, name="python")]),
-        GPUDevice(index=1, name="NVIDIA H200", memory_used=0, memory_total=140 * 2**30),
-    ])
+    gpu = GPUStats(
+        source="nvml",
+        devices=[
+            GPUDevice(
+                index=0,
+                name="NVIDIA H200",
+                memory_used=40 * 2**30,
+                memory_total=140 * 2**30,
+                utilization=93.0,
+                temperature=61.0,
+                power=420.0,
+                processes=[GPUProcess(pid=42, memory_used=39 * 2**30, name="python")],
+            ),
+            GPUDevice(index=1, name="NVIDIA H200", memory_used=0, memory_total=140 * 2**30),
+        ],
+    )
     readings = [gpu, GPUStats(source="none", cpu_percent=1.0, ram_used=1, ram_total=2)]
     gauge = GPUGauge(make_session(ollama), stats=lambda: readings[0])
     gauge.update()
     assert gauge.has_gpu and len(gauge._bars) == 2
     first = gauge._bars[0]
-    assert "NVIDIA H200" in first["head"].value and "61 &#176;C" in first["head"].value and "420 W" in first["head"].value
+    assert (
+        "NVIDIA H200" in first["head"].value and "61 &#176;C" in first["head"].value and "420 W" in first["head"].value
+    )
     assert first["util"].bar.value == 93.0 and first["util"].bar.bar_style == "danger"
     assert "40.0 / 140.0 GiB" in first["mem"].text.value
     assert "python (42) 39.0 GiB" in first["procs"].value
@@ -451,7 +483,9 @@ def test_gauge_devices_and_processes(make_session: Callable[..., Session], ollam
     assert not gauge.has_gpu and old_bar.comm is None
 
 
-def test_gauge_keeps_moving_while_the_kernel_thread_is_busy(make_session: Callable[..., Session], ollama: OllamaServer) -> None:
+def test_gauge_keeps_moving_while_the_kernel_thread_is_busy(
+    make_session: Callable[..., Session], ollama: OllamaServer
+) -> None:
     s = make_session(ollama)
     gauge = GPUGauge(s, interval=0.05)  # the real session.gpu(): no GPU here, CPU and RAM
     gauge.start()
@@ -470,7 +504,10 @@ def test_gauge_keeps_moving_while_the_kernel_thread_is_busy(make_session: Callab
 
 
 def test_compare_streams_columns_side_by_side_and_marks_the_fastest(make_session: Callable[..., Session]) -> None:
-    with OllamaServer(tokens=30) as fast, OpenAIServer(api_key="sk-test-0123456789abcdef", tokens=30, chunk_delay=0.02) as slow:
+    with (
+        OllamaServer(tokens=30) as fast,
+        OpenAIServer(api_key="sk-test-0123456789abcdef", tokens=30, chunk_delay=0.02) as slow,
+    ):
         s = make_session(fast, slow)
         compare = CompareWidget("race", ["ollama:llama3.1", "openai:gpt-4o-mini"], s)
         assert compare.running
@@ -491,7 +528,9 @@ def test_compare_streams_columns_side_by_side_and_marks_the_fastest(make_session
         assert fast.count("/api/chat") == 2 and not any(r and r.cached for r in compare.responses.values())
 
 
-def test_compare_shows_a_failing_model_in_its_own_column(make_session: Callable[..., Session], ollama: OllamaServer) -> None:
+def test_compare_shows_a_failing_model_in_its_own_column(
+    make_session: Callable[..., Session], ollama: OllamaServer
+) -> None:
     compare = CompareWidget("hi", ["ollama:llama3.1", "ollama:nosuchmodel"], make_session(ollama))
     assert compare.wait(WAIT)
     good, bad = compare.columns
@@ -503,7 +542,9 @@ def test_compare_shows_a_failing_model_in_its_own_column(make_session: Callable[
 # -- Dashboard and closing -----------------------------------------------------------------------
 
 
-def test_dashboard_lays_out_every_part_and_close_stops_every_timer(make_session: Callable[..., Session], ollama: OllamaServer) -> None:
+def test_dashboard_lays_out_every_part_and_close_stops_every_timer(
+    make_session: Callable[..., Session], ollama: OllamaServer
+) -> None:
     s = make_session(ollama)
     dash = Dashboard(s, health_interval=0.1, gpu_interval=0.05)
     assert {p.layout.grid_area for p in dash.parts} == {"picker", "gauge", "chat", "health"}
@@ -624,7 +665,10 @@ def test_chat_queues_a_message_sent_while_answering(make_session: Callable[..., 
         chat.send("second")  # while the first streams
         assert chat.queued == 1 and not chat.error
         queued = chat.transcript.children[0]  # newest first
-        assert "second" in queued.value and "queued: sent to ollama:llama3.1 when the answer above is finished" in queued.value
+        assert (
+            "second" in queued.value
+            and "queued: sent to ollama:llama3.1 when the answer above is finished" in queued.value
+        )
         assert chat.summary().endswith("streaming, 1 queued")
         assert chat.wait(WAIT)
         assert chat.queued == 0 and not chat.busy and len(chat.conversation) == 2
@@ -670,12 +714,13 @@ def test_board_counts_failures_by_class(make_session: Callable[..., Session]) ->
         board.refresh()
         html = board.table.value
         assert ">failures<" in html
-        row = html[html.index('data-provider="ollama"'):html.index('data-provider="openai"')]
+        row = html[html.index('data-provider="ollama"') : html.index('data-provider="openai"')]
         assert 'class="farm-failures"' in row and "unreachable 1" in row
 
 
-def test_chat_and_compare_show_a_notice_above_the_answer(make_session: Callable[..., Session], ollama: OllamaServer,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chat_and_compare_show_a_notice_above_the_answer(
+    make_session: Callable[..., Session], ollama: OllamaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s = make_session(ollama)
     monkeypatch.setattr(s, "stream", lambda *a, **k: notice_stream(s))
     chat = ChatWidget(s, load_models=False)

@@ -23,8 +23,15 @@ from ..types import ChatRequest, Chunk, Usage
 from .base import Provider
 
 __all__ = [
-    "FunctionProvider", "Provider", "ProviderFactory", "available", "canonical", "create", "is_known",
-    "register_provider", "unregister_provider",
+    "FunctionProvider",
+    "Provider",
+    "ProviderFactory",
+    "available",
+    "canonical",
+    "create",
+    "is_known",
+    "register_provider",
+    "unregister_provider",
 ]
 
 ProviderFactory = Callable[..., Provider]
@@ -154,12 +161,14 @@ class FunctionProvider(Provider):
             cls = ProviderTimeout if isinstance(exc, TimeoutError) else ProviderUnavailable
             raise cls(
                 f"provider {self.name!r} could not reach its backend: {type(exc).__name__}: {exc}".splitlines()[0],
-                provider=self.name, hint="check what the function talks to",
+                provider=self.name,
+                hint="check what the function talks to",
             ) from exc
         except Exception as exc:  # a bug in the user's function: say which one failed
             raise ProviderResponseError(
                 f"provider {self.name!r} failed: {type(exc).__name__}: {exc}".strip().splitlines()[0],
-                provider=self.name, hint=f"fix the function registered as {self.name!r}",
+                provider=self.name,
+                hint=f"fix the function registered as {self.name!r}",
             ) from exc
 
     async def _run(self, request: ChatRequest) -> AsyncIterator[Chunk]:
@@ -190,7 +199,8 @@ class FunctionProvider(Provider):
         else:
             raise ProviderResponseError(
                 f"provider {self.name!r} returned {type(result).__name__}, not text",
-                provider=self.name, hint="return a str, or yield str pieces",
+                provider=self.name,
+                hint="return a str, or yield str pieces",
             )
         words = sum(len(m.content.split()) for m in request.messages)
         yield Chunk(done=True, usage=Usage(prompt_tokens=words, completion_tokens=count), finish_reason="stop")
@@ -199,6 +209,7 @@ class FunctionProvider(Provider):
         if not isinstance(piece, str):
             raise ProviderResponseError(
                 f"provider {self.name!r} yielded {type(piece).__name__}, not str",
-                provider=self.name, hint="yield text pieces (str) only",
+                provider=self.name,
+                hint="yield text pieces (str) only",
             )
         return piece

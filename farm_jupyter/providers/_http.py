@@ -54,7 +54,10 @@ def status_error(
     if status == 429:
         wait = retry_after(headers or {})
         return RateLimited(
-            what, provider=provider, status=status, retry_after=wait,
+            what,
+            provider=provider,
+            status=status,
+            retry_after=wait,
             hint="wait and retry, or raise the provider's rate limit",
         )
     if status in (401, 403):
@@ -76,16 +79,16 @@ async def mapped_transport_errors(
         yield
     except httpx.TimeoutException as exc:
         raise ProviderTimeout(
-            f"{label} at {url} timed out ({type(exc).__name__})", provider=provider,
+            f"{label} at {url} timed out ({type(exc).__name__})",
+            provider=provider,
             hint="the server may be overloaded; retry, or raise the timeout",
         ) from exc
     except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
-        raise ProviderUnavailable(
-            f"{label} is not reachable at {url}", provider=provider, hint=down_hint
-        ) from exc
+        raise ProviderUnavailable(f"{label} is not reachable at {url}", provider=provider, hint=down_hint) from exc
     except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
         raise StreamInterrupted(
-            f"{label} at {url} closed the connection mid-answer", provider=provider,
+            f"{label} at {url} closed the connection mid-answer",
+            provider=provider,
             hint="retry; if it keeps happening, check the server's log",
         ) from exc
     except httpx.TransportError as exc:

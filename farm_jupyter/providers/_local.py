@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from abc import abstractmethod
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import aclosing
+from typing import Any, ClassVar, Generic, TypeVar
 
-from ..errors import FarmError
-from ..types import Chunk
+from ..errors import FarmError, ProviderTimeout
+from ..types import ChatRequest, Chunk
+from .base import Provider
 
 JOIN_TIMEOUT = 10.0  # seconds a cancelled generation gets to finish its current step
 M = TypeVar("M")
@@ -136,3 +139,56 @@ async def stream(
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
+
+
+class LocalProvider(Provider, Generic[M]):
+    """A provider whose models run in this process: loaded on first use (in a worker thread),
+    generating in a daemon thread of their own that hands its pieces to `stream`.
+
+    A subclass loads (`_load`), generates (`_generate`, the thread's body) and names its failures
+    (`_failed`); a request is asked the same way for every engine.
+    """
+
+    stalled: ClassVar[str]  # what to do when a model produced nothing for stream_timeout seconds
+
+    def __init__(self, name: str, settings: Any, **options: Any) -> None:
+        super().__init__(name, settings, **options)
+        self._models: dict[str, M] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock_for(self, key: str) -> threading.Lock:
+        """One lock a model: two requests for it load it once; other models load meanwhile."""
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    @property
+    @abstractmethod
+    def stream_timeout(self) -> float: ...
+
+    @abstractmethod
+    def _load(self, name: str) -> M: ...
+
+    @abstractmethod
+    def _generate(self, loaded: M, request: ChatRequest, channel: Channel, stop: threading.Event) -> None: ...
+
+    @abstractmethod
+    def _failed(self, exc: BaseException, model: str, shown: bool) -> FarmError: ...
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        loaded = await ensure(self._models, self._load, request.model)
+        timeout, model = self.stream_timeout, request.model
+        chunks = stream(
+            self._generate,
+            (loaded, request),
+            name=f"farm-{self.kind}-generate-{model}",
+            timeout=timeout,
+            stalled=lambda: ProviderTimeout(
+                f"{self.kind} model {model} produced nothing for {timeout:.0f}s", provider=self.name, hint=self.stalled
+            ),
+            failed=lambda error, shown: self._failed(error, model, shown),
+        )
+        del loaded  # the thread holds it while it runs; unload must be able to free it after
+        async with aclosing(chunks) as it:
+            async for chunk in it:
+                yield chunk

@@ -78,9 +78,12 @@ async def collect(name: str, model: str, chunks: AsyncIterator[Chunk]) -> ChatRe
         thinking="".join(thinking) or None,
         tool_calls=calls,
         timings=Timings(
-            first_token=first, total=time.perf_counter() - start, provider_total=final.provider_total,
-            rate=generation_rate(usage.completion_tokens, generation=final.generation, chunks=pieces,
-                                 span=(last or 0.0) - (first or 0.0)),
+            first_token=first,
+            total=time.perf_counter() - start,
+            provider_total=final.provider_total,
+            rate=generation_rate(
+                usage.completion_tokens, generation=final.generation, chunks=pieces, span=(last or 0.0) - (first or 0.0)
+            ),
         ),
     )
 
@@ -192,6 +195,15 @@ class Provider(ABC):
     def servers(self) -> list[Provider]:
         """One provider per configured server when several are (`hosts`, `base_urls`), else []."""
         return []
+
+    def one_per(self, option: str, values: list[str]) -> list[Provider]:
+        """`servers()` for a provider that takes its server as `option`: this provider once per
+        value, with the same options otherwise; none for a single server."""
+        return (
+            [type(self)(self.name, self.settings, **{**self.options, option: v}) for v in values]
+            if len(values) > 1
+            else []
+        )
 
     async def health_rows(self) -> list[ProviderStatus]:
         """One row per server (a pool has several)."""

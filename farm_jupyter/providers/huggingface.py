@@ -26,15 +26,14 @@ import threading
 import time
 import traceback
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
 from .. import embedded
-from ..errors import BadRequest, FarmError, MissingDependency, ModelNotFound, ProviderTimeout, ServerError
+from ..errors import BadRequest, FarmError, MissingDependency, ModelNotFound, ServerError
 from ..tiny_model import quiet_hf
-from ..types import ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress, Usage
-from ._local import Channel, ensure, first_line, stream
+from ..types import ChatRequest, ModelInfo, ProviderStatus, PullProgress, Usage
+from ._local import Channel, LocalProvider, ensure, first_line
 from ._transformers import (
     CONVERTED,
     Loaded,
@@ -47,7 +46,6 @@ from ._transformers import (
     stop_class,
     streamer_class,
 )
-from .base import Provider
 
 _NOT_FOUND_HINT = "give a local path, or set HF_TOKEN / check the hub id"
 log = logging.getLogger("farm_jupyter")
@@ -64,15 +62,13 @@ def _human(count: int) -> str:
     return str(count)
 
 
-class HuggingFaceProvider(Provider):
+class HuggingFaceProvider(LocalProvider[Loaded]):
     kind = "huggingface"
+    stalled = "raise huggingface.stream_timeout, or use a smaller model or a GPU"
 
     def __init__(self, name: str, settings: Any, **options: Any) -> None:
         super().__init__(name, settings, **options)
-        self._models: dict[str, Loaded] = {}
         self._embedders: dict[str, Loaded] = {}
-        self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
         self._device: str | None = None
 
     # -- identity --------------------------------------------------------------------------------
@@ -84,6 +80,10 @@ class HuggingFaceProvider(Provider):
     @property
     def default_model(self) -> str:
         return str(self.options.get("default_model") or self._hf.default_model or embedded.NAME)
+
+    @property
+    def stream_timeout(self) -> float:
+        return float(self._hf.stream_timeout)
 
     @property
     def url(self) -> str:
@@ -125,7 +125,8 @@ class HuggingFaceProvider(Provider):
         dtype = getattr(torch, name, None)
         if not isinstance(dtype, torch.dtype):
             raise BadRequest(
-                f"huggingface.dtype={name!r} is not a torch dtype", provider=self.name,
+                f"huggingface.dtype={name!r} is not a torch dtype",
+                provider=self.name,
                 hint="use auto, float32, float16 or bfloat16",
             )
         return dtype
@@ -133,10 +134,6 @@ class HuggingFaceProvider(Provider):
     def _token(self) -> str | None:
         token = self._hf.token
         return token.get_secret_value() if token is not None else None
-
-    def _lock_for(self, key: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
 
     def _source(self, name: str) -> str:
         """Where from_pretrained reads `name`; a missing local path fails here, not after a hub retry."""
@@ -157,7 +154,9 @@ class HuggingFaceProvider(Provider):
             return None
         path = Path(name).expanduser()
         if not path.is_file():
-            raise ModelNotFound(f"GGUF file {name} does not exist", provider=self.name, hint="give the path of a .gguf file")
+            raise ModelNotFound(
+                f"GGUF file {name} does not exist", provider=self.name, hint="give the path of a .gguf file"
+            )
         return path.absolute()
 
     def _from_pretrained(self, name: str, loader: Any, source: str | None = None, **kwargs: Any) -> Any:
@@ -172,7 +171,8 @@ class HuggingFaceProvider(Provider):
             # OSError: no such hub id / no access; ValueError: a folder that is not a model.
             raise ModelNotFound(
                 f"HuggingFace model {name} could not be loaded ({first_line(exc)})",
-                provider=self.name, hint=_NOT_FOUND_HINT,
+                provider=self.name,
+                hint=_NOT_FOUND_HINT,
             ) from exc
 
     def _load_gguf(self, name: str, gguf: Path, transformers: Any, dtype: Any) -> tuple[Any, Any]:
@@ -199,11 +199,12 @@ class HuggingFaceProvider(Provider):
             return model.to(device).eval()
         except oom_type(torch) as exc:
             raise ServerError(
-                f"HuggingFace model does not fit on {device}", provider=self.name,
+                f"HuggingFace model does not fit on {device}",
+                provider=self.name,
                 hint="use a smaller model, set huggingface.dtype=float16, or unload other models",
             ) from exc
 
-    def _load_causal(self, name: str) -> Loaded:
+    def _load(self, name: str) -> Loaded:
         with self._lock_for(name):
             if (ready := self._models.get(name)) is not None:
                 return ready
@@ -241,9 +242,7 @@ class HuggingFaceProvider(Provider):
         kwargs.update(p.options_for("huggingface"))  # a closed set: none loads or runs code
         return kwargs
 
-    def _generate(
-        self, loaded: Loaded, request: ChatRequest, channel: Channel, stop: threading.Event
-    ) -> None:
+    def _generate(self, loaded: Loaded, request: ChatRequest, channel: Channel, stop: threading.Event) -> None:
         """The body of the generate thread: every outcome ends as one "done" or "error" item."""
         try:
             torch, transformers = imports()
@@ -268,48 +267,40 @@ class HuggingFaceProvider(Provider):
             channel.push("error", exc.with_traceback(None))
             del exc
 
-    async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
-        loaded = await ensure(self._models, self._load_causal, request.model)
-        timeout = self._hf.stream_timeout
-        chunks = stream(
-            self._generate, (loaded, request), name=f"farm-hf-generate-{loaded.name}", timeout=timeout,
-            stalled=lambda: ProviderTimeout(
-                f"local model {request.model} produced nothing for {timeout:.0f}s", provider=self.name,
-                hint="raise huggingface.stream_timeout, or use a smaller model or a GPU",
-            ),
-            failed=lambda error, shown: self._generate_error(error, request.model, shown),
-        )
-        del loaded  # the thread holds it while it runs; unload must be able to free it after
-        async with aclosing(chunks) as it:
-            async for chunk in it:
-                yield chunk
-
-    def _generate_error(self, exc: BaseException, model: str, shown: bool) -> FarmError:
+    def _failed(self, exc: BaseException, model: str, shown: bool) -> FarmError:
         torch = sys.modules.get("torch")
         if torch is not None and isinstance(exc, oom_type(torch)):
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             return ServerError(
-                f"local model {model} ran out of GPU memory while generating", provider=self.name,
+                f"local model {model} ran out of GPU memory while generating",
+                provider=self.name,
                 hint="lower max_tokens, use a smaller model or dtype, or unload other models (%farm unload)",
             )
         rejected = isinstance(exc, (ValueError, TypeError)) or type(exc).__module__.startswith("jinja2")
         if rejected and not shown:
             return BadRequest(
-                f"local model {model} rejected the request: {first_line(exc)}", provider=self.name,
+                f"local model {model} rejected the request: {first_line(exc)}",
+                provider=self.name,
                 hint="check the generation parameters (params.extra) and the messages' roles",
             )
         return ServerError(
             f"local model {model} failed while generating: {type(exc).__name__}: {first_line(exc)}",
-            provider=self.name, hint="see the traceback above; try device=cpu to rule out the GPU",
+            provider=self.name,
+            hint="see the traceback above; try device=cpu to rule out the GPU",
         )
 
     # -- model management ------------------------------------------------------------------------
 
     def _info(self, loaded: Loaded) -> ModelInfo:
         return ModelInfo(
-            name=loaded.name, provider=self.name, size=loaded.size, family=loaded.family,
-            parameter_size=_human(loaded.parameters), quantization=loaded.quantization, loaded=True,
+            name=loaded.name,
+            provider=self.name,
+            size=loaded.size,
+            family=loaded.family,
+            parameter_size=_human(loaded.parameters),
+            quantization=loaded.quantization,
+            loaded=True,
             details={"device": loaded.device, "dtype": loaded.dtype, "kind": loaded.kind},
         )
 
@@ -327,8 +318,17 @@ class HuggingFaceProvider(Provider):
                 except (OSError, ValueError):
                     pass
             if embedded.is_embedded(default):
-                models.append(ModelInfo(name=default, provider=self.name, family="llama", parameter_size="135M",
-                                        quantization="Q4_1 (GGUF)", loaded=False, details={"about": embedded.ABOUT}))
+                models.append(
+                    ModelInfo(
+                        name=default,
+                        provider=self.name,
+                        family="llama",
+                        parameter_size="135M",
+                        quantization="Q4_1 (GGUF)",
+                        loaded=False,
+                        details={"about": embedded.ABOUT},
+                    )
+                )
             else:
                 models.append(ModelInfo(name=default, provider=self.name, family=family, loaded=False))
         shown = {m.name for m in models}
@@ -336,13 +336,14 @@ class HuggingFaceProvider(Provider):
             if str(path) not in shown:
                 kind = "gguf" if path.suffix == ".gguf" else "converted from gguf"
                 size = path.stat().st_size if path.is_file() else None
-                models.append(ModelInfo(name=str(path), provider=self.name, size=size, loaded=False,
-                                        details={"kind": kind}))
+                models.append(
+                    ModelInfo(name=str(path), provider=self.name, size=size, loaded=False, details={"kind": kind})
+                )
         return models
 
     async def load_model(self, model: str) -> AsyncIterator[PullProgress]:
         yield PullProgress(status="loading")
-        loaded = await ensure(self._models, self._load_causal, model)
+        loaded = await ensure(self._models, self._load, model)
         yield PullProgress(status=f"loaded on {loaded.device}", total=loaded.size, completed=loaded.size)
 
     async def unload_model(self, model: str) -> None:
@@ -367,7 +368,10 @@ class HuggingFaceProvider(Provider):
             error = str(MissingDependency(missing[0], "hf"))
             return ProviderStatus(provider=self.name, state="unhealthy", url=self.url, error=error)
         return ProviderStatus(
-            provider=self.name, state="healthy", url=self.url, latency=time.perf_counter() - start,
+            provider=self.name,
+            state="healthy",
+            url=self.url,
+            latency=time.perf_counter() - start,
             models_loaded=sorted({*self._models, *self._embedders}),
         )
 
@@ -416,7 +420,8 @@ class HuggingFaceProvider(Provider):
         except Exception as exc:
             raise ServerError(
                 f"local model {name} failed to embed: {type(exc).__name__}: {first_line(exc)}",
-                provider=self.name, hint="check that the model has an encoder (an embedding or LM model)",
+                provider=self.name,
+                hint="check that the model has an encoder (an embedding or LM model)",
             ) from exc
 
     async def aclose(self) -> None:

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import embedded
-from ..errors import BadRequest, FarmError, MissingDependency, ModelNotFound, ProviderTimeout, ServerError
-from ..types import ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress, Usage
-from ._local import Channel, ensure, first_line, stream
-from .base import Provider
+from ..errors import BadRequest, FarmError, MissingDependency, ModelNotFound, ServerError
+from ..types import ChatRequest, ModelInfo, ProviderStatus, PullProgress, Usage
+from ._local import Channel, LocalProvider, ensure, first_line
 
 _STREAM_TIMEOUT = 60.0  # seconds without a token before the request is given up
 _PASSED = {"top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "grammar"}
@@ -87,37 +86,38 @@ def _mapped_errors(provider: str, model: str, *, loading: bool = False) -> Itera
         raise
     except MemoryError as exc:
         raise ServerError(
-            f"llama.cpp ran out of memory with {model}", provider=provider,
+            f"llama.cpp ran out of memory with {model}",
+            provider=provider,
             hint="lower n_ctx, use a smaller quantisation, or unload other models (%farm unload)",
         ) from exc
     except (ValueError, RuntimeError) as exc:
         text = first_line(exc)
         if loading:
             raise ModelNotFound(
-                f"llama.cpp could not load {model} ({text})", provider=provider,
+                f"llama.cpp could not load {model} ({text})",
+                provider=provider,
                 hint="check that the file is a GGUF model that this llama-cpp-python version supports",
             ) from exc
         if "context window" in text or "exceed" in text:
             raise BadRequest(
-                f"llama.cpp rejected the request to {model}: {text}", provider=provider,
+                f"llama.cpp rejected the request to {model}: {text}",
+                provider=provider,
                 hint="shorten the conversation (%farm reset) or raise n_ctx in [providers.llamacpp]",
             ) from exc
-        raise ServerError(f"llama.cpp failed with {model}: {text}", provider=provider, hint="see the log above") from exc
+        raise ServerError(
+            f"llama.cpp failed with {model}: {text}", provider=provider, hint="see the log above"
+        ) from exc
     except (TypeError, KeyError) as exc:
         raise BadRequest(
-            f"llama.cpp rejected the request to {model}: {type(exc).__name__}: {first_line(exc)}", provider=provider,
+            f"llama.cpp rejected the request to {model}: {type(exc).__name__}: {first_line(exc)}",
+            provider=provider,
             hint="check the generation parameters (params.extra) and the messages' roles",
         ) from exc
 
 
-class LlamaCppProvider(Provider):
+class LlamaCppProvider(LocalProvider[_Loaded]):
     kind = "llamacpp"
-
-    def __init__(self, name: str, settings: Any, **options: Any) -> None:
-        super().__init__(name, settings, **options)
-        self._models: dict[str, _Loaded] = {}
-        self._guard = threading.Lock()
-        self._loading: dict[str, threading.Lock] = {}
+    stalled = "raise stream_timeout in [providers.llamacpp], or use a smaller model"
 
     @property
     def default_model(self) -> str:
@@ -126,6 +126,10 @@ class LlamaCppProvider(Provider):
     @property
     def url(self) -> str:
         return "local (llama.cpp)"
+
+    @property
+    def stream_timeout(self) -> float:
+        return float(self.options.get("stream_timeout", _STREAM_TIMEOUT))
 
     @property
     def cache_identity(self) -> str | None:
@@ -142,15 +146,14 @@ class LlamaCppProvider(Provider):
         path = Path(name).expanduser()
         if not path.is_file():
             raise ModelNotFound(
-                f"no GGUF file at {name}", provider=self.name,
+                f"no GGUF file at {name}",
+                provider=self.name,
                 hint=f"give the path of a .gguf file, or use {embedded.NAME} (the embedded model)",
             )
         return path.absolute()
 
     def _load(self, name: str) -> _Loaded:
-        with self._guard:
-            lock = self._loading.setdefault(name, threading.Lock())
-        with lock:
+        with self._lock_for(name):
             if (ready := self._models.get(name)) is not None:
                 return ready
             path = self._path(name)
@@ -183,7 +186,8 @@ class LlamaCppProvider(Provider):
         unknown = sorted(set(p.extra) - _PASSED)
         if unknown:
             raise BadRequest(
-                f"llama.cpp does not take {', '.join(unknown)}", provider=self.name,
+                f"llama.cpp does not take {', '.join(unknown)}",
+                provider=self.name,
                 hint=f"params.extra may hold {', '.join(sorted(_PASSED))}",
             )
         kwargs.update(p.extra)
@@ -195,7 +199,9 @@ class LlamaCppProvider(Provider):
             with loaded.lock, _mapped_errors(self.name, request.model):
                 llm = loaded.llm
                 if llm is None:  # unloaded while this request waited for the lock
-                    raise ServerError(f"{request.model} was unloaded", provider=self.name, hint="ask again to reload it")
+                    raise ServerError(
+                        f"{request.model} was unloaded", provider=self.name, hint="ask again to reload it"
+                    )
                 finish = None
                 with contextlib.closing(llm.create_chat_completion(**self._arguments(request))) as chunks:
                     for chunk in chunks:
@@ -212,24 +218,12 @@ class LlamaCppProvider(Provider):
             channel.push("error", exc.with_traceback(None))
             del exc
 
-    async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
-        loaded = await ensure(self._models, self._load, request.model)
-        timeout = float(self.options.get("stream_timeout", _STREAM_TIMEOUT))
-        chunks = stream(
-            self._generate, (loaded, request), name=f"farm-llamacpp-generate-{loaded.path.name}", timeout=timeout,
-            stalled=lambda: ProviderTimeout(
-                f"llama.cpp produced nothing for {timeout:.0f}s with {request.model}", provider=self.name,
-                hint="raise stream_timeout in [providers.llamacpp], or use a smaller model",
-            ),
-            failed=lambda error, _shown: ServerError(
-                f"llama.cpp failed with {request.model}: {type(error).__name__}: {first_line(error)}",
-                provider=self.name, hint="see the log above",
-            ),
+    def _failed(self, exc: BaseException, model: str, shown: bool) -> FarmError:
+        return ServerError(
+            f"llama.cpp failed with {model}: {type(exc).__name__}: {first_line(exc)}",
+            provider=self.name,
+            hint="see the log above",
         )
-        del loaded  # the thread holds it while it runs; unload must be able to free it after
-        async with contextlib.aclosing(chunks) as it:
-            async for chunk in it:
-                yield chunk
 
     # -- model management ------------------------------------------------------------------------
 
@@ -241,8 +235,16 @@ class LlamaCppProvider(Provider):
             details["about"] = embedded.ABOUT
         size = path.stat().st_size if path is not None and path.is_file() else None
         quant = path.stem.rsplit(".", 1)[-1] if path is not None and "." in path.stem else None
-        return ModelInfo(name=name, provider=self.name, size=size, family="gguf", quantization=quant, loaded=loaded,
-                         parameter_size="135M" if embedded.is_embedded(name) else None, details=details)
+        return ModelInfo(
+            name=name,
+            provider=self.name,
+            size=size,
+            family="gguf",
+            quantization=quant,
+            loaded=loaded,
+            parameter_size="135M" if embedded.is_embedded(name) else None,
+            details=details,
+        )
 
     async def list_models(self) -> list[ModelInfo]:
         """The loaded models, the default one, and the GGUF files on this machine."""
@@ -284,8 +286,9 @@ class LlamaCppProvider(Provider):
         if importlib.util.find_spec("llama_cpp") is None:
             error = str(MissingDependency("llama-cpp-python", "llamacpp"))
             return ProviderStatus(provider=self.name, state="unhealthy", url=self.url, error=error)
-        return ProviderStatus(provider=self.name, state="healthy", url=self.url, latency=0.0,
-                              models_loaded=sorted(self._models))
+        return ProviderStatus(
+            provider=self.name, state="healthy", url=self.url, latency=0.0, models_loaded=sorted(self._models)
+        )
 
     async def aclose(self) -> None:
         for name in list(self._models):

@@ -106,12 +106,13 @@ class OllamaProvider(Provider):
         return self._client
 
     def servers(self) -> list[Provider]:
-        hosts = self.settings.ollama.hosts
-        return [type(self)(self.name, self.settings, **{**self.options, "host": h}) for h in hosts] if len(hosts) > 1 else []
+        return self.one_per("host", self.settings.ollama.hosts)
 
     def _errors(self) -> Any:
         return mapped_transport_errors(
-            self.name, self._host, f"start it with `ollama serve` or `%farm ollama start` (OLLAMA_HOST={self._host})",
+            self.name,
+            self._host,
+            f"start it with `ollama serve` or `%farm ollama start` (OLLAMA_HOST={self._host})",
             label="Ollama",
         )
 
@@ -124,8 +125,13 @@ class OllamaProvider(Provider):
         except ValueError:
             detail = response.text
         raise status_error(
-            self.name, response.status_code, str(detail)[:300], url=self._host,
-            headers=response.headers, not_found_hint=f"pull it with `%farm pull {model}`", label="Ollama",
+            self.name,
+            response.status_code,
+            str(detail)[:300],
+            url=self._host,
+            headers=response.headers,
+            not_found_hint=f"pull it with `%farm pull {model}`",
+            label="Ollama",
         )
 
     def _json(self, response: httpx.Response) -> Any:
@@ -133,10 +139,13 @@ class OllamaProvider(Provider):
         try:
             return response.json()
         except ValueError as exc:
-            raise StreamInterrupted(
-                f"Ollama at {self._host} sent a malformed body: {response.text[:80]!r}",
-                provider=self.name, hint="retry; check the server's version and log",
-            ) from exc
+            raise self._malformed("body", response.text) from exc
+
+    def _malformed(self, what: str, text: str) -> StreamInterrupted:
+        hint = "retry; check the server's version and log"
+        return StreamInterrupted(
+            f"Ollama at {self._host} sent a malformed {what}: {text[:80]!r}", provider=self.name, hint=hint
+        )
 
     async def _ndjson(self, path: str, body: dict[str, Any], model: str) -> AsyncIterator[dict[str, Any]]:
         """POST and yield each JSON line; an `{"error": ...}` line is an error, not data."""
@@ -149,10 +158,7 @@ class OllamaProvider(Provider):
                     try:
                         data = json.loads(line)
                     except ValueError as exc:
-                        raise StreamInterrupted(
-                            f"Ollama at {self._host} sent a malformed line: {line[:80]!r}",
-                            provider=self.name, hint="retry; check the server's version and log",
-                        ) from exc
+                        raise self._malformed("line", line) from exc
                     if "error" in data:
                         error = str(data["error"])
                         cls = ModelNotFound if "not found" in error or "does not exist" in error else ServerError
@@ -303,8 +309,12 @@ class OllamaProvider(Provider):
         except Exception as exc:  # noqa: BLE001 - health reports any failure as a state
             return ProviderStatus(provider=self.name, state="unhealthy", url=self._host, error=secrets.redact(str(exc)))
         return ProviderStatus(
-            provider=self.name, state="healthy", url=self._host, version=version,
-            latency=time.perf_counter() - start, models_loaded=loaded,
+            provider=self.name,
+            state="healthy",
+            url=self._host,
+            version=version,
+            latency=time.perf_counter() - start,
+            models_loaded=loaded,
         )
 
     async def embed(self, texts: list[str], model: str | None = None) -> list[list[float]]:

@@ -39,7 +39,10 @@ if TYPE_CHECKING:
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Model names that take images, for servers that do not say (the OpenAI API has no such field);
 # the `vision` option of a provider says it outright.
-_VISION = re.compile(r"gpt-4o|gpt-4\.1|gpt-4-turbo|gpt-4-vision|gpt-5|^o[134]\b|^o[134]-|vision|-vl\b|-vl-|llava|pixtral|gemma-?3|claude|gemini", re.I)
+_VISION = re.compile(
+    r"gpt-4o|gpt-4\.1|gpt-4-turbo|gpt-4-vision|gpt-5|^o[134]\b|^o[134]-|vision|-vl\b|-vl-|llava|pixtral|gemma-?3|claude|gemini",
+    re.I,
+)
 
 
 def _message(m: ChatMessage) -> dict[str, Any]:
@@ -97,8 +100,7 @@ class OpenAIProvider(Provider):
         return self._base_url
 
     def servers(self) -> list[Provider]:
-        urls = self.settings.openai.base_urls
-        return [type(self)(self.name, self.settings, **{**self.options, "base_url": u}) for u in urls] if len(urls) > 1 else []
+        return self.one_per("base_url", self.settings.openai.base_urls)
 
     def __repr__(self) -> str:
         return f"<OpenAIProvider {self.name!r} {self._base_url} key={mask(self._api_key)}>"
@@ -108,7 +110,8 @@ class OpenAIProvider(Provider):
         if self._client is None:
             if not self._api_key and self._base == DEFAULT_BASE_URL:
                 raise NotConfigured(
-                    "OpenAI needs an API key", provider=self.name,
+                    "OpenAI needs an API key",
+                    provider=self.name,
                     hint="set OPENAI_API_KEY, or OPENAI_BASE_URL for a local OpenAI-compatible server",
                 )
             headers = {}
@@ -146,18 +149,19 @@ class OpenAIProvider(Provider):
         except ProviderError:
             raise
         except openai.APITimeoutError as exc:
-            raise ProviderTimeout(
-                f"{self.name} at {self._base_url} timed out", provider=self.name,
-                hint="the server may be overloaded; retry, or raise the timeout",
-            ) from exc
+            hint = "the server may be overloaded; retry, or raise the timeout"
+            raise ProviderTimeout(f"{self.name} at {self._base_url} timed out", provider=self.name, hint=hint) from exc
         except openai.APIConnectionError as exc:
+            hint = "check OPENAI_BASE_URL and that the server is running"
             raise ProviderUnavailable(
-                f"{self.name} is not reachable at {self._base_url}", provider=self.name,
-                hint="check OPENAI_BASE_URL and that the server is running",
+                f"{self.name} is not reachable at {self._base_url}", provider=self.name, hint=hint
             ) from exc
         except openai.APIStatusError as exc:
             raise status_error(
-                self.name, exc.status_code, self._detail(exc), url=self._base_url,
+                self.name,
+                exc.status_code,
+                self._detail(exc),
+                url=self._base_url,
                 headers=exc.response.headers,
                 not_found_hint=f"check the model name; `%farm models {self.name}` lists them",
                 auth_hint="check OPENAI_API_KEY",
@@ -171,7 +175,8 @@ class OpenAIProvider(Provider):
             if type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "httpcore2"):
                 raise StreamInterrupted(
                     f"{self.name} at {self._base_url} closed the connection mid-answer",
-                    provider=self.name, hint="retry; if it keeps happening, check the server's log",
+                    provider=self.name,
+                    hint="retry; if it keeps happening, check the server's log",
                 ) from exc
             if isinstance(exc, ValueError):  # a line the SDK could not decode
                 raise StreamInterrupted(
@@ -195,15 +200,21 @@ class OpenAIProvider(Provider):
             "messages": [_message(m) for m in request.messages],
         }
         optional = {
-            "temperature": p.temperature, "max_tokens": p.max_tokens, "top_p": p.top_p,
-            "stop": p.stop, "seed": p.seed,
+            "temperature": p.temperature,
+            "max_tokens": p.max_tokens,
+            "top_p": p.top_p,
+            "stop": p.stop,
+            "seed": p.seed,
         }
         kwargs.update({k: v for k, v in optional.items() if v is not None})
         if p.format == "json":
             kwargs["response_format"] = {"type": "json_object"}
         if p.response_schema is not None:
             name = re.sub(r"[^A-Za-z0-9_-]", "_", str(p.response_schema.get("title") or "answer"))[:64]
-            kwargs["response_format"] = {"type": "json_schema", "json_schema": {"name": name, "schema": p.response_schema}}
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": name, "schema": p.response_schema},
+            }
         if p.tools:
             kwargs["tools"] = [{"type": "function", "function": t.model_dump()} for t in p.tools]
         if isinstance(p.think, str):
@@ -221,14 +232,18 @@ class OpenAIProvider(Provider):
             if choice.message.content:
                 yield Chunk(text=choice.message.content)
             if choice.message.tool_calls:
-                yield Chunk(tool_calls=[
-                    ToolCall(id=c.id, name=c.function.name, arguments=_arguments(c.function.arguments))
-                    for c in choice.message.tool_calls
-                ])
+                yield Chunk(
+                    tool_calls=[
+                        ToolCall(id=c.id, name=c.function.name, arguments=_arguments(c.function.arguments))
+                        for c in choice.message.tool_calls
+                    ]
+                )
             usage = result.usage
             yield Chunk(
                 done=True,
-                usage=Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens) if usage else None,
+                usage=Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+                if usage
+                else None,
                 finish_reason=choice.finish_reason,
             )
             return
@@ -270,7 +285,8 @@ class OpenAIProvider(Provider):
             # The SDK reports a connection cut mid-body as a connection error; it is a broken stream.
             if started and not isinstance(exc, StreamInterrupted):
                 raise StreamInterrupted(
-                    f"{self.name} at {self._base_url} closed the connection mid-answer", provider=self.name,
+                    f"{self.name} at {self._base_url} closed the connection mid-answer",
+                    provider=self.name,
                     hint="retry; if it keeps happening, check the server's log",
                 ) from exc
             raise
@@ -280,10 +296,12 @@ class OpenAIProvider(Provider):
                 provider=self.name,
             )
         if calls:
-            yield Chunk(tool_calls=[
-                ToolCall(id=c["id"] or f"call_{i}", name=c["name"], arguments=_arguments(c["arguments"]))
-                for i, c in sorted(calls.items())
-            ])
+            yield Chunk(
+                tool_calls=[
+                    ToolCall(id=c["id"] or f"call_{i}", name=c["name"], arguments=_arguments(c["arguments"]))
+                    for i, c in sorted(calls.items())
+                ]
+            )
         yield Chunk(done=True, usage=usage, finish_reason=finish)
 
     async def accepts_images(self, model: str) -> bool:
@@ -293,20 +311,22 @@ class OpenAIProvider(Provider):
     async def list_models(self) -> list[ModelInfo]:
         async with self._errors(""):
             page = await self.client.models.list()
-        return [
-            ModelInfo(name=m.id, provider=self.name, family=getattr(m, "owned_by", None))
-            async for m in page
-        ]
+        return [ModelInfo(name=m.id, provider=self.name, family=getattr(m, "owned_by", None)) async for m in page]
 
     async def health(self) -> ProviderStatus:
         start = time.perf_counter()
         try:
             models = await self.list_models()
         except Exception as exc:  # noqa: BLE001 - health reports any failure as a state
-            return ProviderStatus(provider=self.name, state="unhealthy", url=self._base_url, error=secrets.redact(str(exc)))
+            return ProviderStatus(
+                provider=self.name, state="unhealthy", url=self._base_url, error=secrets.redact(str(exc))
+            )
         return ProviderStatus(
-            provider=self.name, state="healthy", url=self._base_url,
-            latency=time.perf_counter() - start, models_loaded=[m.name for m in models][:20],
+            provider=self.name,
+            state="healthy",
+            url=self._base_url,
+            latency=time.perf_counter() - start,
+            models_loaded=[m.name for m in models][:20],
         )
 
     async def embed(self, texts: list[str], model: str | None = None) -> list[list[float]]:

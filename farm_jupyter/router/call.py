@@ -51,20 +51,41 @@ class Call:
         return time.perf_counter() - self.start
 
     def respond(
-        self, route: Route, notice: str | None, *, text: str, usage: Usage, finish_reason: str | None,
-        cached: bool = False, rate: float | None = None, provider_total: float | None = None,
-        thinking: str | None = None, tool_calls: list[ToolCall] | None = None,
+        self,
+        route: Route,
+        notice: str | None,
+        *,
+        text: str,
+        usage: Usage,
+        finish_reason: str | None,
+        cached: bool = False,
+        rate: float | None = None,
+        provider_total: float | None = None,
+        thinking: str | None = None,
+        tool_calls: list[ToolCall] | None = None,
     ) -> ChatResponse:
         """The answer as the caller gets it: what was said, by whom, every attempt, and timings
         measured here (a cache hit's first token is its whole time)."""
         elapsed = self.elapsed()
         return ChatResponse(
-            text=text, provider=route.provider, model=route.model, usage=usage, finish_reason=finish_reason,
-            cached=cached, restarted=self.restarted, attempts=self.attempts, notice=notice,
-            thinking=thinking, tool_calls=tool_calls or [], notes=list(self.notes),
+            text=text,
+            provider=route.provider,
+            model=route.model,
+            usage=usage,
+            finish_reason=finish_reason,
+            cached=cached,
+            restarted=self.restarted,
+            attempts=self.attempts,
+            notice=notice,
+            thinking=thinking,
+            tool_calls=tool_calls or [],
+            notes=list(self.notes),
             timings=Timings(
-                first_token=self.first_token or (elapsed if cached else None), total=elapsed,
-                waited=sum(a.waited for a in self.attempts), provider_total=provider_total, rate=rate,
+                first_token=self.first_token or (elapsed if cached else None),
+                total=elapsed,
+                waited=sum(a.waited for a in self.attempts),
+                provider_total=provider_total,
+                rate=rate,
             ),
         )
 
@@ -117,7 +138,9 @@ class Try:
                 yield chunk
 
     def rate(self, tokens: int) -> float | None:
-        return generation_rate(tokens, generation=self.final.generation, chunks=self.chunks, span=self.last - self.first)
+        return generation_rate(
+            tokens, generation=self.final.generation, chunks=self.chunks, span=self.last - self.first
+        )
 
 
 def parse_params(params: GenerationParams | Mapping[str, Any] | None) -> GenerationParams:

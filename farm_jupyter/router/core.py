@@ -161,7 +161,9 @@ class Router:
         one piece; retries, fallback and caching are the same either way. `fallback=None` takes
         the setting (`fallback = false` in farm.toml turns it off everywhere).
         """
-        call = Call(messages, parse_params(params), stream, use_cache=not no_cache, read_cache=not (no_cache or refresh))
+        call = Call(
+            messages, parse_params(params), stream, use_cache=not no_cache, read_cache=not (no_cache or refresh)
+        )
         if fallback is None:
             fallback = self.settings.fallback is not False
         routes = self.resolve(target, fallback=fallback)
@@ -181,8 +183,15 @@ class Router:
             except FarmError as exc:  # an unknown provider in the chain: said when reached
                 if index == 0:
                     raise
-                call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=False,
-                                             error=str(exc), error_type=type(exc).__name__))
+                call.attempts.append(
+                    Attempt(
+                        provider=route.provider,
+                        model=route.model,
+                        ok=False,
+                        error=str(exc),
+                        error_type=type(exc).__name__,
+                    )
+                )
         if call.failed and all(isinstance(e, ReplayMiss) for e in call.failed):
             raise call.failed[0]  # the request as the notebook asked it, in one line
         last = call.failed[-1] if call.failed else None
@@ -190,7 +199,10 @@ class Router:
         raise AllProvidersFailed(call.attempts, last)
 
     def replay(
-        self, messages: list[ChatMessage], target: str | None, params: GenerationParams | Mapping[str, Any] | None,
+        self,
+        messages: list[ChatMessage],
+        target: str | None,
+        params: GenerationParams | Mapping[str, Any] | None,
     ) -> ChatResponse | None:
         """A memory-cache hit for the route asked, answered in the caller's thread, or None: the
         hop to the runtime loop costs more than the whole hit (see benchmarks/cache_latency.py)."""
@@ -204,10 +216,7 @@ class Router:
         entry = peek(cache_key(provider.name, model, messages, call.params, provider.cache_identity))
         if entry is None:
             return None
-        call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True))
-        hit = entry.response
-        return self._respond(call, route, None, text=hit.text, usage=hit.usage, finish_reason=hit.finish_reason,
-                             cached=True, thinking=hit.thinking, tool_calls=hit.tool_calls)
+        return self._hit(call, route, None, entry.response)
 
     async def _route(self, call: Call, route: Route) -> AsyncIterator[Chunk]:
         provider = self.provider(route.provider)
@@ -230,12 +239,7 @@ class Router:
                 yield Chunk(text=text)
             if entry.response.tool_calls:
                 yield Chunk(tool_calls=list(entry.response.tool_calls))
-            call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True))
-            hit = entry.response
-            yield Chunk(done=True, response=self._respond(
-                call, route, notice, text=hit.text, usage=hit.usage, finish_reason=hit.finish_reason, cached=True,
-                thinking=hit.thinking, tool_calls=hit.tool_calls,
-            ))
+            yield Chunk(done=True, response=self._hit(call, route, notice, entry.response))
             return
         if self.cache.name == "replay":  # only the recording answers: a provider is never asked
             missing = not_recorded(route, request.messages, key, self.settings.cache.path)
@@ -266,8 +270,9 @@ class Router:
         try:
             while True:
                 self.ledger.release(held)
-                held = self.ledger.hold(str(route), sum(len(m.content) for m in request.messages) // 4,
-                                        request.params.max_tokens or 256)
+                held = self.ledger.hold(
+                    str(route), sum(len(m.content) for m in request.messages) // 4, request.params.max_tokens or 256
+                )
                 booking: list[float] | None = None
                 if limiter is not None:
                     cost = estimate_tokens(request)
@@ -276,14 +281,20 @@ class Router:
                         yield Chunk(status=note)
                     booking = limiter.admit(cost)
                 if call.shown:
-                    then = f"retrying {route.provider} ({retries + 1} of {tries})" if retries else f"answering with {route}"
+                    then = (
+                        f"retrying {route.provider} ({retries + 1} of {tries})"
+                        if retries
+                        else f"answering with {route}"
+                    )
                     yield Chunk(restart=True, status=restart_note(call, then))
                     call.shown, call.restarted = 0, True
                 if notice:
                     yield Chunk(notice=notice)
                 attempt = Try(call)
                 try:
-                    async for chunk in attempt.run(timed(provider.astream(request), self.settings.timeouts, route.provider)):
+                    async for chunk in attempt.run(
+                        timed(provider.astream(request), self.settings.timeouts, route.provider)
+                    ):
                         yield chunk
                 except ProviderError as exc:
                     if booking is not None:
@@ -300,7 +311,9 @@ class Router:
                     retries += 1
                     waited += delay
                     if not call.shown:  # with text on screen, the restart chunk says it instead
-                        yield Chunk(status=f"{route.provider} {exc.did}: retrying in {delay:.2f}s ({retries + 1} of {tries})")
+                        yield Chunk(
+                            status=f"{route.provider} {exc.did}: retrying in {delay:.2f}s ({retries + 1} of {tries})"
+                        )
                     await self.sleep(delay)
                     continue
                 breaker.success()
@@ -308,12 +321,20 @@ class Router:
                 usage = final.usage or Usage()
                 if booking is not None:
                     booking[1] = usage.total_tokens
-                call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True,
-                                             retries=retries, waited=waited))
+                call.attempts.append(
+                    Attempt(provider=route.provider, model=route.model, ok=True, retries=retries, waited=waited)
+                )
                 response = self._respond(
-                    call, route, notice, text="".join(attempt.parts), usage=usage, finish_reason=final.finish_reason,
-                    rate=attempt.rate(usage.completion_tokens), provider_total=final.provider_total,
-                    thinking="".join(attempt.thinking) or None, tool_calls=attempt.tool_calls,
+                    call,
+                    route,
+                    notice,
+                    text="".join(attempt.parts),
+                    usage=usage,
+                    finish_reason=final.finish_reason,
+                    rate=attempt.rate(usage.completion_tokens),
+                    provider_total=final.provider_total,
+                    thinking="".join(attempt.thinking) or None,
+                    tool_calls=attempt.tool_calls,
                 )
                 if call.use_cache:
                     await self._cache_call(call, "set", key, CacheEntry(response=response, chunks=attempt.parts))
@@ -324,7 +345,9 @@ class Router:
         finally:
             self.ledger.release(held)
 
-    async def forget(self, response: ChatResponse, messages: list[ChatMessage], params: GenerationParams | Mapping[str, Any] | None) -> None:
+    async def forget(
+        self, response: ChatResponse, messages: list[ChatMessage], params: GenerationParams | Mapping[str, Any] | None
+    ) -> None:
         """Drop the cached entry that gave `response` (an answer its caller refused, say one that
         did not match the schema), so that asking again asks the model again."""
         request = ChatRequest(messages=messages, model=response.model, params=parse_params(params))
@@ -332,6 +355,12 @@ class Router:
             await self.cache.delete(self.cache_key(self.provider(response.provider), request))
         except Exception:  # noqa: BLE001 - a cache that is down has nothing to forget
             log.debug("cache delete failed", exc_info=True)
+
+    def _hit(self, call: Call, route: Route, notice: str | None, hit: ChatResponse) -> ChatResponse:
+        """A cached answer as this request's response: its own attempt and timings."""
+        call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True))
+        answer = {"thinking": hit.thinking, "tool_calls": hit.tool_calls, "finish_reason": hit.finish_reason}
+        return self._respond(call, route, notice, text=hit.text, usage=hit.usage, cached=True, **answer)
 
     def _respond(self, call: Call, route: Route, notice: str | None, **answer: Any) -> ChatResponse:
         """The one place a response is built (a fresh answer or a cache hit), and recorded."""
@@ -361,7 +390,9 @@ class Router:
         except (asyncio.CancelledError, FarmError):
             raise
         except Exception as exc:  # noqa: BLE001 - any backend failure degrades to a miss
-            call.warnings.append(f"cache {self.cache.name} unavailable ({type(exc).__name__}: {exc}); answering without it")
+            call.warnings.append(
+                f"cache {self.cache.name} unavailable ({type(exc).__name__}: {exc}); answering without it"
+            )
             return None
 
     # -- what providers have, for suggestions ---------------------------------------------------

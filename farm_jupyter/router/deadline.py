@@ -34,7 +34,8 @@ async def timed(chunks: AsyncIterator[Chunk], limits: TimeoutSettings, provider:
                         ("the total", limits.total) if seen_text else ("the first-token", limits.first_token)
                     )
                     raise ProviderTimeout(
-                        f"{provider} gave no answer within {which} timeout ({seconds:g}s)", provider=provider,
+                        f"{provider} gave no answer within {which} timeout ({seconds:g}s)",
+                        provider=provider,
                         hint="raise [timeouts] in farm.toml, or try another model",
                     ) from None
                 if (chunk.text or chunk.thinking or chunk.tool_calls) and not seen_text:  # it is answering

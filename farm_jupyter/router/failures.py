@@ -15,10 +15,18 @@ from .call import Call, Route
 from .limits import CircuitBreaker
 
 
-def failed_attempt(route: Route, exc: ProviderError, *, retries: int = 0, waited: float = 0.0, chunks: int = 0) -> Attempt:
+def failed_attempt(
+    route: Route, exc: ProviderError, *, retries: int = 0, waited: float = 0.0, chunks: int = 0
+) -> Attempt:
     return Attempt(
-        provider=route.provider, model=route.model, ok=False, error=str(exc), error_type=type(exc).__name__,
-        retries=retries, waited=waited, chunks_before_failure=chunks,
+        provider=route.provider,
+        model=route.model,
+        ok=False,
+        error=str(exc),
+        error_type=type(exc).__name__,
+        retries=retries,
+        waited=waited,
+        chunks_before_failure=chunks,
     )
 
 
@@ -31,7 +39,8 @@ def cooling_down(route: Route, breaker: CircuitBreaker) -> CoolingDown:
     until = time.strftime("%H:%M:%S", time.localtime(breaker.open_until))
     return CoolingDown(
         f"{route.provider} is cooling down until {until} after: {breaker.last_error}",
-        provider=route.provider, hint="it is tried again then; `%farm health` shows it",
+        provider=route.provider,
+        hint="it is tried again then; `%farm health` shows it",
     )
 
 
@@ -40,7 +49,8 @@ def not_recorded(route: Route, messages: list[ChatMessage], key: str, path: obje
     words = words if len(words) <= 48 else words[:47] + "…"
     return ReplayMiss(
         f'no recorded answer for {route} "{words}" (key {key[:12]}) in {path}',
-        provider=route.provider, hint=f"record it again with FARM_CACHE=record:{path}",
+        provider=route.provider,
+        hint=f"record it again with FARM_CACHE=record:{path}",
     )
 
 
@@ -63,5 +73,9 @@ def missing_model(route: Route, exc: ModelNotFound, names: list[str]) -> ModelNo
         hints.append(exc.hint)
     # An HTTP 404 says little ("model not found, try pulling it"): say it plainly. A local
     # engine's own words say more (a file that is there but is no model): keep them.
-    what = str(exc).removesuffix(f": {exc.hint}") if exc.status is None else f'{route.provider} has no model "{route.model}"'
+    what = (
+        str(exc).removesuffix(f": {exc.hint}")
+        if exc.status is None
+        else f'{route.provider} has no model "{route.model}"'
+    )
     return ModelNotFound(f"{said}{what}", provider=route.provider, status=exc.status, hint="; ".join(hints) or None)

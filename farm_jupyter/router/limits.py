@@ -105,7 +105,9 @@ class RateLimiter:
                 wait = max(wait, 60 - (now - frees_at))
         return wait
 
-    async def turn(self, cost: int, who: str, sleep: Callable[[float], Awaitable[None]]) -> AsyncIterator[tuple[float, str]]:
+    async def turn(
+        self, cost: int, who: str, sleep: Callable[[float], Awaitable[None]]
+    ) -> AsyncIterator[tuple[float, str]]:
         """Wait for a request's turn, saying so, under the lock, so that concurrent requests see
         each other; the caller admits it right after."""
         async with self.lock:

@@ -106,8 +106,11 @@ class Pool(Provider):
             return
         if last is not None:
             raise last
-        raise CoolingDown(f"every {self.name} server is cooling down", provider=self.name,
-                          hint="`%farm health` shows each server; they are tried again after the cooldown")
+        raise CoolingDown(
+            f"every {self.name} server is cooling down",
+            provider=self.name,
+            hint="`%farm health` shows each server; they are tried again after the cooldown",
+        )
 
     async def list_models(self) -> list[ModelInfo]:
         seen: dict[str, ModelInfo] = {}
@@ -130,8 +133,12 @@ class Pool(Provider):
             try:
                 status = await server.provider.health()
             except Exception as exc:  # noqa: BLE001 - reported, not raised
-                status = ProviderStatus(provider=self.name, state="unhealthy", url=server.provider.url,
-                                        error=redact(str(exc)) or type(exc).__name__)
+                status = ProviderStatus(
+                    provider=self.name,
+                    state="unhealthy",
+                    url=server.provider.url,
+                    error=redact(str(exc)) or type(exc).__name__,
+                )
             if server.breaker.state == "open":
                 status.state = "cooling_down"
                 status.cooldown_until = server.breaker.open_until

@@ -179,7 +179,7 @@ class LoadHandler(ModelHandler):
         address = f"{provider}:{model}"
         job = self.state.job(address)
         if job is None or job.state != "running":
-            job = LoadJob(name=name, address=address, started_at=time.time())
+            job = LoadJob(model=name, address=address, started_at=time.time())
             try:
                 self.state.add(job)
             except TooManyLoads:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 class LoadJob:
     """A background `load` on the runtime loop; written there, read by the handlers."""
 
-    name: str
+    model: str  # as the URL named it
     address: str
     started_at: float
     state: LoadState = "running"
@@ -38,15 +38,7 @@ class LoadJob:
     future: concurrent.futures.Future[None] | None = None
 
     def status(self) -> LoadStatus:
-        return LoadStatus(
-            model=self.name,
-            address=self.address,
-            state=self.state,
-            progress=self.progress,
-            error=self.error,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-        )
+        return LoadStatus.model_validate(self, from_attributes=True)
 
     async def run(self, session: Session, provider: str, model: str) -> None:
         try:

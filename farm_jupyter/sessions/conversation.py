@@ -44,14 +44,19 @@ class Conversation:
         messages: list[ChatMessage] = []
         if system or self.system:
             messages.append(ChatMessage(role="system", content=system or self.system or ""))
-        for t in turns[-self.max_turns:]:
+        for t in turns[-self.max_turns :]:
             messages += [t.user, t.assistant]
         messages.append(ChatMessage(role="user", content=prompt, images=list(images)))
         return messages
 
     def commit(
-        self, prompt: str, response: ChatResponse, turn_id: str | None = None, *,
-        images: Sequence[ImagePart] = (), keep_thinking: bool = False,
+        self,
+        prompt: str,
+        response: ChatResponse,
+        turn_id: str | None = None,
+        *,
+        images: Sequence[ImagePart] = (),
+        keep_thinking: bool = False,
     ) -> Turn:
         """The turn as the next request sends it back: the images asked about stay with their
         question; the model's thinking only when asked to (`keep_thinking`)."""
@@ -85,4 +90,3 @@ class Conversation:
     def to_messages(self) -> list[ChatMessage]:
         with self._lock:
             return [m for t in self.turns for m in (t.user, t.assistant)]
-

@@ -60,7 +60,11 @@ def loopback_settings(
     if ollama_server is not None:
         layer["ollama"] = {"host": ollama_server.url, "default_model": "llama3.1"}
     if openai_server is not None:
-        layer["openai"] = {"base_url": openai_server.url + "/v1", "api_key": TEST_API_KEY, "default_model": "gpt-4o-mini"}
+        layer["openai"] = {
+            "base_url": openai_server.url + "/v1",
+            "api_key": TEST_API_KEY,
+            "default_model": "gpt-4o-mini",
+        }
         if ollama_server is not None:
             layer["fallback"] = ["openai"]
         else:
@@ -108,7 +112,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

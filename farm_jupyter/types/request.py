@@ -61,19 +61,47 @@ class GenerationOptions(TypedDict, total=False):
 _SAMPLING = frozenset({"top_k", "min_p", "typical_p"})
 # Which options each built-in provider passes on; a custom provider gets them all as keywords.
 PROVIDER_OPTIONS: dict[str, frozenset[str]] = {
-    "ollama": _SAMPLING | {
-        "presence_penalty", "frequency_penalty", "repeat_penalty", "num_ctx", "num_keep", "repeat_last_n",
-        "mirostat", "mirostat_tau", "mirostat_eta", "penalize_newline", "tfs_z",
+    "ollama": _SAMPLING
+    | {
+        "presence_penalty",
+        "frequency_penalty",
+        "repeat_penalty",
+        "num_ctx",
+        "num_keep",
+        "repeat_last_n",
+        "mirostat",
+        "mirostat_tau",
+        "mirostat_eta",
+        "penalize_newline",
+        "tfs_z",
     },
     "openai": frozenset({"presence_penalty", "frequency_penalty", "logit_bias", "user", "reasoning_effort"}),
-    "huggingface": _SAMPLING | {
-        "min_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "num_beams", "length_penalty",
-        "epsilon_cutoff", "eta_cutoff", "suppress_tokens", "begin_suppress_tokens", "bad_words_ids",
-        "renormalize_logits", "max_time",
+    "huggingface": _SAMPLING
+    | {
+        "min_new_tokens",
+        "repetition_penalty",
+        "no_repeat_ngram_size",
+        "num_beams",
+        "length_penalty",
+        "epsilon_cutoff",
+        "eta_cutoff",
+        "suppress_tokens",
+        "begin_suppress_tokens",
+        "bad_words_ids",
+        "renormalize_logits",
+        "max_time",
     },
-    "llamacpp": frozenset({
-        "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "grammar",
-    }),
+    "llamacpp": frozenset(
+        {
+            "top_k",
+            "min_p",
+            "repeat_penalty",
+            "presence_penalty",
+            "frequency_penalty",
+            "logit_bias",
+            "grammar",
+        }
+    ),
 }
 
 # Keys people reach for that params never take, with what to do instead.
@@ -83,9 +111,21 @@ _REFUSED = {
     **{k: f"use params.{k}" for k in ("temperature", "top_p", "seed", "stop", "format")},
     "options": "put Ollama's options in params.extra directly (e.g. num_ctx)",
     **dict.fromkeys(
-        ("trust_remote_code", "custom_generate", "assistant_model", "assistant_tokenizer", "generation_config",
-         "streamer", "stopping_criteria", "logits_processor", "prefix_allowed_tokens_fn", "synced_gpus",
-         "watermarking_config", "cache_implementation", "tokenizer"),
+        (
+            "trust_remote_code",
+            "custom_generate",
+            "assistant_model",
+            "assistant_tokenizer",
+            "generation_config",
+            "streamer",
+            "stopping_criteria",
+            "logits_processor",
+            "prefix_allowed_tokens_fn",
+            "synced_gpus",
+            "watermarking_config",
+            "cache_implementation",
+            "tokenizer",
+        ),
         "it loads or runs code: pass it to the provider in your own code, never in params",
     ),
 }

@@ -31,7 +31,9 @@ class Timings(_Model):
     rate: float | None = None
 
 
-def generation_rate(tokens: int, *, generation: float | None = None, chunks: int = 0, span: float = 0.0) -> float | None:
+def generation_rate(
+    tokens: int, *, generation: float | None = None, chunks: int = 0, span: float = 0.0
+) -> float | None:
     """Tokens per second of one attempt: the provider's own generation time when it gives one
     (Ollama's eval_count / eval_duration), else the tokens that came after the first chunk over
     the time from the first chunk to the last, as measured here."""

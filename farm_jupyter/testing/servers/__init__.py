@@ -20,4 +20,3 @@ from .openai import TEST_API_KEY as TEST_API_KEY
 from .openai import OpenAIServer
 
 __all__ = ["Fault", "OllamaServer", "OpenAIServer", "RecordedRequest", "Said", "example_of"]
-
