@@ -17,6 +17,7 @@ stream. A hit replays the stored chunks as a stream.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -46,16 +47,24 @@ def cache_key(
     provider: str, model: str, messages: list[ChatMessage], params: GenerationParams, where: str | None = None
 ) -> str:
     """`where` tells two servers of one provider apart (OLLAMA_HOST, OPENAI_BASE_URL); never a secret."""
-    payload = {
-        "v": SCHEMA_VERSION,
-        "provider": provider,
-        "where": where,
-        "model": model,
-        # A plain message keys as before; images (their bytes), tool calls and results add to it.
-        "messages": [(m.role, m.content, *([extra] if (extra := _extras(m)) else [])) for m in messages],
-        "params": params.model_dump(exclude_none=True),
-    }
-    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    extras = [_extras(m) for m in messages]
+    if any(extras):  # images (their bytes), tool calls and results: keyed in full
+        turns = [(m.role, m.content, *([extra] if extra else [])) for m, extra in zip(messages, extras, strict=True)]
+        return _key(provider, model, where, turns, params.model_dump(exclude_none=True))
+    plain = tuple((m.role, m.content) for m in messages)
+    return _plain_key(provider, model, where, plain, params.model_dump_json(exclude_none=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_key(provider: str, model: str, where: str | None, turns: tuple[tuple[str, str], ...], params: str) -> str:
+    """The key of a request of plain messages, remembered: asked again (a notebook run again, a
+    memory hit), it costs a lookup, not a JSON dump and a hash. The same key as `_key` gives."""
+    return _key(provider, model, where, list(turns), json.loads(params))
+
+
+def _key(provider: str, model: str, where: str | None, turns: list[Any], params: dict[str, Any]) -> str:
+    payload = {"v": SCHEMA_VERSION, "provider": provider, "where": where, "model": model, "messages": turns}
+    blob = json.dumps({**payload, "params": params}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
