@@ -1,7 +1,7 @@
 """Driving `%%farm_chat` in a real InteractiveShell, as the magics' own tests do.
 
-`capture_output()` swaps in IPython's capturing display publisher, which records every display
-and every `update_display_data`, so a benchmark can count the screen updates a cell makes.
+A cell runs under IPython's capturing display publisher, which records every display and every
+`update_display_data`, so a benchmark can count the screen updates a cell makes.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
-    from IPython.utils.capture import CapturedIO
 
     from farm_jupyter.sessions import Session
 
@@ -40,19 +39,43 @@ def shell_for(session: Session) -> InteractiveShell:
     return ip
 
 
-def farm_chat(ip: InteractiveShell, line: str, cell: str = "hi") -> CapturedIO:
+def farm_chat(ip: InteractiveShell, line: str, cell: str = "hi") -> Any:
+    """Run a cell; returns the display publisher that recorded it (`.outputs`, `.updates`)."""
     from IPython.utils.capture import capture_output
 
-    with capture_output() as cap:
-        ip.run_cell_magic("farm_chat", line, cell)
-    return cap
+    recording = _recording_publisher()
+    saved, ip.display_pub = ip.display_pub, recording
+    try:
+        with capture_output(display=False):
+            ip.run_cell_magic("farm_chat", line, cell)
+    finally:
+        ip.display_pub = saved
+    return recording
 
 
-def screen_updates(cap: CapturedIO) -> list[dict[str, Any]]:
+def _recording_publisher() -> Any:
+    """IPython's capturing publisher that also keeps every in-place update: the live answer ends
+    with `clear_output(wait=True)`, which empties the capture of what it updated."""
+    from IPython.core.displaypub import CapturingDisplayPublisher
+
+    class Recording(CapturingDisplayPublisher):
+        def __init__(self) -> None:
+            super().__init__()
+            self.updates: list[dict[str, Any]] = []
+
+        def publish(self, data: Any, metadata: Any = None, source: Any = None, **kwargs: Any) -> None:
+            if kwargs.get("update"):
+                self.updates.append(data)
+            super().publish(data, metadata, source, **kwargs)
+
+    return Recording()
+
+
+def screen_updates(recorded: Any) -> list[dict[str, Any]]:
     """The in-place updates of the live output that carry text (not the final blanking)."""
-    return [o.data for o in cap.outputs if o.update and (o.data.get("text/plain") or o.data.get("text/html"))]
+    return [d for d in recorded.updates if d.get("text/plain") or d.get("text/html") or d.get("text/markdown")]
 
 
-def final_text(cap: CapturedIO) -> str:
+def final_text(recorded: Any) -> str:
     """The answer a headless run keeps: the fresh displays' text/plain."""
-    return "\n".join(str(o.data.get("text/plain", "")) for o in cap.outputs if not o.update)
+    return "\n".join(str(o.data.get("text/plain", "")) for o in recorded.outputs if not o.update)

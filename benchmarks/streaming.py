@@ -198,7 +198,8 @@ def _widget_samples(session: Session, runs: int, tokens: int) -> list[tuple[floa
             assert chat.wait(60)
             elapsed = time.perf_counter() - start
             turn = chat._turns[-1]
-            assert turn.response is not None and turn.response.usage.completion_tokens == tokens, turn.error
+            response = turn.stream.response if turn.stream is not None else None
+            assert response is not None and response.usage.completion_tokens == tokens, turn.error
             samples.append((elapsed, turn.view.comm.updates("value")))
         chat.close()
     finally:
