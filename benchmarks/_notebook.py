@@ -78,4 +78,4 @@ def screen_updates(recorded: Any) -> list[dict[str, Any]]:
 
 def final_text(recorded: Any) -> str:
     """The answer a headless run keeps: the fresh displays' text/plain."""
-    return "\n".join(str(o.data.get("text/plain", "")) for o in recorded.outputs if not o.update)
+    return "\n".join(str(o["data"].get("text/plain", "")) for o in recorded.outputs if not o["update"])
