@@ -126,16 +126,16 @@ class Ledger:
         return self.settings.prices.get(address) or SHIPPED_PRICES.get(address)
 
     def _add(self, record: RequestRecord) -> None:
-        response = record.response
-        if response is None:
+        usage = record.usage
+        if usage is None:
             return
         address = f"{record.provider}:{record.model}"
         price = self.price(address)
-        tokens_in, tokens_out = response.usage.prompt_tokens, response.usage.completion_tokens
+        tokens_in, tokens_out = usage.prompt_tokens, usage.completion_tokens
         with self._lock:
             row = self._rows.setdefault(address, UsageRow(address))
             row.requests += 1
-            if response.cached:
+            if record.cached:
                 row.cache_hits += 1
                 row.saved_in += tokens_in
                 row.saved_out += tokens_out

@@ -67,11 +67,11 @@ class Monitor:
             groups.setdefault(f"{r.provider}:{r.model}", []).append(r)
         out = []
         for address, rs in sorted(groups.items()):
-            answers = [r.response for r in rs if r.response is not None]
-            served = [a for a in answers if not a.cached]
-            latencies = [a.timings.total for a in served]
-            firsts = [a.timings.first_token for a in served if a.timings.first_token is not None]
-            rates = [rate for a in served if (rate := a.tokens_per_second)]
+            answers = [r for r in rs if r.usage is not None and r.timings is not None]
+            served = [t for r in answers if not r.cached and (t := r.timings) is not None]
+            latencies = [t.total for t in served]
+            firsts = [t.first_token for t in served if t.first_token is not None]
+            rates = [t.rate for t in served if t.rate]
             out.append(
                 ModelSummary(
                     address=address,
@@ -82,7 +82,7 @@ class Monitor:
                     p95=_quantile(latencies, 0.95),
                     first_token_p50=_quantile(firsts, 0.5),
                     tokens_per_second=statistics.median(rates) if rates else None,
-                    tokens_out=sum(a.usage.completion_tokens for a in answers),
+                    tokens_out=sum(r.usage.completion_tokens for r in answers if r.usage is not None),
                 )
             )
         return out

@@ -8,30 +8,34 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from .types import ChatResponse
+from .types import ChatResponse, Timings, Usage
 
 
 @dataclass(frozen=True, slots=True)
 class RequestRecord:
-    """One request as the monitor keeps it: the response it got, or why it failed, and when.
+    """One request as the monitor keeps it: its measures (the response's own objects, not its
+    text: the monitor keeps thousands), or why it failed; and when.
 
-    Made on every answer and every cache hit: a slotted dataclass over the response itself,
-    nothing copied and nothing validated again."""
+    Made on every answer and every cache hit: a slotted dataclass, nothing validated again."""
 
     provider: str
     model: str
     total: float
-    response: ChatResponse | None = None  # None: it failed, and `error` says why
+    cached: bool = False
+    smooth: bool = True  # answered at the first try of the model asked: no retry, no fallback
+    usage: Usage | None = None  # None: it failed, and `error` says why
+    timings: Timings | None = None
     error: str | None = None
     at: float = field(default_factory=time.time)
 
     @classmethod
-    def from_response(cls, response: ChatResponse) -> RequestRecord:
-        return cls(response.provider, response.model, response.timings.total, response)
+    def from_response(cls, r: ChatResponse) -> RequestRecord:
+        smooth = not r.retries and not r.fell_back_from
+        return cls(r.provider, r.model, r.timings.total, r.cached, smooth, r.usage, r.timings)
 
     @property
     def ok(self) -> bool:
-        return self.response is not None
+        return self.usage is not None
 
 
 class ModelSummary(BaseModel):

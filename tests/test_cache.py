@@ -127,7 +127,7 @@ def test_a_memory_hit_answered_in_the_callers_thread_is_the_same_hit(ollama_serv
         assert hit.cached and hit.text == first.text and hit.address == first.address
         assert [a.ok for a in hit.attempts] == [True] and hit.usage == first.usage
     assert s.chat("hi", "ollama", temperature=0.2).cached is False  # parameters are in the key
-    assert [r.response.cached for r in s.monitor.records] == [False, True, True, False]
+    assert [r.cached for r in s.monitor.records] == [False, True, True, False]
     s.close()
 
 

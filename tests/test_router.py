@@ -286,7 +286,7 @@ def test_monitor_records_and_summarises(session, ollama_server):
         session.chat("b", "ollama:gone", fallback=False)
     records = list(session.monitor.records)
     assert [r.ok for r in records] == [True, True, False]
-    assert records[1].response.cached and records[0].response.usage.completion_tokens > 0
+    assert records[1].cached and records[0].usage.completion_tokens > 0
     (summary,) = [m for m in session.monitor.summary() if m.address == "ollama:llama3.1"]
     assert summary.requests == 2 and summary.cache_hits == 1 and summary.p50 is not None
 

@@ -170,7 +170,7 @@ class HealthBoard(PollingBox):
             self._poke.clear()
 
     def _on_record(self, record: RequestRecord) -> None:
-        if record.response is not None and not record.response.retries and not record.response.fell_back_from:
+        if record.ok and record.smooth:
             return  # nothing failed: the failure counts are as they were
         poke = self._poke
         if poke is not None:
