@@ -4,7 +4,7 @@ The test starts a loopback Ollama server and `jupyter lab` (fresh HOME, token, t
 in OLLAMA_HOST, so the kernel inherits it), opens a generated notebook with Playwright for
 Python driving Debian's chromium (`executable_path`; never `playwright install`), runs all
 cells, and checks that the streamed answer reaches the widget's DOM and that the GPU gauge keeps
-refreshing while another cell sleeps, and that a `%%farm_chat` cell ends with its answer and
+refreshing while another cell runs, and that a `%%farm_chat` cell ends with its answer and
 footer only (the live output is cleared, not left empty). It leaves `test-output/dashboard.png` for the README.
 """
 
@@ -47,7 +47,9 @@ CELLS = [
     "%%farm_chat\nhello from a cell",
     "from farm_jupyter.widgets import Dashboard\nd = Dashboard(gpu_interval=0.5)\nd",
     'd.chat.send("hello")',
-    "import time; time.sleep(12)",  # long enough to outlast the checks below on a slow machine
+    # Busy until the test has read the gauge twice (it writes `release`), however slow the machine;
+    # bounded, so that a test that fails early leaves no cell running for long.
+    "import pathlib, time\nfor _ in range(3000):\n    if pathlib.Path('release').exists(): break\n    time.sleep(0.1)",
 ]
 
 
@@ -191,15 +193,16 @@ def test_dashboard_streams_in_jupyterlab(lab: tuple[str, OllamaServer, Path]) ->
             assert "ollama:llama3.1" in answer.inner_text()
             assert ollama.count("/api/chat") >= 1
 
-            # the sleep cell is running now: the gauge must still move, from the runtime thread
+            # the waiting cell is running now: the gauge must still move, from the runtime thread
             stamp = page.locator(".farm-dashboard .farm-gauge-stamp").first
             stamp.wait_for(timeout=30_000)
             busy = "() => [...document.querySelectorAll('.jp-StatusBar-TextItem')].some(e => e.textContent.includes('| Busy'))"
-            assert page.evaluate(busy), "the sleep cell should be running"
+            assert page.evaluate(busy), "the waiting cell should be running"
             first = stamp.inner_text()
             page.wait_for_timeout(2000)
             second = stamp.inner_text()
-            assert page.evaluate(busy), "the sleep cell ended before the second reading; lengthen it"
+            assert page.evaluate(busy), "the waiting cell ended before the second reading"
+            (log.parent / "notebooks" / "release").touch()
             assert first != second, (first, second)
             assert "updated" in second
 
