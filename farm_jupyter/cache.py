@@ -63,8 +63,15 @@ def _plain_key(provider: str, model: str, where: str | None, turns: tuple[tuple[
 
 
 def _key(provider: str, model: str, where: str | None, turns: list[Any], params: dict[str, Any]) -> str:
-    payload = {"v": SCHEMA_VERSION, "provider": provider, "where": where, "model": model, "messages": turns}
-    blob = json.dumps({**payload, "params": params}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    payload = {
+        "v": SCHEMA_VERSION,
+        "provider": provider,
+        "where": where,
+        "model": model,
+        "messages": turns,
+        "params": params,
+    }
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -359,8 +359,17 @@ class Router:
     def _hit(self, call: Call, route: Route, notice: str | None, hit: ChatResponse) -> ChatResponse:
         """A cached answer as this request's response: its own attempt and timings."""
         call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True))
-        answer = {"thinking": hit.thinking, "tool_calls": hit.tool_calls, "finish_reason": hit.finish_reason}
-        return self._respond(call, route, notice, text=hit.text, usage=hit.usage, cached=True, **answer)
+        return self._respond(
+            call,
+            route,
+            notice,
+            text=hit.text,
+            usage=hit.usage,
+            finish_reason=hit.finish_reason,
+            cached=True,
+            thinking=hit.thinking,
+            tool_calls=hit.tool_calls,
+        )
 
     def _respond(self, call: Call, route: Route, notice: str | None, **answer: Any) -> ChatResponse:
         """The one place a response is built (a fresh answer or a cache hit), and recorded."""
