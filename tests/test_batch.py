@@ -13,16 +13,14 @@ import pytest
 from farm_jupyter.batch import BatchResult
 from farm_jupyter.errors import ConfigError, ModelNotFound
 from farm_jupyter.ledger import BudgetExceeded
-from farm_jupyter.sessions import Session
 from farm_jupyter.testing import Fault
-from farm_jupyter.testing.pytest_plugin import loopback_settings
 
 pytestmark = pytest.mark.timeout(180)
 CHAT = "/api/chat"
 
 
-def test_a_map_over_200_rows_with_faults_accounts_for_every_row_in_order(ollama_server):
-    s = Session(loopback_settings(ollama_server, retry={"max_retries": 12, "backoff": 0.001}))
+def test_a_map_over_200_rows_with_faults_accounts_for_every_row_in_order(make_session, ollama_server):
+    s = make_session(ollama_server, retry={"max_retries": 12, "backoff": 0.001})
     ollama_server.add_fault(Fault(kind="status", status=503, times=7, path=CHAT))  # retried: answered
     ollama_server.add_fault(Fault(kind="drop", after=1, times=5, path=CHAT))  # retried: answered
     items = [f"row {i}" for i in range(200)]
@@ -32,11 +30,10 @@ def test_a_map_over_200_rows_with_faults_accounts_for_every_row_in_order(ollama_
     assert rows.error.isna().all() and (rows.provider == "ollama").all()
     assert int(rows.retries.sum()) == 12
     assert ollama_server.count(CHAT) == 212
-    s.close()
 
 
-def test_failed_rows_are_kept_and_a_rerun_asks_only_for_them(ollama_server):
-    s = Session(loopback_settings(ollama_server))
+def test_failed_rows_are_kept_and_a_rerun_asks_only_for_them(make_session, ollama_server):
+    s = make_session(ollama_server)
     ollama_server.add_fault(Fault(kind="status", status=400, times=10, path=CHAT))  # the caller's: not retried
     items = [{"id": i, "text": f"t{i}"} for i in range(60)]
     first = s.map(items, "{text}", concurrency=4, progress=False)
@@ -49,22 +46,20 @@ def test_failed_rows_are_kept_and_a_rerun_asks_only_for_them(ollama_server):
     assert ollama_server.count(CHAT) == 70  # the 50 answered rows came from the cache
     assert again.error.isna().all() and list(again.answer) == [f"Echo: t{i}" for i in range(60)]
     assert int(again.cached.sum()) == 50
-    s.close()
 
 
-def test_a_pandas_series_keeps_its_index_and_a_function_builds_messages(ollama_server):
+def test_a_pandas_series_keeps_its_index_and_a_function_builds_messages(make_session, ollama_server):
     import pandas as pd
 
-    s = Session(loopback_settings(ollama_server))
+    s = make_session(ollama_server)
     series = pd.Series(["a", "b", "c"], index=["x", "y", "z"])
     rows = s.map(series, lambda v: [{"role": "user", "content": f"letter {v}"}], progress=False)
     assert list(rows.index) == ["x", "y", "z"]
     assert list(rows.answer) == ["Echo: letter a", "Echo: letter b", "Echo: letter c"]
-    s.close()
 
 
-def test_mistakes_fail_once_not_per_row(ollama_server):
-    s = Session(loopback_settings(ollama_server))
+def test_mistakes_fail_once_not_per_row(make_session, ollama_server):
+    s = make_session(ollama_server)
     with pytest.raises(ConfigError, match="cannot be filled"):
         s.map([{"a": 1}], "{missing}")
     with pytest.raises(ConfigError, match="concurrency"):
@@ -75,11 +70,10 @@ def test_mistakes_fail_once_not_per_row(ollama_server):
     with pytest.raises(ModelNotFound, match='no provider "nosuch"'):
         s.map([f"r{i}" for i in range(50)], model="nosuch:x", concurrency=4)  # said once for all
     assert ollama_server.count(CHAT) <= 4 + 4  # at most what was in flight, not one per row
-    s.close()
 
 
-def test_ctrl_c_stops_a_map_and_keeps_the_finished_rows(ollama_server):
-    s = Session(loopback_settings(ollama_server))
+def test_ctrl_c_stops_a_map_and_keeps_the_finished_rows(make_session, ollama_server):
+    s = make_session(ollama_server)
     seen = []
 
     def reply(body):
@@ -102,14 +96,13 @@ def test_ctrl_c_stops_a_map_and_keeps_the_finished_rows(ollama_server):
     rest = s.map([f"q{i}" for i in range(100)], concurrency=8, progress=False)
     assert rest.error.isna().all()
     assert ollama_server.count(CHAT) - asked == 100 - len(done)  # finished rows came from the cache
-    s.close()
 
 
 # -- compare ---------------------------------------------------------------------------------------
 
 
-def test_compare_over_prompts_with_a_judge(ollama_server, openai_server, tmp_path):
-    s = Session(loopback_settings(ollama_server, openai_server))
+def test_compare_over_prompts_with_a_judge(make_session, ollama_server, openai_server, tmp_path):
+    s = make_session(ollama_server, openai_server)
     openai_server.reply = lambda body: "B" if "Which answer is best" in body["messages"][-1]["content"] else "Sure."
     result = s.compare(
         ["one", "two", "three"], ["ollama:llama3.1", "openai:gpt-4o"], judge="openai:gpt-4o-mini", progress=False
@@ -123,28 +116,22 @@ def test_compare_over_prompts_with_a_judge(ollama_server, openai_server, tmp_pat
     result.to_csv(tmp_path / "c.csv")
     with open(tmp_path / "c.csv", encoding="utf-8") as f:
         assert len(list(csv.reader(f))) == 7
-    s.close()
 
 
-def test_compare_never_falls_back(ollama_server, openai_server):
-    s = Session(loopback_settings(ollama_server, openai_server))
+def test_compare_never_falls_back(make_session, ollama_server, openai_server):
+    s = make_session(ollama_server, openai_server)
     ollama_server.refuse()
     result = s.compare(["q"], ["ollama", "openai"], progress=False)
     assert not result.row(0, 0).ok and "not reachable" in result.row(0, 0).error
     assert result.row(0, 1).provider == "openai"
     assert openai_server.count("/v1/chat/completions") == 1  # only its own cell
-    s.close()
 
 
 # -- usage, prices, budget -------------------------------------------------------------------------
 
 
-def test_usage_counts_tokens_savings_and_prices(ollama_server, openai_server):
-    s = Session(
-        loopback_settings(
-            ollama_server, openai_server, prices={"openai:gpt-4o": {"input": 1_000_000, "output": 2_000_000}}
-        )
-    )
+def test_usage_counts_tokens_savings_and_prices(make_session, ollama_server, openai_server):
+    s = make_session(ollama_server, openai_server, prices={"openai:gpt-4o": {"input": 1_000_000, "output": 2_000_000}})
     s.chat("one two three", "openai:gpt-4o")
     s.chat("one two three", "openai:gpt-4o")  # a cache hit: saved, not paid
     s.chat("hello", "ollama")
@@ -155,14 +142,11 @@ def test_usage_counts_tokens_savings_and_prices(ollama_server, openai_server):
     assert report["ollama:llama3.1"].cost_text() == "price unknown"
     assert "shipped price as of" not in gpt.cost_text()
     assert "spent $" in repr(s.usage())
-    s.close()
 
 
-def test_a_budget_stops_the_next_request_before_it_is_sent(ollama_server, openai_server):
-    s = Session(
-        loopback_settings(
-            ollama_server, openai_server, budget={"usd": 0.001}, prices={"openai:gpt-4o": {"input": 10, "output": 10}}
-        )
+def test_a_budget_stops_the_next_request_before_it_is_sent(make_session, ollama_server, openai_server):
+    s = make_session(
+        ollama_server, openai_server, budget={"usd": 0.001}, prices={"openai:gpt-4o": {"input": 10, "output": 10}}
     )
     s.chat("hi", "openai:gpt-4o", max_tokens=10)  # at most (2 + 10) tokens at $10/M: well inside
     asked = openai_server.count("/v1/chat/completions")
@@ -170,7 +154,6 @@ def test_a_budget_stops_the_next_request_before_it_is_sent(ollama_server, openai
         s.chat("hi again", "openai:gpt-4o", max_tokens=100)  # could cost $0.001 more: refused
     assert openai_server.count("/v1/chat/completions") == asked
     assert s.chat("free", "ollama").provider == "ollama"  # an unpriced model is not stopped
-    s.close()
 
 
 def test_a_bug_in_a_row_ends_the_run_instead_of_hanging_it():
@@ -191,12 +174,10 @@ def test_a_bug_in_a_row_ends_the_run_instead_of_hanging_it():
         asyncio.run(asyncio.wait_for(run(), 30))
 
 
-def test_a_budget_holds_what_requests_in_flight_may_spend(ollama_server, openai_server):
+def test_a_budget_holds_what_requests_in_flight_may_spend(make_session, ollama_server, openai_server):
     # Each request may cost up to $0.0004 (40 tokens at $10/M); $0.001 lets two be in flight.
-    s = Session(
-        loopback_settings(
-            ollama_server, openai_server, budget={"usd": 0.001}, prices={"openai:gpt-4o": {"input": 10, "output": 10}}
-        )
+    s = make_session(
+        ollama_server, openai_server, budget={"usd": 0.001}, prices={"openai:gpt-4o": {"input": 10, "output": 10}}
     )
     openai_server.latency = 0.3
     rows = s.map(
@@ -205,4 +186,3 @@ def test_a_budget_holds_what_requests_in_flight_may_spend(ollama_server, openai_
     refused = [r for r in s.last_batch if r.error_type == "BudgetExceeded"]
     assert len(refused) >= 6 and openai_server.count("/v1/chat/completions") == 8 - len(refused) <= 2
     assert len(rows) == 8
-    s.close()

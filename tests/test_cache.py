@@ -113,12 +113,10 @@ def test_redis_roundtrip(redis_url):
     assert got.response.text == "shared" and info["entries"] == 1
 
 
-def test_a_memory_hit_answered_in_the_callers_thread_is_the_same_hit(ollama_server):
+def test_a_memory_hit_answered_in_the_callers_thread_is_the_same_hit(make_session, ollama_server):
     """Session.chat's hit without the runtime loop (Router.replay) says what the loop's hit says."""
-    from farm_jupyter.sessions import Session
-    from farm_jupyter.testing.pytest_plugin import loopback_settings
 
-    s = Session(loopback_settings(ollama_server))
+    s = make_session(ollama_server)
     first = s.chat("hi", "ollama", temperature=0.1)
     fast = s.chat("hi", "ollama", temperature=0.1)  # answered by Router.replay
     loop = s.stream("hi", "ollama", temperature=0.1, _whole=True).result()  # answered on the loop
@@ -128,15 +126,12 @@ def test_a_memory_hit_answered_in_the_callers_thread_is_the_same_hit(ollama_serv
         assert [a.ok for a in hit.attempts] == [True] and hit.usage == first.usage
     assert s.chat("hi", "ollama", temperature=0.2).cached is False  # parameters are in the key
     assert [r.cached for r in s.monitor.records] == [False, True, True, False]
-    s.close()
 
 
-def test_a_disk_cache_held_by_a_slow_write_never_blocks_the_loop(ollama_server, tmp_path):
+def test_a_disk_cache_held_by_a_slow_write_never_blocks_the_loop(make_session, ollama_server, tmp_path):
     """Every SQLite call runs in a worker thread: a lock held across an fsync stalls no stream."""
-    from farm_jupyter.sessions import Session
-    from farm_jupyter.testing.pytest_plugin import loopback_settings
 
-    s = Session(loopback_settings(ollama_server, cache={"backend": "disk", "path": str(tmp_path / "c.sqlite")}))
+    s = make_session(ollama_server, cache={"backend": "disk", "path": str(tmp_path / "c.sqlite")})
     disk = s.cache
     events: list[str] = []
 
@@ -150,4 +145,3 @@ def test_a_disk_cache_held_by_a_slow_write_never_blocks_the_loop(ollama_server, 
         events.append("answered")
     pending.result(timeout=30)
     assert events == ["answered", "disk read"] and answer.text == "Echo: meanwhile"
-    s.close()

@@ -203,10 +203,10 @@ def test_a_schema_goes_to_both_protocols_and_comes_back_validated(s, ollama, ope
     assert s.chat("Fine?", "openai", schema=schema).parsed == {"ok": False}
 
 
-def test_an_answer_that_does_not_match_is_asked_again_and_each_try_is_in_attempts(ollama):
+def test_an_answer_that_does_not_match_is_asked_again_and_each_try_is_in_attempts(make_session, ollama):
     answers = iter(['{"name": "Paris"}', "Sure! Here it is: not json", '{"name": "Paris", "population": 2100000}'])
     ollama.reply = lambda body: next(answers)
-    s = Session(loopback_settings(ollama))
+    s = make_session(ollama)
     stream = s.stream("The biggest city?", schema=City, max_reasks=2)
     chunks = list(stream)
     r = stream.response
@@ -219,12 +219,11 @@ def test_an_answer_that_does_not_match_is_asked_again_and_each_try_is_in_attempt
     assert third[-2] == {"role": "assistant", "content": "Sure! Here it is: not json"}
     assert third[-1]["role"] == "user" and "not JSON" in third[-1]["content"]
     assert stream.text == r.text == '{"name": "Paris", "population": 2100000}'
-    s.close()
 
 
-def test_when_every_try_fails_it_raises_and_leaves_history_and_cache_clean(ollama):
+def test_when_every_try_fails_it_raises_and_leaves_history_and_cache_clean(make_session, ollama):
     ollama.reply = "never JSON"
-    s = Session(loopback_settings(ollama))
+    s = make_session(ollama)
     with pytest.raises(SchemaMismatch, match="did not match City after 2 tries") as caught:
         s.chat("The biggest city?", schema=City, max_reasks=1, conversation=s.conversation)
     assert caught.value.response.text == "never JSON" and caught.value.response.reasks == 1
@@ -233,21 +232,19 @@ def test_when_every_try_fails_it_raises_and_leaves_history_and_cache_clean(ollam
     with pytest.raises(SchemaMismatch):
         s.chat("The biggest city?", schema=City, max_reasks=1)
     assert ollama.count(CHAT) == 4  # refused answers were not kept: asked again, not replayed
-    s.close()
 
 
-def test_a_map_takes_a_schema_too(ollama):
-    s = Session(loopback_settings(ollama))
+def test_a_map_takes_a_schema_too(make_session, ollama):
+    s = make_session(ollama)
     rows = s.map(["a", "b"], "City {}", schema=City, progress=False)
     assert list(rows.parsed) == [City(name="x", population=0)] * 2
     assert all(b["format"] == City.model_json_schema() for b in bodies(ollama, CHAT))
-    s.close()
 
 
 # -- tools -----------------------------------------------------------------------------------------
 
 
-def test_a_tool_round_trip_in_both_protocols_streamed_and_not(ollama, openai):
+def test_a_tool_round_trip_in_both_protocols_streamed_and_not(make_session, ollama, openai):
     ran_in = []
 
     def get_weather(city: str, days: int = 1) -> dict:
@@ -265,7 +262,7 @@ def test_a_tool_round_trip_in_both_protocols_streamed_and_not(ollama, openai):
         if body["messages"][-1]["role"] == "tool"
         else Said(tool_calls=[{"name": "get_weather", "arguments": {"city": "Paris", "days": "2"}}])
     )
-    s = Session(loopback_settings(ollama, openai))
+    s = make_session(ollama, openai)
     for target, server, path in (("ollama", ollama, CHAT), ("openai", openai, COMPLETIONS)):
         for streamed in (False, True):
             if streamed:
@@ -303,10 +300,9 @@ def test_a_tool_round_trip_in_both_protocols_streamed_and_not(ollama, openai):
                 assert result["role"] == "tool" and result["tool_call_id"] == tc["id"]
             assert json.loads(result["content"])["sky"] == "sunny"
     assert set(ran_in) == {threading.get_ident()}  # every call ran in the caller's thread
-    s.close()
 
 
-def test_an_exception_goes_back_to_the_model_and_unknown_names_are_never_looked_up(ollama):
+def test_an_exception_goes_back_to_the_model_and_unknown_names_are_never_looked_up(make_session, ollama):
     def divide(a: float, b: float) -> float:
         """Divide a by b."""
         return a / b
@@ -322,7 +318,7 @@ def test_an_exception_goes_back_to_the_model_and_unknown_names_are_never_looked_
         if body["messages"][-1]["role"] != "tool" or len(body["messages"]) < 6
         else "done"
     )
-    s = Session(loopback_settings(ollama))
+    s = make_session(ollama)
     r = s.chat("Divide", tools=[divide])
     assert r.text == "done"
     boom, unknown, invalid = r.tool_runs
@@ -335,10 +331,9 @@ def test_an_exception_goes_back_to_the_model_and_unknown_names_are_never_looked_
         "Error: there is no tool named 'exec'; the tools are divide",
     ]
     assert "2 tool calls" not in r.footer() and "3 tool calls in 2 steps" in r.footer()
-    s.close()
 
 
-def test_the_step_limit_stops_a_model_that_keeps_calling(ollama):
+def test_the_step_limit_stops_a_model_that_keeps_calling(make_session, ollama):
     count = []
 
     def ping() -> str:
@@ -347,13 +342,12 @@ def test_the_step_limit_stops_a_model_that_keeps_calling(ollama):
         return "pong"
 
     ollama.reply = lambda body: Said(tool_calls=[{"name": "ping", "arguments": {}}])
-    s = Session(loopback_settings(ollama))
+    s = make_session(ollama)
     r = s.chat("Ping forever", tools=[ping], max_steps=3, conversation=s.conversation)
     assert len(count) == 3 and ollama.count(CHAT) == 4
     assert r.notes == ["stopped at the tool step limit (3): ping not run"]
     assert "3 tool calls in 3 steps" in r.footer() and "tool step limit" in r.footer()
     assert len(s.conversation) == 1  # an answer all the same, said as such
-    s.close()
 
 
 def test_tools_are_checked_before_anything_is_sent(s, ollama):
@@ -410,20 +404,19 @@ def test_example_of_builds_the_smallest_matching_value():
     assert example_of({"anyOf": [{"type": "integer", "minimum": 3}, {"type": "null"}]}) == 3
 
 
-def test_a_stream_cut_after_thinking_restarts_and_voids_the_thinking_shown(ollama):
+def test_a_stream_cut_after_thinking_restarts_and_voids_the_thinking_shown(make_session, ollama):
     from farm_jupyter.testing import Fault
 
-    s = Session(loopback_settings(ollama))
+    s = make_session(ollama)
     ollama.add_fault(Fault(kind="drop", after=2, path=CHAT))  # two pieces of reasoning, then the cut
     stream = s.stream("Why?", think=True)
     chunks = list(stream)
     assert [c.restart for c in chunks].count(True) == 1
     assert stream.thinking == "Thinking about: Why?" and stream.response.thinking == "Thinking about: Why?"
     assert stream.response.retries == 1
-    s.close()
 
 
-def test_achat_runs_tools_and_schemas_on_the_callers_thread_too(ollama):
+def test_achat_runs_tools_and_schemas_on_the_callers_thread_too(make_session, ollama):
     import asyncio
 
     ran_in = []
@@ -438,7 +431,7 @@ def test_achat_runs_tools_and_schemas_on_the_callers_thread_too(ollama):
         ran_in.append(threading.get_ident())
         return key.upper()
 
-    s = Session(loopback_settings(ollama))
+    s = make_session(ollama)
 
     async def main() -> tuple:
         a = await s.achat("Look up", tools=[lookup])
@@ -450,7 +443,6 @@ def test_achat_runs_tools_and_schemas_on_the_callers_thread_too(ollama):
     assert a.text == "Tool results: X" and b.text == "Tool results: xx" and c.parsed == City(name="x", population=0)
     assert ran_in == [threading.get_ident()]
     assert s.chat("Look up", tools=[slow_lookup]).text == "Tool results: xx"  # the sync twin
-    s.close()
 
 
 def test_ipython_images_and_ai_repr_bundles_become_image_parts():
@@ -469,8 +461,8 @@ def test_ipython_images_and_ai_repr_bundles_become_image_parts():
     assert chart.text == "a chart of units\n[image 1: from chart]" and len(chart.images) == 1
 
 
-def test_a_map_with_tools_runs_them_off_the_runtime_loop(ollama):
-    s = Session(loopback_settings(ollama))
+def test_a_map_with_tools_runs_them_off_the_runtime_loop(make_session, ollama):
+    s = make_session(ollama)
     loop_thread = []
 
     def lookup(key: str) -> str:
@@ -481,4 +473,3 @@ def test_a_map_with_tools_runs_them_off_the_runtime_loop(ollama):
     rows = s.map(["a", "b", "c"], "Look up {}", tools=[lookup], progress=False)
     assert list(rows.answer) == ["Tool results: X"] * 3
     assert loop_thread == [False, False, False]  # a worker thread each time, never the loop's
-    s.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from farm_jupyter.config import load_settings
@@ -28,10 +28,6 @@ from farm_jupyter.testing import OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import loopback_settings
 
 pytestmark = pytest.mark.timeout(120)
-
-FUZZ = settings(
-    max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
 
 
 def one_line(exc: BaseException) -> str:
@@ -122,15 +118,14 @@ def test_a_bad_request_is_one_line_and_changes_nothing(session: Session, case: s
     assert session.chat("still fine").text == "Echo: still fine"
 
 
-def test_unknown_provider_is_one_line(ollama_server: OllamaServer) -> None:
-    s = Session(loopback_settings(ollama_server, provider="nosuch"))
+def test_unknown_provider_is_one_line(make_session, ollama_server: OllamaServer) -> None:
+    s = make_session(ollama_server, provider="nosuch")
     with pytest.raises(UnknownProvider) as info:
         s.chat("hi")
     assert "nosuch" in one_line(info.value) and "register_provider" in str(info.value)
     assert s.conversation.turns == [] and s.cache_info()["entries"] == 0
     with pytest.raises(UnknownProvider):
         s.models("nosuch")
-    s.close()
 
 
 def test_an_enormous_prompt_answers_or_fails_in_one_line(session: Session) -> None:
@@ -170,7 +165,6 @@ def test_an_enormous_prompt_answers_or_fails_in_one_line(session: Session) -> No
         max_size=4,
     )
 )
-@FUZZ
 def test_fuzz_the_message_parser(prompt: Any) -> None:
     try:
         messages = as_messages(prompt)
@@ -181,7 +175,6 @@ def test_fuzz_the_message_parser(prompt: Any) -> None:
 
 
 @given(prompt=st.text(max_size=200))
-@FUZZ
 def test_fuzz_prompts_through_the_session(prompt: str, provider_named: Callable[[str, Any], str]) -> None:
     name = provider_named("fuzzecho", lambda messages, **params: "echo:" + messages[-1]["content"])
     s = Session(load_settings({"provider": name, "fallback": [], "env": "test"}, environ={}, use_file=False))
@@ -323,9 +316,9 @@ def test_a_custom_provider_that_cannot_connect_falls_back(
 
 
 def test_a_cache_that_is_down_still_answers_with_a_warning(
-    ollama_server: OllamaServer, caplog: pytest.LogCaptureFixture
+    make_session, ollama_server: OllamaServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    s = Session(loopback_settings(ollama_server, cache={"backend": "redis", "redis_url": "redis://127.0.0.1:1/0"}))
+    s = make_session(ollama_server, cache={"backend": "redis", "redis_url": "redis://127.0.0.1:1/0"})
     with caplog.at_level(logging.WARNING, logger="farm_jupyter"):
         assert s.chat("hello", conversation=s.conversation).text == "Echo: hello"
         assert "".join(c.text for c in s.stream("streamed")) == "Echo: streamed"
@@ -333,7 +326,6 @@ def test_a_cache_that_is_down_still_answers_with_a_warning(
     assert len(warnings) == 2 and all("cache redis unavailable" in r.getMessage() for r in warnings)
     assert all("\n" not in r.getMessage() for r in warnings)
     assert len(s.conversation.turns) == 1
-    s.close()
 
 
 def test_a_cache_that_will_not_open_is_off_and_comes_back(caplog: pytest.LogCaptureFixture) -> None:
@@ -448,7 +440,6 @@ template_text = st.lists(
 
 
 @given(template=template_text)
-@FUZZ
 def test_fuzz_interpolation_never_evaluates(template: str, trapped: list[Any]) -> None:
     from IPython.core.error import UsageError
 
@@ -608,7 +599,6 @@ def _allowed(exc: BaseException) -> None:
 
 
 @given(line=LINE, cell=st.sampled_from(["fuzz {topic} question"] * 4 + ["", "  \n", "{nope}", *INJECTIONS[:4]]))
-@settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_fuzz_the_farm_chat_options(shell: Any, trapped: list[Any], line: str, cell: str) -> None:
     from IPython.utils.capture import capture_output
 
@@ -645,7 +635,6 @@ SUBCOMMAND = st.sampled_from(
 
 
 @given(command=SUBCOMMAND, rest=st.lists(VALUE, max_size=3).map(" ".join).filter(no_huggingface))
-@settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_fuzz_the_farm_subcommands(shell: Any, trapped: list[Any], command: str, rest: str) -> None:
     from IPython.utils.capture import capture_output
 

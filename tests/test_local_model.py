@@ -33,7 +33,7 @@ from farm_jupyter.config import load_settings
 from farm_jupyter.errors import BadRequest, ModelNotFound
 from farm_jupyter.runtime import get_runtime
 from farm_jupyter.sessions import Session, set_session
-from farm_jupyter.testing import OllamaServer
+from farm_jupyter.testing import OllamaServer, wait_until
 from farm_jupyter.types import ChatMessage, ChatRequest, GenerationParams
 
 pytestmark = pytest.mark.timeout(300)
@@ -92,13 +92,6 @@ def loaded_object(session: Session, engine: str) -> Any:
     return loaded.model if engine == "huggingface" else loaded.llm
 
 
-def wait_for(predicate: Any, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return bool(predicate())
-
-
 def generate_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(("farm-hf-generate", "farm-llamacpp-generate"))]
 
@@ -142,7 +135,7 @@ def test_stop_ends_generation_within_a_few_tokens(session: Session, engine: str)
             if seen == 5:
                 break
         stream.close()  # what Stop does: the router's stream is closed, the provider's with it
-        assert wait_for(lambda: generate_threads() == [])
+        assert wait_until(lambda: generate_threads() == [], timeout=30)
         if engine == "llamacpp":
             steps["n"] = loaded_object(session, engine).sampled
         assert 5 <= steps["n"] <= 5 + 4, steps  # a few tokens after the fifth, not 400

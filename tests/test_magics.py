@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from IPython.core.displaypub import CapturingDisplayPublisher
 from IPython.core.error import UsageError
@@ -442,7 +442,6 @@ class Trap:
         Trap.called = True
 
 
-@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(alphabet="{}[]().:!'\"_ -0123456789xdtrapOutmethodsr", max_size=30))
 def test_interpolation_fuzz(template: str) -> None:
     namespace = {"x": "value", "d": {"k": 1, "0": "zero"}, "trap": Trap(), "Out": {1: "one"}, "items": [1, 2]}

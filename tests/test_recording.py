@@ -56,16 +56,16 @@ def test_record_then_replay_answers_with_nothing_asked(ollama_server: OllamaServ
     assert json.loads(path.read_text()) == data  # a replay never writes
 
 
-def test_a_miss_fails_in_one_line_and_nothing_else_answers(ollama_server: OllamaServer, tmp_path: Path) -> None:
+def test_a_miss_fails_in_one_line_and_nothing_else_answers(
+    make_session, ollama_server: OllamaServer, tmp_path: Path
+) -> None:
     path = tmp_path / "answers.json"
     recording = Session(loopback_settings(ollama_server, cache={"backend": "record", "path": str(path)}))
     recording.chat("what is recorded")
     recording.close()
     asked = ollama_server.count("/api/chat")
     # A fallback chain that could answer: the replay must not use it.
-    replay = Session(
-        loopback_settings(ollama_server, cache={"backend": "replay", "path": str(path)}, fallback=["huggingface"])
-    )
+    replay = make_session(ollama_server, cache={"backend": "replay", "path": str(path)}, fallback=["huggingface"])
     with pytest.raises(ReplayMiss) as err:
         replay.chat("What is not recorded, in a question of many words that goes on and on", max_tokens=8)
     line = str(err.value)
@@ -74,7 +74,6 @@ def test_a_miss_fails_in_one_line_and_nothing_else_answers(ollama_server: Ollama
     assert ollama_server.count("/api/chat") == asked
     with pytest.raises(ReplayMiss):  # a request that skips the cache has nothing to replay either
         replay.chat("what is recorded", no_cache=True)
-    replay.close()
 
 
 def test_a_missing_or_foreign_recording_is_one_config_error(tmp_path: Path) -> None:

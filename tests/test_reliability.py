@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ import pytest
 from farm_jupyter.cache import CacheEntry
 from farm_jupyter.errors import AllProvidersFailed, FarmError
 from farm_jupyter.sessions import Session
-from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
+from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer, wait_until
 from farm_jupyter.testing.pytest_plugin import TEST_API_KEY, loopback_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,15 +45,6 @@ SOAK_BOUND = 20.0  # seconds: a request that takes longer counts as a hang
 SOAK_RSS_BOUND = 60 * MB  # growth of the whole process over the soak, after a warm-up
 SOAK_CACHE_SIZE = 100
 SOAK_MONITOR_SIZE = 200
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def port_of(server: OllamaServer | OpenAIServer) -> int:
@@ -197,6 +187,7 @@ def _write_table(table: collections.Counter[str], lines: list[str]) -> str:
     return text
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_fault_injection_soak() -> None:
     rng = random.Random(8)
@@ -325,11 +316,11 @@ def test_fault_injection_soak() -> None:
         assert len(session.monitor.records) == SOAK_MONITOR_SIZE
 
         # -- nothing left behind ------------------------------------------------------------------
-        assert wait_for(lambda: session.runtime.pending_tasks() == []), pending
+        assert wait_until(lambda: session.runtime.pending_tasks() == []), pending
         session.close()
         ports = port_of(ollama), port_of(openai)
-        assert wait_for(lambda: client_connections(*ports) == []), client_connections(*ports)
-        assert wait_for(lambda: new_threads(threads_before) == []), new_threads(threads_before)
+        assert wait_until(lambda: client_connections(*ports) == []), client_connections(*ports)
+        assert wait_until(lambda: new_threads(threads_before) == []), new_threads(threads_before)
         grown = rss() - rss_before
         print(f"RSS growth over the soak: {grown / MB:.1f} MB (bound {SOAK_RSS_BOUND / MB:.0f} MB)")
         with (OUTPUT / "soak.md").open("a") as f:
@@ -377,7 +368,7 @@ def test_the_kernel_stays_responsive_while_streams_run() -> None:
         assert during <= 5 * alone, (alone, during)
         texts = [f.result(30) for f in futures]
         assert texts == ["".join(f"tok{i} " for i in range(60))] * 20
-        assert wait_for(lambda: session.runtime.pending_tasks() == [])
+        assert wait_until(lambda: session.runtime.pending_tasks() == [])
         session.close()
 
 
@@ -452,15 +443,15 @@ def _interrupt(session: Session, stage: str, mechanism: str) -> list[str]:
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 @pytest.mark.parametrize("stage", STAGES)
 def test_an_interrupt_at_each_stage_leaves_the_session_usable(
-    ollama_server: OllamaServer, stage: str, mechanism: str
+    make_session, ollama_server: OllamaServer, stage: str, mechanism: str
 ) -> None:
-    session = Session(loopback_settings(ollama_server))
+    session = make_session(ollama_server)
     _stage(ollama_server, stage)
     # Each stage would take 10 s or more uninterrupted; the pytest timeout bounds a missed stop.
     seen = _interrupt(session, stage, mechanism)
     assert bool(seen) == (stage == "mid_stream")
-    assert wait_for(lambda: session.runtime.pending_tasks() == []), session.runtime.pending_tasks()
-    assert wait_for(lambda: client_connections(port_of(ollama_server)) == [])  # the HTTP request was closed
+    assert wait_until(lambda: session.runtime.pending_tasks() == []), session.runtime.pending_tasks()
+    assert wait_until(lambda: client_connections(port_of(ollama_server)) == [])  # the HTTP request was closed
     assert session.conversation.turns == []  # nothing half-done was committed
     assert session.cache_info()["entries"] == 0
     assert session.router.breaker("ollama").state == "closed"  # a user's stop is not a provider failure
@@ -469,7 +460,6 @@ def test_an_interrupt_at_each_stage_leaves_the_session_usable(
     ollama_server.latency, ollama_server.tokens, ollama_server.chunk_delay = 0, None, 0
     assert session.chat("after", conversation=session.conversation, turn_id="next").text == "Echo: after"
     assert [t.id for t in session.conversation.turns] == ["next"]
-    session.close()
 
 
 def _check_disk_cache(path: Path, answers: set[str]) -> int:
@@ -487,10 +477,12 @@ def _check_disk_cache(path: Path, answers: set[str]) -> int:
 
 
 @pytest.mark.timeout(90)
-def test_interrupts_around_the_disk_cache_write_keep_it_readable(ollama_server: OllamaServer, tmp_path: Path) -> None:
+def test_interrupts_around_the_disk_cache_write_keep_it_readable(
+    make_session, ollama_server: OllamaServer, tmp_path: Path
+) -> None:
     path = tmp_path / "cache.sqlite"
     ollama_server.chunk_delay = 0.004
-    session = Session(loopback_settings(ollama_server, cache={"backend": "disk", "path": str(path)}))
+    session = make_session(ollama_server, cache={"backend": "disk", "path": str(path)})
     prompts = [f"disk {i} one two three four five six seven eight" for i in range(40)]
     answers = {f"Echo: {p}" for p in prompts}
 
@@ -512,20 +504,19 @@ def test_interrupts_around_the_disk_cache_write_keep_it_readable(ollama_server: 
         future = session.runtime.submit(ask(p))
         time.sleep(typical * rng.uniform(0.5, 1.5))  # around the final chunk and the cache write
         future.cancel()
-        assert wait_for(future.done)
+        assert wait_until(future.done)
         if future.cancelled():
             cancelled += 1
         else:
             assert future.result() == f"Echo: {p}"
             finished += 1
-        assert wait_for(lambda: session.runtime.pending_tasks() == [])
+        assert wait_until(lambda: session.runtime.pending_tasks() == [])
         _check_disk_cache(path, answers)
     print(
         f"\ndisk-cache interrupts: {cancelled} cancelled, {finished} finished; entries: {_check_disk_cache(path, answers)}"
     )
     assert cancelled and finished  # both sides of the race happened
     assert session.chat("after the interrupts").text == "Echo: after the interrupts"
-    session.close()
 
 
 @pytest.mark.timeout(90)
@@ -607,10 +598,10 @@ def wide_model_path(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFact
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("which", ["tiny", "wide"])
-def test_unloading_a_local_model_frees_its_memory(which: str, request: pytest.FixtureRequest) -> None:
+def test_unloading_a_local_model_frees_its_memory(make_session, which: str, request: pytest.FixtureRequest) -> None:
     pytest.importorskip("torch")
     path: Path = request.getfixturevalue(f"{which}_model_path")
-    session = Session(loopback_settings(huggingface={"default_model": str(path), "device": "cpu", "dtype": "float32"}))
+    session = make_session(huggingface={"default_model": str(path), "device": "cpu", "dtype": "float32"})
     address = f"huggingface:{path}"
     provider = session.router.provider("huggingface")
 
@@ -641,4 +632,3 @@ def test_unloading_a_local_model_frees_its_memory(which: str, request: pytest.Fi
             for i, (b, up, a, _) in enumerate(figures)
         )
     )
-    session.close()

@@ -10,7 +10,7 @@ import pytest
 
 from farm_jupyter.errors import AllProvidersFailed, BadRequest, ModelNotFound
 from farm_jupyter.sessions import Session
-from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
+from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer, wait_until
 from farm_jupyter.testing.pytest_plugin import loopback_settings
 
 pytestmark = pytest.mark.timeout(120)
@@ -18,22 +18,6 @@ pytestmark = pytest.mark.timeout(120)
 
 def make(ollama: OllamaServer | None = None, openai: OpenAIServer | None = None, **overrides) -> Session:
     return Session(loopback_settings(ollama, openai, **overrides))
-
-
-@pytest.fixture
-def session(ollama_server, openai_server):
-    s = make(ollama_server, openai_server)
-    yield s
-    s.close()
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 # -- addresses ------------------------------------------------------------------------------------
@@ -318,9 +302,9 @@ def test_cancelling_a_stream_leaves_nothing_behind(ollama_server):
     it = iter(s.stream("long"))
     assert next(it).text
     it.close()  # what Ctrl-C does: the generator closes and cancels the request
-    assert wait_for(lambda: s.runtime.pending_tasks() == [])
+    assert wait_until(lambda: s.runtime.pending_tasks() == [])
     port = int(ollama_server.url.rsplit(":", 1)[1])
-    assert wait_for(lambda: _connections_to(port) == 0)
+    assert wait_until(lambda: _connections_to(port) == 0)
     assert s.conversation.turns == []
     assert s.cache_info()["entries"] == 0
     s.close()
@@ -332,7 +316,7 @@ def test_cancelling_a_stream_leaves_nothing_behind(ollama_server):
             if t.ident not in threads_before and t.is_alive() and not t.name.startswith(("farm-ollama", "farm-runtime"))
         ]
 
-    assert wait_for(lambda: ours() == []), ours()
+    assert wait_until(lambda: ours() == []), ours()
 
 
 def test_keyboard_interrupt_cancels_a_blocking_chat(ollama_server):
@@ -346,7 +330,7 @@ def test_keyboard_interrupt_cancels_a_blocking_chat(ollama_server):
     timer.start()
     with pytest.raises(KeyboardInterrupt):
         s.chat("slow")
-    assert wait_for(lambda: s.runtime.pending_tasks() == [])
+    assert wait_until(lambda: s.runtime.pending_tasks() == [])
     ollama_server.latency = 0
     assert s.chat("after").text == "Echo: after"  # the session is still usable
     s.close()
@@ -506,5 +490,5 @@ def test_first_token_and_total_deadlines(ollama_server):
     with pytest.raises(AllProvidersFailed, match="total timeout"):  # else it would answer in 5 s
         for _ in stream:
             pass
-    assert wait_for(lambda: s.runtime.pending_tasks() == [])
+    assert wait_until(lambda: s.runtime.pending_tasks() == [])
     s.close()

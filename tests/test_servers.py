@@ -69,9 +69,17 @@ def _sse(response: httpx.Response) -> list[str]:
 
 
 def test_exports() -> None:
-    assert sorted(testing.__all__) == ["Fault", "OllamaServer", "OpenAIServer", "RecordedRequest", "Said", "example_of"]
+    assert sorted(testing.__all__) == [
+        "Fault",
+        "OllamaServer",
+        "OpenAIServer",
+        "RecordedRequest",
+        "Said",
+        "example_of",
+        "wait_until",
+    ]
     for name in testing.__all__:
-        assert getattr(testing, name).__module__.startswith("farm_jupyter.testing.servers")
+        assert getattr(testing, name).__module__.startswith("farm_jupyter.testing.")
 
 
 # Ollama: protocol

@@ -148,15 +148,14 @@ def test_an_unknown_provider_prefix_says_so(session, ollama_server, openai_serve
     assert openai_server.count() == 0
 
 
-def test_a_fallbacks_own_error_says_why_it_was_asked(ollama_server, openai_server):
-    s = Session(loopback_settings(ollama_server, openai_server, openai={"default_model": "gpt-5-nano"}))
+def test_a_fallbacks_own_error_says_why_it_was_asked(make_session, ollama_server, openai_server):
+    s = make_session(ollama_server, openai_server, openai={"default_model": "gpt-5-nano"})
     ollama_server.refuse()
     with pytest.raises(ModelNotFound) as info:
         s.chat("hello")
     assert str(info.value).startswith(
         "ollama was not reachable, and the fallback openai:gpt-5-nano: openai has no model"
     )
-    s.close()
 
 
 # -- everything down: an error that names each provider, never a random model ---------------------
