@@ -97,8 +97,10 @@ def test_objects_describe_themselves_first_then_the_defaults():
     except KeyError as exc:
         err = describe(exc).text
     assert err.startswith("Traceback (most recent call last)") and err.endswith("KeyError: 'missing'")
-    long = describe(list(range(10_000)), budget=10).text
-    assert len(long) < 10 * CHARS_PER_TOKEN + 80 and "more characters" in long
+    long = describe(list(range(10_000)), budget=40).text
+    assert long.startswith("list: 10000 items\n[0, 1, 2,") and len(long) <= 40 * CHARS_PER_TOKEN
+    assert "more characters cut: 40-token budget, estimated at 4 characters a token" in long
+    assert describe(list(range(10_000)), budget=1).text == "list: 10000 items"  # what it is, always
     assert describe("a plain string, as it is " * 100, budget=1).text.count("plain") == 100  # str untouched
 
 
