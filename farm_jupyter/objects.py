@@ -106,25 +106,19 @@ def named(name: str | None, what: str) -> str:
     return f"{what} `{shown}`"
 
 
-def safe_repr(obj: Any) -> str:
-    """`repr(obj)`, or a line that says it failed: a broken `__repr__` never breaks a cell."""
+def safe_repr(obj: Any, how: Callable[[Any], Any] = repr) -> str:
+    """`repr(obj)` (or `how(obj)`: `str`), or a line that says it failed: a broken `__repr__`
+    never breaks a cell."""
     try:
-        text = repr(obj)
-        if isinstance(text, str):
-            return text
+        text = how(obj)
     except Exception as exc:  # noqa: BLE001 - any failure of the user's repr is said, not raised
-        return f"<{type(obj).__name__} object: its repr raised {type(exc).__name__}>"
-    return f"<{type(obj).__name__} object: its repr returned no text>"
-
-
-def safe_str(obj: Any) -> str:
-    try:
-        text = str(obj)
-        if isinstance(text, str):
-            return text
-    except Exception:  # noqa: BLE001
-        pass
-    return safe_repr(obj)
+        text = exc
+    if isinstance(text, str):
+        return text
+    if how is not repr:  # str() failed: repr may still work
+        return safe_repr(obj)
+    why = f"raised {type(text).__name__}" if isinstance(text, Exception) else "returned no text"
+    return f"<{type(obj).__name__} object: its repr {why}>"
 
 
 # -- pandas -------------------------------------------------------------------------------------
@@ -239,7 +233,7 @@ def raw_bytes(data: bytes | bytearray | memoryview, budget: Budget, name: str | 
 
 def other(obj: Any, budget: Budget, name: str | None) -> str:
     """Anything else: its `str()`, or, where that fails, what it is and that it failed."""
-    text = safe_str(obj)
+    text = safe_repr(obj, str)
     if budget.fits(text):
         return text
     return fit(f"{named(name, type(obj).__name__)} ({len(text)} characters as text)", text, budget)

@@ -73,6 +73,22 @@ def test_a_dataframe_in_a_cell_is_described_within_the_budget(ip, ollama):
         run(ip, "--context-budget 0", "{sales}")
 
 
+def test_a_series_and_a_broken_repr_in_a_cell_are_described_not_a_failed_cell(ip, ollama):
+    # Was: TypeError: Series.to_string() got an unexpected keyword argument 'max_colwidth'.
+    pd = pytest.importorskip("pandas")
+
+    class Broken:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    ip.user_ns["sales"] = pd.DataFrame({"month": range(1, 13), "units": range(12)})
+    ip.user_ns["broken"] = Broken()
+    run(ip, "", "Trend of {sales.units}? And {broken}?")
+    text = last(ollama)["messages"][-1]["content"]
+    assert text.startswith("Trend of pandas Series `sales.units`: 12 rows, dtype int64, name 'units'\nall rows:")
+    assert text.endswith("And <Broken object: its repr raised RuntimeError>?")
+
+
 def test_a_figure_in_a_cell_goes_as_an_image(ip, ollama):
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
