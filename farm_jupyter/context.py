@@ -21,6 +21,7 @@ class says where it comes from, and the object itself does the work (`df.head().
 from __future__ import annotations
 
 import base64
+import re
 import struct
 import traceback
 from collections import deque
@@ -259,6 +260,31 @@ def _own(obj: Any, method: str) -> Callable[..., Any] | None:
 def describe(obj: Any, budget: int | Budget = DEFAULT_BUDGET, name: str | None = None) -> Described:
     """The best description of `obj` for a model, within `budget` tokens."""
     return Collector(budget).describe(obj, name)
+
+
+# How servers say a prompt is longer than the model's context window (OpenAI and vLLM's 400,
+# llama.cpp's "exceeds the context window", transformers' "longer than the maximum").
+_WINDOW = re.compile(
+    r"context[ _](length|window)|maximum context|n_ctx|too many tokens|longer than the (model's )?maximum", re.I
+)
+
+
+def over_the_window(error: str, budget: Budget, prompt_chars: int) -> str | None:
+    """What to add to a server's context-window error when objects were described in the prompt:
+    the budget, how it was counted, and the prompt's size as the budget measures it; None when
+    the error is not about the context window."""
+    if not _WINDOW.search(error):
+        return None
+    size = (
+        f"{prompt_chars:,} characters"
+        if budget.count
+        else f"about {round(prompt_chars / budget.chars_per_token):,} tokens"
+    )
+    return (
+        f"the objects in the prompt were described within --context-budget {budget.tokens} tokens each "
+        f"({budget.how}); the prompt was {size}: lower --context-budget (context_budget= in Python) "
+        "or ask a model with a longer context"
+    )
 
 
 _CONTEXT = Source("context", "{name} is not in context; give context={{'{name}': ...}}")

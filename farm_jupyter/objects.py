@@ -161,7 +161,7 @@ def _rows(data: Any, first: str, header: str, total: int, budget: Budget, table:
     head = "\n".join(part for part in (first, header) if part)
 
     def with_rows(n: int) -> str:
-        label = "all rows" if n >= total else f"first {n} of {total} rows"
+        label = "all rows" if n >= total else f"first {n} of {total} rows ({budget.tokens}-token budget, {budget.how})"
         return f"{head}\n{label}:\n{table(data.head(n))}"
 
     best = head if total else f"{head}\n(no rows)"

@@ -159,3 +159,23 @@ def test_thinking_is_shown_folded_and_kept_out_of_the_answer(ip, ollama):
     assert [m.get("thinking") for m in last(ollama)["messages"]] == [None, None, None]
     with pytest.raises(UsageError, match="--think takes no value or one of low"):
         run(ip, "--think hard", "x")
+
+
+def test_a_context_window_error_in_a_cell_names_context_budget(ip, ollama):
+    pd = pytest.importorskip("pandas")
+    from farm_jupyter.errors import BadRequest
+
+    ip.user_ns["sales"] = pd.DataFrame({"city": [f"city {i}" for i in range(3000)], "units": range(3000)})
+    with OpenAIServer(api_key=TEST_API_KEY, context_window=300) as small:
+        session = Session(loopback_settings(ollama, small))
+        old = set_session(session)
+        try:
+            with pytest.raises(BadRequest) as caught:
+                run(ip, "-m openai:gpt-4o-mini --context-budget 800", "Which city? {sales}")
+            said = str(caught.value)
+            assert "maximum context length is 300 tokens" in said and "--context-budget 800 tokens each" in said
+            assert "estimated at 4 characters a token" in said
+            run(ip, "-m openai:gpt-4o-mini --new --context-budget 60", "Which city? {sales}")  # fits
+        finally:
+            set_session(old)
+            session.close()
