@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from farm_jupyter.config import load_settings
@@ -644,6 +644,7 @@ SUBCOMMAND = st.sampled_from(
 )
 
 
+@example(command="models", rest="0' '")  # found by a random run: IPython's arg_split raised ValueError
 @given(command=SUBCOMMAND, rest=st.lists(VALUE, max_size=3).map(" ".join).filter(no_huggingface))
 @settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_fuzz_the_farm_subcommands(shell: Any, trapped: list[Any], command: str, rest: str) -> None:
