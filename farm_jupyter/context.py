@@ -4,10 +4,15 @@
     describe(fig)           an image part (PNG) and the one line a text-only model gets instead
 
 The order, first that applies: the object's own `_repr_llm_()` (the repr_llm convention) or
-`_ai_repr_()` (JEP 128, a mime bundle), then defaults worth having: a pandas DataFrame or Series
-as its shape, dtypes and first rows, a numpy array as shape, dtype and a summary, an exception as
-its traceback, a matplotlib Figure, PIL Image or IPython Image as an image; anything else as
-`str()`. Every text is kept within a budget of tokens (about four characters each).
+`_ai_repr_()` (JEP 128, a mime bundle), then defaults worth having (`farm_jupyter.objects`): a
+pandas or polars DataFrame or Series as its shape, columns and first rows, an Index as its entries,
+a numpy array as shape, dtype and a summary, a dict, list, tuple or set as its length and a short
+repr, bytes as their length and first bytes, an exception as its traceback, a matplotlib Figure,
+PIL Image or IPython Image as an image, a plotly figure as its traces (an image too with kaleido);
+anything else as `str()`. Each description starts with what the object is and stays within a budget
+of tokens (`objects.Budget`: estimated, about four characters each unless the model's usage said
+otherwise). An object that cannot be described (a `__repr__` that raises) says so: it never fails
+the cell. Text the user wrote (a `str`) and numbers go as they are.
 
 pandas, numpy, matplotlib and PIL are never imported here to ask what an object is: the object's
 class says where it comes from, and the object itself does the work (`df.head().to_string()`).
@@ -16,20 +21,24 @@ class says where it comes from, and the object itself does the work (`df.head().
 from __future__ import annotations
 
 import base64
+import re
 import struct
 import traceback
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import objects
 from .fields import FieldFormatter, Source
+from .objects import CHARS_PER_TOKEN as CHARS_PER_TOKEN  # re-exported: the estimate's default
+from .objects import Budget, fit, named, safe_repr
 
 if TYPE_CHECKING:
     from .types import ImagePart  # imported when an image is made: the magics import this module
 
 DEFAULT_BUDGET = 1000  # tokens: a DataFrame's first rows, not the whole frame
-CHARS_PER_TOKEN = 4
-PLAIN = (str, int, float, complex, bool, type(None))
+PLAIN = (str, int, float, complex, bool, type(None))  # text the user wrote, and numbers: as they are
 
 
 @dataclass
@@ -48,70 +57,29 @@ def _is(obj: Any, module: str, *names: str) -> bool:
     return False
 
 
-def _clip(text: str, budget: int, *, keep: str = "head") -> str:
-    limit = max(budget, 1) * CHARS_PER_TOKEN
-    if len(text) <= limit:
-        return text
-    cut = len(text) - limit
-    note = f"... ({cut} more characters, cut to the {budget}-token budget)"
-    return f"{note}\n{text[-limit:]}" if keep == "tail" else f"{text[:limit]}\n{note}"
+def _clip(text: str, budget: Budget, *, keep: str = "head") -> str:
+    return fit("", text, budget, keep=keep)
 
 
-def _named(name: str | None, what: str) -> str:
-    return f"{what} `{name}`" if name else what
+# Data objects, told in text (farm_jupyter.objects): the first that applies.
+_TEXT: list[tuple[Callable[[Any], bool], Callable[[Any, Budget, str | None], str]]] = [
+    (lambda o: _is(o, "pandas", "DataFrame"), objects.frame),
+    (lambda o: _is(o, "pandas", "Series"), objects.series),
+    (lambda o: _is(o, "pandas", "Index"), objects.index),
+    (lambda o: _is(o, "polars", "DataFrame", "LazyFrame") and hasattr(o, "shape"), objects.polars_frame),
+    (lambda o: _is(o, "polars", "Series"), objects.polars_series),
+    (lambda o: _is(o, "numpy", "ndarray"), objects.array),
+    (lambda o: isinstance(o, bytes | bytearray | memoryview), objects.raw_bytes),
+    (lambda o: isinstance(o, Mapping | list | tuple | set | frozenset | deque), objects.container),
+]
 
 
-def _frame(df: Any, budget: int, name: str | None) -> str:
-    rows, cols = df.shape
-    head = [f"{_named(name, 'pandas DataFrame')}: {rows} rows x {cols} columns"]
-    dtypes = [f"{c} ({t})" for c, t in df.dtypes.items()]
-    shown = dtypes[:50]
-    more = f", ... and {len(dtypes) - 50} more columns" if len(dtypes) > 50 else ""
-    head.append("columns (dtype): " + ", ".join(shown) + more)
-    return _rows(df, head, rows, budget)
-
-
-def _series(s: Any, budget: int, name: str | None) -> str:
-    head = [f"{_named(name or s.name, 'pandas Series')}: {len(s)} rows, dtype {s.dtype}"]
-    return _rows(s, head, len(s), budget)
-
-
-def _rows(data: Any, head: list[str], total: int, budget: int) -> str:
-    """The header, then as many first rows as the budget holds (found by halving)."""
-    limit = budget * CHARS_PER_TOKEN
-    text = "\n".join(head)
-
-    def with_rows(n: int) -> str:
-        table = data.head(n).to_string(max_colwidth=60)
-        label = "all rows" if n >= total else f"first {n} of {total} rows"
-        return f"{text}\n{label}:\n{table}"
-
-    low, high = 0, min(total, 200)
-    best = text if total else f"{text}\n(no rows)"
-    while low < high:
-        mid = (low + high + 1) // 2
-        candidate = with_rows(mid)
-        if len(candidate) <= limit:
-            best, low = candidate, mid
-        else:
-            high = mid - 1
-    return _clip(best, budget)
-
-
-def _array(a: Any, budget: int, name: str | None) -> str:
-    lines = [f"{_named(name, 'numpy array')}: shape {tuple(a.shape)}, dtype {a.dtype}"]
-    if a.size and a.dtype.kind in "biuf":
-        lines.append(f"min {a.min():.6g}, max {a.max():.6g}, mean {a.mean():.6g}, std {a.std():.6g}")
-    if a.size:
-        import numpy as np  # the array exists, so numpy is already imported
-
-        lines.append("values: " + np.array2string(a, threshold=40, edgeitems=3, precision=4))
-    return _clip("\n".join(lines), budget)
-
-
-def _exception(exc: BaseException, budget: int) -> str:
+def _exception(exc: BaseException, budget: Budget, name: str | None) -> str:
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
-    return _clip(text, budget, keep="tail")  # the end of a traceback says what went wrong
+    if budget.fits(text):
+        return text
+    first = named(name, f"{type(exc).__qualname__} exception")
+    return fit(first, text, budget, keep="tail")  # the end of a traceback says what went wrong
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:
@@ -149,9 +117,33 @@ def _figure(fig: Any) -> tuple[bytes, str]:
 def _pil(image: Any) -> tuple[bytes, str]:
     import io
 
+    what = f"{image.width}x{image.height} px {image.mode} picture"
+    if image.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):  # what PNG cannot hold (CMYK, F)
+        image = image.convert("RGBA" if "A" in image.mode else "RGB")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return buffer.getvalue(), f"{image.width}x{image.height} px {image.mode} picture"
+    return buffer.getvalue(), what
+
+
+def _plotly(fig: Any) -> tuple[bytes | None, str]:
+    """A plotly figure's traces and titles; its picture too where kaleido can draw one."""
+    import importlib.util
+
+    layout = fig.layout
+    bits = ["plotly figure"]
+    if title := layout.title.text:
+        bits.append(f"title {title!r}")
+    for axis in ("xaxis", "yaxis"):
+        if label := getattr(layout, axis).title.text:
+            bits.append(f"{axis[0]} {label!r}")
+    for trace in fig.data[:8]:
+        points = next((len(v) for k in ("x", "y", "values", "z") if (v := getattr(trace, k, None)) is not None), 0)
+        bits.append(f"{trace.type}" + (f" {trace.name!r}" if trace.name else "") + f" ({points} points)")
+    if len(fig.data) > 8:
+        bits.append(f"and {len(fig.data) - 8} more traces")
+    if importlib.util.find_spec("kaleido") is None:
+        return None, "; ".join([*bits, "no picture: pip install kaleido to send plotly figures as images"])
+    return fig.to_image(format="png"), "; ".join(bits)
 
 
 def _ipython_image(image: Any) -> tuple[bytes, str, str] | None:
@@ -164,7 +156,7 @@ def _ipython_image(image: Any) -> tuple[bytes, str, str] | None:
     return data, media, f"{fmt.upper()} image" + (f", {size[0]}x{size[1]} px" if size else "")
 
 
-def _bundle(bundle: Mapping[str, Any], budget: int) -> tuple[str, list[tuple[bytes, str]]]:
+def _bundle(bundle: Mapping[str, Any], budget: Budget) -> tuple[str, list[tuple[bytes, str]]]:
     """Text and images from a mime bundle (`_ai_repr_`'s answer)."""
     text = ""
     for kind in ("text/llm+plain", "text/markdown", "text/plain"):
@@ -184,13 +176,13 @@ def _bundle(bundle: Mapping[str, Any], budget: int) -> tuple[str, list[tuple[byt
 
 
 class Collector:
-    """Describes the objects of one prompt, numbering its images: `[image 1: ...]`."""
+    """Describes the objects of one prompt, numbering its images: `[image 1: ...]`. `budget` is
+    the tokens each object may take (an int: estimated at 4 characters a token)."""
 
-    def __init__(self, budget: int = DEFAULT_BUDGET) -> None:
-        if budget < 1:
-            raise ValueError(f"a context budget of {budget} tokens is too small")
-        self.budget = budget
+    def __init__(self, budget: int | Budget = DEFAULT_BUDGET) -> None:
+        self.budget = budget if isinstance(budget, Budget) else Budget(budget)
         self.images: list[ImagePart] = []
+        self.described = 0  # objects described (not plain text or numbers): what the budget applied to
 
     def _image(self, data: bytes, media_type: str, what: str) -> str:
         from .types import ImagePart
@@ -204,45 +196,57 @@ class Collector:
 
     def describe(self, obj: Any, name: str | None = None) -> Described:
         before = len(self.images)
-        text = self._text(obj, name)
+        if isinstance(obj, PLAIN):
+            return Described(str(obj))
+        self.described += 1
+        try:
+            text = self._text(obj, name)
+        except Exception as exc:  # noqa: BLE001 - an object that cannot be described is said, never a failed cell
+            del self.images[before:]
+            said = f"{named(name, type(obj).__name__)} (not described: {type(exc).__name__} while describing it)"
+            text = fit(said, safe_repr(obj), self.budget)
         return Described(text, self.images[before:])
 
-    def _text(self, obj: Any, name: str | None) -> str:
+    def _own_text(self, obj: Any, name: str | None) -> str | None:
+        """The object's own description (`_repr_llm_`, `_ai_repr_`); None when it has none that works."""
         budget = self.budget
-        if isinstance(obj, PLAIN):
-            return str(obj)
-        own = _own(obj, "_repr_llm_")
-        if own is not None:
-            value = own()
+        for method in ("_repr_llm_", "_ai_repr_"):
+            try:
+                own = _own(obj, method)
+                value = own() if own is not None else None
+            except Exception:  # noqa: BLE001 - a broken hook: the defaults describe it instead
+                continue
             if isinstance(value, str):
                 return _clip(value, budget)
-        own = _own(obj, "_ai_repr_")
-        if own is not None:
-            value = own()
-            if isinstance(value, str):
-                return _clip(value, budget)
-            if isinstance(value, Mapping):
+            if method == "_ai_repr_" and isinstance(value, Mapping):
                 text, images = _bundle(value, budget)
                 alts = [self._image(data, kind, f"from {name or type(obj).__name__}") for data, kind in images]
                 return "\n".join([text, *alts]) if text else "\n".join(alts)
-        if _is(obj, "pandas", "DataFrame"):
-            return _frame(obj, budget, name)
-        if _is(obj, "pandas", "Series"):
-            return _series(obj, budget, name)
-        if _is(obj, "numpy", "ndarray"):
-            return _array(obj, budget, name)
+        return None
+
+    def _text(self, obj: Any, name: str | None) -> str:
+        budget = self.budget
+        own = self._own_text(obj, name)
+        if own is not None:
+            return own
+        for applies, told in _TEXT:
+            if applies(obj):
+                return told(obj, budget, name)
         if isinstance(obj, BaseException):
-            return _exception(obj, budget)
+            return _exception(obj, budget, name)
         if _is(obj, "matplotlib", "Figure"):
             data, what = _figure(obj)
             return self._image(data, "image/png", what)
+        if _is(obj, "plotly", "Figure"):
+            picture, what = _plotly(obj)
+            return _clip(what, budget) if picture is None else self._image(picture, "image/png", what)
         if _is(obj, "PIL", "Image"):
             data, what = _pil(obj)
             return self._image(data, "image/png", what)
         if _is(obj, "IPython", "Image") and (found := _ipython_image(obj)) is not None:
             data, media, what = found
             return self._image(data, media, what)
-        return _clip(str(obj), budget)
+        return objects.other(obj, budget, name)
 
 
 def _own(obj: Any, method: str) -> Callable[..., Any] | None:
@@ -253,15 +257,40 @@ def _own(obj: Any, method: str) -> Callable[..., Any] | None:
     return found if callable(found) else None
 
 
-def describe(obj: Any, budget: int = DEFAULT_BUDGET, name: str | None = None) -> Described:
+def describe(obj: Any, budget: int | Budget = DEFAULT_BUDGET, name: str | None = None) -> Described:
     """The best description of `obj` for a model, within `budget` tokens."""
     return Collector(budget).describe(obj, name)
+
+
+# How servers say a prompt is longer than the model's context window (OpenAI and vLLM's 400,
+# llama.cpp's "exceeds the context window", transformers' "longer than the maximum").
+_WINDOW = re.compile(
+    r"context[ _](length|window)|maximum context|n_ctx|too many tokens|longer than the (model's )?maximum", re.I
+)
+
+
+def over_the_window(error: str, budget: Budget, prompt_chars: int) -> str | None:
+    """What to add to a server's context-window error when objects were described in the prompt:
+    the budget, how it was counted, and the prompt's size as the budget measures it; None when
+    the error is not about the context window."""
+    if not _WINDOW.search(error):
+        return None
+    size = (
+        f"{prompt_chars:,} characters"
+        if budget.count
+        else f"about {round(prompt_chars / budget.chars_per_token):,} tokens"
+    )
+    return (
+        f"the objects in the prompt were described within --context-budget {budget.tokens} tokens each "
+        f"({budget.how}); the prompt was {size}: lower --context-budget (context_budget= in Python) "
+        "or ask a model with a longer context"
+    )
 
 
 _CONTEXT = Source("context", "{name} is not in context; give context={{'{name}': ...}}")
 
 
-def fill(template: str, values: Mapping[str, Any], budget: int = DEFAULT_BUDGET) -> Described:
+def fill(template: str, values: Mapping[str, Any], budget: int | Budget = DEFAULT_BUDGET) -> Described:
     """`template.format(**values)` with each value described (`{df}` -> its description, `{fig}` ->
     an image); a field with a format spec or conversion (`{x:.2f}`, `{s!r}`) is formatted as usual.
     The fields are `%%farm_chat`'s (`farm_jupyter.fields`): looked up, never evaluated."""
@@ -271,7 +300,7 @@ def fill(template: str, values: Mapping[str, Any], budget: int = DEFAULT_BUDGET)
 
 
 def attach(
-    prompt: str, context: Mapping[str, Any] | None, images: Sequence[Any], budget: int | None
+    prompt: str, context: Mapping[str, Any] | None, images: Sequence[Any], budget: int | Budget | None
 ) -> tuple[str, list[ImagePart]]:
     """A prompt with `{name}` filled from `context` (each object described), and its images: an
     `ImagePart` as it is, anything else described (a figure becomes one); the stand-ins of images

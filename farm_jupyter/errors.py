@@ -35,6 +35,7 @@ secret masked (farm_jupyter.secrets).
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
@@ -98,6 +99,7 @@ class ProviderError(FarmError):
     def __init__(self, message: str, *, provider: str, hint: str | None = None, status: int | None = None) -> None:
         self.provider = provider
         self.status = status
+        self.said = f"{provider} {self.did}"  # in a fallback notice: "ollama was not reachable"
         super().__init__(message, hint=hint)
 
 
@@ -128,7 +130,14 @@ class RateLimited(ProviderResponseError, availability=True, kind="rate limited",
         super().__init__(message, **kw)  # type: ignore[arg-type]
 
 
-class ServerError(ProviderResponseError, availability=True, kind="server error"): ...
+class ServerError(ProviderResponseError, availability=True, kind="server error"):
+    def __init__(self, message: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        # What the notice says: the status and the server's own words, not just "failed".
+        first = redact(message).splitlines()[0] if message.strip() else ""
+        words = re.sub(r"^.+? at \S+ (?=answered |failed)", "", first)
+        words = words if words.startswith(("answered ", "failed")) else f"failed: {first}"
+        self.said = f"{self.provider} {words[:160] + '...' if len(words) > 160 else words}"
 
 
 class AuthenticationError(ProviderResponseError, kind="auth", did="refused the key"): ...

@@ -85,7 +85,6 @@ class FieldFormatter(string.Formatter):
             raise self._error(f", but {absent} or write {literal} for literal braces")
         obj = self.namespace[first]
         path = first
-        self._names.append(first)
         for is_attr, key in rest:
             if is_attr:
                 if not key or key.startswith("_"):
@@ -104,6 +103,7 @@ class FieldFormatter(string.Formatter):
                 except Exception as exc:  # noqa: BLE001
                     raise self._error(f", but {path} has no item {key!r} ({type(exc).__name__})") from None
                 path += f"[{key!r}]"
+        self._names.append(path)  # the describer names the object as written: `df.price`, not `df`
         return obj, first
 
     def convert_field(self, value: Any, conversion: str | None) -> Any:

@@ -48,6 +48,22 @@ class Monitor:
         with self._lock:
             return {p: dict(c) for p, c in self._failures.items()}
 
+    def chars_per_token(self, address: str, least: int = 400) -> float | None:
+        """Characters a prompt token of `address` (`provider:model`) stood for in its last answer
+        that says (usage reported, not from the cache, a prompt of at least `least` characters, so
+        the chat template's own tokens count little); None when none has."""
+        with self._lock:
+            for r in reversed(self.records):
+                if (
+                    r.prompt_chars >= least
+                    and not r.cached
+                    and r.usage is not None
+                    and r.usage.prompt_tokens > 0
+                    and f"{r.provider}:{r.model}" == address
+                ):
+                    return r.prompt_chars / r.usage.prompt_tokens
+        return None
+
     def subscribe(self, listener: Callable[[RequestRecord], None]) -> Callable[[], None]:
         with self._lock:
             self._listeners.append(listener)

@@ -27,11 +27,14 @@ class RequestRecord:
     timings: Timings | None = None
     error: str | None = None
     at: float = field(default_factory=time.time)
+    prompt_chars: int = 0  # characters of the messages sent: with usage.prompt_tokens, a ratio
 
     @classmethod
-    def from_response(cls, r: ChatResponse) -> RequestRecord:
+    def from_response(cls, r: ChatResponse, prompt_chars: int = 0) -> RequestRecord:
         smooth = not r.retries and not r.fell_back_from
-        return cls(r.provider, r.model, r.timings.total, r.cached, smooth, r.usage, r.timings)
+        return cls(
+            r.provider, r.model, r.timings.total, r.cached, smooth, r.usage, r.timings, prompt_chars=prompt_chars
+        )
 
     @property
     def ok(self) -> bool:

@@ -25,6 +25,7 @@ from .tools import Tool, run_call, tools_of
 from .types import ChatMessage, ChatResponse, Chunk, GenerationParams, ToolRun, Usage
 
 if TYPE_CHECKING:
+    from .objects import Budget
     from .router import Router
     from .runtime import Runtime
 
@@ -37,7 +38,7 @@ class Extras:
 
     context: Mapping[str, Any] | None = None
     images: Sequence[Any] = ()
-    context_budget: int | None = None
+    context_budget: int | Budget | None = None  # a Budget: a face described the objects itself
     schema: Any = None
     tools: Sequence[Callable[..., Any]] | None = None
     max_steps: int = 5

@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from farm_jupyter.context import CHARS_PER_TOKEN, describe
-from farm_jupyter.errors import ConfigError
+from farm_jupyter.errors import BadRequest, ConfigError
 from farm_jupyter.sessions import Session
 from farm_jupyter.structured import SchemaMismatch
 from farm_jupyter.testing import OllamaServer, OpenAIServer, Said, example_of
@@ -97,8 +97,10 @@ def test_objects_describe_themselves_first_then_the_defaults():
     except KeyError as exc:
         err = describe(exc).text
     assert err.startswith("Traceback (most recent call last)") and err.endswith("KeyError: 'missing'")
-    long = describe(list(range(10_000)), budget=10).text
-    assert len(long) < 10 * CHARS_PER_TOKEN + 80 and "more characters" in long
+    long = describe(list(range(10_000)), budget=40).text
+    assert long.startswith("list: 10000 items\n[0, 1, 2,") and len(long) <= 40 * CHARS_PER_TOKEN
+    assert "more characters cut: 40-token budget, estimated at 4 characters a token" in long
+    assert describe(list(range(10_000)), budget=1).text == "list: 10000 items"  # what it is, always
     assert describe("a plain string, as it is " * 100, budget=1).text.count("plain") == 100  # str untouched
 
 
@@ -473,3 +475,39 @@ def test_a_map_with_tools_runs_them_off_the_runtime_loop(make_session, ollama):
     rows = s.map(["a", "b", "c"], "Look up {}", tools=[lookup], progress=False)
     assert list(rows.answer) == ["Tool results: X"] * 3
     assert loop_thread == [False, False, False]  # a worker thread each time, never the loop's
+
+
+# -- budgets that say what they count (issue 21) ------------------------------------------------
+
+
+def test_the_budget_is_estimated_at_the_ratio_the_models_last_usage_showed(s, openai):
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"city": [f"city{i}" for i in range(5000)], "sales": [i * 1.5 for i in range(5000)]})
+    model = "openai:gpt-4o-mini"
+    s.chat("Summarise {df}", model, context={"df": df}, context_budget=100)
+    first = user_text(bodies(openai, COMPLETIONS)[-1]).removeprefix("Summarise ")
+    assert len(first) <= 100 * CHARS_PER_TOKEN and "100-token budget, estimated at 4 characters a token" in first
+
+    s.chat("abcdefgh " * 80, model)  # the loopback server counts a word a token: 9 characters each
+    s.chat("Summarise {df}", model, context={"df": df}, context_budget=100)
+    learnt = user_text(bodies(openai, COMPLETIONS)[-1]).removeprefix("Summarise ")
+    assert 100 * CHARS_PER_TOKEN < len(learnt) <= 100 * 9
+    assert "100-token budget, estimated from openai:gpt-4o-mini's last usage: 9 characters a token" in learnt
+    assert s.budget("ollama").chars_per_token == CHARS_PER_TOKEN  # another model's usage says nothing
+
+
+def test_a_context_window_error_names_the_budget_and_the_numbers(make_session):
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"city": [f"city {i}" for i in range(5000)], "sales": range(5000)})
+    with OpenAIServer(models=("gpt-4o-mini",), api_key=TEST_API_KEY, context_window=300) as server:
+        s = make_session(None, server)
+        with pytest.raises(BadRequest) as caught:
+            s.chat("Summarise {df}", context={"df": df}, context_budget=1000)
+        said = str(caught.value)
+        assert "maximum context length is 300 tokens" in said and "\n" not in said
+        assert "within --context-budget 1000 tokens each (estimated at 4 characters a token)" in said
+        assert "the prompt was about 1,00" in said and "lower --context-budget" in said
+        with pytest.raises(BadRequest) as plain:  # no objects described: the server's words alone
+            s.chat("word " * 400)
+        assert "--context-budget" not in str(plain.value)
+        assert s.chat("Summarise {df}", context={"df": df}, context_budget=100).text  # a lower budget fits

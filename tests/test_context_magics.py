@@ -73,6 +73,22 @@ def test_a_dataframe_in_a_cell_is_described_within_the_budget(ip, ollama):
         run(ip, "--context-budget 0", "{sales}")
 
 
+def test_a_series_and_a_broken_repr_in_a_cell_are_described_not_a_failed_cell(ip, ollama):
+    # Was: TypeError: Series.to_string() got an unexpected keyword argument 'max_colwidth'.
+    pd = pytest.importorskip("pandas")
+
+    class Broken:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    ip.user_ns["sales"] = pd.DataFrame({"month": range(1, 13), "units": range(12)})
+    ip.user_ns["broken"] = Broken()
+    run(ip, "", "Trend of {sales.units}? And {broken}?")
+    text = last(ollama)["messages"][-1]["content"]
+    assert text.startswith("Trend of pandas Series `sales.units`: 12 rows, dtype int64, name 'units'\nall rows:")
+    assert text.endswith("And <Broken object: its repr raised RuntimeError>?")
+
+
 def test_a_figure_in_a_cell_goes_as_an_image(ip, ollama):
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
@@ -143,3 +159,23 @@ def test_thinking_is_shown_folded_and_kept_out_of_the_answer(ip, ollama):
     assert [m.get("thinking") for m in last(ollama)["messages"]] == [None, None, None]
     with pytest.raises(UsageError, match="--think takes no value or one of low"):
         run(ip, "--think hard", "x")
+
+
+def test_a_context_window_error_in_a_cell_names_context_budget(ip, ollama):
+    pd = pytest.importorskip("pandas")
+    from farm_jupyter.errors import BadRequest
+
+    ip.user_ns["sales"] = pd.DataFrame({"city": [f"city {i}" for i in range(3000)], "units": range(3000)})
+    with OpenAIServer(api_key=TEST_API_KEY, context_window=300) as small:
+        session = Session(loopback_settings(ollama, small))
+        old = set_session(session)
+        try:
+            with pytest.raises(BadRequest) as caught:
+                run(ip, "-m openai:gpt-4o-mini --context-budget 800", "Which city? {sales}")
+            said = str(caught.value)
+            assert "maximum context length is 300 tokens" in said and "--context-budget 800 tokens each" in said
+            assert "estimated at 4 characters a token" in said
+            run(ip, "-m openai:gpt-4o-mini --new --context-budget 60", "Which city? {sales}")  # fits
+        finally:
+            set_session(old)
+            session.close()

@@ -50,7 +50,21 @@ def ask(session: Session, prompt: str, stream: bool, **kw):
 
 AVAILABILITY = {
     "refused": (None, "ProviderUnavailable", 3, "ollama was not reachable"),
-    "503": (Fault(kind="status", status=503, times=None, path=CHAT), "ServerError", 3, "ollama failed"),
+    # The status and the server's own words, not just "failed" (issue 21).
+    "500": (
+        Fault(
+            kind="status", status=500, body={"error": "model runner has unexpectedly stopped"}, times=None, path=CHAT
+        ),
+        "ServerError",
+        3,
+        "ollama answered 500: model runner has unexpectedly stopped",
+    ),
+    "503": (
+        Fault(kind="status", status=503, times=None, path=CHAT),
+        "ServerError",
+        3,
+        "ollama answered 503: server busy, please try again.  maximum pending requests exceeded",
+    ),
     "429 beyond max_retry_after": (
         Fault(kind="status", status=429, retry_after=3600, times=None, path=CHAT),
         "RateLimited",
@@ -64,7 +78,13 @@ AVAILABILITY = {
         3,
         "ollama cut the answer",
     ),
-    "error line": (Fault(kind="error_line", after=1, times=None, path=CHAT), "ServerError", 3, "ollama failed"),
+    "error line": (
+        Fault(kind="error_line", after=1, times=None, path=CHAT),
+        "ServerError",
+        3,
+        # in a stream the error line; asked whole, the same error as a 500 body
+        {True: "ollama failed: simulated HTTP 500 error", False: "ollama answered 500: simulated HTTP 500 error"},
+    ),
 }
 
 
@@ -79,6 +99,7 @@ def test_availability_failures_fall_back_with_a_notice(session, ollama_server, o
     response, chunks = ask(session, "hello", stream)
 
     assert response.provider == "openai" and response.text == "Echo: hello"
+    said = said[stream] if isinstance(said, dict) else said
     assert response.notice == f"{said}: answered by openai:gpt-4o-mini"
     assert openai_server.count(OPENAI_CHAT) == 1
     assert ollama_server.count(CHAT) == (0 if fault is None else tries)

@@ -195,7 +195,8 @@ class FarmMagics(Magics):
     @argument("--raw", action="store_true", help="send the cell as written: no {name} interpolation")
     @argument("--compare", metavar="A,B,...", help="ask several models at once, side by side, with TTFT, total time and tokens/s")
     @argument("--context-budget", type=int, metavar="TOKENS",
-              help=f"most tokens for each {{object}} described in the prompt (a DataFrame's first rows); default {DEFAULT_BUDGET}")
+              help=f"most tokens for each {{object}} described in the prompt (a DataFrame's first rows); default {DEFAULT_BUDGET}; "
+              "estimated: characters / 4, or at the ratio the model's last usage showed")
     @argument("--schema", metavar="NAME", help="a pydantic model or JSON Schema from the notebook: the answer is validated "
               "(asked again when it does not match) and stored parsed in -o's response.parsed; implies -f json")
     @argument("--tools", metavar="FN1,FN2", help="notebook functions the model may call; each call shows with its result")
@@ -232,7 +233,9 @@ class FarmMagics(Magics):
         ns = self.shell.user_ns if self.shell is not None else {}
         if args.context_budget is not None and args.context_budget < 1:
             raise UsageError(f"--context-budget must be a positive number of tokens, got {args.context_budget}")
-        collector = Collector(args.context_budget or DEFAULT_BUDGET)
+        session = self.session()
+        asked = None if args.compare is not None else join(session, args.model, args.provider)
+        collector = Collector(session.budget(asked, args.context_budget))  # at the ratio that model's usage showed
         prompt = (cell if args.raw else interpolate(cell, ns, collector=collector)).strip("\r\n").rstrip()
         if not prompt.strip():
             raise UsageError("the prompt is empty: write the question in the cell, below %%farm_chat")
@@ -244,11 +247,12 @@ class FarmMagics(Magics):
         asking = _asking(args, ns)
         if collector.images:
             asking["images"] = collector.images
+        if collector.described:  # a context-window error then names the budget
+            asking["context_budget"] = collector.budget
         if args.out is not None and not args.out.isidentifier():
             raise UsageError(f"-o/--out needs a variable name, got {args.out!r}")
         params = _params(args)
 
-        session = self.session()
         if args.provider:
             check_provider(session, args.provider)
         if args.compare is not None:

@@ -58,6 +58,8 @@ def run(magics: FarmMagics, name: str, rest: str) -> Any:
         args = parse_argstring(fn, rest)
     except UsageError as exc:
         raise UsageError(f"{exc}; usage: {usage(fn)}") from None
+    except ValueError as exc:  # IPython's own splitting of the line: `0' '` has no closing quotation for it
+        raise UsageError(f"cannot parse %farm {name}{rest}: {exc}; usage: {usage(fn)}") from None
     session = magics.session()
     return fn(magics, session, args) if shell else fn(session, args)
 

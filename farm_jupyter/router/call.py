@@ -93,7 +93,7 @@ class Call:
         """`ollama was not reachable: answered by openai:gpt-4o-mini`, once a route has failed."""
         if not self.failed:
             return None
-        why = ", ".join(f"{e.provider} {e.did}" for e in self.failed)
+        why = ", ".join(e.said for e in self.failed)
         return f"{why}: answered by {route}"
 
 

@@ -374,7 +374,8 @@ class Router:
     def _respond(self, call: Call, route: Route, notice: str | None, **answer: Any) -> ChatResponse:
         """The one place a response is built (a fresh answer or a cache hit), and recorded."""
         response = call.respond(route, notice, **answer)
-        self.monitor.record(RequestRecord.from_response(response))
+        chars = 0 if any(m.images for m in call.messages) else sum(len(m.content) for m in call.messages)
+        self.monitor.record(RequestRecord.from_response(response, prompt_chars=chars))
         return response
 
     async def _callers_error(self, call: Call, route: Route, exc: ProviderError) -> ProviderError:

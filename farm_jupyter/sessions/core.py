@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from ..cache_guard import GuardedCache
 from ..config import Settings, load_settings
-from ..context import attach
-from ..errors import ConfigError, FarmError, UnknownProvider
+from ..context import DEFAULT_BUDGET, attach, over_the_window
+from ..errors import BadRequest, ConfigError, FarmError, ServerError, UnknownProvider
 from ..ledger import UsageReport
 from ..monitor import Monitor
+from ..objects import Budget
 from ..providers import available as available_providers
 from ..providers import canonical
 from ..providers import is_known as is_provider
@@ -61,6 +63,21 @@ _ASKING = frozenset(
 )  # not params
 
 
+async def _naming_the_budget(
+    chunks: AsyncIterator[Chunk], budget: Budget, messages: Sequence[ChatMessage]
+) -> AsyncIterator[Chunk]:
+    """A context-window error of a prompt with objects described in it names the budget."""
+    try:
+        async with aclosing(chunks):  # type: ignore[type-var]
+            async for chunk in chunks:
+                yield chunk
+    except (BadRequest, ServerError) as exc:
+        said = over_the_window(str(exc), budget, sum(len(m.content) for m in messages))
+        if said is None:
+            raise
+        raise type(exc)(f"{exc}; {said}", provider=exc.provider, status=exc.status) from exc
+
+
 class Session:
     def __init__(
         self,
@@ -102,10 +119,13 @@ class Session:
     ) -> AsyncIterator[Chunk] | Steps:
         x = extras or Extras()
         attached: list[ImagePart] = []
+        budget = x.context_budget if isinstance(x.context_budget, Budget) else None
         if x.context is not None or x.images:
             if not isinstance(prompt, str):
                 raise TypeError("context= and images= go with a prompt string")
-            prompt, attached = attach(prompt, x.context, x.images, x.context_budget)
+            if budget is None:
+                budget = self.budget(model, x.context_budget if isinstance(x.context_budget, int) else None)
+            prompt, attached = attach(prompt, x.context, x.images, budget)
         messages = self._messages(prompt, system, conversation, turn_id, attached)
 
         def commit(response: ChatResponse) -> None:
@@ -116,6 +136,8 @@ class Session:
             chunks = self.router.astream(
                 messages, model, params, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream
             )
+            if x.context is not None or budget is not None:  # objects were described: a face gave its Budget
+                chunks = _naming_the_budget(chunks, budget or Budget(DEFAULT_BUDGET), messages)
             return chunks if conversation is None else self._committing(chunks, commit)
         return plan(
             self.router,
@@ -130,6 +152,20 @@ class Session:
             stream=stream,
             on_final=commit,
         )
+
+    def budget(self, target: str | None, tokens: int | None = None) -> Budget:
+        """What each object described in a prompt to `target` may take: `tokens` (default 1000),
+        estimated at the characters a prompt token stood for in that model's last reported usage,
+        else at 4. (A provider that counts exactly, a `count_tokens`, would give `Budget.count`.)"""
+        tokens = tokens or DEFAULT_BUDGET
+        try:
+            address = self.resolve(target)
+        except FarmError:  # the request will say so; the budget is not the place
+            return Budget(tokens)
+        ratio = self.monitor.chars_per_token(address)
+        if ratio is None:
+            return Budget(tokens)
+        return Budget(tokens, min(max(ratio, 1.0), 10.0), f"{address}'s last usage")
 
     @staticmethod
     def _messages(
@@ -174,7 +210,7 @@ class Session:
         fallback: bool | None = None,
         context: Mapping[str, Any] | None = None,
         images: Sequence[Any] = (),
-        context_budget: int | None = None,
+        context_budget: int | Budget | None = None,
         schema: Any = None,
         tools: Sequence[Callable[..., Any]] | None = None,
         max_steps: int = 5,

@@ -40,10 +40,13 @@ class OpenAIServer(LoopbackServer):
         models: Sequence[str] = ("gpt-4o-mini", "gpt-4o"),
         *,
         api_key: str | None = "sk-test",
+        context_window: int | None = None,
         **options: Unpack[Options],
     ) -> None:
         super().__init__(models, **options)
         self.api_key = api_key
+        # A prompt of more "tokens" (words, as usage counts them) is refused as OpenAI and vLLM do.
+        self.context_window = context_window
         self._ids = itertools.count(1)
 
     def _thinks(self, body: Json) -> bool:
@@ -145,6 +148,14 @@ class OpenAIServer(LoopbackServer):
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return self._send(h, 400, self._error_body(400, "Missing required parameter: 'messages'."), fault)
+        if self.context_window is not None and (used := message_words(messages)) > self.context_window:
+            too_long = (
+                f"This model's maximum context length is {self.context_window} tokens. However, your messages "
+                f"resulted in {used} tokens. Please reduce the length of the messages."
+            )
+            error = self._error_body(400, too_long)
+            error["error"].update(param="messages", code="context_length_exceeded")
+            return self._send(h, 400, error, fault)
         if not self._model_time(h):
             return
         said = self._said(body, last_user(messages))
