@@ -8,7 +8,8 @@
     │   ├── ProviderUnavailable     could not get an answer: refused, timed out, cut off   availability
     │   │   ├── ProviderTimeout
     │   │   ├── StreamInterrupted   the stream broke after it started
-    │   │   └── CoolingDown         its circuit breaker is open
+    │   │   ├── CoolingDown         its circuit breaker is open
+    │   │   └── WrongServer         something else answers at its URL (an HTML 404): not retried
     │   ├── NotConfigured           no key / URL set: skipped as a fallback, raised when asked
     │   ├── ReplayMiss              a replay's recording lacks the request: never asked   availability*
     │   └── ProviderResponseError   the provider answered with an error
@@ -116,6 +117,13 @@ class StreamInterrupted(ProviderUnavailable, kind="cut mid-answer", did="cut the
 class CoolingDown(
     ProviderUnavailable, retryable=False, kind="cooling down", did="is cooling down after repeated failures"
 ): ...
+
+
+class WrongServer(
+    ProviderUnavailable, retryable=False, kind="not that server", did="found another kind of server at its URL"
+):
+    """`not an Ollama server at URL`: the URL is wrong or taken by something else; asking again
+    gets the same page, so it is not retried, but the next provider may answer."""
 
 
 class NotConfigured(ProviderError, kind="not configured", did="is not configured"): ...

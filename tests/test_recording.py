@@ -96,6 +96,50 @@ def test_two_sessions_record_into_one_file(ollama_server: OllamaServer, tmp_path
     assert len(json.loads(path.read_text())["answers"]) == 3
 
 
+# -- portable recordings: the key leaves the server's URL out (issue 21) -------------------------
+
+# Recorded by the code before issue 21 (its keys hold the server's URL) against an OllamaServer on
+# this port answering "Paris, recorded before issue 21"; two answers, the second at temperature 0.5.
+BEFORE = Path(__file__).parent / "recordings" / "before-issue-21.answers.json"
+BEFORE_PORT = 29411
+
+
+@pytest.mark.parametrize("recorded_on", ["another host", "a pool of two"])
+def test_a_recording_made_against_one_server_replays_against_another(tmp_path: Path, recorded_on: str) -> None:
+    path = tmp_path / "answers.json"
+    with OllamaServer(reply="recorded on the GPU box") as box, OllamaServer() as sibling, OllamaServer() as ci:
+        hosts = [box.url] if recorded_on == "another host" else [box.url, sibling.url]
+        cache = {"backend": "record", "path": str(path)}
+        recording = Session(loopback_settings(box, ollama={"hosts": hosts}, cache=cache))
+        recorded = [recording.chat(f"question {i}").text for i in range(2)]
+        recording.close()
+        assert box.count("/api/chat") + sibling.count("/api/chat") == 2
+
+        replay = Session(loopback_settings(ci, cache={"backend": "replay", "path": str(path)}))
+        assert [replay.chat(f"question {i}").text for i in range(2)] == recorded
+        assert ci.count() == 0  # the CI machine's server is never asked
+        replay.close()
+
+
+def test_a_recording_made_before_the_portable_key_still_replays(tmp_path: Path) -> None:
+    path = tmp_path / BEFORE.name
+    path.write_text(BEFORE.read_text())
+    with OllamaServer(port=BEFORE_PORT, reply="a fresh answer") as server:
+        replay = Session(loopback_settings(server, cache={"backend": "replay", "path": str(path)}))
+        assert replay.chat("What is the capital of France?").text == "Paris, recorded before issue 21"
+        assert replay.chat("And of Italy?", temperature=0.5).text == "Paris, recorded before issue 21"
+        with pytest.raises(ReplayMiss):
+            replay.chat("And of Italy?")  # another request is still a miss
+        replay.close()
+        # Recording into it keeps the old answers and adds new ones under the portable key.
+        recording = Session(loopback_settings(server, cache={"backend": "record", "path": str(path)}))
+        assert recording.chat("What is the capital of France?").cached
+        assert recording.chat("And of Spain?").text == "a fresh answer"
+        recording.close()
+        assert server.count("/api/chat") == 1
+    assert len(json.loads(path.read_text())["answers"]) == 3
+
+
 # -- a notebook recorded against the real model, replayed under nbval ---------------------------
 
 

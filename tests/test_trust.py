@@ -166,7 +166,8 @@ def test_an_unknown_provider_prefix_says_so(session, ollama_server, openai_serve
     with pytest.raises(ModelNotFound) as info:
         session.chat("hello", "nosuchprovider:foo")
     assert str(info.value).startswith('no provider "nosuchprovider"; ollama has no model "nosuchprovider:foo"')
-    assert openai_server.count() == 0
+    # Not fallen back to: openai was only asked which models it has (a bare name is looked up everywhere).
+    assert openai_server.count(OPENAI_CHAT) == 0 and openai_server.count() == openai_server.count("/v1/models") == 1
 
 
 def test_a_fallbacks_own_error_says_why_it_was_asked(make_session, ollama_server, openai_server):

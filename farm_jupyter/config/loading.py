@@ -180,6 +180,19 @@ def _origin(loc: tuple[Any, ...], layers: list[_Layer]) -> tuple[str, str]:
     return dotted, ""
 
 
+# One setting in two shapes: a provider's server (`host`) or servers (`hosts`). A layer that gives
+# either replaces what the layers below gave in either shape: OLLAMA_HOST over farm.toml's `hosts`.
+_SERVERS = {"ollama": ("host", "hosts"), "openai": ("base_url", "base_urls")}
+
+
+def _merge_layer(data: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    for section, shapes in _SERVERS.items():
+        given, below = layer.get(section), data.get(section)
+        if isinstance(given, Mapping) and isinstance(below, dict) and any(given.get(s) for s in shapes):
+            data = {**data, section: {k: v for k, v in below.items() if k not in shapes}}
+    return _merge(data, layer)
+
+
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
@@ -214,7 +227,7 @@ def load_settings(
     layers.append(("", None, overrides))
     data: dict[str, Any] = {}
     for _, _, layer in layers:
-        data = _merge(data, layer)
+        data = _merge_layer(data, layer)
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:

@@ -28,9 +28,15 @@ class _Credentials(_Section):
     username: str | None = None
     password: SecretStr | None = None
     _url_field: ClassVar[str] = ""
+    _urls_field: ClassVar[str] = ""
 
     @model_validator(mode="after")
     def _move_credentials(self) -> _Credentials:
+        urls = getattr(self, self._urls_field)
+        for each in urls:
+            _register_url(each)
+        if urls:  # one setting in two shapes: the list names the first server (all of it, if one)
+            self.__dict__[self._url_field] = urls[0]
         url = getattr(self, self._url_field)
         if url is not None:
             url, user, password = split_credentials(url)
@@ -63,6 +69,7 @@ class OllamaSettings(_Credentials):
     keep_alive: str | None = None
     auto_pull: list[str] = Field(default_factory=list)
     _url_field: ClassVar[str] = "host"
+    _urls_field: ClassVar[str] = "hosts"
 
     @field_validator("host")
     @classmethod
@@ -82,6 +89,7 @@ class OpenAISettings(_Credentials):
     default_model: str = "gpt-4o-mini"
     organization: str | None = None
     _url_field: ClassVar[str] = "base_url"
+    _urls_field: ClassVar[str] = "base_urls"
 
     @field_validator("base_url")
     @classmethod
@@ -272,6 +280,7 @@ class Settings(_Section):
             field = section._url_field
             if data[name][field] is not None:
                 data[name][field] = shown_url(data[name][field], section.username, section.password)
+            data[name][section._urls_field] = [shown_url(u) for u in data[name][section._urls_field]]
         data["cache"]["redis_url"] = mask_url(self.cache.redis_url)
         data["providers"] = _masked_options(self.providers)
         data["source"] = self.source

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -19,7 +20,12 @@ from ..errors import (
     RateLimited,
     ServerError,
     StreamInterrupted,
+    WrongServer,
 )
+
+# Statuses any server in front of an API may answer in its own words (a proxy's login page, its
+# rate limit, its 502 page): said for what they are, not taken as a sign of the wrong server.
+_ANY_SERVER = frozenset({401, 403, 407, 429})
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
@@ -36,6 +42,37 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     except (TypeError, ValueError):  # neither seconds nor a date: as if absent
         return None
     return max(0.0, parsed.timestamp() - time.time())
+
+
+def body_shape(content_type: str, text: str, api: str = "its API") -> str:
+    """What a body that is not the API's is, in words: an HTML page is never shown (it can be long
+    and `%farm health` would show it whole)."""
+    if not text.strip():
+        return "an empty body"
+    if "html" in content_type.lower() or text.lstrip().startswith("<"):
+        return "an HTML page"
+    try:
+        json.loads(text)
+    except ValueError:
+        return "plain text"
+    return f"JSON, but not {api}'s"
+
+
+def error_detail(content_type: str, text: str) -> str:
+    """A foreign error body as a message may quote it: plain text (bounded), or its shape."""
+    shape = body_shape(content_type, text)
+    return text.strip()[:300] if shape == "plain text" else shape
+
+
+def foreign(status: int, api_error: bool) -> bool:
+    """Whether an answer without the API's own error shape comes from a server that is not the API:
+    a 404 page where `/api/chat` should be. Auth, rate limits and 5xx may come from a proxy."""
+    return not api_error and status < 500 and status not in _ANY_SERVER
+
+
+def wrong_server(provider: str, api: str, url: str, what: str, hint: str) -> WrongServer:
+    """`not an Ollama server at URL: POST /api/chat answered 404 with an HTML page`."""
+    return WrongServer(f"not an {api} server at {url}: {what}", provider=provider, hint=hint)
 
 
 def status_error(

@@ -13,7 +13,7 @@ from .. import secrets
 from ..config import shown_url
 from ..errors import ModelNotFound, ProviderError, ServerError, StreamInterrupted
 from ..types import ChatMessage, ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress, ToolCall, Usage
-from ._http import mapped_transport_errors, status_error
+from ._http import body_shape, error_detail, foreign, mapped_transport_errors, status_error, wrong_server
 from .base import Provider
 
 
@@ -117,21 +117,35 @@ class OllamaProvider(Provider):
         )
 
     async def _raise_for_status(self, response: httpx.Response, model: str) -> None:
-        if response.status_code < 400:
+        kind = response.headers.get("content-type", "")
+        if response.status_code < 400 and "html" not in kind:
             return
         await response.aread()
         try:
-            detail = response.json().get("error", response.text)
+            data = response.json()
         except ValueError:
-            detail = response.text
+            data = None
+        error = data.get("error") if isinstance(data, dict) else None
+        if response.status_code < 400 or foreign(response.status_code, error is not None):
+            raise self._foreign(response, body_shape(kind, response.text, "Ollama"))
         raise status_error(
             self.name,
             response.status_code,
-            str(detail)[:300],
+            str(error)[:300] if error is not None else error_detail(kind, response.text),
             url=self._host,
             headers=response.headers,
             not_found_hint=f"pull it with `%farm pull {model}`",
             label="Ollama",
+        )
+
+    def _foreign(self, response: httpx.Response, shape: str) -> ProviderError:
+        asked = f"{response.request.method} {response.request.url.path}"
+        return wrong_server(
+            self.name,
+            "Ollama",
+            self._host,
+            f"{asked} answered {response.status_code} with {shape}",
+            "point OLLAMA_HOST (or [ollama] host) at `ollama serve` (port 11434 unless set otherwise)",
         )
 
     def _json(self, response: httpx.Response) -> Any:
@@ -204,6 +218,8 @@ class OllamaProvider(Provider):
             data = self._json(response)
             if "error" in data:
                 raise ServerError(f"Ollama at {self._host} failed: {data['error']}", provider=self.name)
+            if "done" not in data:
+                raise self._foreign(response, "JSON, but not Ollama's")
             for chunk in _pieces(data.get("message") or {}):
                 yield chunk
             yield self._final(data)
@@ -250,15 +266,25 @@ class OllamaProvider(Provider):
             )
         yield final
 
-    async def _get(self, path: str) -> Any:
+    async def _get(self, path: str, needs: str) -> Any:
+        """A JSON object from Ollama that has `needs`; anything else is another server's answer."""
         async with self._errors():
             response = await self.client.get(path, timeout=self.settings.timeouts.connect * 2)
         await self._raise_for_status(response, "")
-        return self._json(response)
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or needs not in data:
+            raise self._foreign(response, body_shape(response.headers.get("content-type", ""), response.text, "Ollama"))
+        return data
 
     async def list_models(self) -> list[ModelInfo]:
-        tags = (await self._get("/api/tags")).get("models", [])
-        loaded = {_tagged(m.get("name") or m.get("model", "")) for m in (await self._get("/api/ps")).get("models", [])}
+        tags = (await self._get("/api/tags", "models")).get("models", [])
+        loaded = {
+            _tagged(m.get("name") or m.get("model", ""))
+            for m in (await self._get("/api/ps", "models")).get("models", [])
+        }
         models = []
         for m in tags:
             name = m.get("name") or m.get("model")
@@ -304,8 +330,8 @@ class OllamaProvider(Provider):
     async def health(self) -> ProviderStatus:
         start = time.perf_counter()
         try:
-            version = (await self._get("/api/version")).get("version")
-            loaded = [m.get("name", "") for m in (await self._get("/api/ps")).get("models", [])]
+            version = (await self._get("/api/version", "version")).get("version")
+            loaded = [m.get("name", "") for m in (await self._get("/api/ps", "models")).get("models", [])]
         except Exception as exc:  # noqa: BLE001 - health reports any failure as a state
             return ProviderStatus(provider=self.name, state="unhealthy", url=self._host, error=secrets.redact(str(exc)))
         return ProviderStatus(

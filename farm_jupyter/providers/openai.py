@@ -30,7 +30,7 @@ from ..errors import (
     StreamInterrupted,
 )
 from ..types import ChatMessage, ChatRequest, Chunk, ModelInfo, ProviderStatus, ToolCall, Usage
-from ._http import status_error
+from ._http import body_shape, error_detail, foreign, status_error, wrong_server
 from .base import Provider
 
 if TYPE_CHECKING:
@@ -157,10 +157,23 @@ class OpenAIProvider(Provider):
                 f"{self.name} is not reachable at {self._base_url}", provider=self.name, hint=hint
             ) from exc
         except openai.APIStatusError as exc:
+            kind, text = exc.response.headers.get("content-type", ""), exc.response.text
+            try:
+                data = json.loads(text)
+            except ValueError:
+                data = None
+            own = isinstance(data, dict) and ("error" in data or data.get("object") == "error")
+            if foreign(exc.status_code, own):
+                what = f"{exc.response.request.method} {exc.response.request.url.path} answered {exc.status_code}"
+                shape = body_shape(kind, text, "OpenAI")
+                hint = "check OPENAI_BASE_URL (or [openai] base_url): it usually ends in /v1"
+                raise wrong_server(
+                    self.name, "OpenAI-compatible", self._base_url, f"{what} with {shape}", hint
+                ) from exc
             raise status_error(
                 self.name,
                 exc.status_code,
-                self._detail(exc),
+                self._detail(exc) if own else error_detail(kind, text),
                 url=self._base_url,
                 headers=exc.response.headers,
                 not_found_hint=f"check the model name; `%farm models {self.name}` lists them",

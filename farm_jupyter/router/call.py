@@ -23,6 +23,8 @@ class Route:
     model: str
     # Set when the address looked like `x:y` with no provider `x`: said again if the model is missing.
     unknown_provider: str | None = None
+    # A model asked for without its provider (`-m gpt-4o-mini`): if missing, the others are asked too.
+    bare: bool = False
 
     def __str__(self) -> str:
         return f"{self.provider}:{self.model}"

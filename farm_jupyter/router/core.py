@@ -90,7 +90,7 @@ class Router:
     def resolve(self, target: str | None = None, *, fallback: bool = True) -> list[Route]:
         """`provider:model`, `provider`, a bare model or an alias -> the routes to try, in order."""
         target = self.expand_alias((target or self.default_target or "").strip())
-        unknown = None
+        unknown, bare = None, False
         if not target:
             primary = self.settings.default_provider
             model = None
@@ -102,14 +102,14 @@ class Router:
                 primary, model = target, None
             else:
                 primary, model = self.settings.default_provider, target
-                unknown = head if sep else None
+                unknown, bare = (head if sep else None), True
         if not self._is_provider(primary):
             raise UnknownProvider(
                 f"no provider named {primary!r}",
                 hint=f"use one of {', '.join(registry.available())}, or register_provider({primary!r}, ...)",
             )
         primary = registry.canonical(primary)
-        routes = [Route(primary, model or self._default_model(primary), unknown)]
+        routes = [Route(primary, model or self._default_model(primary), unknown, bare)]
         if fallback:
             for name in dict.fromkeys(registry.canonical(n) for n in self.settings.chain):
                 if name != primary:  # an unknown name fails as an attempt, saying so, when reached
@@ -123,10 +123,20 @@ class Router:
             return "default"
 
     @staticmethod
-    def cache_key(provider: Provider, request: ChatRequest) -> str:
+    def cache_key(provider: Provider, request: ChatRequest, *, server: bool = True) -> str:
         """The entry for this request to this provider; `llama3.1` and `llama3.1:latest` share one."""
         model = provider.normalize_model(request.model)
-        return cache_key(provider.name, model, request.messages, request.params, provider.cache_identity)
+        where = provider.cache_identity if server else None
+        return cache_key(provider.name, model, request.messages, request.params, where)
+
+    def cache_keys(self, provider: Provider, request: ChatRequest) -> list[str]:
+        """The keys an answer is looked up under, the one it is stored under first. A recording
+        leaves the server's URL out (provider, model and request only), so a notebook recorded
+        against a GPU box replays in CI; a recording made before that is read by its URL second."""
+        key = self.cache_key(provider, request)
+        if self.cache.name not in ("record", "replay"):
+            return [key]
+        return list(dict.fromkeys([self.cache_key(provider, request, server=False), key]))
 
     def breaker(self, name: str) -> CircuitBreaker:
         if name not in self.breakers:
@@ -223,10 +233,11 @@ class Router:
         request = ChatRequest(messages=call.messages, model=route.model, params=call.params, stream=call.stream)
         # Each route has its own entry: an answer is cached under the provider that gave it. The key
         # covers the images' bytes, also for a model that gets only their stand-ins.
-        key = self.cache_key(provider, request)
+        keys = self.cache_keys(provider, request)
+        key = keys[0]
         request = await fit_images(call, provider, request)
         notice = call.notice(route)
-        if call.read_cache and (entry := await self._cache_call(call, "get", key)) is not None:
+        if call.read_cache and (entry := await self._cached(call, keys)) is not None:
             if call.shown:
                 yield Chunk(restart=True, status=restart_note(call, f"answering with {route} (cached)"))
                 call.shown, call.restarted = 0, True
@@ -352,7 +363,8 @@ class Router:
         did not match the schema), so that asking again asks the model again."""
         request = ChatRequest(messages=messages, model=response.model, params=parse_params(params))
         try:
-            await self.cache.delete(self.cache_key(self.provider(response.provider), request))
+            for key in self.cache_keys(self.provider(response.provider), request):
+                await self.cache.delete(key)
         except Exception:  # noqa: BLE001 - a cache that is down has nothing to forget
             log.debug("cache delete failed", exc_info=True)
 
@@ -382,7 +394,11 @@ class Router:
         """The caller's own mistake, said in one line with what to do; nothing else was asked."""
         self.monitor.record_error(route.provider, route.model, exc, call.elapsed())
         if isinstance(exc, ModelNotFound):
-            exc = missing_model(route, exc, await self.learn_models(route.provider))
+            # A bare name may be another provider's model: each configured provider is asked.
+            chain = [registry.canonical(n) for n in self.settings.chain]
+            others = [n for n in dict.fromkeys([*chain, *self.providers]) if n != route.provider] if route.bare else []
+            names, *found = await asyncio.gather(*(self.learn_models(n) for n in [route.provider, *others]))
+            exc = missing_model(route, exc, names, dict(zip(others, found, strict=True)))
         return as_fallback(call, route, exc)
 
     def _record_failure(
@@ -390,6 +406,12 @@ class Router:
     ) -> None:
         self.monitor.record_failure(route.provider, exc.kind)
         call.attempts.append(failed_attempt(route, exc, retries=retries, waited=waited, chunks=chunks))
+
+    async def _cached(self, call: Call, keys: list[str]) -> CacheEntry | None:
+        for key in keys:
+            if (entry := await self._cache_call(call, "get", key)) is not None:
+                return entry
+        return None
 
     async def _cache_call(self, call: Call, op: str, key: str, *args: object) -> CacheEntry | None:
         """A cache that is down costs a warning, never the answer; a cache that refuses on

@@ -62,14 +62,30 @@ def as_fallback(call: Call, route: Route, exc: ProviderError) -> ProviderError:
     return type(exc)(f"{why}, and the fallback {route}: {exc}", provider=exc.provider, status=exc.status)
 
 
-def missing_model(route: Route, exc: ModelNotFound, names: list[str]) -> ModelNotFound:
-    """`ollama has no model "llama3": did you mean llama3.1:latest?`, from the names it really has."""
-    near = difflib.get_close_matches(route.model, names, n=3, cutoff=0.5)
+def missing_model(
+    route: Route, exc: ModelNotFound, names: list[str], elsewhere: dict[str, list[str]] | None = None
+) -> ModelNotFound:
+    """`ollama has no model "llama3": did you mean llama3.1:latest?`, from the names it really has.
+    A bare name (`elsewhere`: what the other providers have) found at another provider is
+    `did you mean openai:gpt-4o-mini?`; with no close match anywhere, some of what it has."""
+    asked = route.model.removesuffix(":latest")
+    found = [f"{p}:{n}" for p, have in (elsewhere or {}).items() for n in have if n.removesuffix(":latest") == asked]
+    near = found or difflib.get_close_matches(route.model, names, n=3, cutoff=0.5)
     if not near:  # `llama3` for `llama3.1:latest`: a prefix is a good guess too
         near = [n for n in names if n.startswith(route.model.split(":")[0])][:3]
+    if not near:
+        near = [
+            f"{p}:{n}" for p, have in (elsewhere or {}).items() for n in difflib.get_close_matches(route.model, have, 2)
+        ][:3]
     said = f'no provider "{route.unknown_provider}"; ' if route.unknown_provider else ""
-    hints = [f"did you mean {' or '.join(near)}?"] if near else []
-    if exc.hint:
+    if near:
+        hints = [f"did you mean {' or '.join(near)}?"]
+    elif names:
+        more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
+        hints = [f"{route.provider} has {', '.join(names[:_LISTED])}{more}"]
+    else:
+        hints = []
+    if exc.hint and not found:  # pulling it is no advice when another provider has it
         hints.append(exc.hint)
     # An HTTP 404 says little ("model not found, try pulling it"): say it plainly. A local
     # engine's own words say more (a file that is there but is no model): keep them.
@@ -79,3 +95,6 @@ def missing_model(route: Route, exc: ModelNotFound, names: list[str]) -> ModelNo
         else f'{route.provider} has no model "{route.model}"'
     )
     return ModelNotFound(f"{said}{what}", provider=route.provider, status=exc.status, hint="; ".join(hints) or None)
+
+
+_LISTED = 5  # names listed when none is close

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 from urllib.parse import unquote, urlsplit
 
 from .answers import Said, example_of, images_of, since_user, text_of
-from .faults import HANG_LIMIT, STREAM_FAULTS, Fault, echoed, pick
+from .faults import FOREIGN_PAGE, HANG_LIMIT, STREAM_FAULTS, Fault, echoed, pick
 from .transport import JSON_TYPE, Handler, Server, dumps
 
 if TYPE_CHECKING:
@@ -242,6 +242,10 @@ class LoopbackServer:
             message, extra = echoed(headers)
             body = self._error_body(fault.status, message)
             return h.send_bytes(fault.status, dumps(body), self.content_type, extra)
+        if fault is not None and fault.kind == "foreign":
+            text = FOREIGN_PAGE if fault.text is None else fault.text
+            kind = "text/html" if text.lstrip().startswith("<") else "text/plain"
+            return h.send_bytes(fault.status, text.encode(), f"{kind}; charset=utf-8")
         if fault is not None and fault.kind == "status":
             extra = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
             body = fault.body if fault.body is not None else self._error_body(fault.status)

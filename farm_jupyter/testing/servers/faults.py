@@ -15,11 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote
 
-FaultKind = Literal["status", "delay", "drop", "malformed", "error_line", "hang", "echo"]
+FaultKind = Literal["status", "delay", "drop", "malformed", "error_line", "hang", "echo", "foreign"]
 
-KINDS = frozenset({"status", "delay", "drop", "malformed", "error_line", "hang", "echo"})
+KINDS = frozenset({"status", "delay", "drop", "malformed", "error_line", "hang", "echo", "foreign"})
 STREAM_FAULTS = frozenset({"drop", "malformed", "error_line"})
 HANG_LIMIT = 60.0
+# What a web server that is not the API answers (nginx's 404 page, give or take).
+FOREIGN_PAGE = (
+    "<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n"
+    "<center><h1>404 Not Found</h1></center>\r\n<hr><center>nginx/1.24.0</center>\r\n</body>\r\n</html>\r\n"
+)
 
 
 @dataclass
@@ -36,6 +41,9 @@ class Fault:
       request carried (a Bearer key, an api-key header, a basic-auth password) quoted back whole,
       without its `sk-`-style prefix, url-encoded and in part, in the error body and in the
       WWW-Authenticate and X-Echo-* headers.
+    - foreign: answer `status` (say 404) as a server that does not speak this protocol does:
+      `text` as the body (an nginx 404 page by default; "" for an empty body) as text/html when it
+      looks like HTML, else text/plain. For JSON that is not the protocol's, use `status` with `body`.
 
     Non-streamed answers get the same faults as whole bodies (half a body, a broken body, a 500).
     A fault applies to the first `times` matching requests (None: all), each with `probability`
@@ -47,6 +55,7 @@ class Fault:
     times: int | None = 1
     status: int = 500
     body: dict[str, Any] | None = None
+    text: str | None = None
     retry_after: float | None = None
     delay: float = 0.0
     after: int = 0
