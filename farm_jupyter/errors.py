@@ -18,6 +18,8 @@
     │       ├── AuthenticationError bad or missing key                                      the caller's
     │       ├── ModelNotFound       the model is not there                                  the caller's
     │       └── BadRequest          the request itself is wrong (400/422, content filter)   the caller's
+    │           └── Unsupported     a feature its provider (or model) cannot do, said before  the caller's
+    │                               anything is sent; a fallback that cannot is skipped
     ├── AllProvidersFailed          every route was tried; `.attempts` says what happened
     ├── BudgetExceeded (ledger.py)  a request could take the spend past [budget] usd
     └── SchemaMismatch (structured.py) no answer matched the schema after the re-asks
@@ -155,6 +157,16 @@ class ModelNotFound(ProviderResponseError, kind="model not found", did="has no s
 
 
 class BadRequest(ProviderResponseError, kind="bad request", did="refused the request"): ...
+
+
+class Unsupported(BadRequest, kind="unsupported"):
+    """`llamacpp cannot do tools here: use ollama or openai, or drop tools=`: raised by the router
+    before anything is sent (farm_jupyter.types.capabilities); its notice names the feature."""
+
+    def __init__(self, message: str, *, feature: str, provider: str, hint: str | None = None) -> None:
+        self.feature = feature
+        vars(self)["did"] = f"cannot do {feature}"  # per refusal: what a fallback notice says of it
+        super().__init__(message, provider=provider, hint=hint)
 
 
 class AllProvidersFailed(FarmError):

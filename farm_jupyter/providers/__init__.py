@@ -9,7 +9,7 @@ import importlib
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterable
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import (
     ConfigError,
@@ -19,7 +19,8 @@ from ..errors import (
     ProviderUnavailable,
     UnknownProvider,
 )
-from ..types import ChatRequest, Chunk, Usage
+from ..types import Capabilities, ChatRequest, Chunk, Usage
+from ..types.capabilities import FEATURES, table
 from .base import Provider
 
 __all__ = [
@@ -28,7 +29,9 @@ __all__ = [
     "ProviderFactory",
     "available",
     "canonical",
+    "capability_table",
     "create",
+    "declared",
     "is_known",
     "register_provider",
     "unregister_provider",
@@ -45,29 +48,86 @@ _BUILTIN = {
 }
 _ALIASES = {"hf": "huggingface"}
 _registered: dict[str, ProviderFactory] = {}
+_declared: dict[str, Capabilities] = {}  # what a registered provider said it can do
 ENTRY_POINT_GROUP = "farm_jupyter.providers"
 
 
-def register_provider(name: str, factory: ProviderFactory | Callable[..., Any], *, replace: bool = True) -> None:
+def register_provider(
+    name: str,
+    factory: ProviderFactory | Callable[..., Any],
+    *,
+    replace: bool = True,
+    capabilities: Capabilities | Iterable[str] | None = None,
+) -> None:
     """Register a provider under `name`.
 
     `factory` is a Provider subclass (called as `cls(name, settings, **options)`), any callable
     with that signature returning a Provider, or a plain function `fn(messages, **params)` that
     returns or yields text (sync or async), which is wrapped in a FunctionProvider.
+
+    `capabilities` says what it can do (feature names, see `farm_jupyter.types.capabilities`):
+    a request that asks for anything else is refused before it is sent. A class declares its own
+    (`capabilities = Capabilities.of(...)`), which this replaces when given; a function declares
+    nothing unless given, and can take only the keywords it is passed (`FunctionProvider.TAKES`).
     """
     if not name or ":" in name or not name.replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"provider name {name!r} must be letters, digits, '-' or '_'")
     if not replace and (name in _registered or name in _BUILTIN):
         raise ConfigError(f"a provider named {name!r} is already registered")
+    try:
+        row = Capabilities.parse(capabilities)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"provider {name!r}: {exc}") from None
     is_provider_class = inspect.isclass(factory) and issubclass(factory, Provider)
-    if not is_provider_class and not _takes_settings(factory):
+    is_function = not is_provider_class and not _takes_settings(factory)
+    # A factory function's provider is not known until it is made: it says nothing here.
+    known = factory.capabilities if is_provider_class and capabilities is None else row  # type: ignore[union-attr]
+    if is_function:
+        if extra := sorted(row.features - FunctionProvider.TAKES):
+            raise ConfigError(
+                f"a function provider cannot do {', '.join(extra)}: it is passed only "
+                f"{', '.join(sorted(FunctionProvider.TAKES))} and returns text",
+                hint="subclass farm_jupyter.Provider for the rest",
+            )
         fn = factory
         factory = lambda n, settings, **o: FunctionProvider(n, settings, fn=fn, **o)  # noqa: E731
+    elif capabilities is not None:
+        made = factory
+        factory = lambda n, settings, **o: _declaring(made(n, settings, **o), row)  # noqa: E731
     _registered[name] = factory
+    _declared.pop(name, None)
+    if is_provider_class or is_function or capabilities is not None:
+        _declared[name] = known
+
+
+def _declaring(provider: Provider, row: Capabilities) -> Provider:
+    provider.capabilities = row
+    return provider
+
+
+def capability_table() -> str:
+    """The provider x feature table of the README, from the providers' own declarations."""
+    rows: dict[str, Capabilities | frozenset[str]] = {f"`{n}`": _lookup(n).capabilities for n in _BUILTIN}  # type: ignore[attr-defined]
+    rows["a function (`register_provider(name, fn, capabilities=[...])`)"] = FunctionProvider.TAKES
+    rows["a `Provider` subclass (`capabilities = Capabilities.of(...)`)"] = frozenset(FEATURES)
+    return table(rows)
 
 
 def unregister_provider(name: str) -> None:
     _registered.pop(name, None)
+    _declared.pop(name, None)
+
+
+def declared(name: str) -> Capabilities | None:
+    """What the provider `name` can do, without making one (None for one not known yet: a
+    factory function, or an entry point not loaded)."""
+    name = canonical(name)
+    if name in _registered:
+        return _declared.get(name)
+    if name in _BUILTIN:
+        row: Capabilities = _lookup(name).capabilities  # type: ignore[attr-defined]
+        return row
+    return None
 
 
 def _takes_settings(factory: Callable[..., Any]) -> bool:
@@ -143,9 +203,16 @@ class FunctionProvider(Provider):
         farm_jupyter.register_provider("shout", shout)
     """
 
+    # What it can be passed (as keywords: `stop=`, `seed=`, `response_schema=`, ...), of which
+    # `register_provider(..., capabilities=...)` says what it does; stream and fallback go without saying.
+    TAKES: ClassVar[frozenset[str]] = frozenset(
+        {"stream", "fallback", "schema", "images", "stop", "seed", "temperature", "max_tokens"}
+    )
+
     def __init__(self, name: str, settings: Any, *, fn: Callable[..., Any], **options: Any) -> None:
         super().__init__(name, settings, **options)
         self.fn = fn
+        self.capabilities = _declared.get(name, Capabilities())
 
     @property
     def default_model(self) -> str:

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from ..errors import BadRequest, ConfigError, problems
 from ..runtime import get_runtime
 from ..types import (
+    Capabilities,
     ChatMessage,
     ChatRequest,
     ChatResponse,
@@ -97,6 +98,9 @@ class Provider(ABC):
     """
 
     kind: ClassVar[str] = "custom"
+    # What it can do (farm_jupyter.types.capabilities): what is not declared is refused before
+    # anything is sent. A subclass declares its own row; this one declares nothing.
+    capabilities: Capabilities = Capabilities()
 
     def __init__(self, name: str, settings: Settings, **options: Any) -> None:
         self.name = name
@@ -170,9 +174,15 @@ class Provider(ABC):
     async def list_models(self) -> list[ModelInfo]:
         return [ModelInfo(name=self.default_model, provider=self.name, loaded=True)]
 
+    async def model_capabilities(self, model: str) -> frozenset[str]:
+        """The features `model` has, for a provider whose row depends on the model
+        (`capabilities.per_model`); the row itself by default."""
+        return self.capabilities.features
+
     async def accepts_images(self, model: str) -> bool:
         """Can this model see images? If not, the router sends each image's one-line stand-in."""
-        return bool(self.options.get("vision", False))
+        vision = self.options.get("vision")
+        return bool(vision) if vision is not None else "images" in self.capabilities.features
 
     async def load_model(self, model: str) -> AsyncIterator[PullProgress]:
         """Make a model ready (Ollama pulls it); yields progress. The default has nothing to do."""

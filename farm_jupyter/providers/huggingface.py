@@ -33,6 +33,7 @@ from .. import embedded
 from ..errors import BadRequest, FarmError, MissingDependency, ModelNotFound, ServerError
 from ..tiny_model import quiet_hf
 from ..types import ChatRequest, ModelInfo, ProviderStatus, PullProgress, Usage
+from ..types.capabilities import Capabilities
 from ._local import Channel, LocalProvider, ensure, first_line
 from ._transformers import (
     CONVERTED,
@@ -64,6 +65,7 @@ def _human(count: int) -> str:
 
 class HuggingFaceProvider(LocalProvider[Loaded]):
     kind = "huggingface"
+    capabilities = Capabilities.of("stream", "stop", "seed", "temperature", "max_tokens", "embed", "load", "fallback")
     stalled = "raise huggingface.stream_timeout, or use a smaller model or a GPU"
 
     def __init__(self, name: str, settings: Any, **options: Any) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 from .. import embedded
 from ..errors import BadRequest, FarmError, MissingDependency, ModelNotFound, ServerError
 from ..types import ChatRequest, ModelInfo, ProviderStatus, PullProgress, Usage
+from ..types.capabilities import Capabilities
 from ._local import Channel, LocalProvider, ensure, first_line
 
 _STREAM_TIMEOUT = 60.0  # seconds without a token before the request is given up
@@ -117,6 +118,7 @@ def _mapped_errors(provider: str, model: str, *, loading: bool = False) -> Itera
 
 class LlamaCppProvider(LocalProvider[_Loaded]):
     kind = "llamacpp"
+    capabilities = Capabilities.of("stream", "stop", "seed", "temperature", "max_tokens", "load", "fallback")
     stalled = "raise stream_timeout in [providers.llamacpp], or use a smaller model"
 
     @property

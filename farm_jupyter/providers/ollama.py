@@ -13,6 +13,7 @@ from .. import secrets
 from ..config import shown_url
 from ..errors import ModelNotFound, ProviderError, ServerError, StreamInterrupted
 from ..types import ChatMessage, ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress, ToolCall, Usage
+from ..types.capabilities import Capabilities
 from ._http import body_shape, error_detail, foreign, mapped_transport_errors, status_error, wrong_server
 from .base import Provider
 
@@ -77,6 +78,11 @@ def _pieces(message: dict[str, Any]) -> list[Chunk]:
 
 class OllamaProvider(Provider):
     kind = "ollama"
+    capabilities = Capabilities.of(
+        *("stream", "schema", "tools", "think", "images", "stop", "seed", "temperature", "max_tokens"),
+        *("embed", "load", "fallback"),
+        per_model=("tools", "think", "images"),  # as /api/show's `capabilities` says, per model
+    )
 
     def __init__(self, name: str, settings: Any, **options: Any) -> None:
         super().__init__(name, settings, **options)
@@ -84,7 +90,7 @@ class OllamaProvider(Provider):
         self._auth = httpx.BasicAuth(user or "", password or "") if (user or password) else None
         self._host: str = shown_url(self._base, user, password)  # what messages show: no password
         self._client: httpx.AsyncClient | None = None
-        self._vision: dict[str, bool] = {}
+        self._abilities: dict[str, list[str] | None] = {}  # /api/show's `capabilities`, per model
 
     @property
     def url(self) -> str:
@@ -239,16 +245,30 @@ class OllamaProvider(Provider):
             )
         yield final
 
-    async def accepts_images(self, model: str) -> bool:
-        """Ollama says what a model can do: `vision` among its capabilities (asked once per model)."""
+    async def _shown_abilities(self, model: str) -> list[str] | None:
+        """Ollama says what a model can do: its `capabilities` (asked once per model); None when
+        it cannot say (the chat itself will say what is wrong)."""
         model = _tagged(model)
-        if model not in self._vision:
+        if model not in self._abilities:
             try:
                 shown = await self.show(model)
             except ProviderError:
-                return False  # the chat itself will say what is wrong
-            self._vision[model] = "vision" in (shown.get("capabilities") or [])
-        return self._vision[model]
+                return None
+            found = shown.get("capabilities")
+            self._abilities[model] = [str(c) for c in found] if isinstance(found, list) else None
+        return self._abilities[model]
+
+    async def accepts_images(self, model: str) -> bool:
+        return "vision" in (await self._shown_abilities(model) or [])
+
+    async def model_capabilities(self, model: str) -> frozenset[str]:
+        """The row narrowed by /api/show: `tools`, `thinking`, `vision`, `insert` (fill-in-the-middle)."""
+        row = self.capabilities.features
+        said = await self._shown_abilities(model)
+        if said is None:  # an older Ollama that does not say: the row, and the chat says the rest
+            return row
+        words = {"tools": "tools", "think": "thinking", "images": "vision", "fim": "insert"}
+        return row - {f for f in self.capabilities.per_model if words.get(f, f) not in said}
 
     async def agenerate_stream(self, prompt: str, model: str | None = None, **params: Any) -> AsyncIterator[Chunk]:  # type: ignore[override]
         # Ollama has a native completion endpoint; raw prompts skip the chat template there.

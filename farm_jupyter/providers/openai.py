@@ -30,6 +30,7 @@ from ..errors import (
     StreamInterrupted,
 )
 from ..types import ChatMessage, ChatRequest, Chunk, ModelInfo, ProviderStatus, ToolCall, Usage
+from ..types.capabilities import Capabilities
 from ._http import body_shape, error_detail, foreign, status_error, wrong_server
 from .base import Provider
 
@@ -84,6 +85,11 @@ def _reasoning(delta: Any) -> str:
 
 class OpenAIProvider(Provider):
     kind = "openai"
+    capabilities = Capabilities.of(
+        *("stream", "schema", "tools", "think", "images", "stop", "seed", "temperature", "max_tokens"),
+        *("embed", "fallback"),
+        per_model=("images",),  # by the model's name, or the `vision` option
+    )
 
     def __init__(self, name: str, settings: Any, **options: Any) -> None:
         super().__init__(name, settings, **options)

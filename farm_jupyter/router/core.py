@@ -33,13 +33,16 @@ from ..errors import (
     RateLimited,
     ReplayMiss,
     UnknownProvider,
+    Unsupported,
 )
 from ..ledger import Ledger
 from ..monitor import Monitor, RequestRecord
 from ..providers.base import Provider
 from ..secrets import redact
 from ..types import Attempt, ChatMessage, ChatRequest, ChatResponse, Chunk, GenerationParams, ProviderStatus, Usage
+from ..types.capabilities import without
 from .call import Call, Route, Try, fit_images, parse_params
+from .capable import able, missing, refused, unsupported
 from .deadline import timed
 from .failures import as_fallback, cooling_down, failed_attempt, missing_model, not_recorded, restart_note
 from .limits import CircuitBreaker, RateLimiter, estimate_tokens, retry_delay
@@ -116,6 +119,17 @@ class Router:
                     routes.append(Route(name, self._default_model(name)))
         return routes
 
+    def able(self, feature: str) -> list[str]:
+        """The providers that can do `feature`: the chain's first, then every one known."""
+        return able([*self.settings.chain, *registry.available()], feature)
+
+    def require(self, name: str, feature: str) -> Provider:
+        """The provider `name` when its row has `feature` (embed, load, fim), else its refusal."""
+        provider = self.provider(name)
+        if not provider.capabilities.can(feature):
+            raise unsupported(registry.canonical(name), feature, self.able)
+        return provider
+
     def _default_model(self, name: str) -> str:
         try:
             return self.provider(name).default_model
@@ -183,7 +197,8 @@ class Router:
                     yield chunk
                 return
             except ProviderError as exc:
-                if exc.availability or (isinstance(exc, NotConfigured) and index > 0):
+                # A fallback that is not configured, or cannot do what was asked, is skipped, said.
+                if exc.availability or (isinstance(exc, NotConfigured | Unsupported) and index > 0):
                     call.failed.append(exc)
                     continue
                 said = await self._callers_error(call, route, exc)
@@ -222,6 +237,8 @@ class Router:
         call = Call(messages, parse_params(params), stream=False, use_cache=True, read_cache=True)
         route = self.resolve(target, fallback=False)[0]
         provider = self.provider(route.provider)
+        if missing(provider, call.params, messages) is not None:  # refused on the loop, in one line
+            return None
         model = provider.normalize_model(route.model)
         entry = peek(cache_key(provider.name, model, messages, call.params, provider.cache_identity))
         if entry is None:
@@ -230,11 +247,20 @@ class Router:
 
     async def _route(self, call: Call, route: Route) -> AsyncIterator[Chunk]:
         provider = self.provider(route.provider)
+        # Before anything is sent; a replay asks no server, not even what a model can do.
+        cannot = await refused(
+            provider, route, call.params, call.messages, self.able, ask_model=self.cache.name != "replay"
+        )
+        if cannot is not None:
+            call.attempts.append(failed_attempt(route, cannot))
+            raise cannot
         request = ChatRequest(messages=call.messages, model=route.model, params=call.params, stream=call.stream)
         # Each route has its own entry: an answer is cached under the provider that gave it. The key
         # covers the images' bytes, also for a model that gets only their stand-ins.
         keys = self.cache_keys(provider, request)
         key = keys[0]
+        # What the provider gets holds only what it does: a schema it does not constrain to is in the prompt.
+        request = request.model_copy(update={"params": without(request.params, provider.capabilities.features)})
         request = await fit_images(call, provider, request)
         notice = call.notice(route)
         if call.read_cache and (entry := await self._cached(call, keys)) is not None:

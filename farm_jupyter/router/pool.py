@@ -18,7 +18,7 @@ from ..config import Settings
 from ..errors import CoolingDown, ProviderError, RateLimited
 from ..providers.base import Provider
 from ..secrets import redact
-from ..types import ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress
+from ..types import Capabilities, ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress
 from .limits import CircuitBreaker
 
 
@@ -50,6 +50,13 @@ class Pool(Provider):
     @property
     def kind(self) -> str:  # type: ignore[override]  # what its servers are
         return self.members[0].provider.kind
+
+    @property
+    def capabilities(self) -> Capabilities:  # type: ignore[override]  # its servers' row
+        return self.members[0].provider.capabilities
+
+    async def model_capabilities(self, model: str) -> frozenset[str]:
+        return await self.members[0].provider.model_capabilities(model)
 
     @property
     def url(self) -> str | None:

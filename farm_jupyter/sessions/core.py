@@ -22,7 +22,6 @@ from ..providers import canonical
 from ..providers import is_known as is_provider
 from ..providers.base import as_messages
 from ..router import Router
-from ..router.pool import Pool
 from ..runtime import Runtime, get_runtime
 from ..steps import Extras, Steps, plan
 from ..types import (
@@ -341,12 +340,8 @@ class Session:
     def has_models_to_load(self, model: str) -> bool:
         """Does `model`'s provider pull or load models (Ollama, HuggingFace)? A remote API (OpenAI
         or a compatible server) serves its models itself: there is nothing to load or free."""
-        from ..providers.base import Provider
-
         provider, _ = self._split(model)
-        found = self.router.provider(provider)
-        one = found.members[0].provider if isinstance(found, Pool) else found  # a pool of servers: ask one
-        return type(one).load_model is not Provider.load_model
+        return self.router.provider(provider).capabilities.can("load")
 
     def _split(self, model: str) -> tuple[str, str]:
         route = self.router.resolve(model, fallback=False)[0]
@@ -355,11 +350,11 @@ class Session:
     def load(self, model: str) -> Iterator[PullProgress]:
         """Pull (Ollama) and load a model; yields progress."""
         provider, name = self._split(model)
-        return self.runtime.iterate(self.router.provider(provider).load_model(name))
+        return self.runtime.iterate(self.router.require(provider, "load").load_model(name))
 
     def unload(self, model: str) -> None:
         provider, name = self._split(model)
-        self.runtime.run(self.router.provider(provider).unload_model(name))
+        self.runtime.run(self.router.require(provider, "load").unload_model(name))
 
     def reload(self, model: str) -> Iterator[PullProgress]:
         self.unload(model)
@@ -378,7 +373,7 @@ class Session:
 
     def embed(self, texts: list[str], model: str | None = None) -> list[list[float]]:
         provider, name = self._split(model) if model else (self.settings.default_provider, None)
-        return self.runtime.run(self.router.provider(provider).embed(texts, name))
+        return self.runtime.run(self.router.require(provider, "embed").embed(texts, name))
 
     def map(self, items: Iterable[Any], prompt: PromptBuilder = "{}", **kwargs: Any) -> Any:
         """One prompt over many items, `concurrency` at a time; see `farm_jupyter.map`."""
@@ -433,11 +428,11 @@ class Session:
 
     def pull(self, provider: str, model: str) -> AsyncIterator[PullProgress]:
         """Pull and load one model, as progress (iterated on the runtime loop)."""
-        return self.router.provider(provider).load_model(model)
+        return self.router.require(provider, "load").load_model(model)
 
     async def drop(self, provider: str, model: str) -> None:
         """Unload one model (runs on the runtime loop)."""
-        await self.router.provider(provider).unload_model(model)
+        await self.router.require(provider, "load").unload_model(model)
 
     @property
     def cache_state(self) -> str:

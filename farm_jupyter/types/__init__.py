@@ -5,6 +5,7 @@ serialises on the way out. `Chunk` is the exception: one is made per token on th
 is a slotted dataclass, not a validated model.
 
     messages    ChatMessage and what it carries: ImagePart, ToolCall, ToolSpec, ToolRun
+    capabilities    Capabilities: a provider's row of the provider x feature table
     request     GenerationParams (with each provider's options), ChatRequest
     responses   Usage, Timings, Attempt, ChatResponse, Chunk
     status      ModelInfo, PullProgress, ProviderStatus, GPUStats
@@ -12,6 +13,7 @@ is a slotted dataclass, not a validated model.
 
 from __future__ import annotations
 
+from .capabilities import Capabilities
 from .messages import ChatMessage, ImagePart, Role, ToolCall, ToolRun, ToolSpec
 from .request import PROVIDER_OPTIONS, ChatRequest, GenerationOptions, GenerationParams
 from .responses import Attempt, ChatResponse, Chunk, Timings, Usage, generation_rate
@@ -20,6 +22,7 @@ from .status import GPUDevice, GPUProcess, GPUStats, ModelInfo, ProviderStatus, 
 __all__ = [
     "PROVIDER_OPTIONS",
     "Attempt",
+    "Capabilities",
     "ChatMessage",
     "ChatRequest",
     "ChatResponse",

@@ -186,10 +186,16 @@ class OllamaServer(LoopbackServer):
                 f"{family}.context_length": 8192,
                 f"{family}.embedding_length": 8 if embeds else 4096,
             },
-            "capabilities": ["embedding"] if embeds else ["completion", "tools", "thinking", *vision],
+            "capabilities": ["embedding"] if embeds else ["completion", *self._abilities(name), *vision],
             "modified_at": self._modified_at,
         }
         self._send(h, 200, shown, fault)
+
+    @staticmethod
+    def _abilities(name: str) -> list[str]:
+        """What /api/show says a chat model can do besides completion: as real Ollama says of
+        gemma2, phi3 and tinyllama, nothing (no tools, no thinking); every other model both."""
+        return [] if re.search(r"gemma2|phi3|tinyllama", name) else ["tools", "thinking"]
 
     def _delete(self, h: Handler, body: Json, fault: Fault | None) -> None:
         asked = body.get("model") or body.get("name")
