@@ -40,20 +40,20 @@ def wait_for(predicate, timeout: float = 10.0) -> bool:
 
 
 def test_addresses_resolve(session):
-    r = session.router
+    r = session._engine.router
     assert [str(x) for x in r.resolve()] == ["ollama:llama3.1", "openai:gpt-4o-mini"]
     assert str(r.resolve("openai:gpt-4o")[0]) == "openai:gpt-4o"
     assert str(r.resolve("llama3.1:latest")[0]) == "ollama:llama3.1:latest"  # a tag, not a provider
     assert str(r.resolve("qwen2.5")[0]) == "ollama:qwen2.5"  # bare model: default provider
     assert str(r.resolve("openai")[0]) == "openai:gpt-4o-mini"  # provider: its default model
-    session.alias("fast", "openai:gpt-4o")
+    session.settings.aliases["fast"] = "openai:gpt-4o"
     assert str(r.resolve("fast")[0]) == "openai:gpt-4o"
     assert [str(x) for x in r.resolve("fast", fallback=False)] == ["openai:gpt-4o"]
 
 
 def test_environment_picks_the_default_provider(ollama_server, openai_server):
     s = make(ollama_server, openai_server, env="production", fallback=None, provider=None)
-    assert s.router.resolve()[0].provider == "openai"
+    assert s._engine.router.resolve()[0].provider == "openai"
     assert s.chat("hi").provider == "openai"
     s.close()
 
@@ -79,7 +79,7 @@ def test_retry_after_is_honoured(ollama_server):
     async def sleep(seconds: float) -> None:
         waits.append(seconds)
 
-    s.router.sleep = sleep
+    s._engine.router.sleep = sleep
     ollama_server.add_fault(Fault(kind="status", status=429, times=1, retry_after=0.6, path="/api/chat"))
     response = s.chat("hello")
     assert ollama_server.count("/api/chat") == 2
@@ -153,7 +153,7 @@ def test_breaker_cools_down_skips_then_probes(ollama_server, openai_server):
     for _ in range(2):
         assert s.chat("hi", no_cache=True).provider == "openai"
     assert ollama_server.count("/api/chat") == 2
-    assert s.router.breaker("ollama").state == "open"
+    assert s._engine.router.breaker("ollama").state == "open"
 
     response = s.chat("hi", no_cache=True)  # skipped while cooling down: no request at all
     assert ollama_server.count("/api/chat") == 2
@@ -165,7 +165,7 @@ def test_breaker_cools_down_skips_then_probes(ollama_server, openai_server):
     ollama_server.clear()  # the provider recovered
     response = s.chat("hi", no_cache=True)  # the probe
     assert response.provider == "ollama" and ollama_server.count("/api/chat") == 1
-    assert s.router.breaker("ollama").state == "closed"
+    assert s._engine.router.breaker("ollama").state == "closed"
     s.close()
 
 
@@ -182,8 +182,8 @@ def test_rate_limit_waits_and_says_so(ollama_server):
         waits.append(seconds)
         now[0] += seconds
 
-    s.router.sleep = sleep
-    limiter = s.router.limiter("ollama")
+    s._engine.router.sleep = sleep
+    limiter = s._engine.router.limiter("ollama")
     assert limiter is not None
     limiter.clock = lambda: now[0]
     for _ in range(2):
@@ -212,7 +212,7 @@ def test_fifty_concurrent_chats_over_two_providers(ollama_server, openai_server)
 
     async def many():
         return await asyncio.gather(
-            *(s.achat(f"q{i}", "ollama" if i % 2 else "openai", no_cache=True) for i in range(50))
+            *(s.aio.chat(f"q{i}", "ollama" if i % 2 else "openai", no_cache=True) for i in range(50))
         )
 
     responses = asyncio.run(many())
@@ -236,7 +236,7 @@ def cache_layer(request, tmp_path):
 def test_cache_hit_replays_without_a_request(ollama_server, cache_layer):
     s = make(ollama_server, cache=cache_layer)
     if cache_layer["backend"] == "redis":
-        s.cache_clear()
+        s.reset(cache=True)
     first = s.stream("cache me", temperature=0).result()
     stream = s.stream("cache me", temperature=0)
     chunks = list(stream)
@@ -261,9 +261,9 @@ def test_errors_and_partial_streams_are_not_cached(ollama_server):
     ollama_server.add_fault(Fault(kind="drop", after=1, times=1, path="/api/chat"))
     with pytest.raises(AllProvidersFailed):
         s.chat("partial")
-    assert s.cache_info()["entries"] == 0
+    assert s.usage("cache")["entries"] == 0
     assert s.chat("partial").text == "Echo: partial"
-    assert s.cache_info()["entries"] == 1
+    assert s.usage("cache")["entries"] == 1
     s.close()
 
 
@@ -284,10 +284,10 @@ def test_monitor_records_and_summarises(session, ollama_server):
     ollama_server.add_fault(Fault(kind="status", status=404, times=1, path="/api/chat"))
     with pytest.raises(ModelNotFound):
         session.chat("b", "ollama:gone", fallback=False)
-    records = list(session.monitor.records)
+    records = list(session._engine.monitor.records)
     assert [r.ok for r in records] == [True, True, False]
     assert records[1].cached and records[0].usage.completion_tokens > 0
-    (summary,) = [m for m in session.monitor.summary() if m.address == "ollama:llama3.1"]
+    (summary,) = [m for m in session._engine.monitor.summary() if m.address == "ollama:llama3.1"]
     assert summary.requests == 2 and summary.cache_hits == 1 and summary.p50 is not None
 
 
@@ -295,7 +295,7 @@ def test_monitor_is_bounded(ollama_server):
     s = make(ollama_server, monitor_size=5)
     for i in range(12):
         s.chat(f"m{i}")
-    assert len(s.monitor.records) == 5
+    assert len(s._engine.monitor.records) == 5
     s.close()
 
 
@@ -318,11 +318,11 @@ def test_cancelling_a_stream_leaves_nothing_behind(ollama_server):
     it = iter(s.stream("long"))
     assert next(it).text
     it.close()  # what Ctrl-C does: the generator closes and cancels the request
-    assert wait_for(lambda: s.runtime.pending_tasks() == [])
+    assert wait_for(lambda: s.aio.runtime.pending_tasks() == [])
     port = int(ollama_server.url.rsplit(":", 1)[1])
     assert wait_for(lambda: _connections_to(port) == 0)
-    assert s.conversation.turns == []
-    assert s.cache_info()["entries"] == 0
+    assert s.history.turns == []
+    assert s.usage("cache")["entries"] == 0
     s.close()
 
     def ours() -> list[str]:  # threads this test started, other than the loopback server's own
@@ -346,7 +346,7 @@ def test_keyboard_interrupt_cancels_a_blocking_chat(ollama_server):
     timer.start()
     with pytest.raises(KeyboardInterrupt):
         s.chat("slow")
-    assert wait_for(lambda: s.runtime.pending_tasks() == [])
+    assert wait_for(lambda: s.aio.runtime.pending_tasks() == [])
     ollama_server.latency = 0
     assert s.chat("after").text == "Echo: after"  # the session is still usable
     s.close()
@@ -356,7 +356,7 @@ def test_keyboard_interrupt_cancels_a_blocking_chat(ollama_server):
 
 
 def test_conversation_turns_and_failures(session, ollama_server):
-    conv = session.conversation
+    conv = session.history
     session.chat("first", conversation=conv, turn_id="cell-1")
     session.chat("second", conversation=conv, turn_id="cell-2")
     assert [t.user.content for t in conv.turns] == ["first", "second"]
@@ -378,7 +378,7 @@ def test_conversation_turns_and_failures(session, ollama_server):
 
 def test_sync_and_async_twins_agree(session):
     sync = session.chat("parity", no_cache=True)
-    asyn = asyncio.run(session.achat("parity", no_cache=True))
+    asyn = asyncio.run(session.aio.chat("parity", no_cache=True))
     assert (sync.text, sync.provider, sync.model) == (asyn.text, asyn.provider, asyn.model)
 
     async def collect():
@@ -439,7 +439,7 @@ def test_rate_limit_answers_do_not_open_the_breaker(ollama_server, openai_server
     s = make(ollama_server, openai_server, breaker={"failures": 1, "cooldown": 30}, retry={"max_retries": 0})
     ollama_server.add_fault(Fault(kind="status", status=429, times=1, path="/api/chat"))
     assert s.chat("busy", no_cache=True).provider == "openai"  # fell back...
-    assert s.router.breaker("ollama").state == "closed"  # ...without calling ollama unhealthy
+    assert s._engine.router.breaker("ollama").state == "closed"  # ...without calling ollama unhealthy
     assert s.chat("busy again", no_cache=True).provider == "ollama"
     s.close()
 
@@ -456,7 +456,7 @@ def test_token_budget_counts_requests_in_flight(ollama_server):
     s = make(ollama_server, rate_limits={"ollama": {"tpm": 500}})
 
     async def go() -> str | None:
-        busy = [asyncio.ensure_future(s.achat(f"q{i}", no_cache=True, max_tokens=200)) for i in range(2)]
+        busy = [asyncio.ensure_future(s.aio.chat(f"q{i}", no_cache=True, max_tokens=200)) for i in range(2)]
         await asyncio.sleep(0.2)  # both admitted (about 200 tokens booked each) and still in flight
         note = None
         async for chunk in s.stream("third", no_cache=True, max_tokens=200):
@@ -506,5 +506,5 @@ def test_first_token_and_total_deadlines(ollama_server):
     with pytest.raises(AllProvidersFailed, match="total timeout"):  # else it would answer in 5 s
         for _ in stream:
             pass
-    assert wait_for(lambda: s.runtime.pending_tasks() == [])
+    assert wait_for(lambda: s.aio.runtime.pending_tasks() == [])
     s.close()

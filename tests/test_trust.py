@@ -89,9 +89,9 @@ def test_availability_failures_fall_back_with_a_notice(session, ollama_server, o
         assert restarted_at < notice_at
         assert not any(c.text for c in chunks[restarted_at + 1 : notice_at])
         assert "".join(c.text for c in chunks[notice_at:]) == response.text
-    counts = session.monitor.failure_counts()["ollama"]
+    counts = session._engine.monitor.failure_counts()["ollama"]
     assert sum(counts.values()) == tries
-    breaker = session.router.breaker("ollama")
+    breaker = session._engine.router.breaker("ollama")
     assert breaker.failures == (0 if error_type == "RateLimited" else 1)  # busy is not ill
 
 
@@ -118,8 +118,8 @@ def test_callers_errors_raise_without_another_provider_or_the_breaker(
     assert "\n" not in str(info.value)
     assert ollama_server.count(CHAT) == 1  # not retried
     assert openai_server.count() == 0  # no other provider asked
-    assert session.router.breaker("ollama").failures == 0
-    assert session.monitor.failure_counts() == {"ollama": {kind: 1}}
+    assert session._engine.router.breaker("ollama").failures == 0
+    assert session._engine.monitor.failure_counts() == {"ollama": {kind: 1}}
 
 
 def test_invalid_parameters_fail_before_any_request(session, ollama_server, openai_server):
