@@ -77,29 +77,31 @@ def backend_times(name: str, cache: dict[str, object], server: Served, runs: int
     first = session.stream("hi", "ollama:llama3.1").result()  # the miss that fills the cache
     hit = session.chat("hi", "ollama:llama3.1")
     assert hit.cached and hit.text == first.text, (name, hit)
-    route = session.router.resolve("ollama:llama3.1", fallback=False)[0]
+    route = session._engine.router.resolve("ollama:llama3.1", fallback=False)[0]
     messages = [ChatMessage(role="user", content="hi")]
     request = ChatRequest(messages=messages, model=route.model, params=GenerationParams(), stream=False)
-    key = session.router.cache_key(session.router.provider(route.provider), request)
+    key = session._engine.router.cache_key(session._engine.router.provider(route.provider), request)
 
     async def get() -> None:
-        assert await session.cache.get(key) is not None
+        assert await session._engine.cache.get(key) is not None
 
     async def replay() -> None:
-        async for chunk in session.router.astream(messages, "ollama:llama3.1", {}, stream=False):
+        async for chunk in session._engine.router.astream(messages, "ollama:llama3.1", {}, stream=False):
             if chunk.response is not None:
                 assert chunk.response.cached
 
     async def nothing() -> None:
         return None
 
-    in_loop = session.runtime.run(ameasure({f"{name}: get()": get, f"{name}: router lookup + replay": replay}, runs))
+    in_loop = session.aio.runtime.run(
+        ameasure({f"{name}: get()": get, f"{name}: router lookup + replay": replay}, runs)
+    )
     # Session.chat is timed on its own: right after a hop the runtime's thread is still waking
     # (it takes the GIL back to go to sleep), which would charge the hop to whatever runs next.
     alone = measure({f"{name}: Session.chat hit": lambda: session.chat("hi", "ollama:llama3.1")}, runs)
     via_loop = measure(
         {
-            f"{name}: thread hop alone (runtime.run of an empty coroutine)": lambda: session.runtime.run(nothing()),
+            f"{name}: thread hop alone (runtime.run of an empty coroutine)": lambda: session.aio.runtime.run(nothing()),
             f"{name}: Session.stream hit": lambda: list(session.stream("hi", "ollama:llama3.1")),
         },
         runs,

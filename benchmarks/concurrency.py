@@ -4,7 +4,7 @@
 
 The loopback server waits `--latency` seconds before each answer (a model's time). One request
 is the baseline; N requests that really run at once take about as long as one. Paths:
-- `asyncio.gather(session.achat(...) x N)` from a caller's own loop (a notebook cell's `await`),
+- `asyncio.gather(session.aio.chat(...) x N)` from a caller's own loop (a notebook cell's `await`),
   on the Ollama and the OpenAI protocol;
 - the compare path: `%%farm_chat --compare` with the same model N times (the magic's own
   concurrent streams on the runtime loop), rendered into a captured display.
@@ -49,7 +49,7 @@ def main() -> None:
 
         def gather(n: int, target: str) -> Callable[[], Any]:
             async def many() -> None:
-                answers = await asyncio.gather(*(session.achat(f"q{i}", target) for i in range(n)))
+                answers = await asyncio.gather(*(session.aio.chat(f"q{i}", target) for i in range(n)))
                 assert all(a.usage.completion_tokens == 20 for a in answers)
 
             return lambda: cell.run(many())

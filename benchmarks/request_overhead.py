@@ -69,8 +69,8 @@ TITLES = {
 
 def ours(openai_server: Served, ollama_server: Served, runs: int) -> dict[str, dict[str, list[float]]]:
     session = Session(settings_for(ollama_server, openai_server, cache={"backend": "none"}, fallback=[]))
-    runtime = session.runtime
-    provider = session.router.provider("openai")
+    runtime = session.aio.runtime
+    provider = session._engine.router.provider("openai")
     sync = openai.OpenAI(base_url=openai_server.base_url, api_key=TEST_API_KEY, max_retries=0)
     http = httpx.Client(base_url=ollama_server.url)
 

@@ -38,8 +38,8 @@ def main() -> None:
 
     with serve("ollama", tokens=20) as server, asyncio.Runner() as here:
         session = Session(settings_for(server, cache={"backend": "none"}))
-        runtime = session.runtime
-        provider = session.router.provider("ollama")
+        runtime = session.aio.runtime
+        provider = session._engine.router.provider("ollama")
         client = httpx.Client(base_url=server.url)
         here_client = httpx.AsyncClient(base_url=server.url)  # used on this thread's loop only
         loop_client = runtime.run(_make_client(server.url))  # used on the runtime's loop only

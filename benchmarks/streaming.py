@@ -84,7 +84,7 @@ def rates(
         async def make_client() -> httpx.AsyncClient:
             return httpx.AsyncClient(base_url=ollama.url)
 
-        runtime = session.runtime
+        runtime = session.aio.runtime
         loop_client = runtime.run(make_client())  # used on the runtime's loop only
 
         async def async_lines() -> AsyncIterator[str]:

@@ -25,6 +25,7 @@ _EXPORTS = {
     "usage": "farm_jupyter.api",
     "session": "farm_jupyter.sessions",
     "Session": "farm_jupyter.sessions",
+    "AsyncSession": "farm_jupyter.sessions",
     "ChatStream": "farm_jupyter.sessions",
     "Conversation": "farm_jupyter.sessions",
     "Settings": "farm_jupyter.config",
@@ -55,6 +56,7 @@ _EXPORTS = {
 
 __all__ = [
     "AllProvidersFailed",
+    "AsyncSession",
     "Attempt",
     "ChatMessage",
     "ChatRequest",
@@ -137,6 +139,7 @@ if TYPE_CHECKING:  # what __getattr__ loads, for type checkers; `X as X` marks e
     from .providers import register_provider as register_provider
     from .providers import unregister_provider as unregister_provider
     from .providers.base import Provider as Provider
+    from .sessions import AsyncSession as AsyncSession
     from .sessions import ChatStream as ChatStream
     from .sessions import Conversation as Conversation
     from .sessions import Session as Session

@@ -19,7 +19,7 @@ def chat(prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatRespons
 
 
 async def achat(prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatResponse:
-    return await session().achat(prompt, model, **kwargs)
+    return await session().aio.chat(prompt, model, **kwargs)
 
 
 def stream(prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatStream:

@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import (
     AuthenticationError,
@@ -28,10 +28,18 @@ from .errors import (
 )
 from .types import Attempt, ChatMessage, ChatResponse
 
-if TYPE_CHECKING:
-    from .sessions import Session
-
 PromptBuilder = str | Callable[[Any], "str | Sequence[ChatMessage | dict[str, Any]]"]
+
+
+class Session(Protocol):
+    """What map and compare ask through: a Session (this module is below it, and names none)."""
+
+    aio: Any  # its AsyncSession: `chat`, and `runtime` where the rows run
+    last_batch: BatchResult | None
+
+    def chat(self, prompt: Any, model: str | None = None, **kwargs: Any) -> ChatResponse: ...
+    def stream(self, prompt: Any, model: str | None = None, **kwargs: Any) -> Any: ...
+    def resolve(self, target: str | None) -> str: ...
 
 
 @dataclass
@@ -220,7 +228,7 @@ def _run(
     with tqdm(total=len(jobs), desc=desc, unit="row", disable=not progress, leave=True) as bar:
         try:
             finished = _bounded(jobs, concurrency, last=lambda row: isinstance(row.exception, _ABOUT_THE_TARGET))
-            for row in session.runtime.iterate(finished):
+            for row in session.aio.runtime.iterate(finished):
                 if isinstance(row.exception, _ABOUT_THE_TARGET):
                     raise row.exception  # closing the iteration cancels the requests in flight
                 rows[row.index] = row
@@ -252,14 +260,16 @@ def run_map(
         raise ConfigError(f"concurrency={concurrency} must be at least 1")
     labels = list(getattr(items, "index", ())) if hasattr(items, "iloc") else None  # a pandas Series
     values = list(items.tolist() if hasattr(items, "tolist") else items)
-    session.router.resolve(model, fallback=False)  # a mistyped provider fails once, not per row
+    session.resolve(model)  # a mistyped provider fails once, not per row
     built = [messages_for(prompt, v) for v in values]  # a template that does not fit fails before any request
 
     def job(i: int) -> Callable[[], Any]:
         async def ask() -> Row:
             start = time.perf_counter()
             try:
-                r = await session.achat(built[i], model, system=system, no_cache=no_cache, fallback=fallback, **params)
+                r = await session.aio.chat(
+                    built[i], model, system=system, no_cache=no_cache, fallback=fallback, **params
+                )
             except FarmError as exc:
                 return Row.failed(i, values[i], exc, time.perf_counter() - start)
             return Row.answered(i, values[i], r)
@@ -415,7 +425,7 @@ def run_compare(
     if len(models) < 2:
         raise ConfigError("compare needs at least two models", hint='models=["ollama:llama3.1", "openai:gpt-4o-mini"]')
     for m in models:
-        session.router.resolve(m, fallback=False)
+        session.resolve(m)
     pairs = [(p, m) for p in prompts for m in models]
 
     def job(k: int) -> Callable[[], Any]:

@@ -170,7 +170,7 @@ def doctor(_: argparse.Namespace) -> int:
     session = Session()
     print(f"config file: {session.settings.source or '(none)'}")
     print(
-        f"environment: {session.settings.env}; default: {session.default_address}; chain: {' -> '.join(session.settings.chain)}"
+        f"environment: {session.settings.env}; default: {session.resolve(None)}; chain: {' -> '.join(session.settings.chain)}"
     )
     for status in session.health():
         print(f"  {status.provider:12} {status.state:12} {status.url or ''} {status.error or ''}")

@@ -33,4 +33,4 @@ for bars in g._bars:
         print("procs:", bars["procs"].value[:300])
 g.close()
 time.sleep(0.3)
-print("pending after close:", s.runtime.pending_tasks())
+print("pending after close:", s.aio.runtime.pending_tasks())

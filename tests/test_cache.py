@@ -125,14 +125,14 @@ def test_a_memory_hit_answered_in_the_callers_thread_is_the_same_hit(make_sessio
         assert hit.cached and hit.text == first.text and hit.address == first.address
         assert [a.ok for a in hit.attempts] == [True] and hit.usage == first.usage
     assert s.chat("hi", "ollama", temperature=0.2).cached is False  # parameters are in the key
-    assert [r.cached for r in s.monitor.records] == [False, True, True, False]
+    assert [r.cached for r in s._engine.monitor.records] == [False, True, True, False]
 
 
 def test_a_disk_cache_held_by_a_slow_write_never_blocks_the_loop(make_session, ollama_server, tmp_path):
     """Every SQLite call runs in a worker thread: a lock held across an fsync stalls no stream."""
 
     s = make_session(ollama_server, cache={"backend": "disk", "path": str(tmp_path / "c.sqlite")})
-    disk = s.cache
+    disk = s._engine.cache
     events: list[str] = []
 
     async def read() -> None:
@@ -140,7 +140,7 @@ def test_a_disk_cache_held_by_a_slow_write_never_blocks_the_loop(make_session, o
         events.append("disk read")
 
     with disk._lock:  # a write in the middle of its fsync, as far as readers can tell
-        pending = s.runtime.submit(read())
+        pending = s.aio.runtime.submit(read())
         answer = s.chat("meanwhile", "ollama", no_cache=True)  # on the same loop
         events.append("answered")
     pending.result(timeout=30)

@@ -276,7 +276,7 @@ def test_every_way_to_configure_reaches_the_request(servers: Servers, shape: Sha
         s = Session(load_settings(overrides, environ=environ, start=Path(tmp)))
     try:
         target = p if shape.choose == "target" else None
-        provider = s.router.provider(p)
+        provider = s._engine.router.provider(p)
         if not shape.servers:  # nothing names a server: the public API, and only then
             assert provider.url == DEFAULT_BASE_URL
             assert sum(len(srv.requests) for srv in [*servers.ollama, *servers.openai]) == 0

@@ -169,11 +169,11 @@ def test_the_cache_key_covers_the_image_bytes(s, ollama):
 
 def test_images_stay_with_their_question_in_a_conversation(s, ollama):
     PIL = pytest.importorskip("PIL.Image")
-    s.chat("What is it?", "ollama:llava", images=[PIL.new("L", (2, 2))], conversation=s.conversation)
-    s.chat("And its size?", "ollama:llava", conversation=s.conversation)
+    s.chat("What is it?", "ollama:llava", images=[PIL.new("L", (2, 2))], conversation=s.history)
+    s.chat("And its size?", "ollama:llava", conversation=s.history)
     first, follow = bodies(ollama, CHAT)[-1]["messages"][0], bodies(ollama, CHAT)[-1]["messages"][-1]
     assert len(first["images"]) == 1 and "images" not in follow
-    r = s.chat("In words?", "ollama:llama3.1", conversation=s.conversation)  # a text-only model: stand-ins only
+    r = s.chat("In words?", "ollama:llama3.1", conversation=s.history)  # a text-only model: stand-ins only
     assert all("images" not in m for m in bodies(ollama, CHAT)[-1]["messages"])
     assert r.notes == []  # its own question had no image: nothing to say
 
@@ -227,9 +227,9 @@ def test_when_every_try_fails_it_raises_and_leaves_history_and_cache_clean(make_
     ollama.reply = "never JSON"
     s = make_session(ollama)
     with pytest.raises(SchemaMismatch, match="did not match City after 2 tries") as caught:
-        s.chat("The biggest city?", schema=City, max_reasks=1, conversation=s.conversation)
+        s.chat("The biggest city?", schema=City, max_reasks=1, conversation=s.history)
     assert caught.value.response.text == "never JSON" and caught.value.response.reasks == 1
-    assert len(s.conversation) == 0
+    assert len(s.history) == 0
     assert ollama.count(CHAT) == 2
     with pytest.raises(SchemaMismatch):
         s.chat("The biggest city?", schema=City, max_reasks=1)
@@ -345,11 +345,11 @@ def test_the_step_limit_stops_a_model_that_keeps_calling(make_session, ollama):
 
     ollama.reply = lambda body: Said(tool_calls=[{"name": "ping", "arguments": {}}])
     s = make_session(ollama)
-    r = s.chat("Ping forever", tools=[ping], max_steps=3, conversation=s.conversation)
+    r = s.chat("Ping forever", tools=[ping], max_steps=3, conversation=s.history)
     assert len(count) == 3 and ollama.count(CHAT) == 4
     assert r.notes == ["stopped at the tool step limit (3): ping not run"]
     assert "3 tool calls in 3 steps" in r.footer() and "tool step limit" in r.footer()
-    assert len(s.conversation) == 1  # an answer all the same, said as such
+    assert len(s.history) == 1  # an answer all the same, said as such
 
 
 def test_tools_are_checked_before_anything_is_sent(s, ollama):
@@ -376,19 +376,19 @@ def test_the_default_loopback_model_calls_the_first_tool_then_reports(s, ollama)
 
 
 def test_thinking_streams_apart_and_stays_out_of_the_text_and_the_history(s, ollama, openai):
-    stream = s.stream("Why is the sky blue?", "ollama", think=True, conversation=s.conversation)
+    stream = s.stream("Why is the sky blue?", "ollama", think=True, conversation=s.history)
     chunks = list(stream)
     assert bodies(ollama, CHAT)[-1]["think"] is True
     assert "".join(c.thinking for c in chunks) == "Thinking about: Why is the sky blue?"
     assert stream.thinking == stream.response.thinking == "Thinking about: Why is the sky blue?"
     assert stream.response.text == "Echo: Why is the sky blue?" and "Thinking" not in stream.text
-    s.chat("And at sunset?", "ollama", think=True, conversation=s.conversation)
+    s.chat("And at sunset?", "ollama", think=True, conversation=s.history)
     sent = bodies(ollama, CHAT)[-1]["messages"]
     assert sent[1] == {"role": "assistant", "content": "Echo: Why is the sky blue?"}  # no thinking sent back
 
-    s.conversation.reset()
-    s.chat("Why?", "ollama", think=True, conversation=s.conversation, keep_thinking=True)
-    s.chat("Sure?", "ollama", conversation=s.conversation)
+    s.history.reset()
+    s.chat("Why?", "ollama", think=True, conversation=s.history, keep_thinking=True)
+    s.chat("Sure?", "ollama", conversation=s.history)
     assert bodies(ollama, CHAT)[-1]["messages"][1]["thinking"] == "Thinking about: Why?"
 
     r = s.chat("Why?", "openai", think="high")
@@ -436,9 +436,9 @@ def test_achat_runs_tools_and_schemas_on_the_callers_thread_too(make_session, ol
     s = make_session(ollama)
 
     async def main() -> tuple:
-        a = await s.achat("Look up", tools=[lookup])
-        b = await s.achat("Look up", tools=[slow_lookup])
-        c = await s.achat("A city", schema=City)
+        a = await s.aio.chat("Look up", tools=[lookup])
+        b = await s.aio.chat("Look up", tools=[slow_lookup])
+        c = await s.aio.chat("A city", schema=City)
         return a, b, c
 
     a, b, c = asyncio.run(main())
@@ -469,7 +469,7 @@ def test_a_map_with_tools_runs_them_off_the_runtime_loop(make_session, ollama):
 
     def lookup(key: str) -> str:
         """Look a key up."""
-        loop_thread.append(s.runtime.in_loop())
+        loop_thread.append(s.aio.runtime.in_loop())
         return key.upper()
 
     rows = s.map(["a", "b", "c"], "Look up {}", tools=[lookup], progress=False)

@@ -37,14 +37,14 @@ def one_line(exc: BaseException) -> str:
 
 
 def snapshot(session: Session) -> tuple[Any, ...]:
-    turns = [(t.id, t.user.content, t.assistant.content) for t in session.conversation.turns]
-    return turns, session.conversation.system, sorted(session.cache._data), session.router.default_target  # type: ignore[attr-defined]
+    turns = [(t.id, t.user.content, t.assistant.content) for t in session.history.turns]
+    return turns, session.history.system, sorted(session._engine.cache._data), session._engine.router.default_target  # type: ignore[attr-defined]
 
 
 @pytest.fixture
 def session(ollama_server: OllamaServer, openai_server: OpenAIServer) -> Iterator[Session]:
     s = Session(loopback_settings(ollama_server, openai_server))
-    s.chat("before", conversation=s.conversation, turn_id="cell-1")  # some history and a cache entry
+    s.chat("before", conversation=s.history, turn_id="cell-1")  # some history and a cache entry
     s.chat("cached")
     yield s
     s.close()
@@ -103,10 +103,10 @@ BAD_REQUESTS: dict[str, tuple[tuple[Any, ...], dict[str, Any], type[BaseExceptio
 @pytest.mark.parametrize("how", ["chat", "stream"])
 def test_a_bad_request_is_one_line_and_changes_nothing(session: Session, case: str, how: str) -> None:
     args, kwargs, error, word = BAD_REQUESTS[case]
-    session.alias("loop-a", "loop-b")
-    session.alias("loop-b", "loop-a")
+    session.settings.aliases["loop-a"] = "loop-b"
+    session.settings.aliases["loop-b"] = "loop-a"
     if kwargs.get("conversation"):
-        kwargs = {**kwargs, "conversation": session.conversation}
+        kwargs = {**kwargs, "conversation": session.history}
     before = snapshot(session)
     with pytest.raises(error) as info:
         if how == "chat":
@@ -123,7 +123,7 @@ def test_unknown_provider_is_one_line(make_session, ollama_server: OllamaServer)
     with pytest.raises(UnknownProvider) as info:
         s.chat("hi")
     assert "nosuch" in one_line(info.value) and "register_provider" in str(info.value)
-    assert s.conversation.turns == [] and s.cache_info()["entries"] == 0
+    assert s.history.turns == [] and s.usage("cache")["entries"] == 0
     with pytest.raises(UnknownProvider):
         s.models("nosuch")
 
@@ -179,13 +179,13 @@ def test_fuzz_prompts_through_the_session(prompt: str, provider_named: Callable[
     name = provider_named("fuzzecho", lambda messages, **params: "echo:" + messages[-1]["content"])
     s = Session(load_settings({"provider": name, "fallback": [], "env": "test"}, environ={}, use_file=False))
     try:
-        answer = s.chat(prompt, conversation=s.conversation, turn_id="t")
+        answer = s.chat(prompt, conversation=s.history, turn_id="t")
     except FarmError as exc:
         assert not prompt.strip() and "empty" in one_line(exc)
-        assert s.conversation.turns == [] and s.cache_info()["entries"] == 0
+        assert s.history.turns == [] and s.usage("cache")["entries"] == 0
     else:
         assert answer.text == "echo:" + prompt
-        assert [t.user.content for t in s.conversation.turns] == [prompt]
+        assert [t.user.content for t in s.history.turns] == [prompt]
 
 
 # -- settings: farm.toml and the environment ------------------------------------------------------
@@ -289,7 +289,7 @@ def test_a_broken_custom_provider_is_one_line(
     before = snapshot(session)
     for ask in (
         lambda: session.chat("hi", name, fallback=False),
-        lambda: list(session.stream("hi", name, fallback=False, conversation=session.conversation)),
+        lambda: list(session.stream("hi", name, fallback=False, conversation=session.history)),
     ):
         with pytest.raises(FarmError) as info:
             ask()
@@ -320,12 +320,13 @@ def test_a_cache_that_is_down_still_answers_with_a_warning(
 ) -> None:
     s = make_session(ollama_server, cache={"backend": "redis", "redis_url": "redis://127.0.0.1:1/0"})
     with caplog.at_level(logging.WARNING, logger="farm_jupyter"):
-        assert s.chat("hello", conversation=s.conversation).text == "Echo: hello"
+        assert s.chat("hello", conversation=s.history).text == "Echo: hello"
         assert "".join(c.text for c in s.stream("streamed")) == "Echo: streamed"
     warnings = [r for r in caplog.records if r.name == "farm_jupyter" and r.levelno == logging.WARNING]
     assert len(warnings) == 2 and all("cache redis unavailable" in r.getMessage() for r in warnings)
     assert all("\n" not in r.getMessage() for r in warnings)
-    assert len(s.conversation.turns) == 1
+    assert len(s.history.turns) == 1
+    s.close()
 
 
 def test_a_cache_that_will_not_open_is_off_and_comes_back(caplog: pytest.LogCaptureFixture) -> None:

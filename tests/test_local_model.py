@@ -83,7 +83,7 @@ def session(engine: str) -> Iterator[Session]:
 
 
 def provider_of(session: Session, engine: str) -> Any:
-    return session.router.provider(engine)
+    return session._engine.router.provider(engine)
 
 
 def loaded_object(session: Session, engine: str) -> Any:

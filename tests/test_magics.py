@@ -272,8 +272,8 @@ def test_traitlets_are_config_and_apply_to_a_new_session(
         m.default_model = "ollama:qwen2.5:0.5b"
         s = m.session()
         assert s.settings.cache.backend == "none"
-        assert s.conversation.max_turns == 7
-        assert s.default_address == "ollama:qwen2.5:0.5b"
+        assert s.history.max_turns == 7
+        assert s.resolve(None) == "ollama:qwen2.5:0.5b"
         assert m.session() is s
         s.close()
     finally:
@@ -463,19 +463,19 @@ def test_cells_form_a_conversation_and_a_rerun_replaces_its_turn(
 ) -> None:
     shell.run_cell("%%farm_chat\nfirst question", cell_id="cell-a")
     shell.run_cell("%%farm_chat\nsecond question", cell_id="cell-b")
-    assert [t.id for t in farm.conversation.turns] == ["cell-a", "cell-b"]
+    assert [t.id for t in farm.history.turns] == ["cell-a", "cell-b"]
     sent = ollama_server.requests[-1].json["messages"]  # type: ignore[index]
     assert [m["content"] for m in sent] == ["first question", "Echo: first question", "second question"]
     # re-running the first cell replaces its turn, and sends only what came before it
     shell.run_cell("%%farm_chat\nfirst question, again", cell_id="cell-a")
-    assert [t.id for t in farm.conversation.turns] == ["cell-a", "cell-b"]
-    assert farm.conversation.turns[0].user.content == "first question, again"
+    assert [t.id for t in farm.history.turns] == ["cell-a", "cell-b"]
+    assert farm.history.turns[0].user.content == "first question, again"
     assert [m["content"] for m in ollama_server.requests[-1].json["messages"]] == ["first question, again"]  # type: ignore[index]
     history = shell.run_line_magic("farm", "history")
     assert history.column("turn") == ["cell-a", "cell-b"]
     assert "first question, again" in repr(history)
     shell.run_line_magic("farm", "reset")
-    assert len(farm.conversation) == 0
+    assert len(farm.history) == 0
     assert "no turns yet" in repr(shell.run_line_magic("farm", "history"))
 
 
@@ -485,13 +485,13 @@ def test_cell_id_from_the_kernel_parent_header(
     monkeypatch.setattr(shell, "parent_header", {"metadata": {"cellId": "kernel-cell"}}, raising=False)
     chat(shell, "", "one")
     chat(shell, "", "one again")
-    assert [t.id for t in farm.conversation.turns] == ["kernel-cell"]
+    assert [t.id for t in farm.history.turns] == ["kernel-cell"]
     monkeypatch.setattr(shell, "parent_header", {}, raising=False)
     chat(shell, "", "no id")
     chat(shell, "", "no id either")
-    assert len(farm.conversation) == 3
+    assert len(farm.history) == 3
     chat(shell, "--new", "fresh start")
-    assert len(farm.conversation) == 1
+    assert len(farm.history) == 1
 
 
 # -- streaming behaviour ----------------------------------------------------------------------------
@@ -553,16 +553,16 @@ def test_ctrl_c_keeps_partial_text_and_stops_the_request(
     assert "tok199" not in answer["text/plain"]
     assert footer["text/plain"].endswith("stopped")
     assert shell.user_ns["r"].stopped is True
-    assert len(farm.conversation) == 0  # a stopped answer is not history
+    assert len(farm.history) == 0  # a stopped answer is not history
     deadline = time.monotonic() + 5
-    while farm.runtime.pending_tasks() and time.monotonic() < deadline:
+    while farm.aio.runtime.pending_tasks() and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert farm.runtime.pending_tasks() == []
+    assert farm.aio.runtime.pending_tasks() == []
     # the session still works
     ollama_server.tokens, ollama_server.chunk_delay = None, 0.0
     cap = chat(shell, "", "after the stop")
     assert fresh(cap)[-2]["text/plain"] == "Echo: after the stop"
-    assert len(farm.conversation) == 1
+    assert len(farm.history) == 1
 
 
 def test_restart_chunk_replaces_partial_text(
@@ -657,7 +657,7 @@ def test_provider_failure_fails_the_cell_with_one_line(
     assert out.startswith("AllProvidersFailed: no provider could answer (ollama:llama3.1: ")
     assert "answered by" not in out  # the fallback it tried failed too: no notice of it
     assert "\n" not in out and "Traceback" not in out
-    assert len(farm.conversation) == 0
+    assert len(farm.history) == 0
 
 
 # -- --compare --------------------------------------------------------------------------------------
@@ -691,7 +691,7 @@ def test_compare_two_providers_side_by_side(
     assert abs(started["ollama"] - started["openai"]) < 0.4  # concurrent: both asked before either finished
     assert len([u for u in updates(cap) if "llama says" in u["text/plain"]]) >= 1  # columns stream live
     assert ollama_server.count("/api/chat") == 1 and openai_server.count("/v1/chat/completions") == 1
-    assert len(farm.conversation) == 0  # a comparison is not a conversation turn
+    assert len(farm.history) == 0  # a comparison is not a conversation turn
 
 
 def test_compare_with_one_failure_shows_it_in_its_column(
@@ -761,7 +761,7 @@ def test_farm_use_alias_unalias(
 ) -> None:
     shell.run_line_magic("farm", "use openai:gpt-4o")
     assert "default model: openai:gpt-4o" in capsys.readouterr().out
-    assert farm.default_address == "openai:gpt-4o"
+    assert farm.resolve(None) == "openai:gpt-4o"
     chat(shell, "", "who answers?")
     assert openai_server.requests[-1].json["model"] == "gpt-4o"  # type: ignore[index]
     shell.run_line_magic("farm", "use")
@@ -910,14 +910,14 @@ def test_config_after_the_first_answer_takes_effect(
     shell.run_line_magic("config", "FarmMagics.default_model = 'openai:gpt-4o-mini'")
     shell.run_line_magic("config", "FarmMagics.max_history = 1")
     chat(shell, "", "second")
-    assert farm.conversation.turns[-1].address == "openai:gpt-4o-mini"
-    assert farm.conversation.max_turns == 1
+    assert farm.history.turns[-1].address == "openai:gpt-4o-mini"
+    assert farm.history.max_turns == 1
     with pytest.raises(TraitError, match="restart the kernel"):
         magics(shell).cache_backend = "disk"
 
 
 def test_provider_and_an_alias_model(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer) -> None:
-    farm.alias("fast", "ollama:qwen2.5:0.5b")
+    farm.settings.aliases["fast"] = "ollama:qwen2.5:0.5b"
     chat(shell, "-p ollama -m fast", "hi")
     assert ollama_server.requests[-1].json["model"] == "qwen2.5:0.5b"
     with pytest.raises(UsageError, match="-p says 'openai'"):
@@ -950,7 +950,7 @@ def notice_stream(session: Session, text: str = "from openai", notice: str = NOT
         yield Chunk(text=text)
         yield Chunk(done=True, response=ChatResponse(text=text, provider="openai", model="gpt-4o-mini", notice=notice))
 
-    return ChatStream(session, source())
+    return ChatStream(session.aio.runtime, source())
 
 
 def test_a_notice_is_one_line_above_the_answer(
@@ -1105,7 +1105,7 @@ def test_farm_stats_counts_each_providers_failures_by_class(
     table = shell.run_line_magic("farm", "stats")
     rows = {r["model"]: r for r in table.to_dicts()}
     assert "failures" in table.headers
-    failures = farm.monitor.failure_counts()["ollama"]
+    failures = farm._engine.monitor.failure_counts()["ollama"]
     assert failures.get("unreachable")
     assert rows["ollama"]["failures"] == " · ".join(
         f"{k} {n}" for k, n in sorted(failures.items(), key=lambda kv: -kv[1])

@@ -34,7 +34,7 @@ def ask_all(s: Session, n: int, *, streamed: bool = False):
     async def one(i: int):
         if streamed:
             return await s.stream(f"q{i}", "ollama", no_cache=True).aresult()
-        return await s.achat(f"q{i}", "ollama", no_cache=True)
+        return await s.aio.chat(f"q{i}", "ollama", no_cache=True)
 
     async def many():
         return await asyncio.gather(*(one(i) for i in range(n)))
@@ -70,11 +70,11 @@ def test_a_server_killed_mid_run_loses_nothing_and_its_breaker_opens_alone(three
     cut = [a for a in answers if a.restarted]
     # Each answer it cut was finished elsewhere; one may have been cut twice before its breaker opened.
     assert 1 <= len(cut) <= victim.count(CHAT)
-    pool = s.router.provider("ollama")
+    pool = s._engine.router.provider("ollama")
     states = {m.provider.url: m.breaker.state for m in pool.members}  # type: ignore[attr-defined]
     assert states[victim.url] == "open"
     assert [states[srv.url] for srv in three if srv is not victim] == ["closed", "closed"]
-    assert s.router.breaker("ollama").state == "closed"  # the provider as a whole stays up
+    assert s._engine.router.breaker("ollama").state == "closed"  # the provider as a whole stays up
     health = {r.url: r.state for r in s.health(["ollama"])}
     assert health[victim.url] in ("cooling_down", "unhealthy")
     assert [health[srv.url] for srv in three if srv is not victim] == ["healthy", "healthy"]

@@ -308,7 +308,7 @@ def test_a_blocking_sync_provider_does_not_stall_other_streams(ollama_server):
     registry.register_provider("blocking", blocking)
     s = Session(loopback_settings(ollama_server))
     try:
-        slow = s.runtime.submit(s.achat("wait", "blocking:blocking", no_cache=True))
+        slow = s.aio.runtime.submit(s.aio.chat("wait", "blocking:blocking", no_cache=True))
         ollama_server.tokens = 20
         answer = s.chat("meanwhile", "ollama", no_cache=True)  # would wait 30 s on a blocked loop
         events.append("ollama answered")

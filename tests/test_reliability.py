@@ -133,7 +133,7 @@ def _error_class(exc: BaseException) -> str:
 async def _one(session: Session, plan: Plan) -> None:
     kwargs: dict[str, Any] = {"fallback": plan.fallback}
     if plan.turn_id is not None:
-        kwargs.update(conversation=session.conversation, turn_id=plan.turn_id)
+        kwargs.update(conversation=session.history, turn_id=plan.turn_id)
 
     def sync_chat() -> tuple[Any, str]:
         response = session.chat(plan.prompt, plan.target, **kwargs)
@@ -146,7 +146,7 @@ async def _one(session: Session, plan: Plan) -> None:
         return stream.response, stream.text
 
     async def async_chat() -> tuple[Any, str]:
-        response = await session.achat(plan.prompt, plan.target, **kwargs)
+        response = await session.aio.chat(plan.prompt, plan.target, **kwargs)
         return response, response.text
 
     async def async_stream() -> tuple[Any, str]:
@@ -207,12 +207,16 @@ def test_fault_injection_soak() -> None:
         # Warm up (runtime thread, clients, imports, the executor's threads) before the baselines.
         async def warm() -> None:
             await asyncio.gather(
-                *(session.achat(f"warm {i}", t, no_cache=True) for i in range(SOAK_BATCH) for t in ("ollama", "openai"))
+                *(
+                    session.aio.chat(f"warm {i}", t, no_cache=True)
+                    for i in range(SOAK_BATCH)
+                    for t in ("ollama", "openai")
+                )
             )
             await asyncio.gather(*(asyncio.to_thread(session.chat, "warm", "openai", no_cache=True) for _ in range(4)))
 
         asyncio.run(warm())
-        session.monitor.clear()
+        session._engine.monitor.clear()
         threads_before = {t.ident for t in threading.enumerate()}
         rss_before = rss()
 
@@ -224,7 +228,7 @@ def test_fault_injection_soak() -> None:
         seen_by_server: collections.Counter[str] = collections.Counter()
 
         monitored: collections.Counter[bool] = collections.Counter()
-        unsubscribe = session.monitor.subscribe(lambda record: monitored.update([record.ok]))
+        unsubscribe = session._engine.monitor.subscribe(lambda record: monitored.update([record.ok]))
 
         plans: list[Plan] = []
         refusals = collections.Counter[str]()
@@ -264,8 +268,8 @@ def test_fault_injection_soak() -> None:
         table = collections.Counter(p.outcome or "UNEXPECTED: no outcome" for p in plans)
         successes = [p for p in plans if p.ok]
         failures = [p for p in plans if not p.ok]
-        cache_entries = list(session.cache._data.values())  # type: ignore[attr-defined]
-        pending = session.runtime.pending_tasks()
+        cache_entries = list(session._engine.cache._data.values())  # type: ignore[attr-defined]
+        pending = session.aio.runtime.pending_tasks()
         fired = {
             name: {f"{f.kind} {f.status if f.kind == 'status' else ''}".strip(): f.hits for f in fs}
             for name, fs in faults.items()
@@ -276,8 +280,8 @@ def test_fault_injection_soak() -> None:
                 f"{len(plans)} requests ({SOAK_BATCH} a batch, every other batch concurrent) in {elapsed:.1f} s; "
                 f"HTTP requests seen: {dict(seen_by_server)}.",
                 f"Faults fired: {fired}; batches with a server refusing connections: {dict(refusals)}.",
-                f"Conversation turns: {len(session.conversation)}; cache entries: {len(cache_entries)} "
-                f"(bound {SOAK_CACHE_SIZE}); monitor records: {len(session.monitor.records)} (bound {SOAK_MONITOR_SIZE}).",
+                f"Conversation turns: {len(session.history)}; cache entries: {len(cache_entries)} "
+                f"(bound {SOAK_CACHE_SIZE}); monitor records: {len(session._engine.monitor.records)} (bound {SOAK_MONITOR_SIZE}).",
             ],
         )
         print("\n" + report)
@@ -297,7 +301,7 @@ def test_fault_injection_soak() -> None:
 
         # -- the conversation holds exactly the successful turns ----------------------------------
         conv_ok = {p.turn_id: p for p in successes if p.turn_id}
-        turns = {t.id: t for t in session.conversation.turns}
+        turns = {t.id: t for t in session.history.turns}
         assert set(turns) == set(conv_ok)
         for turn_id, turn in turns.items():
             assert turn.user.content == conv_ok[turn_id].prompt
@@ -313,10 +317,10 @@ def test_fault_injection_soak() -> None:
             assert entry.response.text in answers, entry.response.text
             assert "".join(entry.chunks) == entry.response.text
             assert entry.response.text not in never_answered
-        assert len(session.monitor.records) == SOAK_MONITOR_SIZE
+        assert len(session._engine.monitor.records) == SOAK_MONITOR_SIZE
 
         # -- nothing left behind ------------------------------------------------------------------
-        assert wait_until(lambda: session.runtime.pending_tasks() == []), pending
+        assert wait_until(lambda: session.aio.runtime.pending_tasks() == []), pending
         session.close()
         ports = port_of(ollama), port_of(openai)
         assert wait_until(lambda: client_connections(*ports) == []), client_connections(*ports)
@@ -357,7 +361,7 @@ def test_the_kernel_stays_responsive_while_streams_run() -> None:
                     started[i].set()
             return stream.text
 
-        futures = [session.runtime.submit(consume(i)) for i in range(20)]  # what widget callbacks do
+        futures = [session.aio.runtime.submit(consume(i)) for i in range(20)]  # what widget callbacks do
         assert all(e.wait(10) for e in started)
         during = statistics.median(_work() for _ in range(5))
         in_flight = sum(not f.done() for f in futures)
@@ -368,7 +372,7 @@ def test_the_kernel_stays_responsive_while_streams_run() -> None:
         assert during <= 5 * alone, (alone, during)
         texts = [f.result(30) for f in futures]
         assert texts == ["".join(f"tok{i} " for i in range(60))] * 20
-        assert wait_until(lambda: session.runtime.pending_tasks() == [])
+        assert wait_until(lambda: session.aio.runtime.pending_tasks() == [])
         session.close()
 
 
@@ -391,7 +395,7 @@ def _interrupt(session: Session, stage: str, mechanism: str) -> list[str]:
     """Start a streamed turn and interrupt it the way `mechanism` says; returns the text seen."""
     seen: list[str] = []
     got_text = threading.Event()
-    kwargs = {"conversation": session.conversation, "turn_id": "interrupted", "fallback": False}
+    kwargs = {"conversation": session.history, "turn_id": "interrupted", "fallback": False}
     delay = 0.3 if stage != "mid_stream" else None  # mid-stream: right after the first chunk
 
     if mechanism == "sigint":  # the kernel's interrupt: a real SIGINT to a blocked cell
@@ -433,7 +437,7 @@ def _interrupt(session: Session, stage: str, mechanism: str) -> list[str]:
 
         asyncio.run(cell())
     else:  # a widget callback's future, cancelled (the stop button)
-        future = session.runtime.submit(consume())
+        future = session.aio.runtime.submit(consume())
         when()
         future.cancel()
     return seen
@@ -450,16 +454,17 @@ def test_an_interrupt_at_each_stage_leaves_the_session_usable(
     # Each stage would take 10 s or more uninterrupted; the pytest timeout bounds a missed stop.
     seen = _interrupt(session, stage, mechanism)
     assert bool(seen) == (stage == "mid_stream")
-    assert wait_until(lambda: session.runtime.pending_tasks() == []), session.runtime.pending_tasks()
+    assert wait_until(lambda: session.aio.runtime.pending_tasks() == []), session.aio.runtime.pending_tasks()
     assert wait_until(lambda: client_connections(port_of(ollama_server)) == [])  # the HTTP request was closed
-    assert session.conversation.turns == []  # nothing half-done was committed
-    assert session.cache_info()["entries"] == 0
-    assert session.router.breaker("ollama").state == "closed"  # a user's stop is not a provider failure
+    assert session.history.turns == []  # nothing half-done was committed
+    assert session.usage("cache")["entries"] == 0
+    assert session._engine.router.breaker("ollama").state == "closed"  # a user's stop is not a provider failure
 
     ollama_server.clear()
     ollama_server.latency, ollama_server.tokens, ollama_server.chunk_delay = 0, None, 0
-    assert session.chat("after", conversation=session.conversation, turn_id="next").text == "Echo: after"
-    assert [t.id for t in session.conversation.turns] == ["next"]
+    assert session.chat("after", conversation=session.history, turn_id="next").text == "Echo: after"
+    assert [t.id for t in session.history.turns] == ["next"]
+    session.close()
 
 
 def _check_disk_cache(path: Path, answers: set[str]) -> int:
@@ -495,13 +500,13 @@ def test_interrupts_around_the_disk_cache_write_keep_it_readable(
     elapsed = []
     for p in prompts[:3]:  # how long a whole answer takes, the same way: cancel around its end
         t0 = time.perf_counter()
-        session.runtime.submit(ask(p, no_cache=True)).result(10)
+        session.aio.runtime.submit(ask(p, no_cache=True)).result(10)
         elapsed.append(time.perf_counter() - t0)
     typical = statistics.median(elapsed)
     rng = random.Random(3)
     finished = cancelled = 0
     for p in prompts:
-        future = session.runtime.submit(ask(p))
+        future = session.aio.runtime.submit(ask(p))
         time.sleep(typical * rng.uniform(0.5, 1.5))  # around the final chunk and the cache write
         future.cancel()
         assert wait_until(future.done)
@@ -510,7 +515,7 @@ def test_interrupts_around_the_disk_cache_write_keep_it_readable(
         else:
             assert future.result() == f"Echo: {p}"
             finished += 1
-        assert wait_until(lambda: session.runtime.pending_tasks() == [])
+        assert wait_until(lambda: session.aio.runtime.pending_tasks() == [])
         _check_disk_cache(path, answers)
     print(
         f"\ndisk-cache interrupts: {cancelled} cancelled, {finished} finished; entries: {_check_disk_cache(path, answers)}"
@@ -603,7 +608,7 @@ def test_unloading_a_local_model_frees_its_memory(make_session, which: str, requ
     path: Path = request.getfixturevalue(f"{which}_model_path")
     session = make_session(huggingface={"default_model": str(path), "device": "cpu", "dtype": "float32"})
     address = f"huggingface:{path}"
-    provider = session.router.provider("huggingface")
+    provider = session._engine.router.provider("huggingface")
 
     def cycle() -> tuple[int, int, int, int]:
         before = rss()

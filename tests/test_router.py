@@ -24,56 +24,53 @@ def make(ollama: OllamaServer | None = None, openai: OpenAIServer | None = None,
 
 
 def test_addresses_resolve(session):
-    r = session.router
+    r = session._engine.router
     assert [str(x) for x in r.resolve()] == ["ollama:llama3.1", "openai:gpt-4o-mini"]
     assert str(r.resolve("openai:gpt-4o")[0]) == "openai:gpt-4o"
     assert str(r.resolve("llama3.1:latest")[0]) == "ollama:llama3.1:latest"  # a tag, not a provider
     assert str(r.resolve("qwen2.5")[0]) == "ollama:qwen2.5"  # bare model: default provider
     assert str(r.resolve("openai")[0]) == "openai:gpt-4o-mini"  # provider: its default model
-    session.alias("fast", "openai:gpt-4o")
+    session.settings.aliases["fast"] = "openai:gpt-4o"
     assert str(r.resolve("fast")[0]) == "openai:gpt-4o"
     assert [str(x) for x in r.resolve("fast", fallback=False)] == ["openai:gpt-4o"]
 
 
-def test_environment_picks_the_default_provider(ollama_server, openai_server):
-    s = make(ollama_server, openai_server, env="production", fallback=None, provider=None)
-    assert s.router.resolve()[0].provider == "openai"
+def test_environment_picks_the_default_provider(make_session, ollama_server, openai_server):
+    s = make_session(ollama_server, openai_server, env="production", fallback=None, provider=None)
+    assert s._engine.router.resolve()[0].provider == "openai"
     assert s.chat("hi").provider == "openai"
-    s.close()
 
 
 # -- retries --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("status", [500, 503])
-def test_first_failures_are_retried_then_succeed(ollama_server, status):
-    s = make(ollama_server)
+def test_first_failures_are_retried_then_succeed(make_session, ollama_server, status):
+    s = make_session(ollama_server)
     ollama_server.add_fault(Fault(kind="status", status=status, times=2, path="/api/chat"))
     response = s.chat("hello")
     assert response.text == "Echo: hello"
     assert ollama_server.count("/api/chat") == 3
     assert response.attempts[-1].retries == 2 and response.attempts[-1].ok
-    s.close()
 
 
-def test_retry_after_is_honoured(ollama_server):
-    s = make(ollama_server)
+def test_retry_after_is_honoured(make_session, ollama_server):
+    s = make_session(ollama_server)
     waits: list[float] = []
 
     async def sleep(seconds: float) -> None:
         waits.append(seconds)
 
-    s.router.sleep = sleep
+    s._engine.router.sleep = sleep
     ollama_server.add_fault(Fault(kind="status", status=429, times=1, retry_after=0.6, path="/api/chat"))
     response = s.chat("hello")
     assert ollama_server.count("/api/chat") == 2
     assert waits == [pytest.approx(0.6, abs=0.01)]
     assert response.timings.waited == pytest.approx(0.6, abs=0.01)
-    s.close()
 
 
-def test_user_errors_are_not_retried(ollama_server):
-    s = make(ollama_server)
+def test_user_errors_are_not_retried(make_session, ollama_server):
+    s = make_session(ollama_server)
     ollama_server.add_fault(Fault(kind="status", status=400, times=1, path="/api/chat"))
     with pytest.raises(BadRequest):
         s.chat("hello")
@@ -81,7 +78,6 @@ def test_user_errors_are_not_retried(ollama_server):
     with pytest.raises(ModelNotFound, match="pull"):  # the caller's mistake: no other provider asked
         s.chat("hello", "ollama:nosuch")
     assert ollama_server.count("/api/chat") == 2
-    s.close()
 
 
 # -- fallback -------------------------------------------------------------------------------------
@@ -102,8 +98,8 @@ def test_refused_port_falls_back_for_chat_and_stream(session, ollama_server, ope
     assert openai_server.count("/v1/chat/completions") == 2
 
 
-def test_mid_stream_drop_restarts_on_the_next_provider(ollama_server, openai_server):
-    s = make(ollama_server, openai_server, retry={"max_retries": 0})
+def test_mid_stream_drop_restarts_on_the_next_provider(make_session, ollama_server, openai_server):
+    s = make_session(ollama_server, openai_server, retry={"max_retries": 0})
     ollama_server.add_fault(Fault(kind="drop", after=2, times=None, path="/api/chat"))
     stream = s.stream("one two three four five")
     chunks = list(stream)
@@ -115,7 +111,6 @@ def test_mid_stream_drop_restarts_on_the_next_provider(ollama_server, openai_ser
     assert response.attempts[0].error_type == "StreamInterrupted"
     assert response.attempts[0].chunks_before_failure == 2
     assert "restarted" in response.footer()
-    s.close()
 
 
 def test_every_provider_down_is_one_error_listing_the_attempts(session, ollama_server, openai_server):
@@ -131,13 +126,13 @@ def test_every_provider_down_is_one_error_listing_the_attempts(session, ollama_s
 # -- circuit breaker ------------------------------------------------------------------------------
 
 
-def test_breaker_cools_down_skips_then_probes(ollama_server, openai_server):
-    s = make(ollama_server, openai_server, breaker={"failures": 2, "cooldown": 0.5}, retry={"max_retries": 0})
+def test_breaker_cools_down_skips_then_probes(make_session, ollama_server, openai_server):
+    s = make_session(ollama_server, openai_server, breaker={"failures": 2, "cooldown": 0.5}, retry={"max_retries": 0})
     ollama_server.add_fault(Fault(kind="status", status=500, times=None, path="/api/chat"))
     for _ in range(2):
         assert s.chat("hi", no_cache=True).provider == "openai"
     assert ollama_server.count("/api/chat") == 2
-    assert s.router.breaker("ollama").state == "open"
+    assert s._engine.router.breaker("ollama").state == "open"
 
     response = s.chat("hi", no_cache=True)  # skipped while cooling down: no request at all
     assert ollama_server.count("/api/chat") == 2
@@ -149,16 +144,15 @@ def test_breaker_cools_down_skips_then_probes(ollama_server, openai_server):
     ollama_server.clear()  # the provider recovered
     response = s.chat("hi", no_cache=True)  # the probe
     assert response.provider == "ollama" and ollama_server.count("/api/chat") == 1
-    assert s.router.breaker("ollama").state == "closed"
-    s.close()
+    assert s._engine.router.breaker("ollama").state == "closed"
 
 
 # -- rate limits ----------------------------------------------------------------------------------
 
 
-def test_rate_limit_waits_and_says_so(ollama_server):
+def test_rate_limit_waits_and_says_so(make_session, ollama_server):
     """On a fake clock: the third request in a minute waits for the first to leave the window."""
-    s = make(ollama_server, rate_limits={"ollama": {"rpm": 2}})
+    s = make_session(ollama_server, rate_limits={"ollama": {"rpm": 2}})
     now = [1000.0]
     waits: list[float] = []
 
@@ -166,8 +160,8 @@ def test_rate_limit_waits_and_says_so(ollama_server):
         waits.append(seconds)
         now[0] += seconds
 
-    s.router.sleep = sleep
-    limiter = s.router.limiter("ollama")
+    s._engine.router.sleep = sleep
+    limiter = s._engine.router.limiter("ollama")
     assert limiter is not None
     limiter.clock = lambda: now[0]
     for _ in range(2):
@@ -180,29 +174,27 @@ def test_rate_limit_waits_and_says_so(ollama_server):
     assert stream.response.timings.waited == pytest.approx(0.5)
     assert "waited 0.5s" in stream.response.footer()
     assert ollama_server.count("/api/chat") == 3
-    s.close()
 
 
 # -- concurrency ----------------------------------------------------------------------------------
 
 
-def test_fifty_concurrent_chats_over_two_providers(ollama_server, openai_server):
+def test_fifty_concurrent_chats_over_two_providers(make_session, ollama_server, openai_server):
     # Each server answers only once all 25 of its requests are in: served one by one, they would
     # break the barrier (a 500 each) instead of answering.
     for srv in (ollama_server, openai_server):
         barrier = threading.Barrier(25, timeout=20)
         srv.reply = lambda body, barrier=barrier: (barrier.wait(), f"Echo: {body['messages'][-1]['content']}")[1]
-    s = make(ollama_server, openai_server, retry={"max_retries": 0})
+    s = make_session(ollama_server, openai_server, retry={"max_retries": 0})
 
     async def many():
         return await asyncio.gather(
-            *(s.achat(f"q{i}", "ollama" if i % 2 else "openai", no_cache=True) for i in range(50))
+            *(s.aio.chat(f"q{i}", "ollama" if i % 2 else "openai", no_cache=True) for i in range(50))
         )
 
     responses = asyncio.run(many())
     assert [r.text for r in responses] == [f"Echo: q{i}" for i in range(50)]
     assert [r.provider for r in responses] == ["openai", "ollama"] * 25
-    s.close()
 
 
 # -- cache ----------------------------------------------------------------------------------------
@@ -217,10 +209,10 @@ def cache_layer(request, tmp_path):
     return {"backend": "memory"}
 
 
-def test_cache_hit_replays_without_a_request(ollama_server, cache_layer):
-    s = make(ollama_server, cache=cache_layer)
+def test_cache_hit_replays_without_a_request(make_session, ollama_server, cache_layer):
+    s = make_session(ollama_server, cache=cache_layer)
     if cache_layer["backend"] == "redis":
-        s.cache_clear()
+        s.reset(cache=True)
     first = s.stream("cache me", temperature=0).result()
     stream = s.stream("cache me", temperature=0)
     chunks = list(stream)
@@ -237,26 +229,23 @@ def test_cache_hit_replays_without_a_request(ollama_server, cache_layer):
     s.chat("cache me", temperature=0, no_cache=True)
     s.chat("cache me", temperature=0, refresh=True)
     assert ollama_server.count("/api/chat") == 8
-    s.close()
 
 
-def test_errors_and_partial_streams_are_not_cached(ollama_server):
-    s = make(ollama_server, retry={"max_retries": 0})
+def test_errors_and_partial_streams_are_not_cached(make_session, ollama_server):
+    s = make_session(ollama_server, retry={"max_retries": 0})
     ollama_server.add_fault(Fault(kind="drop", after=1, times=1, path="/api/chat"))
     with pytest.raises(AllProvidersFailed):
         s.chat("partial")
-    assert s.cache_info()["entries"] == 0
+    assert s.usage("cache")["entries"] == 0
     assert s.chat("partial").text == "Echo: partial"
-    assert s.cache_info()["entries"] == 1
-    s.close()
+    assert s.usage("cache")["entries"] == 1
 
 
-def test_cache_down_still_answers_with_a_warning(ollama_server, caplog):
-    s = make(ollama_server, cache={"backend": "redis", "redis_url": "redis://127.0.0.1:1/0"})
+def test_cache_down_still_answers_with_a_warning(make_session, ollama_server, caplog):
+    s = make_session(ollama_server, cache={"backend": "redis", "redis_url": "redis://127.0.0.1:1/0"})
     with caplog.at_level("WARNING", logger="farm_jupyter"):
         assert s.chat("hello").text == "Echo: hello"
     assert "cache redis unavailable" in caplog.text
-    s.close()
 
 
 # -- monitor --------------------------------------------------------------------------------------
@@ -268,19 +257,18 @@ def test_monitor_records_and_summarises(session, ollama_server):
     ollama_server.add_fault(Fault(kind="status", status=404, times=1, path="/api/chat"))
     with pytest.raises(ModelNotFound):
         session.chat("b", "ollama:gone", fallback=False)
-    records = list(session.monitor.records)
+    records = list(session._engine.monitor.records)
     assert [r.ok for r in records] == [True, True, False]
     assert records[1].cached and records[0].usage.completion_tokens > 0
-    (summary,) = [m for m in session.monitor.summary() if m.address == "ollama:llama3.1"]
+    (summary,) = [m for m in session._engine.monitor.summary() if m.address == "ollama:llama3.1"]
     assert summary.requests == 2 and summary.cache_hits == 1 and summary.p50 is not None
 
 
-def test_monitor_is_bounded(ollama_server):
-    s = make(ollama_server, monitor_size=5)
+def test_monitor_is_bounded(make_session, ollama_server):
+    s = make_session(ollama_server, monitor_size=5)
     for i in range(12):
         s.chat(f"m{i}")
-    assert len(s.monitor.records) == 5
-    s.close()
+    assert len(s._engine.monitor.records) == 5
 
 
 # -- cancellation ---------------------------------------------------------------------------------
@@ -302,11 +290,11 @@ def test_cancelling_a_stream_leaves_nothing_behind(ollama_server):
     it = iter(s.stream("long"))
     assert next(it).text
     it.close()  # what Ctrl-C does: the generator closes and cancels the request
-    assert wait_until(lambda: s.runtime.pending_tasks() == [])
+    assert wait_until(lambda: s.aio.runtime.pending_tasks() == [])
     port = int(ollama_server.url.rsplit(":", 1)[1])
     assert wait_until(lambda: _connections_to(port) == 0)
-    assert s.conversation.turns == []
-    assert s.cache_info()["entries"] == 0
+    assert s.history.turns == []
+    assert s.usage("cache")["entries"] == 0
     s.close()
 
     def ours() -> list[str]:  # threads this test started, other than the loopback server's own
@@ -319,28 +307,27 @@ def test_cancelling_a_stream_leaves_nothing_behind(ollama_server):
     assert wait_until(lambda: ours() == []), ours()
 
 
-def test_keyboard_interrupt_cancels_a_blocking_chat(ollama_server):
+def test_keyboard_interrupt_cancels_a_blocking_chat(make_session, ollama_server):
     import os
     import signal
 
     ollama_server.latency = 30  # uninterrupted, the chat would answer; the pytest timeout bounds a hang
-    s = make(ollama_server)
+    s = make_session(ollama_server)
     # A real SIGINT, as the kernel's interrupt sends: it must break the blocking wait.
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     with pytest.raises(KeyboardInterrupt):
         s.chat("slow")
-    assert wait_until(lambda: s.runtime.pending_tasks() == [])
+    assert wait_until(lambda: s.aio.runtime.pending_tasks() == [])
     ollama_server.latency = 0
     assert s.chat("after").text == "Echo: after"  # the session is still usable
-    s.close()
 
 
 # -- conversation ---------------------------------------------------------------------------------
 
 
 def test_conversation_turns_and_failures(session, ollama_server):
-    conv = session.conversation
+    conv = session.history
     session.chat("first", conversation=conv, turn_id="cell-1")
     session.chat("second", conversation=conv, turn_id="cell-2")
     assert [t.user.content for t in conv.turns] == ["first", "second"]
@@ -362,7 +349,7 @@ def test_conversation_turns_and_failures(session, ollama_server):
 
 def test_sync_and_async_twins_agree(session):
     sync = session.chat("parity", no_cache=True)
-    asyn = asyncio.run(session.achat("parity", no_cache=True))
+    asyn = asyncio.run(session.aio.chat("parity", no_cache=True))
     assert (sync.text, sync.provider, sync.model) == (asyn.text, asyn.provider, asyn.model)
 
     async def collect():
@@ -371,20 +358,19 @@ def test_sync_and_async_twins_agree(session):
     assert "".join(asyncio.run(collect())) == "".join(c.text for c in session.stream("parity", no_cache=True))
 
 
-def test_unknown_model_without_fallback_is_one_line(ollama_server):
-    s = make(ollama_server)
+def test_unknown_model_without_fallback_is_one_line(make_session, ollama_server):
+    s = make_session(ollama_server)
     with pytest.raises(ModelNotFound) as info:
         s.chat("x", "ollama:nosuch", fallback=False)
     assert "%farm pull nosuch" in str(info.value) and "\n" not in str(info.value)
-    s.close()
 
 
 # -- found in review ------------------------------------------------------------------------------
 
 
-def test_a_probe_closed_early_does_not_wedge_the_breaker(ollama_server):
+def test_a_probe_closed_early_does_not_wedge_the_breaker(make_session, ollama_server):
     ollama_server.tokens = 50
-    s = make(ollama_server, breaker={"failures": 1, "cooldown": 0.2}, retry={"max_retries": 0})
+    s = make_session(ollama_server, breaker={"failures": 1, "cooldown": 0.2}, retry={"max_retries": 0})
     ollama_server.add_fault(Fault(kind="status", status=500, times=1, path="/api/chat"))
     with pytest.raises(AllProvidersFailed):
         s.chat("x", no_cache=True)
@@ -393,11 +379,10 @@ def test_a_probe_closed_early_does_not_wedge_the_breaker(ollama_server):
     assert next(it).text
     it.close()  # ...closed by the caller after its first chunk
     assert s.chat("after", no_cache=True).provider == "ollama"
-    s.close()
 
 
-def test_a_fallback_answer_is_cached_under_the_provider_that_gave_it(ollama_server, openai_server):
-    s = make(ollama_server, openai_server)
+def test_a_fallback_answer_is_cached_under_the_provider_that_gave_it(make_session, ollama_server, openai_server):
+    s = make_session(ollama_server, openai_server)
     ollama_server.refuse()
     assert s.chat("where from?").provider == "openai"
     ollama_server.accept()
@@ -405,7 +390,6 @@ def test_a_fallback_answer_is_cached_under_the_provider_that_gave_it(ollama_serv
     answer = s.chat("where from?", "ollama:llama3.1", fallback=False)
     assert answer.provider == "ollama" and not answer.cached
     assert ollama_server.count("/api/chat") == asked + 1
-    s.close()
 
 
 def test_two_servers_of_one_provider_do_not_share_answers(tmp_path):
@@ -419,13 +403,12 @@ def test_two_servers_of_one_provider_do_not_share_answers(tmp_path):
         second.close()
 
 
-def test_rate_limit_answers_do_not_open_the_breaker(ollama_server, openai_server):
-    s = make(ollama_server, openai_server, breaker={"failures": 1, "cooldown": 30}, retry={"max_retries": 0})
+def test_rate_limit_answers_do_not_open_the_breaker(make_session, ollama_server, openai_server):
+    s = make_session(ollama_server, openai_server, breaker={"failures": 1, "cooldown": 30}, retry={"max_retries": 0})
     ollama_server.add_fault(Fault(kind="status", status=429, times=1, path="/api/chat"))
     assert s.chat("busy", no_cache=True).provider == "openai"  # fell back...
-    assert s.router.breaker("ollama").state == "closed"  # ...without calling ollama unhealthy
+    assert s._engine.router.breaker("ollama").state == "closed"  # ...without calling ollama unhealthy
     assert s.chat("busy again", no_cache=True).provider == "ollama"
-    s.close()
 
 
 @pytest.mark.parametrize(("header", "seconds"), [("2", 2.0), ("soon", None), ("", None), ("-3", 0.0)])
@@ -435,12 +418,12 @@ def test_retry_after_header_forms(header, seconds):
     assert retry_after({"retry-after": header}) == seconds
 
 
-def test_token_budget_counts_requests_in_flight(ollama_server):
+def test_token_budget_counts_requests_in_flight(make_session, ollama_server):
     ollama_server.latency = 0.5
-    s = make(ollama_server, rate_limits={"ollama": {"tpm": 500}})
+    s = make_session(ollama_server, rate_limits={"ollama": {"tpm": 500}})
 
     async def go() -> str | None:
-        busy = [asyncio.ensure_future(s.achat(f"q{i}", no_cache=True, max_tokens=200)) for i in range(2)]
+        busy = [asyncio.ensure_future(s.aio.chat(f"q{i}", no_cache=True, max_tokens=200)) for i in range(2)]
         await asyncio.sleep(0.2)  # both admitted (about 200 tokens booked each) and still in flight
         note = None
         async for chunk in s.stream("third", no_cache=True, max_tokens=200):
@@ -450,7 +433,6 @@ def test_token_budget_counts_requests_in_flight(ollama_server):
         return note
 
     assert "rate limit" in (asyncio.run(go()) or "")
-    s.close()
 
 
 def test_result_of_a_stream_closed_early_is_a_clear_error(session):
@@ -463,24 +445,22 @@ def test_result_of_a_stream_closed_early_is_a_clear_error(session):
         stream.result()
 
 
-def test_a_model_and_its_latest_tag_share_a_cache_entry(ollama_server):
-    s = make(ollama_server)
+def test_a_model_and_its_latest_tag_share_a_cache_entry(make_session, ollama_server):
+    s = make_session(ollama_server)
     s.chat("tagged", "ollama:llama3.1")
     assert s.chat("tagged", "ollama:llama3.1:latest").cached
     assert ollama_server.count("/api/chat") == 1
-    s.close()
 
 
-def test_an_unknown_fallback_name_is_an_attempt_that_says_so(ollama_server):
-    s = make(ollama_server, fallback=["nosuch"], retry={"max_retries": 0})
+def test_an_unknown_fallback_name_is_an_attempt_that_says_so(make_session, ollama_server):
+    s = make_session(ollama_server, fallback=["nosuch"], retry={"max_retries": 0})
     ollama_server.refuse()
     with pytest.raises(AllProvidersFailed, match="no provider named 'nosuch'"):
         s.chat("x")
-    s.close()
 
 
-def test_first_token_and_total_deadlines(ollama_server):
-    s = make(ollama_server, timeouts={"first_token": 0.3, "total": 1.0}, retry={"max_retries": 0})
+def test_first_token_and_total_deadlines(make_session, ollama_server):
+    s = make_session(ollama_server, timeouts={"first_token": 0.3, "total": 1.0}, retry={"max_retries": 0})
     ollama_server.latency = 2.0  # nothing for two seconds
     with pytest.raises(AllProvidersFailed, match="first-token timeout"):  # else it would answer in 2 s
         s.chat("slow start", no_cache=True)
@@ -490,5 +470,4 @@ def test_first_token_and_total_deadlines(ollama_server):
     with pytest.raises(AllProvidersFailed, match="total timeout"):  # else it would answer in 5 s
         for _ in stream:
             pass
-    assert wait_until(lambda: s.runtime.pending_tasks() == [])
-    s.close()
+    assert wait_until(lambda: s.aio.runtime.pending_tasks() == [])

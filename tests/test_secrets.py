@@ -321,7 +321,7 @@ def test_echoed_credentials_reach_no_error_attempt_health_log_or_cache(
                 call()
             scan.error(where, info.value)
         scan.add("ollama health", [s.model_dump_json() for s in session.health()])
-        records = session.monitor.records
+        records = session._engine.monitor.records
         scan.add("monitor", [repr(r) for r in records])
         assert sum(f.hits for f in openai.faults + ollama.faults) >= 10
     finally:

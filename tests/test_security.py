@@ -138,9 +138,9 @@ def test_session_settings_errors_monitor_logs_and_cache(
         ("settings.public()", session.settings.public()),
         ("settings.model_dump()", session.settings.model_dump()),
         ("settings.model_dump_json()", session.settings.model_dump_json()),
-        ("repr(openai provider)", repr(session.router.provider("openai"))),
-        ("repr(ollama provider)", repr(session.router.provider("ollama"))),
-        ("repr(huggingface provider)", repr(session.router.provider("huggingface"))),
+        ("repr(openai provider)", repr(session._engine.router.provider("openai"))),
+        ("repr(ollama provider)", repr(session._engine.router.provider("ollama"))),
+        ("repr(huggingface provider)", repr(session._engine.router.provider("huggingface"))),
     ]:
         seen.add(where, value)
     public = session.settings.public()
@@ -156,7 +156,7 @@ def test_session_settings_errors_monitor_logs_and_cache(
             seen.add(f"{how} {target} response", stream.response.model_dump_json())
     seen.add("models", [m.model_dump_json() for m in session.models("openai")])
     seen.add("health", [s.model_dump_json() for s in session.health()])
-    seen.add("cache_info", session.cache_info())
+    seen.add("cache_info", session.usage("cache"))
 
     # the HF token goes to from_pretrained: a local model, and a folder that is not there
     answer = session.chat("hello", f"huggingface:{tiny_model_path}", max_tokens=4, fallback=False)
@@ -193,9 +193,9 @@ def test_session_settings_errors_monitor_logs_and_cache(
 
     # the monitor
     for s in (session, rejected):
-        records = s.monitor.records
+        records = s._engine.monitor.records
         seen.add("monitor records", [repr(r) for r in records])
-        seen.add("monitor summary", [m.model_dump_json() for m in s.monitor.summary()])
+        seen.add("monitor summary", [m.model_dump_json() for m in s._engine.monitor.summary()])
     rejected.close()
     session.close()
 

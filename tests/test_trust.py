@@ -110,9 +110,9 @@ def test_availability_failures_fall_back_with_a_notice(session, ollama_server, o
         assert restarted_at < notice_at
         assert not any(c.text for c in chunks[restarted_at + 1 : notice_at])
         assert "".join(c.text for c in chunks[notice_at:]) == response.text
-    counts = session.monitor.failure_counts()["ollama"]
+    counts = session._engine.monitor.failure_counts()["ollama"]
     assert sum(counts.values()) == tries
-    breaker = session.router.breaker("ollama")
+    breaker = session._engine.router.breaker("ollama")
     assert breaker.failures == (0 if error_type == "RateLimited" else 1)  # busy is not ill
 
 
@@ -139,8 +139,8 @@ def test_callers_errors_raise_without_another_provider_or_the_breaker(
     assert "\n" not in str(info.value)
     assert ollama_server.count(CHAT) == 1  # not retried
     assert openai_server.count() == 0  # no other provider asked
-    assert session.router.breaker("ollama").failures == 0
-    assert session.monitor.failure_counts() == {"ollama": {kind: 1}}
+    assert session._engine.router.breaker("ollama").failures == 0
+    assert session._engine.monitor.failure_counts() == {"ollama": {kind: 1}}
 
 
 def test_invalid_parameters_fail_before_any_request(session, ollama_server, openai_server):
@@ -209,13 +209,12 @@ def test_every_provider_down_names_each(session, ollama_server, openai_server):
 
 
 @pytest.mark.parametrize("how", ["argument", "setting"])
-def test_no_fallback_means_the_model_asked_or_an_error(ollama_server, openai_server, how):
-    s = make(ollama_server, openai_server, **({"fallback": False} if how == "setting" else {}))
+def test_no_fallback_means_the_model_asked_or_an_error(make_session, ollama_server, openai_server, how):
+    s = make_session(ollama_server, openai_server, **({"fallback": False} if how == "setting" else {}))
     ollama_server.refuse()
     with pytest.raises(AllProvidersFailed, match="Ollama is not reachable"):
         s.chat("hello", **({"fallback": False} if how == "argument" else {}))
     assert openai_server.count() == 0
-    s.close()
 
 
 # -- restarts say what happened and what comes next ------------------------------------------------

@@ -104,7 +104,7 @@ def until(check: Callable[[], Any], timeout: float = WAIT, what: str = "conditio
 
 
 def no_pending(session: Session) -> bool:
-    return until(lambda: session.runtime.pending_tasks() == [], what="no pending tasks on the runtime")
+    return until(lambda: session.aio.runtime.pending_tasks() == [], what="no pending tasks on the runtime")
 
 
 # -- sessions over loopback servers --------------------------------------------------------------
@@ -168,11 +168,11 @@ def test_every_widget_has_a_text_form_and_a_cheap_repr(
         raise AssertionError("a repr waited on the runtime loop")
 
     for widget, text in zip(widgets, expected, strict=True):
-        s.runtime.run = waits  # type: ignore[method-assign]  # cheap: a repr never blocks on a request
+        s.aio.runtime.run = waits  # type: ignore[method-assign]  # cheap: a repr never blocks on a request
         try:
             assert repr(widget).startswith(f"<{text}")
         finally:
-            del s.runtime.run
+            del s.aio.runtime.run
         widget.stop()  # the bundle below starts the timers of a board or gauge, as display does
         bundle = widget._repr_mimebundle_()
         assert bundle is not None and bundle["text/plain"].startswith(text)
@@ -320,12 +320,12 @@ def test_picker_is_filled_from_the_ollama_tags_list(make_session: Callable[..., 
         assert labels[1][0] == "qwen2.5:0.5b · 300.0 MB · qwen 0.5B"
         # the current default is shown, not changed
         assert picker.model_dd.value == "llama3.1:latest" and picker.value == "ollama:llama3.1"
-        assert s.router.default_target is None
+        assert s._engine.router.default_target is None
         frontend_sets(picker.model_dd, index=2)
         assert picker.value == "ollama:phi3:3.8b"
-        assert s.default_address == "ollama:phi3:3.8b"
+        assert s.resolve(None) == "ollama:phi3:3.8b"
         picker.value = "ollama:qwen2.5:0.5b"  # from code: the dropdown follows
-        assert picker.model_dd.value == "qwen2.5:0.5b" and s.default_address == "ollama:qwen2.5:0.5b"
+        assert picker.model_dd.value == "qwen2.5:0.5b" and s.resolve(None) == "ollama:qwen2.5:0.5b"
         assert picker.summary() == "ModelPicker: ollama:qwen2.5:0.5b (3 models from ollama)"
 
 
@@ -411,7 +411,7 @@ def test_board_refreshes_on_the_runtime_loop_and_after_a_failure(make_session: C
         )
         board.close()
         no_pending(s)
-        assert board._unsubscribe is None and board._on_record not in s.monitor._listeners
+        assert board._unsubscribe is None and board._on_record not in s._engine.monitor._listeners
 
 
 def test_board_interval_is_validated(make_session: Callable[..., Session], ollama: OllamaServer) -> None:
@@ -566,7 +566,7 @@ def test_dashboard_lays_out_every_part_and_close_stops_every_timer(
     g, h = dash.gauge.updates, dash.health.checks
     time.sleep(0.3)
     assert (dash.gauge.updates, dash.health.checks) == (g, h)
-    assert dash.health._on_record not in s.monitor._listeners  # the session's own listeners stay
+    assert dash.health._on_record not in s._engine.monitor._listeners  # the session's own listeners stay
 
 
 def test_closing_a_busy_chat_cancels_its_stream(make_session: Callable[..., Session]) -> None:
@@ -635,7 +635,7 @@ def notice_stream(session: Session, text: str = "from openai") -> Any:
         yield Chunk(text=text)
         yield Chunk(done=True, response=ChatResponse(text=text, provider="openai", model="gpt-4o-mini", notice=NOTICE))
 
-    return ChatStream(session, source())
+    return ChatStream(session.aio.runtime, source())
 
 
 def test_picker_wait_waits_for_the_pull(make_session: Callable[..., Session]) -> None:

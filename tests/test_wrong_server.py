@@ -48,10 +48,10 @@ def test_not_an_ollama_server_falls_back_announced_and_opens_the_breaker(
         failed = answer.attempts[0]
         assert failed.error_type == "WrongServer"
         assert failed.error.startswith(f"not an Ollama server at {ollama_server.url}: POST /api/chat answered")
-        assert s.router.breaker("ollama").failures == 1
+        assert s._engine.router.breaker("ollama").failures == 1
         for i in range(2):
             s.chat(f"again {i}", no_cache=True)
-        assert s.router.breaker("ollama").state == "open"
+        assert s._engine.router.breaker("ollama").state == "open"
         s.chat("once more", no_cache=True)
         assert ollama_server.count("/api/chat") == 3  # the open breaker keeps it from being asked
         [row] = s.health(["ollama"])
@@ -117,7 +117,7 @@ def test_a_real_missing_model_is_still_the_callers_error(ollama_server: OllamaSe
     try:
         with pytest.raises(ModelNotFound, match=r'ollama has no model "llama3".*did you mean llama3.1:latest\?'):
             s.chat("hi", "ollama:llama3", no_cache=True)
-        assert s.router.breaker("ollama").failures == 0
+        assert s._engine.router.breaker("ollama").failures == 0
     finally:
         s.close()
 

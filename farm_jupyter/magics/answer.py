@@ -61,7 +61,7 @@ def show_answer(
     )
     printer = _Printer(stream) if echo else None
     start = time.perf_counter()
-    changes = follow(session, [stream], tick=1.0 / magics.update_rate)
+    changes = follow([stream], tick=1.0 / magics.update_rate)
     try:
         for change in changes:
             if change is None:

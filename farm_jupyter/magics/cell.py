@@ -61,7 +61,7 @@ class FarmMagics(Magics):
         if value not in CACHE_BACKENDS:
             raise TraitError(f"cache_backend must be one of memory, disk, redis, none (or ''), got {value!r}")
         current = self._existing_session()
-        if current is not None and value and value != current.cache.name:
+        if current is not None and value and value != current.usage("cache")["backend"]:
             raise TraitError(
                 "cache_backend is read when the kernel's session is made: set it in ipython_config.py "
                 "or FARM_CACHE and restart the kernel"
@@ -75,7 +75,7 @@ class FarmMagics(Magics):
         if current is None:
             return  # applied when the session is made
         if change["name"] == "max_history" and self.max_history:
-            current.conversation.max_turns = self.max_history
+            current.history.max_turns = self.max_history
         elif change["name"] == "default_model":
             from ..errors import FarmError
 
@@ -159,8 +159,8 @@ class FarmMagics(Magics):
             if current not in self._configured:
                 self._configured.add(current)
                 if self.max_history:
-                    current.conversation.max_turns = self.max_history
-                if self.default_model and current.default_target is None:
+                    current.history.max_turns = self.max_history
+                if self.default_model:
                     current.use(self.default_model)
             return current
 
@@ -254,7 +254,7 @@ class FarmMagics(Magics):
         params = _params(args)
 
         if args.provider:
-            check_provider(session, args.provider)
+            check_provider(args.provider)
         if args.compare is not None:
             from .compare import show_comparison
 
@@ -268,12 +268,12 @@ class FarmMagics(Magics):
         target = join(session, args.model, args.provider)
         address = resolve(session, target)
         if args.new:
-            session.conversation.reset()
+            session.reset()
         stream = session.stream(
             prompt,
             target,
             system=system,
-            conversation=session.conversation,
+            conversation=session.history,
             turn_id=self.current_cell_id(),
             no_cache=args.no_cache,
             refresh=args.refresh,

@@ -78,9 +78,9 @@ def models(session: Session, args: Any) -> Table:
     """the models each provider has (or one provider's)"""
     provider = args.provider
     if provider:
-        check_provider(session, provider)
+        check_provider(provider)
     headers = ["model", "family", "parameters", "quantization", "size", "loaded"]
-    lists: Mapping[str, Any] = {provider: session.models(provider)} if provider else session.model_lists()
+    lists: Mapping[str, Any] = {provider: session.models(provider)} if provider else session.models(by_provider=True)
     where = provider or ", ".join(lists)
     rows: list[tuple[Any, ...]] = []
     down = {name: found for name, found in lists.items() if isinstance(found, BaseException)}
@@ -116,7 +116,7 @@ def use(session: Session, args: Any) -> None:
 def health(session: Session, args: Any) -> Table:
     """is each provider reachable: state, latency, loaded models"""
     for name in args.providers:
-        check_provider(session, name)
+        check_provider(name)
     rows = [
         (s.provider, s.state, s.url, seconds(s.latency), ", ".join(s.models_loaded), s.version, s.error)
         for s in session.health(args.providers or None)
@@ -157,11 +157,10 @@ def gpu(session: Session, args: Any) -> Table:
 @magic_arguments("farm stats")
 def stats(session: Session, args: Any) -> Table:
     """per-model requests, latency p50/p95, time to first token, tokens/s, cache hits"""
-    monitor = session.monitor
-    failures = monitor.failure_counts()
+    failures = session.usage("failures")
     rows: list[tuple[Any, ...]] = []
     shown: set[str] = set()
-    for s in monitor.summary():
+    for s in session.usage("requests"):
         provider = s.address.partition(":")[0]
         # a provider's failures by class go on its first row (they are the provider's, not a model's)
         kinds = "" if provider in shown else describe_failures(failures.get(provider, {}))
@@ -204,7 +203,7 @@ def usage_table(session: Session, args: Any) -> Table:
 @magic_arguments("farm history")
 def history(session: Session, args: Any) -> Table:
     """the turns of the conversation that %%farm_chat cells form"""
-    turns = list(session.conversation.turns)
+    turns = list(session.history.turns)
     rows = [(i, t.id, t.address, short(t.user.content), short(t.assistant.content)) for i, t in enumerate(turns, 1)]
     caption = None if rows else "no turns yet: ask with %%farm_chat"
     return Table(["#", "turn", "model", "you", "answer"], rows, title="conversation", caption=caption)
@@ -214,8 +213,8 @@ def history(session: Session, args: Any) -> Table:
 @magic_arguments("farm reset")
 def reset(session: Session, args: Any) -> None:
     """start a new conversation"""
-    n = len(session.conversation)
-    session.conversation.reset()
+    n = len(session.history)
+    session.reset()
     print(f"new conversation ({n} earlier turn{'s' if n != 1 else ''} dropped)")
 
 
@@ -226,10 +225,10 @@ def cache(session: Session, args: Any) -> Table | None:
     """the response cache: its state, or empty it"""
     action = args.action.lower()
     if action == "info":
-        return Table(["", ""], list(session.cache_info().items()), title="response cache")
+        return Table(["", ""], list(session.usage("cache").items()), title="response cache")
     if action == "clear":
-        session.cache_clear()
-        print(f"cache cleared ({session.cache.name})")
+        session.reset(cache=True)
+        print(f"cache cleared ({session.usage('cache')['backend']})")
         return None
     raise UsageError(f"unknown cache action {args.action!r}: use %farm cache info or %farm cache clear")
 
@@ -256,20 +255,12 @@ def _flatten(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix, "" if data is None or data == {} else data
 
 
-def _local(session: Session, target: str, action: str) -> str | None:
-    """The address, when its provider has models to pull, load or free; else None, said why."""
-    address = resolve(session, target)
-    try:
-        loads = session.has_models_to_load(target)
-    except FarmError as exc:
-        raise UsageError(str(exc)) from None
-    if loads:
-        return address
+def _nothing(address: str, action: str) -> None:
+    """Said when a model's provider serves its models remotely."""
     provider = address.partition(":")[0]
     print(
         f"{address}: nothing to {action}: {provider} serves its models remotely; ask it with %%farm_chat -m {address}"
     )
-    return None
 
 
 @command("pull")
@@ -277,10 +268,16 @@ def _local(session: Session, target: str, action: str) -> str | None:
 @argument("model", metavar="MODEL")
 def pull(session: Session, args: Any, action: str = "pull") -> None:
     """download (Ollama) and load a model, with a progress bar: the same as load"""
-    address = _local(session, args.model, action)
-    if address is not None:
-        show_progress(session.load(args.model))
-        print(f"{address}: pulled and loaded")
+    address = resolve(session, args.model)
+    try:
+        steps = session.load(args.model, reload=action == "reload")
+    except FarmError as exc:
+        raise UsageError(str(exc)) from None
+    if steps is None:
+        _nothing(address, action)
+        return
+    show_progress(steps)
+    print(f"{address}: {'reloaded' if action == 'reload' else 'pulled and loaded'}")
 
 
 @command("load")
@@ -294,16 +291,13 @@ def load(session: Session, args: Any) -> None:
 @command("unload")
 @magic_arguments("farm unload")
 @argument("model", metavar="MODEL")
-def unload(session: Session, args: Any, then_load: bool = False) -> None:
+def unload(session: Session, args: Any) -> None:
     """free a model's memory"""
-    address = _local(session, args.model, "reload" if then_load else "unload")
-    if address is None:
-        return
-    if then_load:
-        show_progress(session.reload(args.model))
+    address = resolve(session, args.model)
+    if session.unload(args.model):
+        print(f"{address}: unloaded")
     else:
-        session.unload(args.model)
-    print(f"{address}: {'reloaded' if then_load else 'unloaded'}")
+        _nothing(address, "unload")
 
 
 @command("reload")
@@ -311,7 +305,7 @@ def unload(session: Session, args: Any, then_load: bool = False) -> None:
 @argument("model", metavar="MODEL")
 def reload(session: Session, args: Any) -> None:
     """unload, then load a model again"""
-    unload(session, args, then_load=True)
+    pull(session, args, "reload")
 
 
 @command("alias")
@@ -330,11 +324,11 @@ def alias(session: Session, args: Any) -> Table | None:
     if not re.fullmatch(r"[\w.-]+", name) or name in session.settings.chain:
         raise UsageError(f"alias name {name!r} must be letters, digits, '-', '_' or '.', and not a provider's name")
     resolved = resolve(session, target)
-    session.alias(name, target)
+    aliases[name] = target
     try:
         resolve(session, name)
     except UsageError:
-        session.unalias(name)
+        del aliases[name]
         raise
     print(f"{name} -> {resolved}")
     return None
@@ -347,7 +341,7 @@ def unalias(session: Session, args: Any) -> None:
     """remove an alias"""
     if args.name not in session.settings.aliases:
         raise UsageError(f"no alias named {args.name!r}: %farm alias lists them")
-    session.unalias(args.name)
+    del session.settings.aliases[args.name]
     print(f"alias {args.name} removed")
 
 

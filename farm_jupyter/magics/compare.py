@@ -51,7 +51,7 @@ def show_comparison(
     live = magics._live() and not args.no_stream and magics._owns_cell("%%farm_chat")
     screen = Live(live, magics.update_rate, bundle())
     start = time.perf_counter()
-    changes = follow(session, [c.stream for c in columns if c.stream is not None], tick=1.0 / magics.update_rate)
+    changes = follow([c.stream for c in columns if c.stream is not None], tick=1.0 / magics.update_rate)
     try:
         for change in changes:
             if change is None:

@@ -67,7 +67,7 @@ def start(session: Session, running: subprocess.Popen[bytes] | None) -> subproce
             time.sleep(0.2)
         print(f"Ollama is running at {host} (pid {proc.pid}; log {log.name})")
     for model in session.settings.ollama.auto_pull:
-        show_progress(session.load(f"ollama:{model}"))
+        show_progress(session.load(f"ollama:{model}") or ())
         print(f"ollama:{model}: pulled and loaded")
     return proc
 

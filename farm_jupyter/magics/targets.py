@@ -20,9 +20,11 @@ def resolve(session: Session, target: str | None) -> str:
         raise UsageError(str(exc)) from None
 
 
-def check_provider(session: Session, name: str) -> None:
+def check_provider(name: str) -> None:
+    from ..sessions import names  # on use: `%load_ext` imports no provider
+
     try:
-        session.check_provider(name)
+        names.check_provider(name)
     except FarmError as exc:
         raise UsageError(str(exc)) from None
 
@@ -31,11 +33,13 @@ def join(session: Session, model: str | None, provider: str | None) -> str | Non
     """One target from `-m` and `-p`; `-p ollama -m fast` with fast an alias of an Ollama model."""
     if not (provider and model):
         return provider or model or None
-    expanded = session.expand_alias(model)
-    named = session.provider_of(expanded)
+    from ..sessions.names import canonical_provider, expand_alias, provider_of
+
+    expanded = expand_alias(session.settings.aliases, model)
+    named = provider_of(expanded)
     if named is None:
         return f"{provider}:{expanded}"
-    if named != session.canonical_provider(provider):
+    if named != canonical_provider(provider):
         raise UsageError(
             f"-m {model} names provider {expanded.partition(':')[0]!r}, but -p says {provider!r}: drop one of them"
         )

@@ -23,9 +23,9 @@ from typing import Any
 from .. import providers as registry
 from ..cache import Cache, CacheEntry, cache_key
 from ..config import Settings
+from ..config.aliases import expand_alias
 from ..errors import (
     AllProvidersFailed,
-    ConfigError,
     FarmError,
     ModelNotFound,
     NotConfigured,
@@ -82,13 +82,7 @@ class Router:
         return name in self.providers or registry.is_known(name)
 
     def expand_alias(self, target: str) -> str:
-        seen: list[str] = []
-        while target in self.settings.aliases:
-            if target in seen:
-                raise ConfigError(f"alias loop: {' -> '.join([*seen, target])}")
-            seen.append(target)
-            target = self.settings.aliases[target]
-        return target
+        return expand_alias(self.settings.aliases, target)
 
     def resolve(self, target: str | None = None, *, fallback: bool = True) -> list[Route]:
         """`provider:model`, `provider`, a bare model or an alias -> the routes to try, in order."""

@@ -35,7 +35,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
             "farm_jupyter: env=%s, providers %s, cache %s",
             farm.settings.env,
             " > ".join(farm.settings.chain),
-            farm.cache_state,
+            farm.aio.cache_state,
         )
     except Exception as exc:  # noqa: BLE001 - a bad farm.toml must not stop the Jupyter server
         serverapp.log.error("farm_jupyter: %s (the routes will answer 500 until it is fixed)", exc)

@@ -251,7 +251,7 @@ class FarmHandler(APIHandler):
         closed by the time the handler returns. (`asyncio.wrap_future(runtime.submit(coro))`
         cannot tell when a cancelled task has actually finished.)
         """
-        runtime_loop = self.farm.runtime.loop
+        runtime_loop = self.farm.aio.runtime.loop
         here = asyncio.get_running_loop()
         outcome: asyncio.Future[T] = here.create_future()
         tasks: list[asyncio.Task[T]] = []

@@ -2,7 +2,7 @@
 
 Each handler names the path it serves; the URL table is built from `schema.ROUTES` (the same
 table as the JSON Schema and the TypeScript client) and `url_specs` refuses to start when the two
-disagree. Handlers ask the Session only (`farm.chunks`, `farm.statuses`, `farm.pull`, ...).
+disagree. Handlers ask the Session's async twin only (`farm.aio.stream`, `farm.aio.health`, `farm.aio.load`, ...).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from jupyter_server.utils import url_escape, url_path_join
 from tornado import web
 
 from ..errors import ConfigError, FarmError
+from ..sessions import ChatStream
 from ..types import ChatResponse, Chunk
 from . import schema
 from .base import SETTINGS_KEY, ApiError, FarmHandler, FarmServer, bad_request, farm_error, route
@@ -42,29 +43,29 @@ class ChatHandler(FarmHandler):
         if chars > limits.max_prompt_chars:
             field = "prompt" if body.prompt is not None else "messages"
             raise bad_request(field, f"{chars} characters, over the limit of {limits.max_prompt_chars}: send less")
-        provider, _ = self.farm.address(body.model)  # an unknown `x:` prefix is 400 before anyone is asked
+        self.farm.aio.resolve(body.model, strict=True)  # an unknown `x:` prefix is 400 before anyone is asked
         try:
-            self.farm.check_params(provider, body.params)
+            self.farm.aio.resolve(body.model, params=body.params)
         except ConfigError as exc:
             raise bad_request("params.extra", str(exc)) from None
         return body
 
-    def source(self, body: schema.ChatBody, *, stream: bool) -> AsyncIterator[Chunk]:
-        return self.farm.chunks(
+    def source(self, body: schema.ChatBody) -> ChatStream:
+        """Tokens as they come (deadlines per token, not per answer)."""
+        return self.farm.aio.stream(
             body.to_messages(),
             body.model,
-            body.params,
+            params=body.params,
             no_cache=body.no_cache,
             refresh=body.refresh,
             fallback=body.fallback,
-            stream=stream,
         )
 
     @route
     async def post(self) -> None:
-        source = self.source(self.body(), stream=True)  # tokens as they come: deadlines per token, not per answer
+        source = self.source(self.body())
         with self.state.answering():
-            response = await self.until_gone(self.on_runtime(_answer(source)))
+            response = await self.until_gone(self.on_runtime(_answer(aiter(source))))
         self.reply(response)
 
 
@@ -92,9 +93,9 @@ class ChatStreamHandler(ChatHandler):
 
     @route
     async def post(self) -> None:
-        source = self.source(self.body(), stream=True)
+        source = self.source(self.body())
         with self.state.answering():
-            await self.until_gone(self._relay(self.farm.runtime.aiterate(source)))
+            await self.until_gone(self._relay(aiter(source)))
 
     async def _relay(self, chunks: AsyncIterator[Chunk]) -> None:
         held: list[str] = []  # status notes that came before the answer began
@@ -139,7 +140,7 @@ class ModelsHandler(FarmHandler):
     @route
     async def get(self) -> None:
         provider = self.get_argument("provider", None) or None
-        models = await self.until_gone(self.on_runtime(self.farm.list_models(provider)))
+        models = await self.until_gone(self.on_runtime(self.farm.aio.models(provider)))
         self.reply(schema.ModelsResponse(models=models))
 
 
@@ -150,8 +151,8 @@ class HealthHandler(FarmHandler):
     @route
     async def get(self) -> None:
         providers = [p for p in self.get_arguments("provider") if p] or None
-        statuses = await self.until_gone(self.on_runtime(self.farm.statuses(providers)))
-        self.reply(schema.HealthResponse(providers=statuses, cache=self.farm.cache_state))
+        statuses = await self.until_gone(self.on_runtime(self.farm.aio.health(providers)))
+        self.reply(schema.HealthResponse(providers=statuses, cache=self.farm.aio.cache_state))
 
 
 class ModelHandler(FarmHandler):
@@ -164,7 +165,8 @@ class ModelHandler(FarmHandler):
             schema.check_model_name(name)
         except ValueError as exc:
             raise bad_request("name", str(exc)) from None
-        return self.farm.address(name)
+        provider, _, model = self.farm.aio.resolve(name, strict=True).partition(":")
+        return provider, model
 
 
 class LoadHandler(ModelHandler):
@@ -193,7 +195,7 @@ class LoadHandler(ModelHandler):
                         field="name",
                     ),
                 ) from None
-            job.future = self.farm.runtime.submit(job.run(self.farm, provider, model))
+            job.future = self.farm.aio.runtime.submit(job.run(self.farm.aio, address))
         started = schema.LoadStarted(**job.status().model_dump(), progress_url=self.progress_url(name))
         self.set_header("Location", started.progress_url)
         self.reply(started, status=202)
@@ -219,7 +221,7 @@ class UnloadHandler(ModelHandler):
     @route
     async def post(self, name: str) -> None:
         provider, model = self.address(name)
-        await self.until_gone(self.on_runtime(self.farm.drop(provider, model)))
+        await self.until_gone(self.on_runtime(self.farm.aio.unload(f"{provider}:{model}")))
         self.reply(schema.UnloadResponse(model=name, address=f"{provider}:{model}", unloaded=True))
 
 
@@ -231,9 +233,9 @@ class StatsHandler(FarmHandler):
         session = self.farm
         self.reply(
             schema.StatsResponse(
-                models=session.monitor.summary(),
+                models=session.usage("requests"),
                 in_flight=self.state.in_flight,
-                cache=session.cache_state,
+                cache=session.aio.cache_state,
             )
         )
 

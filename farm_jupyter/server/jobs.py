@@ -20,7 +20,7 @@ from .schema import LoadState, LoadStatus
 if TYPE_CHECKING:
     import concurrent.futures
 
-    from ..sessions import Session
+    from ..sessions import AsyncSession, Session
     from ..types import PullProgress
 
 
@@ -40,10 +40,12 @@ class LoadJob:
     def status(self) -> LoadStatus:
         return LoadStatus.model_validate(self, from_attributes=True)
 
-    async def run(self, session: Session, provider: str, model: str) -> None:
+    async def run(self, session: AsyncSession, address: str) -> None:
         try:
-            async for progress in session.pull(provider, model):
-                self.progress = progress
+            steps = session.load(address)
+            if steps is not None:  # None: a remote API serves its models, nothing to load
+                async for progress in steps:
+                    self.progress = progress
         except asyncio.CancelledError:
             self.error, self.finished_at, self.state = "cancelled", time.time(), "error"
             raise

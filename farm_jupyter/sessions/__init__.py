@@ -1,4 +1,4 @@
-"""The kernel's Session and what it hands out: ChatStream, Conversation.
+"""The kernel's Session and what it hands out: AsyncSession (`session.aio`), ChatStream, Conversation.
 
 `farm_jupyter.session()` is the kernel's Session; `Session(config=...)` makes an independent one.
 The package is `sessions` so that `farm_jupyter.session` stays the function, whatever is imported.
@@ -8,11 +8,23 @@ from __future__ import annotations
 
 import threading
 
+from .aio import AsyncSession
 from .conversation import Conversation, Turn
-from .core import Prompt, Session
+from .core import Session
+from .engine import Prompt
 from .stream import ChatStream
 
-__all__ = ["ChatStream", "Conversation", "Prompt", "Session", "Turn", "current", "session", "set_session"]
+__all__ = [
+    "AsyncSession",
+    "ChatStream",
+    "Conversation",
+    "Prompt",
+    "Session",
+    "Turn",
+    "current",
+    "session",
+    "set_session",
+]
 
 _session: Session | None = None
 _lock = threading.Lock()

@@ -1,47 +1,32 @@
-"""The Session: settings + router + cache + monitor + conversation, in one object.
+"""The Session: settings + router + cache + monitor + history, in one object with one name per act.
 
 Magics, widgets and the server go through a Session, never to a provider or the router directly.
+Its public names are the list below (a test keeps it at 20 at most); `aio` is the async twin with
+the same acts, for the server and `await`-ing users. Old names keep working for one release with a
+DeprecationWarning (`sessions/renamed.py`).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, overload
 
-from ..cache_guard import GuardedCache
+from ..batch import BatchResult, Comparison, PromptBuilder, run_compare, run_map
 from ..config import Settings, load_settings
-from ..context import DEFAULT_BUDGET, attach, over_the_window
-from ..errors import BadRequest, ConfigError, FarmError, ServerError, UnknownProvider
+from ..errors import FarmError
 from ..ledger import UsageReport
-from ..monitor import Monitor
 from ..objects import Budget
-from ..providers import available as available_providers
-from ..providers import canonical
-from ..providers import is_known as is_provider
-from ..providers.base import as_messages
-from ..router import Router
-from ..runtime import Runtime, get_runtime
-from ..steps import Extras, Steps, plan
-from ..types import (
-    ChatMessage,
-    ChatResponse,
-    Chunk,
-    GenerationParams,
-    GPUStats,
-    ImagePart,
-    ModelInfo,
-    ProviderStatus,
-    PullProgress,
-)
+from ..records import ModelSummary
+from ..runtime import Runtime
+from ..steps import Extras
+from ..types import ChatResponse, GenerationParams, GPUStats, ModelInfo, ProviderStatus, PullProgress
+from .aio import AsyncSession
 from .conversation import Conversation
+from .engine import Engine, Prompt
+from .renamed import RENAMED, renamed
 from .stream import ChatStream
 
-if TYPE_CHECKING:
-    from ..batch import BatchResult, Comparison, PromptBuilder
-
-Prompt = str | Sequence[ChatMessage | dict[str, Any]]
+Usage = Literal["tokens", "requests", "failures", "cache"]
 
 # Asking with these takes more than one cache lookup (objects to describe, steps to run).
 _MORE = ("context", "images", "schema", "tools")
@@ -62,22 +47,10 @@ _ASKING = frozenset(
 )  # not params
 
 
-async def _naming_the_budget(
-    chunks: AsyncIterator[Chunk], budget: Budget, messages: Sequence[ChatMessage]
-) -> AsyncIterator[Chunk]:
-    """A context-window error of a prompt with objects described in it names the budget."""
-    try:
-        async with aclosing(chunks):  # type: ignore[type-var]
-            async for chunk in chunks:
-                yield chunk
-    except (BadRequest, ServerError) as exc:
-        said = over_the_window(str(exc), budget, sum(len(m.content) for m in messages))
-        if said is None:
-            raise
-        raise type(exc)(f"{exc}; {said}", provider=exc.provider, status=exc.status) from exc
-
-
 class Session:
+    """chat, stream, map, compare, embed; models, load, unload, health, gpu; usage, history, reset;
+    settings, use, resolve, last_batch, close; and `aio`, the same acts as coroutines."""
+
     def __init__(
         self,
         settings: Settings | None = None,
@@ -85,116 +58,20 @@ class Session:
         config: Mapping[str, Any] | None = None,
         runtime: Runtime | None = None,
     ) -> None:
-        self.settings = settings or load_settings(config)
-        self._runtime = runtime
-        self.cache = GuardedCache(self.settings.cache)  # a cache that will not open is off, not fatal
-        self.monitor = Monitor(self.settings.monitor_size)
-        self.router = Router(self.settings, self.cache, self.monitor)
-        self.conversation = Conversation(self.settings.max_history)
+        self.settings: Settings = settings or load_settings(config)
+        self._engine = Engine(self.settings, runtime)
+        self.history: Conversation = Conversation(self.settings.max_history)  # the turns of %%farm_chat cells
         self.last_batch: BatchResult | None = None  # the last map's rows, kept when it was stopped
+        self.aio: AsyncSession = AsyncSession(self, self._engine)
 
-    @property
-    def runtime(self) -> Runtime:
-        if self._runtime is None or not self._runtime.alive:
-            self._runtime = get_runtime()
-        return self._runtime
+    if not TYPE_CHECKING:  # the old names, each a DeprecationWarning; not seen by type checkers
+
+        def __getattr__(self, name: str) -> Any:
+            if name in RENAMED:
+                return renamed(self, self._engine, name)
+            raise AttributeError(f"'Session' object has no attribute {name!r}")
 
     # -- asking ---------------------------------------------------------------------------------
-
-    def _source(
-        self,
-        prompt: Prompt,
-        model: str | None,
-        *,
-        system: str | None,
-        conversation: Conversation | None,
-        turn_id: str | None,
-        no_cache: bool,
-        refresh: bool,
-        fallback: bool | None,
-        params: dict[str, Any],
-        stream: bool = True,
-        extras: Extras | None = None,
-    ) -> AsyncIterator[Chunk] | Steps:
-        x = extras or Extras()
-        attached: list[ImagePart] = []
-        budget = x.context_budget if isinstance(x.context_budget, Budget) else None
-        if x.context is not None or x.images:
-            if not isinstance(prompt, str):
-                raise TypeError("context= and images= go with a prompt string")
-            if budget is None:
-                budget = self.budget(model, x.context_budget if isinstance(x.context_budget, int) else None)
-            prompt, attached = attach(prompt, x.context, x.images, budget)
-        messages = self._messages(prompt, system, conversation, turn_id, attached)
-
-        def commit(response: ChatResponse) -> None:
-            if conversation is not None:
-                conversation.commit(str(prompt), response, turn_id, images=attached, keep_thinking=x.keep_thinking)
-
-        if x.schema is None and not x.tools:
-            chunks = self.router.astream(
-                messages, model, params, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream
-            )
-            if x.context is not None or budget is not None:  # objects were described: a face gave its Budget
-                chunks = _naming_the_budget(chunks, budget or Budget(DEFAULT_BUDGET), messages)
-            return chunks if conversation is None else self._committing(chunks, commit)
-        return plan(
-            self.router,
-            self.runtime,
-            messages,
-            model,
-            params,
-            x,
-            no_cache=no_cache,
-            refresh=refresh,
-            fallback=fallback,
-            stream=stream,
-            on_final=commit,
-        )
-
-    def budget(self, target: str | None, tokens: int | None = None) -> Budget:
-        """What each object described in a prompt to `target` may take: `tokens` (default 1000),
-        estimated at the characters a prompt token stood for in that model's last reported usage,
-        else at 4. (A provider that counts exactly, a `count_tokens`, would give `Budget.count`.)"""
-        tokens = tokens or DEFAULT_BUDGET
-        try:
-            address = self.resolve(target)
-        except FarmError:  # the request will say so; the budget is not the place
-            return Budget(tokens)
-        ratio = self.monitor.chars_per_token(address)
-        if ratio is None:
-            return Budget(tokens)
-        return Budget(tokens, min(max(ratio, 1.0), 10.0), f"{address}'s last usage")
-
-    @staticmethod
-    def _messages(
-        prompt: Prompt,
-        system: str | None,
-        conversation: Conversation | None = None,
-        turn_id: str | None = None,
-        images: Sequence[ImagePart] = (),
-    ) -> list[ChatMessage]:
-        if conversation is not None:
-            if not isinstance(prompt, str):
-                raise TypeError("a conversation turn takes a prompt string")
-            messages = conversation.messages_for(prompt, turn_id, system, images)
-        else:
-            messages = as_messages(prompt)
-            if images:
-                messages[-1] = messages[-1].model_copy(update={"images": list(images)})
-            if system:
-                messages.insert(0, ChatMessage(role="system", content=system))
-        if not any(m.content.strip() for m in messages if m.role == "user"):
-            raise FarmError("the prompt is empty", hint="write a question in the cell")
-        return messages
-
-    async def _committing(
-        self, stream: AsyncIterator[Chunk], commit: Callable[[ChatResponse], None]
-    ) -> AsyncIterator[Chunk]:
-        async for chunk in stream:
-            if chunk.response is not None:
-                commit(chunk.response)
-            yield chunk
 
     def stream(
         self,
@@ -215,10 +92,11 @@ class Session:
         max_steps: int = 5,
         max_reasks: int = 2,
         keep_thinking: bool = False,
+        params: GenerationParams | None = None,
         _whole: bool = False,
-        **params: Any,
+        **options: Any,
     ) -> ChatStream:
-        """A stream of the answer; `conversation=session.conversation` makes it a turn.
+        """A stream of the answer; `conversation=session.history` makes it a turn.
 
         - `context={"df": df, "fig": fig}` fills `{df}`, `{fig}` in the prompt with each object's
           description (`farm_jupyter.context`), within `context_budget` tokens each; figures and
@@ -229,223 +107,124 @@ class Session:
           call runs in the thread that iterates the stream and shows as a `Chunk(tool_run=...)`.
         - `think=True` asks for the model's reasoning: it streams apart (`Chunk.thinking`), is never
           part of the answer, and goes back in a conversation only with `keep_thinking=True`.
+        - generation options as keywords (`temperature=0`), or `params=GenerationParams(...)`.
         """
+        if params is not None and options:
+            raise TypeError("give generation options as keywords or as params=, not both")
         extras = Extras(context, images, context_budget, schema, tools, max_steps, max_reasks, keep_thinking)
-        source = self._source(
-            prompt, model, system=system, conversation=conversation, turn_id=turn_id,
-            no_cache=no_cache, refresh=refresh, fallback=fallback, params=params, stream=not _whole, extras=extras,
+        source = self._engine.source(
+            prompt, model, system=system, conversation=conversation, turn_id=turn_id, no_cache=no_cache,
+            refresh=refresh, fallback=fallback, params=params or options, stream=not _whole, extras=extras,
         )  # fmt: skip
-        return ChatStream(self, source)
-
-    astream = stream  # a ChatStream is both iterable and async-iterable
+        return ChatStream(self._engine.runtime, source)
 
     def chat(self, prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatResponse:
-        if not any(kwargs.get(k) for k in ("conversation", "no_cache", "refresh", *_MORE)):
+        """Ask and wait; the keywords are `stream`'s."""
+        if not any(kwargs.get(k) for k in ("conversation", "no_cache", "refresh", "params", *_MORE)):
             params = {k: v for k, v in kwargs.items() if k not in _ASKING}
-            hit = self.router.replay(self._messages(prompt, kwargs.get("system")), model, params)
+            messages = self._engine.messages(prompt, kwargs.get("system"))
+            hit = self._engine.router.replay(messages, model, params)
             if hit is not None:  # a memory-cache hit, answered here: no hop to the runtime loop
                 return hit
         return self.stream(prompt, model, _whole=True, **kwargs).result()
 
-    async def achat(self, prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatResponse:
-        return await self.stream(prompt, model, _whole=True, **kwargs).aresult()
-
-    # -- models and state -----------------------------------------------------------------------
-
-    def use(self, target: str | None) -> str:
-        """Set the session default (`provider:model`, provider, model or alias); returns it resolved."""
-        route = self.router.resolve(target, fallback=False)[0] if target else None
-        self.router.default_target = target
-        return str(route) if route else str(self.router.resolve(None, fallback=False)[0])
-
-    @property
-    def default_address(self) -> str:
-        return self.resolve(None)
-
-    @property
-    def default_target(self) -> str | None:
-        """What `use()` set, as given; None when the default comes from the settings."""
-        return self.router.default_target
-
-    # -- targets, asking no one -----------------------------------------------------------------
-
-    def resolve(self, target: str | None) -> str:
-        """The `provider:model` a target (an address, provider, model or alias; None: the default)
-        stands for; an unknown provider or alias is a FarmError that says what to write."""
-        return str(self.router.resolve(target, fallback=False)[0])
-
-    def expand_alias(self, target: str) -> str:
-        return self.router.expand_alias(target)
-
-    def provider_names(self) -> list[str]:
-        """The chain's providers, then the others this session has set up."""
-        return list(dict.fromkeys([*self.settings.chain, *self.router.providers]))
-
-    def check_provider(self, name: str) -> None:
-        """An UnknownProvider error unless `name` is registered or set up in this session."""
-        if not (is_provider(name) or name in self.router.providers):
-            known = sorted(set(available_providers()) | set(self.router.providers))
-            raise UnknownProvider(f"no provider named {name!r}", hint=f"use one of {', '.join(known)}")
-
-    @staticmethod
-    def provider_of(target: str) -> str | None:
-        """The provider `target` names before its first `:` (`hf:x` -> huggingface), or None when
-        it names a model only (`llama3.1`, `qwen2.5:0.5b`)."""
-        head, sep, _ = target.partition(":")
-        return canonical(head) if sep and is_provider(head) else None
-
-    @staticmethod
-    def canonical_provider(name: str) -> str:
-        """The registered name behind a short one (`hf` -> huggingface)."""
-        return canonical(name)
-
-    def alias(self, name: str, target: str) -> None:
-        self.settings.aliases[name] = target
-
-    def unalias(self, name: str) -> None:
-        self.settings.aliases.pop(name, None)
-
-    def models(self, provider: str | None = None) -> list[ModelInfo]:
-        return self.runtime.run(self.list_models(provider))
-
-    async def list_models(self, provider: str | None = None) -> list[ModelInfo]:
-        """Live model lists (runs on the runtime loop): one provider's, or every one in the chain
-        that answers."""
-        names = [provider] if provider else list(dict.fromkeys(self.settings.chain))
-        out: list[ModelInfo] = []
-        for name in names:
-            try:
-                out += await self.router.provider(name).list_models()
-            except FarmError:
-                if provider:
-                    raise
-        return out
-
-    def model_lists(self) -> dict[str, list[ModelInfo] | FarmError]:
-        """Each provider of the chain with its live model list, or the error it gave instead
-        (`%farm models` says which provider is down and why, not just "no models")."""
-        return self.runtime.run(self._model_lists())
-
-    async def _model_lists(self) -> dict[str, list[ModelInfo] | FarmError]:
-        names = list(dict.fromkeys(self.settings.chain))
-
-        async def one(name: str) -> list[ModelInfo] | FarmError:
-            try:
-                return await self.router.provider(name).list_models()
-            except FarmError as exc:
-                return exc
-
-        return dict(zip(names, await asyncio.gather(*(one(n) for n in names)), strict=True))
-
-    def has_models_to_load(self, model: str) -> bool:
-        """Does `model`'s provider pull or load models (Ollama, HuggingFace)? A remote API (OpenAI
-        or a compatible server) serves its models itself: there is nothing to load or free."""
-        provider, _ = self._split(model)
-        return self.router.provider(provider).capabilities.can("load")
-
-    def _split(self, model: str) -> tuple[str, str]:
-        route = self.router.resolve(model, fallback=False)[0]
-        return route.provider, route.model
-
-    def load(self, model: str) -> Iterator[PullProgress]:
-        """Pull (Ollama) and load a model; yields progress."""
-        provider, name = self._split(model)
-        return self.runtime.iterate(self.router.require(provider, "load").load_model(name))
-
-    def unload(self, model: str) -> None:
-        provider, name = self._split(model)
-        self.runtime.run(self.router.require(provider, "load").unload_model(name))
-
-    def reload(self, model: str) -> Iterator[PullProgress]:
-        self.unload(model)
-        return self.load(model)
-
-    def health(self, providers: list[str] | None = None) -> list[ProviderStatus]:
-        return self.runtime.run(self.router.health(providers))
-
-    async def ahealth(self, providers: list[str] | None = None) -> list[ProviderStatus]:
-        return await self.runtime.wrap(self.router.health(providers))
-
-    def gpu(self) -> GPUStats:
-        from ..gpu import gpu_stats
-
-        return gpu_stats()
-
-    def embed(self, texts: list[str], model: str | None = None) -> list[list[float]]:
-        provider, name = self._split(model) if model else (self.settings.default_provider, None)
-        return self.runtime.run(self.router.require(provider, "embed").embed(texts, name))
-
     def map(self, items: Iterable[Any], prompt: PromptBuilder = "{}", **kwargs: Any) -> Any:
         """One prompt over many items, `concurrency` at a time; see `farm_jupyter.map`."""
-        from ..batch import run_map
-
         return run_map(self, items, prompt, **kwargs)
 
     def compare(self, prompts: Sequence[str], models: Sequence[str], **kwargs: Any) -> Comparison:
         """Every prompt to every model; see `farm_jupyter.compare`."""
-        from ..batch import run_compare
-
         return run_compare(self, prompts, models, **kwargs)
 
-    def usage(self) -> UsageReport:
-        """Tokens, requests, cache savings and cost per provider:model for this session."""
-        return self.router.ledger.report()
+    def embed(self, texts: list[str], model: str | None = None) -> list[list[float]]:
+        return self._engine.runtime.run(self._engine.embed(texts, model))
 
-    def cache_info(self) -> dict[str, Any]:
-        return self.runtime.run(self.cache.info())
+    # -- models ---------------------------------------------------------------------------------
 
-    def cache_clear(self) -> None:
-        self.runtime.run(self.cache.clear())
+    @overload
+    def models(self, provider: str | None = None, *, by_provider: Literal[False] = False) -> list[ModelInfo]: ...
+    @overload
+    def models(
+        self, provider: str | None = None, *, by_provider: Literal[True]
+    ) -> dict[str, list[ModelInfo] | FarmError]: ...
+    def models(
+        self, provider: str | None = None, *, by_provider: bool = False
+    ) -> list[ModelInfo] | dict[str, list[ModelInfo] | FarmError]:
+        """Live model lists: one provider's, or every one in the chain that answers.
+        `by_provider=True`: each provider with its list, or the error it gave instead (so a face
+        can say which provider is down and why, not just "no models")."""
+        engine = self._engine
+        if by_provider:
+            return engine.runtime.run(engine.model_lists(provider))
+        return engine.runtime.run(engine.models(provider))
 
-    # -- for a face that drives the runtime loop itself (the server extension) -----------------
+    def load(self, model: str, *, reload: bool = False) -> Iterator[PullProgress] | None:
+        """Pull (Ollama) and load a model (`reload=True`: unload it first); yields progress.
+        None when its provider serves its models itself (a remote API): there is nothing to load."""
+        steps = self._engine.load(model, reload=reload)
+        return None if steps is None else self._engine.runtime.iterate(steps)
 
-    def address(self, target: str | None) -> tuple[str, str]:
-        """`(provider, model)`, asking no one; `x:y` with no provider or alias `x` is refused, not
-        taken as a model of the default provider (write `ollama:qwen2.5:0.5b`)."""
-        head, sep, _ = self.router.expand_alias((target or "").strip()).partition(":")
-        if sep and not is_provider(head) and head not in self.router.providers:
-            hint = f"write provider:model with one of {', '.join(available_providers())}"
-            raise UnknownProvider(f"no provider named {head!r}", hint=hint)
-        return self._split(target) if target else self._split(self.default_address)
+    def unload(self, model: str) -> bool:
+        """Free a model's memory; False when its provider serves its models itself."""
+        return self._engine.runtime.run(self._engine.unload(model))
 
-    def check_params(self, provider: str, params: GenerationParams) -> None:
-        """An option of `params.extra` that this provider does not take is a mistake, said here."""
-        found = self.router.provider(provider)
-        members = getattr(found, "members", None)  # a pool of servers: they are all of one kind
-        unknown, taken = params.not_taken_by(members[0].provider.kind if members else found.kind)
-        if unknown:
-            raise ConfigError(f"{provider} takes no option {unknown[0]!r}", hint=f"its options are {', '.join(taken)}")
+    def health(self, providers: list[str] | None = None) -> list[ProviderStatus]:
+        return self._engine.runtime.run(self._engine.router.health(providers))
 
-    def chunks(
-        self, messages: list[ChatMessage], target: str | None, params: GenerationParams, **options: Any
-    ) -> AsyncIterator[Chunk]:
-        """The router's raw chunks (options: no_cache, refresh, fallback, stream), for the runtime loop."""
-        return self.router.astream(messages, target, params, **options)
+    def gpu(self) -> GPUStats:
+        from ..gpu import gpu_stats  # NVML, or torch: on first use only
 
-    async def statuses(self, providers: list[str] | None = None) -> list[ProviderStatus]:
-        """Health of each provider (runs on the runtime loop)."""
-        return await self.router.health(providers)
+        return gpu_stats()
 
-    def pull(self, provider: str, model: str) -> AsyncIterator[PullProgress]:
-        """Pull and load one model, as progress (iterated on the runtime loop)."""
-        return self.router.require(provider, "load").load_model(model)
+    # -- this session ---------------------------------------------------------------------------
 
-    async def drop(self, provider: str, model: str) -> None:
-        """Unload one model (runs on the runtime loop)."""
-        await self.router.require(provider, "load").unload_model(model)
+    @overload
+    def usage(self, of: Literal["tokens"] = "tokens") -> UsageReport: ...
+    @overload
+    def usage(self, of: Literal["requests"]) -> list[ModelSummary]: ...
+    @overload
+    def usage(self, of: Literal["failures"]) -> dict[str, dict[str, int]]: ...
+    @overload
+    def usage(self, of: Literal["cache"]) -> dict[str, Any]: ...
+    def usage(self, of: Usage = "tokens") -> Any:
+        """What this session has used: `tokens` (tokens, requests, cache savings and cost per
+        provider:model), `requests` (latency, TTFT, tokens/s per model), `failures` (provider ->
+        {failure kind: count}) or `cache` (the response cache's state and size)."""
+        if of == "cache":
+            return self._engine.runtime.run(self._engine.cache_info())
+        return self._engine.report(of)
 
-    @property
-    def cache_state(self) -> str:
-        """The cache backend's name, or `off: <why>` when it would not open."""
-        return str(getattr(self.cache, "state", self.cache.name))
+    def reset(self, *, cache: bool = False, history: bool | None = None) -> None:
+        """Start a new conversation (`history`, the default); `cache=True` empties the response
+        cache instead (both with `history=True`)."""
+        if history if history is not None else not cache:
+            self.history.reset()
+        if cache:
+            self._engine.runtime.run(self._engine.cache.clear())
+
+    def use(self, target: str | None) -> str:
+        """Set the session default (`provider:model`, provider, model or alias; None: the settings');
+        returns it resolved."""
+        router = self._engine.router
+        route = router.resolve(target, fallback=False)[0] if target else None
+        router.default_target = target
+        return str(route) if route else self.resolve(None)
+
+    def resolve(self, target: str | None, *, strict: bool = False, params: GenerationParams | None = None) -> str:
+        """The `provider:model` a target (an address, provider, model or alias; None: the default)
+        stands for, asking no one; an unknown provider or alias is a FarmError that says what to
+        write. `strict`: `x:y` with no provider `x` is refused rather than taken as a model of the
+        default provider; `params`: options its provider does not take are refused too."""
+        provider, model = self._engine.split(target, strict=strict)
+        if params is not None:
+            self._engine.check_params(provider, params)
+        return f"{provider}:{model}"
 
     def close(self) -> None:
-        async def shutdown() -> None:
-            await self.router.aclose()
-            await self.cache.aclose()
-
-        if self._runtime is not None and self._runtime.alive:
-            self.runtime.run(shutdown())
+        if self._engine.started():
+            self._engine.runtime.run(self._engine.aclose())
 
     def __repr__(self) -> str:
-        return f"<Session env={self.settings.env!r} default={self.router.default_target or self.settings.default_provider!r} cache={self.cache.name}>"
+        router = self._engine.router
+        default = router.default_target or self.settings.default_provider
+        return f"<Session env={self.settings.env!r} default={default!r} cache={self._engine.cache.name}>"

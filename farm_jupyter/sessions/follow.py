@@ -18,13 +18,12 @@ from contextlib import aclosing, suppress
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .core import Session
     from .stream import ChatStream
 
 CANCEL_GRACE = 5.0  # seconds a cancelled stream gets to close its request
 
 
-def follow(session: Session, streams: Sequence[ChatStream], tick: float) -> Generator[int | None, None, None]:
+def follow(streams: Sequence[ChatStream], tick: float) -> Generator[int | None, None, None]:
     """Iterate `streams` together; yield the index of each change, or None after `tick` idle seconds.
 
     A stream that runs the user's code between requests (tools, a schema) is iterated here, in
@@ -35,7 +34,7 @@ def follow(session: Session, streams: Sequence[ChatStream], tick: float) -> Gene
             raise ValueError("a stream with tools or a schema is followed alone")
         yield from _here(streams[0])
     else:
-        yield from _on_loop(session, streams, tick)
+        yield from _on_loop(streams, tick)
 
 
 def _here(stream: ChatStream) -> Generator[int | None, None, None]:
@@ -51,7 +50,9 @@ def _here(stream: ChatStream) -> Generator[int | None, None, None]:
             close()
 
 
-def _on_loop(session: Session, streams: Sequence[ChatStream], tick: float) -> Generator[int | None, None, None]:
+def _on_loop(streams: Sequence[ChatStream], tick: float) -> Generator[int | None, None, None]:
+    if not streams:
+        return
     items: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
 
     async def one(i: int, stream: ChatStream) -> None:
@@ -68,7 +69,7 @@ def _on_loop(session: Session, streams: Sequence[ChatStream], tick: float) -> Ge
             finished.set()
 
     finished = threading.Event()
-    future = session.runtime.submit(main())
+    future = streams[0].runtime.submit(main())  # the streams of one session share its loop
     try:
         remaining = len(streams)
         while remaining:

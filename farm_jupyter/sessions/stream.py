@@ -16,7 +16,7 @@ from ..steps import Steps
 from ..types import ChatResponse, Chunk, ToolRun, Usage
 
 if TYPE_CHECKING:
-    from .core import Session
+    from ..runtime import Runtime
 
 CUT = "the answer was cut: starting over"  # the status of a restart that gives no reason
 
@@ -29,8 +29,8 @@ class ChatStream:
     the stream has its response or its error (llm's Response.on_done).
     """
 
-    def __init__(self, session: Session, source: AsyncIterator[Chunk] | Steps) -> None:
-        self._session = session
+    def __init__(self, runtime: Runtime, source: AsyncIterator[Chunk] | Steps) -> None:
+        self.runtime = runtime  # the loop the source runs on
         self._source: AsyncIterator[Chunk] | Steps | None = source
         self._parts: list[str] = []
         self._thinking: list[str] = []
@@ -115,7 +115,7 @@ class ChatStream:
         if source is None:
             yield from list(self._seen)
             return
-        runtime = self._session.runtime
+        runtime = self.runtime
         chunks = source.run(runtime.iterate, runtime.run) if isinstance(source, Steps) else runtime.iterate(source)
         try:
             for chunk in chunks:
@@ -131,7 +131,7 @@ class ChatStream:
             for chunk in list(self._seen):
                 yield chunk
             return
-        runtime = self._session.runtime
+        runtime = self.runtime
         chunks = (
             source.arun(runtime.aiterate, runtime.run, offload=runtime.in_loop())
             if isinstance(source, Steps)
@@ -163,7 +163,7 @@ class ChatStream:
             return self._finished()
         source = self._claim()
         if source is not None:
-            self._session.runtime.run(self._collect(source))  # type: ignore[arg-type]
+            self.runtime.run(self._collect(source))  # type: ignore[arg-type]
         return self._finished()
 
     async def aresult(self) -> ChatResponse:
@@ -173,7 +173,7 @@ class ChatStream:
             return self._finished()
         source = self._claim()
         if source is not None:
-            await self._session.runtime.wrap(self._collect(source))  # type: ignore[arg-type]
+            await self.runtime.wrap(self._collect(source))  # type: ignore[arg-type]
         return self._finished()
 
     def _finished(self) -> ChatResponse:

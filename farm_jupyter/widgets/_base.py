@@ -109,7 +109,7 @@ class FarmBox(W.VBox):
         if self._closed:
             coro.close()
             raise RuntimeError(f"{type(self).__name__} is closed")
-        future = self.session.runtime.submit(self._guarded(coro))
+        future = self.session.aio.runtime.submit(self._guarded(coro))
         with self._tasks_lock:
             self._tasks.add(future)
         future.add_done_callback(self._forget)
@@ -274,7 +274,7 @@ class FarmBox(W.VBox):
     def default_address(self) -> str:
         """The session's current default, in words, without raising."""
         try:
-            return self.session.default_address
+            return self.session.resolve(None)
         except Exception as exc:  # noqa: BLE001 - shown, not raised
             return f"unresolved ({type(exc).__name__})"
 

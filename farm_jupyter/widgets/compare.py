@@ -210,7 +210,7 @@ class CompareWidget(FarmBox):
                 self.comparison.rows[k] = Row(k, self.prompts[i], error=column.error or "stopped", error_type="Failed")
         if self.judge:
             try:
-                reply = await self.session.achat(
+                reply = await self.session.aio.chat(
                     judge_question(self.prompts[i], [c.text or None for c in columns]),
                     self.judge,
                     temperature=0,

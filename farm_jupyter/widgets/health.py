@@ -107,13 +107,13 @@ class HealthBoard(PollingBox):
     def statuses(self) -> list[ProviderStatus]:
         """Each provider's last status; the first access waits for the check made at creation."""
         first = self._first
-        if first is not None and not first.done() and not self.session.runtime.in_loop():
+        if first is not None and not first.done() and not self.session.aio.runtime.in_loop():
             concurrent.futures.wait([first], timeout=_FIRST_CHECK_WAIT)
         return self._statuses
 
     def refresh(self, timeout: float = 30.0) -> list[ProviderStatus]:
         """Check every provider now and redraw; returns the statuses."""
-        if self.session.runtime.in_loop():
+        if self.session.aio.runtime.in_loop():
             raise RuntimeError("HealthBoard.refresh() blocks; from the runtime loop await board._refresh()")
         self.submit(self._refresh()).result(timeout)
         return self.statuses
@@ -124,7 +124,7 @@ class HealthBoard(PollingBox):
             return
         self._loop_future = self.submit(self._every())
         if self._unsubscribe is None:
-            self._unsubscribe = self.session.monitor.subscribe(self._on_record)
+            self._unsubscribe = self.session.aio.watch(self._on_record)
 
     def stop(self) -> None:
         if self._unsubscribe is not None:
@@ -175,14 +175,14 @@ class HealthBoard(PollingBox):
         poke = self._poke
         if poke is not None:
             try:
-                self.session.runtime.loop.call_soon_threadsafe(poke.set)
+                self.session.aio.runtime.loop.call_soon_threadsafe(poke.set)
             except RuntimeError:  # the loop is closed: nothing to refresh
                 pass
 
     async def _refresh(self) -> None:
         self._asked += 1
         ticket = self._asked
-        statuses = await self.session.ahealth()
+        statuses = await self.session.aio.health()
         if ticket < self._applied:
             return  # a newer check has drawn already
         self._applied = ticket
@@ -216,7 +216,7 @@ class HealthBoard(PollingBox):
                 for n in names
             )
         else:
-            failures = self.session.monitor.failure_counts()
+            failures = self.session.usage("failures")
             seen: set[str] = set()
             parts = []
             for s in statuses:  # a provider with several servers has a row each; its counts go on the first
@@ -257,7 +257,7 @@ class HealthBoard(PollingBox):
     def _request_stats(self) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}
         try:
-            for summary in self.session.monitor.summary():
+            for summary in self.session.usage("requests"):
                 provider = summary.address.partition(":")[0]
                 n, e = out.get(provider, (0, 0))
                 out[provider] = (n + summary.requests, e + summary.errors)

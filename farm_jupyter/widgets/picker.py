@@ -62,8 +62,10 @@ class ModelPicker(FarmBox):
         self._lock = threading.RLock()
         self._op: Any = None
 
-        providers = self.session.provider_names()
         current = self.default_address()
+        providers = list(
+            dict.fromkeys([*self.session.settings.chain, *([current.partition(":")[0]] if ":" in current else [])])
+        )
         head = current.partition(":")[0] if ":" in current else (providers[0] if providers else "")
         self.provider_dd = W.Dropdown(
             options=providers,
@@ -278,20 +280,14 @@ class ModelPicker(FarmBox):
 
     def _op_sync(self, kind: str, address: str, cancelled: threading.Event) -> bool:
         """Run the pull, load or unload; False when there was nothing to do."""
-        if not self.session.has_models_to_load(address):  # a remote API: say so, do nothing
-            provider = address.partition(":")[0]
-            with self.progress.hold_sync():
-                self.progress.max, self.progress.value, self.progress.bar_style = 1, 1, "info"
-            self.progress_label.value = (
-                f'<span style="color:{FG2};font-size:12px">{esc(address)}: nothing to {kind}: '
-                f"{esc(provider)} serves its models remotely</span>"
-            )
-            return False
         if kind == "unload":
-            self.session.unload(address)
+            if not self.session.unload(address):
+                return self._remote(kind, address)
             self._progress(kind, address, None, done=True)
             return True
-        steps: Iterator[PullProgress] = self.session.reload(address) if kind == "reload" else self.session.load(address)
+        steps: Iterator[PullProgress] | None = self.session.load(address, reload=kind == "reload")
+        if steps is None:
+            return self._remote(kind, address)
         try:
             for step in steps:
                 if cancelled.is_set() or self._closed:
@@ -303,6 +299,17 @@ class ModelPicker(FarmBox):
                 close()  # cancels the pull on the runtime loop if we stopped early
         self._progress(kind, address, None, done=not cancelled.is_set())
         return True
+
+    def _remote(self, kind: str, address: str) -> bool:
+        """A remote API serves its models itself: say so, having done nothing."""
+        provider = address.partition(":")[0]
+        with self.progress.hold_sync():
+            self.progress.max, self.progress.value, self.progress.bar_style = 1, 1, "info"
+        self.progress_label.value = (
+            f'<span style="color:{FG2};font-size:12px">{esc(address)}: nothing to {kind}: '
+            f"{esc(provider)} serves its models remotely</span>"
+        )
+        return False
 
     def _progress(self, kind: str, address: str, step: PullProgress | None, *, done: bool = False) -> None:
         verb = {"pull": "pulling", "load": "loading", "unload": "unloading", "reload": "reloading"}[kind]

@@ -1,0 +1,93 @@
+"""AsyncSession: the Session's acts as coroutines and async iterators (`session.aio`).
+
+For the Jupyter server extension and for a cell that `await`s: each coroutine runs its work on the
+runtime loop and may be awaited from any loop, the runtime's own included (the server runs a
+handler's work there, so that a client going away cancels it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+from ..records import RequestRecord
+from ..runtime import Runtime
+from ..types import ChatResponse, GPUStats, ModelInfo, ProviderStatus, PullProgress
+from .engine import Engine, Prompt
+from .stream import ChatStream
+
+if TYPE_CHECKING:
+    from ..errors import FarmError
+    from ..types import GenerationParams
+    from .core import Session
+
+
+class AsyncSession:
+    """`await session.aio.chat(...)`, `async for chunk in session.aio.stream(...)`: the Session's
+    names, async; `runtime` is the loop they run on, `watch` follows each request as it ends."""
+
+    def __init__(self, session: Session, engine: Engine) -> None:
+        self._session = session
+        self._engine = engine
+
+    @property
+    def runtime(self) -> Runtime:
+        """The loop in a daemon thread where requests run (widgets schedule their tasks there)."""
+        return self._engine.runtime
+
+    def stream(self, prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatStream:
+        """`Session.stream`'s stream, iterated with `async for` (it may be, from any loop)."""
+        return self._session.stream(prompt, model, **kwargs)
+
+    async def chat(self, prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatResponse:
+        return await self._session.stream(prompt, model, _whole=True, **kwargs).aresult()
+
+    async def embed(self, texts: list[str], model: str | None = None) -> list[list[float]]:
+        return await self.runtime.wrap(self._engine.embed(texts, model))
+
+    @overload
+    async def models(self, provider: str | None = None, *, by_provider: Literal[False] = False) -> list[ModelInfo]: ...
+    @overload
+    async def models(
+        self, provider: str | None = None, *, by_provider: Literal[True]
+    ) -> dict[str, list[ModelInfo] | FarmError]: ...
+    async def models(
+        self, provider: str | None = None, *, by_provider: bool = False
+    ) -> list[ModelInfo] | dict[str, list[ModelInfo] | FarmError]:
+        if by_provider:
+            return await self.runtime.wrap(self._engine.model_lists(provider))
+        return await self.runtime.wrap(self._engine.models(provider))
+
+    def load(self, model: str, *, reload: bool = False) -> AsyncIterator[PullProgress] | None:
+        """The progress of pulling and loading, iterated on any loop; None: nothing to load."""
+        steps = self._engine.load(model, reload=reload)
+        return None if steps is None else self.runtime.aiterate(steps)
+
+    async def unload(self, model: str) -> bool:
+        return await self.runtime.wrap(self._engine.unload(model))
+
+    async def health(self, providers: list[str] | None = None) -> list[ProviderStatus]:
+        return await self.runtime.wrap(self._engine.router.health(providers))
+
+    async def gpu(self) -> GPUStats:
+        return await asyncio.to_thread(self._session.gpu)  # NVML calls block: off every loop
+
+    async def usage(self, of: str = "tokens") -> Any:
+        if of == "cache":
+            return await self.runtime.wrap(self._engine.cache_info())
+        return self._engine.report(of)
+
+    def resolve(self, target: str | None, *, strict: bool = False, params: GenerationParams | None = None) -> str:
+        """As `Session.resolve` (it asks no one, so it is not a coroutine)."""
+        return self._session.resolve(target, strict=strict, params=params)
+
+    def watch(self, listener: Callable[[RequestRecord], None]) -> Callable[[], None]:
+        """Call `listener(record)` as each request ends (on the runtime loop); returns the call
+        that stops it."""
+        return self._engine.monitor.subscribe(listener)
+
+    @property
+    def cache_state(self) -> str:
+        """The cache backend's name, or `off: <why>` when it would not open (asks no one)."""
+        return self._engine.cache_state

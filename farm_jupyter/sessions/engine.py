@@ -1,0 +1,262 @@
+"""What a Session and its AsyncSession share: the router, the cache, the monitor, the runtime loop.
+
+The Engine is the sessions package's own: faces reach it only through the Session's names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing
+from typing import Any
+
+from ..cache_guard import GuardedCache
+from ..config import Settings
+from ..context import DEFAULT_BUDGET, attach, over_the_window
+from ..errors import BadRequest, ConfigError, FarmError, ServerError, UnknownProvider
+from ..monitor import Monitor
+from ..objects import Budget
+from ..providers import available as available_providers
+from ..providers import is_known as is_provider
+from ..providers.base import Provider, as_messages
+from ..router import Router
+from ..runtime import Runtime, get_runtime
+from ..steps import Extras, Steps, plan
+from ..types import ChatMessage, ChatResponse, Chunk, GenerationParams, ImagePart, ModelInfo, PullProgress
+from .conversation import Conversation
+
+Prompt = str | Sequence[ChatMessage | dict[str, Any]]
+
+
+class Engine:
+    def __init__(self, settings: Settings, runtime: Runtime | None = None) -> None:
+        self.settings = settings
+        self._runtime = runtime
+        self.cache: GuardedCache = GuardedCache(settings.cache)  # a cache that will not open is off, not fatal
+        self.monitor: Monitor = Monitor(settings.monitor_size)
+        self.router: Router = Router(settings, self.cache, self.monitor)
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None or not self._runtime.alive:
+            self._runtime = get_runtime()
+        return self._runtime
+
+    def started(self) -> bool:
+        return self._runtime is not None and self._runtime.alive
+
+    # -- asking ---------------------------------------------------------------------------------
+
+    def source(
+        self,
+        prompt: Prompt,
+        model: str | None,
+        *,
+        system: str | None,
+        conversation: Conversation | None,
+        turn_id: str | None,
+        no_cache: bool,
+        refresh: bool,
+        fallback: bool | None,
+        params: dict[str, Any] | GenerationParams,
+        stream: bool = True,
+        extras: Extras | None = None,
+    ) -> AsyncIterator[Chunk] | Steps:
+        x = extras or Extras()
+        attached: list[ImagePart] = []
+        budget = x.context_budget if isinstance(x.context_budget, Budget) else None
+        if x.context is not None or x.images:
+            if not isinstance(prompt, str):
+                raise TypeError("context= and images= go with a prompt string")
+            if budget is None:
+                budget = self.budget(model, x.context_budget if isinstance(x.context_budget, int) else None)
+            prompt, attached = attach(prompt, x.context, x.images, budget)
+        messages = self.messages(prompt, system, conversation, turn_id, attached)
+
+        def commit(response: ChatResponse) -> None:
+            if conversation is not None:
+                conversation.commit(str(prompt), response, turn_id, images=attached, keep_thinking=x.keep_thinking)
+
+        if x.schema is None and not x.tools:
+            chunks = self.router.astream(
+                messages, model, params, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream
+            )
+            if x.context is not None or budget is not None:  # objects were described: a face gave its Budget
+                chunks = _naming_the_budget(chunks, budget or Budget(DEFAULT_BUDGET), messages)
+            return chunks if conversation is None else _committing(chunks, commit)
+        if isinstance(params, GenerationParams):
+            params = params.model_dump(exclude_defaults=True)
+        return plan(
+            self.router,
+            self.runtime,
+            messages,
+            model,
+            params,
+            x,
+            no_cache=no_cache,
+            refresh=refresh,
+            fallback=fallback,
+            stream=stream,
+            on_final=commit,
+        )
+
+    def budget(self, target: str | None, tokens: int | None = None) -> Budget:
+        """What each object described in a prompt to `target` may take: `tokens` (default 1000),
+        estimated at the characters a prompt token stood for in that model's last reported usage,
+        else at 4. (A provider that counts exactly, a `count_tokens`, would give `Budget.count`.)"""
+        tokens = tokens or DEFAULT_BUDGET
+        try:
+            address = str(self.router.resolve(target, fallback=False)[0])
+        except FarmError:  # the request will say so; the budget is not the place
+            return Budget(tokens)
+        ratio = self.monitor.chars_per_token(address)
+        if ratio is None:
+            return Budget(tokens)
+        return Budget(tokens, min(max(ratio, 1.0), 10.0), f"{address}'s last usage")
+
+    @staticmethod
+    def messages(
+        prompt: Prompt,
+        system: str | None,
+        conversation: Conversation | None = None,
+        turn_id: str | None = None,
+        images: Sequence[ImagePart] = (),
+    ) -> list[ChatMessage]:
+        if conversation is not None:
+            if not isinstance(prompt, str):
+                raise TypeError("a conversation turn takes a prompt string")
+            messages = conversation.messages_for(prompt, turn_id, system, images)
+        else:
+            messages = as_messages(prompt)
+            if images:
+                messages[-1] = messages[-1].model_copy(update={"images": list(images)})
+            if system:
+                messages.insert(0, ChatMessage(role="system", content=system))
+        if not any(m.content.strip() for m in messages if m.role == "user"):
+            raise FarmError("the prompt is empty", hint="write a question in the cell")
+        return messages
+
+    # -- targets --------------------------------------------------------------------------------
+
+    def split(self, target: str | None, *, strict: bool = False) -> tuple[str, str]:
+        """`(provider, model)`, asking no one. `strict`: `x:y` with no provider or alias `x` is
+        refused, not taken as a model of the default provider (write `ollama:qwen2.5:0.5b`)."""
+        if strict:
+            head, sep, _ = self.router.expand_alias((target or "").strip()).partition(":")
+            if sep and not is_provider(head) and head not in self.router.providers:
+                hint = f"write provider:model with one of {', '.join(available_providers())}"
+                raise UnknownProvider(f"no provider named {head!r}", hint=hint)
+        route = self.router.resolve(target, fallback=False)[0]
+        return route.provider, route.model
+
+    def check_params(self, provider: str, params: GenerationParams) -> None:
+        """An option of `params.extra` that this provider does not take is a mistake, said here."""
+        found = self.router.provider(provider)
+        members = getattr(found, "members", None)  # a pool of servers: they are all of one kind
+        unknown, taken = params.not_taken_by(members[0].provider.kind if members else found.kind)
+        if unknown:
+            raise ConfigError(f"{provider} takes no option {unknown[0]!r}", hint=f"its options are {', '.join(taken)}")
+
+    # -- models ---------------------------------------------------------------------------------
+
+    async def models(self, provider: str | None = None) -> list[ModelInfo]:
+        """Live model lists: one provider's, or every one in the chain that answers."""
+        names = [provider] if provider else list(dict.fromkeys(self.settings.chain))
+        out: list[ModelInfo] = []
+        for name in names:
+            try:
+                out += await self.router.provider(name).list_models()
+            except FarmError:
+                if provider:
+                    raise
+        return out
+
+    async def model_lists(self, provider: str | None = None) -> dict[str, list[ModelInfo] | FarmError]:
+        """Each provider (of the chain, or the one named) with its live list, or the error it gave."""
+        names = [provider] if provider else list(dict.fromkeys(self.settings.chain))
+
+        async def one(name: str) -> list[ModelInfo] | FarmError:
+            try:
+                return await self.router.provider(name).list_models()
+            except FarmError as exc:
+                if provider:
+                    raise
+                return exc
+
+        return dict(zip(names, await asyncio.gather(*(one(n) for n in names)), strict=True))
+
+    def loads_models(self, provider: str) -> bool:
+        """Does this provider pull or load models (Ollama, HuggingFace)? A remote API (OpenAI or a
+        compatible server) serves its models itself: there is nothing to load or free."""
+        return self.router.provider(provider).capabilities.can("load")
+
+    def load(self, target: str, *, reload: bool = False) -> AsyncIterator[PullProgress] | None:
+        """Pull and load; None when the provider has nothing to load (a remote API serves its models)."""
+        provider, model = self.split(target)
+        if not self.loads_models(provider):
+            return None
+        found = self.router.provider(provider)
+        return _reloading(found, model) if reload else found.load_model(model)
+
+    async def unload(self, target: str) -> bool:
+        provider, model = self.split(target)
+        if not self.loads_models(provider):
+            return False
+        await self.router.provider(provider).unload_model(model)
+        return True
+
+    async def embed(self, texts: list[str], model: str | None) -> list[list[float]]:
+        provider, name = self.split(model) if model else (self.settings.default_provider, None)
+        return await self.router.require(provider, "embed").embed(texts, name)
+
+    # -- the cache ------------------------------------------------------------------------------
+
+    @property
+    def cache_state(self) -> str:
+        """The cache backend's name, or `off: <why>` when it would not open."""
+        return str(getattr(self.cache, "state", self.cache.name))
+
+    def report(self, of: str) -> Any:
+        """What `usage(of)` reads in the caller's thread: tokens, requests or failures."""
+        if of == "tokens":
+            return self.router.ledger.report()
+        if of == "requests":
+            return self.monitor.summary()
+        if of == "failures":
+            return self.monitor.failure_counts()
+        raise ValueError(f"usage of {of!r}? tokens, requests, failures or cache")
+
+    async def cache_info(self) -> dict[str, Any]:
+        return {"state": self.cache_state, **(await self.cache.info())}
+
+    async def aclose(self) -> None:
+        await self.router.aclose()
+        await self.cache.aclose()
+
+
+async def _naming_the_budget(
+    chunks: AsyncIterator[Chunk], budget: Budget, messages: Sequence[ChatMessage]
+) -> AsyncIterator[Chunk]:
+    """A context-window error of a prompt with objects described in it names the budget."""
+    try:
+        async with aclosing(chunks):  # type: ignore[type-var]
+            async for chunk in chunks:
+                yield chunk
+    except (BadRequest, ServerError) as exc:
+        said = over_the_window(str(exc), budget, sum(len(m.content) for m in messages))
+        if said is None:
+            raise
+        raise type(exc)(f"{exc}; {said}", provider=exc.provider, status=exc.status) from exc
+
+
+async def _committing(stream: AsyncIterator[Chunk], commit: Callable[[ChatResponse], None]) -> AsyncIterator[Chunk]:
+    async for chunk in stream:
+        if chunk.response is not None:
+            commit(chunk.response)
+        yield chunk
+
+
+async def _reloading(provider: Provider, model: str) -> AsyncIterator[PullProgress]:
+    await provider.unload_model(model)
+    async for step in provider.load_model(model):
+        yield step
