@@ -493,7 +493,7 @@ def test_the_budget_is_estimated_at_the_ratio_the_models_last_usage_showed(s, op
     learnt = user_text(bodies(openai, COMPLETIONS)[-1]).removeprefix("Summarise ")
     assert 100 * CHARS_PER_TOKEN < len(learnt) <= 100 * 9
     assert "100-token budget, estimated from openai:gpt-4o-mini's last usage: 9 characters a token" in learnt
-    assert s.budget("ollama").chars_per_token == CHARS_PER_TOKEN  # another model's usage says nothing
+    assert s._engine.budget("ollama").chars_per_token == CHARS_PER_TOKEN  # another model's usage says nothing
 
 
 def test_a_context_window_error_names_the_budget_and_the_numbers(make_session):

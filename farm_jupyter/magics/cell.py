@@ -235,7 +235,7 @@ class FarmMagics(Magics):
             raise UsageError(f"--context-budget must be a positive number of tokens, got {args.context_budget}")
         session = self.session()
         asked = None if args.compare is not None else join(session, args.model, args.provider)
-        collector = Collector(session.budget(asked, args.context_budget))  # at the ratio that model's usage showed
+        collector = Collector(session.aio.budget(asked, args.context_budget))  # at the ratio that model's usage showed
         prompt = (cell if args.raw else interpolate(cell, ns, collector=collector)).strip("\r\n").rstrip()
         if not prompt.strip():
             raise UsageError("the prompt is empty: write the question in the cell, below %%farm_chat")

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+from ..objects import Budget
 from ..records import RequestRecord
 from ..runtime import Runtime
 from ..types import ChatResponse, GPUStats, ModelInfo, ProviderStatus, PullProgress
@@ -81,6 +82,11 @@ class AsyncSession:
     def resolve(self, target: str | None, *, strict: bool = False, params: GenerationParams | None = None) -> str:
         """As `Session.resolve` (it asks no one, so it is not a coroutine)."""
         return self._session.resolve(target, strict=strict, params=params)
+
+    def budget(self, target: str | None, tokens: int | None = None) -> Budget:
+        """What each object described in a prompt to `target` may take, estimated at the characters
+        a token stood for in that model's last usage (asks no one, so it is not a coroutine)."""
+        return self._engine.budget(target, tokens)
 
     def watch(self, listener: Callable[[RequestRecord], None]) -> Callable[[], None]:
         """Call `listener(record)` as each request ends (on the runtime loop); returns the call
