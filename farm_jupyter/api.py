@@ -9,7 +9,8 @@ from .sessions import ChatStream, Prompt, session
 from .types import ChatResponse
 
 if TYPE_CHECKING:
-    from .batch import Comparison, PromptBuilder
+    from .batch import PromptBuilder
+    from .evaluate import Comparison
     from .ledger import UsageReport
 
 
@@ -47,8 +48,11 @@ def map(items: Iterable[Any], prompt: PromptBuilder = "{}", **kwargs: Any) -> An
 
 def compare(prompts: Sequence[str], models: Sequence[str], **kwargs: Any) -> Comparison:
     """Every prompt to every model (no fallback): answers, time to first token, total, tokens,
-    tokens/s per cell and a summary per model; `judge="openai:gpt-4o-mini"` records a verdict
-    per prompt; `.to_pandas()`, `.to_csv(path)`."""
+    tokens/s per cell and a summary per model. `judge="openai:gpt-4o-mini"` judges every pair in
+    both orders (N(N-1) calls a prompt, counted in the estimate and the budget): `.report()` gives
+    consistency, first-position preference, Bradley-Terry scores with bootstrap 95% intervals
+    (`seed=`) and kappa against CompareWidget picks; `judge_prompt=` takes {question}, {a}, {b}.
+    `.to_pandas()`, `.to_csv(path)`, `.judgements_to_pandas()`."""
     return session().compare(prompts, models, **kwargs)
 
 

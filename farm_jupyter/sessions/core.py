@@ -38,7 +38,8 @@ from .conversation import Conversation
 from .stream import ChatStream
 
 if TYPE_CHECKING:
-    from ..batch import BatchResult, Comparison, PromptBuilder
+    from ..batch import BatchResult, PromptBuilder
+    from ..evaluate import Comparison
 
 Prompt = str | Sequence[ChatMessage | dict[str, Any]]
 
@@ -352,7 +353,7 @@ class Session:
 
     def compare(self, prompts: Sequence[str], models: Sequence[str], **kwargs: Any) -> Comparison:
         """Every prompt to every model; see `farm_jupyter.compare`."""
-        from ..batch import run_compare
+        from ..evaluate import run_compare
 
         return run_compare(self, prompts, models, **kwargs)
 
