@@ -22,6 +22,7 @@ _EXPORTS = {
     "astream": "farm_jupyter.api",
     "map": "farm_jupyter.api",
     "compare": "farm_jupyter.api",
+    "cancel_batch": "farm_jupyter.api",
     "usage": "farm_jupyter.api",
     "session": "farm_jupyter.sessions",
     "Session": "farm_jupyter.sessions",
@@ -80,6 +81,7 @@ __all__ = [
     "__version__",
     "achat",
     "astream",
+    "cancel_batch",
     "chat",
     "compare",
     "describe",
@@ -123,6 +125,7 @@ def unload_ipython_extension(ipython: Any) -> None:
 if TYPE_CHECKING:  # what __getattr__ loads, for type checkers; `X as X` marks each as re-exported
     from .api import achat as achat
     from .api import astream as astream
+    from .api import cancel_batch as cancel_batch
     from .api import chat as chat
     from .api import compare as compare
     from .api import map as map

@@ -42,8 +42,20 @@ def map(items: Iterable[Any], prompt: PromptBuilder = "{}", **kwargs: Any) -> An
     `schema=Model` each answer is validated too (a `parsed` column, re-asked when it does not match). Rate limits,
     retries, fallback and the cache apply per row; a rerun asks only for rows the cache lacks.
     Ctrl-C stops it; the finished rows stay in `farm.session().last_batch`.
+
+    `batch=True` sends the rows as one OpenAI-compatible Batch API job (half the price, answered
+    within the completion window): the estimated cost is said first and the budget applied; the
+    job id is kept on disk, so running the cell again (after a restart too) resumes that job;
+    `poll=` seconds between status checks (`[batch] poll`); Ctrl-C leaves the job running.
     """
     return session().map(items, prompt, **kwargs)
+
+
+def cancel_batch(ident: str, model: str | None = None) -> str:
+    """Cancel a Batch API job that `farm.map(..., batch=True)` submitted; returns its status."""
+    from .batch_api import cancel
+
+    return cancel(session(), ident, model)
 
 
 def compare(prompts: Sequence[str], models: Sequence[str], **kwargs: Any) -> Comparison:

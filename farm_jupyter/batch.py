@@ -116,6 +116,7 @@ class BatchResult(list[Row]):
     def __init__(self, rows: Iterable[Row] = (), labels: Sequence[Any] | None = None) -> None:
         super().__init__(rows)
         self.labels = labels  # a pandas Series' index, kept for the DataFrame
+        self.meta: dict[str, Any] = {}  # where the rows came from (a batch job's id), for the output's metadata
 
     @property
     def answers(self) -> list[str | None]:
@@ -133,6 +134,8 @@ class BatchResult(list[Row]):
         frame = pd.DataFrame([{c: getattr(r, c) for c in columns} for r in self], columns=columns)
         if self.labels is not None:
             frame.index = self.labels
+        if self.meta:
+            frame.attrs["farm_jupyter"] = self.meta
         return frame
 
     def __repr__(self) -> str:
@@ -244,15 +247,23 @@ def run_map(
     progress: bool = True,
     no_cache: bool = False,
     fallback: bool | None = None,
+    batch: bool = False,
+    poll: float | None = None,
     **params: Any,
 ) -> Any:
-    """One prompt over many items; see `farm_jupyter.map`."""
+    """One prompt over many items; see `farm_jupyter.map` (`batch=True`: `batch_api`)."""
     if concurrency < 1:
         raise ConfigError(f"concurrency={concurrency} must be at least 1")
     labels = list(getattr(items, "index", ())) if hasattr(items, "iloc") else None  # a pandas Series
     values = list(items.tolist() if hasattr(items, "tolist") else items)
     session.router.resolve(model, fallback=False)  # a mistyped provider fails once, not per row
     built = [messages_for(prompt, v) for v in values]  # a template that does not fit fails before any request
+    if batch:
+        from .batch_api import run_batch
+
+        return run_batch(
+            session, values, built, labels, model=model, system=system, params=params, progress=progress, poll=poll
+        )
 
     def job(i: int) -> Callable[[], Any]:
         async def ask() -> Row:

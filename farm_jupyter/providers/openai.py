@@ -193,6 +193,14 @@ class OpenAIProvider(Provider):
             message = getattr(exc, "message", str(exc))
         return secrets.redact(str(message)[:300])
 
+    def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        """The chat completions body for `request`, as a Batch API line carries it."""
+        return self._kwargs(request)
+
+    def mapped_errors(self, model: str = "") -> Any:
+        """The SDK's exceptions as FarmErrors, for calls made with `client` outside this class."""
+        return self._errors(model)
+
     def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
         p = request.params
         kwargs: dict[str, Any] = {
