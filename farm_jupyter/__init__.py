@@ -23,6 +23,7 @@ _EXPORTS = {
     "map": "farm_jupyter.api",
     "compare": "farm_jupyter.api",
     "cancel_batch": "farm_jupyter.api",
+    "explain": "farm_jupyter.api",
     "usage": "farm_jupyter.api",
     "session": "farm_jupyter.sessions",
     "Session": "farm_jupyter.sessions",
@@ -85,6 +86,7 @@ __all__ = [
     "chat",
     "compare",
     "describe",
+    "explain",
     "load_ipython_extension",
     "load_settings",
     "map",
@@ -128,6 +130,7 @@ if TYPE_CHECKING:  # what __getattr__ loads, for type checkers; `X as X` marks e
     from .api import cancel_batch as cancel_batch
     from .api import chat as chat
     from .api import compare as compare
+    from .api import explain as explain
     from .api import map as map
     from .api import stream as stream
     from .api import usage as usage

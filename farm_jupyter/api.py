@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from .batch import PromptBuilder
     from .evaluate import Comparison
     from .ledger import UsageReport
+    from .provenance import Explanation
 
 
 def chat(prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatResponse:
@@ -66,6 +67,11 @@ def compare(prompts: Sequence[str], models: Sequence[str], **kwargs: Any) -> Com
     (`seed=`) and kappa against CompareWidget picks; `judge_prompt=` takes {question}, {a}, {b}.
     `.to_pandas()`, `.to_csv(path)`, `.judgements_to_pandas()`."""
     return session().compare(prompts, models, **kwargs)
+
+
+def explain(response: ChatResponse | None = None) -> Explanation:
+    """The request body an answer (default: the last one) was asked with, as the server got it."""
+    return session().explain(response)
 
 
 def usage() -> UsageReport:

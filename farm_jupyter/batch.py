@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import provenance
 from .errors import (
     AuthenticationError,
     ConfigError,
@@ -134,9 +135,12 @@ class BatchResult(list[Row]):
         frame = pd.DataFrame([{c: getattr(r, c) for c in columns} for r in self], columns=columns)
         if self.labels is not None:
             frame.index = self.labels
-        if self.meta:
-            frame.attrs["farm_jupyter"] = self.meta
+        frame.attrs[provenance.KEY] = self.provenance()
         return frame
+
+    def provenance(self) -> dict[str, Any]:
+        """Who answered these rows, with what (`farm_jupyter.provenance.table`), and `meta`."""
+        return provenance.table((r.response for r in self), rows=len(self), errors=len(self.errors), **self.meta)
 
     def __repr__(self) -> str:
         done = sum(r.ok for r in self)
@@ -254,6 +258,7 @@ def run_map(
     """One prompt over many items; see `farm_jupyter.map` (`batch=True`: `batch_api`)."""
     if concurrency < 1:
         raise ConfigError(f"concurrency={concurrency} must be at least 1")
+    provenance.install_formatter()  # the table's output carries where its answers came from
     labels = list(getattr(items, "index", ())) if hasattr(items, "iloc") else None  # a pandas Series
     values = list(items.tolist() if hasattr(items, "tolist") else items)
     session.router.resolve(model, fallback=False)  # a mistyped provider fails once, not per row

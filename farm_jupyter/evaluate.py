@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import pairwise
+from . import pairwise, provenance
 from .batch import ABOUT_THE_TARGET, BatchResult, Row, run_rows
 from .errors import ConfigError, FarmError
 from .ledger import BudgetExceeded
@@ -238,7 +238,18 @@ class Comparison:
     def to_pandas(self):  # type: ignore[no-untyped-def]
         import pandas as pd
 
-        return pd.DataFrame.from_records(self.records(), columns=list(self.COLUMNS))
+        frame = pd.DataFrame.from_records(self.records(), columns=list(self.COLUMNS))
+        frame.attrs[provenance.KEY] = self.provenance()
+        return frame
+
+    def provenance(self) -> dict[str, Any]:
+        """The answers' provenance (`farm_jupyter.provenance.table`), the judge and its report."""
+        report = self.report()
+        judged = {"judge": self.judge, "report": str(report) if report else None} if self.judge else {}
+        return provenance.table((r.response for r in self.rows), **judged)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {"text/plain": repr(self)}, {provenance.KEY: self.provenance()}
 
     def judgements_to_pandas(self):  # type: ignore[no-untyped-def]
         """Every judge call: the prompt, which model was shown first, the verdict, the reply."""
@@ -376,6 +387,7 @@ def run_compare(
     for m in models:
         session.router.resolve(m, fallback=False)
     check_judge_prompt(judge_prompt)
+    provenance.install_formatter()
     planned = estimate(session, prompts, models, judge, judge_prompt, int(params.get("max_tokens") or _WORST_OUT))
     afford(session, planned)
     warnings = contestant_warning(session, judge, models) if judge else []

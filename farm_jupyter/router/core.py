@@ -60,6 +60,7 @@ class Router:
         self.last_status: dict[str, ProviderStatus] = {}
         self.ledger = Ledger(settings, monitor)
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # tests give a fake clock's
+        self.last_response: ChatResponse | None = None  # for `%farm why` / `explain()`
 
     # -- addresses ------------------------------------------------------------------------------
 
@@ -213,10 +214,11 @@ class Router:
         route = self.resolve(target, fallback=False)[0]
         provider = self.provider(route.provider)
         model = provider.normalize_model(route.model)
-        entry = peek(cache_key(provider.name, model, messages, call.params, provider.cache_identity))
+        key = cache_key(provider.name, model, messages, call.params, provider.cache_identity)
+        entry = peek(key)
         if entry is None:
             return None
-        return self._hit(call, route, None, entry.response)
+        return self._hit(call, route, None, entry.response, key)
 
     async def _route(self, call: Call, route: Route) -> AsyncIterator[Chunk]:
         provider = self.provider(route.provider)
@@ -239,7 +241,7 @@ class Router:
                 yield Chunk(text=text)
             if entry.response.tool_calls:
                 yield Chunk(tool_calls=list(entry.response.tool_calls))
-            yield Chunk(done=True, response=self._hit(call, route, notice, entry.response))
+            yield Chunk(done=True, response=self._hit(call, route, notice, entry.response, key))
             return
         if self.cache.name == "replay":  # only the recording answers: a provider is never asked
             missing = not_recorded(route, request.messages, key, self.settings.cache.path)
@@ -335,6 +337,8 @@ class Router:
                     provider_total=final.provider_total,
                     thinking="".join(attempt.thinking) or None,
                     tool_calls=attempt.tool_calls,
+                    cache_key=key,
+                    sent=attempt.sent,
                 )
                 if call.use_cache:
                     await self._cache_call(call, "set", key, CacheEntry(response=response, chunks=attempt.parts))
@@ -356,7 +360,7 @@ class Router:
         except Exception:  # noqa: BLE001 - a cache that is down has nothing to forget
             log.debug("cache delete failed", exc_info=True)
 
-    def _hit(self, call: Call, route: Route, notice: str | None, hit: ChatResponse) -> ChatResponse:
+    def _hit(self, call: Call, route: Route, notice: str | None, hit: ChatResponse, key: str) -> ChatResponse:
         """A cached answer as this request's response: its own attempt and timings."""
         call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True))
         return self._respond(
@@ -369,12 +373,14 @@ class Router:
             cached=True,
             thinking=hit.thinking,
             tool_calls=hit.tool_calls,
+            cache_key=key,
         )
 
     def _respond(self, call: Call, route: Route, notice: str | None, **answer: Any) -> ChatResponse:
         """The one place a response is built (a fresh answer or a cache hit), and recorded."""
         response = call.respond(route, notice, **answer)
         self.monitor.record(RequestRecord.from_response(response))
+        self.last_response = response
         return response
 
     async def _callers_error(self, call: Call, route: Route, exc: ProviderError) -> ProviderError:

@@ -40,6 +40,7 @@ from .stream import ChatStream
 if TYPE_CHECKING:
     from ..batch import BatchResult, PromptBuilder
     from ..evaluate import Comparison
+    from ..provenance import Explanation
 
 Prompt = str | Sequence[ChatMessage | dict[str, Any]]
 
@@ -356,6 +357,14 @@ class Session:
         from ..evaluate import run_compare
 
         return run_compare(self, prompts, models, **kwargs)
+
+    def explain(self, response: ChatResponse | None = None) -> Explanation:
+        """The request body `response` (default: the last answer of this session) was asked with,
+        byte for byte as the server received it, secrets masked; or why there is none (a cache
+        hit sent nothing)."""
+        from ..provenance import explain
+
+        return explain(response if response is not None else self.router.last_response)
 
     def usage(self) -> UsageReport:
         """Tokens, requests, cache savings and cost per provider:model for this session."""
