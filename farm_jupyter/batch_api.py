@@ -144,8 +144,11 @@ def run_batch(
     path = jobs_dir(session) / f"{key}.json"
     client = provider.client
     run = session.runtime.run
-    if path.exists():
-        job = json.loads(path.read_text())
+    job = json.loads(path.read_text()) if path.exists() else None
+    if job is not None and not _known(session, provider, job["id"]):
+        print(f"farm.map batch: job {job['id']} (kept in {path}) is unknown to {provider.url}: submitting anew")
+        job = None
+    if job is not None:
         print(f"farm.map batch: resuming job {job['id']} ({len(lines)} rows to {address}, kept in {path})")
     else:
         usd, said = _estimate(session, address, lines)
@@ -175,6 +178,21 @@ def run_batch(
     result.meta = {"batch": {"id": batch.id, "status": batch.status, "key": key, "file": str(path)}}
     session.last_batch = result
     return result.to_pandas() if _has_pandas() else result
+
+
+def _known(session: Session, provider: OpenAIProvider, ident: str) -> bool:
+    """Does the server still have this job? A 404 (another server, or one that forgot it) is no."""
+    from .errors import ModelNotFound
+
+    async def retrieve() -> Any:
+        async with provider.mapped_errors():
+            return await provider.client.batches.retrieve(ident)
+
+    try:
+        session.runtime.run(retrieve())
+    except ModelNotFound:  # a 404, mapped at the boundary
+        return False
+    return True
 
 
 def _wait(session: Session, provider: OpenAIProvider, ident: str, total: int, progress: bool, poll: float) -> Any:

@@ -114,6 +114,17 @@ def test_a_restart_mid_job_resumes_the_same_job(server, tmp_path, capsys):
     again.close()
 
 
+def test_a_kept_job_the_server_does_not_know_is_submitted_anew(server, tmp_path, capsys):
+    server.batch_failure = None
+    s = _session(server, tmp_path)
+    s.map(ITEMS[:5], model="openai", batch=True, progress=False)
+    server.batches.clear()  # another server on the same address, or one that forgot the job
+    rows = s.map(ITEMS[:5], model="openai", batch=True, progress=False)
+    assert "is unknown to" in capsys.readouterr().out and rows.error.isna().all()
+    assert server.count("/v1/batches", "POST") == 2
+    s.close()
+
+
 def test_the_budget_refuses_before_the_upload(server, tmp_path, capsys):
     prices = {"openai:gpt-4o-mini": {"input": 100, "output": 100}}
     s = _session(server, tmp_path, prices=prices, budget={"usd": 0.5})
