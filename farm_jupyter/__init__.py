@@ -22,6 +22,8 @@ _EXPORTS = {
     "astream": "farm_jupyter.api",
     "map": "farm_jupyter.api",
     "compare": "farm_jupyter.api",
+    "cancel_batch": "farm_jupyter.api",
+    "explain": "farm_jupyter.api",
     "usage": "farm_jupyter.api",
     "session": "farm_jupyter.sessions",
     "Session": "farm_jupyter.sessions",
@@ -82,9 +84,11 @@ __all__ = [
     "__version__",
     "achat",
     "astream",
+    "cancel_batch",
     "chat",
     "compare",
     "describe",
+    "explain",
     "load_ipython_extension",
     "load_settings",
     "map",
@@ -125,8 +129,10 @@ def unload_ipython_extension(ipython: Any) -> None:
 if TYPE_CHECKING:  # what __getattr__ loads, for type checkers; `X as X` marks each as re-exported
     from .api import achat as achat
     from .api import astream as astream
+    from .api import cancel_batch as cancel_batch
     from .api import chat as chat
     from .api import compare as compare
+    from .api import explain as explain
     from .api import map as map
     from .api import stream as stream
     from .api import usage as usage

@@ -9,8 +9,10 @@ from .sessions import ChatStream, Prompt, session
 from .types import ChatResponse
 
 if TYPE_CHECKING:
-    from .batch import Comparison, PromptBuilder
+    from .batch import PromptBuilder
+    from .evaluate import Comparison
     from .ledger import UsageReport
+    from .provenance import Explanation
 
 
 def chat(prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatResponse:
@@ -41,15 +43,35 @@ def map(items: Iterable[Any], prompt: PromptBuilder = "{}", **kwargs: Any) -> An
     `schema=Model` each answer is validated too (a `parsed` column, re-asked when it does not match). Rate limits,
     retries, fallback and the cache apply per row; a rerun asks only for rows the cache lacks.
     Ctrl-C stops it; the finished rows stay in `farm.session().last_batch`.
+
+    `batch=True` sends the rows as one OpenAI-compatible Batch API job (half the price, answered
+    within the completion window): the estimated cost is said first and the budget applied; the
+    job id is kept on disk, so running the cell again (after a restart too) resumes that job;
+    `poll=` seconds between status checks (`[batch] poll`); Ctrl-C leaves the job running.
     """
     return session().map(items, prompt, **kwargs)
 
 
+def cancel_batch(ident: str, model: str | None = None) -> str:
+    """Cancel a Batch API job that `farm.map(..., batch=True)` submitted; returns its status."""
+    from .batch_api import cancel
+
+    return cancel(session(), ident, model)
+
+
 def compare(prompts: Sequence[str], models: Sequence[str], **kwargs: Any) -> Comparison:
     """Every prompt to every model (no fallback): answers, time to first token, total, tokens,
-    tokens/s per cell and a summary per model; `judge="openai:gpt-4o-mini"` records a verdict
-    per prompt; `.to_pandas()`, `.to_csv(path)`."""
+    tokens/s per cell and a summary per model. `judge="openai:gpt-4o-mini"` judges every pair in
+    both orders (N(N-1) calls a prompt, counted in the estimate and the budget): `.report()` gives
+    consistency, first-position preference, Bradley-Terry scores with bootstrap 95% intervals
+    (`seed=`) and kappa against CompareWidget picks; `judge_prompt=` takes {question}, {a}, {b}.
+    `.to_pandas()`, `.to_csv(path)`, `.judgements_to_pandas()`."""
     return session().compare(prompts, models, **kwargs)
+
+
+def explain(response: ChatResponse | None = None) -> Explanation:
+    """The request body an answer (default: the last one) was asked with, as the server got it."""
+    return session().explain(response)
 
 
 def usage() -> UsageReport:

@@ -1,5 +1,5 @@
-"""Many requests at once: one prompt over many rows (`map`), many prompts over several models
-(`compare`).
+"""Many requests at once: one prompt over many rows (`map`); `evaluate` compares models over many
+prompts with the same machinery.
 
 Both run on the runtime loop with a bounded number of requests in flight, through the router
 (rate limits, retries, fallback, the cache), and keep every row's outcome: one failure never
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import provenance
 from .errors import (
     AuthenticationError,
     ConfigError,
@@ -34,12 +34,14 @@ PromptBuilder = str | Callable[[Any], "str | Sequence[ChatMessage | dict[str, An
 class Session(Protocol):
     """What map and compare ask through: a Session (this module is below it, and names none)."""
 
-    aio: Any  # its AsyncSession: `chat`, and `runtime` where the rows run
+    aio: Any  # its AsyncSession: `chat`, `runtime` where the rows run, `provider` for a batch job
     last_batch: BatchResult | None
+    settings: Any
 
     def chat(self, prompt: Any, model: str | None = None, **kwargs: Any) -> ChatResponse: ...
     def stream(self, prompt: Any, model: str | None = None, **kwargs: Any) -> Any: ...
     def resolve(self, target: str | None) -> str: ...
+    def usage(self, of: Any = "tokens") -> Any: ...
 
 
 @dataclass
@@ -125,6 +127,7 @@ class BatchResult(list[Row]):
     def __init__(self, rows: Iterable[Row] = (), labels: Sequence[Any] | None = None) -> None:
         super().__init__(rows)
         self.labels = labels  # a pandas Series' index, kept for the DataFrame
+        self.meta: dict[str, Any] = {}  # where the rows came from (a batch job's id), for the output's metadata
 
     @property
     def answers(self) -> list[str | None]:
@@ -142,7 +145,12 @@ class BatchResult(list[Row]):
         frame = pd.DataFrame([{c: getattr(r, c) for c in columns} for r in self], columns=columns)
         if self.labels is not None:
             frame.index = self.labels
+        frame.attrs[provenance.KEY] = self.provenance()
         return frame
+
+    def provenance(self) -> dict[str, Any]:
+        """Who answered these rows, with what (`farm_jupyter.provenance.table`), and `meta`."""
+        return provenance.table((r.response for r in self), rows=len(self), errors=len(self.errors), **self.meta)
 
     def __repr__(self) -> str:
         done = sum(r.ok for r in self)
@@ -209,10 +217,10 @@ async def _bounded(
 
 # Errors about the model or provider asked, not about a row: the same for every row, so the first
 # one ends the run, said once, and the requests still in flight are cancelled.
-_ABOUT_THE_TARGET = (ModelNotFound, AuthenticationError, NotConfigured, UnknownProvider, ConfigError)
+ABOUT_THE_TARGET = (ModelNotFound, AuthenticationError, NotConfigured, UnknownProvider, ConfigError)
 
 
-def _run(
+def run_rows(
     session: Session,
     jobs: list[Callable[[], Any]],
     concurrency: int,
@@ -227,9 +235,9 @@ def _run(
     errors = 0
     with tqdm(total=len(jobs), desc=desc, unit="row", disable=not progress, leave=True) as bar:
         try:
-            finished = _bounded(jobs, concurrency, last=lambda row: isinstance(row.exception, _ABOUT_THE_TARGET))
+            finished = _bounded(jobs, concurrency, last=lambda row: isinstance(row.exception, ABOUT_THE_TARGET))
             for row in session.aio.runtime.iterate(finished):
-                if isinstance(row.exception, _ABOUT_THE_TARGET):
+                if isinstance(row.exception, ABOUT_THE_TARGET):
                     raise row.exception  # closing the iteration cancels the requests in flight
                 rows[row.index] = row
                 if not row.ok:
@@ -253,15 +261,24 @@ def run_map(
     progress: bool = True,
     no_cache: bool = False,
     fallback: bool | None = None,
+    batch: bool = False,
+    poll: float | None = None,
     **params: Any,
 ) -> Any:
-    """One prompt over many items; see `farm_jupyter.map`."""
+    """One prompt over many items; see `farm_jupyter.map` (`batch=True`: `batch_api`)."""
     if concurrency < 1:
         raise ConfigError(f"concurrency={concurrency} must be at least 1")
+    provenance.install_formatter()  # the table's output carries where its answers came from
     labels = list(getattr(items, "index", ())) if hasattr(items, "iloc") else None  # a pandas Series
     values = list(items.tolist() if hasattr(items, "tolist") else items)
     session.resolve(model)  # a mistyped provider fails once, not per row
     built = [messages_for(prompt, v) for v in values]  # a template that does not fit fails before any request
+    if batch:
+        from .batch_api import run_batch
+
+        return run_batch(
+            session, values, built, labels, model=model, system=system, params=params, progress=progress, poll=poll
+        )
 
     def job(i: int) -> Callable[[], Any]:
         async def ask() -> Row:
@@ -278,7 +295,9 @@ def run_map(
 
     rows: list[Row | None] = [None] * len(values)
     try:
-        _run(session, [job(i) for i in range(len(values))], concurrency, rows, "farm.map", progress, values.__getitem__)
+        run_rows(
+            session, [job(i) for i in range(len(values))], concurrency, rows, "farm.map", progress, values.__getitem__
+        )
     finally:
         session.last_batch = BatchResult([r for r in rows if r is not None], labels)
     result = session.last_batch
@@ -287,194 +306,3 @@ def run_map(
 
 def _has_pandas() -> bool:
     return importlib.util.find_spec("pandas") is not None
-
-
-# -- comparing models over many prompts -----------------------------------------------------------
-
-_VERDICT = re.compile(r"\b([A-Z]|TIE)\b")
-
-
-@dataclass
-class Comparison:
-    """Every prompt x model: the rows, a summary per model, and verdicts when there is a judge."""
-
-    prompts: list[str]
-    models: list[str]
-    rows: BatchResult
-    verdicts: list[str | None] = field(default_factory=list)  # per prompt: the judge's: a model, "tie", None
-    picks: list[str | None] = field(default_factory=list)  # per prompt: a person's (CompareWidget), the same
-
-    def row(self, prompt: int, model: int) -> Row:
-        return self.rows[prompt * len(self.models) + model]
-
-    def rows_of(self, prompt: int) -> list[Row]:
-        return [self.row(prompt, j) for j in range(len(self.models))]
-
-    def summary(self) -> list[dict[str, Any]]:
-        out = []
-        for j, m in enumerate(self.models):
-            rows = [self.row(i, j) for i in range(len(self.prompts))]
-            ok = [r for r in rows if r.ok]
-            served = [r for r in ok if not r.cached]
-
-            def mean(values: list[float]) -> float | None:
-                return sum(values) / len(values) if values else None
-
-            out.append(
-                {
-                    "model": m,
-                    "answered": len(ok),
-                    "errors": len(rows) - len(ok),
-                    "first_token": mean([r.first_token for r in served if r.first_token is not None]),
-                    "seconds": mean([r.seconds for r in served]),
-                    "tokens_per_second": mean([r.tokens_per_second for r in served if r.tokens_per_second]),
-                    "tokens_out": sum(r.tokens_out for r in ok),
-                    "wins": sum(v == m for v in self.verdicts),  # the judge's
-                    "picked": sum(v == m for v in self.picks),  # a person's
-                }
-            )
-        return out
-
-    def to_pandas(self):  # type: ignore[no-untyped-def]
-        import pandas as pd
-
-        records = []
-        for i, p in enumerate(self.prompts):
-            for j, m in enumerate(self.models):
-                r = self.row(i, j)
-                records.append(
-                    {
-                        "prompt": p,
-                        "model": m,
-                        "answer": r.answer,
-                        "error": r.error,
-                        "first_token": r.first_token,
-                        "seconds": r.seconds,
-                        "tokens_out": r.tokens_out,
-                        "tokens_per_second": r.tokens_per_second,
-                        "verdict": _at(self.verdicts, i),
-                        "pick": _at(self.picks, i),
-                    }
-                )
-        return pd.DataFrame.from_records(records)
-
-    def to_csv(self, path: str) -> None:
-        import csv
-
-        frame_rows = [self.row(i, j) for i in range(len(self.prompts)) for j in range(len(self.models))]
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(
-                [
-                    "prompt",
-                    "model",
-                    "answer",
-                    "error",
-                    "first_token",
-                    "seconds",
-                    "tokens_out",
-                    "tokens_per_second",
-                    "verdict",
-                    "pick",
-                ]
-            )
-            for k, r in enumerate(frame_rows):
-                i, j = divmod(k, len(self.models))
-                writer.writerow(
-                    [
-                        self.prompts[i],
-                        self.models[j],
-                        r.answer,
-                        r.error,
-                        r.first_token,
-                        r.seconds,
-                        r.tokens_out,
-                        r.tokens_per_second,
-                        _at(self.verdicts, i),
-                        _at(self.picks, i),
-                    ]
-                )
-
-    def __repr__(self) -> str:
-        lines = [f"<Comparison {len(self.prompts)} prompts x {len(self.models)} models>"]
-        for s in self.summary():
-            ttft = "-" if s["first_token"] is None else f"{s['first_token']:.2f}s"
-            rate = "-" if s["tokens_per_second"] is None else f"{s['tokens_per_second']:.1f} tok/s"
-            wins = f", {s['wins']} wins" if self.verdicts else ""
-            lines.append(f"  {s['model']}: {s['answered']} answered, {s['errors']} errors, TTFT {ttft}, {rate}{wins}")
-        return "\n".join(lines)
-
-
-def _at(values: list[str | None], i: int) -> str | None:
-    return values[i] if i < len(values) else None
-
-
-def run_compare(
-    session: Session,
-    prompts: Sequence[str],
-    models: Sequence[str],
-    *,
-    judge: str | None = None,
-    concurrency: int = 4,
-    progress: bool = True,
-    no_cache: bool = False,
-    **params: Any,
-) -> Comparison:
-    """Each prompt to each model, streamed (so time to first token is real), without fallback:
-    a comparison of models must not silently compare one with another."""
-    if len(models) < 2:
-        raise ConfigError("compare needs at least two models", hint='models=["ollama:llama3.1", "openai:gpt-4o-mini"]')
-    for m in models:
-        session.resolve(m)
-    pairs = [(p, m) for p in prompts for m in models]
-
-    def job(k: int) -> Callable[[], Any]:
-        async def ask() -> Row:
-            prompt, model = pairs[k]
-            start = time.perf_counter()
-            try:
-                r = await session.stream(prompt, model, no_cache=no_cache, fallback=False, **params).aresult()
-            except FarmError as exc:
-                return Row.failed(k, prompt, exc, time.perf_counter() - start)
-            return Row.answered(k, prompt, r)
-
-        return ask
-
-    rows: list[Row | None] = [None] * len(pairs)
-    _run(
-        session, [job(k) for k in range(len(pairs))], concurrency, rows, "farm.compare", progress, lambda k: pairs[k][0]
-    )
-    result = Comparison(list(prompts), list(models), BatchResult(r for r in rows if r is not None))
-    if judge is not None:
-        result.verdicts = [_judge(session, judge, result, i) for i in range(len(prompts))]
-    return result
-
-
-def _judge(session: Session, judge: str, result: Comparison, i: int) -> str | None:
-    reply = session.chat(
-        judge_question(result.prompts[i], [r.answer for r in result.rows_of(i)]), judge, temperature=0, fallback=False
-    )
-    return parse_verdict(reply.text, result.models)
-
-
-def judge_question(prompt: str, answers: Sequence[str | None]) -> str:
-    """What a judge model is asked: the question and the answers, lettered, in the models' order."""
-    letters = [chr(ord("A") + j) for j in range(len(answers))]
-    listed = "\n\n".join(
-        f"Answer {letter}:\n{answer or '(no answer)'}" for letter, answer in zip(letters, answers, strict=True)
-    )
-    return (
-        f"Question:\n{prompt}\n\n{listed}\n\nWhich answer is best? "
-        f"Reply with one letter ({', '.join(letters)}) or TIE, nothing else."
-    )
-
-
-def parse_verdict(reply: str, models: Sequence[str]) -> str | None:
-    """The model the judge named, "tie", or None: a reply that names no answer is not a verdict."""
-    found = _VERDICT.search(reply.strip().upper())
-    if found is None:
-        return None
-    if found.group(1) == "TIE":
-        return "tie"
-    j = ord(found.group(1)) - ord("A")
-    return models[j] if 0 <= j < len(models) else None

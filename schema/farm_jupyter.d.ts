@@ -60,6 +60,7 @@ export interface ChatResponse {
   tool_runs: ToolRun[];
   reasks: number;
   notes: string[];
+  params: Record<string, unknown>;
 }
 
 /** Every error response (4xx, 5xx) and the `error` event of a stream. */

@@ -245,7 +245,9 @@ words and the key, and nothing else is asked.
 `farm.map` runs a prompt over a list or a pandas column, a few requests at a time, with a
 progress bar; every row keeps its outcome (answer, provider, retries, error) in input order.
 `farm.compare` asks each prompt of a list to each model and tells you which was faster (and,
-with a judge model, which was better). `farm.usage()` says what it all cost.
+with a judge model, which was better, with intervals you can cite). `batch=True` runs a map as a
+Batch API job at half the price; `%farm why` shows what an answer was asked with.
+`farm.usage()` says what it all cost.
 
 {INTRO_NOTE}
 """),
@@ -273,6 +275,53 @@ rows[["item", "answer", "provider", "error"]]"""),
 comparison"""),
         code('comparison.to_pandas()[["prompt", "model", "answer", "seconds", "tokens_out"]]'),
         code(CHECK + "print([s['answered'] for s in comparison.summary()])"),
+        md("""
+## A judge you can cite
+
+With `judge=`, a model sees every pair of answers in both orders (A,B and B,A: N(N-1) calls a
+prompt, counted in the estimate and the budget); when the two orders disagree the pair is a tie.
+The report gives the judge's consistency and first-position preference, a Bradley-Terry score per
+model with a bootstrap 95% interval over prompts, and a warning when the judge is a contestant.
+The loopback server here echoes, so its "verdict" is whichever letter comes first: the report shows
+exactly that bias (first-position preference 100%, every pair a tie, intervals around 0.5).
+"""),
+        code("""judged = farm.compare(
+    ["What is 2 + 2?", "Name a primary colour.", "Say hello in French."],
+    ["ollama:llama3.1", "openai:gpt-4o-mini"],
+    judge="openai:gpt-4o",
+)
+print(judged.estimate)
+judged.report()"""),
+        code(
+            CHECK
+            + "report = judged.report()\n"
+            + "print(report.first_position, report.consistency, judged.verdicts)\n"
+            + "print({m: report.low[m] <= 0.5 <= report.high[m] for m in report.models})"
+        ),
+        md("""
+## Half price: a Batch API job
+
+`batch=True` sends the rows as one OpenAI-compatible Batch API job (a JSONL file uploaded, the job
+created and polled, its output read back into the same rows). The estimated cost is said first and
+the budget applies before the upload; the job id is kept on disk, so running this cell again, after
+a kernel restart too, picks up the same job instead of paying twice. The table's output metadata
+names the job.
+"""),
+        code("""batched = farm.map(reviews, "Is this review positive or negative? {}", model="openai:gpt-4o-mini", batch=True, poll=0.1)
+batched[["item", "answer", "error"]]"""),
+        code(
+            CHECK + "print(len(batched), batched.error.isna().all(), batched.attrs['farm_jupyter']['batch']['status'])"
+        ),
+        md("""
+## Where an answer came from
+
+Every answer output in the saved notebook carries its provenance in the output metadata (provider,
+model, parameters, fallback notice, cache hit and key, usage, time, version). `%farm why` shows
+the request body the last answer was asked with, byte for byte as the server received it.
+"""),
+        code("%load_ext farm_jupyter"),
+        code("%%farm_chat -m openai:gpt-4o-mini --temperature 0\nIn one line: what is a batch job?"),
+        code("%farm why"),
         md("Tokens, cache savings and cost per model for this session (`[prices]` in farm.toml sets prices)."),
         code("farm.usage()"),
     ],

@@ -103,11 +103,19 @@ def test_ctrl_c_stops_a_map_and_keeps_the_finished_rows(make_session, ollama_ser
 
 def test_compare_over_prompts_with_a_judge(make_session, ollama_server, openai_server, tmp_path):
     s = make_session(ollama_server, openai_server)
-    openai_server.reply = lambda body: "B" if "Which answer is best" in body["messages"][-1]["content"] else "Sure."
+    # A judge that always names answer B reads positions, not answers: both orders disagree, all ties.
+    openai_server.reply = lambda body: "B" if "Which answer is better" in body["messages"][-1]["content"] else "Sure."
     result = s.compare(
         ["one", "two", "three"], ["ollama:llama3.1", "openai:gpt-4o"], judge="openai:gpt-4o-mini", progress=False
     )
     assert result.row(0, 0).answer == "Echo: one" and result.row(2, 1).answer == "Sure."
+    assert result.verdicts == ["tie"] * 3
+    report = result.report()
+    assert report is not None and report.consistency == 0.0 and report.first_position == 0.0
+    openai_server.reply = lambda body: "A" if "Answer A:\nSure." in body["messages"][-1]["content"] else "B"
+    result = s.compare(
+        ["one", "two", "three"], ["ollama:llama3.1", "openai:gpt-4o"], judge="openai:gpt-4o", progress=False
+    )
     assert result.verdicts == ["openai:gpt-4o"] * 3
     summary = {row["model"]: row for row in result.summary()}
     assert summary["openai:gpt-4o"]["wins"] == 3 and summary["ollama:llama3.1"]["answered"] == 3

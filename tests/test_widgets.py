@@ -761,8 +761,14 @@ def test_compare_over_prompts_keeps_picks_verdicts_and_a_scoreboard(
     make_session: Callable[..., Session], tmp_path: Any
 ) -> None:
     with OllamaServer() as ollama, OpenAIServer(api_key="sk-test-0123456789abcdef") as oai:
-        # The judge (gpt-4o) always names answer B; the compared models echo.
-        oai.reply = lambda body: "B" if "Which answer is best" in body["messages"][-1]["content"] else "Sure."
+        # The judge (gpt-4o) names the answer "Sure." in whichever place it is shown; the others echo.
+        def reply(body: dict[str, Any]) -> str:
+            asked = body["messages"][-1]["content"]
+            if "Which answer is better" not in asked:
+                return "Sure."
+            return "A" if "Answer A:\nSure." in asked else "B"
+
+        oai.reply = reply
         s = make_session(ollama, oai)
         models = ["ollama:llama3.1", "openai:gpt-4o-mini"]
         compare = CompareWidget(models=models, prompts=["one", "two", "three"], session=s, judge="openai:gpt-4o")
@@ -781,7 +787,12 @@ def test_compare_over_prompts_keeps_picks_verdicts_and_a_scoreboard(
         assert result.verdicts == ["openai:gpt-4o-mini"] * 3
         assert [r.answer for r in result.rows_of(1)] == ["Echo: two", "Sure."]
         board = compare.scoreboard.value
-        assert "3 picked, 1 tie" in board and "50%" not in board and "33%" in board
+        table = board[: board.index("</table>")]
+        assert "3 picked, 1 tie" in board and "50%" not in table and "33%" in table
+        assert "consistency 100%" in board and "first-position preference 50%" in board
+        assert "Cohen&#x27;s kappa 0.00 over 3 prompts" in board or "Cohen's kappa 0.00 over 3 prompts" in board
+        report = result.report()
+        assert report is not None and report.low["openai:gpt-4o-mini"] > 0.5
         summary = {row["model"]: row for row in result.summary()}
         assert summary["ollama:llama3.1"]["picked"] == 1 and summary["openai:gpt-4o-mini"]["wins"] == 3
         frame = result.to_pandas()

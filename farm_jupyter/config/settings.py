@@ -166,9 +166,21 @@ class Price(_Section):
     input: float = Field(ge=0)
     output: float = Field(ge=0)
     as_of: str | None = None
+    # A Batch API's prices (`farm.map(..., batch=True)`); unset: half the regular ones, "assumed".
+    batch_input: float | None = Field(default=None, ge=0)
+    batch_output: float | None = Field(default=None, ge=0)
 
     def cost(self, tokens_in: int, tokens_out: int) -> float:
         return (tokens_in * self.input + tokens_out * self.output) / 1e6
+
+
+class BatchSettings(_Section):
+    """`farm.map(..., batch=True)`: where job ids are kept (so a rerun resumes the job), how often
+    the job is polled, and the completion window asked for."""
+
+    dir: str | None = None  # default: ~/.cache/farm_jupyter/batches
+    poll: float = Field(default=30.0, ge=0)
+    window: str = "24h"
 
 
 class BudgetSettings(_Section):
@@ -198,6 +210,7 @@ class Settings(_Section):
     environments: dict[str, Environment] = Field(default_factory=_default_environments)
     prices: dict[str, Price] = Field(default_factory=dict)  # "provider:model" -> price
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
     aliases: dict[str, str] = Field(default_factory=dict)
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.display import display
 
+from .. import provenance
 from ..display.answer import footer_bundle, notice_bundle, streaming, text_bundle, thinking_bundle, tool_runs_bundle
 from ..display.live import Live
 
@@ -86,24 +87,26 @@ def show_answer(
     if response is None:  # pragma: no cover - a stream always ends with its response
         raise RuntimeError("the stream ended without a response")
     magics.last_updates = screen.updates
+    magics.last_response = response
     if out:
         magics.ip.user_ns[out] = response
+    meta = provenance.answer(response)  # on every output of the answer: the saved notebook says who
     line = response.notice or stream.notice
     if line and not echo:
-        display(notice_bundle(line), raw=True)
+        display(notice_bundle(line), raw=True, metadata=meta)
     elif line and printer is not None and line != printer.notice:  # not printed with the text
         print(f"\n{line}", flush=True)
     if not echo:
         if response.thinking:
-            display(thinking_bundle(response.thinking), raw=True)
+            display(thinking_bundle(response.thinking), raw=True, metadata=meta)
         if response.tool_runs:
-            display(tool_runs_bundle([r.line() for r in response.tool_runs]), raw=True)
-    extra = _finish(magics, response, fmt, echo=echo)
+            display(tool_runs_bundle([r.line() for r in response.tool_runs]), raw=True, metadata=meta)
+    extra = _finish(magics, response, fmt, echo=echo, metadata=meta)
     footer = response.footer() + (f" · {extra}" if extra else "")
     if echo:
         print(f"\n{footer}", flush=True)
     else:
-        display(footer_bundle(footer), raw=True)
+        display(footer_bundle(footer), raw=True, metadata=meta)
     return response
 
 
@@ -168,13 +171,15 @@ def _stopped(
     ) from None
 
 
-def _finish(magics: FarmMagics, response: ChatResponse, fmt: str, *, echo: bool) -> str | None:
+def _finish(
+    magics: FarmMagics, response: ChatResponse, fmt: str, *, echo: bool, metadata: dict[str, Any]
+) -> str | None:
     """Show the final answer in its format (unless a terminal already printed it)."""
     text = response.text
     if fmt == "code":
         code = extract_code(text)
         if not echo:
-            display({"text/markdown": f"```python\n{code}\n```", "text/plain": code}, raw=True)
+            display({"text/markdown": f"```python\n{code}\n```", "text/plain": code}, raw=True, metadata=metadata)
         magics.ip.set_next_input(code, replace=False)
         return "code put in a new cell below"
     if fmt == "json":
@@ -182,7 +187,7 @@ def _finish(magics: FarmMagics, response: ChatResponse, fmt: str, *, echo: bool)
             value = parse_json(text)
         except ValueError as exc:
             if not echo:
-                display({"text/plain": text}, raw=True)
+                display({"text/plain": text}, raw=True, metadata=metadata)
             return f"not valid JSON: {exc}"
         pretty = json.dumps(value, indent=2, ensure_ascii=False)
         if echo:
@@ -191,10 +196,10 @@ def _finish(magics: FarmMagics, response: ChatResponse, fmt: str, *, echo: bool)
             bundle: dict[str, Any] = {"text/plain": pretty}
             if isinstance(value, dict | list):
                 bundle["application/json"] = value
-            display(bundle, raw=True)
+            display(bundle, raw=True, metadata=metadata)
         return None
     if not echo:
-        display(text_bundle(text, fmt), raw=True)
+        display(text_bundle(text, fmt), raw=True, metadata=metadata)
     return None
 
 

@@ -106,6 +106,7 @@ class FarmMagics(Magics):
         self._ollama: subprocess.Popen[bytes] | None = None  # `ollama serve`, when %farm ollama started it
         self._dashboard: Any = None
         self.last_updates = 0  # display updates of the last answer (coalescing is tested on it)
+        self.last_response: Any = None  # the last %%farm_chat answer, for `%farm why`
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -311,6 +312,7 @@ class FarmMagics(Magics):
         %farm pull|load|unload|reload MODEL
         %farm alias NAME TARGET | unalias NAME
         %farm error                 explain the last exception
+        %farm why                   the request body the last answer was asked with
         %farm ollama start|stop     run `ollama serve` in the background
         %farm dashboard             the health/GPU/stats widgets
         """

@@ -370,6 +370,18 @@ def error(magics: FarmMagics, session: Session, args: Any) -> None:
     show_answer(magics, session, session.stream(prompt, args.model), address, owned=magics._owns_cell("%farm"))
 
 
+@command("why", shell=True)
+@magic_arguments("farm why")
+def why(magics: FarmMagics, session: Session, args: Any) -> None:
+    """the request body the last answer was asked with, as the server received it"""
+    from IPython.display import display
+
+    found = session.explain(magics.last_response or None)
+    display({"text/plain": found.line}, raw=True)
+    if found.body is not None:  # its own output: byte for byte what was sent (secrets masked)
+        display({"text/plain": found.body}, raw=True)
+
+
 @command("ollama", shell=True)
 @magic_arguments("farm ollama")
 @argument("action", metavar="start|stop")

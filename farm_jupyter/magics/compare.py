@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.display import display
 
+from .. import provenance
 from ..display.compare import Column, columns_bundle
 from ..display.live import Live
 from .answer import Stopped
@@ -71,7 +72,10 @@ def show_comparison(
         changes.close()
         screen.close()
     magics.last_updates = screen.updates
-    display(bundle(), raw=True)
+    answered = [c.response for c in columns if c.response is not None]
+    magics.last_response = answered[-1] if answered else magics.last_response
+    meta = {provenance.KEY: {"columns": [provenance.answer(r)[provenance.KEY] for r in answered]}}
+    display(bundle(), raw=True, metadata=meta)
     if args.out:
         magics.ip.user_ns[args.out] = _outcomes(columns, time.perf_counter() - start)
     failures = [c.exception for c in columns if c.exception is not None]

@@ -167,11 +167,16 @@ class OllamaProvider(Provider):
             f"Ollama at {self._host} sent a malformed {what}: {text[:80]!r}", provider=self.name, hint=hint
         )
 
-    async def _ndjson(self, path: str, body: dict[str, Any], model: str) -> AsyncIterator[dict[str, Any]]:
-        """POST and yield each JSON line; an `{"error": ...}` line is an error, not data."""
+    async def _ndjson(
+        self, path: str, body: dict[str, Any], model: str, sent: list[str] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """POST and yield each JSON line; an `{"error": ...}` line is an error, not data. `sent`
+        gets the request body as it went out."""
         async with self._errors():
             async with self.client.stream("POST", path, json=body) as response:
                 await self._raise_for_status(response, model)
+                if sent is not None:
+                    sent.append(secrets.redact(response.request.content.decode("utf-8", "replace")))
                 async for line in response.aiter_lines():
                     if not line.strip():
                         continue
@@ -221,6 +226,7 @@ class OllamaProvider(Provider):
             async with self._errors():
                 response = await self.client.post("/api/chat", json=body)
             await self._raise_for_status(response, request.model)
+            yield Chunk(sent=secrets.redact(response.request.content.decode("utf-8", "replace")))
             data = self._json(response)
             if "error" in data:
                 raise ServerError(f"Ollama at {self._host} failed: {data['error']}", provider=self.name)
@@ -233,7 +239,10 @@ class OllamaProvider(Provider):
         # The final line is yielded once the body has ended: a response closed unread closes its
         # connection, and every streamed request would then pay for a new one.
         final: Chunk | None = None
-        async for data in self._ndjson("/api/chat", body, request.model):
+        sent: list[str] = []
+        async for data in self._ndjson("/api/chat", body, request.model, sent):
+            if sent:
+                yield Chunk(sent=sent.pop())
             if final is None:
                 for chunk in _pieces(data.get("message") or {}):
                     yield chunk

@@ -69,6 +69,11 @@ def _message(m: ChatMessage) -> dict[str, Any]:
     return out
 
 
+def _sent(raw: Any) -> str:
+    """The request body as it went out, from the SDK's raw response (secrets masked)."""
+    return secrets.redact(raw.http_request.content.decode("utf-8", "replace"))
+
+
 def _arguments(raw: str | None) -> dict[str, Any]:
     try:
         value = json.loads(raw or "{}")
@@ -212,6 +217,14 @@ class OpenAIProvider(Provider):
             message = getattr(exc, "message", str(exc))
         return secrets.redact(str(message)[:300])
 
+    def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        """The chat completions body for `request`, as a Batch API line carries it."""
+        return self._kwargs(request)
+
+    def mapped_errors(self, model: str = "") -> Any:
+        """The SDK's exceptions as FarmErrors, for calls made with `client` outside this class."""
+        return self._errors(model)
+
     def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
         p = request.params
         kwargs: dict[str, Any] = {
@@ -244,7 +257,9 @@ class OpenAIProvider(Provider):
     async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         if not request.stream:
             async with self._errors(request.model):
-                result = await self.client.chat.completions.create(**self._kwargs(request))
+                raw = await self.client.chat.completions.with_raw_response.create(**self._kwargs(request))
+                result = raw.parse()
+            yield Chunk(sent=_sent(raw))
             choice = result.choices[0]
             if thinking := _reasoning(choice.message):
                 yield Chunk(thinking=thinking)
@@ -272,9 +287,11 @@ class OpenAIProvider(Provider):
         calls: dict[int, dict[str, Any]] = {}  # streamed tool calls, by index, as their pieces come
         try:
             async with self._errors(request.model):
-                stream = await self.client.chat.completions.create(
+                raw = await self.client.chat.completions.with_raw_response.create(
                     **self._kwargs(request), stream=True, stream_options={"include_usage": True}
                 )
+                stream = raw.parse()
+                yield Chunk(sent=_sent(raw))
                 try:
                     async for event in stream:
                         started = True

@@ -65,6 +65,8 @@ class Call:
         provider_total: float | None = None,
         thinking: str | None = None,
         tool_calls: list[ToolCall] | None = None,
+        cache_key: str | None = None,
+        sent: str | None = None,
     ) -> ChatResponse:
         """The answer as the caller gets it: what was said, by whom, every attempt, and timings
         measured here (a cache hit's first token is its whole time)."""
@@ -82,6 +84,9 @@ class Call:
             thinking=thinking,
             tool_calls=tool_calls or [],
             notes=list(self.notes),
+            params=self.params.model_dump(mode="json", exclude_defaults=True),
+            cache_key=cache_key,
+            sent=sent,
             timings=Timings(
                 first_token=self.first_token or (elapsed if cached else None),
                 total=elapsed,
@@ -110,6 +115,7 @@ class Try:
         self.tool_calls: list[ToolCall] = []
         self.final = Chunk(done=True)
         self.first = self.last = 0.0
+        self.sent: str | None = None  # the body the provider sent, when it says
 
     @property
     def chunks(self) -> int:
@@ -125,6 +131,9 @@ class Try:
             if chunk.done:
                 self.final = chunk
                 return
+            if chunk.sent is not None:
+                self.sent = chunk.sent
+                continue
             if chunk.thinking or chunk.tool_calls:
                 self.thinking.append(chunk.thinking)
                 self.tool_calls += chunk.tool_calls or []

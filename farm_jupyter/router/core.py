@@ -63,6 +63,7 @@ class Router:
         self.last_status: dict[str, ProviderStatus] = {}
         self.ledger = Ledger(settings, monitor)
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # tests give a fake clock's
+        self.last_response: ChatResponse | None = None  # for `%farm why` / `explain()`
 
     # -- addresses ------------------------------------------------------------------------------
 
@@ -234,10 +235,11 @@ class Router:
         if missing(provider, call.params, messages) is not None:  # refused on the loop, in one line
             return None
         model = provider.normalize_model(route.model)
-        entry = peek(cache_key(provider.name, model, messages, call.params, provider.cache_identity))
+        key = cache_key(provider.name, model, messages, call.params, provider.cache_identity)
+        entry = peek(key)
         if entry is None:
             return None
-        return self._hit(call, route, None, entry.response)
+        return self._hit(call, route, None, entry.response, key)
 
     async def _route(self, call: Call, route: Route) -> AsyncIterator[Chunk]:
         provider = self.provider(route.provider)
@@ -270,7 +272,7 @@ class Router:
                 yield Chunk(text=text)
             if entry.response.tool_calls:
                 yield Chunk(tool_calls=list(entry.response.tool_calls))
-            yield Chunk(done=True, response=self._hit(call, route, notice, entry.response))
+            yield Chunk(done=True, response=self._hit(call, route, notice, entry.response, key))
             return
         if self.cache.name == "replay":  # only the recording answers: a provider is never asked
             missing = not_recorded(route, request.messages, key, self.settings.cache.path)
@@ -366,6 +368,8 @@ class Router:
                     provider_total=final.provider_total,
                     thinking="".join(attempt.thinking) or None,
                     tool_calls=attempt.tool_calls,
+                    cache_key=key,
+                    sent=attempt.sent,
                 )
                 if call.use_cache:
                     await self._cache_call(call, "set", key, CacheEntry(response=response, chunks=attempt.parts))
@@ -388,7 +392,7 @@ class Router:
         except Exception:  # noqa: BLE001 - a cache that is down has nothing to forget
             log.debug("cache delete failed", exc_info=True)
 
-    def _hit(self, call: Call, route: Route, notice: str | None, hit: ChatResponse) -> ChatResponse:
+    def _hit(self, call: Call, route: Route, notice: str | None, hit: ChatResponse, key: str) -> ChatResponse:
         """A cached answer as this request's response: its own attempt and timings."""
         call.attempts.append(Attempt(provider=route.provider, model=route.model, ok=True))
         return self._respond(
@@ -401,6 +405,7 @@ class Router:
             cached=True,
             thinking=hit.thinking,
             tool_calls=hit.tool_calls,
+            cache_key=key,
         )
 
     def _respond(self, call: Call, route: Route, notice: str | None, **answer: Any) -> ChatResponse:
@@ -408,6 +413,7 @@ class Router:
         response = call.respond(route, notice, **answer)
         chars = 0 if any(m.images for m in call.messages) else sum(len(m.content) for m in call.messages)
         self.monitor.record(RequestRecord.from_response(response, prompt_chars=chars))
+        self.last_response = response
         return response
 
     async def _callers_error(self, call: Call, route: Route, exc: ProviderError) -> ProviderError:

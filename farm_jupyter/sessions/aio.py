@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ..objects import Budget
+from ..providers.base import Provider
 from ..records import RequestRecord
 from ..runtime import Runtime
 from ..types import ChatResponse, GPUStats, ModelInfo, ProviderStatus, PullProgress
@@ -87,6 +88,14 @@ class AsyncSession:
         """What each object described in a prompt to `target` may take, estimated at the characters
         a token stood for in that model's last usage (asks no one, so it is not a coroutine)."""
         return self._engine.budget(target, tokens)
+
+    def provider(self, target: str | None) -> tuple[str, Provider]:
+        """The `provider:model` a target stands for, and the provider that serves it (the first
+        server of a pool), for a job that speaks that provider's own API (the Batch API)."""
+        route = self._engine.router.resolve(target, fallback=False)[0]
+        found = self._engine.router.provider(route.provider)
+        members = getattr(found, "members", None)
+        return str(route), members[0].provider if members else found
 
     def watch(self, listener: Callable[[RequestRecord], None]) -> Callable[[], None]:
         """Call `listener(record)` as each request ends (on the runtime loop); returns the call

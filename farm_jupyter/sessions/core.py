@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from ..batch import BatchResult, Comparison, PromptBuilder, run_compare, run_map
+from ..batch import BatchResult, PromptBuilder, run_map
 from ..config import Settings, load_settings
 from ..errors import FarmError
+from ..evaluate import Comparison, run_compare
 from ..ledger import UsageReport
 from ..objects import Budget
 from ..records import ModelSummary
@@ -27,6 +28,9 @@ from .renamed import RENAMED, renamed
 from .stream import ChatStream
 
 Usage = Literal["tokens", "requests", "failures", "cache"]
+
+if TYPE_CHECKING:
+    from ..provenance import Explanation
 
 # Asking with these takes more than one cache lookup (objects to describe, steps to run).
 _MORE = ("context", "images", "schema", "tools")
@@ -138,6 +142,14 @@ class Session:
 
     def embed(self, texts: list[str], model: str | None = None) -> list[list[float]]:
         return self._engine.runtime.run(self._engine.embed(texts, model))
+
+    def explain(self, response: ChatResponse | None = None) -> Explanation:
+        """The request body `response` (default: the last answer of this session) was asked with,
+        byte for byte as the server received it, secrets masked; or why there is none (a cache
+        hit sent nothing)."""
+        from ..provenance import explain
+
+        return explain(response if response is not None else self._engine.router.last_response)
 
     # -- models ---------------------------------------------------------------------------------
 

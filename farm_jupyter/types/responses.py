@@ -83,6 +83,11 @@ class ChatResponse(_Model):
     # The answer validated against the schema asked for (a pydantic object, or JSON data); not
     # serialised: a cached answer is validated again, by the caller's own model.
     parsed: Any = Field(default=None, exclude=True)
+    params: dict[str, Any] = Field(default_factory=dict)  # the generation parameters asked (set ones)
+    # Provenance, not kept in a cache entry: the entry's key, and the request body exactly as the
+    # server received it (secrets masked; a local engine's templated prompt). None for a cache hit.
+    cache_key: str | None = Field(default=None, exclude=True)
+    sent: str | None = Field(default=None, exclude=True)
 
     @property
     def address(self) -> str:
@@ -167,3 +172,4 @@ class Chunk:
     thinking: str = ""  # new reasoning text, shown apart and never part of the answer
     tool_calls: list[ToolCall] | None = None  # the model asks for these (a provider's last chunks)
     tool_run: ToolRun | None = None  # a tool call that has just run in the kernel (session layer)
+    sent: str | None = None  # what went to the backend, as it went (`ChatResponse.sent`); not shown

@@ -7,8 +7,10 @@ cache is not read (`fresh=True`), so the timings are real.
 
 Over a list of prompts (`prompts=[...]`) it is an evaluation: a pick per prompt (a model, or a
 tie) moves on to the next one, a scoreboard keeps each model's win rate and latency, an optional
-judge model's verdict is recorded next to each pick, and `comparison` (`to_pandas()`,
-`to_csv()`) holds every answer with its figures, pick and verdict.
+judge model sees each pair of answers in both orders, and the scoreboard shows its report
+(Bradley-Terry scores with 95% intervals, consistency, first-position preference, Cohen's kappa
+between your picks and the judge); `comparison` (`to_pandas()`, `to_csv()`) holds every answer
+with its figures, pick and verdict.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 from traitlets import Bool, Int, List, Unicode
 
-from ..batch import BatchResult, Comparison, Row, judge_question, parse_verdict
+from ..batch import BatchResult, Row
 from ..display.answer import error_line
 from ..display.compare import Column
 from ..display.formats import duration
 from ..display.theme import BORDER, FG, esc
 from ..errors import ConfigError, FarmError
+from ..evaluate import JUDGE_PROMPT, Comparison, check_judge_prompt, contestant_warning, judge_prompt
 from ._base import FarmBox, Throttle
 
 if TYPE_CHECKING:
@@ -85,11 +88,13 @@ class CompareWidget(FarmBox):
         run: bool = True,
         prompts: list[str] | None = None,
         judge: str | None = None,
+        judge_prompt: str = JUDGE_PROMPT,
         **params: Any,
     ) -> None:
         super().__init__(session)
         self.prompts = list(prompts or ([prompt] if prompt else []))
         self.judge = judge
+        self.judge_prompt = check_judge_prompt(judge_prompt)
         self.comparison: Comparison | None = None
         self.system = system
         self.fresh = fresh
@@ -173,8 +178,9 @@ class CompareWidget(FarmBox):
                 Row(k, self.prompts[k // len(self.models)], error="not asked yet", error_type="NotAsked")
                 for k in range(n * len(self.models))
             ),
-            verdicts=[None] * n if self.judge else [],
             picks=[None] * n,
+            judge=self.judge,
+            warnings=contestant_warning(self.session, self.judge, self.models) if self.judge else [],
         )
         buttons = [W.Button(description=f"{m} is better", layout=W.Layout(width="auto")) for m in self.models]
         buttons.append(W.Button(description="tie", layout=W.Layout(width="auto")))
@@ -209,14 +215,11 @@ class CompareWidget(FarmBox):
             else:
                 self.comparison.rows[k] = Row(k, self.prompts[i], error=column.error or "stopped", error_type="Failed")
         if self.judge:
+            answers = {c.address: (c.text if c.response is not None else None) for c in columns}
             try:
-                reply = await self.session.aio.chat(
-                    judge_question(self.prompts[i], [c.text or None for c in columns]),
-                    self.judge,
-                    temperature=0,
-                    fallback=False,
-                )
-                self.comparison.verdicts[i] = parse_verdict(reply.text, self.models)
+                found = await judge_prompt(self.session, self.judge, self.judge_prompt, i, self.prompts[i], answers)
+                kept = [j for j in self.comparison.judgements if j.prompt != i]  # a prompt run again
+                self.comparison.judgements = kept + found
             except FarmError as exc:
                 self.show_error(f"the judge {self.judge} could not answer: {error_line(exc)}")
         self._draw_scoreboard()
@@ -225,10 +228,11 @@ class CompareWidget(FarmBox):
         if self.comparison is None:
             return
         picked = sum(p is not None for p in self.comparison.picks)
+        report = self.comparison.report() if self.judge else None
         rows = []
         for s in self.comparison.summary():
             rate = f"{s['picked'] / picked:.0%}" if picked else "-"
-            judged = f"{s['wins']}" if self.judge else "-"
+            judged = "-" if s["score"] is None else f"{s['score']:.2f} [{s['score_low']:.2f}, {s['score_high']:.2f}]"
             ttft = duration(s["first_token"]) if s["first_token"] is not None else "-"
             total = duration(s["seconds"]) if s["seconds"] is not None else "-"
             rows.append(
@@ -236,11 +240,15 @@ class CompareWidget(FarmBox):
                 f"<td>{ttft}</td><td>{total}</td></tr>"
             )
         ties = sum(p == "tie" for p in self.comparison.picks)
+        notes = [esc(line) for line in report.notes()] if report else []
+        notes += [f"warning: {esc(w)}" for w in self.comparison.warnings if report is None]
         self.scoreboard.value = (
             f'<div style="font-size:12px;color:{FG}">prompt {self.index + 1} of {len(self.prompts)} · '
             f"{picked} picked, {ties} tie{'s' if ties != 1 else ''}"
             f'<table class="farm-scoreboard"><tr><th>model</th><th>your picks</th><th>win rate</th>'
-            f"<th>judge's</th><th>TTFT (mean)</th><th>total (mean)</th></tr>{''.join(rows)}</table></div>"
+            f"<th>judge's score [95% CI]</th><th>TTFT (mean)</th><th>total (mean)</th></tr>{''.join(rows)}</table>"
+            + "".join(f'<div class="farm-judge-note">{n}</div>' for n in notes)
+            + "</div>"
         )
 
     @property

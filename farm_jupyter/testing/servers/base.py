@@ -31,12 +31,14 @@ _CLOSE_LIMIT = 5.0
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One request as the server saw it; `headers` has lower-case keys."""
+    """One request as the server saw it; `headers` has lower-case keys, `body` the bytes as
+    they arrived (what `farm.explain` must match byte for byte)."""
 
     method: str
     path: str
     json: dict[str, Any] | None
     headers: dict[str, str]
+    body: bytes = b""
 
 
 class Options(TypedDict, total=False):
@@ -217,7 +219,8 @@ class LoopbackServer:
             return
         payload: Json | None = None
         bad_json = None
-        if raw:
+        h.raw_body = raw
+        if raw and not h.headers.get("Content-Type", "").startswith("multipart/"):
             try:
                 parsed = json.loads(raw)
             except ValueError as exc:
@@ -229,7 +232,7 @@ class LoopbackServer:
                     bad_json = "request body must be a JSON object"
         headers = {k.lower(): v for k, v in h.headers.items()}
         with self._lock:
-            self._requests.append(RecordedRequest(h.command, path, payload, headers))
+            self._requests.append(RecordedRequest(h.command, path, payload, headers, raw))
         with self._lock:
             delay, fault = pick(self._faults, path, self._rng)
         stopping = h.server.stopping

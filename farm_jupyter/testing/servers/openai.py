@@ -8,11 +8,12 @@ import itertools
 import json
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .answers import chunks, embedding, last_user, message_words, positive_int, words
 from .base import Frame, Json, LoopbackServer
+from .batches import BatchAPI
 from .faults import Fault
 from .transport import Handler, dumps
 
@@ -28,8 +29,9 @@ def _mask(secret: str) -> str:
     return f"{secret[:3]}...{secret[-4:]}" if len(secret) >= 12 else "..."
 
 
-class OpenAIServer(LoopbackServer):
-    """An OpenAI look-alike under /v1: chat completions (SSE), models, embeddings, Bearer auth."""
+class OpenAIServer(LoopbackServer, BatchAPI):
+    """An OpenAI look-alike under /v1: chat completions (SSE), models, embeddings, Bearer auth,
+    and the Batch API (files and batches, `batches.BatchAPI`)."""
 
     kind = "openai"
     content_type = "application/json"
@@ -41,6 +43,9 @@ class OpenAIServer(LoopbackServer):
         *,
         api_key: str | None = "sk-test",
         context_window: int | None = None,
+        batch_polls: int = 3,
+        batch_failure: Callable[[Json], int | None] | None = None,
+        batch_expire_after: int | None = None,
         **options: Unpack[Options],
     ) -> None:
         super().__init__(models, **options)
@@ -48,6 +53,7 @@ class OpenAIServer(LoopbackServer):
         # A prompt of more "tokens" (words, as usage counts them) is refused as OpenAI and vLLM do.
         self.context_window = context_window
         self._ids = itertools.count(1)
+        self._init_batches(batch_polls, batch_failure, batch_expire_after)
 
     def _thinks(self, body: Json) -> bool:
         return bool(body.get("reasoning_effort"))
@@ -119,6 +125,8 @@ class OpenAIServer(LoopbackServer):
             return self._chat(h, body, fault)
         if method == "POST" and path == "/v1/embeddings":
             return self._embeddings(h, body, fault)
+        if self._batch_route(h, method, path, body, fault):
+            return None
         self._send(h, 404, self._error_body(404, f"Invalid URL ({method} {path})"), fault)
 
     @staticmethod
@@ -158,41 +166,11 @@ class OpenAIServer(LoopbackServer):
             return self._send(h, 400, error, fault)
         if not self._model_time(h):
             return
-        said = self._said(body, last_user(messages))
-        pieces = chunks(said.content)
-        thoughts = chunks(said.thinking)
-        calls: list[Json] = [
-            {
-                "id": f"call_farm{next(self._ids):06d}",
-                "type": "function",
-                "function": {"name": c.get("name"), "arguments": json.dumps(c.get("arguments") or {})},
-            }
-            for c in said.tool_calls
-        ]
-        reason = "tool_calls" if calls else "stop"
-        limit = positive_int(body.get("max_completion_tokens")) or positive_int(body.get("max_tokens"))
-        if limit is not None and limit < len(pieces):
-            pieces, reason = pieces[:limit], "length"
-        prompt_tokens = message_words(messages)
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(pieces),
-            "total_tokens": prompt_tokens + len(pieces),
-        }
+        if not body.get("stream"):
+            return self._send(h, 200, self.completion(model, messages, body), fault)
+        pieces, thoughts, calls, reason, usage = self._reply(messages, body)
         ident, created = f"chatcmpl-farm{next(self._ids):012d}", int(time.time())
         envelope = {"created": created, "model": model, "system_fingerprint": "fp_farm"}
-
-        if not body.get("stream"):
-            message = {
-                "role": "assistant",
-                "content": "".join(pieces) if pieces or not calls else None,
-                "refusal": None,
-                **({"reasoning_content": "".join(thoughts)} if thoughts else {}),
-                **({"tool_calls": calls} if calls else {}),
-            }
-            choice = {"index": 0, "message": message, "finish_reason": reason, "logprobs": None}
-            completion = {"id": ident, "object": "chat.completion", **envelope, "choices": [choice], "usage": usage}
-            return self._send(h, 200, completion, fault)
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
@@ -223,6 +201,53 @@ class OpenAIServer(LoopbackServer):
             yield "tail", self._line(b"[DONE]")
 
         self._stream(h, frames(), fault)
+
+    def _reply(self, messages: list[Any], body: Json) -> tuple[list[str], list[str], list[Json], str, Json]:
+        """What the model says to a chat request: answer pieces, thoughts, tool calls, the finish
+        reason and the usage."""
+        said = self._said(body, last_user(messages))
+        pieces = chunks(said.content)
+        thoughts = chunks(said.thinking)
+        calls: list[Json] = [
+            {
+                "id": f"call_farm{next(self._ids):06d}",
+                "type": "function",
+                "function": {"name": c.get("name"), "arguments": json.dumps(c.get("arguments") or {})},
+            }
+            for c in said.tool_calls
+        ]
+        reason = "tool_calls" if calls else "stop"
+        limit = positive_int(body.get("max_completion_tokens")) or positive_int(body.get("max_tokens"))
+        if limit is not None and limit < len(pieces):
+            pieces, reason = pieces[:limit], "length"
+        prompt_tokens = message_words(messages)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(pieces),
+            "total_tokens": prompt_tokens + len(pieces),
+        }
+        return pieces, thoughts, calls, reason, usage
+
+    def completion(self, model: str, messages: list[Any], body: Json) -> Json:
+        """A whole `chat.completion` object: the non-streamed answer, and a batch line's body."""
+        pieces, thoughts, calls, reason, usage = self._reply(messages, body)
+        message = {
+            "role": "assistant",
+            "content": "".join(pieces) if pieces or not calls else None,
+            "refusal": None,
+            **({"reasoning_content": "".join(thoughts)} if thoughts else {}),
+            **({"tool_calls": calls} if calls else {}),
+        }
+        choice = {"index": 0, "message": message, "finish_reason": reason, "logprobs": None}
+        return {
+            "id": f"chatcmpl-farm{next(self._ids):012d}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_farm",
+            "choices": [choice],
+            "usage": usage,
+        }
 
     def _embeddings(self, h: Handler, body: Json, fault: Fault | None) -> None:
         model = self._check_model(h, body, fault)

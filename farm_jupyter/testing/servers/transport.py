@@ -33,6 +33,7 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # headers and body go out in separate writes: avoid 40 ms stalls
     server: Server
     headers_sent = False
+    raw_body = b""  # the request's body as it arrived (a multipart upload is not JSON)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
