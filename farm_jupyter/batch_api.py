@@ -71,10 +71,10 @@ def _provider(session: Session, model: str | None) -> tuple[str, OpenAIProvider]
     route, one = session.aio.provider(model)  # a pool of servers: the job lives on its first one
     if one.kind != "openai":
         raise ConfigError(
-            f"batch=True needs an OpenAI-compatible Batch API, and {route.provider} ({one.kind}) has none",
+            f"batch=True needs an OpenAI-compatible Batch API, and {route.partition(':')[0]} ({one.kind}) has none",
             hint="use an openai: model (OpenAI, or a proxy such as LiteLLM with /v1/batches), or drop batch=True",
         )
-    return str(route), one  # type: ignore[return-value]
+    return route, one  # type: ignore[return-value]
 
 
 def _lines(

@@ -73,7 +73,9 @@ def _judge_calls(server: OpenAIServer, judge: str) -> int:
 
 def test_a_judge_that_always_prefers_the_first_answer_gives_ties_and_shows_its_bias(session, server):
     server.reply = _scripted(lambda judge, a, b: "x")
-    register_provider("first-judge", lambda messages, **params: "A")  # a custom provider, as users write them
+    register_provider(
+        "first-judge", lambda messages, **params: "A", capabilities=["temperature"]
+    )  # as users write them
     try:
         result = session.compare(PROMPTS, _models(), judge="first-judge", progress=False)
     finally:

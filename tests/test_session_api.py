@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(60)
 
 PUBLIC = {
     "chat", "stream", "map", "compare", "embed", "models", "load", "unload", "health", "gpu", "usage",
-    "history", "reset", "settings", "close", "use", "resolve", "last_batch", "aio",
+    "history", "reset", "settings", "close", "use", "resolve", "last_batch", "aio", "explain",
 }  # fmt: skip
 
 
