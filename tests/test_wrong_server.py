@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from farm_jupyter.errors import AllProvidersFailed, ModelNotFound, WrongServer
+from farm_jupyter.errors import AllProvidersFailed, AuthenticationError, ModelNotFound, WrongServer
 from farm_jupyter.sessions import Session
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import loopback_settings
@@ -149,5 +149,28 @@ def test_no_close_match_lists_what_the_provider_has(ollama_server: OllamaServer,
         assert str(info.value) == (
             'ollama has no model "zzzz": ollama has llama3.1:latest, qwen2.5:0.5b; pull it with `%farm pull zzzz`'
         )
+    finally:
+        s.close()
+
+
+def test_a_proxys_own_pages_are_said_for_what_they_are(
+    ollama_server: OllamaServer, openai_server: OpenAIServer
+) -> None:
+    # A 502 page from a proxy whose Ollama is down is the server's trouble (retried, then fallen
+    # back from); a proxy's 401 page is the caller's (no fallback). Neither shows the page.
+    ollama_server.add_fault(Fault("foreign", status=502, times=None))
+    s = Session(loopback_settings(ollama_server, openai_server))
+    try:
+        answer = s.chat("hi", no_cache=True)
+        assert answer.provider == "openai" and ollama_server.count("/api/chat") == 3
+        failed = answer.attempts[0]
+        assert failed.error_type == "ServerError" and failed.retries == 2
+        assert _one_line(failed.error).startswith(f"Ollama at {ollama_server.url} answered 502: an HTML page")
+        ollama_server.clear()
+        ollama_server.add_fault(Fault("foreign", status=401, times=None))
+        with pytest.raises(AuthenticationError) as info:
+            s.chat("hi again", no_cache=True)
+        assert _one_line(str(info.value)).startswith(f"Ollama at {ollama_server.url} answered 401: an HTML page")
+        assert openai_server.count("/v1/chat/completions") == 1  # only the first question's fallback
     finally:
         s.close()
