@@ -22,6 +22,7 @@ FOREIGN = {
     "empty": {"kind": "foreign", "status": 404, "text": ""},
     "other json": {"kind": "status", "status": 404, "body": {"detail": "Not Found"}},
     "html 200": {"kind": "foreign", "status": 200},
+    "other json 200": {"kind": "status", "status": 200, "body": {"detail": "OK"}},
 }
 
 
@@ -34,14 +35,15 @@ def _one_line(text: str | None) -> str:
     return text
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["chat", "stream"])
 @pytest.mark.parametrize("how", list(FOREIGN))
 def test_not_an_ollama_server_falls_back_announced_and_opens_the_breaker(
-    ollama_server: OllamaServer, openai_server: OpenAIServer, how: str
+    ollama_server: OllamaServer, openai_server: OpenAIServer, how: str, streamed: bool
 ) -> None:
     _foreign(ollama_server, how)
     s = Session(loopback_settings(ollama_server, openai_server))
     try:
-        answer = s.chat("hi", no_cache=True)
+        answer = s.stream("hi", no_cache=True).result() if streamed else s.chat("hi", no_cache=True)
         assert answer.provider == "openai" and answer.text == "Echo: hi"
         assert answer.notice == "ollama found another kind of server at its URL: answered by openai:gpt-4o-mini"
         assert ollama_server.count("/api/chat") == 1  # not retried: it would get the same page
@@ -60,7 +62,7 @@ def test_not_an_ollama_server_falls_back_announced_and_opens_the_breaker(
         s.close()
 
 
-@pytest.mark.parametrize("how", ["html", "empty", "other json"])
+@pytest.mark.parametrize("how", ["html", "empty", "other json"])  # an SDK's 200 is the SDK's to parse
 def test_not_an_openai_compatible_server_falls_back_announced(
     ollama_server: OllamaServer, openai_server: OpenAIServer, how: str
 ) -> None:

@@ -17,6 +17,11 @@ from ._http import body_shape, error_detail, foreign, mapped_transport_errors, s
 from .base import Provider
 
 
+# Every line of Ollama's streams has one of these (chat, generate, pull): the first one that has
+# none comes from another server.
+_LINE_KEYS = frozenset({"message", "response", "done", "status"})
+
+
 def _tagged(model: str) -> str:
     return model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
 
@@ -166,6 +171,7 @@ class OllamaProvider(Provider):
         async with self._errors():
             async with self.client.stream("POST", path, json=body) as response:
                 await self._raise_for_status(response, model)
+                first = True
                 async for line in response.aiter_lines():
                     if not line.strip():
                         continue
@@ -173,10 +179,13 @@ class OllamaProvider(Provider):
                         data = json.loads(line)
                     except ValueError as exc:
                         raise self._malformed("line", line) from exc
-                    if "error" in data:
+                    if isinstance(data, dict) and "error" in data:
                         error = str(data["error"])
                         cls = ModelNotFound if "not found" in error or "does not exist" in error else ServerError
                         raise cls(f"Ollama at {self._host} failed: {error}", provider=self.name)
+                    if first and not (isinstance(data, dict) and _LINE_KEYS & data.keys()):
+                        raise self._foreign(response, "JSON, but not Ollama's")
+                    first = False
                     yield data
 
     def _final(self, data: dict[str, Any]) -> Chunk:
