@@ -16,7 +16,6 @@ from ..types import ChatMessage, ChatRequest, Chunk, ModelInfo, ProviderStatus, 
 from ._http import body_shape, error_detail, foreign, mapped_transport_errors, status_error, wrong_server
 from .base import Provider
 
-
 # Every line of Ollama's streams has one of these (chat, generate, pull): the first one that has
 # none comes from another server.
 _LINE_KEYS = frozenset({"message", "response", "done", "status"})
