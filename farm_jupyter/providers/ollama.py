@@ -13,7 +13,15 @@ from .. import secrets
 from ..config import shown_url
 from ..errors import ModelNotFound, ProviderError, ServerError, StreamInterrupted
 from ..types import ChatMessage, ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress, ToolCall, Usage
-from ._http import body_shape, error_detail, foreign, mapped_transport_errors, status_error, wrong_server
+from ._http import (
+    body_shape,
+    error_detail,
+    foreign,
+    json_object,
+    mapped_transport_errors,
+    status_error,
+    wrong_server,
+)
 from .base import Provider
 
 # Every line of Ollama's streams has one of these (chat, generate, pull): the first one that has
@@ -125,11 +133,8 @@ class OllamaProvider(Provider):
         if response.status_code < 400 and "html" not in kind:
             return
         await response.aread()
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        error = data.get("error") if isinstance(data, dict) else None
+        data = json_object(response.text)
+        error = data.get("error") if data is not None else None
         if response.status_code < 400 or foreign(response.status_code, error is not None):
             raise self._foreign(response, body_shape(kind, response.text, "Ollama"))
         raise status_error(
@@ -279,11 +284,8 @@ class OllamaProvider(Provider):
         async with self._errors():
             response = await self.client.get(path, timeout=self.settings.timeouts.connect * 2)
         await self._raise_for_status(response, "")
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if not isinstance(data, dict) or needs not in data:
+        data = json_object(response.text)
+        if data is None or needs not in data:
             raise self._foreign(response, body_shape(response.headers.get("content-type", ""), response.text, "Ollama"))
         return data
 
