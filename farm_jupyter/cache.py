@@ -9,8 +9,8 @@
   that file, so the notebook re-runs identically offline (on a miss the router raises
   ReplayMiss instead of asking a provider: the cell fails in one line).
 
-A key covers everything that changes an answer (provider, model, messages, parameters) and never a
-secret. Only whole, successful answers are stored: the router never stores an error or a partial
+A key covers everything that changes an answer (provider, model, messages, parameters, and but for
+a recording the server's URL: a recording replays on any machine) and never a secret. Only whole, successful answers are stored: the router never stores an error or a partial
 stream. A hit replays the stored chunks as a stream.
 """
 

@@ -37,6 +37,7 @@ pytestmark = pytest.mark.timeout(300)
 LAYERS = ("file", "dotenv", "dotenv_env", "environ", "overrides")
 VARIABLES = ("dotenv", "dotenv_env", "environ")  # layers that hold variables, not tables
 TABLES = ("file", "overrides")
+ORG = "org-matrix-0123"
 KEY, LOWER_KEY = "sk-matrix-winner-0123456789abcdef", "sk-matrix-loser-fedcba9876543210"
 MODELS = {"ollama": ("llama3.1", "qwen2.5:0.5b"), "openai": ("gpt-4o-mini", "gpt-4o")}
 OTHER = {"ollama": "openai", "openai": "ollama"}
@@ -86,6 +87,7 @@ class Shape:
     model_by: str | None  # own | seed | table: how the default model is given
     model_layer: str
     pyproject: bool  # [tool.farm] in pyproject.toml rather than farm.toml
+    org_layer: str | None = None  # where OPENAI_ORG_ID is given
 
 
 def _below(layer: str) -> list[str]:
@@ -138,6 +140,7 @@ def shapes(draw: st.DrawFn) -> Shape:
         model_by,
         model_layer,
         draw(st.booleans()),
+        draw(st.sampled_from([None, *LAYERS])) if provider == "openai" else None,
     )
 
 
@@ -218,6 +221,8 @@ def configure(shape: Shape, servers: Servers) -> tuple[Layers, str]:
             layers.put(shape.model_layer, "AI_DEFAULT_MODEL", "", model)
         else:
             layers.put(shape.model_layer, "", f"{p}.default_model", model)
+    if shape.org_layer is not None:
+        layers.put(shape.org_layer, "OPENAI_ORG_ID", "openai.organization", ORG)
     layers.put("overrides", "", "fallback", False)  # the provider asked answers, or the test fails
     layers.put("overrides", "", "retry.max_retries", 0)
     return layers, env
@@ -291,6 +296,7 @@ def test_every_way_to_configure_reaches_the_request(servers: Servers, shape: Sha
             assert len(asked) == (index in shape.servers), (index, shape)
             for r in asked:
                 assert r.json is not None and r.json["model"] == model
+                assert r.headers.get("openai-organization") == (ORG if shape.org_layer else None)
                 auth = r.headers.get("authorization")
                 if expected_auth(shape, index) is not None:
                     assert auth == expected_auth(shape, index)
@@ -326,3 +332,34 @@ def test_a_key_and_a_password_for_one_server_are_one_line_and_nothing_is_sent(se
         assert not servers.openai[0].requests
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("provider", ["ollama", "openai"])
+def test_a_one_entry_list_is_where_config_health_requests_and_errors_point(servers: Servers, provider: str) -> None:
+    # issue 21: `%farm config` showed the entry, `%farm health` and the requests used the default
+    # (127.0.0.1:11434; for OpenAI the public API, with the key) and the error said to set OLLAMA_HOST.
+    with OllamaServer() as ollama, OpenAIServer(api_key=None) as openai:
+        server: Any = ollama if provider == "ollama" else openai
+        url = server.url if provider == "ollama" else server.base_url
+        field = "hosts" if provider == "ollama" else "base_urls"
+        config = {provider: {field: [url.replace("://", "://me:pw-secret@")]}, "provider": provider, "fallback": False}
+        if provider == "openai":
+            config["openai"]["default_model"] = "gpt-4o-mini"
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "farm.toml").write_text(_toml(config, ""))
+            s = Session(load_settings(environ={}, start=Path(tmp)))
+        try:
+            shown = url.replace("://", "://me:***@")
+            assert s.settings.public()[provider][field] == [shown]  # `%farm config`, without the password
+            assert s.chat("hi", no_cache=True).text == "Echo: hi"
+            [asked] = [r for r in server.requests if r.method == "POST"]
+            assert asked.headers["authorization"] == "Basic " + base64.b64encode(b"me:pw-secret").decode()
+            [row] = s.health([provider])
+            assert (row.url, row.state) == (shown, "healthy")
+            server.refuse()
+            with pytest.raises(FarmError) as info:
+                s.chat("again", no_cache=True)
+            assert shown in str(info.value) and "11434" not in str(info.value).replace(shown, "")
+            assert "pw-secret" not in str(info.value)
+        finally:
+            s.close()

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from farm_jupyter.errors import AllProvidersFailed, ModelNotFound, WrongServer
+from farm_jupyter.errors import AllProvidersFailed, AuthenticationError, ModelNotFound, WrongServer
 from farm_jupyter.sessions import Session
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import loopback_settings
@@ -22,6 +22,7 @@ FOREIGN = {
     "empty": {"kind": "foreign", "status": 404, "text": ""},
     "other json": {"kind": "status", "status": 404, "body": {"detail": "Not Found"}},
     "html 200": {"kind": "foreign", "status": 200},
+    "other json 200": {"kind": "status", "status": 200, "body": {"detail": "OK"}},
 }
 
 
@@ -34,14 +35,15 @@ def _one_line(text: str | None) -> str:
     return text
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["chat", "stream"])
 @pytest.mark.parametrize("how", list(FOREIGN))
 def test_not_an_ollama_server_falls_back_announced_and_opens_the_breaker(
-    ollama_server: OllamaServer, openai_server: OpenAIServer, how: str
+    ollama_server: OllamaServer, openai_server: OpenAIServer, how: str, streamed: bool
 ) -> None:
     _foreign(ollama_server, how)
     s = Session(loopback_settings(ollama_server, openai_server))
     try:
-        answer = s.chat("hi", no_cache=True)
+        answer = s.stream("hi", no_cache=True).result() if streamed else s.chat("hi", no_cache=True)
         assert answer.provider == "openai" and answer.text == "Echo: hi"
         assert answer.notice == "ollama found another kind of server at its URL: answered by openai:gpt-4o-mini"
         assert ollama_server.count("/api/chat") == 1  # not retried: it would get the same page
@@ -60,7 +62,7 @@ def test_not_an_ollama_server_falls_back_announced_and_opens_the_breaker(
         s.close()
 
 
-@pytest.mark.parametrize("how", ["html", "empty", "other json"])
+@pytest.mark.parametrize("how", ["html", "empty", "other json"])  # an SDK's 200 is the SDK's to parse
 def test_not_an_openai_compatible_server_falls_back_announced(
     ollama_server: OllamaServer, openai_server: OpenAIServer, how: str
 ) -> None:
@@ -149,5 +151,28 @@ def test_no_close_match_lists_what_the_provider_has(ollama_server: OllamaServer,
         assert str(info.value) == (
             'ollama has no model "zzzz": ollama has llama3.1:latest, qwen2.5:0.5b; pull it with `%farm pull zzzz`'
         )
+    finally:
+        s.close()
+
+
+def test_a_proxys_own_pages_are_said_for_what_they_are(
+    ollama_server: OllamaServer, openai_server: OpenAIServer
+) -> None:
+    # A 502 page from a proxy whose Ollama is down is the server's trouble (retried, then fallen
+    # back from); a proxy's 401 page is the caller's (no fallback). Neither shows the page.
+    ollama_server.add_fault(Fault("foreign", status=502, times=None))
+    s = Session(loopback_settings(ollama_server, openai_server))
+    try:
+        answer = s.chat("hi", no_cache=True)
+        assert answer.provider == "openai" and ollama_server.count("/api/chat") == 3
+        failed = answer.attempts[0]
+        assert failed.error_type == "ServerError" and failed.retries == 2
+        assert _one_line(failed.error).startswith(f"Ollama at {ollama_server.url} answered 502: an HTML page")
+        ollama_server.clear()
+        ollama_server.add_fault(Fault("foreign", status=401, times=None))
+        with pytest.raises(AuthenticationError) as info:
+            s.chat("hi again", no_cache=True)
+        assert _one_line(str(info.value)).startswith(f"Ollama at {ollama_server.url} answered 401: an HTML page")
+        assert openai_server.count("/v1/chat/completions") == 1  # only the first question's fallback
     finally:
         s.close()

@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 
@@ -42,6 +43,15 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     except (TypeError, ValueError):  # neither seconds nor a date: as if absent
         return None
     return max(0.0, parsed.timestamp() - time.time())
+
+
+def json_object(text: str) -> dict[str, Any] | None:
+    """The body as a JSON object, or None (not JSON, or JSON of another shape)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def body_shape(content_type: str, text: str, api: str = "its API") -> str:

@@ -14,8 +14,20 @@ from ..config import shown_url
 from ..errors import ModelNotFound, ProviderError, ServerError, StreamInterrupted
 from ..types import ChatMessage, ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress, ToolCall, Usage
 from ..types.capabilities import Capabilities
-from ._http import body_shape, error_detail, foreign, mapped_transport_errors, status_error, wrong_server
+from ._http import (
+    body_shape,
+    error_detail,
+    foreign,
+    json_object,
+    mapped_transport_errors,
+    status_error,
+    wrong_server,
+)
 from .base import Provider
+
+# Every line of Ollama's streams has one of these (chat, generate, pull): the first one that has
+# none comes from another server.
+_LINE_KEYS = frozenset({"message", "response", "done", "status"})
 
 
 def _tagged(model: str) -> str:
@@ -127,11 +139,8 @@ class OllamaProvider(Provider):
         if response.status_code < 400 and "html" not in kind:
             return
         await response.aread()
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        error = data.get("error") if isinstance(data, dict) else None
+        data = json_object(response.text)
+        error = data.get("error") if data is not None else None
         if response.status_code < 400 or foreign(response.status_code, error is not None):
             raise self._foreign(response, body_shape(kind, response.text, "Ollama"))
         raise status_error(
@@ -177,6 +186,7 @@ class OllamaProvider(Provider):
                 await self._raise_for_status(response, model)
                 if sent is not None:
                     sent.append(secrets.redact(response.request.content.decode("utf-8", "replace")))
+                first = True
                 async for line in response.aiter_lines():
                     if not line.strip():
                         continue
@@ -184,10 +194,13 @@ class OllamaProvider(Provider):
                         data = json.loads(line)
                     except ValueError as exc:
                         raise self._malformed("line", line) from exc
-                    if "error" in data:
+                    if isinstance(data, dict) and "error" in data:
                         error = str(data["error"])
                         cls = ModelNotFound if "not found" in error or "does not exist" in error else ServerError
                         raise cls(f"Ollama at {self._host} failed: {error}", provider=self.name)
+                    if first and not (isinstance(data, dict) and _LINE_KEYS & data.keys()):
+                        raise self._foreign(response, "JSON, but not Ollama's")
+                    first = False
                     yield data
 
     def _final(self, data: dict[str, Any]) -> Chunk:
@@ -300,11 +313,8 @@ class OllamaProvider(Provider):
         async with self._errors():
             response = await self.client.get(path, timeout=self.settings.timeouts.connect * 2)
         await self._raise_for_status(response, "")
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if not isinstance(data, dict) or needs not in data:
+        data = json_object(response.text)
+        if data is None or needs not in data:
             raise self._foreign(response, body_shape(response.headers.get("content-type", ""), response.text, "Ollama"))
         return data
 

@@ -31,7 +31,7 @@ from ..errors import (
 )
 from ..types import ChatMessage, ChatRequest, Chunk, ModelInfo, ProviderStatus, ToolCall, Usage
 from ..types.capabilities import Capabilities
-from ._http import body_shape, error_detail, foreign, status_error, wrong_server
+from ._http import body_shape, error_detail, foreign, json_object, status_error, wrong_server
 from .base import Provider
 
 if TYPE_CHECKING:
@@ -169,11 +169,8 @@ class OpenAIProvider(Provider):
             ) from exc
         except openai.APIStatusError as exc:
             kind, text = exc.response.headers.get("content-type", ""), exc.response.text
-            try:
-                data = json.loads(text)
-            except ValueError:
-                data = None
-            own = isinstance(data, dict) and ("error" in data or data.get("object") == "error")
+            data = json_object(text)
+            own = data is not None and ("error" in data or data.get("object") == "error")
             if foreign(exc.status_code, own):
                 what = f"{exc.response.request.method} {exc.response.request.url.path} answered {exc.status_code}"
                 shape = body_shape(kind, text, "OpenAI")
