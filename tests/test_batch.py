@@ -173,6 +173,20 @@ def test_a_budget_stops_the_next_request_before_it_is_sent(ollama_server, openai
     s.close()
 
 
+def test_money_is_said_at_the_precision_it_was_given(ollama_server, openai_server):
+    # Was: "the $0.00 budget" for usd = 0.0001, and "spent $0.0000" for a spend that is not nothing.
+    prices = {"openai:gpt-4o-mini": {"input": 0.15, "output": 0.60}}
+    s = Session(loopback_settings(ollama_server, openai_server, budget={"usd": 0.0001}, prices=prices))
+    s.chat("one two three", "openai:gpt-4o-mini", max_tokens=5)  # 3 words in, 4 out: $0.00000285
+    with pytest.raises(BudgetExceeded) as refused:
+        s.chat("again", "openai:gpt-4o-mini", max_tokens=1000)  # up to 1001 tokens: $0.0006
+    said = str(refused.value)
+    assert "could cost up to $0.00060, and $0.0000028 of the $0.0001 budget is spent" in said
+    assert repr(s.usage()).endswith("spent $0.0000028 on priced models of a $0.0001 budget")
+    assert next(iter(s.usage())).cost_text() == "$0.0000028"
+    s.close()
+
+
 def test_a_bug_in_a_row_ends_the_run_instead_of_hanging_it():
     import asyncio
 
