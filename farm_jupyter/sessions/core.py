@@ -40,7 +40,7 @@ from .conversation import Conversation
 from .stream import ChatStream
 
 if TYPE_CHECKING:
-    from ..batch import BatchResult, Comparison, PromptBuilder
+    from ..batch import Comparison, PromptBuilder
 
 Prompt = str | Sequence[ChatMessage | dict[str, Any]]
 
@@ -92,7 +92,8 @@ class Session:
         self.monitor = Monitor(self.settings.monitor_size)
         self.router = Router(self.settings, self.cache, self.monitor)
         self.conversation = Conversation(self.settings.max_history)
-        self.last_batch: BatchResult | None = None  # the last map's rows, kept when it was stopped
+        # What the last map returned (a DataFrame with pandas, else a BatchResult), also when it was stopped.
+        self.last_batch: Any = None
 
     @property
     def runtime(self) -> Runtime:
