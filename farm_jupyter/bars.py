@@ -1,4 +1,4 @@
-"""A tqdm progress bar whose saved text is its last one (`farm.map`, `farm.compare`).
+"""A tqdm progress bar whose saved text is its last one (`farm.map`, `farm.compare`, pulls).
 
 In a notebook, tqdm.auto draws an ipywidgets bar; the text/plain beside the widget (what a saved
 notebook, nbval and GitHub show) is taken once, when the bar is first displayed, so a finished run
@@ -16,17 +16,18 @@ from typing import Any
 
 
 @contextmanager
-def progress_bar(total: int, desc: str, unit: str, *, disable: bool = False) -> Iterator[Any]:
+def progress_bar(total: int, desc: str, unit: str, *, disable: bool = False, **options: Any) -> Iterator[Any]:
+    """`tqdm.auto.tqdm(total, desc=desc, unit=unit, leave=True, **options)`, closed on exit."""
     from tqdm.auto import tqdm
 
     notebook = sys.modules.get("tqdm.notebook")
     if disable or notebook is None or not issubclass(tqdm, notebook.tqdm_notebook):
-        with tqdm(total=total, desc=desc, unit=unit, disable=disable, leave=True) as bar:
+        with tqdm(total=total, desc=desc, unit=unit, disable=disable, leave=True, **options) as bar:
             yield bar
         return
     from IPython.display import display
 
-    bar = tqdm(total=total, desc=desc, unit=unit, leave=True, display=False)
+    bar = tqdm(total=total, desc=desc, unit=unit, leave=True, display=False, **options)
     handle = display(bar.container, display_id=True)
     try:
         yield bar

@@ -149,7 +149,11 @@ def test_a_saved_notebook_keeps_the_finished_bars_text(ollama_server, tmp_path, 
         "FARM_CACHE_DIR": str(tmp_path / "cache"),
     }.items():
         monkeypatch.setenv(name, value)
-    cells = ["import farm_jupyter as farm", "rows = farm.map(['a', 'b', 'c'], model='ollama')"]
+    cells = [
+        "import farm_jupyter as farm\n%load_ext farm_jupyter",
+        "rows = farm.map(['a', 'b', 'c'], model='ollama')",
+        "%farm pull phi3:mini",
+    ]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     NotebookClient(nb, timeout=120, kernel_name="python3").execute()
     bars = [o for o in nb.cells[1].outputs if o.output_type == "display_data"]
@@ -157,6 +161,12 @@ def test_a_saved_notebook_keeps_the_finished_bars_text(ollama_server, tmp_path, 
     text = bars[0].data["text/plain"]
     assert text.startswith("farm.map: 100%") and "3/3" in text, text
     assert ollama_server.count(CHAT) == 3
+    pulled = [
+        o.data["text/plain"]
+        for o in nb.cells[2].outputs
+        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
+    assert pulled and all("100%" in t for t in pulled), pulled  # each layer's bar, finished
 
 
 # -- compare ---------------------------------------------------------------------------------------
