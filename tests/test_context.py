@@ -516,6 +516,8 @@ def test_a_context_window_error_names_the_budget_and_the_numbers():
         assert "maximum context length is 300 tokens" in said and "\n" not in said
         assert "within --context-budget 1000 tokens each (estimated at 4 characters a token)" in said
         assert "the prompt was about 1,00" in said and "lower --context-budget" in said
+        with pytest.raises(BadRequest, match="within --context-budget 1000 tokens each"):  # with a schema: steps
+            s.chat("Summarise {df}", context={"df": df}, context_budget=1000, schema={"type": "object"})
         with pytest.raises(BadRequest) as plain:  # no objects described: the server's words alone
             s.chat("word " * 400)
         assert "--context-budget" not in str(plain.value)

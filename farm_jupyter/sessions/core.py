@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import aclosing
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..cache_guard import GuardedCache
 from ..config import Settings, load_settings
-from ..context import DEFAULT_BUDGET, attach, over_the_window
-from ..errors import BadRequest, ConfigError, FarmError, ServerError, UnknownProvider
+from ..context import DEFAULT_BUDGET, attach, naming_the_budget
+from ..errors import ConfigError, FarmError, UnknownProvider
 from ..ledger import UsageReport
 from ..monitor import Monitor
 from ..objects import Budget
@@ -61,21 +61,6 @@ _ASKING = frozenset(
         "keep_thinking",
     }
 )  # not params
-
-
-async def _naming_the_budget(
-    chunks: AsyncIterator[Chunk], budget: Budget, messages: Sequence[ChatMessage]
-) -> AsyncIterator[Chunk]:
-    """A context-window error of a prompt with objects described in it names the budget."""
-    try:
-        async with aclosing(chunks):  # type: ignore[type-var]
-            async for chunk in chunks:
-                yield chunk
-    except (BadRequest, ServerError) as exc:
-        said = over_the_window(str(exc), budget, sum(len(m.content) for m in messages))
-        if said is None:
-            raise
-        raise type(exc)(f"{exc}; {said}", provider=exc.provider, status=exc.status) from exc
 
 
 class Session:
@@ -138,7 +123,7 @@ class Session:
                 messages, model, params, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream
             )
             if x.context is not None or budget is not None:  # objects were described: a face gave its Budget
-                chunks = _naming_the_budget(chunks, budget or Budget(DEFAULT_BUDGET), messages)
+                chunks = naming_the_budget(chunks, budget or Budget(DEFAULT_BUDGET), messages)
             return chunks if conversation is None else self._committing(chunks, commit)
         return plan(
             self.router,
@@ -146,7 +131,7 @@ class Session:
             messages,
             model,
             params,
-            x,
+            x if budget is None else replace(x, context_budget=budget),
             no_cache=no_cache,
             refresh=refresh,
             fallback=fallback,
