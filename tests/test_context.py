@@ -523,3 +523,24 @@ def test_a_context_window_error_names_the_budget_and_the_numbers():
         assert "--context-budget" not in str(plain.value)
         assert s.chat("Summarise {df}", context={"df": df}, context_budget=100).text  # a lower budget fits
         s.close()
+
+
+def test_a_provider_that_counts_tokens_makes_the_budget_exact(ollama):
+    from farm_jupyter.providers import register_provider, unregister_provider
+    from farm_jupyter.providers.ollama import OllamaProvider
+
+    class Counting(OllamaProvider):  # Ollama on the wire, with a tokenizer that counts words
+        def count_tokens(self, model: str, text: str) -> int:
+            counted.append(model)
+            return len(text.split())
+
+    counted: list[str] = []
+    register_provider("counting", Counting)
+    try:
+        s = Session(loopback_settings(ollama, providers={"counting": {"host": ollama.url}}))
+        s.chat("Sum {xs}", "counting:llama3.1", context={"xs": list(range(10_000))}, context_budget=50)
+        text = user_text(bodies(ollama, CHAT)[-1]).removeprefix("Sum ")
+        assert len(text.split()) <= 50 and "50-token budget, counted" in text and counted[0] == "llama3.1"
+        s.close()
+    finally:
+        unregister_provider("counting")

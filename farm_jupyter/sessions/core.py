@@ -141,17 +141,22 @@ class Session:
 
     def budget(self, target: str | None, tokens: int | None = None) -> Budget:
         """What each object described in a prompt to `target` may take: `tokens` (default 1000),
-        estimated at the characters a prompt token stood for in that model's last reported usage,
-        else at 4. (A provider that counts exactly, a `count_tokens`, would give `Budget.count`.)"""
+        counted exactly where its provider offers `count_tokens(model, text) -> int` (a local
+        model's tokenizer), else estimated at the characters a prompt token stood for in that
+        model's last reported usage, else at 4."""
         tokens = tokens or DEFAULT_BUDGET
         try:
-            address = self.resolve(target)
+            route = self.router.resolve(target, fallback=False)[0]
+            provider = self.router.provider(route.provider)
         except FarmError:  # the request will say so; the budget is not the place
             return Budget(tokens)
-        ratio = self.monitor.chars_per_token(address)
+        count = getattr(provider, "count_tokens", None)
+        if callable(count):
+            return Budget(tokens, count=lambda text: int(count(route.model, text)))
+        ratio = self.monitor.chars_per_token(str(route))
         if ratio is None:
             return Budget(tokens)
-        return Budget(tokens, min(max(ratio, 1.0), 10.0), f"{address}'s last usage")
+        return Budget(tokens, min(max(ratio, 1.0), 10.0), f"{route}'s last usage")
 
     @staticmethod
     def _messages(
