@@ -86,7 +86,7 @@ def main() -> None:
             start = time.perf_counter()
             rows = session.map(prompts, model="openai", concurrency=args.concurrency, progress=False)
             times["farm.map (OpenAI protocol)"].append(time.perf_counter() - start)
-            assert len(rows) == args.prompts and not [r for r in session.last_batch or [] if not r.ok]
+            assert session.last_batch is rows and len(rows) == args.prompts and rows.error.isna().all()
         session.close()
         python = python_for("litellm") if args.with_anchors else None
         if python is None:

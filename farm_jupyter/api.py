@@ -42,7 +42,8 @@ def map(items: Iterable[Any], prompt: PromptBuilder = "{}", **kwargs: Any) -> An
     in input order: a pandas DataFrame when pandas is installed, else a BatchResult; with
     `schema=Model` each answer is validated too (a `parsed` column, re-asked when it does not match). Rate limits,
     retries, fallback and the cache apply per row; a rerun asks only for rows the cache lacks.
-    Ctrl-C stops it; the finished rows stay in `farm.session().last_batch`.
+    Ctrl-C stops it, in one line, and the rows (the stopped ones saying so) stay in
+    `farm.session().last_batch`, which is always what the last map returned.
 
     `batch=True` sends the rows as one OpenAI-compatible Batch API job (half the price, answered
     within the completion window): the estimated cost is said first and the budget applied; the

@@ -4,8 +4,9 @@ prompts with the same machinery.
 Both run on the runtime loop with a bounded number of requests in flight, through the router
 (rate limits, retries, fallback, the cache), and keep every row's outcome: one failure never
 ends a run. A rerun asks only for what the cache does not already hold, so with a disk or Redis
-cache a run survives a kernel restart; Ctrl-C stops it and keeps the finished rows
-(`session.last_batch`). Progress is a tqdm bar, updated in the caller's thread.
+cache a run survives a kernel restart; Ctrl-C stops it, said in one line, and keeps the rows
+(`session.last_batch`, the object `map` returned). Progress is a tqdm bar, updated in the caller's
+thread, whose saved text is its final one (`farm_jupyter.bars`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import provenance
+from .bars import progress_bar
 from .errors import (
     AuthenticationError,
     ConfigError,
@@ -230,10 +232,8 @@ def run_rows(
     item_of: Callable[[int], Any],
 ) -> None:
     """Drive the jobs from the caller's thread, filling `rows` by index, with a tqdm bar."""
-    from tqdm.auto import tqdm
-
     errors = 0
-    with tqdm(total=len(jobs), desc=desc, unit="row", disable=not progress, leave=True) as bar:
+    with progress_bar(len(jobs), desc, "row", disable=not progress) as bar:
         try:
             finished = _bounded(jobs, concurrency, last=lambda row: isinstance(row.exception, ABOUT_THE_TARGET))
             for row in session.aio.runtime.iterate(finished):
@@ -298,10 +298,29 @@ def run_map(
         run_rows(
             session, [job(i) for i in range(len(values))], concurrency, rows, "farm.map", progress, values.__getitem__
         )
-    finally:
-        session.last_batch = BatchResult([r for r in rows if r is not None], labels)
-    result = session.last_batch
+    except KeyboardInterrupt as stop:
+        session.last_batch = _returned(rows, labels)
+        done = sum(r is not None and r.ok for r in rows)
+        _one_line(stop, f"farm.map stopped after {done} of {len(rows)} rows: they are in farm.session().last_batch")
+        raise
+    except BaseException:
+        session.last_batch = _returned(rows, labels)
+        raise
+    session.last_batch = _returned(rows, labels)
+    return session.last_batch  # the very object: `farm.session().last_batch is rows`
+
+
+def _returned(rows: list[Row | None], labels: Sequence[Any] | None) -> Any:
+    """What `farm.map` gives back: a DataFrame when pandas is installed, else the BatchResult."""
+    result = BatchResult([r for r in rows if r is not None], labels)
     return result.to_pandas() if _has_pandas() else result
+
+
+def _one_line(stop: KeyboardInterrupt, said: str) -> None:
+    """The interrupt still ends the cell (Run All stops there), shown as one line that says where
+    the rows are: IPython prints `_render_traceback_()` in place of the 25-line traceback."""
+    stop.args = (said,)
+    stop._render_traceback_ = lambda: [f"KeyboardInterrupt: {said}"]  # type: ignore[attr-defined]
 
 
 def _has_pandas() -> bool:

@@ -173,8 +173,8 @@ def run_batch(
     rows = _read(session, provider, batch, address, values)
     result = BatchResult(rows, labels)
     result.meta = {"batch": {"id": batch.id, "status": batch.status, "key": key, "file": str(path)}}
-    session.last_batch = result
-    return result.to_pandas() if _has_pandas() else result
+    session.last_batch = result.to_pandas() if _has_pandas() else result
+    return session.last_batch  # the very object: `farm.session().last_batch is rows`
 
 
 def _known(session: Session, provider: OpenAIProvider, ident: str) -> bool:

@@ -151,8 +151,12 @@ def enable(_: argparse.Namespace) -> int:
 
 def disable(_: argparse.Namespace) -> int:
     path = _startup_dir() / STARTUP_NAME
-    path.unlink(missing_ok=True)
-    print(f"removed {path}")
+    try:
+        path.unlink()
+    except FileNotFoundError:  # say what is true: there was nothing to remove
+        print(f"farm_jupyter was not enabled: there is no {path}; nothing to do")
+        return 0
+    print(f"removed {path}: farm_jupyter no longer loads in every IPython kernel")
     return 0
 
 
@@ -183,17 +187,45 @@ def main(argv: list[str] | None = None) -> int:
         prog="farm-jupyter", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("lab", help="JupyterLab on the notebooks, with an offline default when nothing is configured")
+
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        """A subcommand whose `--help` says what it does (argparse shows `help=` only in the list)."""
+        return sub.add_parser(name, help=summary, description=f"{summary}.\n\n{description}", formatter_class=raw)
+
+    raw = argparse.RawDescriptionHelpFormatter
+    p = command(
+        "lab",
+        "JupyterLab on the notebooks, with an offline default when nothing is configured",
+        "With no Ollama reachable and no OpenAI key, the kernels answer with the embedded small model\n"
+        "(SmolLM2-135M-Instruct). Other arguments go to JupyterLab; --execute runs one notebook headless.",
+    )
     p.add_argument("--notebooks", default="notebooks", help="folder to open (default: notebooks, else the current one)")
     p.add_argument(
         "--execute", metavar="NOTEBOOK", help="run this notebook headless and exit (non-zero if a cell fails)"
     )
     p.add_argument("--timeout", type=int, default=600, help="seconds per cell with --execute")
-    sub.add_parser("enable", help="load the extension in every IPython kernel")
-    sub.add_parser("disable", help="undo enable")
-    p = sub.add_parser("schema", help="write the JSON Schema and TypeScript declarations")
-    p.add_argument("folder", nargs="?", default="schema")
-    sub.add_parser("doctor", help="show configuration and provider health")
+    command(
+        "enable",
+        "load the extension in every IPython kernel",
+        f"Writes {STARTUP_NAME} into the default profile's startup folder; `farm-jupyter disable` removes it.",
+    )
+    command(
+        "disable",
+        "undo enable: stop loading the extension in every IPython kernel",
+        f"Removes {STARTUP_NAME} from the default profile's startup folder, if it is there.",
+    )
+    p = command(
+        "schema",
+        "write the JSON Schema and TypeScript declarations",
+        "The wire types of the server extension's REST API, for the JupyterLab extension and other clients.",
+    )
+    p.add_argument("folder", nargs="?", default="schema", help="where to write them (default: schema)")
+    command(
+        "doctor",
+        "show configuration and provider health",
+        "The config file in use, the environment, the default model, the fallback chain, and whether\n"
+        "each provider answers (its URL and error, secrets masked).",
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command != "lab" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

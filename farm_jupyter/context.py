@@ -25,7 +25,7 @@ import re
 import struct
 import traceback
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,7 @@ from .objects import CHARS_PER_TOKEN as CHARS_PER_TOKEN  # re-exported: the esti
 from .objects import Budget, fit, named, safe_repr
 
 if TYPE_CHECKING:
-    from .types import ImagePart  # imported when an image is made: the magics import this module
+    from .types import ChatMessage, Chunk, ImagePart  # imported when an image is made: the magics import this module
 
 DEFAULT_BUDGET = 1000  # tokens: a DataFrame's first rows, not the whole frame
 PLAIN = (str, int, float, complex, bool, type(None))  # text the user wrote, and numbers: as they are
@@ -285,6 +285,25 @@ def over_the_window(error: str, budget: Budget, prompt_chars: int) -> str | None
         f"({budget.how}); the prompt was {size}: lower --context-budget (context_budget= in Python) "
         "or ask a model with a longer context"
     )
+
+
+async def naming_the_budget(
+    chunks: AsyncIterator[Chunk], budget: Budget, messages: Sequence[ChatMessage]
+) -> AsyncIterator[Chunk]:
+    """`chunks`, where a context-window error of a prompt with objects described in it names the budget."""
+    from contextlib import aclosing
+
+    from .errors import BadRequest, ServerError
+
+    try:
+        async with aclosing(chunks):  # type: ignore[type-var]
+            async for chunk in chunks:
+                yield chunk
+    except (BadRequest, ServerError) as exc:
+        said = over_the_window(str(exc), budget, sum(len(m.content) for m in messages))
+        if said is None:
+            raise
+        raise type(exc)(f"{exc}; {said}", provider=exc.provider, status=exc.status) from exc
 
 
 _CONTEXT = Source("context", "{name} is not in context; give context={{'{name}': ...}}")

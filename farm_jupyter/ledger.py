@@ -13,9 +13,11 @@ the next priced request that could take the spend past five dollars, before it i
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 
 from .config import Price, Settings
 from .errors import FarmError
@@ -31,6 +33,20 @@ LOCAL_PROVIDERS = frozenset({"huggingface", "llamacpp"})
 
 class BudgetExceeded(FarmError):
     pass
+
+
+def usd(amount: float, *, given: bool = False) -> str:
+    """Dollars as they can be read truly: an amount someone `given` (a budget) at the precision it
+    was written ("$0.0001", "$5.00"), a computed one to two significant digits below ten cents
+    ("$0.000012"), cents above; never "$0.00" for something that is not nothing."""
+    if given:
+        exponent = Decimal(repr(float(amount))).normalize().as_tuple().exponent
+        places = -exponent if isinstance(exponent, int) and exponent < 0 else 0
+        return f"${amount:.{min(max(places, 2), 12)}f}"
+    if amount == 0 or not math.isfinite(amount):
+        return f"${amount:.2f}"
+    places = 1 - math.floor(math.log10(abs(amount)))
+    return f"${amount:.{min(max(places, 2), 12)}f}"
 
 
 @dataclass
@@ -55,7 +71,7 @@ class UsageRow:
             return f"local: {self.seconds:.1f}s of compute"
         if self.cost is None:
             return "price unknown"
-        return f"${self.cost:.4f}" + (f" ({self.price_note})" if self.price_note else "")
+        return usd(self.cost) + (f" ({self.price_note})" if self.price_note else "")
 
 
 class UsageReport:
@@ -89,9 +105,9 @@ class UsageReport:
         ]
 
     def summary(self) -> str:
-        line = f"spent ${self.spent:.4f} on priced models"
+        line = f"spent {usd(self.spent)} on priced models"
         if self.budget is not None:
-            line += f" of a ${self.budget:.2f} budget"
+            line += f" of a {usd(self.budget, given=True)} budget"
         return line
 
     def __repr__(self) -> str:
@@ -166,8 +182,8 @@ class Ledger:
         with self._lock:
             if self.spent + self.held + worst > budget:
                 raise BudgetExceeded(
-                    f"this request to {address} could cost up to ${worst:.4f}, and ${self.spent + self.held:.4f} "
-                    f"of the ${budget:.2f} budget is spent or held by requests in flight",
+                    f"this request to {address} could cost up to {usd(worst)}, and {usd(self.spent + self.held)} "
+                    f"of the {usd(budget, given=True)} budget is spent or held by requests in flight",
                     hint="raise [budget] usd in farm.toml, lower max_tokens, or use a local model",
                 )
             self.held += worst

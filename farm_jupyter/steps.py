@@ -18,14 +18,15 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mappin
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .context import naming_the_budget
 from .errors import ConfigError, FarmError
+from .objects import Budget
 from .router.call import parse_params
 from .structured import Schema, SchemaMismatch
 from .tools import Tool, run_call, tools_of
 from .types import ChatMessage, ChatResponse, Chunk, GenerationParams, ToolRun, Usage
 
 if TYPE_CHECKING:
-    from .objects import Budget
     from .router import Router
     from .runtime import Runtime
 
@@ -73,7 +74,10 @@ def plan(
         messages = [*messages[:-1], shape.instruction(), messages[-1]]
 
     def ask(msgs: list[ChatMessage], p: GenerationParams) -> AsyncIterator[Chunk]:
-        return router.astream(msgs, model, p, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream)
+        chunks = router.astream(msgs, model, p, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream)
+        if isinstance(extras.context_budget, Budget):  # objects were described: a context-window error names it
+            return naming_the_budget(chunks, extras.context_budget, msgs)
+        return chunks
 
     def forget(response: ChatResponse, msgs: list[ChatMessage], p: GenerationParams) -> None:
         done = runtime.submit(router.forget(response, msgs, p))

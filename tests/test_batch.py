@@ -10,7 +10,6 @@ import threading
 
 import pytest
 
-from farm_jupyter.batch import BatchResult
 from farm_jupyter.errors import ConfigError, ModelNotFound
 from farm_jupyter.ledger import BudgetExceeded
 from farm_jupyter.testing import Fault
@@ -72,30 +71,94 @@ def test_mistakes_fail_once_not_per_row(make_session, ollama_server):
     assert ollama_server.count(CHAT) <= 4 + 4  # at most what was in flight, not one per row
 
 
-def test_ctrl_c_stops_a_map_and_keeps_the_finished_rows(make_session, ollama_server):
-    s = make_session(ollama_server)
+def interrupt_at(server, nth: int) -> None:
+    """The server answers with an echo; at its `nth` request the kernel's interrupt comes, as a
+    real SIGINT (a blocking wait in the caller's thread is broken only by a signal, NOTES.md)."""
     seen = []
 
     def reply(body):
         seen.append(body)
-        if len(seen) == 6:  # the kernel's interrupt, as a real SIGINT, mid-run
+        if len(seen) == nth:
             threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
         return "Echo: " + body["messages"][-1]["content"]
 
-    ollama_server.reply = reply
-    ollama_server.latency = 0.1
-    with pytest.raises(KeyboardInterrupt):
+    server.reply = reply
+    server.latency = 0.1
+
+
+def test_ctrl_c_stops_a_map_and_keeps_the_finished_rows(make_session, ollama_server):
+    s = make_session(ollama_server)
+    interrupt_at(ollama_server, 6)
+    with pytest.raises(KeyboardInterrupt) as caught:
         s.map([f"q{i}" for i in range(100)], concurrency=2, progress=False)
-    kept = s.last_batch
-    assert isinstance(kept, BatchResult) and len(kept) == 100
-    done = [r for r in kept if r.ok]
-    assert 5 <= len(done) < 100 and all(r.answer == f"Echo: q{r.index}" for r in done)
-    assert all(r.error_type == "Stopped" for r in kept if not r.ok)
+    kept = s.last_batch  # what farm.map returns, partial: every row, the stopped ones saying so
+    assert len(kept) == 100 and list(kept.item) == [f"q{i}" for i in range(100)]
+    done = kept[kept.error.isna()]
+    assert 5 <= len(done) < 100 and all(a == f"Echo: {q}" for q, a in zip(done.item, done.answer, strict=True))
+    assert set(kept.error.dropna()) == {"stopped before it was asked"}
+    said = f"farm.map stopped after {len(done)} of 100 rows: they are in farm.session().last_batch"
+    assert caught.value._render_traceback_() == [f"KeyboardInterrupt: {said}"] and str(caught.value) == said
     asked = ollama_server.count(CHAT)
     ollama_server.reply = None
     rest = s.map([f"q{i}" for i in range(100)], concurrency=8, progress=False)
-    assert rest.error.isna().all()
+    assert rest.error.isna().all() and s.last_batch is rest  # the very object returned
     assert ollama_server.count(CHAT) - asked == 100 - len(done)  # finished rows came from the cache
+
+
+def test_ctrl_c_in_a_cell_is_one_line_and_the_cell_ends_interrupted(make_session, ollama_server):
+    # Was: a 25-line traceback with no word of where the rows are.
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    from farm_jupyter.sessions import set_session
+
+    shell = InteractiveShell.instance()
+    s = make_session(ollama_server)
+    old = set_session(s)
+    interrupt_at(ollama_server, 4)
+    try:
+        with capture_output() as io:
+            result = shell.run_cell(
+                "import farm_jupyter as farm\nrows = farm.map([f'q{i}' for i in range(50)], concurrency=2)"
+            )
+    finally:
+        set_session(old)
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)  # the cell failed: Run All stops here
+    shown = [line for line in (io.stdout + io.stderr).splitlines() if "KeyboardInterrupt" in line or "File " in line]
+    assert len(shown) == 1 and "they are in farm.session().last_batch" in shown[0], io.stdout + io.stderr
+    assert "Traceback" not in io.stdout + io.stderr and len(s.last_batch) == 50
+
+
+def test_a_saved_notebook_keeps_the_finished_bars_text(ollama_server, tmp_path, monkeypatch):
+    # Was: `farm.map:   0%|          | 0/3`, the text of the bar when it was first shown.
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    for name, value in {
+        "OLLAMA_HOST": ollama_server.url,
+        "FARM_ENV": "test",
+        "FARM_FALLBACK": "",
+        "FARM_CACHE_DIR": str(tmp_path / "cache"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    cells = [
+        "import farm_jupyter as farm\n%load_ext farm_jupyter",
+        "rows = farm.map(['a', 'b', 'c'], model='ollama')",
+        "%farm pull phi3:mini",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    bars = [o for o in nb.cells[1].outputs if o.output_type == "display_data"]
+    assert len(bars) == 1 and "application/vnd.jupyter.widget-view+json" in bars[0].data
+    text = bars[0].data["text/plain"]
+    assert text.startswith("farm.map: 100%") and "3/3" in text, text
+    assert ollama_server.count(CHAT) == 3
+    pulled = [
+        o.data["text/plain"]
+        for o in nb.cells[2].outputs
+        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
+    assert pulled and all("100%" in t for t in pulled), pulled  # each layer's bar, finished
 
 
 # -- compare ---------------------------------------------------------------------------------------
@@ -164,6 +227,19 @@ def test_a_budget_stops_the_next_request_before_it_is_sent(make_session, ollama_
     assert s.chat("free", "ollama").provider == "ollama"  # an unpriced model is not stopped
 
 
+def test_money_is_said_at_the_precision_it_was_given(make_session, ollama_server, openai_server):
+    # Was: "the $0.00 budget" for usd = 0.0001, and "spent $0.0000" for a spend that is not nothing.
+    prices = {"openai:gpt-4o-mini": {"input": 0.15, "output": 0.60}}
+    s = make_session(ollama_server, openai_server, budget={"usd": 0.0001}, prices=prices)
+    s.chat("one two three", "openai:gpt-4o-mini", max_tokens=5)  # 3 words in, 4 out: $0.00000285
+    with pytest.raises(BudgetExceeded) as refused:
+        s.chat("again", "openai:gpt-4o-mini", max_tokens=1000)  # up to 1001 tokens: $0.0006
+    said = str(refused.value)
+    assert "could cost up to $0.00060, and $0.0000028 of the $0.0001 budget is spent" in said
+    assert repr(s.usage()).endswith("spent $0.0000028 on priced models of a $0.0001 budget")
+    assert next(iter(s.usage())).cost_text() == "$0.0000028"
+
+
 def test_a_bug_in_a_row_ends_the_run_instead_of_hanging_it():
     import asyncio
 
@@ -191,6 +267,7 @@ def test_a_budget_holds_what_requests_in_flight_may_spend(make_session, ollama_s
     rows = s.map(
         [f"q{i}" for i in range(8)], model="openai:gpt-4o", concurrency=8, max_tokens=40, progress=False, no_cache=True
     )
-    refused = [r for r in s.last_batch if r.error_type == "BudgetExceeded"]
+    assert s.last_batch is rows
+    refused = rows[rows.error.str.contains("budget", na=False)]
     assert len(refused) >= 6 and openai_server.count("/v1/chat/completions") == 8 - len(refused) <= 2
     assert len(rows) == 8

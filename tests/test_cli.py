@@ -130,3 +130,24 @@ def test_a_notebook_that_raises_fails_the_suite(tmp_path):
     )
     assert result.returncode == 1, result.stdout[-2000:]
     assert "ZeroDivisionError" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["lab", "enable", "disable", "schema", "doctor"])
+def test_every_subcommand_help_describes_it(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    described = out.split("\n\n")[1]  # after the usage: the description argparse shows only when given
+    assert len(described.split()) >= 5 and not described.startswith(("options", "positional")), out
+
+
+def test_disable_says_only_what_it_did(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    assert main(["disable"]) == 0  # never enabled
+    said = capsys.readouterr().out
+    assert "was not enabled" in said and "removed" not in said
+    main(["enable"])
+    capsys.readouterr()
+    assert main(["disable"]) == 0
+    assert capsys.readouterr().out.startswith("removed ")

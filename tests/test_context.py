@@ -507,7 +507,30 @@ def test_a_context_window_error_names_the_budget_and_the_numbers(make_session):
         assert "maximum context length is 300 tokens" in said and "\n" not in said
         assert "within --context-budget 1000 tokens each (estimated at 4 characters a token)" in said
         assert "the prompt was about 1,00" in said and "lower --context-budget" in said
+        with pytest.raises(BadRequest, match="within --context-budget 1000 tokens each"):  # with a schema: steps
+            s.chat("Summarise {df}", context={"df": df}, context_budget=1000, schema={"type": "object"})
         with pytest.raises(BadRequest) as plain:  # no objects described: the server's words alone
             s.chat("word " * 400)
         assert "--context-budget" not in str(plain.value)
         assert s.chat("Summarise {df}", context={"df": df}, context_budget=100).text  # a lower budget fits
+
+
+def test_a_provider_that_counts_tokens_makes_the_budget_exact(ollama):
+    from farm_jupyter.providers import register_provider, unregister_provider
+    from farm_jupyter.providers.ollama import OllamaProvider
+
+    class Counting(OllamaProvider):  # Ollama on the wire, with a tokenizer that counts words
+        def count_tokens(self, model: str, text: str) -> int:
+            counted.append(model)
+            return len(text.split())
+
+    counted: list[str] = []
+    register_provider("counting", Counting)
+    try:
+        s = Session(loopback_settings(ollama, providers={"counting": {"host": ollama.url}}))
+        s.chat("Sum {xs}", "counting:llama3.1", context={"xs": list(range(10_000))}, context_budget=50)
+        text = user_text(bodies(ollama, CHAT)[-1]).removeprefix("Sum ")
+        assert len(text.split()) <= 50 and "50-token budget, counted" in text and counted[0] == "llama3.1"
+        s.close()
+    finally:
+        unregister_provider("counting")

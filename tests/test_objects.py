@@ -176,7 +176,21 @@ others = st.one_of(
     st.builds(lambda n: (range(n), ["range"]), st.integers(0, 10**9)),
 )
 
-objects = st.one_of(frames(), serieses(), indexes(), arrays(), containers(), images(), others)
+
+@st.composite
+def polars_objects(draw: Callable[..., Any]) -> Drawn:
+    import polars as pl
+
+    rows = draw(st.integers(0, 2000))
+    columns = draw(st.lists(st.from_regex(r"[a-z]{1,8}", fullmatch=True), min_size=1, max_size=60, unique=True))
+    df = pl.DataFrame({c: list(range(rows)) for c in columns})
+    if draw(st.booleans()):
+        return df[columns[0]], ["polars Series", f"{rows} rows"]
+    return df, ["polars DataFrame", f"{rows} rows x {len(columns)} columns", f"{columns[0]} ("]
+
+
+kinds = [frames(), serieses(), indexes(), arrays(), containers(), images(), others]
+objects = st.one_of(*kinds, *([polars_objects()] if HAS_POLARS else []))
 budgets = st.builds(Budget, st.integers(100, 3000), st.floats(2.0, 8.0))
 
 

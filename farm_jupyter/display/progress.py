@@ -10,26 +10,25 @@ if TYPE_CHECKING:
 
 
 def show_progress(steps: Iterable[PullProgress]) -> str:
-    """Draw each layer's download as a bar (bytes) while `steps` runs; return the last status."""
-    from tqdm.auto import tqdm
+    """Draw each layer's download as a bar (bytes) while `steps` runs; return the last status.
+    A saved notebook keeps each bar's final text (`farm_jupyter.bars`)."""
+    from contextlib import ExitStack
+
+    from ..bars import progress_bar
 
     bar: Any = None
     digest: str | None = None
     last = ""
-    try:
+    with ExitStack() as layers:
         for p in steps:
             last = p.status
             if p.digest and p.total:
                 if p.digest != digest:
-                    if bar is not None:
-                        bar.close()
-                    bar = tqdm(total=p.total, unit="B", unit_scale=True, unit_divisor=1024, desc=p.status, leave=True)
+                    layers.close()  # the previous layer's bar, finished
+                    bar = layers.enter_context(progress_bar(p.total, p.status, "B", unit_scale=True, unit_divisor=1024))
                     digest = p.digest
                 bar.update(max(0, (p.completed or 0) - bar.n))
             elif bar is not None:
-                bar.close()
+                layers.close()
                 bar, digest = None, None
-    finally:
-        if bar is not None:
-            bar.close()
     return last

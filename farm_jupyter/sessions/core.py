@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from ..batch import BatchResult, PromptBuilder, run_map
+from ..batch import PromptBuilder, run_map
 from ..config import Settings, load_settings
 from ..errors import FarmError
 from ..evaluate import Comparison, run_compare
@@ -65,7 +65,8 @@ class Session:
         self.settings: Settings = settings or load_settings(config)
         self._engine = Engine(self.settings, runtime)
         self.history: Conversation = Conversation(self.settings.max_history)  # the turns of %%farm_chat cells
-        self.last_batch: BatchResult | None = None  # the last map's rows, kept when it was stopped
+        # What the last map returned (a DataFrame with pandas, else a BatchResult), also when it was stopped.
+        self.last_batch: Any = None
         self.aio: AsyncSession = AsyncSession(self, self._engine)
 
     if not TYPE_CHECKING:  # the old names, each a DeprecationWarning; not seen by type checkers

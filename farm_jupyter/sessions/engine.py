@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 from ..cache_guard import GuardedCache
 from ..config import Settings
-from ..context import DEFAULT_BUDGET, attach, over_the_window
-from ..errors import BadRequest, ConfigError, FarmError, ServerError, UnknownProvider
+from ..context import DEFAULT_BUDGET, attach, naming_the_budget
+from ..errors import ConfigError, FarmError, UnknownProvider
 from ..monitor import Monitor
 from ..objects import Budget
 from ..providers import available as available_providers
@@ -82,7 +82,7 @@ class Engine:
                 messages, model, params, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream
             )
             if x.context is not None or budget is not None:  # objects were described: a face gave its Budget
-                chunks = _naming_the_budget(chunks, budget or Budget(DEFAULT_BUDGET), messages)
+                chunks = naming_the_budget(chunks, budget or Budget(DEFAULT_BUDGET), messages)
             return chunks if conversation is None else _committing(chunks, commit)
         if isinstance(params, GenerationParams):
             params = params.model_dump(exclude_defaults=True)
@@ -92,7 +92,7 @@ class Engine:
             messages,
             model,
             params,
-            x,
+            x if budget is None else replace(x, context_budget=budget),
             no_cache=no_cache,
             refresh=refresh,
             fallback=fallback,
@@ -102,17 +102,22 @@ class Engine:
 
     def budget(self, target: str | None, tokens: int | None = None) -> Budget:
         """What each object described in a prompt to `target` may take: `tokens` (default 1000),
-        estimated at the characters a prompt token stood for in that model's last reported usage,
-        else at 4. (A provider that counts exactly, a `count_tokens`, would give `Budget.count`.)"""
+        counted exactly where its provider offers `count_tokens(model, text) -> int` (a local
+        model's tokenizer), else estimated at the characters a prompt token stood for in that
+        model's last reported usage, else at 4."""
         tokens = tokens or DEFAULT_BUDGET
         try:
-            address = str(self.router.resolve(target, fallback=False)[0])
+            route = self.router.resolve(target, fallback=False)[0]
+            provider = self.router.provider(route.provider)
         except FarmError:  # the request will say so; the budget is not the place
             return Budget(tokens)
-        ratio = self.monitor.chars_per_token(address)
+        count = getattr(provider, "count_tokens", None)
+        if callable(count):
+            return Budget(tokens, count=lambda text: int(count(route.model, text)))
+        ratio = self.monitor.chars_per_token(str(route))
         if ratio is None:
             return Budget(tokens)
-        return Budget(tokens, min(max(ratio, 1.0), 10.0), f"{address}'s last usage")
+        return Budget(tokens, min(max(ratio, 1.0), 10.0), f"{route}'s last usage")
 
     @staticmethod
     def messages(
@@ -232,21 +237,6 @@ class Engine:
     async def aclose(self) -> None:
         await self.router.aclose()
         await self.cache.aclose()
-
-
-async def _naming_the_budget(
-    chunks: AsyncIterator[Chunk], budget: Budget, messages: Sequence[ChatMessage]
-) -> AsyncIterator[Chunk]:
-    """A context-window error of a prompt with objects described in it names the budget."""
-    try:
-        async with aclosing(chunks):  # type: ignore[type-var]
-            async for chunk in chunks:
-                yield chunk
-    except (BadRequest, ServerError) as exc:
-        said = over_the_window(str(exc), budget, sum(len(m.content) for m in messages))
-        if said is None:
-            raise
-        raise type(exc)(f"{exc}; {said}", provider=exc.provider, status=exc.status) from exc
 
 
 async def _committing(stream: AsyncIterator[Chunk], commit: Callable[[ChatResponse], None]) -> AsyncIterator[Chunk]:
