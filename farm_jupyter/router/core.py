@@ -125,6 +125,13 @@ class Router:
             raise unsupported(registry.canonical(name), feature, self.able)
         return provider
 
+    async def arequire(self, name: str, feature: str, model: str) -> Provider:
+        """`require`, then asks the model when the feature depends on it (Ollama's `insert` for fim)."""
+        provider = self.require(name, feature)
+        if feature in provider.capabilities.per_model and feature not in await provider.model_capabilities(model):
+            raise unsupported(registry.canonical(name), feature, self.able, model=model)
+        return provider
+
     def _default_model(self, name: str) -> str:
         try:
             return self.provider(name).default_model
