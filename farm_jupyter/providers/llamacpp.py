@@ -147,6 +147,7 @@ def _mapped_errors(provider: str, model: str, *, loading: bool = False) -> Itera
 
 class LlamaCppProvider(LocalProvider[_Loaded]):
     kind = "llamacpp"
+    supports_tools = True  # under a grammar, "auto" included (issue 23)
     stalled = "raise stream_timeout in [providers.llamacpp], or use a smaller model"
 
     @property
