@@ -85,7 +85,10 @@ def prompts(kind: str) -> list[str]:
     if kind == "mood":
         return [f"Classify the sentiment: {MOODS[i % 5]} ({NAMES[i % 10]})" for i in range(20)]
     if kind == "review":
-        return [f"{n} gave the {t} {1 + i % 5} stars in {1990 + i}. Extract the review." for i, (n, t, _) in enumerate(pairs)]
+        return [
+            f"{n} gave the {t} {1 + i % 5} stars in {1990 + i}. Extract the review."
+            for i, (n, t, _) in enumerate(pairs)
+        ]
     return [
         f"{n} can be reached at {n.lower()}@example.com." if i % 2 else f"Our new colleague is called {n}."
         for i, (n, _, _) in enumerate(pairs)

@@ -20,14 +20,14 @@ import importlib.util
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import embedded
 from ..errors import BadRequest, FarmError, MissingDependency, ModelNotFound, ServerError
-from ..types import ChatRequest, ModelInfo, ProviderStatus, PullProgress, Usage
+from ..types import ChatMessage, ChatRequest, ModelInfo, ProviderStatus, PullProgress, Usage
 from ._constrain import GBNF_IGNORES, Constraint, Reader, constraint, repeated, unenforced
 from ._local import Channel, LocalProvider, ensure, first_line
 
@@ -105,6 +105,25 @@ def _grammar(shape: Constraint, provider: str) -> tuple[Any, str | None]:
     left = unenforced(shape.schema, GBNF_IGNORES)
     note = f"llama.cpp does not enforce {', '.join(left)}: checked after the answer" if left else None
     return grammar, note
+
+
+def _formatter(llm: Any) -> Any:
+    """The model's chat template as llama-cpp-python renders it (None when the file has none)."""
+    found = getattr(llm, "_farm_formatter", False)
+    if found is False:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = llm.metadata.get("tokenizer.chat_template")
+        text = {
+            i: llm.detokenize([i], special=True).decode(errors="replace") for i in (llm.token_eos(), llm.token_bos())
+        }
+        found = (
+            Jinja2ChatFormatter(template=template, eos_token=text[llm.token_eos()], bos_token=text[llm.token_bos()])
+            if template
+            else None
+        )
+        llm._farm_formatter = found
+    return found
 
 
 @contextlib.contextmanager
@@ -282,6 +301,25 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
             provider=self.name,
             hint="see the log above",
         )
+
+    # -- counting --------------------------------------------------------------------------------
+
+    def count_tokens(
+        self, prompt: str | Sequence[ChatMessage], model: str | None = None, *, load: bool = True
+    ) -> int | None:
+        name = model or self.default_model
+        loaded = self._load(name) if load else self._models.get(name)
+        llm = loaded.llm if loaded is not None else None
+        if llm is None:
+            return None
+        if isinstance(prompt, str):
+            return len(llm.tokenize(prompt.encode(), add_bos=False, special=False))
+        formatter = _formatter(llm)
+        if formatter is None:  # no chat template in the file: llama.cpp's own default format
+            return None
+        said = formatter(messages=[m.model_dump() for m in prompt])
+        # as llama-cpp-python's chat handler tokenizes it, so the count is what generate() sees
+        return len(llm.tokenize(said.prompt.encode(), add_bos=not said.added_special, special=True))
 
     # -- model management ------------------------------------------------------------------------
 
