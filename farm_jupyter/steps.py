@@ -212,6 +212,8 @@ class Steps:
                 self.messages.append(message)
                 yield Chunk(tool_run=run)
             self.label = f"tool results {self.rounds}"
+            if self.params.tool_choice not in (None, "auto", "none"):  # a call was required: it was made
+                self.params = self.params.model_copy(update={"tool_choice": None})
             return None
         parsed = None
         if self.schema is not None:
@@ -220,6 +222,13 @@ class Steps:
             except ValueError as exc:
                 if self.forget is not None:  # a rerun must ask again, not replay what was refused
                     self.forget(response, list(self.messages), self.params)
+                if response.finish_reason == "length":  # asked again, it would be cut at the same place
+                    limit = f"max_tokens={self.params.max_tokens}" if self.params.max_tokens else "max_tokens"
+                    raise SchemaMismatch(
+                        f"the answer to {self.schema.name} was cut at {limit} before it was whole",
+                        hint="raise max_tokens",
+                        response=self._final(response, None),
+                    ) from None
                 if self.reasks >= self.max_reasks:
                     raise SchemaMismatch(
                         f"the answer did not match {self.schema.name} after {self.reasks + 1} tries: {exc}",

@@ -107,6 +107,17 @@ def test_greedy_answer_knows_the_capital_of_france(session: Session, engine: str
     assert response.usage.prompt_tokens > 10 and 0 < response.usage.completion_tokens < 40
 
 
+def test_count_tokens_is_what_the_model_was_given(session: Session, engine: str) -> None:
+    provider = provider_of(session, engine)
+    response = session.chat(QUESTION, no_cache=True, max_tokens=8)
+    counted = provider.count_tokens([ChatMessage(role="user", content=QUESTION)], embedded.NAME)
+    assert counted == response.usage.prompt_tokens
+    assert provider.count_tokens(" Paris Paris Paris", embedded.NAME) == 3 * provider.count_tokens(
+        " Paris", embedded.NAME
+    )
+    assert provider.count_tokens("x", "not-loaded.gguf", load=False) is None
+
+
 def test_stream_and_chat_give_the_same_text(session: Session) -> None:
     prompt = "Name three colours of the rainbow."
     stream = session.stream(prompt, no_cache=True, max_tokens=24)

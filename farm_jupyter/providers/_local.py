@@ -26,7 +26,9 @@ class Channel:
 
     The loop is woken only while the reader waits: when it lags behind, items pile up and are
     taken in one batch, so fast tokens cost no extra wake-ups. The thread's last item is
-    ("done", (Usage, finish_reason)) or ("error", exception); before it, ("text", str) items.
+    ("done", (Usage, finish_reason)) or ("error", exception); before it, ("text", str) items,
+    ("calls", [ToolCall]) for a tool call read out of a constrained answer, and ("note", str) for
+    what the engine could not enforce (said in the answer's footer).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -120,7 +122,11 @@ async def stream(
                 shown = True
                 yield Chunk(text=text)
             for kind, value in batch:
-                if kind == "error":
+                if kind == "calls":
+                    yield Chunk(tool_calls=value)
+                elif kind == "note":
+                    yield Chunk(status=value)
+                elif kind == "error":
                     error, ended = value, True
                 elif kind == "done":
                     ended = True

@@ -219,6 +219,14 @@ class Provider(ABC):
         """One row per server (a pool has several)."""
         return [await self.health()]
 
+    def count_tokens(
+        self, prompt: str | Sequence[ChatMessage], model: str | None = None, *, load: bool = True
+    ) -> int | None:
+        """The exact number of tokens `prompt` (a text, or messages through the chat template) is
+        for `model`, by its own tokenizer; None where this provider has none (a server's count
+        comes back in its usage), or with `load=False` while the model is not in memory."""
+        return None
+
     async def embed(self, texts: list[str], model: str | None = None) -> list[list[float]]:
         raise BadRequest(f"{self.name} does not support embeddings", provider=self.name)
 

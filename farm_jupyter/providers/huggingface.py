@@ -25,14 +25,14 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import embedded
 from ..errors import BadRequest, FarmError, MissingDependency, ModelNotFound, ServerError
 from ..tiny_model import quiet_hf
-from ..types import ChatRequest, ModelInfo, ProviderStatus, PullProgress, Usage
+from ..types import ChatMessage, ChatRequest, ModelInfo, ProviderStatus, PullProgress, Usage
 from ..types.capabilities import Capabilities
 from ._local import Channel, LocalProvider, ensure, first_line
 from ._transformers import (
@@ -251,6 +251,13 @@ class HuggingFaceProvider(LocalProvider[Loaded]):
             enc = encode(loaded.tokenizer, request.messages).to(loaded.device)
             prompt_tokens = int(enc["input_ids"].shape[1])
             kwargs = self._generate_kwargs(request, loaded)
+            window = getattr(loaded.model.config, "max_position_embeddings", None)
+            if isinstance(window, int) and prompt_tokens >= window:  # counted exactly, before generating
+                raise BadRequest(
+                    f"the prompt is {prompt_tokens} tokens, over {request.model}'s context window of {window}",
+                    provider=self.name,
+                    hint="shorten the conversation (%farm reset)",
+                )
             streamer = streamer_class(transformers)(loaded.tokenizer, channel, self._hf.stream_timeout)
             stopping = transformers.StoppingCriteriaList([stop_class(transformers)(stop)])
             if request.params.seed is not None and kwargs.get("do_sample"):
@@ -291,6 +298,19 @@ class HuggingFaceProvider(LocalProvider[Loaded]):
             provider=self.name,
             hint="see the traceback above; try device=cpu to rule out the GPU",
         )
+
+    # -- counting --------------------------------------------------------------------------------
+
+    def count_tokens(
+        self, prompt: str | Sequence[ChatMessage], model: str | None = None, *, load: bool = True
+    ) -> int | None:
+        name = model or self.default_model
+        loaded = self._load(name) if load else self._models.get(name)
+        if loaded is None:
+            return None
+        if isinstance(prompt, str):
+            return len(loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        return int(encode(loaded.tokenizer, list(prompt))["input_ids"].shape[1])
 
     # -- model management ------------------------------------------------------------------------
 

@@ -14,19 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import importlib.util
+import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import embedded
 from ..errors import BadRequest, FarmError, MissingDependency, ModelNotFound, ServerError
-from ..types import ChatRequest, ModelInfo, ProviderStatus, PullProgress, Usage
+from ..types import ChatMessage, ChatRequest, ModelInfo, ProviderStatus, PullProgress, Usage
 from ..types.capabilities import Capabilities
+from ._constrain import GBNF_IGNORES, Constraint, Reader, constraint, repeated, unenforced
 from ._local import Channel, LocalProvider, ensure, first_line
 
 _STREAM_TIMEOUT = 60.0  # seconds without a token before the request is given up
@@ -78,6 +81,52 @@ def _llama_class() -> Any:
     return CountingLlama
 
 
+@functools.lru_cache(maxsize=64)
+def _gbnf(schema: str) -> str:
+    """The grammar of a JSON Schema, as `LlamaGrammar.from_json_schema` builds it: its converter
+    raises on what it cannot convert (never `response_format`, which then falls back to any JSON)."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return str(json_schema_to_gbnf(schema))
+
+
+def _grammar(shape: Constraint, provider: str) -> tuple[Any, str | None]:
+    """(the LlamaGrammar for `shape` or None, the note saying what is left to the validation)."""
+    if shape.schema is None:
+        return None, None
+    from llama_cpp import LlamaGrammar
+
+    try:
+        grammar = LlamaGrammar.from_string(_gbnf(json.dumps(shape.schema)), verbose=False)
+    except Exception as exc:  # noqa: BLE001 - the converter asserts and raises many kinds; said once
+        return None, (
+            f"llama.cpp cannot turn this schema into a grammar ({type(exc).__name__}: {first_line(exc)}): "
+            "the answer is checked and asked again instead"
+        )
+    left = unenforced(shape.schema, GBNF_IGNORES)
+    note = f"llama.cpp does not enforce {', '.join(left)}: checked after the answer" if left else None
+    return grammar, note
+
+
+def _formatter(llm: Any) -> Any:
+    """The model's chat template as llama-cpp-python renders it (None when the file has none)."""
+    found = getattr(llm, "_farm_formatter", False)
+    if found is False:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = llm.metadata.get("tokenizer.chat_template")
+        text = {
+            i: llm.detokenize([i], special=True).decode(errors="replace") for i in (llm.token_eos(), llm.token_bos())
+        }
+        found = (
+            Jinja2ChatFormatter(template=template, eos_token=text[llm.token_eos()], bos_token=text[llm.token_bos()])
+            if template
+            else None
+        )
+        llm._farm_formatter = found
+    return found
+
+
 @contextlib.contextmanager
 def _mapped_errors(provider: str, model: str, *, loading: bool = False) -> Iterator[None]:
     """The one place where llama.cpp's exceptions become FarmErrors, each with what to do."""
@@ -118,7 +167,9 @@ def _mapped_errors(provider: str, model: str, *, loading: bool = False) -> Itera
 
 class LlamaCppProvider(LocalProvider[_Loaded]):
     kind = "llamacpp"
-    capabilities = Capabilities.of("stream", "stop", "seed", "temperature", "max_tokens", "load", "fallback")
+    capabilities = Capabilities.of(
+        "stream", "schema", "tools", "tool_choice", "stop", "seed", "temperature", "max_tokens", "load", "fallback"
+    )  # schema and tools under a grammar, "auto" included (issue 23)
     stalled = "raise stream_timeout in [providers.llamacpp], or use a smaller model"
 
     @property
@@ -171,14 +222,16 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
 
     # -- the primitive ---------------------------------------------------------------------------
 
-    def _arguments(self, request: ChatRequest) -> dict[str, Any]:
+    def _arguments(self, request: ChatRequest, shape: Constraint, grammar: Any) -> dict[str, Any]:
         p = request.params
         kwargs: dict[str, Any] = {
-            "messages": [m.model_dump() for m in request.messages],
+            "messages": [m.model_dump() for m in shape.messages],
             "stream": True,
             "temperature": p.temperature or 0.0,  # 0 is greedy in llama.cpp too
             "max_tokens": p.max_tokens or 256,
         }
+        if grammar is not None:
+            kwargs["grammar"] = grammar
         if p.top_p is not None:
             kwargs["top_p"] = p.top_p
         if p.stop:
@@ -192,6 +245,12 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
                 provider=self.name,
                 hint=f"params.extra may hold {', '.join(sorted(_PASSED))}",
             )
+        if "grammar" in p.extra and grammar is not None:
+            raise BadRequest(
+                "params.extra grammar and a schema or tools cannot go together",
+                provider=self.name,
+                hint="drop the grammar: the schema (or the tools) is the grammar",
+            )
         kwargs.update(p.extra)
         return kwargs
 
@@ -204,21 +263,40 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
                     raise ServerError(
                         f"{request.model} was unloaded", provider=self.name, hint="ask again to reload it"
                     )
-                finish = None
-                with contextlib.closing(llm.create_chat_completion(**self._arguments(request))) as chunks:
-                    for chunk in chunks:
-                        if stop.is_set():
-                            break  # closing the generator stops llama.cpp before its next token
-                        choice = chunk["choices"][0]
-                        text = choice["delta"].get("content")
-                        if text:
-                            channel.push("text", text)
-                        finish = choice.get("finish_reason") or finish
+                shape = constraint(request, self.name, integer_enums=True)
+                finish, answer = self._run(llm, request, shape, channel, stop)
                 usage = Usage(prompt_tokens=llm.prompt_tokens, completion_tokens=llm.completion_tokens())
-            channel.push("done", (usage, finish or "stop"))
+                if shape.envelope and answer.call is not None and repeated(answer.call, request.messages):
+                    shape = constraint(request, self.name, integer_enums=True, answer_only=True)
+                    finish, answer = self._run(llm, request, shape, channel, stop)
+                    usage = Usage(
+                        prompt_tokens=usage.prompt_tokens + llm.prompt_tokens,
+                        completion_tokens=usage.completion_tokens + llm.completion_tokens(),
+                    )
+                if answer.call is not None:
+                    channel.push("calls", [answer.call])
+            channel.push("done", (usage, finish))
         except BaseException as exc:  # noqa: BLE001 - handed to the loop, raised there
             channel.push("error", exc.with_traceback(None))
             del exc
+
+    def _run(
+        self, llm: Any, request: ChatRequest, shape: Constraint, channel: Channel, stop: threading.Event
+    ) -> tuple[str, Reader]:
+        """One generation under `shape`; its finish reason, and what it said, read."""
+        grammar, note = _grammar(shape, self.name)
+        if note:
+            channel.push("note", note)
+        answer = Reader(channel.push, shape)
+        finish = None
+        with contextlib.closing(llm.create_chat_completion(**self._arguments(request, shape, grammar))) as chunks:
+            for chunk in chunks:
+                if stop.is_set():
+                    break  # closing the generator stops llama.cpp before its next token
+                choice = chunk["choices"][0]
+                answer.add(choice["delta"].get("content") or "")
+                finish = choice.get("finish_reason") or finish
+        return answer.end(finish or "stop"), answer
 
     def _failed(self, exc: BaseException, model: str, shown: bool) -> FarmError:
         return ServerError(
@@ -226,6 +304,25 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
             provider=self.name,
             hint="see the log above",
         )
+
+    # -- counting --------------------------------------------------------------------------------
+
+    def count_tokens(
+        self, prompt: str | Sequence[ChatMessage], model: str | None = None, *, load: bool = True
+    ) -> int | None:
+        name = model or self.default_model
+        loaded = self._load(name) if load else self._models.get(name)
+        llm = loaded.llm if loaded is not None else None
+        if llm is None:
+            return None
+        if isinstance(prompt, str):
+            return len(llm.tokenize(prompt.encode(), add_bos=False, special=False))
+        formatter = _formatter(llm)
+        if formatter is None:  # no chat template in the file: llama.cpp's own default format
+            return None
+        said = formatter(messages=[m.model_dump() for m in prompt])
+        # as llama-cpp-python's chat handler tokenizes it, so the count is what generate() sees
+        return len(llm.tokenize(said.prompt.encode(), add_bos=not said.added_special, special=True))
 
     # -- model management ------------------------------------------------------------------------
 

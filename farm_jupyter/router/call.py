@@ -134,6 +134,10 @@ class Try:
             if chunk.sent is not None:
                 self.sent = chunk.sent
                 continue
+            if chunk.status:  # the provider's own word on this answer (a schema keyword it cannot enforce)
+                if chunk.status not in self.call.notes:
+                    self.call.notes.append(chunk.status)
+                yield chunk
             if chunk.thinking or chunk.tool_calls:
                 self.thinking.append(chunk.thinking)
                 self.tool_calls += chunk.tool_calls or []

@@ -45,7 +45,7 @@ from .call import Call, Route, Try, fit_images, parse_params
 from .capable import able, missing, refused, unsupported
 from .deadline import timed
 from .failures import as_fallback, cooling_down, failed_attempt, missing_model, not_recorded, restart_note
-from .limits import CircuitBreaker, RateLimiter, estimate_tokens, retry_delay
+from .limits import CircuitBreaker, RateLimiter, estimate_tokens, prompt_tokens, retry_delay
 from .pool import Pool
 
 log = logging.getLogger("farm_jupyter")
@@ -310,12 +310,11 @@ class Router:
         try:
             while True:
                 self.ledger.release(held)
-                held = self.ledger.hold(
-                    str(route), sum(len(m.content) for m in request.messages) // 4, request.params.max_tokens or 256
-                )
+                counted = provider.count_tokens(request.messages, request.model, load=False)
+                held = self.ledger.hold(str(route), prompt_tokens(request, counted), request.params.max_tokens or 256)
                 booking: list[float] | None = None
                 if limiter is not None:
-                    cost = estimate_tokens(request)
+                    cost = estimate_tokens(request, counted)
                     async for wait, note in limiter.turn(cost, route.provider, self.sleep):
                         waited += wait
                         yield Chunk(status=note)

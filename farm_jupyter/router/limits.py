@@ -129,9 +129,14 @@ class RateLimiter:
         return entry
 
 
-def estimate_tokens(request: ChatRequest) -> int:
-    chars = sum(len(m.content) for m in request.messages)
-    return chars // 4 + (request.params.max_tokens or 256)
+def prompt_tokens(request: ChatRequest, counted: int | None = None) -> int:
+    """The prompt's tokens: `counted` by the model's own tokenizer when the provider has one in
+    memory (a local model), else four characters a token."""
+    return counted if counted is not None else sum(len(m.content) for m in request.messages) // 4
+
+
+def estimate_tokens(request: ChatRequest, counted: int | None = None) -> int:
+    return prompt_tokens(request, counted) + (request.params.max_tokens or 256)
 
 
 def retry_delay(policy: RetrySettings, exc: ProviderError, retries: int) -> float | None:

@@ -25,6 +25,7 @@ FEATURES: dict[str, str] = {
     "stream": "stream",
     "schema": "schema=",
     "tools": "tools=",
+    "tool_choice": "tool_choice= (auto is everywhere)",
     "think": "think=",
     "images": "images=",
     "stop": "stop=",
@@ -90,6 +91,7 @@ def asked(params: GenerationParams, messages: Sequence[ChatMessage] = ()) -> lis
     used = {
         "schema": params.response_schema is not None or params.format is not None,
         "tools": bool(params.tools),
+        "tool_choice": params.tool_choice not in (None, "auto"),
         "think": bool(params.think),
         "images": any(m.images for m in messages),
         "stop": bool(params.stop),
@@ -115,6 +117,7 @@ def without(params: GenerationParams, row: frozenset[str]) -> GenerationParams:
         "response_schema": "schema",
         "format": "schema",
         "tools": "tools",
+        "tool_choice": "tool_choice",
         "think": "think",
         "stop": "stop",
         "seed": "seed",

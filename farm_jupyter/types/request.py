@@ -153,6 +153,8 @@ class GenerationParams(_Model):
     # A JSON Schema the answer must match (Ollama `format`, OpenAI `response_format` json_schema).
     response_schema: dict[str, Any] | None = None
     tools: list[ToolSpec] | None = None
+    # With tools: "auto" (None: answer or call), "required" (a call), "none" (an answer), or a tool's name.
+    tool_choice: str | None = None
     # Ask for the model's reasoning apart from the answer: True, or a level for models that take one.
     think: bool | Literal["low", "medium", "high"] | None = None
 

@@ -1,0 +1,228 @@
+"""Structured answers on the embedded SmolLM2-135M: constrained (the grammar) against unconstrained
+(the schema said in the prompt only), per engine.
+
+    python benchmarks/structured.py [--prompts N] [--engines llamacpp] [--max-tokens N] [--json]
+
+Ten schemas, N prompts each (100 by default), every prompt with the values it states: "3 apples"
+must come back as `qty: 3`. For each side: the share of answers that validate on the first try
+(no re-ask), the share of stated fields that came back right (over all answers; an invalid one
+scores none), and tokens/s of the whole request (completion tokens / wall time). Greedy, the same
+prompts on both sides, run back to back. Goal: 100% valid constrained; tokens/s >= 0.8x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import emit  # noqa: E402
+
+NAMES = ["Alice", "Bob", "Chen", "Dana", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jun", "Kofi", "Lena"]
+FRUITS = ["apples", "pears", "plums", "lemons", "figs", "peaches", "limes", "cherries"]
+CITIES = ["Paris", "Tokyo", "Lima", "Oslo", "Cairo", "Delhi", "Rome", "Quito"]
+COLOURS = ["red", "green", "blue"]
+
+
+class Purchase(BaseModel):
+    fruit: str
+    qty: int = Field(ge=0, le=100)
+
+
+class Person(BaseModel):
+    name: str
+    age: int = Field(ge=0, le=120)
+
+
+class Trip(BaseModel):
+    traveller: Person
+    city: str
+
+
+class Colour(BaseModel):
+    colour: Literal["red", "green", "blue"]
+
+
+class Mood(BaseModel):
+    label: Literal["positive", "negative"]
+
+
+class Rating(BaseModel):
+    stars: int = Field(ge=1, le=5)
+
+
+class Contact(BaseModel):
+    name: str
+    email: str | None = None
+
+
+class Cities(BaseModel):
+    cities: list[str] = Field(max_length=3)
+
+
+class Flag(BaseModel):
+    done: bool
+
+
+class Year(BaseModel):
+    year: int = Field(ge=1900, le=2100)
+
+
+Case = tuple[str, dict[str, Any]]
+
+
+def cases(n: int) -> dict[str, tuple[type[BaseModel], list[Case]]]:
+    def many(fn: Callable[[int], Case]) -> list[Case]:
+        return [fn(i) for i in range(n)]
+
+    name = lambda i: NAMES[i % len(NAMES)]  # noqa: E731
+    return {
+        "purchase": (
+            Purchase,
+            many(lambda i: (f"{name(i)} bought {i % 20 + 1} {FRUITS[i % 8]}.", {"qty": i % 20 + 1})),
+        ),
+        "person": (
+            Person,
+            many(lambda i: (f"{name(i)} is {20 + i % 60} years old.", {"name": name(i), "age": 20 + i % 60})),
+        ),
+        "trip": (
+            Trip,
+            many(lambda i: (f"{name(i)}, aged {30 + i % 40}, flew to {CITIES[i % 8]}.", {"city": CITIES[i % 8]})),
+        ),
+        "colour": (
+            Colour,
+            many(lambda i: (f"The car {name(i)} drives is {COLOURS[i % 3]}.", {"colour": COLOURS[i % 3]})),
+        ),
+        "mood": (
+            Mood,
+            many(
+                lambda i: (
+                    (f"{name(i)}: I love it!", {"label": "positive"})
+                    if i % 2
+                    else (f"{name(i)}: I hate it.", {"label": "negative"})
+                )
+            ),
+        ),
+        "rating": (
+            Rating,
+            many(lambda i: (f"{name(i)} gave the film {i % 5 + 1} stars out of 5.", {"stars": i % 5 + 1})),
+        ),
+        "contact": (
+            Contact,
+            many(
+                lambda i: (
+                    f"Write to {name(i)} at {name(i).lower()}@example.com.",
+                    {"email": f"{name(i).lower()}@example.com"},
+                )
+            ),
+        ),
+        "cities": (Cities, many(lambda i: (f"{name(i)} visited {CITIES[i % 8]} and {CITIES[(i + 3) % 8]}.", {}))),
+        "flag": (
+            Flag,
+            many(
+                lambda i: (
+                    (f"Task {i}: finished.", {"done": True})
+                    if i % 2
+                    else (f"Task {i}: not started yet.", {"done": False})
+                )
+            ),
+        ),
+        "year": (Year, many(lambda i: (f"The bridge opened in {1950 + i % 70}.", {"year": 1950 + i % 70}))),
+    }
+
+
+def _right(parsed: BaseModel, expected: dict[str, Any]) -> int:
+    data = parsed.model_dump()
+    return sum(1 for k, v in expected.items() if str(data.get(k, "")).lower() == str(v).lower())
+
+
+def run(engine: str, n: int, max_tokens: int) -> list[dict[str, Any]]:
+    from farm_jupyter import embedded
+    from farm_jupyter.config import load_settings
+    from farm_jupyter.providers import create
+    from farm_jupyter.structured import Schema
+    from farm_jupyter.types import ChatMessage, ChatRequest, GenerationParams
+
+    settings = load_settings({"env": "test", "provider": engine, "fallback": []}, environ={}, use_file=False)
+    provider = create(engine, settings)
+    sides: dict[str, dict[str, float]] = {
+        s: {"valid": 0, "right": 0, "fields": 0, "tokens": 0, "seconds": 0.0, "n": 0}
+        for s in ("constrained", "unconstrained")
+    }
+    for _kind, (model, items) in cases(n).items():
+        shape = Schema(model)
+        for prompt, expected in items:
+            messages = [shape.instruction(), ChatMessage(role="user", content=prompt)]
+            for side in sides:
+                schema = shape.json_schema if side == "constrained" else None
+                request = ChatRequest(
+                    messages=messages,
+                    model=embedded.NAME,
+                    params=GenerationParams(max_tokens=max_tokens, response_schema=schema),
+                )
+                start = time.perf_counter()
+                response = provider.chat(request)
+                tally = sides[side]
+                tally["seconds"] += time.perf_counter() - start
+                tally["tokens"] += response.usage.completion_tokens
+                tally["n"] += 1
+                tally["fields"] += len(expected)
+                try:
+                    parsed = shape.parse(response.text)
+                except ValueError:
+                    continue
+                tally["valid"] += 1
+                tally["right"] += _right(parsed, expected)
+    return [
+        {
+            "engine": engine,
+            "side": side,
+            "answers": int(t["n"]),
+            "valid": t["valid"] / t["n"],
+            "fields right": t["right"] / t["fields"] if t["fields"] else 0.0,
+            "tokens/s": t["tokens"] / t["seconds"] if t["seconds"] else 0.0,
+        }
+        for side, t in sides.items()
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--prompts", type=int, default=100)
+    parser.add_argument("--engines", default="llamacpp")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    import os
+
+    load = os.getloadavg()[0]
+    rows = [row for engine in args.engines.split(",") for row in run(engine, args.prompts, args.max_tokens)]
+    lines = [
+        f"Structured answers, SmolLM2-135M, 10 schemas x {args.prompts} prompts, greedy (load average {load:.1f} at start)",
+        "",
+        "| engine | side | answers | valid first try | fields right | tokens/s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['engine']} | {r['side']} | {r['answers']} | {r['valid']:.0%} | {r['fields right']:.0%} | {r['tokens/s']:.1f} |"
+        )
+    for engine in args.engines.split(","):
+        on = {r["side"]: r for r in rows if r["engine"] == engine}
+        if on["unconstrained"]["tokens/s"]:
+            lines.append(
+                f"\n{engine}: constrained tokens/s = {on['constrained']['tokens/s'] / on['unconstrained']['tokens/s']:.2f}x unconstrained (goal >= 0.8x)"
+            )
+    emit("\n".join(lines), {"rows": rows, "load_average": load})
+
+
+if __name__ == "__main__":
+    main()
