@@ -12,7 +12,17 @@ import httpx
 from .. import secrets
 from ..config import shown_url
 from ..errors import ModelNotFound, ProviderError, ServerError, StreamInterrupted
-from ..types import ChatMessage, ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress, ToolCall, Usage
+from ..types import (
+    ChatMessage,
+    ChatRequest,
+    Chunk,
+    FillRequest,
+    ModelInfo,
+    ProviderStatus,
+    PullProgress,
+    ToolCall,
+    Usage,
+)
 from ._http import mapped_transport_errors, status_error
 from .base import Provider
 
@@ -84,7 +94,7 @@ class OllamaProvider(Provider):
         self._auth = httpx.BasicAuth(user or "", password or "") if (user or password) else None
         self._host: str = shown_url(self._base, user, password)  # what messages show: no password
         self._client: httpx.AsyncClient | None = None
-        self._vision: dict[str, bool] = {}
+        self._capabilities: dict[str, list[str]] = {}  # per model, from /api/show, asked once
 
     @property
     def url(self) -> str:
@@ -223,23 +233,43 @@ class OllamaProvider(Provider):
             )
         yield final
 
-    async def accepts_images(self, model: str) -> bool:
-        """Ollama says what a model can do: `vision` among its capabilities (asked once per model)."""
+    async def _can(self, model: str, capability: str) -> bool:
+        """Ollama says what a model can do (`vision`, `insert`, ...) in /api/show: asked once per model."""
         model = _tagged(model)
-        if model not in self._vision:
+        if model not in self._capabilities:
             try:
                 shown = await self.show(model)
             except ProviderError:
-                return False  # the chat itself will say what is wrong
-            self._vision[model] = "vision" in (shown.get("capabilities") or [])
-        return self._vision[model]
+                return False  # the request itself will say what is wrong
+            self._capabilities[model] = list(shown.get("capabilities") or [])
+        return capability in self._capabilities[model]
+
+    async def accepts_images(self, model: str) -> bool:
+        return await self._can(model, "vision")
+
+    async def afill(self, request: FillRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
+        # A model whose template takes a suffix says `insert`; the others get the chat prompt.
+        if not await self._can(request.model, "insert"):
+            async for chunk in super().afill(request):
+                yield chunk
+            return
+        options: dict[str, Any] = {"num_predict": request.max_tokens, "temperature": request.temperature}
+        if request.stop:
+            options["stop"] = request.stop
+        body = {"model": request.model, "prompt": request.fim_prompt, "suffix": request.suffix, "stream": True}
+        async for chunk in self._generated({**body, "options": options}, request.model):
+            yield chunk
 
     async def agenerate_stream(self, prompt: str, model: str | None = None, **params: Any) -> AsyncIterator[Chunk]:  # type: ignore[override]
         # Ollama has a native completion endpoint; raw prompts skip the chat template there.
         request = self._request(prompt, model, params)
-        body = self._body(request, prompt=prompt)
-        final: Chunk | None = None  # yielded once the body has ended, as in astream
-        async for data in self._ndjson("/api/generate", body, request.model):
+        async for chunk in self._generated(self._body(request, prompt=prompt), request.model):
+            yield chunk
+
+    async def _generated(self, body: dict[str, Any], model: str) -> AsyncIterator[Chunk]:
+        """/api/generate's lines as chunks; the final one once the body has ended, as in astream."""
+        final: Chunk | None = None
+        async for data in self._ndjson("/api/generate", body, model):
             if final is None and data.get("done"):
                 final = self._final(data)
             elif final is None and (text := data.get("response") or ""):

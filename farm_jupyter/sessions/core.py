@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..cache_guard import GuardedCache
-from ..config import Settings, load_settings
+from ..config import Settings, is_loopback, load_settings
 from ..context import attach
 from ..errors import ConfigError, FarmError, UnknownProvider
 from ..ledger import UsageReport
@@ -20,6 +20,7 @@ from ..providers import canonical
 from ..providers import is_known as is_provider
 from ..providers.base import as_messages
 from ..router import Router
+from ..router.fill import fill
 from ..router.pool import Pool
 from ..runtime import Runtime, get_runtime
 from ..steps import Extras, Steps, plan
@@ -27,6 +28,7 @@ from ..types import (
     ChatMessage,
     ChatResponse,
     Chunk,
+    FillRequest,
     GenerationParams,
     GPUStats,
     ImagePart,
@@ -390,6 +392,24 @@ class Session:
     ) -> AsyncIterator[Chunk]:
         """The router's raw chunks (options: no_cache, refresh, fallback, stream), for the runtime loop."""
         return self.router.astream(messages, target, params, **options)
+
+    def complete(self, request: FillRequest, target: str | None, *, fallback: bool = True) -> AsyncIterator[Chunk]:
+        """Text for a cursor (fill-in-the-middle), iterated on the runtime loop: the breaker, the
+        deadlines and the fallback apply; no retry and not the session's cache (router/fill.py)."""
+        return fill(self.router, request, target, fallback=fallback)
+
+    def locality(self, provider: str) -> Literal["local", "loopback", "remote"]:
+        """Whether text sent to `provider` stays here: `local` (it runs in this process),
+        `loopback` (every server it uses is on this machine) or `remote`. A custom provider is
+        remote: nothing says where it sends text."""
+        found = self.router.provider(provider)
+        if found.kind in ("huggingface", "llamacpp"):
+            return "local"
+        members = getattr(found, "members", None)
+        urls = [m.provider.url for m in members] if members else [found.url]
+        if found.kind != "custom" and all(url and is_loopback(url) for url in urls):
+            return "loopback"
+        return "remote"
 
     async def statuses(self, providers: list[str] | None = None) -> list[ProviderStatus]:
         """Health of each provider (runs on the runtime loop)."""

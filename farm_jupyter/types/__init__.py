@@ -6,12 +6,14 @@ is a slotted dataclass, not a validated model.
 
     messages    ChatMessage and what it carries: ImagePart, ToolCall, ToolSpec, ToolRun
     request     GenerationParams (with each provider's options), ChatRequest
+    fill        FillRequest: the text around a cursor, for completions as you type
     responses   Usage, Timings, Attempt, ChatResponse, Chunk
     status      ModelInfo, PullProgress, ProviderStatus, GPUStats
 """
 
 from __future__ import annotations
 
+from .fill import FillRequest
 from .messages import ChatMessage, ImagePart, Role, ToolCall, ToolRun, ToolSpec
 from .request import PROVIDER_OPTIONS, ChatRequest, GenerationOptions, GenerationParams
 from .responses import Attempt, ChatResponse, Chunk, Timings, Usage, generation_rate
@@ -27,6 +29,7 @@ __all__ = [
     "GPUDevice",
     "GPUProcess",
     "GPUStats",
+    "FillRequest",
     "GenerationOptions",
     "GenerationParams",
     "ImagePart",

@@ -1,0 +1,222 @@
+"""Inline completion over a real Jupyter server: `GET complete` and `POST complete`.
+
+A `jupyter server` with the extension runs in a subprocess (as in test_server.py), its Ollama and
+OpenAI-compatible upstreams loopback servers in this process; the tests read what the upstream was
+sent (fill-in-the-middle with `suffix`, or a chat prompt), what came back as server-sent events,
+and the upstream's record of clients that went away.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from test_server import FARM_TOML, JupyterServer, _start_jupyter, _stop, _wait_for, error_of, read_events
+
+from farm_jupyter.server.completion import CompletionState, Unfenced, decide, mask_secrets
+from farm_jupyter.server.schema import MAX_FILL_CELLS, MAX_FILL_CHARS, CompletionDone
+from farm_jupyter.sessions import Session
+from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
+from farm_jupyter.testing.pytest_plugin import TEST_API_KEY
+from farm_jupyter.testing.servers.answers import filled
+from farm_jupyter.types.fill import FILL_SYSTEM
+
+CODER = "qwen2.5-coder:0.5b"
+KEY = "sk-proj-" + "a1B2c3D4e5F6g7H8i9J0"
+TOML = FARM_TOML.replace("failures = 1000", "failures = 1") + f'\n[completion]\nmodel = "ollama:{CODER}"\n'
+
+
+@pytest.fixture(scope="module")
+def ollama() -> Iterator[OllamaServer]:
+    with OllamaServer(models=("llama3.1:latest", CODER)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def openai() -> Iterator[OpenAIServer]:
+    with OpenAIServer(models=["gpt-4o-mini", "codestral"], api_key=TEST_API_KEY) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def jupyter(
+    tmp_path_factory: pytest.TempPathFactory, ollama: OllamaServer, openai: OpenAIServer
+) -> Iterator[JupyterServer]:
+    server = _start_jupyter(tmp_path_factory.mktemp("jupyter"), ollama, openai, cache="memory", toml=TOML)
+    yield server
+    _stop(server.proc)
+    log = server.log.read_text(errors="replace")
+    for sign in ("Traceback", "Exception in callback", "Task was destroyed", "never retrieved"):
+        assert sign not in log, f"{sign!r} in the Jupyter server's log:\n{log[-4000:]}"
+
+
+@pytest.fixture
+def api(jupyter: JupyterServer, ollama: OllamaServer, openai: OpenAIServer) -> Iterator[httpx.Client]:
+    ollama.clear()
+    openai.clear()
+    with jupyter.client() as client:
+        yield client
+    ollama.chunk_delay = ollama.latency = 0.0
+    ollama.tokens = None
+
+
+def _complete(api: httpx.Client, **body: object) -> tuple[str, CompletionDone]:
+    with api.stream("POST", "complete", json=body) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = read_events(response)
+    texts = [e.json()["text"] for e in events if e.name == "message" and e.data != "[DONE]"]
+    done = [CompletionDone.model_validate_json(e.data) for e in events if e.name == "done"]
+    assert len(done) == 1, events
+    assert "".join(texts) == done[0].text
+    return "".join(texts), done[0]
+
+
+def test_a_code_model_on_ollama_fills_in_the_middle_with_the_cells_above_and_secrets_masked(
+    api: httpx.Client, ollama: OllamaServer
+) -> None:
+    cells = [f'api_key = "{KEY}"', "import math"]
+    text, done = _complete(api, prefix="def area(r):\n    return ", suffix="\n\nprint(area(2))", cells=cells)
+    sent = [r for r in ollama.requests if r.path == "/api/generate"]
+    assert len(sent) == 1
+    body = sent[0].json or {}
+    assert body["suffix"] == "\n\nprint(area(2))"
+    assert body["model"] == CODER
+    assert body["prompt"] == 'api_key = "***"\n\nimport math\n\ndef area(r):\n    return '
+    assert KEY[8:16] not in json.dumps(body)
+    assert text == filled(body["prompt"], body["suffix"])
+    assert done.model == f"ollama:{CODER}" and not done.cached
+
+
+def test_a_model_without_fim_gets_a_chat_prompt(api: httpx.Client, ollama: OllamaServer) -> None:
+    text, done = _complete(api, prefix="x = 1\ny = ", suffix="", model="ollama:llama3.1")
+    assert ollama.count("/api/generate") == 0
+    (chat,) = [r for r in ollama.requests if r.path == "/api/chat"]
+    messages = (chat.json or {})["messages"]
+    assert messages[0] == {"role": "system", "content": FILL_SYSTEM}
+    assert "x = 1\ny = <CURSOR>" in messages[1]["content"]
+    assert text.startswith("Echo: The cell:") and done.model == "ollama:llama3.1"
+
+
+def test_an_openai_compatible_server_gets_v1_completions_with_the_suffix(
+    api: httpx.Client, openai: OpenAIServer
+) -> None:
+    text, done = _complete(api, prefix="for i in ", suffix=":\n    pass", model="openai:codestral")
+    (sent,) = openai.requests
+    assert sent.path == "/v1/completions"
+    assert (sent.json or {})["suffix"] == ":\n    pass" and (sent.json or {})["stream"] is True
+    assert text == filled("for i in ", ":\n    pass") and done.model == "openai:codestral"
+
+
+def test_the_same_context_is_answered_from_memory(api: httpx.Client, ollama: OllamaServer) -> None:
+    body = {"prefix": "total = sum(", "suffix": ")", "cells": ["values = [1, 2]"]}
+    first, done = _complete(api, **body)
+    again, hit = _complete(api, **body)
+    assert ollama.count("/api/generate") == 1
+    assert (again, hit.model, hit.cached, done.cached) == (first, done.model, True, False)
+    _complete(api, **{**body, "suffix": ") + 1"})  # another context is asked again
+    assert ollama.count("/api/generate") == 2
+
+
+def test_a_client_that_goes_away_cancels_the_upstream_request_and_is_not_a_failure(
+    api: httpx.Client, ollama: OllamaServer
+) -> None:
+    ollama.tokens, ollama.chunk_delay = 200, 0.05
+    with api.stream("POST", "complete", json={"prefix": "slow = ", "suffix": ""}) as response:
+        lines = response.iter_lines()
+        assert read_events(lines, limit=2)[0].name == "message"
+    _wait_for(lambda: len(ollama.disconnects) == 1, 10, "the upstream seeing the disconnect")
+    assert ollama.disconnects[0].path == "/api/generate"
+    assert ollama.count("/api/generate") == 1  # not retried
+    # With `[breaker] failures = 1`, one counted failure would refuse the next request.
+    ollama.tokens, ollama.chunk_delay = None, 0.0
+    text, _ = _complete(api, prefix="slow = ", suffix="")
+    assert text.startswith("fill_") and ollama.count("/api/generate") == 2
+
+
+def test_an_upstream_failure_is_not_retried_and_says_what_failed(api: httpx.Client, ollama: OllamaServer) -> None:
+    ollama.add_fault(Fault("status", path="/api/generate", status=500, times=1))
+    response = api.post("complete", json={"prefix": "boom = ", "suffix": ""})
+    assert response.status_code == 502
+    assert "ollama" in error_of(response).error.lower()
+    assert ollama.count("/api/generate") == 1
+    # the breaker opened (failures = 1): the next one is refused without asking
+    response = api.post("complete", json={"prefix": "boom = 2", "suffix": ""})
+    assert response.status_code == 502 and "cooling down" in error_of(response).error
+    assert ollama.count("/api/generate") == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"prefix": "x" * (MAX_FILL_CHARS + 1)}, "prefix"),
+        ({"prefix": "x", "suffix": "y" * (MAX_FILL_CHARS + 1)}, "suffix"),
+        ({"prefix": "x", "cells": ["c"] * (MAX_FILL_CELLS + 1)}, "cells"),
+        ({"prefix": "x", "cells": ["c" * (MAX_FILL_CHARS + 1)]}, "cells.0"),
+        ({"prefix": 3}, "prefix"),
+        ({"prefix": "x", "cells": "import os"}, "cells"),
+        ({"prefix": "x", "model": "../etc"}, "model"),
+        ({"prefix": "x", "temperature": 2}, "temperature"),
+        ({"suffix": "x"}, "prefix"),
+    ],
+)
+def test_a_body_out_of_bounds_or_of_the_wrong_type_is_400_and_sends_nothing(
+    api: httpx.Client, ollama: OllamaServer, body: dict[str, object], field: str
+) -> None:
+    response = api.post("complete", json=body)
+    assert response.status_code == 400, response.text
+    assert error_of(response).field == field
+    assert ollama.count() == 0
+
+
+def test_get_says_on_with_the_lab_setting_winning(api: httpx.Client) -> None:
+    state = api.get("complete").json()
+    assert (state["enabled"], state["model"], state["locality"]) == (True, f"ollama:{CODER}", "loopback")
+    state = api.get("complete", params={"model": "openai:codestral"}).json()
+    assert (state["enabled"], state["model"], state["reason"]) == (True, "openai:codestral", None)
+    assert api.get("complete", params={"model": "nosuch:thing"}).status_code == 400
+
+
+def test_a_remote_provider_is_off_until_enabled_and_nothing_is_sent(tmp_path: Path) -> None:
+    remote = {"openai": {"base_url": "https://llm.example.com/v1", "api_key": TEST_API_KEY}}
+    off = decide(Session(config=remote | {"provider": "openai"}), None)
+    assert (off.enabled, off.locality) == (False, "remote")
+    assert off.reason is not None and "[completion] enabled = true" in off.reason
+    on = decide(Session(config=remote | {"provider": "openai", "completion": {"enabled": True}}), None)
+    assert (on.enabled, on.reason) == (True, None)
+    local = decide(Session(config={"completion": {"model": "huggingface:x"}}), None)
+    assert (local.enabled, local.locality) == (True, "local")
+    banned = decide(Session(config={"completion": {"enabled": False}}), None)
+    assert not banned.enabled
+
+
+def test_secrets_are_masked_in_every_form_we_know() -> None:
+    lines = [
+        f'key = "{KEY}"',
+        'client = OpenAI(api_key="short-one")',
+        "PASSWORD: str = 'hunter22'",
+        'os.environ["HF_TOKEN"] = "hf-12345"',
+        'settings = {"token": "abc123"}',
+        'monkey = "banana"',
+    ]
+    text = mask_secrets("\n".join(lines))
+    for secret in (KEY, "short-one", "hunter22", "hf-12345", "abc123"):
+        assert secret not in text
+    assert text.endswith('monkey = "banana"')
+
+
+def test_a_fence_around_a_chat_answer_is_dropped_as_it_streams() -> None:
+    fence = Unfenced()
+    pieces = ["``", "`python\nre", "turn x", "\n```", "\nmore"]
+    assert "".join(fence.feed(p) for p in pieces) + fence.flush() == "return x\n"
+    plain = Unfenced()
+    assert "".join(plain.feed(p) for p in ["a", "b + c"]) + plain.flush() == "ab + c"
+
+
+def test_the_rate_window_admits_rpm_a_minute() -> None:
+    state = CompletionState()
+    assert [state.wait(2, t) for t in (0.0, 1.0, 2.0)] == [0.0, 0.0, 58.0]
+    assert state.wait(2, 60.5) == 0.0
