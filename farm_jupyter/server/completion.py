@@ -124,10 +124,8 @@ def decide(farm: Session, asked: str | None) -> schema.CompletionState:
     if config.enabled is False:
         reason = "inline completion is off in farm.toml ([completion] enabled = false)"
     elif locality == "remote" and config.enabled is not True:
-        reason = (
-            f"{provider} is not on this machine, and completing as you type sends your cells to it: "
-            "set `[completion] enabled = true` in farm.toml to allow that, or choose a local model"
-        )
+        # Said first what to do: the Lab's notice shows the first ~140 characters.
+        reason = f"`[completion] enabled = true` in farm.toml lets {provider} (not on this machine) see your cells as you type"
     return schema.CompletionState(
         enabled=reason is None,
         model=f"{provider}:{model}",
