@@ -228,6 +228,28 @@ def test_ghost_text_from_fim_tab_accepts_typing_on_aborts_and_a_busy_cell_does_n
         assert page.evaluate(busy), "the busy cell should still be running"
         (notebooks / "release").touch()
 
+        # the provider goes away: typing on says so once, and the status bar (on a click) shows it down
+        coder.refuse()
+        _type_in_cell(page, 2, "\nw = math.")
+        notice = page.locator(".Toastify__toast", has_text="completions are off").first
+        notice.wait_for(timeout=30_000)
+        assert "not reachable" in notice.inner_text() or "ollama" in notice.inner_text().lower()
+        page.keyboard.type("pi + math.", delay=30)
+        status = page.locator(".farm-status").first
+        status.click()
+        page.wait_for_function(
+            "() => document.querySelector('.farm-status').textContent.includes('ollama down')", timeout=30_000
+        )
+        board = page.locator(".farm-health-panel").first
+        board.wait_for(timeout=30_000)
+        page.wait_for_function(
+            "() => document.querySelector('.farm-health-panel tr[data-state=\"unhealthy\"]') !== null", timeout=30_000
+        )
+        assert page.locator(".Toastify__toast", has_text="completions are off").count() == 1
+        page.wait_for_timeout(300)  # let the board's last redraw land before the picture
+        board.locator("table").screenshot(path=str(OUTPUT / "health-board.png"))
+        page.locator(".jp-StatusBar-Widget").first.screenshot(path=str(OUTPUT / "status-bar.png"))
+
 
 def _outward_address() -> str | None:
     """An address of this machine that is not loopback (a model there counts as remote)."""

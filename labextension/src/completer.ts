@@ -30,8 +30,10 @@ function sleep(ms: number): Promise<void> {
   return new Promise(resolve => setTimeout(resolve, ms));
 }
 
-function isAbort(err: unknown): boolean {
-  return err instanceof DOMException && err.name === 'AbortError';
+// Aborted by the next keystroke: whatever the error says (JupyterLab's server connection wraps an
+// abort during the send as a NetworkError), it is not a failure.
+function isAbort(err: unknown, controller: AbortController): boolean {
+  return controller.signal.aborted || (err instanceof DOMException && err.name === 'AbortError');
 }
 
 /** The code cells above the active one, oldest first (the server keeps the nearest of them). */
@@ -112,7 +114,7 @@ export class FarmCompletionProvider implements IInlineCompletionProvider {
         return { items: [{ insertText: text, isIncomplete: true, token }] };
       }
     } catch (err) {
-      if (!isAbort(err)) this.failed(err);
+      if (!isAbort(err, controller)) this.failed(err);
       return { items: [] };
     }
   }
@@ -130,7 +132,7 @@ export class FarmCompletionProvider implements IInlineCompletionProvider {
         }
       }
     } catch (err) {
-      if (!isAbort(err)) this.failed(err);
+      if (!isAbort(err, run.controller)) this.failed(err);
     } finally {
       this.running.delete(token);
     }
