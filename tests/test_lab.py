@@ -50,17 +50,17 @@ def _need_extension() -> None:
         pytest.skip(message)
 
 
-def _notebook(folder: Path) -> None:
+def _notebook(folder: Path, cells: list[str]) -> None:
     import nbformat
 
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     nbformat.write(nb, folder / "typing.ipynb")
 
 
 @contextmanager
-def _lab(tmp: Path, toml: str, env: dict[str, str]) -> Iterator[tuple[str, Path]]:
+def _lab(tmp: Path, toml: str, env: dict[str, str], cells: list[str] = CELLS) -> Iterator[tuple[str, Path]]:
     """(the notebook's URL with the token, the notebooks folder) of a running JupyterLab."""
     _need_browser()
     _need_extension()
@@ -69,7 +69,7 @@ def _lab(tmp: Path, toml: str, env: dict[str, str]) -> Iterator[tuple[str, Path]
         folder.mkdir(parents=True)
     (paths / "farm-jupyter").symlink_to(BUILT, target_is_directory=True)
     (notebooks / "farm.toml").write_text(toml)
-    _notebook(notebooks)
+    _notebook(notebooks, cells)
     port, token = _free_port(), secrets.token_hex(16)
     log = tmp / "jupyter.log"
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "FARM_", "OPENAI_", "OLLAMA_", "HF_"))}
@@ -249,6 +249,32 @@ def test_ghost_text_from_fim_tab_accepts_typing_on_aborts_and_a_busy_cell_does_n
         page.wait_for_timeout(300)  # let the board's last redraw land before the picture
         board.locator("table").screenshot(path=str(OUTPUT / "health-board.png"))
         page.locator(".jp-StatusBar-Widget").first.screenshot(path=str(OUTPUT / "status-bar.png"))
+
+
+SIDEBAR_CELLS = [
+    "import pandas as pd\ndf = pd.DataFrame({'city': ['Oslo', 'Lima'], 'visits': [3, 5]})",
+    "%load_ext farm_jupyter\n%farm sidebar",
+]
+
+
+def test_the_side_panel_chat_fills_names_from_the_kernel(tmp_path: Path, coder: OllamaServer) -> None:
+    env = {"OLLAMA_HOST": coder.url}
+    with _lab(tmp_path, LOOPBACK_TOML, env, SIDEBAR_CELLS) as (url, _), _page(url) as page:
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+        chat = page.locator("#jp-right-stack .farm-chat").first
+        chat.wait_for(timeout=60_000)
+        chat.locator("textarea").fill("Which city has most visits? {df}")
+        chat.locator("button", has_text="Send").click()
+        page.wait_for_function(
+            "() => { const c = document.querySelector('#jp-right-stack .farm-chat');"
+            " return c && c.textContent.includes('Echo:') && c.textContent.includes('Lima'); }",
+            timeout=60_000,
+        )
+        (asked,) = [r.json or {} for r in coder.requests if r.path == "/api/chat"]
+        question = asked["messages"][-1]["content"]
+        assert question.startswith("Which city has most visits?") and "Oslo" in question and "{df}" not in question
+        OUTPUT.mkdir(exist_ok=True)
+        page.locator("#jp-right-stack").first.screenshot(path=str(OUTPUT / "sidebar.png"))
 
 
 def _outward_address() -> str | None:
