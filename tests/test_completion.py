@@ -14,7 +14,21 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_server import FARM_TOML, JupyterServer, _start_jupyter, _stop, _wait_for, error_of, read_events
+from hypothesis import given
+from hypothesis import strategies as st
+from test_server import (
+    _BODIES,
+    _SCALARS,
+    FARM_TOML,
+    FUZZ,
+    JupyterServer,
+    _no_500,
+    _start_jupyter,
+    _stop,
+    _wait_for,
+    error_of,
+    read_events,
+)
 
 from farm_jupyter.server.completion import CompletionState, Unfenced, decide, mask_secrets
 from farm_jupyter.server.schema import MAX_FILL_CELLS, MAX_FILL_CHARS, CompletionDone
@@ -220,3 +234,31 @@ def test_the_rate_window_admits_rpm_a_minute() -> None:
     state = CompletionState()
     assert [state.wait(2, t) for t in (0.0, 1.0, 2.0)] == [0.0, 0.0, 58.0]
     assert state.wait(2, 60.5) == 0.0
+
+
+# -- no body makes a 500 (hypothesis, as over the other routes in test_server.py) ----------------
+
+_TEXT = st.text(max_size=30) | _SCALARS
+_COMPLETION_BODIES = _BODIES | st.fixed_dictionaries(
+    {"prefix": _TEXT},
+    optional={
+        "suffix": _TEXT,
+        "cells": st.lists(_TEXT, max_size=4) | _SCALARS,
+        "model": st.sampled_from(["ollama:llama3.1", f"ollama:{CODER}", "nosuch:foo", "small", "../x", "", "custom:x"])
+        | _SCALARS,
+        "language": _TEXT,
+        "temperature": _SCALARS,
+    },
+).map(lambda body: json.dumps(body).encode())
+
+
+@FUZZ
+@given(body=_COMPLETION_BODIES)
+def test_fuzz_completion_bodies_never_make_a_500(api: httpx.Client, body: bytes) -> None:
+    _no_500(api.post("complete", content=body, headers={"Content-Type": "application/json"}))
+
+
+@FUZZ
+@given(query=st.dictionaries(st.sampled_from(["model", "x"]) | st.text(max_size=5), st.text(max_size=12), max_size=3))
+def test_fuzz_the_completion_state_query_never_makes_a_500(api: httpx.Client, query: dict[str, str]) -> None:
+    _no_500(api.get("complete", params=query))
