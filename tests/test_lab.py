@@ -251,16 +251,14 @@ def test_ghost_text_from_fim_tab_accepts_typing_on_aborts_and_a_busy_cell_does_n
         page.locator(".jp-StatusBar-Widget").first.screenshot(path=str(OUTPUT / "status-bar.png"))
 
 
-SIDEBAR_CELLS = [
-    "import pandas as pd\ndf = pd.DataFrame({'city': ['Oslo', 'Lima'], 'visits': [3, 5]})",
-    "%load_ext farm_jupyter\n%farm sidebar",
-]
+SIDEBAR_CELLS = ["import pandas as pd\ndf = pd.DataFrame({'city': ['Oslo', 'Lima'], 'visits': [3, 5]})"]
 
 
 def test_the_side_panel_chat_fills_names_from_the_kernel(tmp_path: Path, coder: OllamaServer) -> None:
     env = {"OLLAMA_HOST": coder.url}
     with _lab(tmp_path, LOOPBACK_TOML, env, SIDEBAR_CELLS) as (url, _), _page(url) as page:
-        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")  # until it has run
+        page.locator(".farm-chat-button").first.click()  # %farm sidebar in the notebook's kernel
         chat = page.locator("#jp-right-stack .farm-chat").first
         chat.wait_for(timeout=60_000)
         chat.locator("textarea").fill("Which city has most visits? {df}")
