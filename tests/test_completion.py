@@ -262,3 +262,46 @@ def test_fuzz_completion_bodies_never_make_a_500(api: httpx.Client, body: bytes)
 @given(query=st.dictionaries(st.sampled_from(["model", "x"]) | st.text(max_size=5), st.text(max_size=12), max_size=3))
 def test_fuzz_the_completion_state_query_never_makes_a_500(api: httpx.Client, query: dict[str, str]) -> None:
     _no_500(api.get("complete", params=query))
+
+
+# -- through the Session: fallback and pools (no Jupyter server needed) -------------------------
+
+
+def _fill(session: Session, target: str | None, prefix: str = "x = ") -> tuple[str, str]:
+    from farm_jupyter.types import FillRequest
+
+    chunks = list(session.runtime.iterate(session.complete(FillRequest(prefix=prefix, suffix=")"), target)))
+    answered = [c.status for c in chunks if c.status and not c.text]
+    return "".join(c.text for c in chunks), answered[-1]
+
+
+def test_an_unreachable_provider_falls_back_to_the_next_one_named_in_the_chain(openai: OpenAIServer) -> None:
+    from farm_jupyter.testing.pytest_plugin import loopback_settings
+
+    with OllamaServer(models=(CODER,)) as down:
+        settings = loopback_settings(down, openai, openai={"default_model": "codestral"})
+        down.refuse()
+        openai.clear()
+        session = Session(settings)
+        try:
+            text, answered = _fill(session, f"ollama:{CODER}")
+        finally:
+            session.close()
+    assert answered == "openai:codestral"
+    assert text == filled("x = ", ")")
+    assert [r.path for r in openai.requests] == ["/v1/completions"]
+
+
+def test_a_pool_of_ollama_servers_fills_in_the_middle_on_the_one_that_is_up() -> None:
+    from farm_jupyter.testing.pytest_plugin import loopback_settings
+
+    with OllamaServer(models=(CODER,)) as up, OllamaServer(models=(CODER,)) as down:
+        down.refuse()
+        session = Session(loopback_settings(up, ollama={"hosts": [down.url, up.url]}))
+        try:
+            text, answered = _fill(session, f"ollama:{CODER}")
+        finally:
+            session.close()
+        fim = [r.json or {} for r in up.requests if r.path == "/api/generate"]
+    assert answered == f"ollama:{CODER}" and text == filled("x = ", ")")
+    assert len(fim) == 1 and fim[0]["suffix"] == ")"
