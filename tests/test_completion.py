@@ -305,3 +305,47 @@ def test_a_pool_of_ollama_servers_fills_in_the_middle_on_the_one_that_is_up() ->
         fim = [r.json or {} for r in up.requests if r.path == "/api/generate"]
     assert answered == f"ollama:{CODER}" and text == filled("x = ", ")")
     assert len(fim) == 1 and fim[0]["suffix"] == ")"
+
+
+def test_the_embedded_model_completes_with_a_chat_prompt_and_is_on_by_default() -> None:
+    """SmolLM2-135M on llama.cpp has no fill-in-the-middle tokens: it gets the chat prompt, runs in
+    the server's process (`local`), and so completes without `[completion] enabled`."""
+    from test_local_model import _needs, local_settings
+
+    from farm_jupyter import embedded
+
+    _needs("llamacpp")
+    session = Session(local_settings("llamacpp", completion={"model": f"llamacpp:{embedded.NAME}", "max_tokens": 16}))
+    try:
+        state = decide(session, None)
+        assert (state.enabled, state.locality) == (True, "local")
+        list(session.load(f"llamacpp:{embedded.NAME}"))
+        import llama_cpp
+
+        llm = session.router.provider("llamacpp")._models[embedded.NAME].llm
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        assert llama_cpp.llama_vocab_fim_pre(vocab) == -1  # no FIM tokens: hence the chat prompt
+        text, answered = _fill(session, state.model, prefix="def add(a, b):\n    return ")
+    finally:
+        session.close()
+    assert answered == state.model
+    assert text.strip()  # a real model's few tokens; what they say is its own business
+
+
+def test_over_the_rate_window_is_429_with_retry_after_and_nothing_sent(
+    tmp_path: Path, ollama: OllamaServer, openai: OpenAIServer
+) -> None:
+    server = _start_jupyter(tmp_path, ollama, openai, cache="memory", toml=TOML + "rpm = 2\n")
+    try:
+        with server.client() as api:
+            ollama.clear()
+            for i in range(2):
+                _complete(api, prefix=f"n{i} = ")
+            response = api.post("complete", json={"prefix": "n2 = "})
+            assert response.status_code == 429
+            assert 1 <= int(response.headers["retry-after"]) <= 60
+            assert "[completion] rpm" in error_of(response).error
+            _complete(api, prefix="n0 = ")  # the cache answers without counting against the window
+    finally:
+        _stop(server.proc)
+    assert ollama.count("/api/generate") == 2

@@ -187,14 +187,11 @@ class CompleteHandler(FarmHandler):
             self._end(schema.CompletionDone(text=hit[0], model=hit[1], cached=True))
             return
         wait = self.memory.wait(config.rpm, time.monotonic())
-        if wait:
-            self.set_header("Retry-After", f"{wait:.0f}")
-            raise ApiError(
-                429,
-                schema.ErrorBody(
-                    error=f"over {config.rpm} completions a minute ([completion] rpm): the next in {wait:.0f} s"
-                ),
-            )
+        if wait:  # answered here: an error raised would lose the Retry-After header
+            self.set_header("Retry-After", f"{max(1, round(wait))}")
+            error = f"over {config.rpm} completions a minute ([completion] rpm): the next in {wait:.0f} s"
+            self.reply(schema.ErrorBody(error=error), status=429)
+            return
         chunks = self.farm.runtime.aiterate(self.farm.complete(request, state.model))
         done = await self.until_gone(self._relay(chunks))
         if done is not None and config.cache_size:
