@@ -30,7 +30,7 @@ from test_server import (
     read_events,
 )
 
-from farm_jupyter.server.completion import CompletionState, Unfenced, decide, mask_secrets
+from farm_jupyter.server.completion import CompletionMemory, Unfenced, decide, mask_secrets
 from farm_jupyter.server.schema import MAX_FILL_CELLS, MAX_FILL_CHARS, CompletionDone
 from farm_jupyter.sessions import Session
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
@@ -231,7 +231,7 @@ def test_a_fence_around_a_chat_answer_is_dropped_as_it_streams() -> None:
 
 
 def test_the_rate_window_admits_rpm_a_minute() -> None:
-    state = CompletionState()
+    state = CompletionMemory()
     assert [state.wait(2, t) for t in (0.0, 1.0, 2.0)] == [0.0, 0.0, 58.0]
     assert state.wait(2, 60.5) == 0.0
 

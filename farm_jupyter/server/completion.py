@@ -87,7 +87,7 @@ class Unfenced:
 
 
 @dataclass
-class CompletionState:
+class CompletionMemory:
     """What the completion route keeps for the life of the server: its rate window and its cache."""
 
     starts: deque[float] = field(default_factory=deque)
@@ -157,8 +157,8 @@ class CompleteHandler(FarmHandler):
     path = "complete"
 
     @property
-    def memory(self) -> CompletionState:
-        state: CompletionState = self.settings.setdefault(STATE_KEY, CompletionState())
+    def memory(self) -> CompletionMemory:
+        state: CompletionMemory = self.settings.setdefault(STATE_KEY, CompletionMemory())
         return state
 
     @route
