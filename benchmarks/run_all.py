@@ -40,6 +40,11 @@ SCRIPTS = [
     ("batch.py", True, "Batch: 1,000 prompts through farm.map vs the ideal, the raw SDK and litellm"),
     ("local_model.py", False, "Local model: SmolLM2-135M-Instruct on llama.cpp and transformers"),
     ("server_memory.py", False, "Jupyter server extension: memory under bodies at and over the limit"),
+    (
+        "completion.py",
+        False,
+        "Inline completion: what the server's route adds to the first ghost text, and a cache hit",
+    ),
 ]
 PACKAGES = [
     "farm-jupyter",

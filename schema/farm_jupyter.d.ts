@@ -63,6 +63,40 @@ export interface ChatResponse {
   params: Record<string, unknown>;
 }
 
+/** The body of `POST complete`: the text around the cursor and the cells above it. */
+export interface CompletionBody {
+  /** The cell's text before the cursor. */
+  prefix: string;
+  /** The cell's text after the cursor. */
+  suffix?: string;
+  /** The code cells above, oldest first. */
+  cells?: string[];
+  /** The Lab's model setting; the server's `[completion] model` when absent. */
+  model?: string | null;
+  language?: string;
+}
+
+/** The `done` event of `POST complete`: the whole completion, and who gave it. */
+export interface CompletionDone {
+  text: string;
+  /** The "provider:model" that answered (a fallback may differ from the one asked). */
+  model: string;
+  cached: boolean;
+}
+
+/** `GET complete`: whether inline completion is on here, with which model, and why not. */
+export interface CompletionState {
+  enabled: boolean;
+  /** The "provider:model" that completes (the Lab's setting, else farm.toml's). */
+  model: string;
+  /** Where cell text goes as you type. */
+  locality: "local" | "loopback" | "remote";
+  /** Why it is off, in one line with what to do; null when on. */
+  reason: string | null;
+  debounce_ms: number;
+  max_tokens: number;
+}
+
 /** Every error response (4xx, 5xx) and the `error` event of a stream. */
 export interface ErrorBody {
   /** One line: what failed and what to do. */
@@ -157,6 +191,7 @@ export interface GenerationParams {
   extra?: GenerationOptions;
   response_schema?: Record<string, unknown> | null;
   tools?: ToolSpec[] | null;
+  tool_choice?: string | null;
   think?: boolean | "low" | "medium" | "high" | null;
 }
 
@@ -339,6 +374,24 @@ export interface Routes {
     events: {
       message: StreamText | StreamRestart | StreamStatus;
       done: ChatResponse;
+      error: ErrorBody;
+    };
+    status: 200;
+  };
+  "GET complete": {
+    query: {
+      /** The Lab's model setting, checked here. */
+      model?: string;
+    };
+    response: CompletionState;
+    status: 200;
+  };
+  "POST complete": {
+    request: CompletionBody;
+    response: string;
+    events: {
+      message: StreamText;
+      done: CompletionDone;
       error: ErrorBody;
     };
     status: 200;

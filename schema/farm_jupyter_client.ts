@@ -32,12 +32,12 @@ export class FarmApiError extends Error {
   }
 }
 
-type Events = Routes["POST chat/stream"]["events"];
-/** One server-sent event of `streamChat`. */
-export type StreamEvent =
-  | { event: "message"; data: Events["message"] }
-  | { event: "done"; data: Events["done"] }
-  | { event: "error"; data: Events["error"] };
+type EventTypes = { message: unknown; done: unknown; error: unknown };
+/** One server-sent event of a streaming route (`streamChat`'s by default). */
+export type StreamEvent<E extends EventTypes = Routes["POST chat/stream"]["events"]> =
+  | { event: "message"; data: E["message"] }
+  | { event: "done"; data: E["done"] }
+  | { event: "error"; data: E["error"] };
 
 type Query = Record<string, string | string[] | undefined>;
 
@@ -81,7 +81,7 @@ export class FarmClientBase {
     return (await response.json()) as T;
   }
 
-  protected async *events(path: string, body: unknown, call: CallOptions): AsyncGenerator<StreamEvent, void, undefined> {
+  protected async *events<E extends EventTypes>(path: string, body: unknown, call: CallOptions): AsyncGenerator<StreamEvent<E>, void, undefined> {
     const response = await this.send("POST", path, body, undefined, call);
     if (response.body === null) throw new FarmApiError(response.status, { error: "the stream had no body", field: null, type: null, attempts: null });
     const reader = response.body.getReader();
@@ -104,7 +104,7 @@ export class FarmClientBase {
           }
           const text = data.join("\n");
           if (text === "[DONE]") return;
-          if (data.length) yield { event, data: JSON.parse(text) } as StreamEvent;
+          if (data.length) yield { event, data: JSON.parse(text) } as StreamEvent<E>;
         }
       }
     } finally {
@@ -130,8 +130,16 @@ export class FarmClient extends FarmClientBase {
     return this.json<Routes["POST chat"]["response"]>("POST", "chat", body, undefined, call);
   }
   /** `POST chat/stream` */
-  streamChat(body: Routes["POST chat/stream"]["request"], call: CallOptions = {}): AsyncGenerator<StreamEvent, void, undefined> {
-    return this.events("chat/stream", body, call);
+  streamChat(body: Routes["POST chat/stream"]["request"], call: CallOptions = {}): AsyncGenerator<StreamEvent<Routes["POST chat/stream"]["events"]>, void, undefined> {
+    return this.events<Routes["POST chat/stream"]["events"]>("chat/stream", body, call);
+  }
+  /** `GET complete` */
+  completionState(query: Routes["GET complete"]["query"] = {}, call: CallOptions = {}): Promise<Routes["GET complete"]["response"]> {
+    return this.json<Routes["GET complete"]["response"]>("GET", "complete", undefined, query, call);
+  }
+  /** `POST complete` */
+  complete(body: Routes["POST complete"]["request"], call: CallOptions = {}): AsyncGenerator<StreamEvent<Routes["POST complete"]["events"]>, void, undefined> {
+    return this.events<Routes["POST complete"]["events"]>("complete", body, call);
   }
   /** `GET models` */
   models(query: Routes["GET models"]["query"] = {}, call: CallOptions = {}): Promise<Routes["GET models"]["response"]> {

@@ -72,6 +72,8 @@ OTHER_EXTENSIONS = ("jupyterlab", "jupyter_lsp", "notebook_shim", "jupyter_serve
 ROUTES = [
     ("POST", "chat"),
     ("POST", "chat/stream"),
+    ("GET", "complete"),
+    ("POST", "complete"),
     ("GET", "models"),
     ("GET", "health"),
     ("POST", "models/llama3.1/load"),

@@ -25,6 +25,7 @@ from .settings import (
     BreakerSettings,
     BudgetSettings,
     CacheSettings,
+    CompletionSettings,
     Environment,
     HuggingFaceSettings,
     OllamaSettings,
@@ -35,7 +36,7 @@ from .settings import (
     Settings,
     TimeoutSettings,
 )
-from .urls import BadValue, mask, mask_url, normalize_url, shown_url, split_credentials
+from .urls import BadValue, is_loopback, mask, mask_url, normalize_url, shown_url, split_credentials
 
 __all__ = [
     "CONFIG_FILE",
@@ -43,6 +44,7 @@ __all__ = [
     "BreakerSettings",
     "BudgetSettings",
     "CacheSettings",
+    "CompletionSettings",
     "Environment",
     "HuggingFaceSettings",
     "OllamaSettings",
@@ -54,6 +56,7 @@ __all__ = [
     "TimeoutSettings",
     "find_config_file",
     "load_settings",
+    "is_loopback",
     "mask",
     "mask_url",
     "normalize_url",

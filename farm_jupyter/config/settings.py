@@ -187,6 +187,21 @@ class BudgetSettings(_Section):
     usd: float | None = Field(default=None, gt=0)  # stop before the session's spend passes this
 
 
+class CompletionSettings(_Section):
+    """`[completion]`: inline completions in JupyterLab, served by the Jupyter server (never a kernel)."""
+
+    model: str | None = None  # "provider:model"; the Lab's own setting wins; None: the default provider's
+    # None: on when the model runs here or on a loopback server; cell text goes to a remote one only
+    # with `enabled = true`, since it leaves the machine as you type.
+    enabled: bool | None = None
+    debounce_ms: int = Field(default=250, ge=0, le=5000)
+    max_tokens: int = Field(default=64, gt=0, le=512)
+    cells: int = Field(default=5, ge=0, le=50)  # cells above the cursor's that the model sees
+    context_chars: int = Field(default=4000, ge=0, le=100_000)  # of those, the nearest characters
+    rpm: int = Field(default=240, gt=0)  # completion requests per minute, apart from the chat limits
+    cache_size: int = Field(default=256, ge=0, le=100_000)  # in memory only
+
+
 class Environment(_Section):
     provider: str
     fallback: list[str] = Field(default_factory=list)
@@ -220,6 +235,7 @@ class Settings(_Section):
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
+    completion: CompletionSettings = Field(default_factory=CompletionSettings)
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)  # custom providers' options
     monitor_size: int = Field(default=10_000, gt=0)
     max_history: int = Field(default=50, gt=0)  # turns kept in a conversation

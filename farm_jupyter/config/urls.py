@@ -4,6 +4,7 @@ its place (`user:***@`, `sk-...f3a9`)."""
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import SecretStr
@@ -44,6 +45,17 @@ def shown_url(url: str, username: str | None = None, password: str | SecretStr |
         return url
     parts = urlsplit(url)
     return parts._replace(netloc=f"{quote(user or '', safe='')}:***@{parts.netloc}").geturl()
+
+
+def is_loopback(url: str) -> bool:
+    """Whether `url` names this machine (127.0.0.0/8, ::1, localhost): text sent there stays here."""
+    host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def normalize_url(value: str, *, default_port: int | None = None, name: str = "URL") -> str:

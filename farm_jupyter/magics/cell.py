@@ -105,6 +105,7 @@ class FarmMagics(Magics):
         self._cell_source: str | None = None
         self._ollama: subprocess.Popen[bytes] | None = None  # `ollama serve`, when %farm ollama started it
         self._dashboard: Any = None
+        self.sidebars: list[tuple[Any, Any]] = []  # (Sidecar, ChatWidget) opened by %farm sidebar
         self.last_updates = 0  # display updates of the last answer (coalescing is tested on it)
         self.last_response: Any = None  # the last %%farm_chat answer, for `%farm why`
 
@@ -315,7 +316,9 @@ class FarmMagics(Magics):
         %farm why                   the request body the last answer was asked with
         %farm ollama start|stop     run `ollama serve` in the background
         %farm dashboard             the health/GPU/stats widgets
+        %farm sidebar               the chat in JupyterLab's side panel, with this kernel's {names}
         """
+        from . import sidebar  # noqa: F401 - registers %farm sidebar
         from .commands import run
 
         try:
@@ -331,6 +334,12 @@ class FarmMagics(Magics):
         dashboard, self._dashboard = self._dashboard, None
         if dashboard is not None:
             dashboard.close()
+
+    def _close_sidebars(self) -> None:
+        sidebars, self.sidebars = self.sidebars, []
+        for side, chat in sidebars:
+            chat.close()
+            side.close()
 
 
 def _asking(args: Any, ns: Mapping[str, Any]) -> dict[str, Any]:
@@ -436,6 +445,7 @@ def unload(ip: InteractiveShell) -> None:
     if magics in ip.configurables:
         ip.configurables.remove(magics)
     magics._close_dashboard()
+    magics._close_sidebars()
     if magics._ollama is not None:  # started by this instance; a reload would lose its handle
         from .ollama import stop_process
 

@@ -17,6 +17,7 @@ from ..types import (
     ChatRequest,
     ChatResponse,
     Chunk,
+    FillRequest,
     GenerationParams,
     ModelInfo,
     ProviderStatus,
@@ -168,6 +169,14 @@ class Provider(ABC):
 
     def generate_stream(self, prompt: str, model: str | None = None, **params: Any) -> Iterator[Chunk]:
         return get_runtime().iterate(self.agenerate_stream(prompt, model, **params))
+
+    def afill(self, request: FillRequest) -> AsyncIterator[Chunk]:
+        """Text for the cursor between `request.prefix` and `suffix`. Here as a chat prompt, for a
+        model without fill-in-the-middle tokens; a provider with a FIM endpoint overrides it."""
+        params = GenerationParams(
+            max_tokens=request.max_tokens, temperature=request.temperature, stop=request.stop or None
+        )
+        return self.astream(ChatRequest(messages=request.chat_messages(), model=request.model, params=params))
 
     # -- optional capabilities -------------------------------------------------------------------
 

@@ -12,7 +12,17 @@ import httpx
 from .. import secrets
 from ..config import shown_url
 from ..errors import ModelNotFound, ProviderError, ServerError, StreamInterrupted
-from ..types import ChatMessage, ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress, ToolCall, Usage
+from ..types import (
+    ChatMessage,
+    ChatRequest,
+    Chunk,
+    FillRequest,
+    ModelInfo,
+    ProviderStatus,
+    PullProgress,
+    ToolCall,
+    Usage,
+)
 from ..types.capabilities import Capabilities
 from ._http import (
     body_shape,
@@ -92,8 +102,8 @@ class OllamaProvider(Provider):
     kind = "ollama"
     capabilities = Capabilities.of(
         *("stream", "schema", "tools", "think", "images", "stop", "seed", "temperature", "max_tokens"),
-        *("embed", "load", "fallback"),
-        per_model=("tools", "think", "images"),  # as /api/show's `capabilities` says, per model
+        *("embed", "load", "fallback", "fim"),
+        per_model=("tools", "think", "images", "fim"),  # as /api/show's `capabilities` says, per model
     )
 
     def __init__(self, name: str, settings: Any, **options: Any) -> None:
@@ -292,12 +302,32 @@ class OllamaProvider(Provider):
         words = {"tools": "tools", "think": "thinking", "images": "vision", "fim": "insert"}
         return row - {f for f in self.capabilities.per_model if words.get(f, f) not in said}
 
+    async def _can(self, model: str, ability: str) -> bool:
+        return ability in (await self._shown_abilities(model) or [])
+
+    async def afill(self, request: FillRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
+        # A model whose template takes a suffix says `insert`; the others get the chat prompt.
+        if not await self._can(request.model, "insert"):
+            async for chunk in super().afill(request):
+                yield chunk
+            return
+        options: dict[str, Any] = {"num_predict": request.max_tokens, "temperature": request.temperature}
+        if request.stop:
+            options["stop"] = request.stop
+        body = {"model": request.model, "prompt": request.fim_prompt, "suffix": request.suffix, "stream": True}
+        async for chunk in self._generated({**body, "options": options}, request.model):
+            yield chunk
+
     async def agenerate_stream(self, prompt: str, model: str | None = None, **params: Any) -> AsyncIterator[Chunk]:  # type: ignore[override]
         # Ollama has a native completion endpoint; raw prompts skip the chat template there.
         request = self._request(prompt, model, params)
-        body = self._body(request, prompt=prompt)
-        final: Chunk | None = None  # yielded once the body has ended, as in astream
-        async for data in self._ndjson("/api/generate", body, request.model):
+        async for chunk in self._generated(self._body(request, prompt=prompt), request.model):
+            yield chunk
+
+    async def _generated(self, body: dict[str, Any], model: str) -> AsyncIterator[Chunk]:
+        """/api/generate's lines as chunks; the final one once the body has ended, as in astream."""
+        final: Chunk | None = None
+        async for data in self._ndjson("/api/generate", body, model):
             if final is None and data.get("done"):
                 final = self._final(data)
             elif final is None and (text := data.get("response") or ""):

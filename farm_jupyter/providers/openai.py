@@ -29,7 +29,7 @@ from ..errors import (
     ServerError,
     StreamInterrupted,
 )
-from ..types import ChatMessage, ChatRequest, Chunk, ModelInfo, ProviderStatus, ToolCall, Usage
+from ..types import ChatMessage, ChatRequest, Chunk, FillRequest, ModelInfo, ProviderStatus, ToolCall, Usage
 from ..types.capabilities import Capabilities
 from ._http import body_shape, error_detail, foreign, json_object, status_error, wrong_server
 from .base import Provider
@@ -92,7 +92,7 @@ class OpenAIProvider(Provider):
     kind = "openai"
     capabilities = Capabilities.of(
         *("stream", "schema", "tools", "think", "images", "stop", "seed", "temperature", "max_tokens"),
-        *("embed", "fallback"),
+        *("embed", "fallback", "fim"),  # fim: /v1/completions with `suffix`
         per_model=("images",),  # by the model's name, or the `vision` option
     )
 
@@ -336,6 +336,30 @@ class OpenAIProvider(Provider):
                 ]
             )
         yield Chunk(done=True, usage=usage, finish_reason=finish)
+
+    async def afill(self, request: FillRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
+        """`/v1/completions` with `suffix` (fill-in-the-middle; which servers take it varies)."""
+        kwargs: dict[str, Any] = {
+            "model": request.model,
+            "prompt": request.fim_prompt,
+            "suffix": request.suffix,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+        }
+        if request.stop:
+            kwargs["stop"] = request.stop
+        finish = None
+        async with self._errors(request.model):
+            stream = await self.client.completions.create(**kwargs, stream=True)
+            try:
+                async for event in stream:
+                    for choice in event.choices:
+                        finish = choice.finish_reason or finish
+                        if choice.text:
+                            yield Chunk(text=choice.text)
+            finally:
+                await stream.close()
+        yield Chunk(done=True, usage=Usage(), finish_reason=finish)
 
     async def accepts_images(self, model: str) -> bool:
         vision = self.options.get("vision")

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from ..config import Settings
 from ..errors import CoolingDown, ProviderError, RateLimited
 from ..providers.base import Provider
 from ..secrets import redact
-from ..types import Capabilities, ChatRequest, Chunk, ModelInfo, ProviderStatus, PullProgress
+from ..types import Capabilities, ChatRequest, Chunk, FillRequest, ModelInfo, ProviderStatus, PullProgress
 from .limits import CircuitBreaker
 
 
@@ -79,7 +79,14 @@ class Pool(Provider):
                 return s
         return None
 
-    async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+    def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        return self._across(lambda provider: provider.astream(request))
+
+    def afill(self, request: FillRequest) -> AsyncIterator[Chunk]:
+        return self._across(lambda provider: provider.afill(request))
+
+    async def _across(self, ask: Callable[[Provider], AsyncIterator[Chunk]]) -> AsyncIterator[Chunk]:
+        """`ask` the least busy server that is up; on an availability failure before any text, the next."""
         tried: set[Server] = set()
         last: ProviderError | None = None
         while (server := self._pick(tried)) is not None:
@@ -88,7 +95,7 @@ class Pool(Provider):
             start = time.perf_counter()
             shown = False
             try:
-                async for chunk in server.provider.astream(request):
+                async for chunk in ask(server.provider):
                     if (chunk.text or chunk.thinking) and not shown:  # on screen: a sibling would repeat it
                         shown = True
                         server.took(time.perf_counter() - start)

@@ -22,6 +22,7 @@ from ..sessions import ChatStream
 from ..types import ChatResponse, Chunk
 from . import schema
 from .base import SETTINGS_KEY, ApiError, FarmHandler, FarmServer, bad_request, farm_error, route
+from .completion import CompleteHandler
 from .jobs import LoadJob, ServerState, TooManyLoads
 
 SSE_TYPE = "text/event-stream; charset=utf-8"
@@ -253,6 +254,7 @@ class GPUHandler(FarmHandler):
 HANDLERS: list[type[FarmHandler]] = [
     ChatHandler,
     ChatStreamHandler,
+    CompleteHandler,
     ModelsHandler,
     HealthHandler,
     LoadHandler,

@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 from pydantic_core import core_schema
 
@@ -38,6 +38,9 @@ __all__ = [
     "API_PREFIX",
     "ROUTES",
     "ChatBody",
+    "CompletionBody",
+    "CompletionDone",
+    "CompletionState",
     "check_model_name",
     "ErrorBody",
     "HealthResponse",
@@ -138,6 +141,26 @@ class ChatBody(_Body):
         return messages
 
 
+MAX_FILL_CHARS = 20_000  # the text before or after the cursor, and each cell above
+MAX_FILL_CELLS = 50
+
+
+class CompletionBody(_Body):
+    """The body of `POST complete`: the text around the cursor and the cells above it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    prefix: str = Field(max_length=MAX_FILL_CHARS, description="The cell's text before the cursor.")
+    suffix: str = Field(default="", max_length=MAX_FILL_CHARS, description="The cell's text after the cursor.")
+    cells: list[Annotated[str, Field(max_length=MAX_FILL_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_FILL_CELLS, description="The code cells above, oldest first."
+    )
+    model: Annotated[str, AfterValidator(check_model_name)] | None = Field(
+        default=None, description="The Lab's model setting; the server's `[completion] model` when absent."
+    )
+    language: str = Field(default="python", pattern=r"^[A-Za-z0-9_+#.-]{1,32}$")
+
+
 # -- responses --------------------------------------------------------------------------------
 
 
@@ -210,6 +233,25 @@ class StreamStatus(_Body):
     status: str
 
 
+class CompletionState(_Body):
+    """`GET complete`: whether inline completion is on here, with which model, and why not."""
+
+    enabled: bool
+    model: str = Field(description="The \"provider:model\" that completes (the Lab's setting, else farm.toml's).")
+    locality: Literal["local", "loopback", "remote"] = Field(description="Where cell text goes as you type.")
+    reason: str | None = Field(description="Why it is off, in one line with what to do; null when on.")
+    debounce_ms: int
+    max_tokens: int
+
+
+class CompletionDone(_Body):
+    """The `done` event of `POST complete`: the whole completion, and who gave it."""
+
+    text: str
+    model: str = Field(description='The "provider:model" that answered (a fallback may differ from the one asked).')
+    cached: bool
+
+
 # -- the route table --------------------------------------------------------------------------
 
 
@@ -243,6 +285,34 @@ ROUTES: list[dict[str, Any]] = [
             "additionalProperties": False,
         },
     },
+    {
+        "name": "completionState",
+        "method": "GET",
+        "path": "complete",
+        "query": {
+            "type": "object",
+            "properties": {"model": {"type": "string", "description": "The Lab's model setting, checked here."}},
+            "additionalProperties": False,
+        },
+        "response": _ref("CompletionState"),
+    },
+    {
+        "name": "complete",
+        "method": "POST",
+        "path": "complete",
+        "request": _ref("CompletionBody"),
+        "response": {"type": "string", "description": "text/event-stream; see `events`"},
+        "events": {
+            "type": "object",
+            "properties": {
+                "message": _ref("StreamText"),
+                "done": _ref("CompletionDone"),
+                "error": _ref("ErrorBody"),
+            },
+            "required": ["message", "done", "error"],
+            "additionalProperties": False,
+        },
+    },
     {"name": "models", "method": "GET", "path": "models", "query": _PROVIDER_QUERY, "response": _ref("ModelsResponse")},
     {"name": "health", "method": "GET", "path": "health", "query": _PROVIDER_QUERY, "response": _ref("HealthResponse")},
     {"name": "load", "method": "POST", "path": "models/{name}/load", "response": _ref("LoadStarted"), "status": 202},
@@ -261,9 +331,11 @@ def route_path(route: dict[str, Any], **params: str) -> str:
     return path
 
 
-_REQUESTS: list[type[BaseModel]] = [ChatBody]
+_REQUESTS: list[type[BaseModel]] = [ChatBody, CompletionBody]
 _RESPONSES: list[type[BaseModel]] = [
     ChatResponse,
+    CompletionDone,
+    CompletionState,
     ErrorBody,
     GPUStats,
     HealthResponse,

@@ -261,12 +261,12 @@ export class FarmApiError extends Error {
   }
 }
 
-type Events = Routes["POST chat/stream"]["events"];
-/** One server-sent event of `streamChat`. */
-export type StreamEvent =
-  | { event: "message"; data: Events["message"] }
-  | { event: "done"; data: Events["done"] }
-  | { event: "error"; data: Events["error"] };
+type EventTypes = { message: unknown; done: unknown; error: unknown };
+/** One server-sent event of a streaming route (`streamChat`'s by default). */
+export type StreamEvent<E extends EventTypes = Routes["POST chat/stream"]["events"]> =
+  | { event: "message"; data: E["message"] }
+  | { event: "done"; data: E["done"] }
+  | { event: "error"; data: E["error"] };
 
 type Query = Record<string, string | string[] | undefined>;
 
@@ -310,7 +310,7 @@ export class FarmClientBase {
     return (await response.json()) as T;
   }
 
-  protected async *events(path: string, body: unknown, call: CallOptions): AsyncGenerator<StreamEvent, void, undefined> {
+  protected async *events<E extends EventTypes>(path: string, body: unknown, call: CallOptions): AsyncGenerator<StreamEvent<E>, void, undefined> {
     const response = await this.send("POST", path, body, undefined, call);
     if (response.body === null) throw new FarmApiError(response.status, { error: "the stream had no body", field: null, type: null, attempts: null });
     const reader = response.body.getReader();
@@ -333,7 +333,7 @@ export class FarmClientBase {
           }
           const text = data.join("\n");
           if (text === "[DONE]") return;
-          if (data.length) yield { event, data: JSON.parse(text) } as StreamEvent;
+          if (data.length) yield { event, data: JSON.parse(text) } as StreamEvent<E>;
         }
       }
     } finally {
@@ -391,8 +391,8 @@ def _method(route: Mapping[str, Any]) -> list[str]:
     if "events" in route:
         return [
             doc,
-            f"  {route['name']}({signature}): AsyncGenerator<StreamEvent, void, undefined> {{",
-            f"    return this.events({path}, {body}, call);",
+            f'  {route["name"]}({signature}): AsyncGenerator<StreamEvent<{types}["events"]>, void, undefined> {{',
+            f'    return this.events<{types}["events"]>({path}, {body}, call);',
             "  }",
         ]
     return [

@@ -11,11 +11,13 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+from ..config import is_loopback
 from ..objects import Budget
 from ..providers.base import Provider
 from ..records import RequestRecord
+from ..router.fill import fill
 from ..runtime import Runtime
-from ..types import ChatResponse, GPUStats, ModelInfo, ProviderStatus, PullProgress
+from ..types import ChatResponse, Chunk, FillRequest, GPUStats, ModelInfo, ProviderStatus, PullProgress
 from .engine import Engine, Prompt
 from .stream import ChatStream
 
@@ -88,6 +90,25 @@ class AsyncSession:
         """What each object described in a prompt to `target` may take, estimated at the characters
         a token stood for in that model's last usage (asks no one, so it is not a coroutine)."""
         return self._engine.budget(target, tokens)
+
+    def complete(self, request: FillRequest, target: str | None, *, fallback: bool = True) -> AsyncIterator[Chunk]:
+        """Text for a cursor (fill-in-the-middle), iterated on any loop: the breaker, the deadlines
+        and the fallback apply; no retry and not the session's cache (router/fill.py). For the
+        Jupyter server's completion route: never the kernel's."""
+        return self.runtime.aiterate(fill(self._engine.router, request, target, fallback=fallback))
+
+    def locality(self, provider: str) -> Literal["local", "loopback", "remote"]:
+        """Whether text sent to `provider` stays here: `local` (it runs in this process),
+        `loopback` (every server it uses is on this machine) or `remote`. A custom provider is
+        remote: nothing says where it sends text."""
+        found = self._engine.router.provider(provider)
+        if found.kind in ("huggingface", "llamacpp"):
+            return "local"
+        members = getattr(found, "members", None)
+        urls = [m.provider.url for m in members] if members else [found.url]
+        if found.kind != "custom" and all(url and is_loopback(url) for url in urls):
+            return "loopback"
+        return "remote"
 
     def provider(self, target: str | None) -> tuple[str, Provider]:
         """The `provider:model` a target stands for, and the provider that serves it (the first

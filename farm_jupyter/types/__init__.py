@@ -7,6 +7,7 @@ is a slotted dataclass, not a validated model.
     messages    ChatMessage and what it carries: ImagePart, ToolCall, ToolSpec, ToolRun
     capabilities    Capabilities: a provider's row of the provider x feature table
     request     GenerationParams (with each provider's options), ChatRequest
+    fill        FillRequest: the text around a cursor, for completions as you type
     responses   Usage, Timings, Attempt, ChatResponse, Chunk
     status      ModelInfo, PullProgress, ProviderStatus, GPUStats
 """
@@ -14,6 +15,7 @@ is a slotted dataclass, not a validated model.
 from __future__ import annotations
 
 from .capabilities import Capabilities
+from .fill import FillRequest
 from .messages import ChatMessage, ImagePart, Role, ToolCall, ToolRun, ToolSpec
 from .request import PROVIDER_OPTIONS, ChatRequest, GenerationOptions, GenerationParams
 from .responses import Attempt, ChatResponse, Chunk, Timings, Usage, generation_rate
@@ -30,6 +32,7 @@ __all__ = [
     "GPUDevice",
     "GPUProcess",
     "GPUStats",
+    "FillRequest",
     "GenerationOptions",
     "GenerationParams",
     "ImagePart",

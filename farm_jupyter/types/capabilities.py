@@ -40,7 +40,7 @@ FEATURES: dict[str, str] = {
 # Done above the providers for every one of them (see the module docstring).
 EVERYWHERE = frozenset({"stream", "fallback"})
 # What a provider that does not do it natively gets instead; `format="json"` is not among them.
-STAND_INS: dict[str, str] = {"schema": "validated + re-ask", "images": "as text"}
+STAND_INS: dict[str, str] = {"schema": "validated + re-ask", "images": "as text", "fim": "chat prompt"}
 
 
 @dataclass(frozen=True)

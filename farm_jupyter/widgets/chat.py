@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -129,9 +130,13 @@ class ChatWidget(FarmBox):
         interval: float = 0.05,
         load_models: bool = True,
         think: bool | str | None = None,
+        prepare: Callable[[str], tuple[str, dict[str, Any]]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(session, **kwargs)
+        # What a message becomes before it is asked (`%farm sidebar` fills `{name}` from the
+        # kernel): the prompt, and more keywords for the Session (images).
+        self.prepare = prepare
         from ..sessions import Conversation
 
         self.conversation = (
@@ -282,6 +287,12 @@ class ChatWidget(FarmBox):
     def _stream(self, prompt: str, target: str | None) -> ChatStream:
         """One way to ask, for a message sent now and one that waited in the queue alike."""
         extra: dict[str, Any] = {} if self.think is None else {"think": self.think}
+        if self.prepare is not None:
+            try:
+                prompt, more = self.prepare(prompt)
+            except Exception as exc:  # noqa: BLE001 - a `{name}` the kernel lacks: said in the widget, text kept
+                raise FarmError(str(exc)) from None
+            extra.update(more)
         return self.session.stream(prompt, target, conversation=self.conversation, system=self.system, **extra)
 
     def _next_queued(self) -> bool:

@@ -62,6 +62,14 @@ def example_of(schema: Any, root: Any = None, depth: int = 0) -> Any:
     return "x" * int(schema.get("minLength", 1))
 
 
+def filled(prefix: str, suffix: str) -> str:
+    """What the loopback model puts at a cursor (fill-in-the-middle): a few words that name the
+    text around it, so a test can tell what it was sent and see it stream."""
+    before = prefix.rstrip().rsplit("\n", 1)[-1][-16:]
+    after = suffix.lstrip().split("\n", 1)[0][:16]
+    return f"fill_{len(prefix)}  # after {before!r} before {after!r}"
+
+
 def chunks(text: str) -> list[str]:
     """The pieces a stream sends: a word with the space after it, one token each."""
     return _CHUNK_RE.findall(text)

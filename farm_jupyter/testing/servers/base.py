@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 from urllib.parse import unquote, urlsplit
 
-from .answers import Said, example_of, images_of, since_user, text_of
+from .answers import Said, example_of, filled, images_of, since_user, text_of
 from .faults import FOREIGN_PAGE, HANG_LIMIT, STREAM_FAULTS, Fault, echoed, pick
 from .transport import JSON_TYPE, Handler, Server, dumps
 
@@ -88,6 +88,7 @@ class LoopbackServer:
         # The server's own truth for rate checks: per finished stream, the content chunks it sent
         # and the perf_counter seconds between the first and the last one.
         self.sent: list[tuple[int, float]] = []
+        self._disconnects: list[RecordedRequest] = []
         self._httpd: Server | None = None
         self._thread: threading.Thread | None = None
         self._started = False
@@ -182,6 +183,13 @@ class LoopbackServer:
             return list(self._requests)
 
     @property
+    def disconnects(self) -> list[RecordedRequest]:
+        """The requests whose client went away before the answer was over, oldest first: seen
+        while the model was still thinking (`latency`) or between two chunks."""
+        with self._lock:
+            return list(self._disconnects)
+
+    @property
     def faults(self) -> list[Fault]:
         return self._faults
 
@@ -196,6 +204,7 @@ class LoopbackServer:
     def clear(self) -> None:
         with self._lock:
             self._requests.clear()
+            self._disconnects.clear()
             self._faults.clear()
 
     def add_fault(self, fault: Fault) -> Fault:
@@ -231,8 +240,9 @@ class LoopbackServer:
                 else:
                     bad_json = "request body must be a JSON object"
         headers = {k.lower(): v for k, v in h.headers.items()}
+        h.recorded = RecordedRequest(h.command, path, payload, headers, raw)
         with self._lock:
-            self._requests.append(RecordedRequest(h.command, path, payload, headers, raw))
+            self._requests.append(h.recorded)
         with self._lock:
             delay, fault = pick(self._faults, path, self._rng)
         stopping = h.server.stopping
@@ -305,12 +315,16 @@ class LoopbackServer:
                         h.write_chunk(self._line(dumps(error)))
                     return h.end_chunks()
                 if kind == "content":
-                    if sent and self.chunk_delay > 0 and stopping.wait(self.chunk_delay):
-                        return h.drop()
+                    if sent and self.chunk_delay > 0 and not self._pause(h, self.chunk_delay):
+                        return None
                     sent += 1
             if stopping.is_set():
                 return h.drop()
-            h.write_chunk(data)
+            try:
+                h.write_chunk(data)
+            except OSError:
+                self._gone(h)
+                raise
             if kind == "content":
                 last = time.perf_counter()
                 first = first or last
@@ -319,11 +333,26 @@ class LoopbackServer:
             self.sent.append((sent, last - first))
 
     def _model_time(self, h: Handler) -> bool:
-        """Wait `latency` before answering; False when the server stops meanwhile."""
-        if self.latency > 0 and h.server.stopping.wait(self.latency):
-            h.drop()
-            return False
+        """Wait `latency` before answering; False when the server stops or the client goes meanwhile."""
+        return self.latency <= 0 or self._pause(h, self.latency)
+
+    def _pause(self, h: Handler, seconds: float) -> bool:
+        """Wait `seconds`, watching the client: False (the connection dropped) when the server
+        stops or the client goes away meanwhile; a client that went is recorded in `disconnects`."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if h.server.stopping.wait(min(left, 0.005)):
+                h.drop()
+                return False
+            if h.gone():
+                self._gone(h)
+                h.drop()
+                return False
         return True
+
+    def _gone(self, h: Handler) -> None:
+        with self._lock:
+            self._disconnects.append(h.recorded)
 
     # answers
 
@@ -346,6 +375,12 @@ class LoopbackServer:
         if self.reply is not None:
             return Said(self.reply, said.thinking)
         return said
+
+    def _filled(self, body: Json, prefix: str, suffix: str) -> Said:
+        """The answer to a fill-in-the-middle request: `tokens` or `reply` when given, else `filled`."""
+        if self.tokens is not None or self.reply is not None:
+            return self._said(body, prefix)
+        return Said(filled(prefix, suffix))
 
     def _default(self, body: Json, prompt: str) -> Said:
         thinking = f"Thinking about: {prompt}" if self._thinks(body) else ""

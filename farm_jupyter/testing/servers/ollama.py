@@ -26,6 +26,11 @@ def _now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _inserts(name: str) -> bool:
+    """A code model's template takes a suffix (fill-in-the-middle), as qwen2.5-coder's and starcoder's do."""
+    return bool(re.search(r"code", name))
+
+
 class OllamaServer(LoopbackServer):
     """An Ollama look-alike: /api/chat, /api/generate (NDJSON), tags, ps, show, pull, embed.
 
@@ -186,7 +191,9 @@ class OllamaServer(LoopbackServer):
                 f"{family}.context_length": 8192,
                 f"{family}.embedding_length": 8 if embeds else 4096,
             },
-            "capabilities": ["embedding"] if embeds else ["completion", *self._abilities(name), *vision],
+            "capabilities": ["embedding"]
+            if embeds
+            else ["completion", *self._abilities(name), *vision, *(["insert"] if _inserts(name) else [])],
             "modified_at": self._modified_at,
         }
         self._send(h, 200, shown, fault)
@@ -279,7 +286,14 @@ class OllamaServer(LoopbackServer):
         with self._lock:
             cold = name not in self._loaded
             self._loaded.add(name)
-        said = self._said(body, prompt if generate else last_user(messages))
+        if generate and "suffix" in body:  # fill-in-the-middle: only a model whose template takes a suffix
+            if not _inserts(name):
+                return self._send(
+                    h, 400, self._error_body(400, f"registry.ollama.ai/library/{name} does not support insert"), fault
+                )
+            said = self._filled(body, prompt, text_of(body.get("suffix")))
+        else:
+            said = self._said(body, prompt if generate else last_user(messages))
         pieces = chunks(said.content)
         thoughts = chunks(said.thinking)
         calls = [{"function": {"name": c.get("name"), "arguments": c.get("arguments") or {}}} for c in said.tool_calls]

@@ -123,6 +123,8 @@ class OpenAIServer(LoopbackServer, BatchAPI):
             return self._send(h, 404, self._not_found(name), fault)
         if method == "POST" and path == "/v1/chat/completions":
             return self._chat(h, body, fault)
+        if method == "POST" and path == "/v1/completions":
+            return self._complete(h, body, fault)
         if method == "POST" and path == "/v1/embeddings":
             return self._embeddings(h, body, fault)
         if self._batch_route(h, method, path, body, fault):
@@ -248,6 +250,46 @@ class OpenAIServer(LoopbackServer, BatchAPI):
             "choices": [choice],
             "usage": usage,
         }
+
+    def _complete(self, h: Handler, body: Json, fault: Fault | None) -> None:
+        """The legacy completions endpoint, with `suffix` for fill-in-the-middle (as vLLM and
+        llama.cpp's server take it): `text_completion` objects, streamed as SSE."""
+        model = self._check_model(h, body, fault)
+        if model is None:
+            return
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            return self._send(h, 400, self._error_body(400, "'prompt' must be a string."), fault)
+        if not self._model_time(h):
+            return
+        suffix = body.get("suffix")
+        said = self._filled(body, prompt, suffix) if isinstance(suffix, str) else self._said(body, prompt)
+        pieces = chunks(said.content)
+        reason = "stop"
+        limit = positive_int(body.get("max_tokens"))
+        if limit is not None and limit < len(pieces):
+            pieces, reason = pieces[:limit], "length"
+        ident, created = f"cmpl-farm{next(self._ids):012d}", int(time.time())
+        usage = {
+            "prompt_tokens": words(prompt),
+            "completion_tokens": len(pieces),
+            "total_tokens": words(prompt) + len(pieces),
+        }
+
+        def completion(text: str, finish: str | None) -> Json:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            return {"id": ident, "object": "text_completion", "created": created, "model": model, "choices": [choice]}
+
+        if not body.get("stream"):
+            return self._send(h, 200, {**completion("".join(pieces), reason), "usage": usage}, fault)
+
+        def frames() -> Iterator[Frame]:
+            for piece in pieces:
+                yield "content", self._line(dumps(completion(piece, None)))
+            yield "tail", self._line(dumps(completion("", reason)))
+            yield "tail", self._line(b"[DONE]")
+
+        self._stream(h, frames(), fault)
 
     def _embeddings(self, h: Handler, body: Json, fault: Fault | None) -> None:
         model = self._check_model(h, body, fault)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import socket
 import socketserver
 import threading
@@ -34,6 +35,7 @@ class Handler(BaseHTTPRequestHandler):
     server: Server
     headers_sent = False
     raw_body = b""  # the request's body as it arrived (a multipart upload is not JSON)
+    recorded: Any = None  # the RecordedRequest being answered
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -108,6 +110,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def end_chunks(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
+
+    def gone(self) -> bool:
+        """Whether the client has closed its end: the socket reads as ended (or failed)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def drop(self) -> None:
         """Close the connection at once; the client sees an incomplete response."""
