@@ -16,12 +16,14 @@ from typing import Any
 
 from jupyter_server.utils import url_escape, url_path_join
 from tornado import web
+from tornado.iostream import StreamClosedError
 
 from ..errors import ConfigError, FarmError
 from ..types import ChatResponse, Chunk
-from . import schema
+from . import bounds, schema
+from .allow import Admitted, same_model
 from .base import SETTINGS_KEY, ApiError, FarmHandler, FarmServer, bad_request, farm_error, route
-from .jobs import LoadJob, ServerState, TooManyLoads
+from .jobs import ServerState
 
 SSE_TYPE = "text/event-stream; charset=utf-8"
 
@@ -30,7 +32,7 @@ class ChatHandler(FarmHandler):
     path = "chat"
 
     def body(self) -> schema.ChatBody:
-        """The parsed body, within the limits, its first provider's options checked."""
+        """The parsed body, within the limits (`bounds`), its first provider's options checked."""
         body: schema.ChatBody = self.parse(schema.ChatBody)
         messages = body.to_messages()
         limits = self.limits
@@ -38,10 +40,8 @@ class ChatHandler(FarmHandler):
             raise bad_request(
                 "messages", f"{len(messages)} messages, over the limit of {limits.max_messages}: send fewer"
             )
-        chars = sum(len(m.content) for m in messages)
-        if chars > limits.max_prompt_chars:
-            field = "prompt" if body.prompt is not None else "messages"
-            raise bad_request(field, f"{chars} characters, over the limit of {limits.max_prompt_chars}: send less")
+        bounds.check_text(bounds.text_sizes(body.system, body.prompt, body.messages), limits.max_prompt_chars)
+        bounds.check_params(body.params)
         provider, _ = self.farm.address(body.model)  # an unknown `x:` prefix is 400 before anyone is asked
         try:
             self.farm.check_params(provider, body.params)
@@ -49,10 +49,25 @@ class ChatHandler(FarmHandler):
             raise bad_request("params.extra", str(exc)) from None
         return body
 
-    def source(self, body: schema.ChatBody, *, stream: bool) -> AsyncIterator[Chunk]:
+    async def admit(self, body: schema.ChatBody) -> Admitted:
+        """The model as this server offers it (`allow`), or the one refusal."""
+        return await self.until_gone(self.on_runtime(self.state.allow.admit(self.farm, body.model)))
+
+    async def ready(self, model: Admitted) -> None:
+        """A local model loaded first, as a counted load job (shared with any other request for it)."""
+        if not model.local:
+            return
+        job = self.state.start(self.farm, model.address, model, again=False)
+        if job.future is not None and not job.future.done():
+            # Shielded: another request may be waiting for the same load.
+            await self.until_gone(asyncio.shield(asyncio.wrap_future(job.future)))
+        if job.failure is not None:
+            raise job.failure
+
+    def source(self, body: schema.ChatBody, model: Admitted, *, stream: bool) -> AsyncIterator[Chunk]:
         return self.farm.chunks(
             body.to_messages(),
-            body.model,
+            model.address,
             body.params,
             no_cache=body.no_cache,
             refresh=body.refresh,
@@ -62,8 +77,11 @@ class ChatHandler(FarmHandler):
 
     @route
     async def post(self) -> None:
-        source = self.source(self.body(), stream=True)  # tokens as they come: deadlines per token, not per answer
+        body = self.body()
         with self.state.answering():
+            model = await self.admit(body)
+            await self.ready(model)
+            source = self.source(body, model, stream=True)  # tokens as they come: deadlines per token
             response = await self.until_gone(self.on_runtime(_answer(source)))
         self.reply(response)
 
@@ -81,55 +99,84 @@ def _event(data: str, name: str | None = None) -> str:
 
 
 class ChatStreamHandler(ChatHandler):
-    """Server-sent events: `data: {"text": ...}` per chunk, `{"restart": true}`, `{"status": ...}`,
+    """Server-sent events: at once the headers and a `{"status": ...}` line, then `data:
+    {"text": ...}` per chunk, `{"restart": true}`, a `{"status": ...}` for each retry, wait, load
+    and fallback, a `: keep-alive` comment while nothing else is said for `heartbeat` seconds,
     then `event: done` with the ChatResponse, then `data: [DONE]`.
 
-    The headers wait for the answer to begin, so a failure before any text is a plain 502 JSON
-    response; after that it is an `event: error` with an ErrorBody, then `data: [DONE]`.
+    What is refused before anything is asked (the body, the model) is a plain 4xx JSON answer;
+    a failure after the headers is an `event: error` with an ErrorBody, then `data: [DONE]`.
     """
 
     path = "chat/stream"
 
+    def initialize(self) -> None:
+        super().initialize()
+        self._said = time.monotonic()
+
     @route
     async def post(self) -> None:
-        source = self.source(self.body(), stream=True)
+        body = self.body()
         with self.state.answering():
-            await self.until_gone(self._relay(self.farm.runtime.aiterate(source)))
-
-    async def _relay(self, chunks: AsyncIterator[Chunk]) -> None:
-        held: list[str] = []  # status notes that came before the answer began
-        started = False
-        async with aclosing(chunks) as it:  # type: ignore[type-var]
+            model = await self.admit(body)
+            self.set_header("Content-Type", SSE_TYPE)
+            self.set_header("Cache-Control", "no-cache")
+            self.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
+            beat = asyncio.ensure_future(self._heartbeat())
             try:
+                await self.say(_status(f"asking {model.address}"))
+                await self.until_gone(self._answer(body, model))
+            finally:
+                beat.cancel()
+        self.finish()
+
+    async def say(self, text: str) -> None:
+        self._said = time.monotonic()
+        self.write(text)
+        await self.flush()
+
+    async def _heartbeat(self) -> None:
+        interval = self.limits.heartbeat
+        try:
+            while True:
+                await asyncio.sleep(max(0.0, self._said + interval - time.monotonic()))
+                if time.monotonic() - self._said >= interval:
+                    await self.say(": keep-alive\n\n")
+        except StreamClosedError:
+            pass  # the client left: the request's own cancellation follows
+
+    async def _answer(self, body: schema.ChatBody, model: Admitted) -> None:
+        try:
+            if model.local and self.state.job(model.address) is None:
+                await self.say(_status(f"loading {model.address}"))
+            await self.ready(model)
+            source = self.farm.runtime.aiterate(self.source(body, model, stream=True))
+            async with aclosing(source) as it:  # type: ignore[type-var]
                 async for chunk in it:
-                    events = []
-                    if chunk.restart:
-                        events.append(_event(schema.StreamRestart().model_dump_json()))
-                    if chunk.status:
-                        events.append(_event(schema.StreamStatus(status=chunk.status).model_dump_json()))
-                    if chunk.text:
-                        events.append(_event(schema.StreamText(text=chunk.text).model_dump_json()))
-                    if chunk.response is not None:
-                        events.append(_event(chunk.response.model_dump_json(), "done"))
-                        events.append(_event("[DONE]"))
-                    if not started and not (chunk.text or chunk.restart or chunk.done):
-                        held += events
-                        continue
-                    if not started:
-                        started = True
-                        self.set_header("Content-Type", SSE_TYPE)
-                        self.set_header("Cache-Control", "no-cache")
-                        self.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
-                        events = held + events
-                    self.write("".join(events))
-                    await self.flush()
-            except FarmError as exc:
-                if not started:
-                    raise
-                self.log.warning("farm_jupyter: stream failed after it began: %s", exc)
-                error = farm_error(exc, self.field).body
-                self.write(_event(error.model_dump_json(), "error") + _event("[DONE]"))
-        self.finish(set_content_type=SSE_TYPE)
+                    await self.say(_events(chunk))
+        except FarmError as exc:
+            self.log.warning("farm_jupyter: stream failed: %s", exc)
+            error = farm_error(exc, self.field).body
+            await self.say(_event(error.model_dump_json(), "error") + _event("[DONE]"))
+
+
+def _status(text: str) -> str:
+    return _event(schema.StreamStatus(status=text).model_dump_json())
+
+
+def _events(chunk: Chunk) -> str:
+    events = []
+    if chunk.restart:
+        events.append(_event(schema.StreamRestart().model_dump_json()))
+    for note in (chunk.status, chunk.notice):
+        if note:
+            events.append(_status(note))
+    if chunk.text:
+        events.append(_event(schema.StreamText(text=chunk.text).model_dump_json()))
+    if chunk.response is not None:
+        events.append(_event(chunk.response.model_dump_json(), "done"))
+        events.append(_event("[DONE]"))
+    return "".join(events)
 
 
 class ModelsHandler(FarmHandler):
@@ -138,18 +185,25 @@ class ModelsHandler(FarmHandler):
 
     @route
     async def get(self) -> None:
-        provider = self.get_argument("provider", None) or None
-        models = await self.until_gone(self.on_runtime(self.farm.list_models(provider)))
+        names = self.providers()
+        if len(names) > 1:
+            raise bad_request("provider", "give at most one provider")
+        models = await self.until_gone(self.on_runtime(self.farm.list_models(names[0] if names else None)))
         self.reply(schema.ModelsResponse(models=models))
 
+    def providers(self) -> list[str]:
+        """The query's `provider` values: names that exist, each once, checked by the Session
+        (which scans entry points once a process, never per name)."""
+        names = [self.farm.canonical_provider(p) for p in self.get_arguments("provider") if p]
+        return bounds.check_providers(names, self.farm.check_provider)
 
-class HealthHandler(FarmHandler):
+
+class HealthHandler(ModelsHandler):
     path = "health"
-    field = "provider"
 
     @route
     async def get(self) -> None:
-        providers = [p for p in self.get_arguments("provider") if p] or None
+        providers = self.providers() or None
         statuses = await self.until_gone(self.on_runtime(self.farm.statuses(providers)))
         self.reply(schema.HealthResponse(providers=statuses, cache=self.farm.cache_state))
 
@@ -159,12 +213,12 @@ class ModelHandler(FarmHandler):
 
     field = "name"
 
-    def address(self, name: str) -> tuple[str, str]:
+    async def admitted(self, name: str, *, pull: bool = False) -> Admitted:
         try:
             schema.check_model_name(name)
         except ValueError as exc:
             raise bad_request("name", str(exc)) from None
-        return self.farm.address(name)
+        return await self.until_gone(self.on_runtime(self.state.allow.admit(self.farm, name, pull=pull)))
 
 
 class LoadHandler(ModelHandler):
@@ -175,33 +229,15 @@ class LoadHandler(ModelHandler):
 
     @route
     async def post(self, name: str) -> None:
-        provider, model = self.address(name)
-        address = f"{provider}:{model}"
-        job = self.state.job(address)
-        if job is None or job.state != "running":
-            job = LoadJob(model=name, address=address, started_at=time.time())
-            try:
-                self.state.add(job)
-            except TooManyLoads:
-                raise ApiError(
-                    429,
-                    schema.ErrorBody(
-                        error=(
-                            f"{self.limits.max_load_jobs} loads are running already: wait for one to finish "
-                            "(GET its progress_url) and try again"
-                        ),
-                        field="name",
-                    ),
-                ) from None
-            job.future = self.farm.runtime.submit(job.run(self.farm, provider, model))
+        model = await self.admitted(name, pull=True)
+        job = self.state.start(self.farm, name, model)
         started = schema.LoadStarted(**job.status().model_dump(), progress_url=self.progress_url(name))
         self.set_header("Location", started.progress_url)
         self.reply(started, status=202)
 
     @route
     async def get(self, name: str) -> None:
-        provider, model = self.address(name)
-        job = self.state.job(f"{provider}:{model}")
+        job = self.state.job((await self.admitted(name, pull=True)).address)
         if job is None:
             raise ApiError(
                 404,
@@ -218,9 +254,22 @@ class UnloadHandler(ModelHandler):
 
     @route
     async def post(self, name: str) -> None:
-        provider, model = self.address(name)
-        await self.until_gone(self.on_runtime(self.farm.drop(provider, model)))
-        self.reply(schema.UnloadResponse(model=name, address=f"{provider}:{model}", unloaded=True))
+        model = await self.admitted(name, pull=True)  # a model not offered is not loaded either
+        unloaded = await self.until_gone(self.on_runtime(_unload(self.farm, model)))
+        self.state.jobs.pop(model.address, None)
+        self.reply(schema.UnloadResponse(model=name, address=model.address, unloaded=unloaded))
+
+
+async def _unload(farm: Any, model: Admitted) -> bool:
+    """Unload `model`; whether it was loaded (a model never loaded is not `unloaded`)."""
+    try:
+        listed = await farm.list_models(model.provider)
+    except FarmError:
+        listed = []
+    was = any(m.loaded and same_model(model.provider, m.name, model.model) for m in listed)
+    if was:
+        await farm.drop(model.provider, model.model)
+    return was
 
 
 class StatsHandler(FarmHandler):

@@ -33,6 +33,7 @@ from ..types import (
     ProviderStatus,
     PullProgress,
 )
+from . import bounds
 
 __all__ = [
     "API_PREFIX",
@@ -102,6 +103,17 @@ class ChatBody(_Body):
     no_cache: bool = Field(default=False, description="Neither read nor write the response cache.")
     refresh: bool = Field(default=False, description="Skip a cached answer, and store the new one.")
     fallback: bool = Field(default=True, description="Try the environment's fallback providers on failure.")
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _count_messages(cls, value: Any, info: ValidationInfo) -> Any:
+        limit = (info.context or {}).get("max_messages")
+        return value if limit is None else bounds.count(value, limit, "messages", "messages")
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _bound_params(cls, value: Any) -> Any:
+        return bounds.raw_params(value)
 
     @field_validator("model")
     @classmethod
