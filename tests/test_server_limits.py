@@ -9,18 +9,23 @@ request log, the number of loaded copies and entry-point scans, and the order of
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
+import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from test_server import JupyterServer, _start_jupyter, _stop, _wait_for, error_of
+from test_server import JupyterServer, _free_port, _start_jupyter, _stop, _wait_for, error_of
 
+from farm_jupyter.cache_guard import GuardedCache
+from farm_jupyter.config import CacheSettings
 from farm_jupyter.server.schema import HealthResponse, LoadStatus
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer, audit
 from farm_jupyter.testing.pytest_plugin import TEST_API_KEY
@@ -99,6 +104,8 @@ def jupyter(root: Path, ollama: OllamaServer, openai: OpenAIServer) -> Iterator[
         },
         launcher=("-m", "farm_jupyter.testing.audit", str(log), "jupyter_server"),
     )
+    with server.client() as client:
+        assert client.get("health").status_code == 200  # at least the configured upstreams are reached
     yield server
     _stop(server.proc)
     # The outbound-connection audit: over the whole module, only the configured upstreams.
@@ -243,7 +250,9 @@ def test_a_chat_model_cannot_aim_the_upstream(api: httpx.Client, ollama: OllamaS
 
 def test_the_load_route_pulls_a_library_name(api: httpx.Client, ollama: OllamaServer) -> None:
     assert api.post("models/ollama:library%2Fphi3/load").status_code == 202
-    assert ollama.count("/api/pull") == 1 and ollama.requests[-1].json == {"model": "library/phi3", "stream": True}
+    _wait_for(lambda: api.get("models/ollama:library%2Fphi3/load").json()["state"] != "running", 10.0, "the pull")
+    pulls = [r.json for r in ollama.requests if r.path == "/api/pull"]
+    assert pulls == [{"model": "library/phi3", "stream": True}]
 
 
 # -- 3. every request bounded before it costs ------------------------------------------------------
@@ -366,3 +375,85 @@ def test_a_stream_says_each_retry_and_the_fallback(api: httpx.Client, ollama: Ol
     assert statuses[0] == "status:asking ollama:llama3.1"
     assert [s for s in statuses if "retrying" in s][:2] and any("openai" in s for s in statuses[1:]), statuses
     assert said.index(next(s for s in statuses if "openai" in s)) < said.index("text") and said[-1] == "done"
+
+
+# -- every load counted; the cache's truth (a server of their own) ---------------------------------
+
+
+def test_a_chats_load_counts_against_max_load_jobs_and_an_unreachable_redis_is_off(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    (tmp_path / "models").mkdir()
+    shutil.copytree(tiny_model_path, tmp_path / "models" / "tiny")
+    toml = f'[huggingface]\nmodels_dir = "{tmp_path / "models"}"\ndevice = "cpu"\n'
+    with OllamaServer() as upstream:
+        server = _start_jupyter(
+            tmp_path,
+            upstream,
+            cache=f"redis://127.0.0.1:{_free_port()}/0",  # nothing listens there
+            toml=toml,
+            args=("--FarmServer.max_load_jobs=1",),
+        )
+        try:
+            with server.client() as api:
+                health = HealthResponse.model_validate_json(api.get("health").content)
+                assert health.cache.startswith("off: ") and "connect" in health.cache.lower(), health.cache
+                # Asked again within 30 s: still off, and still said so.
+                assert HealthResponse.model_validate_json(api.get("health").content).cache == health.cache
+
+                upstream.add_fault(Fault("hang", path="/api/pull", times=None))
+                assert api.post("models/ollama:stuck/load").status_code == 202  # the one load allowed runs
+                for path in ("chat", "chat/stream"):
+                    response = api.post(path, json={"prompt": "hi", "model": "hf:tiny"})
+                    assert response.status_code == 429, response.text
+                    assert "1 loads are running already" in error_of(response).error
+                assert _loaded(api, "huggingface") == []
+                # The chats went on without a cache, saying it once in the log, not per request.
+                for _ in range(3):
+                    assert api.post("chat", json={"prompt": "no cache", "model": "ollama:llama3.1"}).status_code == 200
+        finally:
+            _stop(server.proc)
+    assert server.log.read_text(errors="replace").count("cache redis is off") == 1
+
+
+def test_an_unreachable_redis_is_off_and_tried_again_every_30_seconds(tmp_path: Path) -> None:
+    """A fake clock; a real redis-server that starts after the cache was found off, then stops."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (scripts/bootstrap --test installs it)")
+    port = _free_port()
+    now = [1000.0]
+    cache = GuardedCache(CacheSettings(backend="redis", redis_url=f"redis://127.0.0.1:{port}/0"), clock=lambda: now[0])
+    assert cache.state == "redis"  # opening a Redis client connects to nothing: only a ping tells
+
+    async def scenario() -> None:
+        assert (await cache.check()).startswith("off: ")
+        assert await cache.get("key") is None  # a miss while off, not an error
+        server = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_for(lambda: _listening(port), 10.0, "redis-server listening")
+            now[0] += 29.9
+            assert (await cache.check()).startswith("off: ")  # up, but not tried before its 30 s
+            now[0] += 0.1
+            assert await cache.check() == "redis"
+            assert await cache.get("key") is None and cache.state == "redis"
+        finally:
+            server.terminate()
+            server.wait(10)
+        assert await cache.get("key") is None  # it went away: a miss, and off again
+        assert cache.state.startswith("off: ")
+        await cache.aclose()
+
+    asyncio.run(scenario())
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True

@@ -41,7 +41,7 @@ from ..errors import (
     problems,
 )
 from .allow import NotAllowed
-from .bounds import OutOfBounds
+from .bounds import OutOfBounds, TooManyLoads
 from .schema import ErrorBody
 
 if TYPE_CHECKING:
@@ -125,6 +125,10 @@ def _mapped(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[N
             raise bad_request(exc.field, exc.message) from None
         except NotAllowed as exc:
             raise bad_request(self.field, str(exc)) from None
+        except TooManyLoads:
+            limit = self.limits.max_load_jobs
+            error = f"{limit} loads are running already: wait for one to finish (GET its progress_url) and try again"
+            raise ApiError(429, ErrorBody(error=error, field=self.field)) from None
         except asyncio.CancelledError:
             if not self._client_gone:  # not ours: the server is shutting down
                 raise

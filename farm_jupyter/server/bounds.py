@@ -43,6 +43,10 @@ class OutOfBounds(Exception):
         self.message = message
 
 
+class TooManyLoads(Exception):
+    """Every one of `max_load_jobs` loads is still running: a new one (route or chat) waits its turn (429)."""
+
+
 def count(value: Any, limit: int, field: str, what: str) -> Any:
     """For a `mode="before"` validator: a list or object over `limit` items stops the parse."""
     if isinstance(value, (list, dict)) and len(value) > limit:

@@ -23,7 +23,7 @@ from ..types import ChatResponse, Chunk
 from . import bounds, schema
 from .allow import Admitted, same_model
 from .base import SETTINGS_KEY, ApiError, FarmHandler, FarmServer, bad_request, farm_error, route
-from .jobs import ServerState
+from .jobs import LoadJob, ServerState
 
 SSE_TYPE = "text/event-stream; charset=utf-8"
 
@@ -53,11 +53,14 @@ class ChatHandler(FarmHandler):
         """The model as this server offers it (`allow`), or the one refusal."""
         return await self.until_gone(self.on_runtime(self.state.allow.admit(self.farm, body.model)))
 
-    async def ready(self, model: Admitted) -> None:
-        """A local model loaded first, as a counted load job (shared with any other request for it)."""
-        if not model.local:
+    def load(self, model: Admitted) -> LoadJob | None:
+        """A local model's load job (started now unless it ran already): counted against
+        `max_load_jobs` like the load route's, and shared with any other request for it."""
+        return self.state.start(self.farm, model.address, model, again=False) if model.local else None
+
+    async def loaded(self, job: LoadJob | None) -> None:
+        if job is None:
             return
-        job = self.state.start(self.farm, model.address, model, again=False)
         if job.future is not None and not job.future.done():
             # Shielded: another request may be waiting for the same load.
             await self.until_gone(asyncio.shield(asyncio.wrap_future(job.future)))
@@ -80,7 +83,7 @@ class ChatHandler(FarmHandler):
         body = self.body()
         with self.state.answering():
             model = await self.admit(body)
-            await self.ready(model)
+            await self.loaded(self.load(model))
             source = self.source(body, model, stream=True)  # tokens as they come: deadlines per token
             response = await self.until_gone(self.on_runtime(_answer(source)))
         self.reply(response)
@@ -119,13 +122,14 @@ class ChatStreamHandler(ChatHandler):
         body = self.body()
         with self.state.answering():
             model = await self.admit(body)
+            job = self.load(model)  # before the headers: too many loads is a plain 429
             self.set_header("Content-Type", SSE_TYPE)
             self.set_header("Cache-Control", "no-cache")
             self.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
             beat = asyncio.ensure_future(self._heartbeat())
             try:
                 await self.say(_status(f"asking {model.address}"))
-                await self.until_gone(self._answer(body, model))
+                await self.until_gone(self._answer(body, model, job))
             finally:
                 beat.cancel()
         self.finish()
@@ -145,11 +149,11 @@ class ChatStreamHandler(ChatHandler):
         except StreamClosedError:
             pass  # the client left: the request's own cancellation follows
 
-    async def _answer(self, body: schema.ChatBody, model: Admitted) -> None:
+    async def _answer(self, body: schema.ChatBody, model: Admitted, job: LoadJob | None) -> None:
         try:
-            if model.local and self.state.job(model.address) is None:
+            if job is not None and job.state == "running":
                 await self.say(_status(f"loading {model.address}"))
-            await self.ready(model)
+            await self.loaded(job)
             source = self.farm.runtime.aiterate(self.source(body, model, stream=True))
             async with aclosing(source) as it:  # type: ignore[type-var]
                 async for chunk in it:
@@ -205,7 +209,8 @@ class HealthHandler(ModelsHandler):
     async def get(self) -> None:
         providers = self.providers() or None
         statuses = await self.until_gone(self.on_runtime(self.farm.statuses(providers)))
-        self.reply(schema.HealthResponse(providers=statuses, cache=self.farm.cache_state))
+        cache = await self.until_gone(self.on_runtime(self.farm.check_cache()))
+        self.reply(schema.HealthResponse(providers=statuses, cache=cache))
 
 
 class ModelHandler(FarmHandler):

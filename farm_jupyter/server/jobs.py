@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from ..errors import FarmError
 from .allow import Admitted, Allowlist
 from .base import FarmServer
+from .bounds import TooManyLoads as TooManyLoads  # where ServerState.add raises it
 from .schema import LoadState, LoadStatus
 
 if TYPE_CHECKING:
@@ -55,10 +56,6 @@ class LoadJob:
             self.failure = exc if isinstance(exc, FarmError) else FarmError(self.error)
         else:
             self.finished_at, self.state = time.time(), "done"
-
-
-class TooManyLoads(Exception):
-    pass
 
 
 class ServerState:

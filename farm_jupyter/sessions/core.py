@@ -408,6 +408,10 @@ class Session:
         """The cache backend's name, or `off: <why>` when it would not open."""
         return str(getattr(self.cache, "state", self.cache.name))
 
+    async def check_cache(self) -> str:
+        """`cache_state` after asking the backend (a Redis that went away is `off: <why>`)."""
+        return await self.cache.check()
+
     def close(self) -> None:
         async def shutdown() -> None:
             await self.router.aclose()
