@@ -1047,6 +1047,7 @@ def test_the_typescript_client_compiles_and_talks_to_a_real_server(
     out = json.loads(result.stdout.strip().splitlines()[-1])
 
     assert out["health"]["cache"] == "disk" and ["ollama", "healthy"] in out["health"]["providers"]
+    assert out["healthOf"] == ["ollama", "openai"]  # the repeated `provider` query, typed
     assert out["chat"] == {"text": "Echo: hello from node", "address": "ollama:llama3.1"}
     assert "".join(out["stream"]["texts"]) == out["stream"]["done"] == "Echo: stream to the end"
     assert len(out["stream"]["texts"]) > 1

@@ -457,3 +457,14 @@ def _listening(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "nosuch"), ("GET", "models/"), ("POST", "models/x/frobnicate"), ("GET", "chat/stream/x"), ("PUT", "x")],
+)
+def test_a_malformed_subpath_is_a_json_404(api: httpx.Client, method: str, path: str) -> None:
+    response = api.request(method, path)
+    assert response.status_code == 404, response.text[:300]
+    assert error_of(response).error.startswith(f"no route {method} ")
+    assert "POST chat" in error_of(response).error

@@ -302,6 +302,21 @@ class GPUHandler(FarmHandler):
         self.reply(stats)
 
 
+class NotFoundHandler(FarmHandler):
+    """Any other path under the prefix: a JSON 404 naming the routes, not Jupyter's HTML page."""
+
+    path = ""
+
+    async def _missing(self, *args: Any) -> None:
+        routes = ", ".join(f"{r['method']} {r['path']}" for r in schema.ROUTES)
+        raise ApiError(
+            404,
+            schema.ErrorBody(error=f"no route {self.request.method} {self.request.path} here: the routes are {routes}"),
+        )
+
+    get = post = put = patch = delete = route(_missing)
+
+
 HANDLERS: list[type[FarmHandler]] = [
     ChatHandler,
     ChatStreamHandler,
@@ -341,7 +356,7 @@ def setup_handlers(web_app: Any, session: Any = None, limits: FarmServer | None 
     base_url = web_app.settings.get("base_url", "/")
     prefix = url_path_join(base_url, schema.API_PREFIX)
     web_app.settings[SETTINGS_KEY] = ServerState(session, limits)
-    web_app.add_handlers(".*$", url_specs(prefix))
+    web_app.add_handlers(".*$", [*url_specs(prefix), (url_path_join(prefix, ".*"), NotFoundHandler)])
     return prefix
 
 
