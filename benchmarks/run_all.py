@@ -40,6 +40,7 @@ SCRIPTS = [
     ("batch.py", True, "Batch: 1,000 prompts through farm.map vs the ideal, the raw SDK and litellm"),
     ("local_model.py", False, "Local model: SmolLM2-135M-Instruct on llama.cpp and transformers"),
     ("server_memory.py", False, "Jupyter server extension: memory under bodies at and over the limit"),
+    ("server_load.py", False, "Jupyter server extension: a burst of 200 chats, and the probe's bodies refused"),
 ]
 PACKAGES = [
     "farm-jupyter",

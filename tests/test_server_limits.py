@@ -292,6 +292,14 @@ def test_bodies_are_bounded_naming_the_field(
     assert ollama.count() == 0
 
 
+def test_max_tokens_is_bounded_by_a_known_window(api: httpx.Client) -> None:
+    body = {"prompt": "hi", "model": "llamacpp:m.gguf", "params": {"max_tokens": 2049}}
+    response = api.post("chat", json=body)
+    assert response.status_code == 400, response.text
+    error = error_of(response)
+    assert error.field == "params.max_tokens" and "over the model's context window of 2048 tokens" in error.error
+
+
 def test_the_message_count_is_checked_while_parsing(api: httpx.Client, ollama: OllamaServer) -> None:
     response = api.post("chat", json={"messages": [{"role": "user", "content": "x"}] * 100_000})
     assert response.status_code == 400

@@ -34,6 +34,7 @@ from ..errors import FarmError, ModelNotFound
 if TYPE_CHECKING:
     from ..sessions import Session
 
+LLAMACPP_CONTEXT = 2048  # llama.cpp's n_ctx when [providers.llamacpp] sets none (providers/llamacpp.py)
 LISTING_TTL = 60.0  # seconds a provider's model list is trusted
 LOCAL = frozenset({"huggingface", "llamacpp"})  # engines whose model names are files on this machine
 _REMOTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
@@ -50,6 +51,7 @@ class Admitted:
     provider: str
     model: str
     local: bool  # loads into this process: counted as a load job
+    window: int | None = None  # the model's context in tokens, where the server knows it
 
     @property
     def address(self) -> str:
@@ -111,7 +113,8 @@ class Allowlist:
         provider, model = session.address(target)
         check_segments(model)
         if provider in LOCAL:
-            return Admitted(provider, self._local(session, provider, model), local=True)
+            window = int(_option(session, provider, "n_ctx") or LLAMACPP_CONTEXT) if provider == "llamacpp" else None
+            return Admitted(provider, self._local(session, provider, model), local=True, window=window)
         if not _REMOTE_NAME.fullmatch(model):
             raise NotAllowed("a model name is letters, digits and ._:/@+-, like ollama:llama3.1")
         registries = bool(getattr(session.settings.ollama, "allow_registries", False))

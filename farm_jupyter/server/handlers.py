@@ -50,8 +50,10 @@ class ChatHandler(FarmHandler):
         return body
 
     async def admit(self, body: schema.ChatBody) -> Admitted:
-        """The model as this server offers it (`allow`), or the one refusal."""
-        return await self.until_gone(self.on_runtime(self.state.allow.admit(self.farm, body.model)))
+        """The model as this server offers it (`allow`), or the one refusal; max_tokens within its window."""
+        model = await self.until_gone(self.on_runtime(self.state.allow.admit(self.farm, body.model)))
+        bounds.check_params(body.params, model.window)
+        return model
 
     def load(self, model: Admitted) -> LoadJob | None:
         """A local model's load job (started now unless it ran already): counted against
