@@ -26,7 +26,7 @@ from test_server import JupyterServer, _free_port, _start_jupyter, _stop, _wait_
 
 from farm_jupyter.cache_guard import GuardedCache
 from farm_jupyter.config import CacheSettings
-from farm_jupyter.server.schema import HealthResponse, LoadStatus
+from farm_jupyter.server.schema import HealthResponse, LoadStatus, ModelsResponse
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer, audit
 from farm_jupyter.testing.pytest_plugin import TEST_API_KEY
 from farm_jupyter.types import ChatResponse
@@ -176,6 +176,13 @@ def test_suggestions_name_only_allowed_models(api: httpx.Client) -> None:
     assert 'no model "llama3.2"' in error.error and "llama3.1:latest" in error.error
 
 
+def test_models_lists_only_what_can_be_asked_for(api: httpx.Client, root: Path) -> None:
+    listed = ModelsResponse.model_validate_json(api.get("models", params={"provider": "hf"}).content).models
+    names = {m.name for m in listed}
+    assert names <= {"SmolLM2-135M-Instruct", str((root / "models" / "tiny").resolve())}, names
+    assert not any(".cache" in n or n.endswith(".gguf") for n in names)
+
+
 def test_every_spelling_of_a_local_model_is_one_copy(api: httpx.Client, root: Path) -> None:
     spellings = ["hf:tiny", f"hf:{root / 'models' / 'tiny'}", "hf:alias", f"huggingface:{root / 'models' / 'alias'}"]
     for name in spellings:
@@ -298,6 +305,19 @@ def test_max_tokens_is_bounded_by_a_known_window(api: httpx.Client) -> None:
     assert response.status_code == 400, response.text
     error = error_of(response)
     assert error.field == "params.max_tokens" and "over the model's context window of 2048 tokens" in error.error
+
+
+def test_the_kernel_api_stays_lax_where_http_is_strict() -> None:
+    """numpy integers (a notebook's usual numbers) still work in the Python API."""
+    import numpy as np
+
+    from farm_jupyter.server.schema import ChatBody
+    from farm_jupyter.types import GenerationParams
+
+    params = GenerationParams(seed=np.int64(3), max_tokens=np.int32(5))  # type: ignore[arg-type]
+    assert (params.seed, params.max_tokens) == (3, 5)
+    with pytest.raises(ValueError, match="valid integer"):
+        ChatBody.model_validate_json(b'{"prompt": "x", "params": {"seed": "3"}}', strict=True)
 
 
 def test_the_message_count_is_checked_while_parsing(api: httpx.Client, ollama: OllamaServer) -> None:

@@ -33,6 +33,7 @@ from ..errors import FarmError, ModelNotFound
 
 if TYPE_CHECKING:
     from ..sessions import Session
+    from ..types import ModelInfo
 
 LLAMACPP_CONTEXT = 2048  # llama.cpp's n_ctx when [providers.llamacpp] sets none (providers/llamacpp.py)
 LISTING_TTL = 60.0  # seconds a provider's model list is trusted
@@ -129,6 +130,19 @@ class Allowlist:
         if _same(provider, model, listed or []):
             return Admitted(provider, model, local=False)
         raise self.refusal(provider, model, [*(listed or []), *configured])
+
+    def offered(self, session: Session, models: list[ModelInfo]) -> list[ModelInfo]:
+        """A listing as HTTP may show it: a local engine's files outside its folders (converted
+        copies, downloads) are left out; they could not be asked for anyway."""
+        shown = []
+        for m in models:
+            if m.provider in LOCAL:
+                try:
+                    self._local(session, m.provider, m.name)
+                except FarmError:
+                    continue
+            shown.append(m)
+        return shown
 
     @staticmethod
     def _configured(session: Session, provider: str) -> list[str]:

@@ -195,7 +195,7 @@ class ModelsHandler(FarmHandler):
         if len(names) > 1:
             raise bad_request("provider", "give at most one provider")
         models = await self.until_gone(self.on_runtime(self.farm.list_models(names[0] if names else None)))
-        self.reply(schema.ModelsResponse(models=models))
+        self.reply(schema.ModelsResponse(models=self.state.allow.offered(self.farm, models)))
 
     def providers(self) -> list[str]:
         """The query's `provider` values: names that exist, each once, checked by the Session
