@@ -1,13 +1,16 @@
 """The one place that bounds an HTTP body before it costs anything.
 
-Every route that takes generation input (chat, chat/stream, and any later one such as a
-completion route) parses its body with `parse` and checks it with `check_body`:
+A route that takes generation input (chat, chat/stream, and any later one such as a completion
+route) follows the same steps:
 
-- strict types: no `"yes"` -> True, no `"0.5"` -> 0.5 (the kernel API stays lax: numpy integers);
-- counts checked while parsing, before the items are built (`messages`, `stop`, `logit_bias`,
-  `tools`) and the size and depth of `response_schema` and `tools` (grammars are compiled from them);
-- ranges: `seed` in 0..2^32-1, `max_tokens` within the model's window (or `MAX_TOKENS` unknown);
-- the size of the text, naming the field that made it too long (`system`, `prompt` or `messages`).
+1. its body model calls `count` and `raw_params` from `mode="before"` validators (see
+   `schema.ChatBody`), and the handler parses it with `FarmHandler.parse`: strict types (no
+   `"yes"` -> True, no `"0.5"` -> 0.5; the kernel API stays lax for numpy integers), counts checked
+   while parsing, before the items are built (`messages`, `stop`, `logit_bias`, `tools`), and the
+   size and depth of `response_schema` and `tools` (grammars are compiled from them);
+2. `check_text` over its text fields, naming the one that made it too long (`system`, `prompt`...);
+3. `check_params` for the ranges: `seed` in 0..2^32-1, `max_tokens` within the model's window (the
+   `Admitted.window` from `allow.Allowlist.admit`, or `MAX_TOKENS` where it is unknown).
 
 A refusal is `OutOfBounds` (the handlers answer it 400, naming the field that was wrong).
 """
