@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
-from test_server import JupyterServer, _free_port, _start_jupyter, _stop, _wait_for, error_of
+from test_server import JupyterServer, _free_port, _start_jupyter, _stats, _stop, _wait_for, error_of
 
 from farm_jupyter.cache_guard import GuardedCache
 from farm_jupyter.config import CacheSettings
@@ -496,3 +497,30 @@ def test_a_malformed_subpath_is_a_json_404(api: httpx.Client, method: str, path:
     assert response.status_code == 404, response.text[:300]
     assert error_of(response).error.startswith(f"no route {method} ")
     assert "POST chat" in error_of(response).error
+
+
+def test_a_client_that_leaves_stops_a_local_generation(jupyter: JupyterServer, api: httpx.Client) -> None:
+    """30,000 tokens asked of the tiny model; the client reads a few and leaves: the thread that
+    generates them ends, long before the answer would have."""
+    warm = {"prompt": "warm", "model": "hf:tiny", "params": {"max_tokens": 2}, "no_cache": True}
+    assert api.post("chat", json=warm).status_code == 200  # loaded, its worker threads started
+    server = psutil.Process(jupyter.proc.pid)
+    before = {t.id for t in server.threads()}
+    body = {
+        "prompt": "talk",
+        "model": "hf:tiny",
+        "no_cache": True,
+        "params": {"max_tokens": 30_000, "extra": {"min_new_tokens": 30_000}},
+    }
+    with jupyter.client() as client, client.stream("POST", "chat/stream", json=body) as response:
+        lines = response.iter_lines()  # held: dropping a line iterator closes the connection
+        texts = 0
+        for line in lines:
+            texts += line.startswith('data: {"text"')
+            if texts >= 3:
+                break
+        generating = {t.id for t in server.threads()} - before
+        assert generating  # the generate thread, at least
+    # A stop is seen within a token; 30,000 tokens take the tiny model far longer than this bound.
+    _wait_for(lambda: not generating & {t.id for t in server.threads()}, 10.0, "the generate thread ending")
+    assert _stats(api).in_flight == 0
