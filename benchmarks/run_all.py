@@ -45,6 +45,7 @@ SCRIPTS = [
         False,
         "Inline completion: what the server's route adds to the first ghost text, and a cache hit",
     ),
+    ("server_load.py", False, "Jupyter server extension: a burst of 200 chats, and the probe's bodies refused"),
 ]
 PACKAGES = [
     "farm-jupyter",

@@ -283,6 +283,14 @@ class RedisCache:
         self.ttl = ttl
         self.prefix = prefix
         self._client = aioredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
+        from redis.exceptions import ConnectionError as Unreachable
+        from redis.exceptions import TimeoutError as TimedOut
+
+        # Failures that mean "the server is not there" (GuardedCache turns the cache off a while).
+        self.down_errors: tuple[type[BaseException], ...] = (Unreachable, TimedOut, OSError)
+
+    async def ping(self) -> None:
+        await self._client.ping()
 
     async def get(self, key: str) -> CacheEntry | None:
         raw = await self._client.get(self.prefix + key)

@@ -4,7 +4,9 @@ The Session holds its cache behind `GuardedCache`: a backend that cannot open (a
 system, a Redis that is not there) leaves the Session without a cache instead of failing (except
 a recording or a replay, which are the point of the run: those raise), says why
 (`state`: `off: read-only file system`) and is tried again now and then, so the cache comes back
-when it can. A backend error mid-run reaches the router as one line (it answers without the cache
+when it can. A backend that opens without connecting (Redis) is pinged by `check()` (health), and
+one that stops answering (its `down_errors`) is off in the same way until a ping every
+REOPEN_AFTER seconds finds it back: no request waits on it, and no request logs it again. A backend error mid-run reaches the router as one line (it answers without the cache
 and logs that line); an entry that cannot be read is dropped, so one corrupt row costs one miss.
 """
 
@@ -52,6 +54,7 @@ class GuardedCache:
         self.name = "none"  # the backend's, once open
         self.reason: str | None = None
         self._next_try = 0.0
+        self._parked: Cache | None = None  # opened, but not answering: pinged again when due
         self._open()
 
     def _open(self) -> Cache | None:
@@ -74,10 +77,44 @@ class GuardedCache:
 
     async def _cache(self) -> Cache | None:
         if self.inner is None and self._clock() >= self._next_try:
-            opened = await asyncio.to_thread(self._open)
-            if opened is not None:
-                log.warning("farm_jupyter: cache %s is back", opened.name)
+            if self._parked is not None:
+                await self._ping(self._parked)
+            else:
+                opened = await asyncio.to_thread(self._open)
+                if opened is not None:
+                    log.warning("farm_jupyter: cache %s is back", opened.name)
         return self.inner
+
+    async def _ping(self, cache: Cache) -> None:
+        ping = getattr(cache, "ping", None)
+        if ping is None:
+            return
+        try:
+            await ping()
+        except (asyncio.CancelledError, FarmError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the cache is off until it answers
+            self._down(cache, exc)
+            return
+        if self._parked is cache:
+            self.inner, self._parked, self.reason = cache, None, None
+            log.warning("farm_jupyter: cache %s is back", cache.name)
+
+    def _down(self, cache: Cache, exc: BaseException) -> None:
+        first = self._parked is None
+        self.inner, self._parked, self.reason = None, cache, _why(exc)
+        self._next_try = self._clock() + REOPEN_AFTER
+        if first:
+            log.warning(
+                "farm_jupyter: cache %s is off: %s (tried again every %.0f s)", cache.name, self.reason, REOPEN_AFTER
+            )
+
+    async def check(self) -> str:
+        """`state`, after a ping of a backend that can be pinged (when its retry is due, if off)."""
+        cache = await self._cache()
+        if cache is not None:
+            await self._ping(cache)
+        return self.state
 
     @property
     def state(self) -> str:
@@ -98,6 +135,9 @@ class GuardedCache:
             return await getattr(cache, op)(*args)
         except (asyncio.CancelledError, FarmError):
             raise
+        except getattr(cache, "down_errors", ()) as exc:
+            self._down(cache, exc)  # off until a ping finds it back: said once, not per request
+            return None
         except Exception as exc:  # noqa: BLE001 - one line for the router's warning
             raise CacheUnavailable(f"{cache.name} {op}: {type(exc).__name__}: {_why(exc)}") from exc
 
@@ -126,8 +166,8 @@ class GuardedCache:
         return info if info is not None else {"backend": "none", "entries": 0, "off": self.reason}
 
     async def aclose(self) -> None:
-        if self.inner is not None:
-            await self.inner.aclose()
+        for cache in {id(c): c for c in (self.inner, self._parked) if c is not None}.values():
+            await cache.aclose()
 
     def __getattr__(self, name: str) -> Any:
         # The backend's own attributes (a test looks at MemoryCache._data) stay reachable.

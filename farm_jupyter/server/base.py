@@ -34,11 +34,14 @@ from ..errors import (
     AllProvidersFailed,
     BadRequest,
     FarmError,
+    MissingDependency,
     ModelNotFound,
     ProviderError,
     UnknownProvider,
     problems,
 )
+from .allow import NotAllowed
+from .bounds import OutOfBounds, TooManyLoads
 from .schema import ErrorBody
 
 if TYPE_CHECKING:
@@ -66,6 +69,7 @@ class FarmServer(Configurable):
     max_prompt_chars = Int(2_000_000, config=True, help="Most characters in all of a chat request's messages together.")
     max_load_jobs = Int(32, config=True, help="Most load jobs kept; finished ones go first, then none start.")
     load_job_ttl = Float(600.0, config=True, help="Seconds a finished load job stays readable.")
+    heartbeat = Float(15.0, config=True, help="Seconds of silence after which a stream sends a `: keep-alive` comment.")
 
 
 class ApiError(web.HTTPError):
@@ -101,7 +105,7 @@ def farm_error(exc: FarmError, field: str | None) -> ApiError:
         return ApiError(400, ErrorBody(error=str(exc), type=kind))
     if isinstance(exc, ProviderError):
         return ApiError(502, ErrorBody(error=str(exc), type=kind))
-    if isinstance(exc, UnknownProvider):
+    if isinstance(exc, (UnknownProvider, MissingDependency)):  # the server lacks an extra: say which
         return ApiError(400, ErrorBody(error=str(exc), field=field, type=kind))
     return ApiError(500, ErrorBody(error=str(exc), type=kind))  # ConfigError and the like: fix the server
 
@@ -117,6 +121,14 @@ def _mapped(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[N
             await method(self, *args, **kwargs)
         except FarmError as exc:
             raise farm_error(exc, self.field) from exc
+        except OutOfBounds as exc:
+            raise bad_request(exc.field, exc.message) from None
+        except NotAllowed as exc:
+            raise bad_request(self.field, str(exc)) from None
+        except TooManyLoads:
+            limit = self.limits.max_load_jobs
+            error = f"{limit} loads are running already: wait for one to finish (GET its progress_url) and try again"
+            raise ApiError(429, ErrorBody(error=error, field=self.field)) from None
         except asyncio.CancelledError:
             if not self._client_gone:  # not ours: the server is shutting down
                 raise
@@ -189,8 +201,11 @@ class FarmHandler(APIHandler):
             self._body.append(chunk)
 
     def parse(self, model: type[BaseModel]) -> Any:
+        """The body as `model`, strictly typed (no "yes" -> True), counted as it is parsed."""
         try:
-            return model.model_validate_json(b"".join(self._body))
+            return model.model_validate_json(
+                b"".join(self._body), strict=True, context={"max_messages": self.limits.max_messages}
+            )
         except ValidationError as exc:
             raise validation_error(exc) from None
 

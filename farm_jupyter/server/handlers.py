@@ -2,7 +2,7 @@
 
 Each handler names the path it serves; the URL table is built from `schema.ROUTES` (the same
 table as the JSON Schema and the TypeScript client) and `url_specs` refuses to start when the two
-disagree. Handlers ask the Session's async twin only (`farm.aio.stream`, `farm.aio.health`, `farm.aio.load`, ...).
+disagree. Handlers ask the Session only, through its async face (`farm.aio.stream`, `farm.aio.health`, ...).
 """
 
 from __future__ import annotations
@@ -16,14 +16,16 @@ from typing import Any
 
 from jupyter_server.utils import url_escape, url_path_join
 from tornado import web
+from tornado.iostream import StreamClosedError
 
 from ..errors import ConfigError, FarmError
-from ..sessions import ChatStream
+from ..sessions.names import canonical_provider, check_provider
 from ..types import ChatResponse, Chunk
-from . import schema
+from . import bounds, schema
+from .allow import Admitted, same_model
 from .base import SETTINGS_KEY, ApiError, FarmHandler, FarmServer, bad_request, farm_error, route
 from .completion import CompleteHandler
-from .jobs import LoadJob, ServerState, TooManyLoads
+from .jobs import LoadJob, ServerState
 
 SSE_TYPE = "text/event-stream; charset=utf-8"
 
@@ -32,7 +34,7 @@ class ChatHandler(FarmHandler):
     path = "chat"
 
     def body(self) -> schema.ChatBody:
-        """The parsed body, within the limits, its first provider's options checked."""
+        """The parsed body, within the limits (`bounds`), its first provider's options checked."""
         body: schema.ChatBody = self.parse(schema.ChatBody)
         messages = body.to_messages()
         limits = self.limits
@@ -40,10 +42,8 @@ class ChatHandler(FarmHandler):
             raise bad_request(
                 "messages", f"{len(messages)} messages, over the limit of {limits.max_messages}: send fewer"
             )
-        chars = sum(len(m.content) for m in messages)
-        if chars > limits.max_prompt_chars:
-            field = "prompt" if body.prompt is not None else "messages"
-            raise bad_request(field, f"{chars} characters, over the limit of {limits.max_prompt_chars}: send less")
+        bounds.check_text(bounds.text_sizes(body.system, body.prompt, body.messages), limits.max_prompt_chars)
+        bounds.check_params(body.params)
         self.farm.aio.resolve(body.model, strict=True)  # an unknown `x:` prefix is 400 before anyone is asked
         try:
             self.farm.aio.resolve(body.model, params=body.params)
@@ -51,22 +51,47 @@ class ChatHandler(FarmHandler):
             raise bad_request("params.extra", str(exc)) from None
         return body
 
-    def source(self, body: schema.ChatBody) -> ChatStream:
-        """Tokens as they come (deadlines per token, not per answer)."""
-        return self.farm.aio.stream(
-            body.to_messages(),
-            body.model,
-            params=body.params,
-            no_cache=body.no_cache,
-            refresh=body.refresh,
-            fallback=body.fallback,
+    async def admit(self, body: schema.ChatBody) -> Admitted:
+        """The model as this server offers it (`allow`), or the one refusal; max_tokens within its window."""
+        model = await self.until_gone(self.on_runtime(self.state.allow.admit(self.farm, body.model)))
+        bounds.check_params(body.params, model.window)
+        return model
+
+    def load(self, model: Admitted) -> LoadJob | None:
+        """A local model's load job (started now unless it ran already): counted against
+        `max_load_jobs` like the load route's, and shared with any other request for it."""
+        return self.state.start(self.farm, model.address, model, again=False) if model.local else None
+
+    async def loaded(self, job: LoadJob | None) -> None:
+        if job is None:
+            return
+        if job.future is not None and not job.future.done():
+            # Shielded: another request may be waiting for the same load.
+            await self.until_gone(asyncio.shield(asyncio.wrap_future(job.future)))
+        if job.failure is not None:
+            raise job.failure
+
+    def source(self, body: schema.ChatBody, model: Admitted) -> AsyncIterator[Chunk]:
+        """Tokens as they come (deadlines per token, not per answer), iterated from any loop."""
+        return aiter(
+            self.farm.aio.stream(
+                body.to_messages(),
+                model.address,
+                params=body.params,
+                no_cache=body.no_cache,
+                refresh=body.refresh,
+                fallback=body.fallback,
+            )
         )
 
     @route
     async def post(self) -> None:
-        source = self.source(self.body())
+        body = self.body()
         with self.state.answering():
-            response = await self.until_gone(self.on_runtime(_answer(aiter(source))))
+            model = await self.admit(body)
+            await self.loaded(self.load(model))
+            source = self.source(body, model)  # tokens as they come: deadlines per token
+            response = await self.until_gone(self.on_runtime(_answer(source)))
         self.reply(response)
 
 
@@ -83,55 +108,85 @@ def _event(data: str, name: str | None = None) -> str:
 
 
 class ChatStreamHandler(ChatHandler):
-    """Server-sent events: `data: {"text": ...}` per chunk, `{"restart": true}`, `{"status": ...}`,
+    """Server-sent events: at once the headers and a `{"status": ...}` line, then `data:
+    {"text": ...}` per chunk, `{"restart": true}`, a `{"status": ...}` for each retry, wait, load
+    and fallback, a `: keep-alive` comment while nothing else is said for `heartbeat` seconds,
     then `event: done` with the ChatResponse, then `data: [DONE]`.
 
-    The headers wait for the answer to begin, so a failure before any text is a plain 502 JSON
-    response; after that it is an `event: error` with an ErrorBody, then `data: [DONE]`.
+    What is refused before anything is asked (the body, the model) is a plain 4xx JSON answer;
+    a failure after the headers is an `event: error` with an ErrorBody, then `data: [DONE]`.
     """
 
     path = "chat/stream"
 
+    def initialize(self) -> None:
+        super().initialize()
+        self._said = time.monotonic()
+
     @route
     async def post(self) -> None:
-        source = self.source(self.body())
+        body = self.body()
         with self.state.answering():
-            await self.until_gone(self._relay(aiter(source)))
-
-    async def _relay(self, chunks: AsyncIterator[Chunk]) -> None:
-        held: list[str] = []  # status notes that came before the answer began
-        started = False
-        async with aclosing(chunks) as it:  # type: ignore[type-var]
+            model = await self.admit(body)
+            job = self.load(model)  # before the headers: too many loads is a plain 429
+            self.set_header("Content-Type", SSE_TYPE)
+            self.set_header("Cache-Control", "no-cache")
+            self.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
+            beat = asyncio.ensure_future(self._heartbeat())
             try:
+                await self.say(_status(f"asking {model.address}"))
+                await self.until_gone(self._answer(body, model, job))
+            finally:
+                beat.cancel()
+        self.finish()
+
+    async def say(self, text: str) -> None:
+        self._said = time.monotonic()
+        self.write(text)
+        await self.flush()
+
+    async def _heartbeat(self) -> None:
+        interval = self.limits.heartbeat
+        try:
+            while True:
+                await asyncio.sleep(max(0.0, self._said + interval - time.monotonic()))
+                if time.monotonic() - self._said >= interval:
+                    await self.say(": keep-alive\n\n")
+        except StreamClosedError:
+            pass  # the client left: the request's own cancellation follows
+
+    async def _answer(self, body: schema.ChatBody, model: Admitted, job: LoadJob | None) -> None:
+        try:
+            if job is not None and job.state == "running":
+                await self.say(_status(f"loading {model.address}"))
+            await self.loaded(job)
+            source = self.source(body, model)
+            async with aclosing(source) as it:  # type: ignore[type-var]
                 async for chunk in it:
-                    events = []
-                    if chunk.restart:
-                        events.append(_event(schema.StreamRestart().model_dump_json()))
-                    if chunk.status:
-                        events.append(_event(schema.StreamStatus(status=chunk.status).model_dump_json()))
-                    if chunk.text:
-                        events.append(_event(schema.StreamText(text=chunk.text).model_dump_json()))
-                    if chunk.response is not None:
-                        events.append(_event(chunk.response.model_dump_json(), "done"))
-                        events.append(_event("[DONE]"))
-                    if not started and not (chunk.text or chunk.restart or chunk.done):
-                        held += events
-                        continue
-                    if not started:
-                        started = True
-                        self.set_header("Content-Type", SSE_TYPE)
-                        self.set_header("Cache-Control", "no-cache")
-                        self.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
-                        events = held + events
-                    self.write("".join(events))
-                    await self.flush()
-            except FarmError as exc:
-                if not started:
-                    raise
-                self.log.warning("farm_jupyter: stream failed after it began: %s", exc)
-                error = farm_error(exc, self.field).body
-                self.write(_event(error.model_dump_json(), "error") + _event("[DONE]"))
-        self.finish(set_content_type=SSE_TYPE)
+                    await self.say(_events(chunk))
+        except FarmError as exc:
+            self.log.warning("farm_jupyter: stream failed: %s", exc)
+            error = farm_error(exc, self.field).body
+            await self.say(_event(error.model_dump_json(), "error") + _event("[DONE]"))
+
+
+def _status(text: str) -> str:
+    return _event(schema.StreamStatus(status=text).model_dump_json())
+
+
+def _events(chunk: Chunk) -> str:
+    events = []
+    if chunk.restart:
+        events.append(_event(schema.StreamRestart().model_dump_json()))
+    for note in (chunk.status, chunk.notice):
+        if note:
+            events.append(_status(note))
+    if chunk.text:
+        events.append(_event(schema.StreamText(text=chunk.text).model_dump_json()))
+    if chunk.response is not None:
+        events.append(_event(chunk.response.model_dump_json(), "done"))
+        events.append(_event("[DONE]"))
+    return "".join(events)
 
 
 class ModelsHandler(FarmHandler):
@@ -140,20 +195,28 @@ class ModelsHandler(FarmHandler):
 
     @route
     async def get(self) -> None:
-        provider = self.get_argument("provider", None) or None
-        models = await self.until_gone(self.on_runtime(self.farm.aio.models(provider)))
-        self.reply(schema.ModelsResponse(models=models))
+        names = self.providers()
+        if len(names) > 1:
+            raise bad_request("provider", "give at most one provider")
+        models = await self.until_gone(self.on_runtime(self.farm.aio.models(names[0] if names else None)))
+        self.reply(schema.ModelsResponse(models=self.state.allow.offered(self.farm, models)))
+
+    def providers(self) -> list[str]:
+        """The query's `provider` values: names that exist, each once, checked by the Session
+        (which scans entry points once a process, never per name)."""
+        names = [canonical_provider(p) for p in self.get_arguments("provider") if p]
+        return bounds.check_providers(names, check_provider)
 
 
-class HealthHandler(FarmHandler):
+class HealthHandler(ModelsHandler):
     path = "health"
-    field = "provider"
 
     @route
     async def get(self) -> None:
-        providers = [p for p in self.get_arguments("provider") if p] or None
+        providers = self.providers() or None
         statuses = await self.until_gone(self.on_runtime(self.farm.aio.health(providers)))
-        self.reply(schema.HealthResponse(providers=statuses, cache=self.farm.aio.cache_state))
+        cache = await self.until_gone(self.on_runtime(self.farm.aio.check_cache()))
+        self.reply(schema.HealthResponse(providers=statuses, cache=cache))
 
 
 class ModelHandler(FarmHandler):
@@ -161,13 +224,12 @@ class ModelHandler(FarmHandler):
 
     field = "name"
 
-    def address(self, name: str) -> tuple[str, str]:
+    async def admitted(self, name: str, *, pull: bool = False) -> Admitted:
         try:
             schema.check_model_name(name)
         except ValueError as exc:
             raise bad_request("name", str(exc)) from None
-        provider, _, model = self.farm.aio.resolve(name, strict=True).partition(":")
-        return provider, model
+        return await self.until_gone(self.on_runtime(self.state.allow.admit(self.farm, name, pull=pull)))
 
 
 class LoadHandler(ModelHandler):
@@ -178,33 +240,15 @@ class LoadHandler(ModelHandler):
 
     @route
     async def post(self, name: str) -> None:
-        provider, model = self.address(name)
-        address = f"{provider}:{model}"
-        job = self.state.job(address)
-        if job is None or job.state != "running":
-            job = LoadJob(model=name, address=address, started_at=time.time())
-            try:
-                self.state.add(job)
-            except TooManyLoads:
-                raise ApiError(
-                    429,
-                    schema.ErrorBody(
-                        error=(
-                            f"{self.limits.max_load_jobs} loads are running already: wait for one to finish "
-                            "(GET its progress_url) and try again"
-                        ),
-                        field="name",
-                    ),
-                ) from None
-            job.future = self.farm.aio.runtime.submit(job.run(self.farm.aio, address))
+        model = await self.admitted(name, pull=True)
+        job = self.state.start(self.farm, name, model)
         started = schema.LoadStarted(**job.status().model_dump(), progress_url=self.progress_url(name))
         self.set_header("Location", started.progress_url)
         self.reply(started, status=202)
 
     @route
     async def get(self, name: str) -> None:
-        provider, model = self.address(name)
-        job = self.state.job(f"{provider}:{model}")
+        job = self.state.job((await self.admitted(name, pull=True)).address)
         if job is None:
             raise ApiError(
                 404,
@@ -221,9 +265,22 @@ class UnloadHandler(ModelHandler):
 
     @route
     async def post(self, name: str) -> None:
-        provider, model = self.address(name)
-        await self.until_gone(self.on_runtime(self.farm.aio.unload(f"{provider}:{model}")))
-        self.reply(schema.UnloadResponse(model=name, address=f"{provider}:{model}", unloaded=True))
+        model = await self.admitted(name, pull=True)  # a model not offered is not loaded either
+        unloaded = await self.until_gone(self.on_runtime(_unload(self.farm, model)))
+        self.state.jobs.pop(model.address, None)
+        self.reply(schema.UnloadResponse(model=name, address=model.address, unloaded=unloaded))
+
+
+async def _unload(farm: Any, model: Admitted) -> bool:
+    """Unload `model`; whether it was loaded (a model never loaded is not `unloaded`)."""
+    try:
+        listed = await farm.aio.models(model.provider)
+    except FarmError:
+        listed = []
+    was = any(m.loaded and same_model(model.provider, m.name, model.model) for m in listed)
+    if was:
+        await farm.aio.unload(model.address)
+    return was
 
 
 class StatsHandler(FarmHandler):
@@ -249,6 +306,21 @@ class GPUHandler(FarmHandler):
         # NVML calls (and torch's import, the first time) block: keep them off tornado's loop.
         stats = await asyncio.to_thread(self.farm.gpu)
         self.reply(stats)
+
+
+class NotFoundHandler(FarmHandler):
+    """Any other path under the prefix: a JSON 404 naming the routes, not Jupyter's HTML page."""
+
+    path = ""
+
+    async def _missing(self, *args: Any) -> None:
+        routes = ", ".join(f"{r['method']} {r['path']}" for r in schema.ROUTES)
+        raise ApiError(
+            404,
+            schema.ErrorBody(error=f"no route {self.request.method} {self.request.path} here: the routes are {routes}"),
+        )
+
+    get = post = put = patch = delete = route(_missing)
 
 
 HANDLERS: list[type[FarmHandler]] = [
@@ -291,7 +363,7 @@ def setup_handlers(web_app: Any, session: Any = None, limits: FarmServer | None 
     base_url = web_app.settings.get("base_url", "/")
     prefix = url_path_join(base_url, schema.API_PREFIX)
     web_app.settings[SETTINGS_KEY] = ServerState(session, limits)
-    web_app.add_handlers(".*$", url_specs(prefix))
+    web_app.add_handlers(".*$", [*url_specs(prefix), (url_path_join(prefix, ".*"), NotFoundHandler)])
     return prefix
 
 

@@ -14,7 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..errors import FarmError
+from .allow import Admitted, Allowlist
 from .base import FarmServer
+from .bounds import TooManyLoads as TooManyLoads  # where ServerState.add raises it
 from .schema import LoadState, LoadStatus
 
 if TYPE_CHECKING:
@@ -36,6 +39,7 @@ class LoadJob:
     error: str | None = None
     finished_at: float | None = None
     future: concurrent.futures.Future[None] | None = None
+    failure: FarmError | None = None  # raised again to a chat that waited for this load
 
     def status(self) -> LoadStatus:
         return LoadStatus.model_validate(self, from_attributes=True)
@@ -51,12 +55,9 @@ class LoadJob:
             raise
         except Exception as exc:  # noqa: BLE001 - reported through GET, not raised
             self.error, self.finished_at, self.state = str(exc) or type(exc).__name__, time.time(), "error"
+            self.failure = exc if isinstance(exc, FarmError) else FarmError(self.error)
         else:
             self.finished_at, self.state = time.time(), "done"
-
-
-class TooManyLoads(Exception):
-    pass
 
 
 class ServerState:
@@ -71,6 +72,7 @@ class ServerState:
         self.jobs: dict[str, LoadJob] = {}
         self.in_flight = 0
         self._clock = clock
+        self.allow = Allowlist()
 
     @property
     def session(self) -> Session:
@@ -105,6 +107,19 @@ class ServerState:
             oldest = min(finished, key=lambda j: j.finished_at or 0.0)
             del self.jobs[oldest.address]
         self.jobs[job.address] = job
+
+    def start(self, session: Session, name: str, model: Admitted, *, again: bool = True) -> LoadJob:
+        """The running load of `model` (or, unless `again`, its finished one), else a new one
+        (TooManyLoads when `max_load_jobs` run). Chats and the load route both come here: every
+        load is counted, and one model is one job."""
+        job = self.job(model.address)
+        if job is not None and (job.state == "running" or (job.state == "done" and not again)):
+            return job
+        job = LoadJob(model=name, address=model.address, started_at=time.time())
+        self.add(job)
+        job.future = session.aio.runtime.submit(job.run(session.aio, model.address))
+        job.future.add_done_callback(lambda _: self.allow.forget(model.provider))  # it may list more now
+        return job
 
     def _expire(self) -> None:
         cutoff = self._clock() - self.limits.load_job_ttl

@@ -33,6 +33,7 @@ from ..types import (
     ProviderStatus,
     PullProgress,
 )
+from . import bounds
 
 __all__ = [
     "API_PREFIX",
@@ -105,6 +106,17 @@ class ChatBody(_Body):
     no_cache: bool = Field(default=False, description="Neither read nor write the response cache.")
     refresh: bool = Field(default=False, description="Skip a cached answer, and store the new one.")
     fallback: bool = Field(default=True, description="Try the environment's fallback providers on failure.")
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _count_messages(cls, value: Any, info: ValidationInfo) -> Any:
+        limit = (info.context or {}).get("max_messages")
+        return value if limit is None else bounds.count(value, limit, "messages", "messages")
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _bound_params(cls, value: Any) -> Any:
+        return bounds.raw_params(value)
 
     @field_validator("model")
     @classmethod
@@ -206,7 +218,7 @@ class LoadStarted(LoadStatus):
 class UnloadResponse(_Body):
     model: str
     address: str
-    unloaded: bool
+    unloaded: bool = Field(description="Whether it was loaded (and so was unloaded now); false for one never loaded.")
 
 
 class StatsResponse(_Body):
@@ -259,19 +271,38 @@ def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/$defs/{name}"}
 
 
-_PROVIDER_QUERY = {
+_ONE_PROVIDER = {
     "type": "object",
     "properties": {"provider": {"type": "string", "description": "Only this provider."}},
     "additionalProperties": False,
 }
+_PROVIDERS = {
+    "type": "object",
+    "properties": {
+        "provider": {
+            "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+            "description": "Only these providers (repeat the parameter for several).",
+        }
+    },
+    "additionalProperties": False,
+}
+_NO_QUERY: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
 
 # `name` is the client's method; `{name}` in a path is a model name (URL-escaped by the client).
 ROUTES: list[dict[str, Any]] = [
-    {"name": "chat", "method": "POST", "path": "chat", "request": _ref("ChatBody"), "response": _ref("ChatResponse")},
+    {
+        "name": "chat",
+        "method": "POST",
+        "path": "chat",
+        "query": _NO_QUERY,
+        "request": _ref("ChatBody"),
+        "response": _ref("ChatResponse"),
+    },
     {
         "name": "streamChat",
         "method": "POST",
         "path": "chat/stream",
+        "query": _NO_QUERY,
         "request": _ref("ChatBody"),
         "response": {"type": "string", "description": "text/event-stream; see `events`"},
         "events": {
@@ -313,13 +344,32 @@ ROUTES: list[dict[str, Any]] = [
             "additionalProperties": False,
         },
     },
-    {"name": "models", "method": "GET", "path": "models", "query": _PROVIDER_QUERY, "response": _ref("ModelsResponse")},
-    {"name": "health", "method": "GET", "path": "health", "query": _PROVIDER_QUERY, "response": _ref("HealthResponse")},
-    {"name": "load", "method": "POST", "path": "models/{name}/load", "response": _ref("LoadStarted"), "status": 202},
-    {"name": "loadStatus", "method": "GET", "path": "models/{name}/load", "response": _ref("LoadStatus")},
-    {"name": "unload", "method": "POST", "path": "models/{name}/unload", "response": _ref("UnloadResponse")},
-    {"name": "stats", "method": "GET", "path": "stats", "response": _ref("StatsResponse")},
-    {"name": "gpu", "method": "GET", "path": "gpu", "response": _ref("GPUStats")},
+    {"name": "models", "method": "GET", "path": "models", "query": _ONE_PROVIDER, "response": _ref("ModelsResponse")},
+    {"name": "health", "method": "GET", "path": "health", "query": _PROVIDERS, "response": _ref("HealthResponse")},
+    {
+        "name": "load",
+        "method": "POST",
+        "path": "models/{name}/load",
+        "query": _NO_QUERY,
+        "response": _ref("LoadStarted"),
+        "status": 202,
+    },
+    {
+        "name": "loadStatus",
+        "method": "GET",
+        "path": "models/{name}/load",
+        "query": _NO_QUERY,
+        "response": _ref("LoadStatus"),
+    },
+    {
+        "name": "unload",
+        "method": "POST",
+        "path": "models/{name}/unload",
+        "query": _NO_QUERY,
+        "response": _ref("UnloadResponse"),
+    },
+    {"name": "stats", "method": "GET", "path": "stats", "query": _NO_QUERY, "response": _ref("StatsResponse")},
+    {"name": "gpu", "method": "GET", "path": "gpu", "query": _NO_QUERY, "response": _ref("GPUStats")},
 ]
 
 

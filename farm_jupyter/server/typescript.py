@@ -237,16 +237,16 @@ export interface ClientOptions {
   /** The Jupyter server's URL including its base_url, e.g. `http://127.0.0.1:8888/`. */
   baseUrl: string;
   /** The server's token (`Authorization: token ...`); in JupyterLab the login cookie works instead. */
-  token?: string;
+  token?: string | undefined;
   /** The `_xsrf` cookie's value, for cookie-authenticated POSTs from a browser. */
-  xsrf?: string;
+  xsrf?: string | undefined;
   /** A fetch to use instead of the global one. */
-  fetch?: typeof fetch;
+  fetch?: typeof fetch | undefined;
 }
 
 /** What each call may add: an AbortSignal cancels it (a stream's server sees the disconnect). */
 export interface CallOptions {
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /** Every non-2xx answer: `status` and the server's ErrorBody (`error` is one line saying what to do). */
@@ -294,13 +294,10 @@ export class FarmClientBase {
     if (this.options.token) headers["Authorization"] = `token ${this.options.token}`;
     if (this.options.xsrf) headers["X-XSRFToken"] = this.options.xsrf;
     if (body !== undefined) headers["Content-Type"] = "application/json";
-    const response = await (this.options.fetch ?? fetch)(this.url(path, query), {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: call.signal,
-      credentials: "same-origin",
-    });
+    const init: RequestInit = { method, headers, credentials: "same-origin" };
+    if (body !== undefined) init.body = JSON.stringify(body);
+    if (call.signal !== undefined) init.signal = call.signal;
+    const response = await (this.options.fetch ?? fetch)(this.url(path, query), init);
     if (!response.ok) throw await FarmClientBase.error(response);
     return response;
   }
@@ -382,7 +379,7 @@ def _method(route: Mapping[str, Any]) -> list[str]:
         args.append(f'body: {types}["request"]')
         body = "body"
     query = "undefined"
-    if "query" in route:
+    if route.get("query", {}).get("properties"):
         args.append(f'query: {types}["query"] = {{}}')
         query = "query"
     args.append("call: CallOptions = {}")

@@ -123,6 +123,10 @@ class AsyncSession:
         that stops it."""
         return self._engine.monitor.subscribe(listener)
 
+    async def check_cache(self) -> str:
+        """`cache_state` after asking the backend (a Redis that went away is `off: <why>`)."""
+        return await self.runtime.wrap(self._engine.cache.check())
+
     @property
     def cache_state(self) -> str:
         """The cache backend's name, or `off: <why>` when it would not open (asks no one)."""

@@ -10,6 +10,8 @@ async function main(): Promise<void> {
 
   const health = await client.health();
   out.health = { providers: health.providers.map((p) => [p.provider, p.state]), cache: health.cache };
+  const some = await client.health({ provider: ["ollama", "openai"] });
+  out.healthOf = some.providers.map((p) => p.provider);
 
   const answer = await client.chat({ prompt: "hello from node", model: "ollama:llama3.1" });
   out.chat = { text: answer.text, address: `${answer.provider}:${answer.model}` };
@@ -24,7 +26,8 @@ async function main(): Promise<void> {
 
   // Stop after the first pieces of a long answer: leaving the loop closes the connection.
   let seen = 0;
-  for await (const e of client.streamChat({ prompt: "a long story", model: process.env.FARM_SLOW_MODEL, no_cache: true })) {
+  const slow = process.env.FARM_SLOW_MODEL ?? "";
+  for await (const e of client.streamChat({ prompt: "a long story", model: slow, no_cache: true })) {
     if (e.event === "message") seen += 1;
     if (seen >= 3) break;
   }
