@@ -27,6 +27,7 @@ from traitlets import TraitError
 
 from farm_jupyter.errors import AllProvidersFailed, FarmError
 from farm_jupyter.magics import FarmMagics, Stopped, Table, extract_code, interpolate, parse_json
+from farm_jupyter.magics.frontend import Frontend
 from farm_jupyter.sessions import Session, set_session
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import TEST_API_KEY, loopback_settings
@@ -169,18 +170,14 @@ def test_load_unload_reload(shell: InteractiveShell) -> None:
     assert shell.find_line_magic("farm") is None
     assert "FarmMagics" not in shell.magics_manager.registry
     assert instance not in shell.configurables
-    assert instance._pre_run_cell not in shell.events.callbacks["pre_run_cell"]
+    assert instance.frontend.pre_run_cell not in shell.events.callbacks["pre_run_cell"]
     shell.run_line_magic("load_ext", "farm_jupyter")
     shell.run_line_magic("reload_ext", "farm_jupyter")
     assert shell.find_cell_magic("farm_chat") is not None
     assert sum(isinstance(c, FarmMagics) for c in shell.configurables) == 1
     assert (
         len(
-            [
-                cb
-                for cb in shell.events.callbacks["pre_run_cell"]
-                if getattr(cb, "__self__", None).__class__ is FarmMagics
-            ]
+            [cb for cb in shell.events.callbacks["pre_run_cell"] if getattr(cb, "__self__", None).__class__ is Frontend]
         )
         == 1
     )
@@ -508,7 +505,7 @@ def test_updates_are_coalesced(shell: InteractiveShell, farm: Session, ollama_se
     assert len(text_updates) <= elapsed * 20 + 3
     assert len(text_updates) < 200  # whatever the machine, far fewer than the 2000 tokens
     assert fresh(cap)[-2]["text/plain"].endswith("tok1999 ")
-    assert magics(shell).last_updates == len(updates(cap))
+    assert magics(shell).chat.last_updates == len(updates(cap))
 
 
 def test_update_rate_is_a_setting(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer) -> None:
@@ -877,7 +874,7 @@ def test_farm_ollama_start_and_stop(
         out = capsys.readouterr().out
         assert f"Ollama is running at http://127.0.0.1:{port}" in out
         assert "ollama:phi3:mini: pulled and loaded" in out
-        proc = magics(shell)._ollama
+        proc = magics(shell).commands.kept.ollama
         assert proc is not None and proc.poll() is None
         shell.run_line_magic("farm", "ollama start")
         assert "already running" in capsys.readouterr().out
@@ -885,7 +882,7 @@ def test_farm_ollama_start_and_stop(
         assert "Ollama stopped" in capsys.readouterr().out
         assert proc.poll() is not None
     finally:
-        proc = magics(shell)._ollama
+        proc = magics(shell).commands.kept.ollama
         if proc is not None and proc.poll() is None:
             proc.kill()
         set_session(old)
@@ -930,7 +927,7 @@ def test_provider_and_an_alias_model(shell: InteractiveShell, farm: Session, oll
 def test_dashboard_replaces_the_previous_one(shell: InteractiveShell, farm: Session) -> None:
     first = shell.run_line_magic("farm", "dashboard")
     second = shell.run_line_magic("farm", "dashboard")
-    assert first is not second and magics(shell)._dashboard is second
+    assert first is not second and magics(shell).commands.kept.dashboard is second
     assert first.comm is None  # closed: its timers stopped
     shell.run_line_magic("unload_ext", "farm_jupyter")  # closes the live one too
     assert second.comm is None
@@ -966,7 +963,7 @@ def test_a_notice_is_one_line_above_the_answer(
     assert live and all(u.startswith(f"*&#9888; {NOTICE}*\n\n") for u in live)  # above the text as it streams
     assert nbval_sees(cap)[-3:] == [notice, answer, footer]
     # a terminal prints it once, above the text
-    monkeypatch.setattr(magics(shell), "_live", lambda: False)
+    monkeypatch.setattr(magics(shell).frontend, "live", lambda: False)
     with captured(shell) as cap:
         shell.run_cell_magic("farm_chat", "", "hi")
     assert cap.stdout.startswith(f"{NOTICE}\nfrom openai\nopenai:gpt-4o-mini")

@@ -676,7 +676,7 @@ def test_checked_in_schema_files_match_the_types(tmp_path: Path) -> None:
     folder = ROOT / "schema"
     hint = "regenerate them: farm-jupyter schema"
     assert json.loads((folder / "farm_jupyter.schema.json").read_text()) == json_schema(), hint
-    assert (folder / "farm_jupyter.d.ts").read_text() == typescript(), hint
+    assert (folder / "farm_jupyter.d.ts").read_text() == typescript(json_schema()), hint
     written = write_schema(tmp_path)
     assert [p.name for p in written] == ["farm_jupyter.schema.json", "farm_jupyter.d.ts", "farm_jupyter_client.ts"]
     for path in written:
@@ -917,8 +917,8 @@ def test_a_foreign_host_is_told_so_even_with_the_token(api: httpx.Client, ollama
 
 
 def test_load_jobs_expire_and_running_ones_are_never_dropped() -> None:
-    from farm_jupyter.server.base import FarmServer
     from farm_jupyter.server.jobs import LoadJob, ServerState, TooManyLoads
+    from farm_jupyter.server.traits import FarmServer
 
     now = [1000.0]
     state = ServerState(limits=FarmServer(max_load_jobs=2, load_job_ttl=60.0), clock=lambda: now[0])

@@ -27,15 +27,15 @@ class _Credentials(_Section):
 
     username: str | None = None
     password: SecretStr | None = None
-    _url_field: ClassVar[str] = ""
+    url_field: ClassVar[str] = ""
 
     @model_validator(mode="after")
     def _move_credentials(self) -> _Credentials:
-        url = getattr(self, self._url_field)
+        url = getattr(self, self.url_field)
         if url is not None:
             url, user, password = split_credentials(url)
             # Written past validation: assigning would validate again, and loop.
-            self.__dict__[self._url_field] = url
+            self.__dict__[self.url_field] = url
             if user is not None:
                 self.__dict__["username"] = user
             if password is not None:
@@ -48,7 +48,7 @@ class _Credentials(_Section):
         """A provider's URL without credentials, and the basic-auth user and password to send: a URL
         `given` in the provider's options brings its own (registered as secrets here), the section's
         URL (else `default`) goes with the section's `username` and `password`."""
-        url, user, password = split_credentials(given or getattr(self, self._url_field) or default)
+        url, user, password = split_credentials(given or getattr(self, self.url_field) or default)
         if not given:
             user = self.username
             password = self.password.get_secret_value() if self.password else None
@@ -62,7 +62,7 @@ class OllamaSettings(_Credentials):
     default_model: str = "llama3.1"
     keep_alive: str | None = None
     auto_pull: list[str] = Field(default_factory=list)
-    _url_field: ClassVar[str] = "host"
+    url_field: ClassVar[str] = "host"
 
     @field_validator("host")
     @classmethod
@@ -81,7 +81,7 @@ class OpenAISettings(_Credentials):
     base_urls: list[str] = Field(default_factory=list)  # several OpenAI-compatible servers
     default_model: str = "gpt-4o-mini"
     organization: str | None = None
-    _url_field: ClassVar[str] = "base_url"
+    url_field: ClassVar[str] = "base_url"
 
     @field_validator("base_url")
     @classmethod
@@ -269,7 +269,7 @@ class Settings(_Section):
         for name in ("ollama", "openai"):
             section = getattr(self, name)
             data[name]["password"] = "***" if section.password else None  # a password shows nothing
-            field = section._url_field
+            field = section.url_field
             if data[name][field] is not None:
                 data[name][field] = shown_url(data[name][field], section.username, section.password)
         data["cache"]["redis_url"] = mask_url(self.cache.redis_url)

@@ -4,9 +4,11 @@
     %%farm_chat -m ollama:llama3.1
     Explain this traceback: {err}
 
-- `cell`: FarmMagics (the two magics and their traitlets), `load` and `unload`;
+- `cell`: FarmMagics, the front door: the traitlets, the kernel's Session, `load` and `unload`;
+- `ask`: ChatMagics, `%%farm_chat`; `farm`: FarmCommands, `%farm`, and what its subcommands keep;
 - `commands`: each `%farm` subcommand, a function of the session and its parsed arguments;
 - `answer` and `compare`: one answer, or several side by side, streamed into the cell;
+- `frontend`: whether the frontend updates outputs in place, and which cell is running;
 - `interpolate`: `{name}` from the notebook, without eval; `targets`: `-m`/`-p` as the Session
   resolves them; `ollama`: `ollama serve` as a background process.
 
@@ -21,7 +23,20 @@ from __future__ import annotations
 
 from ..display.table import Table
 from .answer import Stopped, extract_code, parse_json
+from .ask import ChatMagics
 from .cell import FarmMagics, load, unload
+from .farm import FarmCommands
 from .interpolate import interpolate
 
-__all__ = ["FarmMagics", "Stopped", "Table", "extract_code", "interpolate", "load", "parse_json", "unload"]
+__all__ = [
+    "ChatMagics",
+    "FarmCommands",
+    "FarmMagics",
+    "Stopped",
+    "Table",
+    "extract_code",
+    "interpolate",
+    "load",
+    "parse_json",
+    "unload",
+]

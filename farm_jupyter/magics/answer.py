@@ -23,9 +23,9 @@ from ..display.answer import footer_bundle, notice_bundle, streaming, text_bundl
 from ..display.live import Live
 
 if TYPE_CHECKING:
-    from ..sessions import ChatStream, Session
+    from ..sessions import ChatStream
     from ..types import ChatResponse
-    from .cell import FarmMagics
+    from .frontend import Screen
 
 
 class Stopped(KeyboardInterrupt):
@@ -36,15 +36,13 @@ class Stopped(KeyboardInterrupt):
 
 
 def show_answer(
-    magics: FarmMagics,
-    session: Session,
+    screen: Screen,
     stream: ChatStream,
     address: str,
     *,
     fmt: str = "markdown",
     live: bool = True,
     out: str | None = None,
-    owned: bool = True,
 ) -> ChatResponse:
     """Stream one answer to the screen; show the final answer and its footer; return it.
 
@@ -54,40 +52,39 @@ def show_answer(
     """
     from ..sessions.follow import follow
 
-    rich = magics._live()
-    echo = live and not rich  # a terminal: print the text as it comes
-    screen = Live(
-        rich and live and owned, magics.update_rate, {"text/markdown": f"*asking {address}…*", "text/plain": ""}
+    echo = live and not screen.rich  # a terminal: print the text as it comes
+    view = Live(
+        screen.rich and live and screen.owned, screen.rate, {"text/markdown": f"*asking {address}…*", "text/plain": ""}
     )
     printer = _Printer(stream) if echo else None
     start = time.perf_counter()
-    changes = follow([stream], tick=1.0 / magics.update_rate)
+    changes = follow([stream], tick=1.0 / screen.rate)
     try:
         for change in changes:
             if change is None:
-                screen.flush(lambda: streaming(stream, address))
+                view.flush(lambda: streaming(stream, address))
                 continue
             if printer is not None:
                 printer.catch_up()
-            screen.offer(lambda: streaming(stream, address))
+            view.offer(lambda: streaming(stream, address))
     except KeyboardInterrupt:
         changes.close()  # cancels the request and waits for it to close
-        screen.close()
+        view.close()
         # An answer that finished (and joined the conversation) just before Ctrl-C reached us is
         # shown as the complete answer it is, rather than as stopped.
         if stream.response is None:
-            _stopped(magics, stream, address, start, echo=echo, out=out)
+            _stopped(screen, stream, address, start, echo=echo, out=out)
     finally:
         changes.close()
-        screen.close()
+        view.close()
     if stream.error is not None and stream.response is None:
         raise stream.error
     response = stream.response
     if response is None:  # pragma: no cover - a stream always ends with its response
         raise RuntimeError("the stream ended without a response")
-    magics.last_updates = screen.updates
+    screen.updates = view.updates
     if out:
-        magics.ip.user_ns[out] = response
+        screen.user_ns[out] = response
     line = response.notice or stream.notice
     if line and not echo:
         display(notice_bundle(line), raw=True)
@@ -98,7 +95,7 @@ def show_answer(
             display(thinking_bundle(response.thinking), raw=True)
         if response.tool_runs:
             display(tool_runs_bundle([r.line() for r in response.tool_runs]), raw=True)
-    extra = _finish(magics, response, fmt, echo=echo)
+    extra = _finish(screen, response, fmt, echo=echo)
     footer = response.footer() + (f" · {extra}" if extra else "")
     if echo:
         print(f"\n{footer}", flush=True)
@@ -139,9 +136,7 @@ class _Printer:
             self.printed = len(text)
 
 
-def _stopped(
-    magics: FarmMagics, stream: ChatStream, address: str, start: float, *, echo: bool, out: str | None
-) -> None:
+def _stopped(screen: Screen, stream: ChatStream, address: str, start: float, *, echo: bool, out: str | None) -> None:
     """Ctrl-C: keep the partial text on screen, marked, out of the conversation; fail the cell."""
     from ..types import ChatResponse, Timings
 
@@ -162,20 +157,20 @@ def _stopped(
         display(text_bundle(stopped.text, stopped=True), raw=True)
         display(footer_bundle(stopped.footer()), raw=True)
     if out:
-        magics.ip.user_ns[out] = stopped
+        screen.user_ns[out] = stopped
     raise Stopped(
         f"the answer was stopped after {len(stopped.text)} characters; it was not added to the conversation"
     ) from None
 
 
-def _finish(magics: FarmMagics, response: ChatResponse, fmt: str, *, echo: bool) -> str | None:
+def _finish(screen: Screen, response: ChatResponse, fmt: str, *, echo: bool) -> str | None:
     """Show the final answer in its format (unless a terminal already printed it)."""
     text = response.text
     if fmt == "code":
         code = extract_code(text)
         if not echo:
             display({"text/markdown": f"```python\n{code}\n```", "text/plain": code}, raw=True)
-        magics.ip.set_next_input(code, replace=False)
+        screen.set_next_input(code, replace=False)
         return "code put in a new cell below"
     if fmt == "json":
         try:

@@ -1,14 +1,17 @@
-"""The `%farm` subcommands: each a plain function of `(session, args)` (or `(magics, session,
-args)` where it needs the shell), declared with IPython's `magic_arguments`, found by name in
-`COMMANDS`. `%farm help` is made from their usage lines and docstrings.
+"""The `%farm` subcommands: each a plain function of `(session, args)` (or `(kept, session, args)`
+where it keeps something between calls or draws an answer), declared with IPython's
+`magic_arguments`, found by name in `COMMANDS`. `%farm help` is made from their usage lines and
+docstrings.
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from argparse import ArgumentParser
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
@@ -22,10 +25,33 @@ from .targets import check_provider, resolve
 
 if TYPE_CHECKING:
     from ..sessions import Session
-    from .cell import FarmMagics
+    from .frontend import Screen
 
 Command = Callable[..., Any]
-COMMANDS: dict[str, tuple[Command, bool]] = {}  # name -> (function, takes the magics first)
+COMMANDS: dict[str, tuple[Command, bool]] = {}  # name -> (function, takes what is kept first)
+
+
+@dataclass
+class Kept:
+    """What `%farm` keeps between subcommands (FarmCommands owns it), and where an answer goes."""
+
+    screen: Callable[[str], Screen]  # the running cell's, for the magic named
+    ollama: subprocess.Popen[bytes] | None = None  # `ollama serve`, when %farm ollama started it
+    dashboard: Any = None
+
+    def close(self) -> None:
+        """Stop what was started here: the dashboard's timers, `ollama serve`."""
+        self.close_dashboard()
+        if self.ollama is not None:
+            from .ollama import stop_process
+
+            stop_process(self.ollama)
+            self.ollama = None
+
+    def close_dashboard(self) -> None:
+        dashboard, self.dashboard = self.dashboard, None
+        if dashboard is not None:
+            dashboard.close()
 
 
 def command(name: str, *, shell: bool = False) -> Callable[[Command], Command]:
@@ -47,8 +73,8 @@ def _parser(fn: Command) -> ArgumentParser:
     return parser
 
 
-def run(magics: FarmMagics, name: str, rest: str) -> Any:
-    """Parse `rest` for the subcommand `name` and run it; an unknown one is a UsageError."""
+def run(kept: Kept, session: Callable[[], Session], name: str, rest: str) -> Any:
+    """Parse `rest` for the subcommand `name` and run it on `session()`; an unknown one is a UsageError."""
     if name == "help":
         return help_table()
     if name not in COMMANDS:
@@ -58,8 +84,7 @@ def run(magics: FarmMagics, name: str, rest: str) -> Any:
         args = parse_argstring(fn, rest)
     except UsageError as exc:
         raise UsageError(f"{exc}; usage: {usage(fn)}") from None
-    session = magics.session()
-    return fn(magics, session, args) if shell else fn(session, args)
+    return fn(kept, session(), args) if shell else fn(session(), args)
 
 
 def help_table() -> Table:
@@ -346,7 +371,7 @@ def unalias(session: Session, args: Any) -> None:
 @command("error", shell=True)
 @magic_arguments("farm error")
 @argument("model", nargs="?", metavar="MODEL")
-def error(magics: FarmMagics, session: Session, args: Any) -> None:
+def error(kept: Kept, session: Session, args: Any) -> None:
     """ask a model (the default one) to explain the last exception"""
     import traceback
 
@@ -365,21 +390,21 @@ def error(magics: FarmMagics, session: Session, args: Any) -> None:
         "and how to fix it, with corrected code if that helps.\n\n```\n" + trace + "\n```"
     )
     address = resolve(session, args.model)
-    show_answer(magics, session, session.stream(prompt, args.model), address, owned=magics._owns_cell("%farm"))
+    show_answer(kept.screen("%farm"), session.stream(prompt, args.model), address)
 
 
 @command("ollama", shell=True)
 @magic_arguments("farm ollama")
 @argument("action", metavar="start|stop")
-def ollama(magics: FarmMagics, session: Session, args: Any) -> None:
+def ollama(kept: Kept, session: Session, args: Any) -> None:
     """run `ollama serve` in the background (and pull the auto_pull models), or stop it"""
     from . import ollama as serve
 
     action = args.action.lower()
     if action == "start":
-        magics._ollama = serve.start(session, magics._ollama)
+        kept.ollama = serve.start(session, kept.ollama)
     elif action == "stop":
-        proc, magics._ollama = magics._ollama, None
+        proc, kept.ollama = kept.ollama, None
         serve.stop(proc)
     else:
         raise UsageError(f"unknown ollama action {args.action!r}: use %farm ollama start or %farm ollama stop")
@@ -387,7 +412,7 @@ def ollama(magics: FarmMagics, session: Session, args: Any) -> None:
 
 @command("dashboard", shell=True)
 @magic_arguments("farm dashboard")
-def dashboard(magics: FarmMagics, session: Session, args: Any) -> Any:
+def dashboard(kept: Kept, session: Session, args: Any) -> Any:
     """the health, GPU and stats widgets in one panel"""
     try:
         from ..widgets import Dashboard
@@ -395,6 +420,6 @@ def dashboard(magics: FarmMagics, session: Session, args: Any) -> Any:
         raise FarmError(
             f"the dashboard is not available ({exc})", hint='pip install "ipywidgets>=8", then %reload_ext farm_jupyter'
         ) from None
-    magics._close_dashboard()  # one live dashboard per kernel: the previous one's timers stop
-    magics._dashboard = Dashboard(session)
-    return magics._dashboard
+    kept.close_dashboard()  # one live dashboard per kernel: the previous one's timers stop
+    kept.dashboard = Dashboard(session)
+    return kept.dashboard

@@ -17,11 +17,11 @@ from .answer import Stopped
 
 if TYPE_CHECKING:
     from ..sessions import Session
-    from .cell import FarmMagics
+    from .frontend import Screen
 
 
 def show_comparison(
-    magics: FarmMagics,
+    screen: Screen,
     session: Session,
     targets: list[str],
     addresses: list[str],
@@ -48,32 +48,31 @@ def show_comparison(
     def bundle() -> dict[str, str]:
         return columns_bundle(columns, text_only=text_only)
 
-    live = magics._live() and not args.no_stream and magics._owns_cell("%%farm_chat")
-    screen = Live(live, magics.update_rate, bundle())
+    view = Live(screen.rich and not args.no_stream and screen.owned, screen.rate, bundle())
     start = time.perf_counter()
-    changes = follow([c.stream for c in columns if c.stream is not None], tick=1.0 / magics.update_rate)
+    changes = follow([c.stream for c in columns if c.stream is not None], tick=1.0 / screen.rate)
     try:
         for change in changes:
             if change is None:
-                screen.flush(bundle)
+                view.flush(bundle)
             else:
-                screen.offer(bundle)
+                view.offer(bundle)
     except KeyboardInterrupt:
         changes.close()
-        screen.close()
+        view.close()
         for column in columns:
             column.stopped = not column.done
         display(bundle(), raw=True)
         if args.out:
-            magics.ip.user_ns[args.out] = _outcomes(columns, time.perf_counter() - start)
+            screen.user_ns[args.out] = _outcomes(columns, time.perf_counter() - start)
         raise Stopped("the comparison was stopped; partial answers are shown") from None
     finally:
         changes.close()
-        screen.close()
-    magics.last_updates = screen.updates
+        view.close()
+    screen.updates = view.updates
     display(bundle(), raw=True)
     if args.out:
-        magics.ip.user_ns[args.out] = _outcomes(columns, time.perf_counter() - start)
+        screen.user_ns[args.out] = _outcomes(columns, time.perf_counter() - start)
     failures = [c.exception for c in columns if c.exception is not None]
     if failures and len(failures) == len(columns):
         raise failures[0]

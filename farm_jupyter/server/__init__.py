@@ -22,8 +22,8 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
-    from .base import FarmServer
     from .handlers import setup_handlers
+    from .traits import FarmServer
 
     prefix = setup_handlers(serverapp.web_app, limits=FarmServer(parent=serverapp))
     serverapp.log.info("farm_jupyter: routes at %s", prefix)

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .base import FarmServer
 from .schema import LoadState, LoadStatus
+from .traits import FarmServer
 
 if TYPE_CHECKING:
     import concurrent.futures

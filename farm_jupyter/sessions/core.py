@@ -61,7 +61,7 @@ class Session:
         self._engine = Engine(self.settings, runtime)
         self.history: Conversation = Conversation(self.settings.max_history)  # the turns of %%farm_chat cells
         self.last_batch: BatchResult | None = None  # the last map's rows, kept when it was stopped
-        self.aio: AsyncSession = AsyncSession(self, self._engine)
+        self.aio: AsyncSession = AsyncSession(self._engine, self.stream)
 
     if not TYPE_CHECKING:  # the old names, each a DeprecationWarning; not seen by type checkers
 
@@ -214,10 +214,7 @@ class Session:
         stands for, asking no one; an unknown provider or alias is a FarmError that says what to
         write. `strict`: `x:y` with no provider `x` is refused rather than taken as a model of the
         default provider; `params`: options its provider does not take are refused too."""
-        provider, model = self._engine.split(target, strict=strict)
-        if params is not None:
-            self._engine.check_params(provider, params)
-        return f"{provider}:{model}"
+        return self._engine.resolve(target, strict=strict, params=params)
 
     def close(self) -> None:
         if self._engine.started():

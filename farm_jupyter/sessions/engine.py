@@ -129,6 +129,13 @@ class Engine:
         route = self.router.resolve(target, fallback=False)[0]
         return route.provider, route.model
 
+    def resolve(self, target: str | None, *, strict: bool = False, params: GenerationParams | None = None) -> str:
+        """See `Session.resolve`."""
+        provider, model = self.split(target, strict=strict)
+        if params is not None:
+            self.check_params(provider, params)
+        return f"{provider}:{model}"
+
     def check_params(self, provider: str, params: GenerationParams) -> None:
         """An option of `params.extra` that this provider does not take is a mistake, said here."""
         found = self.router.provider(provider)

@@ -69,7 +69,7 @@ class OllamaServer(LoopbackServer):
         """The full name of the model `asked` for; None, after a 404 saying `missing`, if there is none."""
         name = self._lookup(asked)
         if name is None:
-            self._send(h, 404, self._error_body(404, missing), fault)
+            self._send(h, 404, self.error_body(404, missing), fault)
         return name
 
     def _authorised(self, h: Handler, headers: dict[str, str]) -> bool:
@@ -89,7 +89,7 @@ class OllamaServer(LoopbackServer):
         found = body.get("format")
         return found if isinstance(found, dict) else None
 
-    def _error_body(self, status: int, message: str | None = None) -> Json:
+    def error_body(self, status: int, message: str | None = None) -> Json:
         if message is None:
             message = {
                 404: "404 page not found",
@@ -117,10 +117,10 @@ class OllamaServer(LoopbackServer):
         if path == "/" and method in ("GET", "HEAD"):
             return h.send_bytes(200, b"Ollama is running", "text/plain; charset=utf-8")
         if path not in routes:
-            return self._send(h, 404, self._error_body(404), fault)
+            return self._send(h, 404, self.error_body(404), fault)
         allowed, handler = routes[path]
         if method != allowed and not (allowed == "GET" and method == "HEAD"):
-            return self._send(h, 405, self._error_body(405, "405 method not allowed"), fault)
+            return self._send(h, 405, self.error_body(405, "405 method not allowed"), fault)
         handler(h, body, fault)
 
     # model metadata
@@ -204,7 +204,7 @@ class OllamaServer(LoopbackServer):
     def _pull(self, h: Handler, body: Json, fault: Fault | None) -> None:
         asked = body.get("model") or body.get("name")
         if not isinstance(asked, str) or not asked.strip():
-            return self._send(h, 400, self._error_body(400, "model is required"), fault)
+            return self._send(h, 400, self.error_body(400, "model is required"), fault)
         name = self._normalise(asked)
         missing = name.rsplit("/", 1)[-1].startswith("missing")
         error = "pull model manifest: file does not exist"
@@ -250,7 +250,7 @@ class OllamaServer(LoopbackServer):
     def _infer(self, h: Handler, body: Json, fault: Fault | None, *, generate: bool) -> None:
         asked = body.get("model")
         if not isinstance(asked, str) or not asked.strip():
-            return self._send(h, 400, self._error_body(400, "model is required"), fault)
+            return self._send(h, 400, self.error_body(400, "model is required"), fault)
         name = self._installed(h, asked, fault, f'model "{asked}" not found, try pulling it first')
         if name is None:
             return

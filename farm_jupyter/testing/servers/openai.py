@@ -63,7 +63,7 @@ class OpenAIServer(LoopbackServer):
         key = None if self.api_key is None else _mask(self.api_key)
         return f"OpenAIServer({where}, models={self.models!r}, api_key={key!r})"
 
-    def _error_body(self, status: int, message: str | None = None) -> Json:
+    def error_body(self, status: int, message: str | None = None) -> Json:
         kinds: dict[int, tuple[str, str | None, str]] = {
             400: ("invalid_request_error", None, "Bad request."),
             401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
@@ -97,10 +97,10 @@ class OpenAIServer(LoopbackServer):
                 "You didn't provide an API key. You need to provide your API key in an "
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
             )
-            body = self._error_body(401, message)
+            body = self.error_body(401, message)
             body["error"]["code"] = None
         else:
-            body = self._error_body(401, f"Incorrect API key provided: {_mask(given)}.")
+            body = self.error_body(401, f"Incorrect API key provided: {_mask(given)}.")
         h.send_bytes(401, dumps(body), self.content_type)
         return False
 
@@ -116,7 +116,7 @@ class OpenAIServer(LoopbackServer):
             return self._chat(h, body, fault)
         if method == "POST" and path == "/v1/embeddings":
             return self._embeddings(h, body, fault)
-        self._send(h, 404, self._error_body(404, f"Invalid URL ({method} {path})"), fault)
+        self._send(h, 404, self.error_body(404, f"Invalid URL ({method} {path})"), fault)
 
     @staticmethod
     def _model(name: str) -> Json:
@@ -124,14 +124,14 @@ class OpenAIServer(LoopbackServer):
         return {"id": name, "object": "model", "created": 1_700_000_000, "owned_by": owner}
 
     def _not_found(self, name: Any) -> Json:
-        body = self._error_body(404, f"The model `{name}` does not exist or you do not have access to it.")
+        body = self.error_body(404, f"The model `{name}` does not exist or you do not have access to it.")
         body["error"]["code"] = "model_not_found"
         return body
 
     def _check_model(self, h: Handler, body: Json, fault: Fault | None) -> str | None:
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            self._send(h, 400, self._error_body(400, "you must provide a model parameter"), fault)
+            self._send(h, 400, self.error_body(400, "you must provide a model parameter"), fault)
             return None
         if model not in self.models:
             self._send(h, 404, self._not_found(model), fault)
@@ -144,7 +144,7 @@ class OpenAIServer(LoopbackServer):
             return
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            return self._send(h, 400, self._error_body(400, "Missing required parameter: 'messages'."), fault)
+            return self._send(h, 400, self.error_body(400, "Missing required parameter: 'messages'."), fault)
         if not self._model_time(h):
             return
         said = self._said(body, last_user(messages))
@@ -225,7 +225,7 @@ class OpenAIServer(LoopbackServer):
         elif isinstance(raw, list) and raw:
             texts = [t if isinstance(t, str) else " ".join(map(str, t)) for t in raw]
         else:
-            return self._send(h, 400, self._error_body(400, "'input' must be a string or a non-empty array."), fault)
+            return self._send(h, 400, self.error_body(400, "'input' must be a string or a non-empty array."), fault)
         if not self._model_time(h):
             return
         as_base64 = body.get("encoding_format") == "base64"
