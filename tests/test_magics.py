@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -948,7 +949,7 @@ def notice_stream(session: Session, text: str = "from openai", notice: str = NOT
         yield Chunk(text=text)
         yield Chunk(done=True, response=ChatResponse(text=text, provider="openai", model="gpt-4o-mini", notice=notice))
 
-    return ChatStream(session.aio.runtime, source())
+    return ChatStream(session.aio.runtime, source(), "ollama:llama3.1")  # the model asked
 
 
 def test_a_notice_is_one_line_above_the_answer(
@@ -1146,3 +1147,41 @@ def test_farm_usage_is_a_table_per_model(shell: InteractiveShell, farm: Session)
     (row,) = table.to_dicts()
     assert row["model"] == "ollama:llama3.1" and row["requests"] == "2" and row["cache hits"] == "1"
     assert row["cost"] == "price unknown"
+
+
+def test_a_cell_builds_its_prompt_once(
+    shell: InteractiveShell, farm: Session, ollama_server: OllamaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One %%farm_chat cell that misses the cache: the target is resolved, the messages built and
+    the cache key computed once each, and the question committed is the message that was sent."""
+    from farm_jupyter.router import core as router_core
+    from farm_jupyter.router.core import Router
+    from farm_jupyter.sessions.conversation import Conversation
+    from farm_jupyter.sessions.engine import Engine
+
+    calls: Counter[str] = Counter()
+
+    def counted(owner: Any, name: str, label: str, *, static: bool = False) -> None:
+        real = getattr(owner, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls[label] += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, staticmethod(wrapper) if static else wrapper)
+
+    counted(Router, "resolve", "resolve the target")
+    counted(Engine, "messages", "build the messages", static=True)
+    counted(Conversation, "messages_for", "build the conversation's messages")
+    counted(router_core, "cache_key", "compute the cache key")
+    chat(shell, "-m ollama:llama3.1 -o r", "Say hi once.")
+    assert dict(calls) == {
+        "resolve the target": 1,
+        "build the messages": 1,
+        "build the conversation's messages": 1,
+        "compute the cache key": 1,
+    }
+    assert [r.path for r in ollama_server.requests if r.path == "/api/chat"] == ["/api/chat"]  # a miss: asked once
+    response = shell.user_ns["r"]
+    assert response.address == "ollama:llama3.1" and not response.cached
+    assert farm.history.turns[-1].user is response.messages[-1]  # committed as sent, not built again

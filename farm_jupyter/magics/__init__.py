@@ -21,8 +21,9 @@ one-line `Stopped` (a KeyboardInterrupt), so that "Run All" stops there as it wo
 
 from __future__ import annotations
 
+from ..display.final import extract_code, parse_json
 from ..display.table import Table
-from .answer import Stopped, extract_code, parse_json
+from .answer import Stopped
 from .ask import ChatMagics
 from .cell import FarmMagics, load, unload
 from .farm import FarmCommands

@@ -19,7 +19,7 @@ from .answer import show_answer
 from .compare import show_comparison
 from .frontend import Room
 from .interpolate import interpolate
-from .targets import check_provider, join, resolve
+from .targets import asked, check_provider, join
 
 if TYPE_CHECKING:
     pass
@@ -91,8 +91,6 @@ class ChatMagics(Room):
             raise UsageError(f"--context-budget must be a positive number of tokens, got {args.context_budget}")
         collector = Collector(args.context_budget or DEFAULT_BUDGET)
         prompt = (cell if args.raw else interpolate(cell, ns, collector=collector)).strip("\r\n").rstrip()
-        if not prompt.strip():
-            raise UsageError("the prompt is empty: write the question in the cell, below %%farm_chat")
         system = None
         if args.system is not None:
             system = (
@@ -109,20 +107,22 @@ class ChatMagics(Room):
         if args.provider:
             check_provider(args.provider)
         if args.compare is not None:
-            targets = _compared(args)
-            addresses = [resolve(session, t) for t in targets]
+            streams = [
+                asked(session, prompt, t, system=system, no_cache=args.no_cache, refresh=args.refresh, fallback=False,
+                      **params, **asking)
+                for t in _compared(args)
+            ]  # fmt: skip
             screen = self._screen("%%farm_chat")
-            show_comparison(screen, session, targets, addresses, prompt, system, {**params, **asking}, args)
+            show_comparison(screen, streams, args)
             self.last_updates = screen.updates
             return None
 
-        target = join(session, args.model, args.provider)
-        address = resolve(session, target)
         if args.new:
             session.reset()
-        stream = session.stream(
+        stream = asked(
+            session,
             prompt,
-            target,
+            join(session, args.model, args.provider),
             system=system,
             conversation=session.history,
             turn_id=self._frontend.current_cell_id(),
@@ -133,7 +133,7 @@ class ChatMagics(Room):
             **asking,
         )
         screen = self._screen("%%farm_chat")
-        show_answer(screen, stream, address, fmt=args.format, live=not args.no_stream, out=args.out)
+        show_answer(screen, stream, fmt=args.format, live=not args.no_stream, out=args.out)
         self.last_updates = screen.updates
         return None
 

@@ -21,7 +21,7 @@ from ..display.formats import describe_failures, seconds, short, size
 from ..display.progress import show_progress
 from ..display.table import Table
 from ..errors import FarmError
-from .targets import check_provider, resolve
+from .targets import asked, check_provider, resolve
 
 if TYPE_CHECKING:
     from ..sessions import Session
@@ -389,8 +389,7 @@ def error(kept: Kept, session: Session, args: Any) -> None:
         "A cell in my Jupyter notebook failed with this exception. Explain briefly what went wrong "
         "and how to fix it, with corrected code if that helps.\n\n```\n" + trace + "\n```"
     )
-    address = resolve(session, args.model)
-    show_answer(kept.screen("%farm"), session.stream(prompt, args.model), address)
+    show_answer(kept.screen("%farm"), asked(session, prompt, args.model))
 
 
 @command("ollama", shell=True)

@@ -16,33 +16,16 @@ from ..display.live import Live
 from .answer import Stopped
 
 if TYPE_CHECKING:
-    from ..sessions import Session
+    from ..sessions import ChatStream
     from .frontend import Screen
 
 
-def show_comparison(
-    screen: Screen,
-    session: Session,
-    targets: list[str],
-    addresses: list[str],
-    prompt: str,
-    system: str | None,
-    params: dict[str, Any],
-    args: Any,
-) -> None:
-    """Ask every model at once; draw the columns as they stream; `-o` gets each one's response
-    (or its error). The cell fails only when every model failed."""
+def show_comparison(screen: Screen, streams: list[ChatStream], args: Any) -> None:
+    """Follow every model's stream at once; draw the columns as they stream; `-o` gets each one's
+    response (or its error). The cell fails only when every model failed."""
     from ..sessions.follow import follow
 
-    columns = [
-        Column(
-            a,
-            session.stream(
-                prompt, t, system=system, no_cache=args.no_cache, refresh=args.refresh, fallback=False, **params
-            ),
-        )
-        for t, a in zip(targets, addresses, strict=True)
-    ]
+    columns = [Column(s.address, s) for s in streams]
     text_only = args.format == "text"
 
     def bundle() -> dict[str, str]:

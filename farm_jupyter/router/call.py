@@ -80,6 +80,7 @@ class Call:
             thinking=thinking,
             tool_calls=tool_calls or [],
             notes=list(self.notes),
+            messages=self.messages,
             timings=Timings(
                 first_token=self.first_token or (elapsed if cached else None),
                 total=elapsed,

@@ -129,9 +129,12 @@ class RateLimiter:
         return entry
 
 
-def estimate_tokens(request: ChatRequest) -> int:
+def estimate_tokens(request: ChatRequest) -> tuple[int, int]:
+    """The tokens a request may cost before it is answered: its prompt's (about four characters
+    a token) and at most its answer's (`max_tokens`, else 256). The one estimate: the ledger's
+    budget and the rate limiter both take it."""
     chars = sum(len(m.content) for m in request.messages)
-    return chars // 4 + (request.params.max_tokens or 256)
+    return chars // 4, request.params.max_tokens or 256
 
 
 def retry_delay(policy: RetrySettings, exc: ProviderError, retries: int) -> float | None:

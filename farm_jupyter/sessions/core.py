@@ -16,12 +16,13 @@ from ..config import Settings, load_settings
 from ..errors import FarmError
 from ..ledger import UsageReport
 from ..records import ModelSummary
+from ..router.call import parse_params
 from ..runtime import Runtime
 from ..steps import Extras
 from ..types import ChatResponse, GenerationParams, GPUStats, ModelInfo, ProviderStatus, PullProgress
 from .aio import AsyncSession
 from .conversation import Conversation
-from .engine import Engine, Prompt
+from .engine import Asked, Engine, Prompt
 from .renamed import RENAMED, renamed
 from .stream import ChatStream
 
@@ -93,6 +94,7 @@ class Session:
         keep_thinking: bool = False,
         params: GenerationParams | None = None,
         _whole: bool = False,
+        _asked: tuple[Asked, str | None] | None = None,
         **options: Any,
     ) -> ChatStream:
         """A stream of the answer; `conversation=session.history` makes it a turn.
@@ -110,22 +112,34 @@ class Session:
         """
         if params is not None and options:
             raise TypeError("give generation options as keywords or as params=, not both")
+        engine = self._engine
         extras = Extras(context, images, context_budget, schema, tools, max_steps, max_reasks, keep_thinking)
-        source = self._engine.source(
-            prompt, model, system=system, conversation=conversation, turn_id=turn_id, no_cache=no_cache,
-            refresh=refresh, fallback=fallback, params=params or options, stream=not _whole, extras=extras,
+        asked, key = _asked or (
+            engine.ask(prompt, model, system=system, conversation=conversation, turn_id=turn_id, fallback=fallback,
+                       extras=extras),
+            None,
         )  # fmt: skip
-        return ChatStream(self._engine.runtime, source)
+        source = engine.source(
+            asked, params or options, conversation=conversation, turn_id=turn_id, no_cache=no_cache, refresh=refresh,
+            stream=not _whole, extras=extras, key=key,
+        )  # fmt: skip
+        return ChatStream(engine.runtime, source, asked.address)
 
     def chat(self, prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatResponse:
         """Ask and wait; the keywords are `stream`'s."""
-        if not any(kwargs.get(k) for k in ("conversation", "no_cache", "refresh", "params", *_MORE)):
-            params = {k: v for k, v in kwargs.items() if k not in _ASKING}
-            messages = self._engine.messages(prompt, kwargs.get("system"))
-            hit = self._engine.router.replay(messages, model, params)
-            if hit is not None:  # a memory-cache hit, answered here: no hop to the runtime loop
-                return hit
-        return self.stream(prompt, model, _whole=True, **kwargs).result()
+        if any(kwargs.get(k) for k in ("conversation", "no_cache", "refresh", "params", *_MORE)):
+            return self.stream(prompt, model, _whole=True, **kwargs).result()
+        engine = self._engine
+        generation = parse_params({k: v for k, v in kwargs.items() if k not in _ASKING})
+        asked = engine.ask(
+            prompt, model, system=kwargs.get("system"), conversation=None, turn_id=None,
+            fallback=kwargs.get("fallback"), extras=Extras(),
+        )  # fmt: skip
+        hit, key = engine.router.replay(asked.messages, asked.routes[0], generation)
+        if hit is not None:  # a memory-cache hit, answered here: no hop to the runtime loop
+            return hit
+        kept = {k: v for k, v in kwargs.items() if k in _ASKING}
+        return self.stream(prompt, model, params=generation, _whole=True, _asked=(asked, key), **kept).result()
 
     def map(self, items: Iterable[Any], prompt: PromptBuilder = "{}", **kwargs: Any) -> Any:
         """One prompt over many items, `concurrency` at a time; see `farm_jupyter.map`."""

@@ -6,7 +6,8 @@ The Engine is the sessions package's own: faces reach it only through the Sessio
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..cache_guard import GuardedCache
@@ -18,6 +19,7 @@ from ..providers import available as available_providers
 from ..providers import is_known as is_provider
 from ..providers.base import Provider, as_messages
 from ..router import Router
+from ..router.call import Route
 from ..router.pool import Pool
 from ..runtime import Runtime, get_runtime
 from ..steps import Extras, Steps, plan
@@ -25,6 +27,21 @@ from ..types import ChatMessage, ChatResponse, Chunk, GenerationParams, ImagePar
 from .conversation import Conversation
 
 Prompt = str | Sequence[ChatMessage | dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Asked:
+    """A request as built, once: its messages as sent and the routes it takes (the first is the
+    model asked; a face labels the answer with it)."""
+
+    messages: list[ChatMessage]
+    routes: list[Route]
+    target: str | None  # as given: the steps of a schema or tools ask again with it
+    fallback: bool | None
+
+    @property
+    def address(self) -> str:
+        return str(self.routes[0])
 
 
 class Engine:
@@ -46,7 +63,7 @@ class Engine:
 
     # -- asking ---------------------------------------------------------------------------------
 
-    def source(
+    def ask(
         self,
         prompt: Prompt,
         model: str | None,
@@ -54,42 +71,55 @@ class Engine:
         system: str | None,
         conversation: Conversation | None,
         turn_id: str | None,
-        no_cache: bool,
-        refresh: bool,
         fallback: bool | None,
-        params: dict[str, Any] | GenerationParams,
-        stream: bool = True,
-        extras: Extras | None = None,
-    ) -> AsyncIterator[Chunk] | Steps:
-        x = extras or Extras()
+        extras: Extras,
+    ) -> Asked:
+        """The request, built once: the messages as they will be sent, and the routes they take."""
         attached: list[ImagePart] = []
-        if x.context is not None or x.images:
+        if extras.context is not None or extras.images:
             if not isinstance(prompt, str):
                 raise TypeError("context= and images= go with a prompt string")
-            prompt, attached = attach(prompt, x.context, x.images, x.context_budget)
+            prompt, attached = attach(prompt, extras.context, extras.images, extras.context_budget)
         messages = self.messages(prompt, system, conversation, turn_id, attached)
+        return Asked(messages, self.router.routes(model, fallback), model, fallback)
 
-        def commit(response: ChatResponse) -> None:
+    def source(
+        self,
+        asked: Asked,
+        params: Mapping[str, Any] | GenerationParams,
+        *,
+        conversation: Conversation | None,
+        turn_id: str | None,
+        no_cache: bool,
+        refresh: bool,
+        stream: bool,
+        extras: Extras,
+        key: str | None = None,
+    ) -> AsyncIterator[Chunk] | Steps:
+        """What a ChatStream iterates: the router's chunks, or the steps of a schema or tools."""
+
+        def commit(response: ChatResponse) -> None:  # the question as it was sent
             if conversation is not None:
-                conversation.commit(str(prompt), response, turn_id, images=attached, keep_thinking=x.keep_thinking)
+                conversation.commit(asked.messages[-1], response, turn_id, keep_thinking=extras.keep_thinking)
 
-        if x.schema is None and not x.tools:
+        if extras.schema is None and not extras.tools:
             chunks = self.router.astream(
-                messages, model, params, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream
-            )
+                asked.messages, None, params, no_cache=no_cache, refresh=refresh, stream=stream, routes=asked.routes,
+                key=key,
+            )  # fmt: skip
             return chunks if conversation is None else _committing(chunks, commit)
         if isinstance(params, GenerationParams):
             params = params.model_dump(exclude_defaults=True)
         return plan(
             self.router,
             self.runtime,
-            messages,
-            model,
+            asked.messages,
+            asked.target,
             params,
-            x,
+            extras,
             no_cache=no_cache,
             refresh=refresh,
-            fallback=fallback,
+            fallback=asked.fallback,
             stream=stream,
             on_final=commit,
         )
@@ -113,7 +143,7 @@ class Engine:
             if system:
                 messages.insert(0, ChatMessage(role="system", content=system))
         if not any(m.content.strip() for m in messages if m.role == "user"):
-            raise FarmError("the prompt is empty", hint="write a question in the cell")
+            raise ConfigError("the prompt is empty", hint="write the question in the cell")
         return messages
 
     # -- targets --------------------------------------------------------------------------------

@@ -29,8 +29,9 @@ class ChatStream:
     the stream has its response or its error (llm's Response.on_done).
     """
 
-    def __init__(self, runtime: Runtime, source: AsyncIterator[Chunk] | Steps) -> None:
+    def __init__(self, runtime: Runtime, source: AsyncIterator[Chunk] | Steps, address: str = "") -> None:
         self.runtime = runtime  # the loop the source runs on
+        self.address = address  # the provider:model asked, as the router resolved it
         self._source: AsyncIterator[Chunk] | Steps | None = source
         self._parts: list[str] = []
         self._thinking: list[str] = []

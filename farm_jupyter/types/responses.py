@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
-from .messages import BaseType, ToolCall, ToolRun
+from .messages import BaseType, ChatMessage, ToolCall, ToolRun
 
 
 class Usage(BaseType):
@@ -83,6 +83,9 @@ class ChatResponse(BaseType):
     # The answer validated against the schema asked for (a pydantic object, or JSON data); not
     # serialised: a cached answer is validated again, by the caller's own model.
     parsed: Any = Field(default=None, exclude=True)
+    # The messages sent for this answer, as sent (llm's `response.prompt.messages`): a conversation
+    # commits its question from here. Not serialised: a cache or the HTTP API keeps the answer only.
+    messages: list[ChatMessage] = Field(default_factory=list, exclude=True)
 
     @property
     def address(self) -> str:
