@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from farm_jupyter.errors import ConfigError
+from farm_jupyter.magics.ollama_serve import stop_process
 from farm_jupyter.server.schema import (
     ChatBody,
     ErrorBody,
@@ -191,13 +192,7 @@ def _start_jupyter(
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    stop_process(proc)  # terminate, wait, kill: as `%farm ollama stop` does
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.display import display
 
-from .answer import footer_bundle, notice_bundle, text_bundle, thinking_bundle, tool_runs_bundle
+from .pieces import footer_bundle, notice_bundle, text_bundle, thinking_bundle, tool_runs_bundle
 
 if TYPE_CHECKING:
     from ..sessions import ChatStream

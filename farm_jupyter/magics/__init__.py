@@ -7,10 +7,10 @@
 - `cell`: FarmMagics, the front door: the traitlets, the kernel's Session, `load` and `unload`;
 - `ask`: ChatMagics, `%%farm_chat`; `farm`: FarmCommands, `%farm`, and what its subcommands keep;
 - `commands`: each `%farm` subcommand, a function of the session and its parsed arguments;
-- `answer` and `compare`: one answer, or several side by side, streamed into the cell;
+- `answer` and `comparison`: one answer, or several side by side, streamed into the cell;
 - `frontend`: whether the frontend updates outputs in place, and which cell is running;
 - `interpolate`: `{name}` from the notebook, without eval; `targets`: `-m`/`-p` as the Session
-  resolves them; `ollama`: `ollama serve` as a background process.
+  resolves them; `ollama_serve`: `ollama serve` as a background process.
 
 Errors: misuse (bad option, unknown subcommand or provider, empty prompt, a `{name}` that is not
 defined) raises IPython's `UsageError` itself; a provider failure after every fallback raises the

@@ -14,9 +14,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from ..display.answer import streaming
 from ..display.final import Printer, show_final, show_stopped
 from ..display.live import Live
+from ..display.pieces import streaming
 
 if TYPE_CHECKING:
     from ..sessions import ChatStream

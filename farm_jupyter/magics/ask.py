@@ -16,7 +16,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..context import DEFAULT_BUDGET, Collector  # standard library only, like this module
 from .answer import show_answer
-from .compare import show_comparison
+from .comparison import show_comparison
 from .frontend import Room
 from .interpolate import interpolate
 from .targets import asked, check_provider, join

@@ -43,7 +43,7 @@ class Kept:
         """Stop what was started here: the dashboard's timers, `ollama serve`."""
         self.close_dashboard()
         if self.ollama is not None:
-            from .ollama import stop_process
+            from .ollama_serve import stop_process
 
             stop_process(self.ollama)
             self.ollama = None
@@ -397,7 +397,7 @@ def error(kept: Kept, session: Session, args: Any) -> None:
 @argument("action", metavar="start|stop")
 def ollama(kept: Kept, session: Session, args: Any) -> None:
     """run `ollama serve` in the background (and pull the auto_pull models), or stop it"""
-    from . import ollama as serve
+    from . import ollama_serve as serve
 
     action = args.action.lower()
     if action == "start":

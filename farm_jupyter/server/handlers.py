@@ -21,7 +21,7 @@ from ..errors import ConfigError, FarmError
 from ..sessions import ChatStream
 from ..types import ChatResponse, Chunk
 from . import schema
-from .base import SETTINGS_KEY, ApiError, FarmHandler, bad_request, farm_error, route
+from .handling import SETTINGS_KEY, ApiError, FarmHandler, bad_request, farm_error, route
 from .jobs import LoadJob, ServerState, TooManyLoads
 from .traits import FarmServer
 

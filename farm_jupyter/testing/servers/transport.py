@@ -19,7 +19,7 @@ JSON_TYPE = "application/json; charset=utf-8"
 
 
 class Owner(Protocol):
-    """What the plumbing serves for: a loopback server (testing/servers/base.py) that answers."""
+    """What the plumbing serves for: a loopback server (testing/servers/loopback.py) that answers."""
 
     kind: str  # names the threads
     max_connections: int

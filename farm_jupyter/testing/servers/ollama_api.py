@@ -12,14 +12,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .answers import chunks, embedding, last_user, message_words, positive_int, text_of, words
-from .base import Frame, Json, LoopbackServer
 from .faults import Fault
+from .loopback import Frame, Json, LoopbackServer
 from .transport import Handler, dumps
 
 if TYPE_CHECKING:
     from typing import Unpack
 
-    from .base import Options
+    from .loopback import Options
 
 
 def _now_iso() -> str:

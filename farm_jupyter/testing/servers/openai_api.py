@@ -12,14 +12,14 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .answers import chunks, embedding, last_user, message_words, positive_int, words
-from .base import Frame, Json, LoopbackServer
 from .faults import Fault
+from .loopback import Frame, Json, LoopbackServer
 from .transport import Handler, dumps
 
 if TYPE_CHECKING:
     from typing import Unpack
 
-    from .base import Options
+    from .loopback import Options
 
 TEST_API_KEY = "sk-test-0123456789abcdef"  # what the fixtures give OpenAIServer and the client
 

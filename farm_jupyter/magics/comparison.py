@@ -1,6 +1,6 @@
 """`%%farm_chat --compare A,B`: one prompt to several models at once, their columns side by side.
 
-The columns are `display.compare.Column`s, as in CompareWidget; here they are drawn into one
+The columns are `display.columns.Column`s, as in CompareWidget; here they are drawn into one
 display output that streams, then shown once more when every model has finished.
 """
 
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.display import display
 
-from ..display.compare import Column, columns_bundle
+from ..display.columns import Column, columns_bundle
 from ..display.live import Live
 from .answer import Stopped
 
