@@ -8,6 +8,7 @@ DeprecationWarning (`sessions/renamed.py`).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -30,21 +31,6 @@ Usage = Literal["tokens", "requests", "failures", "cache"]
 
 # Asking with these takes more than one cache lookup (objects to describe, steps to run).
 _MORE = ("context", "images", "schema", "tools")
-_ASKING = frozenset(
-    {
-        "system",
-        "conversation",
-        "turn_id",
-        "no_cache",
-        "refresh",
-        "fallback",
-        *_MORE,
-        "context_budget",
-        "max_steps",
-        "max_reasks",
-        "keep_thinking",
-    }
-)  # not params
 
 
 class Session:
@@ -238,3 +224,11 @@ class Session:
         router = self._engine.router
         default = router.default_target or self.settings.default_provider
         return f"<Session env={self.settings.env!r} default={default!r} cache={self._engine.cache.name}>"
+
+
+# `stream`'s keywords that are not generation options, read from its signature: the list is kept once.
+_ASKING = frozenset(
+    name
+    for name, p in inspect.signature(Session.stream).parameters.items()
+    if p.kind is p.KEYWORD_ONLY and not name.startswith("_") and name != "params"
+)
