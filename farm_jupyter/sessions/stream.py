@@ -139,9 +139,12 @@ class ChatStream:
             else runtime.aiterate(source)
         )
         try:
-            async for chunk in chunks:
-                self._take(chunk)
-                yield chunk
+            # Closed here, not left to the garbage collector: a caller that stops early (a client
+            # gone from the server) has the request cancelled by the time it has closed this.
+            async with aclosing(chunks) as it:  # type: ignore[type-var]
+                async for chunk in it:
+                    self._take(chunk)
+                    yield chunk
         except Exception as exc:
             self._fail(exc)
             raise
