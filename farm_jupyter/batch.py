@@ -250,6 +250,18 @@ def run_rows(
                     rows[i] = Row(i, item_of(i), error="stopped before it was asked", error_type="Stopped")
 
 
+def rows_of(
+    session: Session, items: Iterable[Any], prompt: PromptBuilder, model: str | None
+) -> tuple[list[Any], list[Any], list[Any] | None]:
+    """The items as values, each one's prompt built, and a pandas Series' index (its labels):
+    a mistyped provider or a template that does not fit fails here, before any request."""
+    provenance.install_formatter()  # the table's output carries where its answers came from
+    labels = list(getattr(items, "index", ())) if hasattr(items, "iloc") else None  # a pandas Series
+    values = list(items.tolist() if hasattr(items, "tolist") else items)
+    session.resolve(model)
+    return values, [messages_for(prompt, v) for v in values], labels
+
+
 def run_map(
     session: Session,
     items: Iterable[Any],
@@ -261,24 +273,12 @@ def run_map(
     progress: bool = True,
     no_cache: bool = False,
     fallback: bool | None = None,
-    batch: bool = False,
-    poll: float | None = None,
     **params: Any,
 ) -> Any:
-    """One prompt over many items; see `farm_jupyter.map` (`batch=True`: `batch_api`)."""
+    """One prompt over many items; see `farm_jupyter.map` (`batch=True` goes to `batch_api`)."""
     if concurrency < 1:
         raise ConfigError(f"concurrency={concurrency} must be at least 1")
-    provenance.install_formatter()  # the table's output carries where its answers came from
-    labels = list(getattr(items, "index", ())) if hasattr(items, "iloc") else None  # a pandas Series
-    values = list(items.tolist() if hasattr(items, "tolist") else items)
-    session.resolve(model)  # a mistyped provider fails once, not per row
-    built = [messages_for(prompt, v) for v in values]  # a template that does not fit fails before any request
-    if batch:
-        from .batch_api import run_batch
-
-        return run_batch(
-            session, values, built, labels, model=model, system=system, params=params, progress=progress, poll=poll
-        )
+    values, built, labels = rows_of(session, items, prompt, model)
 
     def job(i: int) -> Callable[[], Any]:
         async def ask() -> Row:

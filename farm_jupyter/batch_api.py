@@ -18,12 +18,12 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from .batch import BatchResult, Row
+from .batch import BatchResult, PromptBuilder, Row, rows_of
 from .errors import ConfigError, FarmError
 from .ledger import SHIPPED_PRICES, BudgetExceeded
 from .providers._http import status_error
@@ -124,17 +124,17 @@ def _afford(session: Session, usd: float | None, said: str) -> None:
 
 def run_batch(
     session: Session,
-    values: list[Any],
-    built: list[Any],
-    labels: Sequence[Any] | None,
+    items: Iterable[Any],
+    prompt: PromptBuilder = "{}",
     *,
-    model: str | None,
-    system: str | None,
-    params: dict[str, Any],
-    progress: bool,
-    poll: float | None,
+    model: str | None = None,
+    system: str | None = None,
+    progress: bool = True,
+    poll: float | None = None,
+    **params: Any,
 ) -> Any:
-    """The rows as one Batch API job; see the module docstring."""
+    """`farm.map(..., batch=True)`: the rows as one Batch API job; see the module docstring."""
+    values, built, labels = rows_of(session, items, prompt, model)
     address, provider = _provider(session, model)
     lines = _lines(provider, address.split(":", 1)[1], built, system, params)
     key = job_key(address, provider.url, lines)

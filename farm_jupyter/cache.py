@@ -96,7 +96,7 @@ class Cache(Protocol):
 
 def _strip(entry: CacheEntry) -> CacheEntry:
     """What a cache keeps: the answer, not this request's attempts or timings."""
-    response = entry.response.model_copy(update={"attempts": [], "cached": False, "restarted": False})
+    response = entry.response.model_copy(update={"attempts": [], "cached": False, "restarted": False, "messages": []})
     return CacheEntry(response=response, chunks=entry.chunks, created=entry.created)
 
 

@@ -21,6 +21,7 @@ class says where it comes from, and the object itself does the work (`df.head().
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import struct
 import traceback
@@ -179,10 +180,15 @@ class Collector:
     """Describes the objects of one prompt, numbering its images: `[image 1: ...]`. `budget` is
     the tokens each object may take (an int: estimated at 4 characters a token)."""
 
-    def __init__(self, budget: int | Budget = DEFAULT_BUDGET) -> None:
-        self.budget = budget if isinstance(budget, Budget) else Budget(budget)
+    def __init__(self, budget: int | Budget | Callable[[], Budget] = DEFAULT_BUDGET) -> None:
+        self._budget = budget  # a callable is asked on the first object described (it may resolve a target)
         self.images: list[ImagePart] = []
         self.described = 0  # objects described (not plain text or numbers): what the budget applied to
+
+    @functools.cached_property
+    def budget(self) -> Budget:
+        found = self._budget() if callable(self._budget) else self._budget
+        return found if isinstance(found, Budget) else Budget(found)
 
     def _image(self, data: bytes, media_type: str, what: str) -> str:
         from .types import ImagePart

@@ -22,6 +22,7 @@ import base64
 import logging
 import re
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -196,6 +197,7 @@ class RedactingFilter(logging.Filter):
 
 
 _FILTER = RedactingFilter()
+_FACTORIES: weakref.WeakSet[Callable[..., logging.LogRecord]] = weakref.WeakSet()  # the record factories made here
 
 
 def install_log_filter(extra: Iterable[str] = ()) -> None:
@@ -211,7 +213,7 @@ def install_log_filter(extra: Iterable[str] = ()) -> None:
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
     previous = logging.getLogRecordFactory()
-    if not getattr(previous, "_farm_jupyter", False):
+    if previous not in _FACTORIES:
         logging.setLogRecordFactory(_factory(previous))
 
 
@@ -227,5 +229,5 @@ def _factory(previous: Callable[..., logging.LogRecord]) -> Callable[..., loggin
                 logger.addFilter(_FILTER)
         return record
 
-    make._farm_jupyter = True  # type: ignore[attr-defined]
+    _FACTORIES.add(make)
     return make

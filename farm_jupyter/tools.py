@@ -63,7 +63,7 @@ class Tool:
         summary, described = _doc(fn)
         try:
             parameters = TypeAdapter(fn).json_schema()  # type: ignore[arg-type]  # pydantic describes a callable's arguments
-            self._call = validate_call(fn)
+            self.validated = validate_call(fn)  # the call with its arguments checked
         except Exception as exc:  # noqa: BLE001 - pydantic refuses some signatures; say which
             raise ConfigError(
                 f"tool {name} cannot be described: {type(exc).__name__}: {str(exc).splitlines()[0]}",
@@ -129,7 +129,7 @@ def run_call(
         error = f"the arguments were not a JSON object: {str(call.arguments['__raw__'])[:200]!r}"
     else:
         try:
-            value = tool._call(**call.arguments)
+            value = tool.validated(**call.arguments)
             if tool.is_async:
                 value = run_async(value)
             result = result_text(value)

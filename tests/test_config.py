@@ -143,7 +143,7 @@ def test_import_is_light():
 
 def test_session_function_survives_importing_the_package():
     import farm_jupyter.sessions as module
-    import farm_jupyter.sessions.core  # noqa: F401
+    import farm_jupyter.sessions.door  # noqa: F401
 
     assert callable(farm_jupyter.session) and not isinstance(farm_jupyter.session, type(module))
     assert farm_jupyter.session() is module.session()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -520,9 +521,9 @@ def test_a_provider_that_counts_tokens_makes_the_budget_exact(ollama):
     from farm_jupyter.providers.ollama import OllamaProvider
 
     class Counting(OllamaProvider):  # Ollama on the wire, with a tokenizer that counts words
-        def count_tokens(self, model: str, text: str) -> int:
+        def count_tokens(self, prompt: Any, model: str | None = None, *, load: bool = True) -> int | None:
             counted.append(model)
-            return len(text.split())
+            return len(str(prompt).split())
 
     counted: list[str] = []
     register_provider("counting", Counting)

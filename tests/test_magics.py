@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from traitlets import TraitError
 
 from farm_jupyter.errors import AllProvidersFailed, FarmError
 from farm_jupyter.magics import FarmMagics, Stopped, Table, extract_code, interpolate, parse_json
+from farm_jupyter.magics.frontend import Frontend
 from farm_jupyter.sessions import Session, set_session
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import TEST_API_KEY, loopback_settings
@@ -169,18 +171,14 @@ def test_load_unload_reload(shell: InteractiveShell) -> None:
     assert shell.find_line_magic("farm") is None
     assert "FarmMagics" not in shell.magics_manager.registry
     assert instance not in shell.configurables
-    assert instance._pre_run_cell not in shell.events.callbacks["pre_run_cell"]
+    assert instance.frontend.pre_run_cell not in shell.events.callbacks["pre_run_cell"]
     shell.run_line_magic("load_ext", "farm_jupyter")
     shell.run_line_magic("reload_ext", "farm_jupyter")
     assert shell.find_cell_magic("farm_chat") is not None
     assert sum(isinstance(c, FarmMagics) for c in shell.configurables) == 1
     assert (
         len(
-            [
-                cb
-                for cb in shell.events.callbacks["pre_run_cell"]
-                if getattr(cb, "__self__", None).__class__ is FarmMagics
-            ]
+            [cb for cb in shell.events.callbacks["pre_run_cell"] if getattr(cb, "__self__", None).__class__ is Frontend]
         )
         == 1
     )
@@ -507,7 +505,7 @@ def test_updates_are_coalesced(shell: InteractiveShell, farm: Session, ollama_se
     assert len(text_updates) <= elapsed * 20 + 3
     assert len(text_updates) < 200  # whatever the machine, far fewer than the 2000 tokens
     assert fresh(cap)[-2]["text/plain"].endswith("tok1999 ")
-    assert magics(shell).last_updates == len(updates(cap))
+    assert magics(shell).chat.last_updates == len(updates(cap))
 
 
 def test_update_rate_is_a_setting(shell: InteractiveShell, farm: Session, ollama_server: OllamaServer) -> None:
@@ -876,7 +874,7 @@ def test_farm_ollama_start_and_stop(
         out = capsys.readouterr().out
         assert f"Ollama is running at http://127.0.0.1:{port}" in out
         assert "ollama:phi3:mini: pulled and loaded" in out
-        proc = magics(shell)._ollama
+        proc = magics(shell).commands.kept.ollama
         assert proc is not None and proc.poll() is None
         shell.run_line_magic("farm", "ollama start")
         assert "already running" in capsys.readouterr().out
@@ -884,7 +882,7 @@ def test_farm_ollama_start_and_stop(
         assert "Ollama stopped" in capsys.readouterr().out
         assert proc.poll() is not None
     finally:
-        proc = magics(shell)._ollama
+        proc = magics(shell).commands.kept.ollama
         if proc is not None and proc.poll() is None:
             proc.kill()
         set_session(old)
@@ -929,7 +927,7 @@ def test_provider_and_an_alias_model(shell: InteractiveShell, farm: Session, oll
 def test_dashboard_replaces_the_previous_one(shell: InteractiveShell, farm: Session) -> None:
     first = shell.run_line_magic("farm", "dashboard")
     second = shell.run_line_magic("farm", "dashboard")
-    assert first is not second and magics(shell)._dashboard is second
+    assert first is not second and magics(shell).commands.kept.dashboard is second
     assert first.comm is None  # closed: its timers stopped
     shell.run_line_magic("unload_ext", "farm_jupyter")  # closes the live one too
     assert second.comm is None
@@ -950,7 +948,7 @@ def notice_stream(session: Session, text: str = "from openai", notice: str = NOT
         yield Chunk(text=text)
         yield Chunk(done=True, response=ChatResponse(text=text, provider="openai", model="gpt-4o-mini", notice=notice))
 
-    return ChatStream(session.aio.runtime, source())
+    return ChatStream(session.aio.runtime, source(), "ollama:llama3.1")  # the model asked
 
 
 def test_a_notice_is_one_line_above_the_answer(
@@ -965,7 +963,7 @@ def test_a_notice_is_one_line_above_the_answer(
     assert live and all(u.startswith(f"*&#9888; {NOTICE}*\n\n") for u in live)  # above the text as it streams
     assert nbval_sees(cap)[-3:] == [notice, answer, footer]
     # a terminal prints it once, above the text
-    monkeypatch.setattr(magics(shell), "_live", lambda: False)
+    monkeypatch.setattr(magics(shell).frontend, "live", lambda: False)
     with captured(shell) as cap:
         shell.run_cell_magic("farm_chat", "", "hi")
     assert cap.stdout.startswith(f"{NOTICE}\nfrom openai\nopenai:gpt-4o-mini")
@@ -1148,3 +1146,41 @@ def test_farm_usage_is_a_table_per_model(shell: InteractiveShell, farm: Session)
     (row,) = table.to_dicts()
     assert row["model"] == "ollama:llama3.1" and row["requests"] == "2" and row["cache hits"] == "1"
     assert row["cost"] == "price unknown"
+
+
+def test_a_cell_builds_its_prompt_once(
+    shell: InteractiveShell, farm: Session, ollama_server: OllamaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One %%farm_chat cell that misses the cache: the target is resolved, the messages built and
+    the cache key computed once each, and the question committed is the message that was sent."""
+    from farm_jupyter.router import core as router_core
+    from farm_jupyter.router.core import Router
+    from farm_jupyter.sessions.conversation import Conversation
+    from farm_jupyter.sessions.engine import Engine
+
+    calls: Counter[str] = Counter()
+
+    def counted(owner: Any, name: str, label: str, *, static: bool = False) -> None:
+        real = getattr(owner, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls[label] += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, staticmethod(wrapper) if static else wrapper)
+
+    counted(Router, "resolve", "resolve the target")
+    counted(Engine, "messages", "build the messages", static=True)
+    counted(Conversation, "messages_for", "build the conversation's messages")
+    counted(router_core, "cache_key", "compute the cache key")
+    chat(shell, "-m ollama:llama3.1 -o r", "Say hi once.")
+    assert dict(calls) == {
+        "resolve the target": 1,
+        "build the messages": 1,
+        "build the conversation's messages": 1,
+        "compute the cache key": 1,
+    }
+    assert [r.path for r in ollama_server.requests if r.path == "/api/chat"] == ["/api/chat"]  # a miss: asked once
+    response = shell.user_ns["r"]
+    assert response.address == "ollama:llama3.1" and not response.cached
+    assert farm.history.turns[-1].user is response.messages[-1]  # committed as sent, not built again

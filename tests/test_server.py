@@ -30,6 +30,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from farm_jupyter.errors import ConfigError
+from farm_jupyter.magics.ollama_serve import stop_process
 from farm_jupyter.server.schema import (
     ChatBody,
     ErrorBody,
@@ -195,13 +196,7 @@ def _start_jupyter(
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    stop_process(proc)  # terminate, wait, kill: as `%farm ollama stop` does
 
 
 @pytest.fixture(scope="module")
@@ -689,7 +684,7 @@ def test_checked_in_schema_files_match_the_types(tmp_path: Path) -> None:
     folder = ROOT / "schema"
     hint = "regenerate them: farm-jupyter schema"
     assert json.loads((folder / "farm_jupyter.schema.json").read_text()) == json_schema(), hint
-    assert (folder / "farm_jupyter.d.ts").read_text() == typescript(), hint
+    assert (folder / "farm_jupyter.d.ts").read_text() == typescript(json_schema()), hint
     written = write_schema(tmp_path)
     assert [p.name for p in written] == ["farm_jupyter.schema.json", "farm_jupyter.d.ts", "farm_jupyter_client.ts"]
     for path in written:
@@ -930,8 +925,8 @@ def test_a_foreign_host_is_told_so_even_with_the_token(api: httpx.Client, ollama
 
 
 def test_load_jobs_expire_and_running_ones_are_never_dropped() -> None:
-    from farm_jupyter.server.base import FarmServer
     from farm_jupyter.server.jobs import LoadJob, ServerState, TooManyLoads
+    from farm_jupyter.server.traits import FarmServer
 
     now = [1000.0]
     state = ServerState(limits=FarmServer(max_load_jobs=2, load_job_ttl=60.0), clock=lambda: now[0])

@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,11 +35,12 @@ def test_the_session_has_at_most_20_public_names(farm_session: Session) -> None:
     assert len(names) <= 20
 
 
-def test_the_readme_lists_every_session_name_and_farm_all_is_exported() -> None:
-    readme = (inspect.getfile(farm_jupyter).rsplit("/farm_jupyter/", 1)[0] + "/README.md").replace("\\", "/")
-    section = open(readme, encoding="utf-8").read().split("### The Session", 1)[1].split("\n## ", 1)[0]
+def test_the_readme_lists_every_session_name_and_every_export() -> None:
+    readme = Path(farm_jupyter.__file__).parent.parent / "README.md"
+    section = readme.read_text(encoding="utf-8").split("### The Session", 1)[1].split("\n## ", 1)[0]
     assert all(f"`{n}" in section for n in PUBLIC), [n for n in PUBLIC if f"`{n}" not in section]
-    assert {"Session", "AsyncSession", "session"} <= set(farm_jupyter.__all__)
+    exports = section.split("exports (`farm.__all__`", 1)[1].split("\n\n", 2)[1]  # the list below it
+    assert set(re.findall(r"`(\w+)`", exports)) == set(farm_jupyter.__all__)
 
 
 def test_aio_has_the_same_acts_as_coroutines() -> None:

@@ -27,21 +27,21 @@ class _Credentials(_Section):
 
     username: str | None = None
     password: SecretStr | None = None
-    _url_field: ClassVar[str] = ""
-    _urls_field: ClassVar[str] = ""
+    url_field: ClassVar[str] = ""
+    urls_field: ClassVar[str] = ""
 
     @model_validator(mode="after")
     def _move_credentials(self) -> _Credentials:
-        urls = getattr(self, self._urls_field)
+        urls = getattr(self, self.urls_field)
         for each in urls:
             _register_url(each)
         if urls:  # one setting in two shapes: the list names the first server (all of it, if one)
-            self.__dict__[self._url_field] = urls[0]
-        url = getattr(self, self._url_field)
+            self.__dict__[self.url_field] = urls[0]
+        url = getattr(self, self.url_field)
         if url is not None:
             url, user, password = split_credentials(url)
             # Written past validation: assigning would validate again, and loop.
-            self.__dict__[self._url_field] = url
+            self.__dict__[self.url_field] = url
             if user is not None:
                 self.__dict__["username"] = user
             if password is not None:
@@ -54,7 +54,7 @@ class _Credentials(_Section):
         """A provider's URL without credentials, and the basic-auth user and password to send: a URL
         `given` in the provider's options brings its own (registered as secrets here), the section's
         URL (else `default`) goes with the section's `username` and `password`."""
-        url, user, password = split_credentials(given or getattr(self, self._url_field) or default)
+        url, user, password = split_credentials(given or getattr(self, self.url_field) or default)
         if not given:
             user = self.username
             password = self.password.get_secret_value() if self.password else None
@@ -69,8 +69,8 @@ class OllamaSettings(_Credentials):
     keep_alive: str | None = None
     auto_pull: list[str] = Field(default_factory=list)
     allow_registries: bool = False  # over HTTP: may a model name pull from `host:port/...`?
-    _url_field: ClassVar[str] = "host"
-    _urls_field: ClassVar[str] = "hosts"
+    url_field: ClassVar[str] = "host"
+    urls_field: ClassVar[str] = "hosts"
 
     @field_validator("host")
     @classmethod
@@ -89,8 +89,8 @@ class OpenAISettings(_Credentials):
     base_urls: list[str] = Field(default_factory=list)  # several OpenAI-compatible servers
     default_model: str = "gpt-4o-mini"
     organization: str | None = None
-    _url_field: ClassVar[str] = "base_url"
-    _urls_field: ClassVar[str] = "base_urls"
+    url_field: ClassVar[str] = "base_url"
+    urls_field: ClassVar[str] = "base_urls"
 
     @field_validator("base_url")
     @classmethod
@@ -308,10 +308,10 @@ class Settings(_Section):
         for name in ("ollama", "openai"):
             section = getattr(self, name)
             data[name]["password"] = "***" if section.password else None  # a password shows nothing
-            field = section._url_field
+            field = section.url_field
             if data[name][field] is not None:
                 data[name][field] = shown_url(data[name][field], section.username, section.password)
-            data[name][section._urls_field] = [shown_url(u) for u in data[name][section._urls_field]]
+            data[name][section.urls_field] = [shown_url(u) for u in data[name][section.urls_field]]
         data["cache"]["redis_url"] = mask_url(self.cache.redis_url)
         data["providers"] = _masked_options(self.providers)
         data["source"] = self.source

@@ -16,7 +16,7 @@ class Live:
     drops them when the next output arrives (the final answer, or the error), so the saved
     notebook holds the answer once and no empty output. Blanking the live output instead left a
     `text/plain: ''` output in every saved notebook; there is no message that removes one output.
-    A magic streams live only when it owns the cell (`FarmMagics._owns_cell`).
+    A magic streams live only when it owns the cell (`magics.frontend.Frontend.owns_cell`).
     """
 
     def __init__(self, enabled: bool, rate: float, initial: dict[str, Any]) -> None:

@@ -4,11 +4,13 @@
     %%farm_chat -m ollama:llama3.1
     Explain this traceback: {err}
 
-- `cell`: FarmMagics (the two magics and their traitlets), `load` and `unload`;
+- `cell`: FarmMagics, the front door: the traitlets, the kernel's Session, `load` and `unload`;
+- `ask`: ChatMagics, `%%farm_chat`; `farm`: FarmCommands, `%farm`, and what its subcommands keep;
 - `commands`: each `%farm` subcommand, a function of the session and its parsed arguments;
-- `answer` and `compare`: one answer, or several side by side, streamed into the cell;
+- `answer` and `comparison`: one answer, or several side by side, streamed into the cell;
+- `frontend`: whether the frontend updates outputs in place, and which cell is running;
 - `interpolate`: `{name}` from the notebook, without eval; `targets`: `-m`/`-p` as the Session
-  resolves them; `ollama`: `ollama serve` as a background process.
+  resolves them; `ollama_serve`: `ollama serve` as a background process.
 
 Errors: misuse (bad option, unknown subcommand or provider, empty prompt, a `{name}` that is not
 defined) raises IPython's `UsageError` itself; a provider failure after every fallback raises the
@@ -19,9 +21,23 @@ one-line `Stopped` (a KeyboardInterrupt), so that "Run All" stops there as it wo
 
 from __future__ import annotations
 
+from ..display.final import extract_code, parse_json
 from ..display.table import Table
-from .answer import Stopped, extract_code, parse_json
+from .answer import Stopped
+from .ask import ChatMagics
 from .cell import FarmMagics, load, unload
+from .farm import FarmCommands
 from .interpolate import interpolate
 
-__all__ = ["FarmMagics", "Stopped", "Table", "extract_code", "interpolate", "load", "parse_json", "unload"]
+__all__ = [
+    "ChatMagics",
+    "FarmCommands",
+    "FarmMagics",
+    "Stopped",
+    "Table",
+    "extract_code",
+    "interpolate",
+    "load",
+    "parse_json",
+    "unload",
+]

@@ -1,14 +1,17 @@
-"""The `%farm` subcommands: each a plain function of `(session, args)` (or `(magics, session,
-args)` where it needs the shell), declared with IPython's `magic_arguments`, found by name in
-`COMMANDS`. `%farm help` is made from their usage lines and docstrings.
+"""The `%farm` subcommands: each a plain function of `(session, args)` (or `(kept, session, args)`
+where it keeps something between calls or draws an answer), declared with IPython's
+`magic_arguments`, found by name in `COMMANDS`. `%farm help` is made from their usage lines and
+docstrings.
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from argparse import ArgumentParser
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
@@ -18,14 +21,42 @@ from ..display.formats import describe_failures, seconds, short, size
 from ..display.progress import show_progress
 from ..display.table import Table
 from ..errors import FarmError
-from .targets import check_provider, resolve
+from .targets import asked, check_provider, resolve
 
 if TYPE_CHECKING:
     from ..sessions import Session
-    from .cell import FarmMagics
+    from .frontend import Screen
 
 Command = Callable[..., Any]
-COMMANDS: dict[str, tuple[Command, bool]] = {}  # name -> (function, takes the magics first)
+COMMANDS: dict[str, tuple[Command, bool]] = {}  # name -> (function, takes what is kept first)
+
+
+@dataclass
+class Kept:
+    """What `%farm` keeps between subcommands (FarmCommands owns it), and where an answer goes."""
+
+    screen: Callable[[str], Screen]  # the running cell's, for the magic named
+    ollama: subprocess.Popen[bytes] | None = None  # `ollama serve`, when %farm ollama started it
+    dashboard: Any = None
+    sidebars: list[tuple[Any, Any]] = field(default_factory=list)  # (Sidecar, ChatWidget) of %farm sidebar
+
+    def close(self) -> None:
+        """Stop what was started here: the dashboard's timers, `ollama serve`."""
+        self.close_dashboard()
+        sidebars, self.sidebars = self.sidebars, []
+        for side, chat in sidebars:
+            chat.close()
+            side.close()
+        if self.ollama is not None:
+            from .ollama_serve import stop_process
+
+            stop_process(self.ollama)
+            self.ollama = None
+
+    def close_dashboard(self) -> None:
+        dashboard, self.dashboard = self.dashboard, None
+        if dashboard is not None:
+            dashboard.close()
 
 
 def command(name: str, *, shell: bool = False) -> Callable[[Command], Command]:
@@ -47,8 +78,8 @@ def _parser(fn: Command) -> ArgumentParser:
     return parser
 
 
-def run(magics: FarmMagics, name: str, rest: str) -> Any:
-    """Parse `rest` for the subcommand `name` and run it; an unknown one is a UsageError."""
+def run(kept: Kept, session: Callable[[], Session], name: str, rest: str) -> Any:
+    """Parse `rest` for the subcommand `name` and run it on `session()`; an unknown one is a UsageError."""
     if name == "help":
         return help_table()
     if name not in COMMANDS:
@@ -60,8 +91,7 @@ def run(magics: FarmMagics, name: str, rest: str) -> Any:
         raise UsageError(f"{exc}; usage: {usage(fn)}") from None
     except ValueError as exc:  # IPython's own splitting of the line: `0' '` has no closing quotation for it
         raise UsageError(f"cannot parse %farm {name}{rest}: {exc}; usage: {usage(fn)}") from None
-    session = magics.session()
-    return fn(magics, session, args) if shell else fn(session, args)
+    return fn(kept, session(), args) if shell else fn(session(), args)
 
 
 def help_table() -> Table:
@@ -345,10 +375,22 @@ def unalias(session: Session, args: Any) -> None:
     print(f"alias {args.name} removed")
 
 
+@command("why")
+@magic_arguments("farm why")
+def why(session: Session, args: Any) -> None:
+    """the request body the last answer was asked with, as the server received it"""
+    from IPython.display import display
+
+    found = session.explain()
+    display({"text/plain": found.line}, raw=True)
+    if found.body is not None:  # its own output: byte for byte what was sent (secrets masked)
+        display({"text/plain": found.body}, raw=True)
+
+
 @command("error", shell=True)
 @magic_arguments("farm error")
 @argument("model", nargs="?", metavar="MODEL")
-def error(magics: FarmMagics, session: Session, args: Any) -> None:
+def error(kept: Kept, session: Session, args: Any) -> None:
     """ask a model (the default one) to explain the last exception"""
     import traceback
 
@@ -366,34 +408,21 @@ def error(magics: FarmMagics, session: Session, args: Any) -> None:
         "A cell in my Jupyter notebook failed with this exception. Explain briefly what went wrong "
         "and how to fix it, with corrected code if that helps.\n\n```\n" + trace + "\n```"
     )
-    address = resolve(session, args.model)
-    show_answer(magics, session, session.stream(prompt, args.model), address, owned=magics._owns_cell("%farm"))
-
-
-@command("why", shell=True)
-@magic_arguments("farm why")
-def why(magics: FarmMagics, session: Session, args: Any) -> None:
-    """the request body the last answer was asked with, as the server received it"""
-    from IPython.display import display
-
-    found = session.explain(magics.last_response or None)
-    display({"text/plain": found.line}, raw=True)
-    if found.body is not None:  # its own output: byte for byte what was sent (secrets masked)
-        display({"text/plain": found.body}, raw=True)
+    show_answer(kept.screen("%farm"), asked(session, prompt, args.model))
 
 
 @command("ollama", shell=True)
 @magic_arguments("farm ollama")
 @argument("action", metavar="start|stop")
-def ollama(magics: FarmMagics, session: Session, args: Any) -> None:
+def ollama(kept: Kept, session: Session, args: Any) -> None:
     """run `ollama serve` in the background (and pull the auto_pull models), or stop it"""
-    from . import ollama as serve
+    from . import ollama_serve as serve
 
     action = args.action.lower()
     if action == "start":
-        magics._ollama = serve.start(session, magics._ollama)
+        kept.ollama = serve.start(session, kept.ollama)
     elif action == "stop":
-        proc, magics._ollama = magics._ollama, None
+        proc, kept.ollama = kept.ollama, None
         serve.stop(proc)
     else:
         raise UsageError(f"unknown ollama action {args.action!r}: use %farm ollama start or %farm ollama stop")
@@ -401,7 +430,7 @@ def ollama(magics: FarmMagics, session: Session, args: Any) -> None:
 
 @command("dashboard", shell=True)
 @magic_arguments("farm dashboard")
-def dashboard(magics: FarmMagics, session: Session, args: Any) -> Any:
+def dashboard(kept: Kept, session: Session, args: Any) -> Any:
     """the health, GPU and stats widgets in one panel"""
     try:
         from ..widgets import Dashboard
@@ -409,6 +438,6 @@ def dashboard(magics: FarmMagics, session: Session, args: Any) -> Any:
         raise FarmError(
             f"the dashboard is not available ({exc})", hint='pip install "ipywidgets>=8", then %reload_ext farm_jupyter'
         ) from None
-    magics._close_dashboard()  # one live dashboard per kernel: the previous one's timers stop
-    magics._dashboard = Dashboard(session)
-    return magics._dashboard
+    kept.close_dashboard()  # one live dashboard per kernel: the previous one's timers stop
+    kept.dashboard = Dashboard(session)
+    return kept.dashboard

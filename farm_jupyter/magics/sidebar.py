@@ -18,7 +18,7 @@ from .interpolate import interpolate
 
 if TYPE_CHECKING:
     from ..sessions import Session
-    from .cell import FarmMagics
+    from .commands import Kept
 
 INSTALL = 'pip install "farm-jupyter[lab]" (or pip install sidecar), then reload the page'
 
@@ -26,7 +26,7 @@ INSTALL = 'pip install "farm-jupyter[lab]" (or pip install sidecar), then reload
 @command("sidebar", shell=True)
 @magic_arguments("farm sidebar")
 @argument("-m", "--model", default="", help="the model to ask (provider:model); the session's default if not given")
-def sidebar(magics: FarmMagics, session: Session, args: Any) -> None:
+def sidebar(kept: Kept, session: Session, args: Any) -> None:
     """the chat in JupyterLab's side panel, with {name} from this kernel and the cells' conversation"""
     try:
         from sidecar import Sidecar
@@ -34,7 +34,7 @@ def sidebar(magics: FarmMagics, session: Session, args: Any) -> None:
         raise UsageError(f"%farm sidebar needs the sidecar package: {INSTALL}") from None
     from ..widgets import ChatWidget
 
-    namespace = magics.shell.user_ns if magics.shell is not None else {}
+    namespace = kept.screen("%farm").user_ns
 
     def prepare(text: str) -> tuple[str, dict[str, Any]]:
         collector = Collector(DEFAULT_BUDGET)
@@ -45,4 +45,4 @@ def sidebar(magics: FarmMagics, session: Session, args: Any) -> None:
     side = Sidecar(title="farm chat", anchor="right")
     with side:
         display(chat)
-    magics.sidebars.append((side, chat))  # kept alive with the kernel's magics, closed with them
+    kept.sidebars.append((side, chat))  # kept alive with the kernel's magics, closed with them

@@ -1,15 +1,15 @@
-"""Targets as a magic takes them: the Session's answers, its errors made one-line UsageErrors."""
+"""Targets as a magic takes them: the Session's answers, a user's mistake made a one-line UsageError."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
-from ..errors import FarmError
+from ..errors import ConfigError, FarmError, UnknownProvider
 
 if TYPE_CHECKING:
-    from ..sessions import Session
+    from ..sessions import ChatStream, Session
 
 
 def resolve(session: Session, target: str | None) -> str:
@@ -17,6 +17,15 @@ def resolve(session: Session, target: str | None) -> str:
     try:
         return session.resolve(target)
     except FarmError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def asked(session: Session, prompt: str, target: str | None, **kwargs: Any) -> ChatStream:
+    """`session.stream(...)`: the request built and its target resolved, once, before anything is
+    sent; an unknown provider, an empty prompt or a bad option is a UsageError."""
+    try:
+        return session.stream(prompt, target, **kwargs)
+    except (UnknownProvider, ConfigError) as exc:
         raise UsageError(str(exc)) from None
 
 

@@ -123,7 +123,7 @@ def _formatter(llm: Any) -> Any:
             if template
             else None
         )
-        llm._farm_formatter = found
+        setattr(llm, "_farm_formatter", found)  # noqa: B010 - kept on the Llama it was made for
     return found
 
 

@@ -87,6 +87,7 @@ class Call:
             params=self.params.model_dump(mode="json", exclude_defaults=True),
             cache_key=cache_key,
             sent=sent,
+            messages=self.messages,
             timings=Timings(
                 first_token=self.first_token or (elapsed if cached else None),
                 total=elapsed,

@@ -45,7 +45,7 @@ from .call import Call, Route, Try, fit_images, parse_params
 from .capable import able, missing, refused, unsupported
 from .deadline import timed
 from .failures import as_fallback, cooling_down, failed_attempt, missing_model, not_recorded, restart_note
-from .limits import CircuitBreaker, RateLimiter, estimate_tokens, prompt_tokens, retry_delay
+from .limits import CircuitBreaker, RateLimiter, estimate_tokens, retry_delay
 from .pool import Pool
 
 log = logging.getLogger("farm_jupyter")
@@ -132,6 +132,11 @@ class Router:
             raise unsupported(registry.canonical(name), feature, self.able, model=model)
         return provider
 
+    def routes(self, target: str | None, fallback: bool | None = None) -> list[Route]:
+        """The routes a request to `target` takes; `fallback=None` takes the setting (`fallback =
+        false` in farm.toml turns it off everywhere)."""
+        return self.resolve(target, fallback=self.settings.fallback is not False if fallback is None else fallback)
+
     def _default_model(self, name: str) -> str:
         try:
             return self.provider(name).default_model
@@ -180,22 +185,24 @@ class Router:
         refresh: bool = False,
         fallback: bool | None = None,
         stream: bool = True,
+        routes: list[Route] | None = None,
+        key: str | None = None,
     ) -> AsyncIterator[Chunk]:
         """Stream an answer; the last chunk has `done=True` and the whole `response`.
 
         `stream=False` says the caller only wants the whole answer: providers may then fetch it in
         one piece; retries, fallback and caching are the same either way. `fallback=None` takes
-        the setting (`fallback = false` in farm.toml turns it off everywhere).
+        the setting. A caller that has resolved the target (`routes(target, fallback)`) or looked
+        the first route's cache key up (`replay`) passes them, so neither is done twice.
         """
         call = Call(
             messages, parse_params(params), stream, use_cache=not no_cache, read_cache=not (no_cache or refresh)
         )
-        if fallback is None:
-            fallback = self.settings.fallback is not False
-        routes = self.resolve(target, fallback=fallback)
+        if routes is None:
+            routes = self.routes(target, fallback)
         for index, route in enumerate(routes):
             try:
-                async for chunk in self._route(call, route):
+                async for chunk in self._route(call, route, key if index == 0 else None):
                     yield chunk
                 return
             except ProviderError as exc:
@@ -226,29 +233,25 @@ class Router:
         raise AllProvidersFailed(call.attempts, last)
 
     def replay(
-        self,
-        messages: list[ChatMessage],
-        target: str | None,
-        params: GenerationParams | Mapping[str, Any] | None,
-    ) -> ChatResponse | None:
-        """A memory-cache hit for the route asked, answered in the caller's thread, or None: the
-        hop to the runtime loop costs more than the whole hit (see benchmarks/cache_latency.py)."""
+        self, messages: list[ChatMessage], route: Route, params: GenerationParams
+    ) -> tuple[ChatResponse | None, str | None]:
+        """A memory-cache hit for `route`, answered in the caller's thread (the hop to the runtime
+        loop costs more than the whole hit: benchmarks/cache_latency.py), and the key looked up,
+        for `astream` to use on a miss; `(None, None)` when there is no memory cache to peek."""
         peek = getattr(self.cache, "peek", None)
         if peek is None or any(m.images for m in messages):  # images: the model's eyes are asked on the loop
-            return None
-        call = Call(messages, parse_params(params), stream=False, use_cache=True, read_cache=True)
-        route = self.resolve(target, fallback=False)[0]
+            return None, None
         provider = self.provider(route.provider)
-        if missing(provider, call.params, messages) is not None:  # refused on the loop, in one line
-            return None
-        model = provider.normalize_model(route.model)
-        key = cache_key(provider.name, model, messages, call.params, provider.cache_identity)
+        if missing(provider, params, messages) is not None:  # refused on the loop, in one line
+            return None, None
+        key = self.cache_key(provider, ChatRequest(messages=messages, model=route.model, params=params))
         entry = peek(key)
         if entry is None:
-            return None
-        return self._hit(call, route, None, entry.response, key)
+            return None, key
+        call = Call(messages, params, stream=False, use_cache=True, read_cache=True)
+        return self._hit(call, route, None, entry.response, key), key
 
-    async def _route(self, call: Call, route: Route) -> AsyncIterator[Chunk]:
+    async def _route(self, call: Call, route: Route, key: str | None = None) -> AsyncIterator[Chunk]:
         provider = self.provider(route.provider)
         # Before anything is sent; a replay asks no server, not even what a model can do.
         cannot = await refused(
@@ -260,7 +263,7 @@ class Router:
         request = ChatRequest(messages=call.messages, model=route.model, params=call.params, stream=call.stream)
         # Each route has its own entry: an answer is cached under the provider that gave it. The key
         # covers the images' bytes, also for a model that gets only their stand-ins.
-        keys = self.cache_keys(provider, request)
+        keys = [key] if key is not None else self.cache_keys(provider, request)
         key = keys[0]
         # What the provider gets holds only what it does: a schema it does not constrain to is in the prompt.
         request = request.model_copy(update={"params": without(request.params, provider.capabilities.features)})
@@ -307,14 +310,17 @@ class Router:
         tries = self.settings.retry.max_retries + 1
         retries, waited = 0, 0.0
         held = 0.0  # the budget this try may spend, reserved so concurrent requests see it
+        # Counted by the model's own tokenizer when a local model is in memory, else estimated.
+        prompt_tokens, answer_tokens = estimate_tokens(
+            request, provider.count_tokens(request.messages, request.model, load=False)
+        )
         try:
             while True:
                 self.ledger.release(held)
-                counted = provider.count_tokens(request.messages, request.model, load=False)
-                held = self.ledger.hold(str(route), prompt_tokens(request, counted), request.params.max_tokens or 256)
+                held = self.ledger.hold(str(route), prompt_tokens, answer_tokens)
                 booking: list[float] | None = None
                 if limiter is not None:
-                    cost = estimate_tokens(request, counted)
+                    cost = prompt_tokens + answer_tokens
                     async for wait, note in limiter.turn(cost, route.provider, self.sleep):
                         waited += wait
                         yield Chunk(status=note)

@@ -129,14 +129,13 @@ class RateLimiter:
         return entry
 
 
-def prompt_tokens(request: ChatRequest, counted: int | None = None) -> int:
-    """The prompt's tokens: `counted` by the model's own tokenizer when the provider has one in
-    memory (a local model), else four characters a token."""
-    return counted if counted is not None else sum(len(m.content) for m in request.messages) // 4
-
-
-def estimate_tokens(request: ChatRequest, counted: int | None = None) -> int:
-    return prompt_tokens(request, counted) + (request.params.max_tokens or 256)
+def estimate_tokens(request: ChatRequest, counted: int | None = None) -> tuple[int, int]:
+    """The tokens a request may cost before it is answered: its prompt's (`counted` by the model's
+    own tokenizer when the provider has one in memory, else about four characters a token) and at
+    most its answer's (`max_tokens`, else 256). The one estimate: the ledger's budget and the rate
+    limiter both take it."""
+    chars = sum(len(m.content) for m in request.messages)
+    return (counted if counted is not None else chars // 4), request.params.max_tokens or 256
 
 
 def retry_delay(policy: RetrySettings, exc: ProviderError, retries: int) -> float | None:

@@ -24,8 +24,8 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     from .. import embedded
-    from .base import FarmServer
     from .handlers import setup_handlers
+    from .traits import FarmServer
 
     # Nothing a request does may start a download: not the embedded model's wheel, not a hub id
     # (a fallback onto a local engine whose default is one). A user's explicit setting stands.

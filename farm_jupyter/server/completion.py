@@ -29,7 +29,7 @@ from ..errors import FarmError
 from ..secrets import redact
 from ..types import Chunk, FillRequest
 from . import schema
-from .base import ApiError, FarmHandler, farm_error, route
+from .handling import ApiError, FarmHandler, farm_error, route
 
 if TYPE_CHECKING:
     from ..config import CompletionSettings

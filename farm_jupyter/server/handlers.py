@@ -23,9 +23,10 @@ from ..sessions.names import canonical_provider, check_provider
 from ..types import ChatResponse, Chunk
 from . import bounds, schema
 from .allow import Admitted, same_model
-from .base import SETTINGS_KEY, ApiError, FarmHandler, FarmServer, bad_request, farm_error, route
 from .completion import CompleteHandler
+from .handling import SETTINGS_KEY, ApiError, FarmHandler, bad_request, farm_error, route
 from .jobs import LoadJob, ServerState
+from .traits import FarmServer
 
 SSE_TYPE = "text/event-stream; charset=utf-8"
 

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from ..errors import FarmError
 from .allow import Admitted, Allowlist
-from .base import FarmServer
 from .bounds import TooManyLoads as TooManyLoads  # where ServerState.add raises it
 from .schema import LoadState, LoadStatus
+from .traits import FarmServer
 
 if TYPE_CHECKING:
     import concurrent.futures

@@ -34,6 +34,7 @@ from ..types import (
     PullProgress,
 )
 from . import bounds
+from .typescript import client, typescript
 
 __all__ = [
     "API_PREFIX",
@@ -438,8 +439,6 @@ def schema_json() -> str:
 def write_schema(folder: str | Path = "schema") -> list[Path]:
     """Write the JSON Schema, the TypeScript declarations and the TypeScript client into `folder`;
     returns their paths."""
-    from .typescript import client, typescript
-
     schema = json_schema()
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)

@@ -53,12 +53,6 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*$")
 GENERATED = "// Generated from farm_jupyter/server/schema.py by `farm-jupyter schema`; do not edit."
 
 
-def _default() -> dict[str, Any]:
-    from .schema import json_schema
-
-    return json_schema()
-
-
 class SchemaError(ValueError):
     """The schema uses something the TypeScript converter does not translate."""
 
@@ -194,10 +188,9 @@ def ts_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_$]", "", name)
 
 
-def typescript(schema: Mapping[str, Any] | None = None) -> str:
-    """TypeScript declarations for `schema` (default: `json_schema()`): one per `$defs` entry,
-    plus a `Routes` interface when the schema has an `x-routes` table."""
-    schema = _default() if schema is None else schema
+def typescript(schema: Mapping[str, Any]) -> str:
+    """TypeScript declarations for `schema` (the server's: `schema.json_schema()`): one per `$defs`
+    entry, plus a `Routes` interface when the schema has an `x-routes` table."""
     defs: Mapping[str, Any] = schema.get("$defs", {})
     conv = _Converter(defs)
     out = [
@@ -400,9 +393,8 @@ def _method(route: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def client(schema: Mapping[str, Any] | None = None) -> str:
+def client(schema: Mapping[str, Any]) -> str:
     """`farm_jupyter_client.ts`: a typed client with one method per route of the schema's table."""
-    schema = _default() if schema is None else schema
     routes = schema.get("x-routes") or []
     lines = [
         GENERATED,

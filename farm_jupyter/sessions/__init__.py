@@ -10,7 +10,7 @@ import threading
 
 from .aio import AsyncSession
 from .conversation import Conversation, Turn
-from .core import Session
+from .door import Session
 from .engine import Prompt
 from .stream import ChatStream
 

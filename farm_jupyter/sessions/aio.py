@@ -24,16 +24,15 @@ from .stream import ChatStream
 if TYPE_CHECKING:
     from ..errors import FarmError
     from ..types import GenerationParams
-    from .core import Session
 
 
 class AsyncSession:
     """`await session.aio.chat(...)`, `async for chunk in session.aio.stream(...)`: the Session's
     names, async; `runtime` is the loop they run on, `watch` follows each request as it ends."""
 
-    def __init__(self, session: Session, engine: Engine) -> None:
-        self._session = session
+    def __init__(self, engine: Engine, stream: Callable[..., ChatStream]) -> None:
         self._engine = engine
+        self._stream = stream  # the Session's: one list of keywords
 
     @property
     def runtime(self) -> Runtime:
@@ -42,10 +41,10 @@ class AsyncSession:
 
     def stream(self, prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatStream:
         """`Session.stream`'s stream, iterated with `async for` (it may be, from any loop)."""
-        return self._session.stream(prompt, model, **kwargs)
+        return self._stream(prompt, model, **kwargs)
 
     async def chat(self, prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatResponse:
-        return await self._session.stream(prompt, model, _whole=True, **kwargs).aresult()
+        return await self._stream(prompt, model, _whole=True, **kwargs).aresult()
 
     async def embed(self, texts: list[str], model: str | None = None) -> list[list[float]]:
         return await self.runtime.wrap(self._engine.embed(texts, model))
@@ -75,7 +74,9 @@ class AsyncSession:
         return await self.runtime.wrap(self._engine.router.health(providers))
 
     async def gpu(self) -> GPUStats:
-        return await asyncio.to_thread(self._session.gpu)  # NVML calls block: off every loop
+        from ..gpu import gpu_stats  # NVML, or torch: on first use only
+
+        return await asyncio.to_thread(gpu_stats)  # NVML calls block: off every loop
 
     async def usage(self, of: str = "tokens") -> Any:
         if of == "cache":
@@ -84,7 +85,7 @@ class AsyncSession:
 
     def resolve(self, target: str | None, *, strict: bool = False, params: GenerationParams | None = None) -> str:
         """As `Session.resolve` (it asks no one, so it is not a coroutine)."""
-        return self._session.resolve(target, strict=strict, params=params)
+        return self._engine.resolve(target, strict=strict, params=params)
 
     def budget(self, target: str | None, tokens: int | None = None) -> Budget:
         """What each object described in a prompt to `target` may take, estimated at the characters

@@ -50,22 +50,16 @@ class Conversation:
         return messages
 
     def commit(
-        self,
-        prompt: str,
-        response: ChatResponse,
-        turn_id: str | None = None,
-        *,
-        images: Sequence[ImagePart] = (),
-        keep_thinking: bool = False,
+        self, question: ChatMessage, response: ChatResponse, turn_id: str | None = None, *, keep_thinking: bool = False
     ) -> Turn:
-        """The turn as the next request sends it back: the images asked about stay with their
-        question; the model's thinking only when asked to (`keep_thinking`)."""
+        """The turn as the next request sends it back: the question as it was sent (the images
+        asked about stay with it); the model's thinking only when asked to (`keep_thinking`)."""
         with self._lock:
             self._counter += 1
             thinking = response.thinking if keep_thinking else None
             turn = Turn(
                 id=turn_id or f"turn-{self._counter}",
-                user=ChatMessage(role="user", content=prompt, images=list(images)),
+                user=question,
                 assistant=ChatMessage(role="assistant", content=response.text, thinking=thinking),
                 address=response.address,
                 at=time.time(),

@@ -6,8 +6,8 @@ The Engine is the sessions package's own: faces reach it only through the Sessio
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import replace
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..cache_guard import GuardedCache
@@ -20,12 +20,29 @@ from ..providers import available as available_providers
 from ..providers import is_known as is_provider
 from ..providers.base import Provider, as_messages
 from ..router import Router
+from ..router.call import Route
 from ..runtime import Runtime, get_runtime
 from ..steps import Extras, Steps, plan
 from ..types import ChatMessage, ChatResponse, Chunk, GenerationParams, ImagePart, ModelInfo, PullProgress
 from .conversation import Conversation
 
 Prompt = str | Sequence[ChatMessage | dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Asked:
+    """A request as built, once: its messages as sent and the routes it takes (the first is the
+    model asked; a face labels the answer with it)."""
+
+    messages: list[ChatMessage]
+    routes: list[Route]
+    target: str | None  # as given: the steps of a schema or tools ask again with it
+    fallback: bool | None
+    budget: Budget | None = None  # what each described object could take, when there were any
+
+    @property
+    def address(self) -> str:
+        return str(self.routes[0])
 
 
 class Engine:
@@ -47,7 +64,7 @@ class Engine:
 
     # -- asking ---------------------------------------------------------------------------------
 
-    def source(
+    def ask(
         self,
         prompt: Prompt,
         model: str | None,
@@ -55,65 +72,85 @@ class Engine:
         system: str | None,
         conversation: Conversation | None,
         turn_id: str | None,
-        no_cache: bool,
-        refresh: bool,
         fallback: bool | None,
-        params: dict[str, Any] | GenerationParams,
-        stream: bool = True,
-        extras: Extras | None = None,
-    ) -> AsyncIterator[Chunk] | Steps:
-        x = extras or Extras()
+        extras: Extras,
+    ) -> Asked:
+        """The request, built once: the messages as they will be sent, and the routes they take."""
         attached: list[ImagePart] = []
-        budget = x.context_budget if isinstance(x.context_budget, Budget) else None
-        if x.context is not None or x.images:
+        routes = self.router.routes(model, fallback)
+        budget = extras.context_budget if isinstance(extras.context_budget, Budget) else None
+        if extras.context is not None or extras.images:
             if not isinstance(prompt, str):
                 raise TypeError("context= and images= go with a prompt string")
-            if budget is None:
-                budget = self.budget(model, x.context_budget if isinstance(x.context_budget, int) else None)
-            prompt, attached = attach(prompt, x.context, x.images, budget)
+            if budget is None:  # at the first route's own count or ratio: resolved once, above
+                tokens = extras.context_budget if isinstance(extras.context_budget, int) else None
+                budget = self.route_budget(routes[0], tokens)
+            prompt, attached = attach(prompt, extras.context, extras.images, budget)
         messages = self.messages(prompt, system, conversation, turn_id, attached)
+        return Asked(messages, routes, model, fallback, budget)
 
-        def commit(response: ChatResponse) -> None:
+    def source(
+        self,
+        asked: Asked,
+        params: Mapping[str, Any] | GenerationParams,
+        *,
+        conversation: Conversation | None,
+        turn_id: str | None,
+        no_cache: bool,
+        refresh: bool,
+        stream: bool,
+        extras: Extras,
+        key: str | None = None,
+    ) -> AsyncIterator[Chunk] | Steps:
+        """What a ChatStream iterates: the router's chunks, or the steps of a schema or tools."""
+
+        def commit(response: ChatResponse) -> None:  # the question as it was sent
             if conversation is not None:
-                conversation.commit(str(prompt), response, turn_id, images=attached, keep_thinking=x.keep_thinking)
+                conversation.commit(asked.messages[-1], response, turn_id, keep_thinking=extras.keep_thinking)
 
-        if x.schema is None and not x.tools:
+        if extras.schema is None and not extras.tools:
             chunks = self.router.astream(
-                messages, model, params, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream
-            )
-            if x.context is not None or budget is not None:  # objects were described: a face gave its Budget
-                chunks = naming_the_budget(chunks, budget or Budget(DEFAULT_BUDGET), messages)
+                asked.messages, None, params, no_cache=no_cache, refresh=refresh, stream=stream, routes=asked.routes,
+                key=key,
+            )  # fmt: skip
+            if asked.budget is not None:  # objects were described: a context-window error names the budget
+                chunks = naming_the_budget(chunks, asked.budget, asked.messages)
             return chunks if conversation is None else _committing(chunks, commit)
         if isinstance(params, GenerationParams):
             params = params.model_dump(exclude_defaults=True)
         return plan(
             self.router,
             self.runtime,
-            messages,
-            model,
+            asked.messages,
+            asked.target,
             params,
-            x if budget is None else replace(x, context_budget=budget),
+            extras if asked.budget is None else replace(extras, context_budget=asked.budget),
             no_cache=no_cache,
             refresh=refresh,
-            fallback=fallback,
+            fallback=asked.fallback,
             stream=stream,
             on_final=commit,
         )
 
     def budget(self, target: str | None, tokens: int | None = None) -> Budget:
-        """What each object described in a prompt to `target` may take: `tokens` (default 1000),
-        counted exactly where its provider offers `count_tokens(model, text) -> int` (a local
-        model's tokenizer), else estimated at the characters a prompt token stood for in that
-        model's last reported usage, else at 4."""
-        tokens = tokens or DEFAULT_BUDGET
+        """What each object described in a prompt to `target` may take (see `route_budget`)."""
         try:
             route = self.router.resolve(target, fallback=False)[0]
-            provider = self.router.provider(route.provider)
         except FarmError:  # the request will say so; the budget is not the place
+            return Budget(tokens or DEFAULT_BUDGET)
+        return self.route_budget(route, tokens)
+
+    def route_budget(self, route: Route, tokens: int | None = None) -> Budget:
+        """`tokens` (default 1000), counted exactly where the route's provider offers
+        `count_tokens(model, text) -> int` (a local model's tokenizer), else estimated at the
+        characters a prompt token stood for in that model's last reported usage, else at 4."""
+        tokens = tokens or DEFAULT_BUDGET
+        try:
+            provider = self.router.provider(route.provider)
+        except FarmError:
             return Budget(tokens)
-        count = getattr(provider, "count_tokens", None)
-        if callable(count):
-            return Budget(tokens, count=lambda text: int(count(route.model, text)))
+        if provider.count_tokens("", route.model, load=False) is not None:  # its tokenizer is in memory
+            return Budget(tokens, count=lambda text: provider.count_tokens(text, route.model, load=False) or 0)
         ratio = self.monitor.chars_per_token(str(route))
         if ratio is None:
             return Budget(tokens)
@@ -138,7 +175,7 @@ class Engine:
             if system:
                 messages.insert(0, ChatMessage(role="system", content=system))
         if not any(m.content.strip() for m in messages if m.role == "user"):
-            raise FarmError("the prompt is empty", hint="write a question in the cell")
+            raise ConfigError("the prompt is empty", hint="write the question in the cell")
         return messages
 
     # -- targets --------------------------------------------------------------------------------
@@ -153,6 +190,13 @@ class Engine:
                 raise UnknownProvider(f"no provider named {head!r}", hint=hint)
         route = self.router.resolve(target, fallback=False)[0]
         return route.provider, route.model
+
+    def resolve(self, target: str | None, *, strict: bool = False, params: GenerationParams | None = None) -> str:
+        """See `Session.resolve`."""
+        provider, model = self.split(target, strict=strict)
+        if params is not None:
+            self.check_params(provider, params)
+        return f"{provider}:{model}"
 
     def check_params(self, provider: str, params: GenerationParams) -> None:
         """An option of `params.extra` that this provider does not take is a mistake, said here."""

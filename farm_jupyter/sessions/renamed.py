@@ -14,10 +14,10 @@ from . import names
 
 if TYPE_CHECKING:
     from ..types import GenerationParams, PullProgress
-    from .core import Session
     from .engine import Engine
 
-Getter = Callable[["Session", "Engine"], Any]
+Session = Any  # the Session (this module is below it): its public names only
+Getter = Callable[[Session, "Engine"], Any]
 
 
 def _address(s: Session, e: Engine) -> Callable[[str | None], tuple[str, str]]:

@@ -29,8 +29,9 @@ class ChatStream:
     the stream has its response or its error (llm's Response.on_done).
     """
 
-    def __init__(self, runtime: Runtime, source: AsyncIterator[Chunk] | Steps) -> None:
+    def __init__(self, runtime: Runtime, source: AsyncIterator[Chunk] | Steps, address: str = "") -> None:
         self.runtime = runtime  # the loop the source runs on
+        self.address = address  # the provider:model asked, as the router resolved it
         self._source: AsyncIterator[Chunk] | Steps | None = source
         self._parts: list[str] = []
         self._thinking: list[str] = []
@@ -138,9 +139,12 @@ class ChatStream:
             else runtime.aiterate(source)
         )
         try:
-            async for chunk in chunks:
-                self._take(chunk)
-                yield chunk
+            # Closed here, not left to the garbage collector: a caller that stops early (a client
+            # gone from the server) has the request cancelled by the time it has closed this.
+            async with aclosing(chunks) as it:  # type: ignore[type-var]
+                async for chunk in it:
+                    self._take(chunk)
+                    yield chunk
         except Exception as exc:
             self._fail(exc)
             raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .messages import ChatMessage, _Model
+from .messages import BaseType, ChatMessage
 
 # What a model without FIM tokens is told: the answer goes straight into the cell.
 FILL_SYSTEM = (
@@ -13,7 +13,7 @@ FILL_SYSTEM = (
 )
 
 
-class FillRequest(_Model):
+class FillRequest(BaseType):
     """The text before and after the cursor, and the cells above it (already masked of secrets)."""
 
     prefix: str

@@ -9,11 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler
 Role = Literal["system", "user", "assistant", "tool"]
 
 
-class _Model(BaseModel):
+class BaseType(BaseModel):
+    """The vocabulary's base: an unknown field is refused, not dropped."""
+
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
-class ImagePart(_Model):
+class ImagePart(BaseType):
     """An image for a vision model: base64 bytes, and the one line a text-only model gets instead."""
 
     data: str  # base64, no `data:` prefix
@@ -21,7 +23,7 @@ class ImagePart(_Model):
     alt: str = "[an image]"
 
 
-class ToolCall(_Model):
+class ToolCall(BaseType):
     """A model asking to call one of the tools it was given."""
 
     id: str | None = None  # OpenAI's call id, sent back with the result; Ollama has none
@@ -29,7 +31,7 @@ class ToolCall(_Model):
     arguments: dict[str, Any] = Field(default_factory=dict)
 
 
-class ToolSpec(_Model):
+class ToolSpec(BaseType):
     """A tool as described to a model: what both protocols call a function."""
 
     name: str
@@ -37,7 +39,7 @@ class ToolSpec(_Model):
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
 
 
-class ToolRun(_Model):
+class ToolRun(BaseType):
     """One tool call run in the kernel: what was asked, what came back, how long it took."""
 
     step: int
@@ -61,7 +63,7 @@ class ToolRun(_Model):
 _OPTIONAL_MESSAGE_FIELDS = ("images", "tool_calls", "tool_call_id", "tool_name", "thinking")
 
 
-class ChatMessage(_Model):
+class ChatMessage(BaseType):
     role: Role
     content: str
     images: list[ImagePart] = Field(default_factory=list)

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, field_validator
 from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
 
-from .messages import ChatMessage, ToolSpec, _Model
+from .messages import BaseType, ChatMessage, ToolSpec
 
 
 class GenerationOptions(TypedDict, total=False):
@@ -131,7 +131,7 @@ _REFUSED = {
 }
 
 
-class GenerationParams(_Model):
+class GenerationParams(BaseType):
     """Everything besides the messages that changes an answer (and so belongs in a cache key).
 
     `extra` is closed: only `GenerationOptions` keys, each checked for type and range.
@@ -181,7 +181,7 @@ class GenerationParams(_Model):
         return {k: v for k, v in self.extra.items() if taken is None or k in taken}
 
 
-class ChatRequest(_Model):
+class ChatRequest(BaseType):
     """One request to one provider: the router fills in `model` for each route it tries."""
 
     messages: list[ChatMessage]

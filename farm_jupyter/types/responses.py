@@ -7,10 +7,10 @@ from typing import Any
 
 from pydantic import Field
 
-from .messages import ToolCall, ToolRun, _Model
+from .messages import BaseType, ChatMessage, ToolCall, ToolRun
 
 
-class Usage(_Model):
+class Usage(BaseType):
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -19,7 +19,7 @@ class Usage(_Model):
         return self.prompt_tokens + self.completion_tokens
 
 
-class Timings(_Model):
+class Timings(BaseType):
     """Seconds, measured by us around the provider call (not the provider's own claims)."""
 
     first_token: float | None = None
@@ -46,7 +46,7 @@ def generation_rate(
     return tokens * (chunks - 1) / chunks / span
 
 
-class Attempt(_Model):
+class Attempt(BaseType):
     """One try at one provider: the response lists them all, failed ones first."""
 
     provider: str
@@ -61,7 +61,7 @@ class Attempt(_Model):
     step: str | None = None
 
 
-class ChatResponse(_Model):
+class ChatResponse(BaseType):
     text: str
     provider: str
     model: str
@@ -88,6 +88,9 @@ class ChatResponse(_Model):
     # server received it (secrets masked; a local engine's templated prompt). None for a cache hit.
     cache_key: str | None = Field(default=None, exclude=True)
     sent: str | None = Field(default=None, exclude=True)
+    # The messages sent for this answer, as sent (llm's `response.prompt.messages`): a conversation
+    # commits its question from here. Not serialised: a cache or the HTTP API keeps the answer only.
+    messages: list[ChatMessage] = Field(default_factory=list, exclude=True)
 
     @property
     def address(self) -> str:

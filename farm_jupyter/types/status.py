@@ -7,10 +7,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from .messages import _Model
+from .messages import BaseType
 
 
-class ModelInfo(_Model):
+class ModelInfo(BaseType):
     name: str
     provider: str
     size: int | None = None  # bytes
@@ -25,7 +25,7 @@ class ModelInfo(_Model):
         return f"{self.provider}:{self.name}"
 
 
-class PullProgress(_Model):
+class PullProgress(BaseType):
     status: str
     digest: str | None = None
     total: int | None = None
@@ -35,7 +35,7 @@ class PullProgress(_Model):
 HealthState = Literal["healthy", "unhealthy", "cooling_down", "rate_limited", "unknown"]
 
 
-class ProviderStatus(_Model):
+class ProviderStatus(BaseType):
     provider: str
     state: HealthState = "unknown"
     url: str | None = None  # masked: never carries a secret
@@ -51,13 +51,13 @@ class ProviderStatus(_Model):
         return self.state == "healthy"
 
 
-class GPUProcess(_Model):
+class GPUProcess(BaseType):
     pid: int
     memory_used: int  # bytes
     name: str | None = None
 
 
-class GPUDevice(_Model):
+class GPUDevice(BaseType):
     index: int
     name: str
     memory_used: int
@@ -72,7 +72,7 @@ class GPUDevice(_Model):
         return self.memory_total - self.memory_used
 
 
-class GPUStats(_Model):
+class GPUStats(BaseType):
     source: Literal["nvml", "torch", "none"]
     devices: list[GPUDevice] = Field(default_factory=list)
     cpu_percent: float | None = None

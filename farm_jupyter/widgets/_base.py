@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import ipywidgets as W
 from traitlets import TraitError, Unicode, validate
 
-from ..display.answer import error_line
+from ..display.pieces import error_line
 from ..display.theme import BAD, BORDER, FG, FG2, esc
 
 if TYPE_CHECKING:

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 from traitlets import Bool, Int, Unicode, observe
 
-from ..display.answer import error_line, notice_html, thinking_html
 from ..display.markdown import render
+from ..display.pieces import error_line, notice_html, thinking_html
 from ..display.theme import ACCENT, BAD, BORDER, FG, FG2, PANEL, WARN, esc
 from ..errors import FarmError
 from ._base import FarmBox, Throttle

@@ -23,9 +23,9 @@ import ipywidgets as W
 from traitlets import Bool, Int, List, Unicode
 
 from ..batch import BatchResult, Row
-from ..display.answer import error_line
-from ..display.compare import Column
+from ..display.columns import Column
 from ..display.formats import duration
+from ..display.pieces import error_line
 from ..display.theme import BORDER, FG, esc
 from ..errors import ConfigError, FarmError
 from ..evaluate import JUDGE_PROMPT, Comparison, check_judge_prompt, contestant_warning, judge_prompt
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class _Column(Column):
-    """A comparison's column (`display.compare.Column`) drawn into three views."""
+    """A comparison's column (`display.columns.Column`) drawn into three views."""
 
     head: W.HTML = field(default_factory=W.HTML)
     body: W.HTML = field(default_factory=W.HTML)

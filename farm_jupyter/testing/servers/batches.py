@@ -77,7 +77,7 @@ class BatchAPI:
         _rng: random.Random
 
         def _send(self, h: Handler, status: int, obj: Any, fault: Fault | None = None) -> None: ...
-        def _error_body(self, status: int, message: str | None = None) -> Json: ...
+        def error_body(self, status: int, message: str | None = None) -> Json: ...
         def completion(self, model: str, messages: list[Any], body: Json) -> Json: ...
 
         @property
@@ -98,7 +98,7 @@ class BatchAPI:
                 else:
                     self._send(h, 200, meta, fault)
             else:
-                self._send(h, 404, self._error_body(404, f"No such File object: {'/'.join(parts[2:])}"), fault)
+                self._send(h, 404, self.error_body(404, f"No such File object: {'/'.join(parts[2:])}"), fault)
             return True
         if parts[:2] == ["v1", "batches"]:
             job = self.batches.get(parts[2]) if len(parts) > 2 else None
@@ -112,7 +112,7 @@ class BatchAPI:
                     job.status = "cancelling"
                 self._send(h, 200, self._batch(job), fault)
             else:
-                self._send(h, 404, self._error_body(404, f"No batch found with id '{'/'.join(parts[2:])}'."), fault)
+                self._send(h, 404, self.error_body(404, f"No batch found with id '{'/'.join(parts[2:])}'."), fault)
             return True
         return False
 
@@ -127,7 +127,7 @@ class BatchAPI:
             fields[str(name)] = (part.get_filename(), payload if isinstance(payload, bytes) else b"")
         if "file" not in fields or fields.get("purpose", (None, b""))[1] != b"batch":
             message = "a batch upload takes a 'file' and purpose 'batch'"
-            return self._send(h, 400, self._error_body(400, message), fault)
+            return self._send(h, 400, self.error_body(400, message), fault)
         filename, data = fields["file"]
         meta = self._store(data, filename or "upload.jsonl", "batch")
         self._send(h, 200, meta, fault)
@@ -149,9 +149,9 @@ class BatchAPI:
     def _create(self, h: Handler, body: Json, fault: Fault | None) -> None:
         file_id = body.get("input_file_id")
         if file_id not in self.files:
-            return self._send(h, 404, self._error_body(404, f"No such File object: {file_id}"), fault)
+            return self._send(h, 404, self.error_body(404, f"No such File object: {file_id}"), fault)
         if body.get("endpoint") != ENDPOINT:
-            return self._send(h, 400, self._error_body(400, f"endpoint must be {ENDPOINT}"), fault)
+            return self._send(h, 400, self.error_body(400, f"endpoint must be {ENDPOINT}"), fault)
         job = _Job(f"batch_farm{next(self._batch_ids):06d}", file_id, str(body.get("completion_window")), body.get("metadata"), [])  # fmt: skip
         for number, raw in enumerate(self.files[file_id][1].decode().splitlines(), 1):
             try:
@@ -199,7 +199,7 @@ class BatchAPI:
             response = {"status_code": 200, "request_id": ident, "body": answer}
             job.output.append({"id": ident, "custom_id": line["custom_id"], "response": response, "error": None})
         else:
-            response = {"status_code": status, "request_id": ident, "body": self._error_body(status)}
+            response = {"status_code": status, "request_id": ident, "body": self.error_body(status)}
             job.errors.append({"id": ident, "custom_id": line["custom_id"], "response": response, "error": None})
 
     def _finish(self, job: _Job, status: str) -> None:

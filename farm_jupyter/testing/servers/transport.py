@@ -13,13 +13,20 @@ import socketserver
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .base import LoopbackServer
+from typing import Any, Protocol
 
 MAX_BODY = 32 * 1024 * 1024
 JSON_TYPE = "application/json; charset=utf-8"
+
+
+class Owner(Protocol):
+    """What the plumbing serves for: a loopback server (testing/servers/loopback.py) that answers."""
+
+    kind: str  # names the threads
+    max_connections: int
+
+    def answer(self, h: Handler) -> None: ...
+    def error_body(self, status: int, message: str | None = None) -> Any: ...
 
 
 def dumps(obj: Any) -> bytes:
@@ -43,14 +50,14 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         self.headers_sent = False
         try:
-            self.server.owner._handle(self)
+            self.server.owner.answer(self)
         except OSError:
             self.close_connection = True
         except Exception as exc:  # noqa: BLE001  (a failing user `reply` callable must not kill the server)
             if self.headers_sent:
                 self.drop()
             else:
-                body = self.server.owner._error_body(500, f"test server error: {exc!r}")
+                body = self.server.owner.error_body(500, f"test server error: {exc!r}")
                 self.send_bytes(500, dumps(body))
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _dispatch
@@ -130,7 +137,7 @@ class Server(HTTPServer):
     allow_reuse_address = True
     request_queue_size = 1024
 
-    def __init__(self, address: tuple[str, int], owner: LoopbackServer) -> None:
+    def __init__(self, address: tuple[str, int], owner: Owner) -> None:
         self.owner = owner
         self.stopping = threading.Event()
         self._conn_lock = threading.Lock()

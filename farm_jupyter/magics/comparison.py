@@ -1,6 +1,6 @@
 """`%%farm_chat --compare A,B`: one prompt to several models at once, their columns side by side.
 
-The columns are `display.compare.Column`s, as in CompareWidget; here they are drawn into one
+The columns are `display.columns.Column`s, as in CompareWidget; here they are drawn into one
 display output that streams, then shown once more when every model has finished.
 """
 
@@ -12,72 +12,53 @@ from typing import TYPE_CHECKING, Any
 from IPython.display import display
 
 from .. import provenance
-from ..display.compare import Column, columns_bundle
+from ..display.columns import Column, columns_bundle
 from ..display.live import Live
 from .answer import Stopped
 
 if TYPE_CHECKING:
-    from ..sessions import Session
-    from .cell import FarmMagics
+    from ..sessions import ChatStream
+    from .frontend import Screen
 
 
-def show_comparison(
-    magics: FarmMagics,
-    session: Session,
-    targets: list[str],
-    addresses: list[str],
-    prompt: str,
-    system: str | None,
-    params: dict[str, Any],
-    args: Any,
-) -> None:
-    """Ask every model at once; draw the columns as they stream; `-o` gets each one's response
-    (or its error). The cell fails only when every model failed."""
+def show_comparison(screen: Screen, streams: list[ChatStream], args: Any) -> None:
+    """Follow every model's stream at once; draw the columns as they stream; `-o` gets each one's
+    response (or its error). The cell fails only when every model failed."""
     from ..sessions.follow import follow
 
-    columns = [
-        Column(
-            a,
-            session.stream(
-                prompt, t, system=system, no_cache=args.no_cache, refresh=args.refresh, fallback=False, **params
-            ),
-        )
-        for t, a in zip(targets, addresses, strict=True)
-    ]
+    columns = [Column(s.address, s) for s in streams]
     text_only = args.format == "text"
 
     def bundle() -> dict[str, str]:
         return columns_bundle(columns, text_only=text_only)
 
-    live = magics._live() and not args.no_stream and magics._owns_cell("%%farm_chat")
-    screen = Live(live, magics.update_rate, bundle())
+    view = Live(screen.rich and not args.no_stream and screen.owned, screen.rate, bundle())
     start = time.perf_counter()
-    changes = follow([c.stream for c in columns if c.stream is not None], tick=1.0 / magics.update_rate)
+    changes = follow([c.stream for c in columns if c.stream is not None], tick=1.0 / screen.rate)
     try:
         for change in changes:
             if change is None:
-                screen.flush(bundle)
+                view.flush(bundle)
             else:
-                screen.offer(bundle)
+                view.offer(bundle)
     except KeyboardInterrupt:
         changes.close()
-        screen.close()
+        view.close()
         for column in columns:
             column.stopped = not column.done
         display(bundle(), raw=True)
         if args.out:
-            magics.ip.user_ns[args.out] = _outcomes(columns, time.perf_counter() - start)
+            screen.user_ns[args.out] = _outcomes(columns, time.perf_counter() - start)
         raise Stopped("the comparison was stopped; partial answers are shown") from None
     finally:
         changes.close()
-        screen.close()
-    magics.last_updates = screen.updates
+        view.close()
+    screen.updates = view.updates
     answered = [c.response for c in columns if c.response is not None]
-    magics.last_response = answered[-1] if answered else magics.last_response
     meta = {provenance.KEY: {"columns": [provenance.answer(r)[provenance.KEY] for r in answered]}}
     display(bundle(), raw=True, metadata=meta)
     if args.out:
-        magics.ip.user_ns[args.out] = _outcomes(columns, time.perf_counter() - start)
+        screen.user_ns[args.out] = _outcomes(columns, time.perf_counter() - start)
     failures = [c.exception for c in columns if c.exception is not None]
     if failures and len(failures) == len(columns):
         raise failures[0]

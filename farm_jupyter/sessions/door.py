@@ -8,6 +8,7 @@ DeprecationWarning (`sessions/renamed.py`).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -18,12 +19,13 @@ from ..evaluate import Comparison, run_compare
 from ..ledger import UsageReport
 from ..objects import Budget
 from ..records import ModelSummary
+from ..router.call import parse_params
 from ..runtime import Runtime
 from ..steps import Extras
 from ..types import ChatResponse, GenerationParams, GPUStats, ModelInfo, ProviderStatus, PullProgress
 from .aio import AsyncSession
 from .conversation import Conversation
-from .engine import Engine, Prompt
+from .engine import Asked, Engine, Prompt
 from .renamed import RENAMED, renamed
 from .stream import ChatStream
 
@@ -34,21 +36,6 @@ if TYPE_CHECKING:
 
 # Asking with these takes more than one cache lookup (objects to describe, steps to run).
 _MORE = ("context", "images", "schema", "tools")
-_ASKING = frozenset(
-    {
-        "system",
-        "conversation",
-        "turn_id",
-        "no_cache",
-        "refresh",
-        "fallback",
-        *_MORE,
-        "context_budget",
-        "max_steps",
-        "max_reasks",
-        "keep_thinking",
-    }
-)  # not params
 
 
 class Session:
@@ -67,7 +54,7 @@ class Session:
         self.history: Conversation = Conversation(self.settings.max_history)  # the turns of %%farm_chat cells
         # What the last map returned (a DataFrame with pandas, else a BatchResult), also when it was stopped.
         self.last_batch: Any = None
-        self.aio: AsyncSession = AsyncSession(self, self._engine)
+        self.aio: AsyncSession = AsyncSession(self._engine, self.stream)
 
     if not TYPE_CHECKING:  # the old names, each a DeprecationWarning; not seen by type checkers
 
@@ -99,6 +86,7 @@ class Session:
         keep_thinking: bool = False,
         params: GenerationParams | None = None,
         _whole: bool = False,
+        _asked: tuple[Asked, str | None] | None = None,
         **options: Any,
     ) -> ChatStream:
         """A stream of the answer; `conversation=session.history` makes it a turn.
@@ -116,25 +104,42 @@ class Session:
         """
         if params is not None and options:
             raise TypeError("give generation options as keywords or as params=, not both")
+        engine = self._engine
         extras = Extras(context, images, context_budget, schema, tools, max_steps, max_reasks, keep_thinking)
-        source = self._engine.source(
-            prompt, model, system=system, conversation=conversation, turn_id=turn_id, no_cache=no_cache,
-            refresh=refresh, fallback=fallback, params=params or options, stream=not _whole, extras=extras,
+        asked, key = _asked or (
+            engine.ask(prompt, model, system=system, conversation=conversation, turn_id=turn_id, fallback=fallback,
+                       extras=extras),
+            None,
         )  # fmt: skip
-        return ChatStream(self._engine.runtime, source)
+        source = engine.source(
+            asked, params or options, conversation=conversation, turn_id=turn_id, no_cache=no_cache, refresh=refresh,
+            stream=not _whole, extras=extras, key=key,
+        )  # fmt: skip
+        return ChatStream(engine.runtime, source, asked.address)
 
     def chat(self, prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatResponse:
         """Ask and wait; the keywords are `stream`'s."""
-        if not any(kwargs.get(k) for k in ("conversation", "no_cache", "refresh", "params", *_MORE)):
-            params = {k: v for k, v in kwargs.items() if k not in _ASKING}
-            messages = self._engine.messages(prompt, kwargs.get("system"))
-            hit = self._engine.router.replay(messages, model, params)
-            if hit is not None:  # a memory-cache hit, answered here: no hop to the runtime loop
-                return hit
-        return self.stream(prompt, model, _whole=True, **kwargs).result()
+        if any(kwargs.get(k) for k in ("conversation", "no_cache", "refresh", "params", *_MORE)):
+            return self.stream(prompt, model, _whole=True, **kwargs).result()
+        engine = self._engine
+        generation = parse_params({k: v for k, v in kwargs.items() if k not in _ASKING})
+        asked = engine.ask(
+            prompt, model, system=kwargs.get("system"), conversation=None, turn_id=None,
+            fallback=kwargs.get("fallback"), extras=Extras(),
+        )  # fmt: skip
+        hit, key = engine.router.replay(asked.messages, asked.routes[0], generation)
+        if hit is not None:  # a memory-cache hit, answered here: no hop to the runtime loop
+            return hit
+        kept = {k: v for k, v in kwargs.items() if k in _ASKING}
+        return self.stream(prompt, model, params=generation, _whole=True, _asked=(asked, key), **kept).result()
 
-    def map(self, items: Iterable[Any], prompt: PromptBuilder = "{}", **kwargs: Any) -> Any:
-        """One prompt over many items, `concurrency` at a time; see `farm_jupyter.map`."""
+    def map(self, items: Iterable[Any], prompt: PromptBuilder = "{}", *, batch: bool = False, **kwargs: Any) -> Any:
+        """One prompt over many items, `concurrency` at a time (`batch=True`: one Batch API job at
+        half the price); see `farm_jupyter.map`."""
+        if batch:
+            from ..batch_api import run_batch
+
+            return run_batch(self, items, prompt, **kwargs)
         return run_map(self, items, prompt, **kwargs)
 
     def compare(self, prompts: Sequence[str], models: Sequence[str], **kwargs: Any) -> Comparison:
@@ -228,10 +233,7 @@ class Session:
         stands for, asking no one; an unknown provider or alias is a FarmError that says what to
         write. `strict`: `x:y` with no provider `x` is refused rather than taken as a model of the
         default provider; `params`: options its provider does not take are refused too."""
-        provider, model = self._engine.split(target, strict=strict)
-        if params is not None:
-            self._engine.check_params(provider, params)
-        return f"{provider}:{model}"
+        return self._engine.resolve(target, strict=strict, params=params)
 
     def close(self) -> None:
         if self._engine.started():
@@ -241,3 +243,11 @@ class Session:
         router = self._engine.router
         default = router.default_target or self.settings.default_provider
         return f"<Session env={self.settings.env!r} default={default!r} cache={self._engine.cache.name}>"
+
+
+# `stream`'s keywords that are not generation options, read from its signature: the list is kept once.
+_ASKING = frozenset(
+    name
+    for name, p in inspect.signature(Session.stream).parameters.items()
+    if p.kind is p.KEYWORD_ONLY and not name.startswith("_") and name != "params"
+)

@@ -218,13 +218,13 @@ class LoopbackServer:
 
     # request plumbing
 
-    def _handle(self, h: Handler) -> None:
+    def answer(self, h: Handler) -> None:
         path = unquote(urlsplit(h.path).path)
         try:
             raw = h.read_body()
         except ValueError as exc:
             h.close_connection = True
-            h.send_bytes(413 if "large" in str(exc) else 400, dumps(self._error_body(400, str(exc))))
+            h.send_bytes(413 if "large" in str(exc) else 400, dumps(self.error_body(400, str(exc))))
             return
         payload: Json | None = None
         bad_json = None
@@ -253,7 +253,7 @@ class LoopbackServer:
             return h.drop()
         if fault is not None and fault.kind == "echo":
             message, extra = echoed(headers)
-            body = self._error_body(fault.status, message)
+            body = self.error_body(fault.status, message)
             return h.send_bytes(fault.status, dumps(body), self.content_type, extra)
         if fault is not None and fault.kind == "foreign":
             text = FOREIGN_PAGE if fault.text is None else fault.text
@@ -261,12 +261,12 @@ class LoopbackServer:
             return h.send_bytes(fault.status, text.encode(), f"{kind}; charset=utf-8")
         if fault is not None and fault.kind == "status":
             extra = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
-            body = fault.body if fault.body is not None else self._error_body(fault.status)
+            body = fault.body if fault.body is not None else self.error_body(fault.status)
             return h.send_bytes(fault.status, dumps(body), self.content_type, extra)
         if not self._authorised(h, headers):
             return
         if bad_json is not None:
-            return self._send(h, 400, self._error_body(400, bad_json))
+            return self._send(h, 400, self.error_body(400, bad_json))
         self._route(h, h.command, path, payload or {}, fault)
 
     def _authorised(self, h: Handler, headers: dict[str, str]) -> bool:
@@ -275,7 +275,7 @@ class LoopbackServer:
     def _route(self, h: Handler, method: str, path: str, body: Json, fault: Fault | None) -> None:
         raise NotImplementedError
 
-    def _error_body(self, status: int, message: str | None = None) -> Json:
+    def error_body(self, status: int, message: str | None = None) -> Json:
         raise NotImplementedError
 
     def _line(self, data: bytes) -> bytes:
@@ -292,7 +292,7 @@ class LoopbackServer:
         if fault is not None and fault.kind == "malformed":
             data = b'{"broken": '
         elif fault is not None and fault.kind == "error_line":
-            status, data = 500, dumps(fault.body or self._error_body(500))
+            status, data = 500, dumps(fault.body or self.error_body(500))
         h.send_bytes(status, data, self.content_type)
 
     def _stream(self, h: Handler, frames: Iterable[Frame], fault: Fault | None) -> None:
@@ -311,7 +311,7 @@ class LoopbackServer:
                     if armed.kind == "malformed":
                         h.write_chunk(self._line(b'{"broken": '))
                     else:
-                        error = armed.body if armed.body is not None else self._error_body(500)
+                        error = armed.body if armed.body is not None else self.error_body(500)
                         h.write_chunk(self._line(dumps(error)))
                     return h.end_chunks()
                 if kind == "content":

@@ -27,8 +27,6 @@ from jupyter_server.base.handlers import APIHandler
 from pydantic import BaseModel, ValidationError
 from tornado import web
 from tornado.iostream import StreamClosedError
-from traitlets import Float, Int
-from traitlets.config import Configurable
 
 from ..errors import (
     AllProvidersFailed,
@@ -42,11 +40,12 @@ from ..errors import (
 )
 from .allow import NotAllowed
 from .bounds import OutOfBounds, TooManyLoads
+from .jobs import ServerState
 from .schema import ErrorBody
+from .traits import FarmServer
 
 if TYPE_CHECKING:
     from ..sessions import Session
-    from .jobs import ServerState
 
 SETTINGS_KEY = "farm_jupyter"
 AUTH_RESOURCE = "farm_jupyter"
@@ -54,22 +53,8 @@ NOT_AUTHENTICATED = (
     "not authenticated: send the Jupyter server's token (header `Authorization: token <token>`) or its login cookie"
 )
 CANCEL_GRACE = 5.0  # seconds a cancelled request gets to close its provider stream
-MiB = 1024 * 1024
 
 T = TypeVar("T")
-
-
-class FarmServer(Configurable):
-    """Limits of the farm_jupyter routes (`c.FarmServer.max_body_size = ...` in jupyter_server_config.py)."""
-
-    max_body_size = Int(
-        8 * MiB, config=True, help="Largest request body in bytes; a larger one is answered 413 unread."
-    )
-    max_messages = Int(500, config=True, help="Most messages in one chat request.")
-    max_prompt_chars = Int(2_000_000, config=True, help="Most characters in all of a chat request's messages together.")
-    max_load_jobs = Int(32, config=True, help="Most load jobs kept; finished ones go first, then none start.")
-    load_job_ttl = Float(600.0, config=True, help="Seconds a finished load job stays readable.")
-    heartbeat = Float(15.0, config=True, help="Seconds of silence after which a stream sends a `: keep-alive` comment.")
 
 
 class ApiError(web.HTTPError):

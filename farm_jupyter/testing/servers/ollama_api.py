@@ -12,14 +12,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .answers import chunks, embedding, last_user, message_words, positive_int, text_of, words
-from .base import Frame, Json, LoopbackServer
 from .faults import Fault
+from .loopback import Frame, Json, LoopbackServer
 from .transport import Handler, dumps
 
 if TYPE_CHECKING:
     from typing import Unpack
 
-    from .base import Options
+    from .loopback import Options
 
 
 def _now_iso() -> str:
@@ -74,7 +74,7 @@ class OllamaServer(LoopbackServer):
         """The full name of the model `asked` for; None, after a 404 saying `missing`, if there is none."""
         name = self._lookup(asked)
         if name is None:
-            self._send(h, 404, self._error_body(404, missing), fault)
+            self._send(h, 404, self.error_body(404, missing), fault)
         return name
 
     def _authorised(self, h: Handler, headers: dict[str, str]) -> bool:
@@ -94,7 +94,7 @@ class OllamaServer(LoopbackServer):
         found = body.get("format")
         return found if isinstance(found, dict) else None
 
-    def _error_body(self, status: int, message: str | None = None) -> Json:
+    def error_body(self, status: int, message: str | None = None) -> Json:
         if message is None:
             message = {
                 404: "404 page not found",
@@ -122,10 +122,10 @@ class OllamaServer(LoopbackServer):
         if path == "/" and method in ("GET", "HEAD"):
             return h.send_bytes(200, b"Ollama is running", "text/plain; charset=utf-8")
         if path not in routes:
-            return self._send(h, 404, self._error_body(404), fault)
+            return self._send(h, 404, self.error_body(404), fault)
         allowed, handler = routes[path]
         if method != allowed and not (allowed == "GET" and method == "HEAD"):
-            return self._send(h, 405, self._error_body(405, "405 method not allowed"), fault)
+            return self._send(h, 405, self.error_body(405, "405 method not allowed"), fault)
         handler(h, body, fault)
 
     # model metadata
@@ -217,7 +217,7 @@ class OllamaServer(LoopbackServer):
     def _pull(self, h: Handler, body: Json, fault: Fault | None) -> None:
         asked = body.get("model") or body.get("name")
         if not isinstance(asked, str) or not asked.strip():
-            return self._send(h, 400, self._error_body(400, "model is required"), fault)
+            return self._send(h, 400, self.error_body(400, "model is required"), fault)
         name = self._normalise(asked)
         missing = name.rsplit("/", 1)[-1].startswith("missing")
         error = "pull model manifest: file does not exist"
@@ -263,7 +263,7 @@ class OllamaServer(LoopbackServer):
     def _infer(self, h: Handler, body: Json, fault: Fault | None, *, generate: bool) -> None:
         asked = body.get("model")
         if not isinstance(asked, str) or not asked.strip():
-            return self._send(h, 400, self._error_body(400, "model is required"), fault)
+            return self._send(h, 400, self.error_body(400, "model is required"), fault)
         name = self._installed(h, asked, fault, f'model "{asked}" not found, try pulling it first')
         if name is None:
             return
@@ -289,7 +289,7 @@ class OllamaServer(LoopbackServer):
         if generate and "suffix" in body:  # fill-in-the-middle: only a model whose template takes a suffix
             if not _inserts(name):
                 return self._send(
-                    h, 400, self._error_body(400, f"registry.ollama.ai/library/{name} does not support insert"), fault
+                    h, 400, self.error_body(400, f"registry.ollama.ai/library/{name} does not support insert"), fault
                 )
             said = self._filled(body, prompt, text_of(body.get("suffix")))
         else:

@@ -12,15 +12,15 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .answers import chunks, embedding, last_user, message_words, positive_int, words
-from .base import Frame, Json, LoopbackServer
 from .batches import BatchAPI
 from .faults import Fault
+from .loopback import Frame, Json, LoopbackServer
 from .transport import Handler, dumps
 
 if TYPE_CHECKING:
     from typing import Unpack
 
-    from .base import Options
+    from .loopback import Options
 
 TEST_API_KEY = "sk-test-0123456789abcdef"  # what the fixtures give OpenAIServer and the client
 
@@ -72,7 +72,7 @@ class OpenAIServer(LoopbackServer, BatchAPI):
         key = None if self.api_key is None else _mask(self.api_key)
         return f"OpenAIServer({where}, models={self.models!r}, api_key={key!r})"
 
-    def _error_body(self, status: int, message: str | None = None) -> Json:
+    def error_body(self, status: int, message: str | None = None) -> Json:
         kinds: dict[int, tuple[str, str | None, str]] = {
             400: ("invalid_request_error", None, "Bad request."),
             401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
@@ -106,10 +106,10 @@ class OpenAIServer(LoopbackServer, BatchAPI):
                 "You didn't provide an API key. You need to provide your API key in an "
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
             )
-            body = self._error_body(401, message)
+            body = self.error_body(401, message)
             body["error"]["code"] = None
         else:
-            body = self._error_body(401, f"Incorrect API key provided: {_mask(given)}.")
+            body = self.error_body(401, f"Incorrect API key provided: {_mask(given)}.")
         h.send_bytes(401, dumps(body), self.content_type)
         return False
 
@@ -129,7 +129,7 @@ class OpenAIServer(LoopbackServer, BatchAPI):
             return self._embeddings(h, body, fault)
         if self._batch_route(h, method, path, body, fault):
             return None
-        self._send(h, 404, self._error_body(404, f"Invalid URL ({method} {path})"), fault)
+        self._send(h, 404, self.error_body(404, f"Invalid URL ({method} {path})"), fault)
 
     @staticmethod
     def _model(name: str) -> Json:
@@ -137,14 +137,14 @@ class OpenAIServer(LoopbackServer, BatchAPI):
         return {"id": name, "object": "model", "created": 1_700_000_000, "owned_by": owner}
 
     def _not_found(self, name: Any) -> Json:
-        body = self._error_body(404, f"The model `{name}` does not exist or you do not have access to it.")
+        body = self.error_body(404, f"The model `{name}` does not exist or you do not have access to it.")
         body["error"]["code"] = "model_not_found"
         return body
 
     def _check_model(self, h: Handler, body: Json, fault: Fault | None) -> str | None:
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            self._send(h, 400, self._error_body(400, "you must provide a model parameter"), fault)
+            self._send(h, 400, self.error_body(400, "you must provide a model parameter"), fault)
             return None
         if model not in self.models:
             self._send(h, 404, self._not_found(model), fault)
@@ -157,13 +157,13 @@ class OpenAIServer(LoopbackServer, BatchAPI):
             return
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            return self._send(h, 400, self._error_body(400, "Missing required parameter: 'messages'."), fault)
+            return self._send(h, 400, self.error_body(400, "Missing required parameter: 'messages'."), fault)
         if self.context_window is not None and (used := message_words(messages)) > self.context_window:
             too_long = (
                 f"This model's maximum context length is {self.context_window} tokens. However, your messages "
                 f"resulted in {used} tokens. Please reduce the length of the messages."
             )
-            error = self._error_body(400, too_long)
+            error = self.error_body(400, too_long)
             error["error"].update(param="messages", code="context_length_exceeded")
             return self._send(h, 400, error, fault)
         if not self._model_time(h):
@@ -259,7 +259,7 @@ class OpenAIServer(LoopbackServer, BatchAPI):
             return
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
-            return self._send(h, 400, self._error_body(400, "'prompt' must be a string."), fault)
+            return self._send(h, 400, self.error_body(400, "'prompt' must be a string."), fault)
         if not self._model_time(h):
             return
         suffix = body.get("suffix")
@@ -303,7 +303,7 @@ class OpenAIServer(LoopbackServer, BatchAPI):
         elif isinstance(raw, list) and raw:
             texts = [t if isinstance(t, str) else " ".join(map(str, t)) for t in raw]
         else:
-            return self._send(h, 400, self._error_body(400, "'input' must be a string or a non-empty array."), fault)
+            return self._send(h, 400, self.error_body(400, "'input' must be a string or a non-empty array."), fault)
         if not self._model_time(h):
             return
         as_base64 = body.get("encoding_format") == "base64"

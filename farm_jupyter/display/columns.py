@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .answer import error_line, notice_html
 from .markdown import render
+from .pieces import error_line, notice_html
 from .theme import BAD, BORDER, FG, FG2, GOOD, PANEL, esc
 
 if TYPE_CHECKING:
