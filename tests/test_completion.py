@@ -37,7 +37,7 @@ from farm_jupyter.sessions import Session
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import TEST_API_KEY
 from farm_jupyter.testing.servers.answers import filled
-from farm_jupyter.types.fill import FILL_SYSTEM
+from farm_jupyter.types.fim import FILL_SYSTEM
 
 CODER = "qwen2.5-coder:0.5b"
 KEY = "sk-proj-" + "a1B2c3D4e5F6g7H8i9J0"

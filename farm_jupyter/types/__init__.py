@@ -15,7 +15,7 @@ is a slotted dataclass, not a validated model.
 from __future__ import annotations
 
 from .capabilities import Capabilities
-from .fill import FillRequest
+from .fim import FillRequest
 from .messages import ChatMessage, ImagePart, Role, ToolCall, ToolRun, ToolSpec
 from .request import PROVIDER_OPTIONS, ChatRequest, GenerationOptions, GenerationParams
 from .responses import Attempt, ChatResponse, Chunk, Timings, Usage, generation_rate
