@@ -491,19 +491,3 @@ def test_a_memory_cache_hit_is_no_way_around_the_refusal(s: Session) -> None:
     """The caller's-thread fast path for cache hits checks the row too."""
     refused(s, "fn", "stop", lambda: s.chat("hello", "fn", stop=["x"]))
     refused(s, "huggingface", "tools", lambda: s.chat("hello", "huggingface", tools=[weather]))
-
-
-def test_a_feature_asked_of_a_model_is_refused_for_that_model(s: Session) -> None:
-    """`arequire` (for requests that are not chats, such as fill-in-the-middle): the row, then the model."""
-    from farm_jupyter.runtime import get_runtime
-
-    assert get_runtime().run(s._engine.router.arequire("ollama", "tools", "llama3.1")) is s._engine.router.provider(
-        "ollama"
-    )
-    refused(
-        s,
-        "ollama",
-        "tools",
-        lambda: get_runtime().run(s._engine.router.arequire("ollama", "tools", "gemma2:2b")),
-        "gemma2:2b",
-    )

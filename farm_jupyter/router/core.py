@@ -125,13 +125,6 @@ class Router:
             raise unsupported(registry.canonical(name), feature, self.able)
         return provider
 
-    async def arequire(self, name: str, feature: str, model: str) -> Provider:
-        """`require`, then asks the model when the feature depends on it (Ollama's `insert` for fim)."""
-        provider = self.require(name, feature)
-        if feature in provider.capabilities.per_model and feature not in await provider.model_capabilities(model):
-            raise unsupported(registry.canonical(name), feature, self.able, model=model)
-        return provider
-
     def routes(self, target: str | None, fallback: bool | None = None) -> list[Route]:
         """The routes a request to `target` takes; `fallback=None` takes the setting (`fallback =
         false` in farm.toml turns it off everywhere)."""
