@@ -41,12 +41,21 @@ _SLOW_FILES = {
     "test_server.py",
     "test_cli.py",
     "test_lint.py",
+    "test_server_limits.py",
+    "test_completion.py",
+    "test_lab.py",
+    "test_capabilities.py",
+    "test_local_structured.py",
+    "test_provenance.py",
 }
 _SLOW_TESTS = {
     "test_recording.py::test_a_notebook_recorded_on_the_real_model_replays_under_nbval",
     "test_reliability.py::test_unloading_a_local_model_frees_its_memory",
     "test_security.py::test_a_saved_executed_notebook",
     "test_gpu.py::test_best_device_here_is_cpu",
+    "test_batch.py::test_a_saved_notebook_keeps_the_finished_bars_text",
+    "test_magics.py::test_the_saved_notebook_has_no_empty_output",
+    "test_reliability.py::test_the_kernel_stays_responsive_while_streams_run",
 }
 
 
