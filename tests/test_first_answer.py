@@ -16,6 +16,7 @@ from farm_jupyter import embedded
 from farm_jupyter.config import load_settings
 from farm_jupyter.config.settings import OllamaSettings
 from farm_jupyter.errors import FarmError
+from farm_jupyter.runtime import get_runtime
 from farm_jupyter.sessions import Session
 
 pytestmark = pytest.mark.timeout(300)
@@ -161,3 +162,20 @@ def test_untouched_reads_the_config_files_upward(tmp_path: Path) -> None:
     assert embedded.untouched({}, inner)
     (inner / ".env").write_text("OPENAI_API_KEY=sk-test-0123456789\n")
     assert not embedded.untouched({}, inner)
+
+
+def test_llamacpp_reads_the_prompt_on_as_many_threads_as_it_generates() -> None:
+    """llama-cpp-python's default reads the prompt on every logical core; they wait for each other,
+    and one core busy elsewhere made the first token 5x later (benchmarks/first_answer.py)."""
+    if _engine() != "llamacpp":
+        pytest.skip("llama.cpp is not installed")
+    from farm_jupyter.providers import create
+
+    for options, threads in (({}, max((os.cpu_count() or 2) // 2, 1)), ({"n_threads": 3}, 3)):
+        settings = load_settings({"providers": {"llamacpp": options}} if options else None, environ={}, use_file=False)
+        provider = create("llamacpp", settings)
+        try:
+            params = provider._load(embedded.NAME).llm.context_params
+            assert params.n_threads == params.n_threads_batch == threads
+        finally:
+            get_runtime().run(provider.aclose())

@@ -7,7 +7,7 @@ stops within a token when the request is cancelled: the thread closes llama.cpp'
 
 llama_cpp is imported on first load. Its exceptions become FarmErrors in one place,
 `_mapped_errors`. Options (`[providers.llamacpp]` in farm.toml): `default_model`, `n_ctx`
-(default 2048), `n_threads`, `n_gpu_layers`.
+(default 2048), `n_threads`, `n_threads_batch` (default: `n_threads`), `n_gpu_layers`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import functools
 import gc
 import importlib.util
 import json
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -212,9 +213,12 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
             path = self._path(name)
             llama = _llama_class()
             kwargs: dict[str, Any] = {"n_ctx": int(self.options.get("n_ctx", 2048)), "verbose": False}
-            for key in ("n_threads", "n_gpu_layers", "seed"):
+            for key in ("n_threads", "n_threads_batch", "n_gpu_layers", "seed"):
                 if self.options.get(key) is not None:
                     kwargs[key] = int(self.options[key])
+            # llama-cpp-python reads the prompt on every logical core by default; they wait for each
+            # other, so one core busy elsewhere made the first token 5x later here (issue 23).
+            kwargs.setdefault("n_threads_batch", kwargs.get("n_threads") or max((os.cpu_count() or 2) // 2, 1))
             with _mapped_errors(self.name, name, loading=True):
                 llm = llama(model_path=str(path), **kwargs)
             loaded = self._models[name] = _Loaded(name=name, path=path, llm=llm)
