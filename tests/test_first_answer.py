@@ -179,3 +179,32 @@ def test_llamacpp_reads_the_prompt_on_as_many_threads_as_it_generates() -> None:
             assert params.n_threads == params.n_threads_batch == threads
         finally:
             get_runtime().run(provider.aclose())
+
+
+# -- the embedded model's defaults (benchmarks/local_quality.py chose them) ------------------------
+
+
+def test_the_penalty_spares_the_prompt_and_json_punctuation() -> None:
+    np = pytest.importorskip("numpy")
+    from farm_jupyter.providers.llamacpp import _Penalty
+
+    spared = np.array([False, False, False, True])  # token 3 is, say, `",`
+    penalty = _Penalty(spared, 2.0)
+    prompt = [0, 1]
+    scores = np.array([4.0, 4.0, 4.0, 4.0])
+    assert penalty(prompt, scores.copy()).tolist() == [4.0, 4.0, 4.0, 4.0]  # the prompt is not the answer
+    after = penalty([*prompt, 2, 3, 2], np.array([4.0, 4.0, -4.0, 4.0]))
+    assert after.tolist() == [4.0, 4.0, -8.0, 4.0]  # said once or more: pushed down, whatever its sign
+
+
+def test_the_embedded_model_answers_the_capital_of_france_without_looping() -> None:
+    if _engine() != "llamacpp":
+        pytest.skip("the default penalty is llama.cpp's")
+    s = Session(load_settings({"env": "test", "provider": "llamacpp", "fallback": []}, environ={}, use_file=False))
+    try:
+        r = s.chat("What is the capital of France?", max_tokens=128)
+        explicit = s.chat("What is the capital of France?", max_tokens=64, extra={"repeat_penalty": 1.0})
+    finally:
+        s.close()
+    assert "paris" in r.text.lower() and r.finish_reason == "stop", r.text
+    assert explicit.finish_reason == "length" and "paris" not in explicit.text.lower()  # the loop it replaced
