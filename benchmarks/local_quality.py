@@ -28,7 +28,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from _common import emit  # noqa: E402
+from _common import emit, target  # noqa: E402
 
 # (question, accepted answers)
 QUESTIONS: list[tuple[str, tuple[str, ...]]] = [
@@ -123,6 +123,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], str | None]] = {
     "d4. greedy, answer-only penalty 1.3, system prompt": ({**GREEDY, "answer_penalty": 1.3}, SYSTEM),
 }
 PROVIDER = "ours now (llamacpp provider, its defaults)"
+DEFAULT_SET = ("a", "b", "c1", "c2", "c5", "d2")  # within run_all.py's 10 minutes; --variants all for every one
 
 
 def correct(answer: str, accepted: tuple[str, ...]) -> bool:
@@ -162,7 +163,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=len(QUESTIONS))
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--variants", default="", help="comma-separated name prefixes (a,c1,...): only those")
+    parser.add_argument(
+        "--variants", default=",".join(DEFAULT_SET), help="comma-separated name prefixes (a,c1,...), or all"
+    )
     parser.add_argument("--no-provider", action="store_true", help="skip the row through the provider")
     parser.add_argument("--show", action="store_true", help="print every answer")
     parser.add_argument("--json", action="store_true")
@@ -174,7 +177,7 @@ def main() -> None:
 
     questions = QUESTIONS[: args.limit]
     wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
-    variants = {k: v for k, v in VARIANTS.items() if not wanted or k.split(".")[0] in wanted}
+    variants = {k: v for k, v in VARIANTS.items() if "all" in wanted or k.split(".")[0] in wanted}
     threads = max((os.cpu_count() or 2) // 2, 1)
     from farm_jupyter.providers.llamacpp import _Loaded
 
@@ -221,7 +224,18 @@ def main() -> None:
             print(f"## {name}")
             for (q, acc), a in zip(questions, said, strict=True):
                 print(f"{'ok ' if correct(a, acc) else 'NO '}{q} -> {a[:100]!r}")
-    emit("\n".join(lines), {"results": results, "max_tokens": args.max_tokens})
+    targets = []
+    if PROVIDER in results and any(k.startswith("a.") for k in results):
+        ours, before = results[PROVIDER], next(r for k, r in results.items() if k.startswith("a."))
+        targets = [
+            target("embedded defaults: no loops (local_quality.py)", f"{ours['loops']} loops", ours["loops"] == 0),
+            target(
+                "embedded defaults: accuracy not below greedy alone (local_quality.py)",
+                f"{ours['correct']}/{ours['n']} vs {before['correct']}/{before['n']}",
+                ours["correct"] >= before["correct"],
+            ),
+        ]
+    emit("\n".join(lines), {"results": results, "max_tokens": args.max_tokens, "targets": targets})
 
 
 def provider_row(questions: list[tuple[str, tuple[str, ...]]], cap: int) -> tuple[dict[str, Any], list[str]]:
