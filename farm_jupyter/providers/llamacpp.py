@@ -64,8 +64,8 @@ class _Loaded:
 class _Penalty:
     """A repeat penalty over the answer's own tokens, as llama.cpp's (a logit over 0 divided by
     `penalty`, under 0 multiplied), but never on the prompt's (an extraction copies from it) nor
-    on JSON's punctuation and whitespace, which a structured answer must repeat: llama.cpp's
-    `repeat_penalty` counts the prompt and penalises `"` and `,` under a grammar."""
+    on JSON's punctuation and whitespace, which a structured answer must repeat (llama.cpp's
+    `repeat_penalty` would push it off its `"` and `,`)."""
 
     def __init__(self, spared: Any, penalty: float) -> None:
         self.spared, self.penalty = spared, penalty
