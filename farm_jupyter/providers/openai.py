@@ -116,15 +116,18 @@ class OpenAIProvider(Provider):
     def __repr__(self) -> str:
         return f"<OpenAIProvider {self.name!r} {self._base_url} key={mask(self._api_key)}>"
 
+    def _check_configured(self) -> None:
+        if not self._api_key and self._base == DEFAULT_BASE_URL:
+            raise NotConfigured(
+                "OpenAI needs an API key",
+                provider=self.name,
+                hint="set OPENAI_API_KEY, or OPENAI_BASE_URL for a local OpenAI-compatible server",
+            )
+
     @property
     def client(self) -> AsyncOpenAI:
         if self._client is None:
-            if not self._api_key and self._base == DEFAULT_BASE_URL:
-                raise NotConfigured(
-                    "OpenAI needs an API key",
-                    provider=self.name,
-                    hint="set OPENAI_API_KEY, or OPENAI_BASE_URL for a local OpenAI-compatible server",
-                )
+            self._check_configured()
             headers = {}
             if self._basic is not None:
                 if self._api_key:  # both travel in the one Authorization header
@@ -151,6 +154,8 @@ class OpenAIProvider(Provider):
 
     @asynccontextmanager
     async def _errors(self, model: str) -> AsyncIterator[None]:
+        if self._client is None:
+            self._check_configured()  # before the SDK's ~0.4 s of imports, for nothing
         if "openai" not in sys.modules:  # ~0.4 s of imports, in a worker: never on the runtime loop
             await asyncio.to_thread(importlib.import_module, "openai")
         import openai

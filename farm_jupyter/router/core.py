@@ -339,7 +339,7 @@ class Router:
                         booking[1] = 0
                     if attempt.shown:
                         call.shown, call.cut = attempt.shown, f"{route.provider} {exc.did}"
-                    delay = retry_delay(self.settings.retry, exc, retries) if exc.availability else None
+                    delay = retry_delay(self.settings, exc, retries) if exc.availability else None
                     if delay is None:
                         if exc.availability and not isinstance(exc, RateLimited):  # busy is not ill
                             breaker.failure(str(exc))

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from ..config import RateLimit, RetrySettings
+from ..config import RateLimit, Settings
 from ..errors import ProviderError, RateLimited
 from ..types import ChatRequest, ProviderStatus
 
@@ -138,11 +138,26 @@ def estimate_tokens(request: ChatRequest, counted: int | None = None) -> tuple[i
     return (counted if counted is not None else chars // 4), request.params.max_tokens or 256
 
 
-def retry_delay(policy: RetrySettings, exc: ProviderError, retries: int) -> float | None:
+def retry_delay(settings: Settings, exc: ProviderError, retries: int) -> float | None:
     """Seconds to wait before trying the same provider again, or None: move on."""
-    if not exc.retryable or retries >= policy.max_retries:
+    policy = settings.retry
+    if not exc.retryable or retries >= policy.max_retries or nothing_listens(exc, settings):
         return None
     if isinstance(exc, RateLimited) and exc.retry_after is not None:
         return exc.retry_after if exc.retry_after <= policy.max_retry_after else None
     base = min(policy.backoff * (2**retries), policy.backoff_max)
     return base * (0.5 + random.random() / 2)
+
+
+def nothing_listens(exc: ProviderError, settings: Settings) -> bool:
+    """A refused connection while nothing is configured (Ollama's default port on this machine,
+    the embedded model next): the answer is certain at once, so it is not asked again, and the
+    first answer on a fresh machine does not wait out a retry ladder (issue 23)."""
+    if settings.embedded_fallback is None:
+        return False
+    cause: BaseException | None = exc
+    for _ in range(8):  # httpx wraps httpcore wraps OSError wraps the refusal
+        if cause is None or isinstance(cause, ConnectionRefusedError):
+            break
+        cause = cause.__cause__ or cause.__context__
+    return isinstance(cause, ConnectionRefusedError)
