@@ -69,7 +69,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         test = f"{item.path.name}::{item.originalname if isinstance(item, pytest.Function) else item.name}"
         if item.path.suffix == ".ipynb" or item.path.name in _SLOW_FILES or test in _SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
-        if "fuzz" in item.name:
+        if "fuzz" in item.name or getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
             item.add_marker(pytest.mark.fuzz)
 
 
