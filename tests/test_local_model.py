@@ -136,6 +136,14 @@ def test_explain_shows_the_templated_prompt_the_model_ran(session: Session, engi
         read = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         assert params["max_new_tokens"] == 3 and params["do_sample"] is False and params["stop_strings"] == ["Lyon"]
     assert len(read) == response.usage.prompt_tokens  # the text is what the model was given, token for token
+    if engine == "llamacpp":  # a schema: the grammar it sampled under, and the instruction the prompt gained
+        schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+        shaped = session.chat(QUESTION, schema=schema, no_cache=True, max_tokens=24, max_reasks=0)
+        body = session.explain(shaped).body
+        assert body is not None
+        first, prompt = body.split("\n", 1)
+        assert 'city-kv ::= "\\"city\\""' in json.loads(first)["grammar"]
+        assert json.dumps(schema, sort_keys=True) in prompt and f"user\n{QUESTION}<|im_end|>" in prompt
 
 
 def test_stream_and_chat_give_the_same_text(session: Session) -> None:

@@ -132,9 +132,8 @@ def _formatter(llm: Any) -> Any:
     return found
 
 
-@functools.cache
-def _defaults(cls: type) -> dict[str, Any]:
-    found = inspect.signature(cls.create_chat_completion).parameters
+def _defaults(llm: Any) -> dict[str, Any]:
+    found = inspect.signature(llm.create_chat_completion).parameters
     return {k: found[k].default for k in _SAMPLING if k in found}
 
 
@@ -155,7 +154,7 @@ def _ran(llm: Any, arguments: dict[str, Any]) -> str | None:
     if found is None:
         return None
     said, tokens = found
-    params = {k: arguments.get(k, default) for k, default in _defaults(type(llm)).items()}
+    params = {k: arguments.get(k, default) for k, default in _defaults(llm).items()}
     stop = arguments.get("stop") or []
     added = said.stop or []
     params["stop"] = [*([stop] if isinstance(stop, str) else stop), *([added] if isinstance(added, str) else added)]
