@@ -1,5 +1,5 @@
 """Where an answer came from, written into the notebook's output metadata, and the request that
-was sent, shown back (`%farm why`, `farm.explain`).
+was sent (a local engine: the templated prompt it ran), shown back (`%farm why`, `farm.explain`).
 
 Every answer output carries `{"farm_jupyter": {...}}`: provider, model, parameters, the fallback
 notice, cache hit or miss and its key, usage, time and this package's version, so a reader of a
@@ -79,7 +79,9 @@ class Explanation:
     __repr__ = __str__
 
 
-def explain(response: ChatResponse | None) -> Explanation:
+def explain(response: ChatResponse | None, *, local: bool = False) -> Explanation:
+    """`local`: the answer's engine runs in this process (llama.cpp, transformers), whose `sent`
+    is the sampling parameters on one line and the templated prompt it ran (`providers._local.ran`)."""
     if response is None:
         return Explanation("nothing has been asked in this session yet", None)
     if response.cached:
@@ -90,6 +92,12 @@ def explain(response: ChatResponse | None) -> Explanation:
         )
     if response.sent is None:
         return Explanation(f"{response.provider} does not report the request it sends", None)
+    if local:
+        return Explanation(
+            f"{response.address} runs in this process, nothing went over a network: the sampling parameters it used, "
+            "then the prompt it ran (its chat template applied, special tokens written out; secrets masked):",
+            response.sent,
+        )
     return Explanation(f"the request body sent to {response.address} (secrets masked):", response.sent)
 
 

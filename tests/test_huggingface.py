@@ -115,7 +115,9 @@ def load(provider: HuggingFaceProvider, name: str) -> list[str]:
 def test_stream_yields_text_then_done_with_token_counts(provider: HuggingFaceProvider) -> None:
     chunks: list[Chunk] = list(get_runtime().iterate(provider.astream(request(provider.default_model, 12))))
 
-    *texts, last = chunks
+    sent = [c.sent for c in chunks if c.sent is not None]  # what it ran, for `%farm why`: said once
+    assert len(sent) == 1 and sent[0].endswith("<|user|>\nhello there<|end|>\n<|assistant|>\n")
+    *texts, last = [c for c in chunks if c.sent is None]
     assert texts and all(c.text and not c.done for c in texts)
     assert last.done and last.text == ""
     assert last.usage is not None and last.usage.completion_tokens == 12
@@ -167,6 +169,38 @@ def test_sampling_with_a_seed_is_reproducible(provider: HuggingFaceProvider) -> 
     assert provider.chat(req).text == provider.chat(req).text
 
 
+def test_explain_shows_the_templated_prompt_and_the_sampling_it_ran(tiny_model_path: Path) -> None:
+    from farm_jupyter.sessions import Session
+
+    section = {"default_model": str(tiny_model_path), "device": "cpu", "dtype": "float32"}
+    layer = {"env": "test", "provider": "huggingface", "fallback": [], "huggingface": section}
+    session = Session(load_settings(layer, environ={}, use_file=False))
+    try:
+        greedy = session.chat("hello there", no_cache=True, max_tokens=4)
+        found = session.explain(greedy)
+        assert found.line.startswith(f"huggingface:{tiny_model_path} runs in this process")
+        assert found.body is not None
+        first, prompt = found.body.split("\n", 1)
+        assert prompt == "<|user|>\nhello there<|end|>\n<|assistant|>\n"  # the tiny model's template, applied
+        tokenizer = session._engine.router.provider("huggingface")._models[str(tiny_model_path)].tokenizer
+        assert len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) == greedy.usage.prompt_tokens
+        params = json.loads(first)
+        assert params["do_sample"] is False and params["max_new_tokens"] == 4 and "temperature" not in params
+        assert params["eos_token_id"] == tokenizer.convert_tokens_to_ids("<|end|>")  # where it stops
+        sampled = session.chat("hello there", no_cache=True, max_tokens=4, temperature=1.5, top_p=0.9, seed=7)
+        body = session.explain(sampled).body
+        assert body is not None and body.endswith(prompt)
+        params = json.loads(body.split("\n", 1)[0])
+        assert {k: params[k] for k in ("do_sample", "temperature", "top_p", "seed")} == {
+            "do_sample": True,
+            "temperature": 1.5,
+            "top_p": 0.9,
+            "seed": 7,
+        }
+    finally:
+        session.close()
+
+
 # -- cancellation and errors -------------------------------------------------------------------
 
 
@@ -177,7 +211,7 @@ def test_closing_the_stream_stops_generation(provider: HuggingFaceProvider) -> N
     handle = model_of(provider, name).register_forward_hook(counter)
     try:
         stream = get_runtime().iterate(provider.astream(request(name, 400)))
-        assert next(stream).text
+        assert next(c for c in stream if c.sent is None).text
         stream.close()
         assert wait_no_generate_threads() == []
         assert counter.calls < 400  # stopped early, not run to the end in the background

@@ -118,6 +118,34 @@ def test_count_tokens_is_what_the_model_was_given(session: Session, engine: str)
     assert provider.count_tokens("x", "not-loaded.gguf", load=False) is None
 
 
+def test_explain_shows_the_templated_prompt_the_model_ran(session: Session, engine: str) -> None:
+    response = session.chat(QUESTION, no_cache=True, max_tokens=3, stop=["Lyon"])
+    found = session.explain(response)
+    assert found.line.startswith(f"{engine}:{embedded.NAME} runs in this process")
+    assert found.body is not None
+    first, prompt = found.body.split("\n", 1)
+    params = json.loads(first)
+    # SmolLM2's chat template, the user's question in it, the turn handed to the assistant
+    assert f"<|im_start|>user\n{QUESTION}<|im_end|>\n" in prompt and prompt.endswith("<|im_start|>assistant\n")
+    assert prompt.startswith("<|im_start|>system\n")  # the template's own system line: the model read it too
+    if engine == "llamacpp":
+        read = loaded_object(session, engine).tokenize(prompt.encode(), add_bos=False, special=True)
+        assert params["max_tokens"] == 3 and params["temperature"] == 0.0 and params["stop"] == ["Lyon", "<|im_end|>"]
+    else:
+        tokenizer = provider_of(session, engine)._models[embedded.NAME].tokenizer
+        read = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        assert params["max_new_tokens"] == 3 and params["do_sample"] is False and params["stop_strings"] == ["Lyon"]
+    assert len(read) == response.usage.prompt_tokens  # the text is what the model was given, token for token
+    if engine == "llamacpp":  # a schema: the grammar it sampled under, and the instruction the prompt gained
+        schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+        shaped = session.chat(QUESTION, schema=schema, no_cache=True, max_tokens=24, max_reasks=0)
+        body = session.explain(shaped).body
+        assert body is not None
+        first, prompt = body.split("\n", 1)
+        assert 'city-kv ::= "\\"city\\""' in json.loads(first)["grammar"]
+        assert json.dumps(schema, sort_keys=True) in prompt and f"user\n{QUESTION}<|im_end|>" in prompt
+
+
 def test_stream_and_chat_give_the_same_text(session: Session) -> None:
     prompt = "Name three colours of the rainbow."
     stream = session.stream(prompt, no_cache=True, max_tokens=24)

@@ -757,6 +757,62 @@ def test_chat_shows_thinking_folded_apart_from_the_answer(make_session: Callable
         assert chat.last_text == "Echo: why?" and server.requests[-1].json["think"] is True
 
 
+def saved_widget_state(comms: list[RecordingComm]) -> dict[str, Any]:
+    """The widget state a notebook saved by nbclient holds (`metadata.widgets`): what each widget
+    sent on its comm, fed to nbclient's own handler as the kernel's messages, written and read back."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    client = NotebookClient(nbformat.v4.new_notebook())
+    for c in comms:
+        opened = {"comm_id": c.comm_id, "target_name": c.opened_with["target_name"], "data": c.opened_with["data"]}
+        client.handle_comm_msg([], {"msg_type": "comm_open", "content": opened}, 0)
+        for data in list(c.messages):
+            client.handle_comm_msg([], {"msg_type": "comm_msg", "content": {"comm_id": c.comm_id, "data": data}}, 0)
+    client.set_widgets_metadata()
+    saved = nbformat.reads(nbformat.writes(client.nb), as_version=4)
+    return dict(saved.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"])
+
+
+def test_chat_answers_carry_their_provenance_into_the_saved_notebook(
+    make_session: Callable[..., Session], comms: list[RecordingComm]
+) -> None:
+    from farm_jupyter import __version__, provenance
+
+    with OllamaServer() as server:
+        s = make_session(server, breaker={"failures": 50}, retry={"max_retries": 0})
+        chat = ChatWidget(s, load_models=False)
+        chat.send("first")
+        assert chat.wait(WAIT)
+        first = chat.last_response
+        server.refuse()
+        chat.send("second")  # fails: no answer, so no provenance for its turn
+        assert chat.wait(WAIT)
+        until(lambda: chat.error, what="the error line")
+        server.accept()
+        chat.send("third")
+        assert chat.wait(WAIT)
+        third = chat.last_response
+        assert first is not None and third is not None
+        saved = saved_widget_state(comms)[chat.model_id]
+        assert saved["model_name"] == "VBoxModel"
+        entries = saved["state"]["provenance"]
+        assert [e["turn"] for e in entries] == [1, 3]
+        for entry, response in zip(entries, [first, third], strict=True):
+            expected = provenance.answer(response)[provenance.KEY]
+            assert set(entry) == {"turn", *expected}  # the same fields as a %%farm_chat output's metadata
+            assert {k: entry[k] for k in ("provider", "model", "params", "notice", "cache", "usage")} == {
+                k: expected[k] for k in ("provider", "model", "params", "notice", "cache", "usage")
+            }
+            assert entry["version"] == __version__ and entry["provider"] == "ollama" and entry["model"] == "llama3.1"
+            assert (
+                entry["cache"] == {"hit": False, "key": response.cache_key} and entry["usage"]["completion_tokens"] > 0
+            )
+        assert comm_of(chat).updates("provenance") == 2  # one per finished answer, none for the failure
+        chat.clear()  # the transcript goes, and what it said of the turns with it
+        assert saved_widget_state(comms)[chat.model_id]["state"]["provenance"] == []
+
+
 def test_compare_over_prompts_keeps_picks_verdicts_and_a_scoreboard(
     make_session: Callable[..., Session], tmp_path: Any
 ) -> None:

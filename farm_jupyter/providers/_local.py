@@ -5,6 +5,7 @@ thread when the request ends."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from abc import abstractmethod
@@ -13,6 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from typing import Any, ClassVar, Generic, TypeVar
 
+from .. import secrets
 from ..errors import FarmError, ProviderTimeout
 from ..types import ChatRequest, Chunk
 from .base import Provider
@@ -27,8 +29,9 @@ class Channel:
     The loop is woken only while the reader waits: when it lags behind, items pile up and are
     taken in one batch, so fast tokens cost no extra wake-ups. The thread's last item is
     ("done", (Usage, finish_reason)) or ("error", exception); before it, ("text", str) items,
-    ("calls", [ToolCall]) for a tool call read out of a constrained answer, and ("note", str) for
-    what the engine could not enforce (said in the answer's footer).
+    ("calls", [ToolCall]) for a tool call read out of a constrained answer, ("note", str) for
+    what the engine could not enforce (said in the answer's footer), and ("sent", str) for what
+    the engine ran (`ran`), the local twin of a server's request body.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -83,7 +86,7 @@ async def join(thread: threading.Thread, channel: Channel, ended: bool) -> None:
             batch = await channel.take(remaining)
         except TimeoutError:
             return
-        ended = any(kind != "text" for kind, _ in batch)
+        ended = any(kind in ("done", "error") for kind, _ in batch)
     while thread.is_alive() and time.monotonic() < deadline:
         await asyncio.sleep(0.0005)
 
@@ -126,6 +129,8 @@ async def stream(
                     yield Chunk(tool_calls=value)
                 elif kind == "note":
                     yield Chunk(status=value)
+                elif kind == "sent":
+                    yield Chunk(sent=value)
                 elif kind == "error":
                     error, ended = value, True
                 elif kind == "done":
@@ -140,6 +145,13 @@ async def stream(
     if isinstance(error, FarmError):
         raise error
     raise failed(error, shown) from error
+
+
+def ran(prompt: str, params: Mapping[str, Any]) -> str:
+    """What a local engine ran, for `%farm why` (`ChatResponse.sent`): the sampling parameters it
+    used as one JSON line, then the prompt as the model read it, the chat template applied and its
+    special tokens written out (secrets masked, as a server's request body is)."""
+    return secrets.redact(json.dumps(dict(params), ensure_ascii=False, default=str) + "\n" + prompt)
 
 
 def first_line(exc: BaseException) -> str:

@@ -21,7 +21,13 @@ from typing import Any
 from ..errors import MissingDependency
 from ..tiny_model import quiet_hf
 from ..types import ChatMessage
-from ._local import Channel
+from ._local import Channel, ran
+
+# What decides the sampling, as `%farm why` shows it: the model's generation config, under what
+# the request gave `generate`; the sampling knobs only where it samples (greedy ignores them).
+_SAMPLING = ("do_sample", "temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty",
+             "no_repeat_ngram_size", "max_new_tokens", "eos_token_id")  # fmt: skip
+_SAMPLED_ONLY = ("temperature", "top_k", "top_p", "min_p", "typical_p")
 
 CONVERTED = "farm-converted.json"  # written last: a folder without it is an unfinished conversion
 EMBED_BATCH = 32
@@ -127,6 +133,20 @@ def encode(tokenizer: Any, messages: list[ChatMessage]) -> Any:
     else:
         prompt = "\n".join(f"{m.role}: {m.content}" for m in messages) + "\nassistant:"
     return tokenizer(prompt, return_tensors="pt")
+
+
+def ran_text(loaded: Loaded, input_ids: Any, kwargs: dict[str, Any], seed: int | None) -> str:
+    """What `generate` runs (`_local.ran`): the prompt's tokens written out, special ones
+    included, and the sampling parameters in effect."""
+    config = loaded.model.generation_config
+    params = {k: v for k in _SAMPLING if (v := getattr(config, k, None)) is not None}
+    params.update((k, v) for k, v in kwargs.items() if k != "tokenizer")
+    if params.get("do_sample"):
+        params["seed"] = seed
+    else:
+        for key in _SAMPLED_ONLY:
+            params.pop(key, None)
+    return ran(loaded.tokenizer.decode(input_ids, skip_special_tokens=False), params)
 
 
 def mean_pooled(loaded: Loaded, texts: list[str]) -> list[list[float]]:

@@ -43,6 +43,7 @@ from ._transformers import (
     imports,
     mean_pooled,
     oom_type,
+    ran_text,
     save_converted,
     stop_class,
     streamer_class,
@@ -258,6 +259,7 @@ class HuggingFaceProvider(LocalProvider[Loaded]):
                     provider=self.name,
                     hint="shorten the conversation (%farm reset)",
                 )
+            channel.push("sent", ran_text(loaded, enc["input_ids"][0], kwargs, request.params.seed))
             streamer = streamer_class(transformers)(loaded.tokenizer, channel, self._hf.stream_timeout)
             stopping = transformers.StoppingCriteriaList([stop_class(transformers)(stop)])
             if request.params.seed is not None and kwargs.get("do_sample"):

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import gc
 import importlib.util
+import inspect
 import json
 import os
 import threading
@@ -31,7 +32,7 @@ from ..errors import BadRequest, FarmError, MissingDependency, ModelNotFound, Se
 from ..types import ChatMessage, ChatRequest, ModelInfo, ProviderStatus, PullProgress, Usage
 from ..types.capabilities import Capabilities
 from ._constrain import GBNF_IGNORES, Constraint, Reader, constraint, repeated, unenforced
-from ._local import Channel, LocalProvider, ensure, first_line
+from ._local import Channel, LocalProvider, ensure, first_line, ran
 
 _STREAM_TIMEOUT = 60.0  # seconds without a token before the request is given up
 # The embedded model's default repeat penalties (issue 23): llama.cpp's own on free text, chosen
@@ -41,6 +42,10 @@ EMBEDDED_PENALTY = 1.2
 EMBEDDED_GRAMMAR_PENALTY = 1.3
 _STRUCTURE = frozenset(' \t\r\n"{}[],:')  # what a JSON answer must repeat: never penalised
 _PASSED = {"top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "grammar"}
+# What decides the sampling, as `%farm why` shows it: each argument given, else llama.cpp's default.
+_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "typical_p", "repeat_penalty", "presence_penalty",
+             "frequency_penalty", "tfs_z", "mirostat_mode", "mirostat_tau", "mirostat_eta", "max_tokens",
+             "seed", "logit_bias")  # fmt: skip
 
 
 @dataclass
@@ -164,6 +169,38 @@ def _formatter(llm: Any) -> Any:
         )
         setattr(llm, "_farm_formatter", found)  # noqa: B010 - kept on the Llama it was made for
     return found
+
+
+def _defaults(llm: Any) -> dict[str, Any]:
+    found = inspect.signature(llm.create_chat_completion).parameters
+    return {k: found[k].default for k in _SAMPLING if k in found}
+
+
+def _prompt(llm: Any, messages: list[dict[str, Any]]) -> tuple[Any, list[int]] | None:
+    """The chat template's rendering of `messages` and its tokens, as llama-cpp-python's chat
+    handler makes them (None when the file has no template: llama.cpp's own default format)."""
+    formatter = _formatter(llm)
+    if formatter is None:
+        return None
+    said = formatter(messages=messages)
+    return said, llm.tokenize(said.prompt.encode(), add_bos=not said.added_special, special=True)
+
+
+def _ran(llm: Any, arguments: dict[str, Any]) -> str | None:
+    """What this generation runs (`_local.ran`): the tokens the model reads, written out, with the
+    sampling parameters in effect and the stop strings the template adds to the caller's."""
+    found = _prompt(llm, arguments["messages"])
+    if found is None:
+        return None
+    said, tokens = found
+    params = {k: arguments.get(k, default) for k, default in _defaults(llm).items()}
+    stop = arguments.get("stop") or []
+    added = said.stop or []
+    params["stop"] = [*([stop] if isinstance(stop, str) else stop), *([added] if isinstance(added, str) else added)]
+    grammar = arguments.get("grammar")
+    if grammar is not None:
+        params["grammar"] = getattr(grammar, "_grammar", grammar)
+    return ran(llm.detokenize(tokens, special=True).decode(errors="replace"), params)
 
 
 @contextlib.contextmanager
@@ -338,6 +375,8 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
         answer = Reader(channel.push, shape)
         finish = None
         arguments = self._arguments(request, shape, grammar, loaded)
+        if (sent := _ran(loaded.llm, arguments)) is not None:
+            channel.push("sent", sent)
         with contextlib.closing(loaded.llm.create_chat_completion(**arguments)) as chunks:
             for chunk in chunks:
                 if stop.is_set():
@@ -366,12 +405,8 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
             return None
         if isinstance(prompt, str):
             return len(llm.tokenize(prompt.encode(), add_bos=False, special=False))
-        formatter = _formatter(llm)
-        if formatter is None:  # no chat template in the file: llama.cpp's own default format
-            return None
-        said = formatter(messages=[m.model_dump() for m in prompt])
-        # as llama-cpp-python's chat handler tokenizes it, so the count is what generate() sees
-        return len(llm.tokenize(said.prompt.encode(), add_bos=not said.added_special, special=True))
+        found = _prompt(llm, [m.model_dump() for m in prompt])
+        return None if found is None else len(found[1])  # what generate() sees
 
     # -- model management ------------------------------------------------------------------------
 

@@ -151,11 +151,16 @@ class Session:
 
     def explain(self, response: ChatResponse | None = None) -> Explanation:
         """The request body `response` (default: the last answer of this session) was asked with,
-        byte for byte as the server received it, secrets masked; or why there is none (a cache
-        hit sent nothing)."""
+        byte for byte as the server received it, secrets masked (a local engine: the templated
+        prompt it ran, with its sampling parameters); or why there is none (a cache hit sent nothing)."""
         from ..provenance import explain
 
-        return explain(response if response is not None else self._engine.router.last_response)
+        found = response if response is not None else self._engine.router.last_response
+        try:
+            local = found is not None and self.aio.locality(found.provider) == "local"
+        except FarmError:  # a provider this session no longer knows: said as a request body
+            local = False
+        return explain(found, local=local)
 
     # -- models ---------------------------------------------------------------------------------
 

@@ -14,6 +14,11 @@ queued, and is asked (with the answer before it as history) when that answer is 
 stops the answer that streams; the queued messages still follow. Clear drops them too.
 
 An answer from another model than the one asked (a fallback) says so in one line above it.
+
+Where each finished answer came from (what a `%%farm_chat` output carries in its metadata) is
+kept in the `provenance` trait: a widget has no output of its own per answer, but its state is
+saved with the notebook (nbclient does, JupyterLab when it saves widget state), so a reader of a
+shared notebook can tell which model, parameters and cache produced each turn.
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
-from traitlets import Bool, Int, Unicode, observe
+from traitlets import Bool, Dict, Int, List, Unicode, observe
 
 from ..display.markdown import render
 from ..display.pieces import error_line, notice_html, thinking_html
 from ..display.theme import ACCENT, BAD, BORDER, FG, FG2, PANEL, WARN, esc
 from ..errors import FarmError
+from ..provenance import KEY
+from ..provenance import answer as provenance_of
 from ._base import FarmBox, Throttle
 
 if TYPE_CHECKING:
@@ -119,6 +126,11 @@ class ChatWidget(FarmBox):
     turns = Int(0, help="Turns kept in the conversation (finished answers only).").tag(sync=True)
     queued = Int(0, help="Messages sent while an answer streamed, waiting for their turn.").tag(sync=True)
     updates = Int(0, help="Screen updates sent for streamed answers (coalesced, about 20 a second).").tag(sync=True)
+    provenance = List(
+        Dict(),
+        help="Each finished answer's provenance, as a `%%farm_chat` output's metadata holds it, with "
+        "`turn`: its place in the transcript, from 1. Synced: a notebook saved with its widget state keeps it.",
+    ).tag(sync=True)
 
     def __init__(
         self,
@@ -248,6 +260,7 @@ class ChatWidget(FarmBox):
             self._turns = []
             self.transcript.children = ()
             self.turns = 0
+            self.provenance = []
         for turn in old:
             turn.view.close()
 
@@ -345,6 +358,10 @@ class ChatWidget(FarmBox):
             with self.hold_sync():
                 self.updates += 1
                 self.turns = len(self.conversation)
+                response = turn.stream.response if turn.stream is not None else None
+                if response is not None and not turn.stopped and turn in self._turns:
+                    entry = {"turn": self._turns.index(turn) + 1, **provenance_of(response)[KEY]}
+                    self.provenance = [*self.provenance, entry]
                 if turn.error is not None:
                     self.error = turn.error
                 elif not turn.stopped:
