@@ -197,7 +197,8 @@ def test_dashboard_streams_in_jupyterlab(lab: tuple[str, OllamaServer, Path]) ->
             stamp = page.locator(".farm-dashboard .farm-gauge-stamp").first
             stamp.wait_for(timeout=30_000)
             busy = "() => [...document.querySelectorAll('.jp-StatusBar-TextItem')].some(e => e.textContent.includes('| Busy'))"
-            assert page.evaluate(busy), "the waiting cell should be running"
+            # Between two cells the kernel is idle for a moment: wait (bounded) for the waiting cell to start.
+            page.wait_for_function(busy, timeout=60_000)
             first = stamp.inner_text()
             page.wait_for_timeout(2000)
             second = stamp.inner_text()
