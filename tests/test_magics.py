@@ -664,17 +664,19 @@ def test_provider_failure_fails_the_cell_with_one_line(
 def test_compare_two_providers_side_by_side(
     shell: InteractiveShell, farm: Session, ollama_server: OllamaServer, openai_server: OpenAIServer
 ) -> None:
-    started: dict[str, float] = {}
+    arrived = {name: threading.Event() for name in ("ollama", "openai")}
+    met: list[bool] = []
 
-    def replier(name: str, text: str) -> Any:
+    def replier(name: str, other: str, text: str) -> Any:
         def reply(body: dict[str, Any]) -> str:
-            started[name] = time.monotonic()
+            arrived[name].set()
+            met.append(arrived[other].wait(10))  # each answers only once the other was asked: concurrent
             return text
 
         return reply
 
-    ollama_server.reply = replier("ollama", "llama says hi")
-    openai_server.reply = replier("openai", "gpt says hi")
+    ollama_server.reply = replier("ollama", "openai", "llama says hi")
+    openai_server.reply = replier("openai", "ollama", "gpt says hi")
     ollama_server.chunk_delay = openai_server.chunk_delay = 0.4  # 3 chunks: 0.8 s each
     cap = chat(shell, "--compare ollama,openai:gpt-4o -o both", "say hi")
     final = fresh(cap)[-1]
@@ -686,7 +688,7 @@ def test_compare_two_providers_side_by_side(
     both = shell.user_ns["both"]
     assert [r.text for r in both.values()] == ["llama says hi", "gpt says hi"]
     assert list(both) == ["ollama:llama3.1", "openai:gpt-4o"]
-    assert abs(started["ollama"] - started["openai"]) < 0.4  # concurrent: both asked before either finished
+    assert met == [True, True]  # concurrent: both asked before either answered
     assert len([u for u in updates(cap) if "llama says" in u["text/plain"]]) >= 1  # columns stream live
     assert ollama_server.count("/api/chat") == 1 and openai_server.count("/v1/chat/completions") == 1
     assert len(farm.history) == 0  # a comparison is not a conversation turn
