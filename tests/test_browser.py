@@ -196,7 +196,9 @@ def test_dashboard_streams_in_jupyterlab(lab: tuple[str, OllamaServer, Path]) ->
             # the waiting cell is running now: the gauge must still move, from the runtime thread
             stamp = page.locator(".farm-dashboard .farm-gauge-stamp").first
             stamp.wait_for(timeout=30_000)
-            busy = "() => [...document.querySelectorAll('.jp-StatusBar-TextItem')].some(e => e.textContent.includes('| Busy'))"
+            # The kernel's status says Busy, or the waiting cell's prompt says it runs (`[*]`).
+            busy = """() => [...document.querySelectorAll('.jp-StatusBar-TextItem')].some(e => e.textContent.includes('| Busy'))
+                || ([...document.querySelectorAll('.jp-Notebook .jp-Cell .jp-InputPrompt')].pop()?.textContent || '').includes('*')"""
             # Between two cells the kernel is idle for a moment: wait (bounded) for the waiting cell to start.
             page.wait_for_function(busy, timeout=60_000)
             first = stamp.inner_text()
