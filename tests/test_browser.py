@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,48 @@ def _write_notebook(folder: Path) -> Path:
     return path
 
 
+@contextmanager
+def running_lab(notebooks: Path, env: dict[str, str], log: Path, limit: float = 90) -> Iterator[tuple[str, str]]:
+    """(base URL, token) of a JupyterLab serving `notebooks` with `env`, its output in `log`;
+    stopped (its whole process group) when the block ends."""
+    port, token = _free_port(), secrets.token_hex(16)
+    command = [
+        *(sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--port={port}"),
+        *("--ServerApp.port_retries=0", f"--ServerApp.token={token}", "--ServerApp.ip=127.0.0.1"),
+        *(f"--ServerApp.root_dir={notebooks}", "--LabApp.expose_app_in_browser=True"),
+    ]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            command, env=env, cwd=notebooks, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + limit
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"jupyter lab did not start within {limit:.0f} s:\n" + log.read_text(errors="replace")[-3000:]
+                )
+            time.sleep(0.2)
+        yield base, token
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(5)
+
+
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[tuple[str, OllamaServer, Path]]:
     """(base URL with token, the loopback Ollama server, the log file) of a running JupyterLab."""
@@ -95,56 +138,14 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, OllamaServer, Path]]:
     home.mkdir()
     notebooks.mkdir()
     _write_notebook(notebooks)
-    port, token = _free_port(), secrets.token_hex(16)
     log = tmp_path / "jupyter.log"
     with OllamaServer(chunk_delay=0.05) as ollama:
         env = {
             k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "FARM_", "OPENAI_", "OLLAMA_", "HF_"))
         }
         env.update(HOME=str(home), OLLAMA_HOST=ollama.url, FARM_ENV="test", FARM_FALLBACK="", PYTHONUNBUFFERED="1")
-        command = [
-            sys.executable,
-            "-m",
-            "jupyter",
-            "lab",
-            "--no-browser",
-            "--allow-root",
-            "--port",
-            str(port),
-            "--ServerApp.port_retries=0",
-            f"--ServerApp.token={token}",
-            "--ServerApp.ip=127.0.0.1",
-            f"--ServerApp.root_dir={notebooks}",
-            "--LabApp.expose_app_in_browser=True",
-        ]
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                command, env=env, cwd=notebooks, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("jupyter lab did not start within 60 s:\n" + log.read_text(errors="replace")[-3000:])
-                time.sleep(0.2)
+        with running_lab(notebooks, env, log) as (base, token):
             yield f"{base}/lab/tree/dashboard.ipynb?token={token}", ollama, log
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(15)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(5)
 
 
 def test_dashboard_streams_in_jupyterlab(lab: tuple[str, OllamaServer, Path]) -> None:

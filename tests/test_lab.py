@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
-import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _need_browser
+from test_browser import CHROMIUM, CHROMIUM_ARGS, _need_browser, running_lab
 
 from farm_jupyter.testing import OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import TEST_API_KEY
@@ -70,7 +67,6 @@ def _lab(tmp: Path, toml: str, env: dict[str, str], cells: list[str] = CELLS) ->
     (paths / "farm-jupyter").symlink_to(BUILT, target_is_directory=True)
     (notebooks / "farm.toml").write_text(toml)
     _notebook(notebooks, cells)
-    port, token = _free_port(), secrets.token_hex(16)
     log = tmp / "jupyter.log"
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "FARM_", "OPENAI_", "OLLAMA_", "HF_"))}
     clean.update(
@@ -83,51 +79,12 @@ def _lab(tmp: Path, toml: str, env: dict[str, str], cells: list[str] = CELLS) ->
         no_proxy="*",
         **env,
     )
-    command = [
-        sys.executable,
-        "-m",
-        "jupyter",
-        "lab",
-        "--no-browser",
-        "--allow-root",
-        f"--port={port}",
-        "--ServerApp.port_retries=0",
-        f"--ServerApp.token={token}",
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.root_dir={notebooks}",
-        "--LabApp.expose_app_in_browser=True",
-    ]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            command, env=clean, cwd=notebooks, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("jupyter lab did not start within 90 s:\n" + log.read_text(errors="replace")[-3000:])
-            time.sleep(0.2)
-        yield f"{base}/lab/tree/typing.ipynb?token={token}", notebooks
-    except Exception:
-        print(log.read_text(errors="replace")[-4000:])
-        raise
-    finally:
+    with running_lab(notebooks, clean, log) as (base, token):
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(5)
+            yield f"{base}/lab/tree/typing.ipynb?token={token}", notebooks
+        except Exception:
+            print(log.read_text(errors="replace")[-4000:])
+            raise
 
 
 @contextmanager
