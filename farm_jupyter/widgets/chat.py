@@ -28,6 +28,7 @@ extension shows "waiting for the running cell" in it while that kernel runs one.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -53,13 +54,12 @@ if TYPE_CHECKING:
 
 def kernel_class() -> str | None:
     """`farm-kernel-<id>` for the kernel this runs in (its connection file is `kernel-<id>.json`,
-    as the Jupyter server names it); None outside a kernel."""
-    try:
-        from ipykernel.connect import get_connection_file
-
-        name = Path(get_connection_file()).stem
-    except (ImportError, RuntimeError, AttributeError):
+    as the Jupyter server names it); None outside a kernel. ipykernel is not imported here:
+    importing it outside a kernel changes which comm class ipywidgets makes."""
+    kernelapp = sys.modules.get("ipykernel.kernelapp")
+    if kernelapp is None or not kernelapp.IPKernelApp.initialized():
         return None
+    name = Path(kernelapp.IPKernelApp.instance().connection_file).stem
     return f"farm-{name}" if name.startswith("kernel-") else None
 
 
