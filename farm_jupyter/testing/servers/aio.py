@@ -89,6 +89,8 @@ class AsyncServer:
                 pass
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
             pass
+        except asyncio.CancelledError:
+            pass  # the loop is closing: a connection ends quietly (asyncio logs a cancelled one)
         finally:
             writer.close()
 
