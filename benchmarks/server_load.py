@@ -11,8 +11,9 @@ Four processes, so that each is only the other end of a socket to the others:
   first burst, and each burst one request on each, written and read by hand;
 - this one, which orders the bursts and reads the others' CPU times around each.
 Rounds are interleaved: straight to the upstream (`/api/chat`, what an ideal proxy would add
-nothing to), then through the server (`POST chat`, no cache), then straight again... after one
-warm-up round that is not counted. Reported: each burst's wall time and the p95 of its requests'
+nothing to), then through the server (`POST chat`, no cache), then the floor (Jupyter's own `GET
+api/status` on the same server: its handler stack without farm code or upstream), then straight
+again... after one warm-up round that is not counted. Reported: each burst's wall time and the p95 of its requests'
 latency, the ratio of each round's through burst to its straight one (median and spread), the CPU
 seconds each process spent per request, and the load average. Target (issue 22): within 1.3x.
 
@@ -44,7 +45,7 @@ from _servers import serve  # noqa: E402
 from server_memory import start_jupyter  # noqa: E402
 
 LATENCY = 0.2  # seconds the upstream takes for each answer
-PATHS = ("straight", "through")
+PATHS = ("straight", "through", "floor")
 
 
 def p95(values: list[float]) -> float:
@@ -72,6 +73,14 @@ def _targets(ollama_url: str, api: str, token: str, n: int) -> dict[str, dict[st
             "head": f"POST {server.path}chat HTTP/1.1\r\nHost: {server.netloc}\r\n"
             f"Authorization: token {token}\r\n{json_type}",
             "body": json.dumps(through),
+        },
+        "floor": {  # Jupyter's own GET api/status: its handler stack (auth, tornado) and no farm code
+            "host": server.hostname,
+            "port": server.port,
+            "connections": n,
+            "head": f"GET {server.path.removesuffix('farm-jupyter/api/')}api/status HTTP/1.1\r\n"
+            f"Host: {server.netloc}\r\nAuthorization: token {token}\r\n",
+            "body": "",
         },
     }
 
@@ -200,13 +209,15 @@ def main() -> None:
         cpu = row["cpu"]
         lines.append(
             f"| {name} | {_spread(row['wall'])} | {_spread(row['p95'])} | "
-            f"{statistics.median(row['wall']) / LATENCY:.2f}x | {_spread(cpu['server'])} | "
+            f"{'-' if name == 'floor' else _x(statistics.median(row['wall']) / LATENCY)} | {_spread(cpu['server'])} | "
             f"{_spread(cpu['upstream'])} | {_spread(cpu['generator'])} | "
             f"{', '.join(map(str, sorted(set(row['statuses']))))} |"
         )
     lines += [
         "",
         f"- through / straight, round by round: wall {_spread(wall_ratios, _x)}, p95 {_spread(p95_ratios, _x)}.",
+        "- floor: Jupyter's own `GET api/status` on the same server and connections, no farm code and no"
+        " upstream: what its handler stack costs a request. CPU times are read in 10 ms ticks (50 us a request).",
         f"- ideal: every request answered in {LATENCY * 1e3:.0f} ms, all at once. The upstream is one"
         " asyncio loop in its own process; the load generator another, with its connections open before"
         " the first burst.",
