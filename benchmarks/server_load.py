@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import httpx  # noqa: E402
 import psutil  # noqa: E402
-from _common import emit, fmt, target  # noqa: E402
+from _common import emit, fmt, target, targets_table  # noqa: E402
 from _servers import serve  # noqa: E402
 from server_memory import start_jupyter  # noqa: E402
 
@@ -236,7 +236,7 @@ def main() -> None:
         target("burst p95 latency through the server within 1.3x of straight", _x(p95_ratio), p95_ratio <= 1.3),
     ]
     data = {"figures": figures, "refused": refused, "targets": targets, "load": [load_before, load_after]}
-    emit("\n".join(lines), data)
+    emit("\n".join([*lines, "", targets_table(targets)]), data)
 
 
 if __name__ == "__main__":
