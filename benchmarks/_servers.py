@@ -7,7 +7,7 @@ end of a socket.
 
     with serve("ollama", tokens=20) as server:    # server.url; server.base_url for OpenAI
         ...
-    with serve("ollama", loop=True, latency=0.2):  # one asyncio loop (testing/servers/aio.py)
+    with serve("ollama", loop=True, latency=0.2):  # one asyncio loop (testing/servers/one_loop.py)
         ...
 
 The threaded server watches each waiting client every 5 ms: under hundreds of concurrent
@@ -49,7 +49,7 @@ class Served:
 def serve(kind: str, *, loop: bool = False, **options: Any) -> Iterator[Served]:
     """A loopback OllamaServer or OpenAIServer (same options) in a child process; with `loop`,
     served by one asyncio loop (no `chunk_delay`, no waiting faults)."""
-    code = ["-m", "farm_jupyter.testing.servers.aio"] if loop else ["-c", _CHILD]
+    code = ["-m", "farm_jupyter.testing.servers.one_loop"] if loop else ["-c", _CHILD]
     proc = subprocess.Popen(
         [sys.executable, *code, kind, json.dumps(options)],
         stdin=subprocess.PIPE,

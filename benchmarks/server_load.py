@@ -4,7 +4,7 @@
 
 Four processes, so that each is only the other end of a socket to the others:
 - the upstream, a loopback Ollama that takes 200 ms an answer (`LATENCY`), served by one asyncio
-  loop (`farm_jupyter.testing.servers.aio`): it answers 200 at once near the ideal, where the
+  loop (`farm_jupyter.testing.servers.one_loop`): it answers 200 at once near the ideal, where the
   threaded loopback server's polling made the straight path itself 13x the ideal;
 - a real `jupyter server` with the extension pointed at it;
 - the load generator (`_load.py`): `--requests` connections to each side, opened before the

@@ -662,7 +662,7 @@ def _answers(url: str) -> list[tuple[int, Any]]:
 
 
 def test_the_asyncio_server_speaks_the_same_protocol(ollama: OllamaServer) -> None:
-    from farm_jupyter.testing.servers.aio import AsyncServer
+    from farm_jupyter.testing.servers.one_loop import AsyncServer
 
     loop = asyncio.new_event_loop()
     served = AsyncServer(OllamaServer(latency=0.05))

@@ -89,7 +89,7 @@ class LoopbackServer:
         # and the perf_counter seconds between the first and the last one.
         self.sent: list[tuple[int, float]] = []
         self._disconnects: list[RecordedRequest] = []
-        # Set by an AsyncServer (servers/aio.py): the model's `latency` is handed to it to await.
+        # Set by an AsyncServer (servers/one_loop.py): the model's `latency` is handed to it to await.
         self.defer: Callable[[float], None] | None = None
         self._httpd: Server | None = None
         self._thread: threading.Thread | None = None

@@ -1,6 +1,6 @@
 """A loopback protocol (Ollama's or OpenAI's) served by one asyncio loop, for load.
 
-    python -m farm_jupyter.testing.servers.aio ollama '{"latency": 0.2}'   # prints its URL
+    python -m farm_jupyter.testing.servers.one_loop ollama '{"latency": 0.2}'   # prints its URL
     ...                                                                     # until stdin closes
 
 The threaded servers give each connection a thread that watches its client every 5 ms while the
@@ -161,7 +161,7 @@ async def _run(kind: str, options: dict[str, Any]) -> None:
 
 def main(argv: list[str]) -> None:
     if not argv:
-        raise SystemExit("usage: python -m farm_jupyter.testing.servers.aio ollama|openai [OPTIONS_JSON]")
+        raise SystemExit("usage: python -m farm_jupyter.testing.servers.one_loop ollama|openai [OPTIONS_JSON]")
     asyncio.run(_run(argv[0], json.loads(argv[1]) if len(argv) > 1 else {}))
 
 
