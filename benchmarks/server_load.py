@@ -1,6 +1,6 @@
 """The Jupyter server extension under a burst, and what its bounds cost (issue 22).
 
-    python benchmarks/server_load.py [--requests 200] [--rounds 5] [--json]
+    python benchmarks/server_load.py [--requests 200] [--rounds 5] [--against DIR] [--json]
 
 Four processes, so that each is only the other end of a socket to the others:
 - the upstream, a loopback Ollama that takes 200 ms an answer (`LATENCY`), served by one asyncio
@@ -16,6 +16,9 @@ api/status` on the same server: its handler stack without farm code or upstream)
 again... after one warm-up round that is not counted. Reported: each burst's wall time and the p95 of its requests'
 latency, the ratio of each round's through burst to its straight one (median and spread), the CPU
 seconds each process spent per request, and the load average. Target (issue 22): within 1.3x.
+With `--against DIR`, a second Jupyter server runs the farm_jupyter of another checkout (its
+PYTHONPATH) in the same run, its bursts interleaved with ours: a change measured side by side,
+on the same machine at the same moment. The servers' order alternates from round to round.
 
 Then the bodies of the issue's probe, each refused before it costs: 2,000 stop strings, a
 450,000-key logit_bias, 100,000 messages, `health` with 900 provider names, a model path outside
@@ -45,7 +48,6 @@ from _servers import serve  # noqa: E402
 from server_memory import start_jupyter  # noqa: E402
 
 LATENCY = 0.2  # seconds the upstream takes for each answer
-PATHS = ("straight", "through", "floor")
 
 
 def p95(values: list[float]) -> float:
@@ -90,30 +92,38 @@ def _cpu(proc: psutil.Process) -> float:
     return times.user + times.system
 
 
-def load(ollama: Any, jupyter: subprocess.Popen[bytes], api: str, token: str, n: int, rounds: int) -> dict[str, Any]:
-    """`rounds` interleaved pairs of bursts (after one warm-up pair) from the generator process."""
-    with httpx.Client(base_url=api, headers={"Authorization": f"token {token}"}, timeout=120, trust_env=False) as c:
-        c.post("chat", json={"prompt": "warm up", "model": "ollama:llama3.1", "no_cache": True})  # builds the Session
+def load(ollama: Any, servers: dict[str, Any], n: int, rounds: int) -> dict[str, Any]:
+    """`rounds` interleaved rounds of bursts (after one warm-up round) from the generator process.
+    `servers`: {"through": (proc, api, token)[, "against": ...]}."""
+    targets: dict[str, Any] = {}
+    for name, (_, api, token) in servers.items():
+        with httpx.Client(base_url=api, headers={"Authorization": f"token {token}"}, timeout=120, trust_env=False) as c:
+            c.post("chat", json={"prompt": "warm up", "model": "ollama:llama3.1", "no_cache": True})  # its Session
+        made = _targets(ollama.url, api, token, n)
+        targets.update(made if name == "through" else {name: made["through"]})
     generator = subprocess.Popen(
-        [sys.executable, str(HERE / "_load.py"), json.dumps(_targets(ollama.url, api, token, n))],
+        [sys.executable, str(HERE / "_load.py"), json.dumps(targets)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     assert generator.stdin is not None and generator.stdout is not None
     procs = {
-        "server": psutil.Process(jupyter.pid),
+        "server": psutil.Process(servers["through"][0].pid),
         "upstream": psutil.Process(ollama.pid),
         "generator": psutil.Process(generator.pid),
     }
+    if "against" in servers:
+        procs["against"] = psutil.Process(servers["against"][0].pid)
+    paths = [p for p in targets if p != "straight"]
     out: dict[str, Any] = {
-        name: {"wall": [], "p95": [], "statuses": [], "cpu": {p: [] for p in procs}} for name in PATHS
+        name: {"wall": [], "p95": [], "statuses": [], "cpu": {p: [] for p in procs}} for name in targets
     }
     try:
         if not json.loads(generator.stdout.readline()).get("ready"):
             raise RuntimeError("the load generator did not start")
         for r in range(-1, rounds):
-            for name in PATHS:
+            for name in ["straight", *(paths if r % 2 == 0 else reversed(paths))]:
                 before = {p: _cpu(proc) for p, proc in procs.items()}
                 generator.stdin.write(json.dumps({"target": name, "tag": f"round {r} {name}"}) + "\n")
                 generator.stdin.flush()
@@ -178,18 +188,31 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--against", help="another checkout's root: a second server runs its farm_jupyter")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp, serve("ollama", loop=True, latency=LATENCY) as ollama:
-        jupyter, api, token = start_jupyter(Path(tmp), ollama.url)
+        servers = {"through": start_jupyter(Path(tmp), ollama.url)}
         try:
-            figures = load(ollama, jupyter, api, token, args.requests, args.rounds)
-            refused = probes(api, token, args.rounds)
+            if args.against:
+                (Path(tmp) / "against").mkdir()
+                ours = os.environ.get("PYTHONPATH")
+                os.environ["PYTHONPATH"] = str(Path(args.against).resolve())
+                try:
+                    servers["against"] = start_jupyter(Path(tmp) / "against", ollama.url)
+                finally:
+                    if ours is None:
+                        del os.environ["PYTHONPATH"]
+                    else:
+                        os.environ["PYTHONPATH"] = ours
+            figures = load(ollama, servers, args.requests, args.rounds)
+            refused = probes(*servers["through"][1:], args.rounds)
         finally:
-            jupyter.terminate()
-            jupyter.wait(15)
+            for proc, _, _ in servers.values():
+                proc.terminate()
+                proc.wait(15)
     load_after = os.getloadavg()
 
     straight, through = figures["straight"], figures["through"]
@@ -204,18 +227,36 @@ def main() -> None:
         " CPU a request: server | upstream | load generator | statuses |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for name in PATHS:
-        row = figures[name]
+    for name, row in figures.items():
         cpu = row["cpu"]
+        server = "-" if name == "straight" else _spread(cpu["against" if name == "against" else "server"])
+        label = f"against ({args.against})" if name == "against" else name
         lines.append(
-            f"| {name} | {_spread(row['wall'])} | {_spread(row['p95'])} | "
-            f"{'-' if name == 'floor' else _x(statistics.median(row['wall']) / LATENCY)} | {_spread(cpu['server'])} | "
+            f"| {label} | {_spread(row['wall'])} | {_spread(row['p95'])} | "
+            f"{'-' if name == 'floor' else _x(statistics.median(row['wall']) / LATENCY)} | {server} | "
             f"{_spread(cpu['upstream'])} | {_spread(cpu['generator'])} | "
             f"{', '.join(map(str, sorted(set(row['statuses']))))} |"
         )
     lines += [
         "",
         f"- through / straight, round by round: wall {_spread(wall_ratios, _x)}, p95 {_spread(p95_ratios, _x)}.",
+        *(
+            [
+                "- through / against, round by round: wall "
+                + _spread([t / a for t, a in zip(through["wall"], figures["against"]["wall"], strict=True)], _x)
+                + ", server CPU "
+                + _spread(
+                    [
+                        t / a if a else float("nan")
+                        for t, a in zip(through["cpu"]["server"], figures["against"]["cpu"]["against"], strict=True)
+                    ],
+                    _x,
+                )
+                + "."
+            ]
+            if "against" in figures
+            else []
+        ),
         "- floor: Jupyter's own `GET api/status` on the same server and connections, no farm code and no"
         " upstream: what its handler stack costs a request. CPU times are read in 10 ms ticks (50 us a request).",
         f"- ideal: every request answered in {LATENCY * 1e3:.0f} ms, all at once. The upstream is one"
