@@ -140,7 +140,9 @@ def test_callers_errors_raise_without_another_provider_or_the_breaker(
     assert ollama_server.count(CHAT) == 1  # not retried
     assert openai_server.count() == 0  # no other provider asked
     assert session._engine.router.breaker("ollama").failures == 0
-    assert session._engine.monitor.failure_counts() == {"ollama": {kind: 1}}
+    # Its own kind once; on a loaded machine a connection may also time out once before the answer
+    # (an availability failure, retried: the server still saw one request).
+    assert session._engine.monitor.failure_counts()["ollama"][kind] == 1
 
 
 def test_invalid_parameters_fail_before_any_request(session, ollama_server, openai_server):
