@@ -45,6 +45,7 @@ from .call import Call, Route, Try, fit_images, parse_params
 from .capable import able, missing, refused, unsupported
 from .deadline import timed
 from .failures import as_fallback, cooling_down, failed_attempt, missing_model, not_recorded, restart_note
+from .fold import Fold
 from .limits import CircuitBreaker, RateLimiter, estimate_tokens, retry_delay
 from .pool import Pool
 
@@ -180,23 +181,24 @@ class Router:
         stream: bool = True,
         routes: list[Route] | None = None,
         key: str | None = None,
+        fold: Fold | None = None,
     ) -> AsyncIterator[Chunk]:
         """Stream an answer; the last chunk has `done=True` and the whole `response`.
 
         `stream=False` says the caller only wants the whole answer: providers may then fetch it in
         one piece; retries, fallback and caching are the same either way. `fallback=None` takes
         the setting. A caller that has resolved the target (`routes(target, fallback)`) or looked
-        the first route's cache key up (`replay`) passes them, so neither is done twice.
+        the first route's cache key up (`replay`) passes them, so neither is done twice; one that
+        draws the answer passes its `fold`, which every chunk goes through here, once.
         """
-        call = Call(
-            messages, parse_params(params), stream, use_cache=not no_cache, read_cache=not (no_cache or refresh)
-        )
+        use, read = not no_cache, not (no_cache or refresh)
+        call = Call(messages, parse_params(params), stream, use, read, fold=fold or Fold())
         if routes is None:
             routes = self.routes(target, fallback)
         for index, route in enumerate(routes):
             try:
                 async for chunk in self._route(call, route, key if index == 0 else None):
-                    yield chunk
+                    yield call.fold.take(chunk)
                 return
             except ProviderError as exc:
                 # A fallback that is not configured, or cannot do what was asked, is skipped, said.
@@ -362,22 +364,23 @@ class Router:
                 call.attempts.append(
                     Attempt(provider=route.provider, model=route.model, ok=True, retries=retries, waited=waited)
                 )
+                parts = attempt.parts  # the fold's since this try began
                 response = self._respond(
                     call,
                     route,
                     notice,
-                    text="".join(attempt.parts),
+                    text="".join(parts),
                     usage=usage,
                     finish_reason=final.finish_reason,
                     rate=attempt.rate(usage.completion_tokens),
                     provider_total=final.provider_total,
-                    thinking="".join(attempt.thinking) or None,
+                    thinking=attempt.thinking,
                     tool_calls=attempt.tool_calls,
                     cache_key=key,
                     sent=attempt.sent,
                 )
                 if call.use_cache:
-                    await self._cache_call(call, "set", key, CacheEntry(response=response, chunks=attempt.parts))
+                    await self._cache_call(call, "set", key, CacheEntry(response=response, chunks=parts))
                 if call.warnings:
                     log.warning("; ".join(call.warnings))
                 yield Chunk(done=True, usage=usage, finish_reason=final.finish_reason, response=response)
