@@ -187,9 +187,8 @@ class Router:
 
         `stream=False` says the caller only wants the whole answer: providers may then fetch it in
         one piece; retries, fallback and caching are the same either way. `fallback=None` takes
-        the setting. A caller that has resolved the target (`routes(target, fallback)`) or looked
-        the first route's cache key up (`replay`) passes them, so neither is done twice; one that
-        draws the answer passes its `fold`, which every chunk goes through here, once.
+        the setting. A caller that resolved the target (`routes`) or looked the first key up
+        (`replay`) passes them; one that draws the answer, its `fold` (each chunk goes through it here).
         """
         use, read = not no_cache, not (no_cache or refresh)
         call = Call(messages, parse_params(params), stream, use, read, fold=fold or Fold())
@@ -261,7 +260,8 @@ class Router:
         keys = [key] if key is not None else self.cache_keys(provider, request)
         key = keys[0]
         # What the provider gets holds only what it does: a schema it does not constrain to is in the prompt.
-        request = request.model_copy(update={"params": without(request.params, provider.capabilities.features)})
+        if (kept := without(request.params, provider.capabilities.features)) is not request.params:
+            request = request.model_copy(update={"params": kept})
         request = await fit_images(call, provider, request)
         notice = call.notice(route)
         if call.read_cache and (entry := await self._cached(call, keys)) is not None:
