@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,30 +139,34 @@ class Try:
         return "".join(self.call.fold.thoughts[self.thinking_start :]) or None
 
     async def run(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-        async for chunk in chunks:
-            if chunk.done:
-                self.final = chunk
-                return
-            if chunk.sent is not None:
-                self.sent = chunk.sent
-                continue
-            if chunk.status:  # the provider's own word on this answer (a schema keyword it cannot enforce)
-                if chunk.status not in self.call.notes:
-                    self.call.notes.append(chunk.status)
-                yield chunk
-            if chunk.thinking or chunk.tool_calls:
-                self.thoughts += bool(chunk.thinking)
-                self.tool_calls += chunk.tool_calls or []
-                yield chunk
-            if chunk.text:
-                now = time.perf_counter()
-                if not self.chunks:
-                    self.first = now
-                    if self.call.first_token is None:
-                        self.call.first_token = now - self.call.start
-                self.last = now
-                self.chunks += 1
-                yield chunk
+        # Closed here at the final chunk: left suspended, the provider's stream would be closed by
+        # the garbage collector through asyncio's finalizer hook, a call_soon_threadsafe (a write to
+        # the loop's self-pipe, a task, a loop turn) per request.
+        async with aclosing(chunks) as it:  # type: ignore[type-var]  # providers are async generators
+            async for chunk in it:
+                if chunk.done:
+                    self.final = chunk
+                    return
+                if chunk.sent is not None:
+                    self.sent = chunk.sent
+                    continue
+                if chunk.status:  # the provider's own word on this answer (a schema keyword it cannot enforce)
+                    if chunk.status not in self.call.notes:
+                        self.call.notes.append(chunk.status)
+                    yield chunk
+                if chunk.thinking or chunk.tool_calls:
+                    self.thoughts += bool(chunk.thinking)
+                    self.tool_calls += chunk.tool_calls or []
+                    yield chunk
+                if chunk.text:
+                    now = time.perf_counter()
+                    if not self.chunks:
+                        self.first = now
+                        if self.call.first_token is None:
+                            self.call.first_token = now - self.call.start
+                    self.last = now
+                    self.chunks += 1
+                    yield chunk
 
     def rate(self, tokens: int) -> float | None:
         return generation_rate(
