@@ -22,15 +22,14 @@ commit has are used (Session, chat, stream, loopback_settings).
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import openai
+from _wire import Wire
 
 from farm_jupyter.runtime import get_runtime
 from farm_jupyter.sessions import Session
@@ -42,43 +41,6 @@ HI: Any = [{"role": "user", "content": "hi"}]
 class Url:
     def __init__(self, url: str) -> None:
         self.url = url
-
-
-class Wire:
-    """A kept-alive socket that sends prebuilt request bytes and reads the reply to its end."""
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.sock = socket.create_connection((self.host, self.port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-
-    def request(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> bytes:
-        data = json.dumps(body).encode()
-        head = f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
-        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self.sock.sendall(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
-        while b"\r\n\r\n" not in self.buf:
-            self._more()
-        header, _, self.buf = self.buf.partition(b"\r\n\r\n")
-        lower = header.lower()
-        if b"transfer-encoding: chunked" in lower:  # the last chunk's CRLF, then the zero-size chunk
-            while (end := self.buf.find(b"\r\n0\r\n\r\n")) < 0:
-                self._more()
-            body_bytes, self.buf = self.buf[: end + 2], self.buf[end + 7 :]
-            return body_bytes
-        length = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
-        while len(self.buf) < length:
-            self._more()
-        body_bytes, self.buf = self.buf[:length], self.buf[length:]
-        return body_bytes
-
-    def _more(self) -> None:
-        got = self.sock.recv(65536)
-        if not got:
-            raise ConnectionError("the server closed the connection")
-        self.buf += got
 
 
 def variants(ollama: str, oai: str, key: str) -> dict[str, dict[str, Callable[[], Any]]]:

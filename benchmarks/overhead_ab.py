@@ -194,7 +194,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--arm", action="append", default=[], help="name=commit, compared with this checkout")
     parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--runs", type=int, default=60)
+    parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--relay-runs", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--relay-tokens", type=int, default=2000)
