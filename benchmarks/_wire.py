@@ -15,11 +15,22 @@ class Wire:
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self._connect()
+
+    def _connect(self) -> None:
         self.sock = socket.create_connection((self.host, self.port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
 
     def request(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> bytes:
+        try:
+            return self._request(path, body, headers)
+        except ConnectionError:  # the server closes a connection idle for 30 s, as HTTP clients expect
+            self.sock.close()
+            self._connect()
+            return self._request(path, body, headers)
+
+    def _request(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> bytes:
         data = json.dumps(body).encode()
         head = f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
