@@ -1157,8 +1157,8 @@ def test_a_cell_builds_its_prompt_once(
     the cache key computed once each, the answer folded once, and the question committed is the
     message that was sent."""
     from farm_jupyter.router import core as router_core
-    from farm_jupyter.router.fold import Fold
     from farm_jupyter.router.core import Router
+    from farm_jupyter.router.fold import Fold
     from farm_jupyter.sessions.conversation import Conversation
     from farm_jupyter.sessions.engine import Engine
 
