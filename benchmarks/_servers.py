@@ -7,6 +7,11 @@ end of a socket.
 
     with serve("ollama", tokens=20) as server:    # server.url; server.base_url for OpenAI
         ...
+    with serve("ollama", loop=True, latency=0.2):  # one asyncio loop (testing/servers/one_loop.py)
+        ...
+
+The threaded server watches each waiting client every 5 ms: under hundreds of concurrent
+requests that polling is the cost, and `loop=True` serves the same protocol without it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ server.stop()
 @dataclass(frozen=True)
 class Served:
     url: str
+    pid: int = 0  # the child process, for its CPU times
 
     @property
     def base_url(self) -> str:  # what OpenAI(base_url=...) wants
@@ -40,10 +46,12 @@ class Served:
 
 
 @contextmanager
-def serve(kind: str, **options: Any) -> Iterator[Served]:
-    """A loopback OllamaServer or OpenAIServer (same options) in a child process."""
+def serve(kind: str, *, loop: bool = False, **options: Any) -> Iterator[Served]:
+    """A loopback OllamaServer or OpenAIServer (same options) in a child process; with `loop`,
+    served by one asyncio loop (no `chunk_delay`, no waiting faults)."""
+    code = ["-m", "farm_jupyter.testing.servers.one_loop"] if loop else ["-c", _CHILD]
     proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, kind, json.dumps(options)],
+        [sys.executable, *code, kind, json.dumps(options)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -53,7 +61,7 @@ def serve(kind: str, **options: Any) -> Iterator[Served]:
         url = proc.stdout.readline().strip()
         if not url.startswith("http"):
             raise RuntimeError(f"the {kind} server did not start (exit {proc.poll()})")
-        yield Served(url)
+        yield Served(url, proc.pid)
     finally:
         proc.stdin.close()
         try:

@@ -10,6 +10,7 @@ afterwards. Without `--with-anchors` nothing is installed and the anchor rows sa
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import venv
@@ -21,6 +22,8 @@ ROOT = Path(__file__).resolve().parent / ".cache" / "anchors"
 PACKAGES = {
     "jupyter-ai": ["jupyter-ai-magics", "langchain-openai"],
     "litellm": ["litellm"],
+    # Its Jupyter server extension serves inline completion over a websocket (benchmarks/completion.py).
+    "notebook-intelligence": ["notebook-intelligence==6.2.0"],
 }
 NOT_RUN = "not run (use --with-anchors)"
 
@@ -47,7 +50,8 @@ def python_for(name: str, *, install: bool = True) -> Path | None:
 
 def versions(python: Path, packages: list[str]) -> dict[str, str]:
     code = "import json, sys, importlib.metadata as m\nprint(json.dumps({p: m.version(p) for p in sys.argv[1:]}))"
-    out = subprocess.run([str(python), "-c", code, *packages], check=True, capture_output=True, text=True)
+    names = [re.split(r"[<>=!~\[ ]", p, maxsplit=1)[0] for p in packages]  # a pinned requirement's name
+    out = subprocess.run([str(python), "-c", code, *names], check=True, capture_output=True, text=True)
     return dict(json.loads(out.stdout))
 
 

@@ -19,13 +19,12 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from .batch import BatchResult, PromptBuilder, Row, rows_of
 from .errors import ConfigError, FarmError
-from .ledger import SHIPPED_PRICES, BudgetExceeded
+from .ledger import BudgetExceeded, batch_price
 from .providers._http import status_error
 from .providers.base import as_messages
 from .router.call import parse_params
@@ -37,27 +36,9 @@ if TYPE_CHECKING:
 
 ENDPOINT: Final = "/v1/chat/completions"
 DONE = frozenset({"completed", "failed", "expired", "cancelled"})
+# What farm.map does between a row's request and its answer, which a Batch API job cannot.
+_ROW_BY_ROW = ("schema", "tools", "tool_choice", "fallback", "no_cache", "concurrency")
 _WORST_OUT = 256  # tokens an answer may take when max_tokens is not set (as the ledger holds)
-
-
-@dataclass
-class BatchPrice:
-    input: float
-    output: float
-    note: str  # where the price comes from: "[prices]" or "assumed: half the regular price"
-
-    def cost(self, tokens_in: int, tokens_out: int) -> float:
-        return (tokens_in * self.input + tokens_out * self.output) / 1e6
-
-
-def batch_price(session: Session, address: str) -> BatchPrice | None:
-    """The Batch API's price for `address`: set in `[prices]`, else half the regular one (assumed)."""
-    price = session.settings.prices.get(address) or SHIPPED_PRICES.get(address)
-    if price is None:
-        return None
-    if price.batch_input is not None and price.batch_output is not None:
-        return BatchPrice(price.batch_input, price.batch_output, "batch price from [prices]")
-    return BatchPrice(price.input / 2, price.output / 2, "assumed: half the regular price")
 
 
 def jobs_dir(session: Session) -> Path:
@@ -100,7 +81,7 @@ def job_key(address: str, url: str | None, lines: list[dict[str, Any]]) -> str:
 
 
 def _estimate(session: Session, address: str, lines: list[dict[str, Any]]) -> tuple[float | None, str]:
-    price = batch_price(session, address)
+    price = batch_price(session.settings, address)
     if price is None:
         return None, f"{len(lines)} rows to {address}: price unknown"
     usd = sum(
@@ -134,6 +115,14 @@ def run_batch(
     **params: Any,
 ) -> Any:
     """`farm.map(..., batch=True)`: the rows as one Batch API job; see the module docstring."""
+    refused = [name for name in _ROW_BY_ROW if name in params]
+    if refused:
+        named = ", ".join(f"{name}=" for name in refused)
+        raise ConfigError(
+            f"batch=True cannot take {named}: a batch job answers each row once on the server, with no "
+            "validation and re-ask, tool call, fallback, cache or concurrency of ours in between",
+            hint=f"drop batch=True to ask row by row, or drop {named}",
+        )
     values, built, labels = rows_of(session, items, prompt, model)
     address, provider = _provider(session, model)
     lines = _lines(provider, address.split(":", 1)[1], built, system, params)
@@ -170,7 +159,11 @@ def run_batch(
     batch = _wait(
         session, provider, job["id"], len(lines), progress, session.settings.batch.poll if poll is None else poll
     )
-    rows = _read(session, provider, batch, address, values)
+    rows, usages = _read(session, provider, batch, address, values)
+    if not job.get("accounted"):  # a rerun reads the same finished job: its spend counts once
+        session.aio.account_batch(address, usages)
+        job["accounted"] = True
+        path.write_text(json.dumps(job))
     result = BatchResult(rows, labels)
     result.meta = {"batch": {"id": batch.id, "status": batch.status, "key": key, "file": str(path)}}
     session.last_batch = result.to_pandas() if _has_pandas() else result
@@ -221,8 +214,10 @@ def _wait(session: Session, provider: OpenAIProvider, ident: str, total: int, pr
             raise
 
 
-def _read(session: Session, provider: OpenAIProvider, batch: Any, address: str, values: list[Any]) -> list[Row]:
-    """The output and error files into one row per input, in input order."""
+def _read(
+    session: Session, provider: OpenAIProvider, batch: Any, address: str, values: list[Any]
+) -> tuple[list[Row], list[Usage]]:
+    """The output and error files into one row per input, in input order, and the answered rows' usage."""
 
     async def content(file_id: str | None) -> list[dict[str, Any]]:
         if not file_id:
@@ -236,7 +231,7 @@ def _read(session: Session, provider: OpenAIProvider, batch: Any, address: str, 
     )
     by_row = {str(line.get("custom_id")): line for line in lines}
     provider_name, model = address.split(":", 1)
-    rows = []
+    rows, usages = [], []
     for i, item in enumerate(values):
         line = by_row.get(f"row-{i}")
         if line is None:
@@ -251,7 +246,9 @@ def _read(session: Session, provider: OpenAIProvider, batch: Any, address: str, 
             message = f"batch job {batch.id}: {error.get('message') or error.get('code')}"
             rows.append(Row(i, item, error=message, error_type=str(error.get("code") or "BatchError")))
         elif response and response.get("status_code") == 200:
-            rows.append(Row.answered(i, item, _response(response["body"], provider_name, model)))
+            answer = _response(response["body"], provider_name, model)
+            rows.append(Row.answered(i, item, answer))
+            usages.append(answer.usage)
         else:
             status = int((response or {}).get("status_code") or 500)
             detail = ((response or {}).get("body") or {}).get("error", {}).get("message", "")
@@ -259,7 +256,7 @@ def _read(session: Session, provider: OpenAIProvider, batch: Any, address: str, 
                 provider_name, status, detail, url=provider.url or "", label=f"{provider_name} batch"
             )
             rows.append(Row.failed(i, item, exc, 0.0))
-    return rows
+    return rows, usages
 
 
 def _response(body: dict[str, Any], provider: str, model: str) -> ChatResponse:

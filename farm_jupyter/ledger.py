@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
 from .config import Price, Settings
 from .errors import FarmError
 from .monitor import Monitor, RequestRecord
+from .types import Usage
 
 # Read off openai.com/api/pricing on the date given; override them in [prices].
 SHIPPED_PRICES = {
@@ -127,6 +128,26 @@ class UsageReport:
         return pd.DataFrame([vars(r) | {"cost_text": r.cost_text()} for r in self.rows])
 
 
+@dataclass
+class BatchPrice:
+    input: float
+    output: float
+    note: str  # where the price comes from, said beside the cost
+
+    def cost(self, tokens_in: int, tokens_out: int) -> float:
+        return (tokens_in * self.input + tokens_out * self.output) / 1e6
+
+
+def batch_price(settings: Settings, address: str) -> BatchPrice | None:
+    """The Batch API's price for `address`: set in `[prices]`, else half the regular one (assumed)."""
+    price = settings.prices.get(address) or SHIPPED_PRICES.get(address)
+    if price is None:
+        return None
+    if price.batch_input is not None and price.batch_output is not None:
+        return BatchPrice(price.batch_input, price.batch_output, "batch price from [prices]")
+    return BatchPrice(price.input / 2, price.output / 2, "batch price, assumed: half the regular price")
+
+
 class Ledger:
     """Running totals fed by the monitor, so a budget check costs a lookup, not a scan."""
 
@@ -164,6 +185,25 @@ class Ledger:
                 row.cost = (row.cost or 0.0) + cost
                 self.spent += cost
                 row.price_note = "" if address in self.settings.prices else f"shipped price as of {price.as_of}"
+
+    def add_batch(self, address: str, usages: Sequence[Usage]) -> float:
+        """A Batch API job's answered rows, at the batch price (they never pass the monitor: a row
+        has no time of its own to add to the figures); returns what they cost."""
+        price = batch_price(self.settings, address)
+        cost = 0.0
+        with self._lock:
+            row = self._rows.setdefault(address, UsageRow(address))
+            for usage in usages:
+                row.requests += 1
+                row.tokens_in += usage.prompt_tokens
+                row.tokens_out += usage.completion_tokens
+                if price is not None:
+                    cost += price.cost(usage.prompt_tokens, usage.completion_tokens)
+            if price is not None and usages:
+                row.cost = (row.cost or 0.0) + cost
+                self.spent += cost
+                row.price_note = price.note
+        return cost
 
     def report(self) -> UsageReport:
         with self._lock:

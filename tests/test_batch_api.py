@@ -137,6 +137,32 @@ def test_the_budget_refuses_before_the_upload(server, tmp_path, capsys):
     s.close()
 
 
+def test_a_jobs_answered_rows_are_spent_at_the_batch_price_once(server, tmp_path):
+    server.batch_failure = None
+    prices = {"openai:gpt-4o-mini": {"input": 100, "output": 100, "batch_input": 10, "batch_output": 20}}
+    s = _session(server, tmp_path, prices=prices, budget={"usd": 100})
+    rows = s.map(ITEMS[:20], model="openai", batch=True, progress=False)
+    usage = s.usage()
+    (row,) = [r for r in usage if r.address == "openai:gpt-4o-mini"]
+    tokens_in, tokens_out = rows.tokens_in.sum(), rows.tokens_out.sum()
+    assert (row.requests, row.tokens_in, row.tokens_out) == (20, tokens_in, tokens_out) and tokens_out > 0
+    assert usage.spent == pytest.approx((tokens_in * 10 + tokens_out * 20) / 1e6)
+    assert "batch price from [prices]" in row.cost_text()
+    s.map(ITEMS[:20], model="openai", batch=True, progress=False)  # the same finished job, read back
+    assert s.usage().spent == pytest.approx(usage.spent) and server.count("/v1/batches", "POST") == 1
+    s.close()
+
+
+def test_what_a_batch_job_cannot_do_is_refused_in_one_line_before_anything_is_sent(server, tmp_path):
+    s = _session(server, tmp_path)
+    with pytest.raises(ConfigError, match=r"batch=True cannot take schema=, tools=: a batch job answers"):
+        s.map(ITEMS[:3], model="openai", batch=True, schema={"type": "object"}, tools=[len])
+    with pytest.raises(ConfigError, match=r"cannot take concurrency="):
+        s.map(ITEMS[:3], model="openai", batch=True, concurrency=4)
+    assert server.count() == 0
+    s.close()
+
+
 def test_a_provider_without_a_batch_api_is_refused_before_anything_is_sent(tmp_path):
     with OllamaServer() as ollama:
         s = Session(loopback_settings(ollama, batch={"dir": str(tmp_path)}))

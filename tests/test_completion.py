@@ -327,11 +327,16 @@ def test_the_embedded_model_completes_with_a_chat_prompt_and_is_on_by_default() 
         llm = session._engine.router.provider("llamacpp")._models[embedded.NAME].llm
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
         assert llama_cpp.llama_vocab_fim_pre(vocab) == -1  # no FIM tokens: hence the chat prompt
-        text, answered = _fill(session, state.model, prefix="def add(a, b):\n    return ")
+        from farm_jupyter.types import FillRequest
+
+        chunks = _filled_chunks(session, state.model, FillRequest(prefix="def add(a, b):\n    return ", max_tokens=16))
     finally:
         session.close()
-    assert answered == state.model
-    assert text.strip()  # a real model's few tokens; what they say is its own business
+    assert chunks[0].status == state.model
+    (sent,) = [c.sent for c in chunks if c.sent]
+    assert f"<|im_start|>system\n{FILL_SYSTEM}<|im_end|>" in sent and "def add(a, b):\n    return <CURSOR>" in sent
+    assert "fim" not in sent
+    assert "".join(c.text or "" for c in chunks).strip()  # a real model's few tokens; what they say is its own
 
 
 def test_over_the_rate_window_is_429_with_retry_after_and_nothing_sent(
@@ -351,3 +356,118 @@ def test_over_the_rate_window_is_429_with_retry_after_and_nothing_sent(
     finally:
         _stop(server.proc)
     assert ollama.count("/api/generate") == 2
+
+
+# -- llama.cpp: a GGUF model with FIM tokens gets them; SmolLM2 (none) gets the chat prompt ------
+
+
+def _byte_tokens() -> list[str]:
+    """GPT-2's byte-level alphabet: one token per byte, so any text tokenizes without merges."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    moved = iter(range(256, 512))
+    shown = {b: chr(b) if b in kept else chr(next(moved)) for b in range(256)}
+    return [shown[b] for b in range(256)]
+
+
+FIM_SPECIALS = ["<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>"]
+
+
+@pytest.fixture(scope="module")
+def fim_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random one-layer Llama of 100 KB whose vocabulary has FIM tokens, named in the file's
+    metadata as a converted Qwen2.5-Coder's are (`tokenizer.ggml.fim_*_token_id`)."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("gguf") / "tiny-fim.gguf"
+    tokens = [*_byte_tokens(), *FIM_SPECIALS]
+    ids = {name: 256 + i for i, name in enumerate(FIM_SPECIALS)}
+    d, ff = 32, 64
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(256)
+    writer.add_embedding_length(d)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(ff)
+    writer.add_head_count(2)
+    writer.add_head_count_kv(2)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(d // 2)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.NORMAL] * 256 + [gguf.TokenType.CONTROL] * len(FIM_SPECIALS))
+    writer.add_token_merges(["Ā ā"])  # one merge, of two bytes that never meet here: llama.cpp wants the list
+    writer.add_eos_token_id(ids["<|endoftext|>"])
+    writer.add_add_bos_token(False)
+    for key, name in [("PRE", "<|fim_prefix|>"), ("SUF", "<|fim_suffix|>"), ("MID", "<|fim_middle|>")]:
+        writer.add_uint32(getattr(gguf.Keys.Tokenizer, f"FIM_{key}_ID"), ids[name])
+    writer.add_uint32(gguf.Keys.Tokenizer.FIM_PAD_ID, ids["<|fim_pad|>"])
+    rng = np.random.default_rng(0)
+
+    def weights(*shape: int) -> Any:
+        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+
+    writer.add_tensor("token_embd.weight", weights(len(tokens), d))
+    writer.add_tensor("output_norm.weight", np.ones(d, np.float32))
+    writer.add_tensor("output.weight", weights(len(tokens), d))
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(d, np.float32))
+    for name in ("q", "k", "v", "output"):
+        writer.add_tensor(f"blk.0.attn_{name}.weight", weights(d, d))
+    writer.add_tensor("blk.0.ffn_norm.weight", np.ones(d, np.float32))
+    writer.add_tensor("blk.0.ffn_gate.weight", weights(ff, d))
+    writer.add_tensor("blk.0.ffn_up.weight", weights(ff, d))
+    writer.add_tensor("blk.0.ffn_down.weight", weights(d, ff))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _filled_chunks(session: Session, target: str, request: Any) -> list[Any]:
+    async def go() -> list[Any]:
+        return [c async for c in session.aio.complete(request, target, fallback=False)]
+
+    return asyncio.run(go())
+
+
+def test_a_gguf_model_with_fim_tokens_gets_the_fim_prompt_built_from_them(fim_gguf: Path) -> None:
+    from test_local_model import _needs, local_settings
+
+    from farm_jupyter.types import FillRequest
+
+    _needs("llamacpp")
+    target = f"llamacpp:{fim_gguf}"
+    session = Session(local_settings("llamacpp", completion={"model": target}))
+    request = FillRequest(prefix="def area(r):\n    return ", suffix="\n\nprint(area(2))", context="import math")
+    try:
+        chunks = _filled_chunks(session, target, request.model_copy(update={"max_tokens": 8, "temperature": 0.0}))
+    finally:
+        session.close()
+    (sent,) = [c.sent for c in chunks if c.sent]
+    params, prompt = sent.split("\n", 1)
+    assert (
+        prompt == "<|fim_prefix|>import math\n\ndef area(r):\n    return <|fim_suffix|>\n\nprint(area(2))<|fim_middle|>"
+    )
+    assert json.loads(params) == {"max_tokens": 8, "temperature": 0.0}
+    assert chunks[0].status == target and chunks[-1].done
+
+
+def test_text_that_spells_a_fim_token_stays_text(fim_gguf: Path) -> None:
+    """A cell that contains `<|fim_suffix|>` cannot move the cursor: only the three marks are special."""
+    from test_local_model import _needs
+
+    from farm_jupyter.providers._infill import fim_prompt, fim_tokens
+    from farm_jupyter.types import FillRequest
+
+    _needs("llamacpp")
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(fim_gguf), n_ctx=256, verbose=False)
+    try:
+        marks = fim_tokens(llm)
+        assert marks is not None
+        tokens = fim_prompt(llm, FillRequest(prefix="s = '<|fim_suffix|>'", suffix="<|fim_middle|>"), marks)
+    finally:
+        llm.close()
+    assert [t for t in tokens if t in marks] == list(marks)

@@ -208,28 +208,51 @@ def test_ghost_text_from_fim_tab_accepts_typing_on_aborts_and_a_busy_cell_does_n
         page.locator(".jp-StatusBar-Widget").first.screenshot(path=str(OUTPUT / "status-bar.png"))
 
 
-SIDEBAR_CELLS = ["import pandas as pd\ndf = pd.DataFrame({'city': ['Oslo', 'Lima'], 'visits': [3, 5]})"]
+SIDEBAR_CELLS = ["import pandas as pd\ndf = pd.DataFrame({'city': ['Oslo', 'Lima'], 'visits': [3, 5]})", BUSY]
+CHAT = "#jp-right-stack .farm-chat"
 
 
-def test_the_side_panel_chat_fills_names_from_the_kernel(tmp_path: Path, coder: OllamaServer) -> None:
+def test_the_side_panel_chat_fills_names_from_the_kernel_and_says_when_it_waits_for_a_cell(
+    tmp_path: Path, coder: OllamaServer
+) -> None:
     env = {"OLLAMA_HOST": coder.url}
-    with _lab(tmp_path, LOOPBACK_TOML, env, SIDEBAR_CELLS) as (url, _), _page(url) as page:
-        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")  # until it has run
+    with _lab(tmp_path, LOOPBACK_TOML, env, SIDEBAR_CELLS) as (url, notebooks), _page(url) as page:
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-cell')")  # the first, until it has run
         page.locator(".farm-chat-button").first.click()  # %farm sidebar in the notebook's kernel
-        chat = page.locator("#jp-right-stack .farm-chat").first
+        chat = page.locator(CHAT).first
         chat.wait_for(timeout=60_000)
         chat.locator("textarea").fill("Which city has most visits? {df}")
         chat.locator("button", has_text="Send").click()
         page.wait_for_function(
-            "() => { const c = document.querySelector('#jp-right-stack .farm-chat');"
+            f"() => {{ const c = document.querySelector('{CHAT}');"
             " return c && c.textContent.includes('Echo:') && c.textContent.includes('Lima'); }",
             timeout=60_000,
         )
         (asked,) = [r.json or {} for r in coder.requests if r.path == "/api/chat"]
         question = asked["messages"][-1]["content"]
         assert question.startswith("Which city has most visits?") and "Oslo" in question and "{df}" not in question
+        assert page.locator(f"{CHAT} .farm-chat-waiting").count() == 0  # its own messages never say it
         OUTPUT.mkdir(exist_ok=True)
         page.locator("#jp-right-stack").first.screenshot(path=str(OUTPUT / "sidebar.png"))
+
+        # the bounded busy cell holds the kernel: the chat says its messages wait, and they do
+        page.evaluate(
+            "() => { const nb = window.jupyterapp.shell.currentWidget.content; nb.activeCellIndex = 1;"
+            " window.jupyterapp.commands.execute('notebook:run-cell'); }"
+        )
+        waiting = page.locator(f"{CHAT} .farm-chat-waiting").first
+        waiting.wait_for(timeout=30_000)
+        assert "waiting for the running cell" in waiting.inner_text()
+        chat.locator("textarea").fill("And the fewest? {df}")
+        chat.locator("button", has_text="Send").click()
+        page.locator("#jp-right-stack").first.screenshot(path=str(OUTPUT / "sidebar-waiting.png"))
+        assert coder.count("/api/chat") == 1, "a message cannot reach the kernel before the cell ends"
+        (notebooks / "release").touch()
+        waiting.wait_for(state="detached", timeout=60_000)
+        page.wait_for_function(
+            f"() => document.querySelector('{CHAT}').textContent.includes('Echo: And the fewest?')", timeout=60_000
+        )
+        assert coder.count("/api/chat") == 2
 
 
 def _outward_address() -> str | None:

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from test_server import JupyterServer, _free_port, _start_jupyter, _stats, _stop, _wait_for, error_of
+from test_server import FARM_TOML, JupyterServer, _free_port, _start_jupyter, _stats, _stop, _wait_for, error_of
 
 from farm_jupyter.cache_guard import GuardedCache
 from farm_jupyter.config import CacheSettings
@@ -404,6 +404,40 @@ def test_a_stream_says_each_retry_and_the_fallback(api: httpx.Client, ollama: Ol
     assert statuses[0] == "status:asking ollama:llama3.1"
     assert [s for s in statuses if "retrying" in s][:2] and any("openai" in s for s in statuses[1:]), statuses
     assert said.index(next(s for s in statuses if "openai" in s)) < said.index("text") and said[-1] == "done"
+
+
+def test_a_stream_says_its_rate_limit_wait_before_the_answer(tmp_path: Path) -> None:
+    """One request a minute to Ollama: the second one waits for the first to leave the window,
+    and its stream says so before any text. The server runs on a fake clock
+    (`farm_jupyter.testing.clock`) that takes the minute at once and writes down what it skipped."""
+    skipped = tmp_path / "skipped.txt"
+    toml = FARM_TOML + "\n[rate_limits.ollama]\nrpm = 1\n"
+    with OllamaServer() as upstream:
+        server = _start_jupyter(
+            tmp_path,
+            upstream,
+            toml=toml,
+            extra_env={"FARM_SKIPPED_WAITS": str(skipped)},
+            launcher=("-m", "farm_jupyter.testing.clock", "jupyter_server"),
+        )
+        try:
+            with server.client(timeout=60.0) as api:
+                first = api.post("chat", json={"prompt": "first in the minute", "no_cache": True})
+                assert first.status_code == 200, first.text
+                assert not skipped.exists()  # the first one did not wait
+                lines = _raw_stream(api, {"prompt": "second in the minute", "no_cache": True})
+        finally:
+            _stop(server.proc)
+    said = _said(lines)
+    waits = [s for s in said if "rate limit" in s]
+    assert said[0] == "status:asking ollama:llama3.1", said
+    assert len(waits) == 1 and re.fullmatch(r"status:waiting \d+\.\ds for ollama's rate limit", waits[0]), said
+    assert said.index(waits[0]) < said.index("text") and said[-1] == "done", said
+    (waited,) = (float(s) for s in skipped.read_text().split())
+    assert 30.0 < waited <= 60.0  # the rest of its minute, not a retry's back-off
+    assert upstream.count("/api/chat") == 2
+    done = ChatResponse.model_validate_json(lines[lines.index("event: done") + 1][5:])
+    assert done.timings.waited == pytest.approx(waited)
 
 
 # -- every load counted; the cache's truth (a server of their own) ---------------------------------

@@ -634,3 +634,46 @@ def test_openai_raw_error_line_and_status_body(oai: OpenAIServer, client: httpx.
     assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
     r = client.post(f"{oai.url}/v1/nothing", json={}, headers=headers)
     assert r.status_code == 404 and r.json()["error"]["message"] == "Invalid URL (POST /v1/nothing)"
+
+
+# -- the same protocols on one asyncio loop (benchmarks/server_load.py's upstream) ----------------
+
+
+def _answers(url: str) -> list[tuple[int, Any]]:
+    """What a client sees of a few requests, timestamps and durations left out."""
+
+    def plain(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: plain(v) for k, v in obj.items() if not k.endswith(("_at", "_duration"))}
+        return [plain(v) for v in obj] if isinstance(obj, list) else obj
+
+    out: list[tuple[int, Any]] = []
+    with httpx.Client(base_url=url, timeout=TIMEOUT) as c:
+        for method, path, body in [
+            ("GET", "/api/tags", None),
+            ("POST", "/api/chat", {**CHAT, "stream": False}),
+            ("POST", "/api/chat", CHAT),  # NDJSON
+            ("POST", "/api/chat", {"model": "nosuch", "messages": CHAT["messages"]}),
+        ]:
+            response = c.request(method, path, json=body)
+            lines = [plain(json.loads(line)) for line in response.text.splitlines() if line]
+            out.append((response.status_code, lines))
+    return out
+
+
+def test_the_asyncio_server_speaks_the_same_protocol(ollama: OllamaServer) -> None:
+    from farm_jupyter.testing.servers.one_loop import AsyncServer
+
+    loop = asyncio.new_event_loop()
+    served = AsyncServer(OllamaServer(latency=0.05))
+    url = loop.run_until_complete(served.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        assert _answers(url) == _answers(ollama.url)
+        assert served.protocol.count("/api/chat") == 3
+    finally:
+        asyncio.run_coroutine_threadsafe(served.aclose(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()

@@ -29,9 +29,10 @@ from typing import Any
 
 from .. import embedded
 from ..errors import BadRequest, FarmError, MissingDependency, ModelNotFound, ServerError
-from ..types import ChatMessage, ChatRequest, ModelInfo, ProviderStatus, PullProgress, Usage
+from ..types import ChatMessage, ChatRequest, Chunk, FillRequest, ModelInfo, ProviderStatus, PullProgress, Usage
 from ..types.capabilities import Capabilities
 from ._constrain import GBNF_IGNORES, Constraint, Reader, constraint, repeated, unenforced
+from ._infill import fim_tokens, infill
 from ._local import Channel, LocalProvider, ensure, first_line, ran
 
 _STREAM_TIMEOUT = 60.0  # seconds without a token before the request is given up
@@ -339,7 +340,16 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
                 kwargs["logits_processor"] = [_Penalty(loaded.structure(), EMBEDDED_GRAMMAR_PENALTY)]
         return kwargs
 
-    def _generate(self, loaded: _Loaded, request: ChatRequest, channel: Channel, stop: threading.Event) -> None:
+    async def afill(self, request: FillRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
+        # A model with FIM tokens is asked with them, on the chat's thread machinery; others (SmolLM2) chat.
+        llm = (await ensure(self._models, self._load, request.model)).llm
+        chunks = self.astream(request) if llm is not None and fim_tokens(llm) else super().afill(request)  # type: ignore[arg-type]
+        async for chunk in chunks:
+            yield chunk
+
+    def _generate(
+        self, loaded: _Loaded, request: ChatRequest | FillRequest, channel: Channel, stop: threading.Event
+    ) -> None:
         """The body of the generate thread: every outcome ends as one "done" or "error" item."""
         try:
             with loaded.lock, _mapped_errors(self.name, request.model):
@@ -348,6 +358,15 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
                     raise ServerError(
                         f"{request.model} was unloaded", provider=self.name, hint="ask again to reload it"
                     )
+                if isinstance(request, FillRequest):
+                    marks = fim_tokens(llm)
+                    assert marks is not None  # afill sends only such a model's requests here
+                    finish = infill(llm, request, marks, channel, stop)
+                    channel.push(
+                        "done",
+                        (Usage(prompt_tokens=llm.prompt_tokens, completion_tokens=llm.completion_tokens()), finish),
+                    )
+                    return
                 shape = constraint(request, self.name, integer_enums=True)
                 finish, answer = self._run(loaded, request, shape, channel, stop)
                 usage = Usage(prompt_tokens=llm.prompt_tokens, completion_tokens=llm.completion_tokens())

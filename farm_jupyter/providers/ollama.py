@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -35,6 +36,8 @@ from ._http import (
 )
 from .base import Provider
 
+POOLS = 8  # connection pools to one Ollama, used in turn (see `client`)
+KEEP_ALIVE = 32  # idle connections kept by all of them together
 # Every line of Ollama's streams has one of these (chat, generate, pull): the first one that has
 # none comes from another server.
 _LINE_KEYS = frozenset({"message", "response", "done", "status"})
@@ -111,7 +114,8 @@ class OllamaProvider(Provider):
         self._base, user, password = settings.ollama.endpoint(options.get("host"))
         self._auth = httpx.BasicAuth(user or "", password or "") if (user or password) else None
         self._host: str = shown_url(self._base, user, password)  # what messages show: no password
-        self._client: httpx.AsyncClient | None = None
+        self._clients: list[httpx.AsyncClient] = []
+        self._busy = [0] * POOLS  # requests in flight on each of `_clients`
         self._abilities: dict[str, list[str] | None] = {}  # /api/show's `capabilities`, per model
 
     @property
@@ -121,17 +125,33 @@ class OllamaProvider(Provider):
     def normalize_model(self, model: str) -> str:
         return _tagged(model)
 
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
+    @contextlib.asynccontextmanager
+    async def _lease(self) -> AsyncIterator[httpx.AsyncClient]:
+        """The least busy of `POOLS` clients for one request; the first while none is busy, so
+        requests one after another keep reusing one kept-alive connection.
+
+        httpcore's pool walks all its connections whenever a request starts or ends, so a burst
+        costs it the square of the connections in one pool: with 200 requests in flight that
+        walk was a sixth of the Jupyter server's CPU (benchmarks/server_load.py). Eight pools
+        walk an eighth each; together they keep as many idle connections as one pool kept
+        before (each idle one is polled on every walk)."""
+        if not self._clients:
             timeouts = self.settings.timeouts
-            self._client = httpx.AsyncClient(
-                base_url=self._base,
-                auth=self._auth,
-                timeout=httpx.Timeout(timeouts.total, connect=timeouts.connect),
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
-            )
-        return self._client
+            self._clients = [
+                httpx.AsyncClient(
+                    base_url=self._base,
+                    auth=self._auth,
+                    timeout=httpx.Timeout(timeouts.total, connect=timeouts.connect),
+                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=KEEP_ALIVE // POOLS),
+                )
+                for _ in range(POOLS)
+            ]
+        turn = min(range(POOLS), key=self._busy.__getitem__)
+        self._busy[turn] += 1
+        try:
+            yield self._clients[turn]
+        finally:
+            self._busy[turn] -= 1
 
     def servers(self) -> list[Provider]:
         return self.one_per("host", self.settings.ollama.hosts)
@@ -191,8 +211,8 @@ class OllamaProvider(Provider):
     ) -> AsyncIterator[dict[str, Any]]:
         """POST and yield each JSON line; an `{"error": ...}` line is an error, not data. `sent`
         gets the request body as it went out."""
-        async with self._errors():
-            async with self.client.stream("POST", path, json=body) as response:
+        async with self._errors(), self._lease() as client:
+            async with client.stream("POST", path, json=body) as response:
                 await self._raise_for_status(response, model)
                 if sent is not None:
                     sent.append(secrets.redact(response.request.content.decode("utf-8", "replace")))
@@ -246,8 +266,8 @@ class OllamaProvider(Provider):
         body = self._body(request, messages=[_message(m) for m in request.messages])
         if not request.stream:
             body["stream"] = False
-            async with self._errors():
-                response = await self.client.post("/api/chat", json=body)
+            async with self._errors(), self._lease() as client:
+                response = await client.post("/api/chat", json=body)
             await self._raise_for_status(response, request.model)
             yield Chunk(sent=secrets.redact(response.request.content.decode("utf-8", "replace")))
             data = self._json(response)
@@ -340,8 +360,8 @@ class OllamaProvider(Provider):
 
     async def _get(self, path: str, needs: str) -> Any:
         """A JSON object from Ollama that has `needs`; anything else is another server's answer."""
-        async with self._errors():
-            response = await self.client.get(path, timeout=self.settings.timeouts.connect * 2)
+        async with self._errors(), self._lease() as client:
+            response = await client.get(path, timeout=self.settings.timeouts.connect * 2)
         await self._raise_for_status(response, "")
         data = json_object(response.text)
         if data is None or needs not in data:
@@ -373,8 +393,8 @@ class OllamaProvider(Provider):
         return models
 
     async def show(self, model: str) -> dict[str, Any]:
-        async with self._errors():
-            response = await self.client.post("/api/show", json={"model": model})
+        async with self._errors(), self._lease() as client:
+            response = await client.post("/api/show", json={"model": model})
         await self._raise_for_status(response, model)
         return dict(self._json(response))
 
@@ -414,12 +434,12 @@ class OllamaProvider(Provider):
 
     async def embed(self, texts: list[str], model: str | None = None) -> list[list[float]]:
         model = model or self.default_model
-        async with self._errors():
-            response = await self.client.post("/api/embed", json={"model": model, "input": texts})
+        async with self._errors(), self._lease() as client:
+            response = await client.post("/api/embed", json={"model": model, "input": texts})
         await self._raise_for_status(response, model)
         return [list(map(float, e)) for e in self._json(response)["embeddings"]]
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        clients, self._clients = self._clients, []
+        for client in clients:
+            await client.aclose()

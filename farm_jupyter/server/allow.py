@@ -96,13 +96,20 @@ class Allowlist:
         """A load changed what the provider has: read its list again next time."""
         self._lists.pop(provider, None)
 
-    async def listed(self, session: Session, provider: str) -> list[str] | None:
-        """The provider's own model names (None: it has no list, or it could not be read)."""
+    def kept(self, provider: str) -> tuple[bool, list[str] | None]:
+        """(fresh, names): the provider's listing as last read, and whether it is still trusted."""
         kept = self._lists.get(provider)
         if kept is not None and self._clock() - kept[0] < self.ttl:
-            return kept[1]
+            return True, kept[1]
+        return False, None
+
+    async def listed(self, session: Session, provider: str) -> list[str] | None:
+        """The provider's own model names (None: it has no list, or it could not be read)."""
+        fresh, names = self.kept(provider)
+        if fresh:
+            return names
         try:
-            names: list[str] | None = [m.name for m in await session.aio.models(provider)]
+            names = [m.name for m in await session.aio.models(provider)]
         except FarmError:
             names = None
         self._lists[provider] = (self._clock(), names)
@@ -111,6 +118,16 @@ class Allowlist:
     async def admit(self, session: Session, target: str | None, *, pull: bool = False) -> Admitted:
         """The (provider, model) an HTTP request may use for `target`; NotAllowed or ModelNotFound
         (one text) otherwise. `pull`: the load route may also pull an Ollama library name."""
+        known = self.known(session, target, pull=pull)
+        if known is not None:
+            return known
+        provider, _, model = session.resolve(target, strict=True).partition(":")
+        return self._listed(provider, model, await self.listed(session, provider), self._configured(session, provider))
+
+    def known(self, session: Session, target: str | None, *, pull: bool = False) -> Admitted | None:
+        """`admit` without asking anyone: the answer, or the refusal, where the name, the folders,
+        the configuration or a fresh listing settle it; None where the listing must be read. A
+        handler calls this on its own loop and goes to the runtime loop only for the rest."""
         provider, _, model = session.resolve(target, strict=True).partition(":")
         check_segments(model)
         if provider in LOCAL:
@@ -126,7 +143,10 @@ class Allowlist:
         configured = self._configured(session, provider)
         if _same(provider, model, configured) or (pull and provider == "ollama"):
             return Admitted(provider, model, local=False)
-        listed = await self.listed(session, provider)
+        fresh, listed = self.kept(provider)
+        return self._listed(provider, model, listed, configured) if fresh else None
+
+    def _listed(self, provider: str, model: str, listed: list[str] | None, configured: list[str]) -> Admitted:
         if _same(provider, model, listed or []):
             return Admitted(provider, model, local=False)
         raise self.refusal(provider, model, [*(listed or []), *configured])

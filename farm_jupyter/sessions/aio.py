@@ -8,7 +8,7 @@ handler's work there, so that a client going away cancels it).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ..config import is_loopback
@@ -17,7 +17,7 @@ from ..providers.base import Provider
 from ..records import RequestRecord
 from ..router.fill import fill
 from ..runtime import Runtime
-from ..types import ChatResponse, Chunk, FillRequest, GPUStats, ModelInfo, ProviderStatus, PullProgress
+from ..types import ChatResponse, Chunk, FillRequest, GPUStats, ModelInfo, ProviderStatus, PullProgress, Usage
 from .engine import Engine, Prompt
 from .stream import ChatStream
 
@@ -118,6 +118,11 @@ class AsyncSession:
         found = self._engine.router.provider(route.provider)
         members = getattr(found, "members", None)
         return str(route), members[0].provider if members else found
+
+    def account_batch(self, address: str, usages: Sequence[Usage]) -> float:
+        """Add a Batch API job's answered rows to the usage and the budget's spend, at the batch
+        price; returns what they cost."""
+        return self._engine.router.ledger.add_batch(address, usages)
 
     def watch(self, listener: Callable[[RequestRecord], None]) -> Callable[[], None]:
         """Call `listener(record)` as each request ends (on the runtime loop); returns the call

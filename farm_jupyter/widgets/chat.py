@@ -19,15 +19,21 @@ Where each finished answer came from (what a `%%farm_chat` output carries in its
 kept in the `provenance` trait: a widget has no output of its own per answer, but its state is
 saved with the notebook (nbclient does, JupyterLab when it saves widget state), so a reader of a
 shared notebook can tell which model, parameters and cache produced each turn.
+
+A message sent while the kernel runs a cell waits for that cell (widget messages go through the
+kernel): the chat carries its kernel's id as a class (`farm-kernel-<id>`), and the JupyterLab
+extension shows "waiting for the running cell" in it while that kernel runs one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
@@ -44,6 +50,17 @@ from ._base import FarmBox, Throttle
 if TYPE_CHECKING:
     from ..sessions import ChatStream, Conversation, Session
     from ..types import ChatResponse, ModelInfo
+
+
+def kernel_class() -> str | None:
+    """`farm-kernel-<id>` for the kernel this runs in (its connection file is `kernel-<id>.json`,
+    as the Jupyter server names it); None outside a kernel. ipykernel is not imported here:
+    importing it outside a kernel changes which comm class ipywidgets makes."""
+    kernelapp = sys.modules.get("ipykernel.kernelapp")
+    if kernelapp is None or not kernelapp.IPKernelApp.initialized():
+        return None
+    name = Path(kernelapp.IPKernelApp.instance().connection_file).stem
+    return f"farm-{name}" if name.startswith("kernel-") else None
 
 
 def model_label(info: ModelInfo) -> str:
@@ -206,6 +223,8 @@ class ChatWidget(FarmBox):
             ),
         ]
         self.add_class("farm-chat")
+        if (kernel := kernel_class()) is not None:
+            self.add_class(kernel)
         if model:
             self.model = model
         if load_models:

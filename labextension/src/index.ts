@@ -4,6 +4,7 @@ import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application'
 import { MainAreaWidget, Notification, ToolbarButton } from '@jupyterlab/apputils';
 import { ICompletionProviderManager } from '@jupyterlab/completer';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import { KernelMessage } from '@jupyterlab/services';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 
@@ -28,6 +29,39 @@ function openChat(panel: NotebookPanel | null): void {
     Notification.info('farm_jupyter: the chat opens when the running cell ends (it runs in the kernel)', { autoClose: 6000 });
   }
   kernel.requestExecute({ code: SIDEBAR_CODE, silent: false, store_history: false });
+}
+
+const WAITING = 'waiting for the running cell: a message sent now goes when it ends';
+
+/** In each chat of this kernel (the ChatWidget's `farm-kernel-<id>` class), say or unsay that its
+ * messages wait: they go through the kernel, which runs one cell at a time. */
+function markChats(kernelId: string, running: boolean): void {
+  document.querySelectorAll(`.farm-chat.farm-kernel-${CSS.escape(kernelId)}`).forEach(chat => {
+    const line = chat.querySelector(':scope > .farm-chat-waiting');
+    if (running && line === null) {
+      const said = document.createElement('div');
+      said.className = 'farm-chat-waiting';
+      said.textContent = WAITING;
+      chat.append(said);
+    } else if (!running && line !== null) {
+      line.remove();
+    }
+  });
+}
+
+/** Follow a notebook's kernel: busy or idle because of a cell, not of a chat's own comm messages
+ * (the kernel is busy for a moment with each of those too). */
+function followKernel(panel: NotebookPanel): void {
+  panel.sessionContext.iopubMessage.connect((context, message) => {
+    if (!KernelMessage.isStatusMsg(message)) {
+      return;
+    }
+    const parent = message.parent_header as Partial<KernelMessage.IHeader>;
+    const id = context.session?.kernel?.id;
+    if (id && parent.msg_type === 'execute_request') {
+      markChats(id, message.content.execution_state === 'busy');
+    }
+  });
 }
 
 const plugin: JupyterFrontEndPlugin<void> = {
@@ -75,6 +109,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         });
         button.addClass('farm-chat-button');
         panel.toolbar.insertItem(10, 'farm-chat', button);
+        followKernel(panel);
       });
     }
     if (statusBar) {

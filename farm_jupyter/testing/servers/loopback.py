@@ -89,6 +89,8 @@ class LoopbackServer:
         # and the perf_counter seconds between the first and the last one.
         self.sent: list[tuple[int, float]] = []
         self._disconnects: list[RecordedRequest] = []
+        # Set by an AsyncServer (servers/one_loop.py): the model's `latency` is handed to it to await.
+        self.defer: Callable[[float], None] | None = None
         self._httpd: Server | None = None
         self._thread: threading.Thread | None = None
         self._started = False
@@ -334,6 +336,9 @@ class LoopbackServer:
 
     def _model_time(self, h: Handler) -> bool:
         """Wait `latency` before answering; False when the server stops or the client goes meanwhile."""
+        if self.defer is not None:
+            self.defer(self.latency)
+            return True
         return self.latency <= 0 or self._pause(h, self.latency)
 
     def _pause(self, h: Handler, seconds: float) -> bool:
