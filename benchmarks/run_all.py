@@ -17,6 +17,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -241,10 +242,11 @@ def kept(path: Path, ran: set[str]) -> list[str]:
     commit = next((line.split("|")[2].strip() for line in old.splitlines() if line.startswith("| commit |")), "?")
     sections = old.split("\n## ")[1:]
     out: list[str] = []
+    # Target rows name their script: `| target (script.py) | measured | met? |`, in either table.
     rows = [
         line
-        for line in old.split("\n## Targets")[-1].split("\n## ")[0].splitlines()
-        if line.startswith("| ") and not line.startswith("| target") and not any(f"({s})" in line for s in ran)
+        for line in dict.fromkeys(old.splitlines())
+        if (found := re.search(r"\(([\w.]+\.py)\) \| ", line)) and found.group(1) not in ran
     ]
     out += [
         "",
