@@ -4,7 +4,8 @@
 
 Each script runs in its own process with --json (its figures, its targets and its markdown
 tables); a script that fails gets its error in RESULTS.md instead of its tables, and the others
-still run. --with-anchors installs jupyter-ai-magics and litellm into their own venvs under
+still run. With --only, the sections (and target rows) of the scripts not run are kept from the
+existing output, each marked with the run it came from, so that one file holds every figure. --with-anchors installs jupyter-ai-magics and litellm into their own venvs under
 benchmarks/.cache/anchors on first use (minutes) and adds their rows.
 """
 
@@ -16,6 +17,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +34,11 @@ from anchors import installed_versions  # noqa: E402
 SCRIPTS = [
     ("startup.py", True, "Start-up: `%load_ext farm_jupyter` vs bare IPython, jupyter-ai-magics, litellm"),
     ("load_ext.py", False, "`%load_ext farm_jupyter` alone (the magics' own benchmark)"),
+    (
+        "overhead_ab.py",
+        False,
+        "Per-request overhead in microseconds next to the server's own time, A/B against earlier commits",
+    ),
     ("router_overhead.py", False, "Per-request overhead, Ollama protocol, and where it goes"),
     ("request_overhead.py", True, "Per-request overhead, OpenAI protocol, with litellm and jupyter-ai's %%ai"),
     ("streaming.py", False, "Streaming relay rate and screen updates"),
@@ -218,8 +225,45 @@ def main() -> None:
             parts += ["```", data["error"], "```"]
         else:
             parts.append(data["markdown"])
+    if only is not None:
+        parts += kept(Path(args.output), set(results))
     Path(args.output).write_text("\n".join(parts) + "\n")
     print(f"[run_all] wrote {args.output} in {total:.0f} s", file=sys.stderr)
+
+
+def kept(path: Path, ran: set[str]) -> list[str]:
+    """The sections of `path` (an earlier RESULTS.md) for scripts not in `ran`, and their target
+    rows, marked as kept; the earlier file's machine table named its run (a section may say it
+    was added later, by hand)."""
+    if not path.exists():
+        return []
+    old = path.read_text()
+    date = next((line.split("|")[2].strip() for line in old.splitlines() if line.startswith("| date |")), "?")
+    commit = next((line.split("|")[2].strip() for line in old.splitlines() if line.startswith("| commit |")), "?")
+    sections = old.split("\n## ")[1:]
+    out: list[str] = []
+    # Target rows name their script: `| target (script.py) | measured | met? |`, in either table.
+    rows = [
+        line
+        for line in dict.fromkeys(old.splitlines())
+        if (found := re.search(r"\(([\w.]+\.py)\) \| ", line)) and found.group(1) not in ran
+    ]
+    out += [
+        "",
+        "## Kept from the earlier RESULTS.md (not run this time)",
+        "",
+        f"Its machine table said: {date}, commit {commit}; sections may say they were added later.",
+    ]
+    if rows:
+        out += ["", "### Targets kept", "", "| target | measured | met? |", "|---|---|:---:|", *rows]
+    for section in sections:
+        head = section.splitlines()[0]
+        script = head.rsplit("(`", 1)[-1].split("`", 1)[0] if "(`" in head else ""
+        if script.endswith(".py") and script not in ran:
+            body = section.split("\n", 1)[1] if "\n" in section else ""
+            note = " (kept from the earlier RESULTS.md)"
+            out += ["", f"## {head}{'' if note in head else note}", body.rstrip()]
+    return out
 
 
 def _load(avg: tuple[float, float, float]) -> str:

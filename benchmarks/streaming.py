@@ -11,7 +11,8 @@
    the comm `update` messages of the answer's view through a recording comm), once as fast as the
    server goes and once paced at `--pace` seconds per token. The bound is the coalescing rate:
    floor(elapsed x 20/s) + 3 (the waiting placeholder, the first text at once, the final answer).
-Targets: >= 0.9x the raw rate; updates within the bound, not proportional to tokens.
+Targets: >= 0.95x the raw rate (issue 26; it was 0.9x); updates within the bound, not proportional
+to tokens. The raw SDK stream asks for the usage event as ours does (the same events from the server).
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ def rates(
             return n
 
         def raw_sdk() -> int:
-            events = sdk.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True)
+            events = sdk.chat.completions.create(
+                model="gpt-4o-mini", messages=messages, stream=True, stream_options={"include_usage": True}
+            )
             return sum(1 for e in events if e.choices and e.choices[0].delta.content)
 
         async def make_client() -> httpx.AsyncClient:
@@ -290,8 +293,8 @@ def main() -> None:
     ollama_rate = 1 / ratio(ollama_times, "farm_jupyter.stream", "raw httpx iter_lines")
     openai_rate = 1 / ratio(openai_times, "farm_jupyter.stream", "raw openai SDK stream")
     targets = [
-        target("relay rate >= 0.9x raw iter_lines (Ollama, 2,000 tokens)", f"{ollama_rate:.2f}x", ollama_rate >= 0.9),
-        target("relay rate >= 0.9x raw openai SDK (SSE, 2,000 tokens)", f"{openai_rate:.2f}x", openai_rate >= 0.9),
+        target("relay rate >= 0.95x raw iter_lines (Ollama, 2,000 tokens)", f"{ollama_rate:.2f}x", ollama_rate >= 0.95),
+        target("relay rate >= 0.95x raw openai SDK (SSE, 2,000 tokens)", f"{openai_rate:.2f}x", openai_rate >= 0.95),
     ]
     for r in rows:
         if "todo" in r:

@@ -112,11 +112,15 @@ class Runtime:
 
         finished = threading.Event()
         future = self.submit(_signal_when_done(pump(), finished))
+        ended = False
         try:
             while (item := _unpacked(items.get())) is not _END:
                 yield item
+            ended = True
         finally:
-            if not future.done():
+            if ended:  # the pump is past its source's end: let it finish, do not cancel it
+                finished.wait(_CANCEL_GRACE)  # (a cancel is a call_soon_threadsafe, a loop wake-up)
+            elif not future.done():
                 future.cancel()
                 finished.wait(_CANCEL_GRACE)
 

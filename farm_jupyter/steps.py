@@ -22,6 +22,7 @@ from .context import naming_the_budget
 from .errors import ConfigError, FarmError
 from .objects import Budget
 from .router.call import parse_params
+from .router.fold import Fold
 from .structured import Schema, SchemaMismatch
 from .tools import Tool, run_call, tools_of
 from .types import ChatMessage, ChatResponse, Chunk, GenerationParams, ToolRun, Usage
@@ -60,8 +61,11 @@ def plan(
     fallback: bool | None,
     stream: bool,
     on_final: Callable[[ChatResponse], None] | None,
+    fold: Fold | None = None,
 ) -> Steps:
-    """The steps of one answer with a schema or tools: each request through `router`."""
+    """The steps of one answer with a schema or tools: each request through `router`, all of them
+    folded into `fold` (the stream's), as are the steps' own chunks."""
+    fold = fold or Fold()
     found = tools_of(extras.tools or [])
     shape = Schema(extras.schema) if extras.schema is not None else None
     generation = parse_params(params).model_copy(
@@ -74,7 +78,9 @@ def plan(
         messages = [*messages[:-1], shape.instruction(), messages[-1]]
 
     def ask(msgs: list[ChatMessage], p: GenerationParams) -> AsyncIterator[Chunk]:
-        chunks = router.astream(msgs, model, p, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream)
+        chunks = router.astream(
+            msgs, model, p, no_cache=no_cache, refresh=refresh, fallback=fallback, stream=stream, fold=fold
+        )
         if isinstance(extras.context_budget, Budget):  # objects were described: a context-window error names it
             return naming_the_budget(chunks, extras.context_budget, msgs)
         return chunks
@@ -94,6 +100,7 @@ def plan(
         max_reasks=extras.max_reasks,
         forget=None if no_cache else forget,
         on_final=on_final,
+        fold=fold,
     )
 
 
@@ -110,6 +117,7 @@ class Steps:
         max_reasks: int = 2,
         forget: Callable[[ChatResponse, list[ChatMessage], GenerationParams], Any] | None = None,
         on_final: Callable[[ChatResponse], None] | None = None,
+        fold: Fold | None = None,
     ) -> None:
         if max_steps < 0 or max_reasks < 0:
             raise ConfigError(
@@ -125,6 +133,7 @@ class Steps:
         self.max_reasks = max_reasks
         self.forget = forget
         self.on_final = on_final
+        self.fold = fold or Fold()  # what `ask` feeds as each request's chunks leave the router; the steps' own too
         self.runs: list[ToolRun] = []
         self.responses: list[ChatResponse] = []
         self.reasks = 0
@@ -210,7 +219,7 @@ class Steps:
                 run, message = run_call(self.tools, call, self.rounds, run_async)
                 self.runs.append(run)
                 self.messages.append(message)
-                yield Chunk(tool_run=run)
+                yield self.fold.take(Chunk(tool_run=run))
             self.label = f"tool results {self.rounds}"
             if self.params.tool_choice not in (None, "auto", "none"):  # a call was required: it was made
                 self.params = self.params.model_copy(update={"tool_choice": None})
@@ -236,10 +245,12 @@ class Steps:
                         response=self._final(response, None),
                     ) from None
                 self.reasks += 1
-                yield Chunk(
-                    restart=True,
-                    status=f"the answer did not match {self.schema.name} ({exc}): asking again "
-                    f"({self.reasks + 1} of {self.max_reasks + 1})",
+                yield self.fold.take(
+                    Chunk(
+                        restart=True,
+                        status=f"the answer did not match {self.schema.name} ({exc}): asking again "
+                        f"({self.reasks + 1} of {self.max_reasks + 1})",
+                    )
                 )
                 self.messages += [ChatMessage(role="assistant", content=response.text), Schema.reask(str(exc))]
                 self.label = f"re-ask {self.reasks}"

@@ -1154,9 +1154,11 @@ def test_a_cell_builds_its_prompt_once(
     shell: InteractiveShell, farm: Session, ollama_server: OllamaServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One %%farm_chat cell that misses the cache: the target is resolved, the messages built and
-    the cache key computed once each, and the question committed is the message that was sent."""
+    the cache key computed once each, the answer folded once, and the question committed is the
+    message that was sent."""
     from farm_jupyter.router import core as router_core
     from farm_jupyter.router.core import Router
+    from farm_jupyter.router.fold import Fold
     from farm_jupyter.sessions.conversation import Conversation
     from farm_jupyter.sessions.engine import Engine
 
@@ -1175,12 +1177,14 @@ def test_a_cell_builds_its_prompt_once(
     counted(Engine, "messages", "build the messages", static=True)
     counted(Conversation, "messages_for", "build the conversation's messages")
     counted(router_core, "cache_key", "compute the cache key")
+    counted(Fold, "__init__", "fold the answer")
     chat(shell, "-m ollama:llama3.1 -o r", "Say hi once.")
     assert dict(calls) == {
         "resolve the target": 1,
         "build the messages": 1,
         "build the conversation's messages": 1,
         "compute the cache key": 1,
+        "fold the answer": 1,
     }
     assert [r.path for r in ollama_server.requests if r.path == "/api/chat"] == ["/api/chat"]  # a miss: asked once
     response = shell.user_ns["r"]

@@ -241,6 +241,42 @@ def test_errors_and_partial_streams_are_not_cached(make_session, ollama_server):
     assert s.usage("cache")["entries"] == 1
 
 
+def test_an_answer_is_folded_once_and_cached_from_that_fold(make_session, ollama_server, openai_server, monkeypatch):  # noqa: E501
+    """One Fold per answer, each chunk through it once: the screen's text, the response's and the
+    cache entry's are that one fold's, a restart after a cut stream included; a cut try is never cached."""
+    from farm_jupyter.router.fold import Fold
+
+    folds: list[Fold] = []
+    takes: list[str] = []
+    real_init, real_take = Fold.__init__, Fold.take
+
+    def init(self):
+        folds.append(self)
+        real_init(self)
+
+    def take(self, chunk):
+        takes.append(chunk.text)
+        return real_take(self, chunk)
+
+    monkeypatch.setattr(Fold, "__init__", init)
+    monkeypatch.setattr(Fold, "take", take)
+    s = make_session(ollama_server, openai_server, retry={"max_retries": 0})
+    ollama_server.add_fault(Fault(kind="drop", after=2, times=1, path="/api/chat"))
+    stream = s.stream("one two three four five")  # ollama cuts it; openai answers
+    chunks = list(stream)
+    assert len(folds) == 1 and [c.text for c in chunks] == takes  # each chunk folded once, in order
+    assert stream.response.restarted and stream.text == stream.response.text == "Echo: one two three four five"
+    shown = [c.text for c in chunks[next(i for i, c in enumerate(chunks) if c.restart) :] if c.text]
+    folds.clear(), takes.clear()
+    answer = s.chat("the whole thing")  # through result(): the fold runs on the runtime loop
+    assert len(folds) == 1 and "".join(takes) == answer.text == "Echo: the whole thing"
+    folds.clear(), takes.clear()
+    again = s.stream("one two three four five", "openai")
+    assert [c.text for c in again if c.text] == shown  # the entry holds the chunks the fold kept after the cut
+    assert again.response.cached and len(folds) == 1
+    assert s.chat("one two three four five", "ollama").cached is False  # the cut try was never cached
+
+
 def test_cache_down_still_answers_with_a_warning(make_session, ollama_server, caplog):
     s = make_session(ollama_server, cache={"backend": "redis", "redis_url": "redis://127.0.0.1:1/0"})
     with caplog.at_level("WARNING", logger="farm_jupyter"):

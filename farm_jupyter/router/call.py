@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from ..providers.base import Provider
 from ..types.messages import ChatMessage, ToolCall
 from ..types.request import ChatRequest, GenerationParams
 from ..types.responses import Attempt, ChatResponse, Chunk, Timings, Usage, generation_rate
+from .fold import Fold
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,7 @@ class Call:
     restarted: bool = False
     first_token: float | None = None
     notes: list[str] = field(default_factory=list)  # said in the footer: images sent as text
+    fold: Fold = field(default_factory=Fold)  # the answer's one fold: `astream` feeds it as chunks leave
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -106,52 +109,64 @@ class Call:
 
 
 class Try:
-    """One provider stream, passed through and measured: its text, its final chunk, and when its
-    first and last text arrived (for its own tokens per second, not the whole request's)."""
+    """One provider stream, passed through and measured: how much it showed, its final chunk, and
+    when its first and last text arrived (for its own tokens per second, not the whole request's).
+    Its text is not collected here: it is the call's fold from where this try began (`text`)."""
 
     def __init__(self, call: Call) -> None:
         self.call = call
-        self.parts: list[str] = []
-        self.thinking: list[str] = []  # reasoning, apart from the answer's parts
+        fold = call.fold
+        self.start, self.thinking_start = len(fold.parts), len(fold.thoughts)  # a restart came before
+        self.chunks = 0  # text chunks
+        self.thoughts = 0  # reasoning chunks, which a restart must void as well
         self.tool_calls: list[ToolCall] = []
         self.final = Chunk(done=True)
         self.first = self.last = 0.0
         self.sent: str | None = None  # the body the provider sent, when it says
 
     @property
-    def chunks(self) -> int:
-        return len(self.parts)
-
-    @property
     def shown(self) -> int:
         """Chunks the caller has on screen: reasoning too, which a restart must void as well."""
-        return len(self.parts) + sum(1 for t in self.thinking if t)
+        return self.chunks + self.thoughts
+
+    @property
+    def parts(self) -> list[str]:
+        """The text chunks this try gave, as folded (a new list: the cache entry keeps it)."""
+        return self.call.fold.parts[self.start :]
+
+    @property
+    def thinking(self) -> str | None:
+        return "".join(self.call.fold.thoughts[self.thinking_start :]) or None
 
     async def run(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-        async for chunk in chunks:
-            if chunk.done:
-                self.final = chunk
-                return
-            if chunk.sent is not None:
-                self.sent = chunk.sent
-                continue
-            if chunk.status:  # the provider's own word on this answer (a schema keyword it cannot enforce)
-                if chunk.status not in self.call.notes:
-                    self.call.notes.append(chunk.status)
-                yield chunk
-            if chunk.thinking or chunk.tool_calls:
-                self.thinking.append(chunk.thinking)
-                self.tool_calls += chunk.tool_calls or []
-                yield chunk
-            if chunk.text:
-                now = time.perf_counter()
-                if not self.parts:
-                    self.first = now
-                    if self.call.first_token is None:
-                        self.call.first_token = now - self.call.start
-                self.last = now
-                self.parts.append(chunk.text)
-                yield chunk
+        # Closed here at the final chunk: left suspended, the provider's stream would be closed by
+        # the garbage collector through asyncio's finalizer hook, a call_soon_threadsafe (a write to
+        # the loop's self-pipe, a task, a loop turn) per request.
+        async with aclosing(chunks) as it:  # type: ignore[type-var]  # providers are async generators
+            async for chunk in it:
+                if chunk.done:
+                    self.final = chunk
+                    return
+                if chunk.sent is not None:
+                    self.sent = chunk.sent
+                    continue
+                if chunk.status:  # the provider's own word on this answer (a schema keyword it cannot enforce)
+                    if chunk.status not in self.call.notes:
+                        self.call.notes.append(chunk.status)
+                    yield chunk
+                if chunk.thinking or chunk.tool_calls:
+                    self.thoughts += bool(chunk.thinking)
+                    self.tool_calls += chunk.tool_calls or []
+                    yield chunk
+                if chunk.text:
+                    now = time.perf_counter()
+                    if not self.chunks:
+                        self.first = now
+                        if self.call.first_token is None:
+                            self.call.first_token = now - self.call.start
+                    self.last = now
+                    self.chunks += 1
+                    yield chunk
 
     def rate(self, tokens: int) -> float | None:
         return generation_rate(

@@ -45,8 +45,12 @@ def unsupported(
 
 def missing(provider: Provider, params: GenerationParams, messages: Sequence[ChatMessage] = ()) -> str | None:
     """The first feature the request uses that `provider`'s row lacks (and nothing stands in for)."""
+    return _missing(provider, params, asked(params, messages))
+
+
+def _missing(provider: Provider, params: GenerationParams, used: list[str]) -> str | None:
     row = provider.capabilities
-    return next((f for f in asked(params, messages) if not row.can(f) and not stands_in(f, params)), None)
+    return next((f for f in used if not row.can(f) and not stands_in(f, params)), None)
 
 
 async def refused(
@@ -61,11 +65,12 @@ async def refused(
     """Why `route`'s provider cannot answer this request with its model, or None.
     `ask_model=False` keeps to the row (a replay asks no server anything)."""
     name, model = route.provider, route.model
-    feature = missing(provider, params, messages)
+    used = asked(params, messages)  # once: the row, then the model
+    feature = _missing(provider, params, used)
     if feature is not None:
         return unsupported(name, feature, others)
     per_model = provider.capabilities.per_model
-    depends = [f for f in asked(params, messages) if f in per_model and not stands_in(f, params)]
+    depends = [f for f in used if f in per_model and not stands_in(f, params)]
     if depends and ask_model:
         has = await provider.model_capabilities(model)
         feature = next((f for f in depends if f not in has), None)

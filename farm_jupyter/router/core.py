@@ -45,6 +45,7 @@ from .call import Call, Route, Try, fit_images, parse_params
 from .capable import able, missing, refused, unsupported
 from .deadline import timed
 from .failures import as_fallback, cooling_down, failed_attempt, missing_model, not_recorded, restart_note
+from .fold import Fold
 from .limits import CircuitBreaker, RateLimiter, estimate_tokens, retry_delay
 from .pool import Pool
 
@@ -180,23 +181,23 @@ class Router:
         stream: bool = True,
         routes: list[Route] | None = None,
         key: str | None = None,
+        fold: Fold | None = None,
     ) -> AsyncIterator[Chunk]:
         """Stream an answer; the last chunk has `done=True` and the whole `response`.
 
         `stream=False` says the caller only wants the whole answer: providers may then fetch it in
         one piece; retries, fallback and caching are the same either way. `fallback=None` takes
-        the setting. A caller that has resolved the target (`routes(target, fallback)`) or looked
-        the first route's cache key up (`replay`) passes them, so neither is done twice.
+        the setting. A caller that resolved the target (`routes`) or looked the first key up
+        (`replay`) passes them; one that draws the answer, its `fold` (each chunk goes through it here).
         """
-        call = Call(
-            messages, parse_params(params), stream, use_cache=not no_cache, read_cache=not (no_cache or refresh)
-        )
+        use, read = not no_cache, not (no_cache or refresh)
+        call = Call(messages, parse_params(params), stream, use, read, fold=fold or Fold())
         if routes is None:
             routes = self.routes(target, fallback)
         for index, route in enumerate(routes):
             try:
                 async for chunk in self._route(call, route, key if index == 0 else None):
-                    yield chunk
+                    yield call.fold.take(chunk)
                 return
             except ProviderError as exc:
                 # A fallback that is not configured, or cannot do what was asked, is skipped, said.
@@ -259,7 +260,8 @@ class Router:
         keys = [key] if key is not None else self.cache_keys(provider, request)
         key = keys[0]
         # What the provider gets holds only what it does: a schema it does not constrain to is in the prompt.
-        request = request.model_copy(update={"params": without(request.params, provider.capabilities.features)})
+        if (kept := without(request.params, provider.capabilities.features)) is not request.params:
+            request = request.model_copy(update={"params": kept})
         request = await fit_images(call, provider, request)
         notice = call.notice(route)
         if call.read_cache and (entry := await self._cached(call, keys)) is not None:
@@ -362,22 +364,23 @@ class Router:
                 call.attempts.append(
                     Attempt(provider=route.provider, model=route.model, ok=True, retries=retries, waited=waited)
                 )
+                parts = attempt.parts  # the fold's since this try began
                 response = self._respond(
                     call,
                     route,
                     notice,
-                    text="".join(attempt.parts),
+                    text="".join(parts),
                     usage=usage,
                     finish_reason=final.finish_reason,
                     rate=attempt.rate(usage.completion_tokens),
                     provider_total=final.provider_total,
-                    thinking="".join(attempt.thinking) or None,
+                    thinking=attempt.thinking,
                     tool_calls=attempt.tool_calls,
                     cache_key=key,
                     sent=attempt.sent,
                 )
                 if call.use_cache:
-                    await self._cache_call(call, "set", key, CacheEntry(response=response, chunks=attempt.parts))
+                    await self._cache_call(call, "set", key, CacheEntry(response=response, chunks=parts))
                 if call.warnings:
                     log.warning("; ".join(call.warnings))
                 yield Chunk(done=True, usage=usage, finish_reason=final.finish_reason, response=response)

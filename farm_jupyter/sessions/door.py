@@ -20,6 +20,7 @@ from ..ledger import UsageReport
 from ..objects import Budget
 from ..records import ModelSummary
 from ..router.call import parse_params
+from ..router.fold import Fold
 from ..runtime import Runtime
 from ..steps import Extras
 from ..types import ChatResponse, GenerationParams, GPUStats, ModelInfo, ProviderStatus, PullProgress
@@ -111,11 +112,12 @@ class Session:
                        extras=extras),
             None,
         )  # fmt: skip
+        fold = Fold()  # the answer's one: the router (or the steps) feeds it, the stream reads it
         source = engine.source(
             asked, params or options, conversation=conversation, turn_id=turn_id, no_cache=no_cache, refresh=refresh,
-            stream=not _whole, extras=extras, key=key,
+            stream=not _whole, extras=extras, key=key, fold=fold,
         )  # fmt: skip
-        return ChatStream(engine.runtime, source, asked.address)
+        return ChatStream(engine.runtime, source, asked.address, fold)
 
     def chat(self, prompt: Prompt, model: str | None = None, **kwargs: Any) -> ChatResponse:
         """Ask and wait; the keywords are `stream`'s."""

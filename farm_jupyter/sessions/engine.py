@@ -21,6 +21,7 @@ from ..providers import is_known as is_provider
 from ..providers.base import Provider, as_messages
 from ..router import Router
 from ..router.call import Route
+from ..router.fold import Fold
 from ..runtime import Runtime, get_runtime
 from ..steps import Extras, Steps, plan
 from ..types import ChatMessage, ChatResponse, Chunk, GenerationParams, ImagePart, ModelInfo, PullProgress
@@ -101,8 +102,10 @@ class Engine:
         stream: bool,
         extras: Extras,
         key: str | None = None,
+        fold: Fold | None = None,
     ) -> AsyncIterator[Chunk] | Steps:
-        """What a ChatStream iterates: the router's chunks, or the steps of a schema or tools."""
+        """What a ChatStream iterates: the router's chunks, or the steps of a schema or tools;
+        either feeds `fold`, the stream's."""
 
         def commit(response: ChatResponse) -> None:  # the question as it was sent
             if conversation is not None:
@@ -111,7 +114,7 @@ class Engine:
         if extras.schema is None and not extras.tools:
             chunks = self.router.astream(
                 asked.messages, None, params, no_cache=no_cache, refresh=refresh, stream=stream, routes=asked.routes,
-                key=key,
+                key=key, fold=fold,
             )  # fmt: skip
             if asked.budget is not None:  # objects were described: a context-window error names the budget
                 chunks = naming_the_budget(chunks, asked.budget, asked.messages)
@@ -130,6 +133,7 @@ class Engine:
             fallback=asked.fallback,
             stream=stream,
             on_final=commit,
+            fold=fold,
         )
 
     def budget(self, target: str | None, tokens: int | None = None) -> Budget:

@@ -1,8 +1,13 @@
-"""ChatStream: the one fold of a stream of Chunks into text, thinking, tool runs, notice and response.
+"""ChatStream: a stream of Chunks and its one fold into text, thinking, tool runs, notice and response.
 
 Every face (cells, widgets, the HTTP server, the API) reads a ChatStream; none folds chunks itself.
 A face iterates it (or lets `follow` iterate several at once) and draws what it has folded:
 `text`, `thinking`, `tool_runs`, `notice`, `status`, `restarts`, `response`, `error`.
+
+The fold (`router.fold.Fold`) is fed where the chunks are made, once: a Session's stream hands it
+to the router (and to a schema's or tools' steps), which folds each chunk as it leaves and keeps
+the answer's text for the response and the cache entry from it. A stream over any other source
+folds here, as it iterates.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from ..errors import FarmError
+from ..router.fold import CUT, Fold
 from ..steps import Steps
 from ..types import ChatResponse, Chunk, ToolRun, Usage
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-CUT = "the answer was cut: starting over"  # the status of a restart that gives no reason
+__all__ = ["CUT", "ChatStream"]
 
 
 class ChatStream:
@@ -27,26 +33,54 @@ class ChatStream:
     Iterating yields Chunks (`restart` ones included, so a display can start over); `.text` is
     the answer so far, without text voided by a restart. `on_done(fn)` calls `fn(stream)` once
     the stream has its response or its error (llm's Response.on_done).
+
+    `fold`: the Fold the source feeds itself (a Session's router or steps); without one, the
+    stream folds what it iterates into its own.
     """
 
-    def __init__(self, runtime: Runtime, source: AsyncIterator[Chunk] | Steps, address: str = "") -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        source: AsyncIterator[Chunk] | Steps,
+        address: str = "",
+        fold: Fold | None = None,
+    ) -> None:
         self.runtime = runtime  # the loop the source runs on
         self.address = address  # the provider:model asked, as the router resolved it
         self._source: AsyncIterator[Chunk] | Steps | None = source
-        self._parts: list[str] = []
-        self._thinking: list[str] = []
+        self._fold = fold or Fold()
+        self._folds_here = fold is None
         self._seen: list[Chunk] = []
         self._callbacks: list[Callable[[ChatStream], None]] = []
         self.response: ChatResponse | None = None
         self.error: Exception | None = None  # why the stream failed, once it has
-        self.notice: str | None = None  # the fallback line, as soon as the stream says it
-        self.status: str | None = None  # a passing note (a retry, a restart): cleared when text comes
-        self.restarts = 0  # times the text shown so far was voided
-        self.tool_runs: list[ToolRun] = []  # tool calls run so far, as they finish
 
     @property
     def text(self) -> str:
-        return self.response.text if self.response else "".join(self._parts)
+        return self.response.text if self.response else self._fold.text
+
+    @property
+    def notice(self) -> str | None:
+        """The fallback line, as soon as the stream says it; none once it failed (the fallback it
+        announced did not answer either)."""
+        if self.error is not None:
+            return None
+        return (self.response.notice if self.response else None) or self._fold.notice
+
+    @property
+    def status(self) -> str | None:
+        """A passing note (a retry, a restart): cleared when text comes."""
+        return self._fold.status
+
+    @property
+    def restarts(self) -> int:
+        """Times the text shown so far was voided."""
+        return self._fold.restarts
+
+    @property
+    def tool_runs(self) -> list[ToolRun]:
+        """Tool calls run so far, as they finish."""
+        return self._fold.tool_runs
 
     @property
     def runs_here(self) -> bool:
@@ -57,7 +91,7 @@ class ChatStream:
     @property
     def thinking(self) -> str:
         """The model's reasoning so far, apart from the answer."""
-        return "".join(self._thinking)
+        return self._fold.thinking
 
     @property
     def usage(self) -> Usage | None:
@@ -76,30 +110,14 @@ class ChatStream:
 
     def _take(self, chunk: Chunk) -> None:
         self._seen.append(chunk)
-        if chunk.restart:
-            self._parts.clear()
-            self._thinking.clear()
-            self.restarts += 1
-            self.status = chunk.status or CUT
-        elif chunk.status:
-            self.status = chunk.status
-        if chunk.text and not chunk.restart:
-            self._parts.append(chunk.text)
-            self.status = None
-        if chunk.thinking:
-            self._thinking.append(chunk.thinking)
-        if chunk.tool_run is not None:
-            self.tool_runs.append(chunk.tool_run)
-        if chunk.notice:
-            self.notice = chunk.notice
+        if self._folds_here:
+            self._fold.take(chunk)
         if chunk.response is not None:
             self.response = chunk.response
-            self.notice = chunk.response.notice or self.notice
             self._finish()
 
     def _fail(self, exc: Exception) -> None:
         self.error = exc
-        self.notice = None  # the fallback it announced did not answer either
         self._finish()
 
     def _finish(self) -> None:
