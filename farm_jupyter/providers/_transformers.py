@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from ..errors import MissingDependency
 from ..tiny_model import quiet_hf
 from ..types import ChatMessage
-from ._local import Channel, ran
+from ._local import ran
 
 # What decides the sampling, as `%farm why` shows it: the model's generation config, under what
 # the request gave `generate`; the sampling knobs only where it samples (greedy ignores them).
@@ -48,6 +49,7 @@ class Loaded:
     quantization: str | None = None
     kind: str = "causal"  # causal | encoder | sentence-transformers
     loaded_at: float = field(default_factory=time.time)
+    guide: Any = None  # llguidance's view of the tokenizer, made on the first constrained answer
 
 
 def imports() -> tuple[Any, Any]:
@@ -67,13 +69,13 @@ def streamer_class(transformers: Any) -> Any:
     class LoopStreamer(transformers.TextIteratorStreamer):
         """TextIteratorStreamer's decoding, delivered to the loop instead of a blocking queue."""
 
-        def __init__(self, tokenizer: Any, channel: Channel, timeout: float) -> None:
+        def __init__(self, tokenizer: Any, add: Callable[[str], None], timeout: float) -> None:
             super().__init__(tokenizer, skip_prompt=True, timeout=timeout, skip_special_tokens=True)
-            self.channel = channel
+            self.add = add  # a constrained answer's reader (`_constrain.Reader.add`)
 
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
             if text:
-                self.channel.push("text", text)
+                self.add(text)
 
     return LoopStreamer
 
