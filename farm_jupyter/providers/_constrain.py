@@ -192,7 +192,8 @@ def local_messages(messages: list[ChatMessage], tools: list[ToolSpec], envelope:
 
 # -- what one request is constrained to ------------------------------------------------------------
 
-_TEXT_ANSWER = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+# Never empty: under llguidance SmolLM2 closed the string at once (`"text": ""`) for "2 plus 3?".
+_TEXT_ANSWER = {"type": "object", "properties": {"text": {"type": "string", "minLength": 1}}, "required": ["text"]}
 
 
 @dataclass(frozen=True)
