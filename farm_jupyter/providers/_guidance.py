@@ -15,7 +15,9 @@ helper compiles a kernel with `torch.compile`, and a plain torch expansion cost 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -87,31 +89,65 @@ def constrained(shape: Constraint, push: Callable[[str, Any], None]) -> str | No
     return compiled
 
 
+def available() -> bool:
+    return importlib.util.find_spec("llguidance") is not None
+
+
+def llama_tokenizer(llm: Any) -> Any:
+    """llguidance's view of a llama.cpp model's vocabulary (about 1 s to build: keep it)."""
+    _llguidance()
+    import llguidance.llamacpp
+
+    with warnings.catch_warnings():  # it calls llama_token_get_attr, deprecated in llama-cpp-python 0.3
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return llguidance.llamacpp.lltokenizer_from_vocab(llm._model.vocab)  # noqa: SLF001 - the only way to it
+
+
+class Mask:
+    """What the grammar blocks next, as a boolean array over the vocabulary; and, called as
+    llama-cpp-python's logits processor (numpy scores), those tokens' logits set to -inf. The
+    first call sees the prompt alone; each later one first feeds the grammar the token chosen."""
+
+    def __init__(self, lltokenizer: Any, compiled: str) -> None:
+        import numpy as np
+
+        self.matcher = _llguidance().LLMatcher(lltokenizer, compiled, log_level=0)
+        self.compiled = compiled
+        self.bits = np.full((lltokenizer.vocab_size + 31) // 32, -1, dtype=np.int32)
+        self.start: int | None = None
+
+    def blocked(self, input_ids: Any, vocab: int) -> Any:
+        import numpy as np
+
+        if self.start is None:
+            self.start = len(input_ids)
+        elif not self.matcher.consume_token(int(input_ids[-1])):
+            raise RuntimeError(f"llguidance refused a token it allowed: {self.matcher.get_error()}")
+        self.matcher.unsafe_compute_mask_ptr(self.bits.ctypes.data, self.bits.nbytes)
+        allowed = np.unpackbits(self.bits.view(np.uint8), bitorder="little").view(bool)
+        blocked = np.ones(vocab, dtype=bool)  # tokens past the grammar's vocabulary too
+        width = min(len(allowed), vocab)
+        blocked[:width] = ~allowed[:width]
+        return blocked
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import numpy as np
+
+        scores[self.blocked(input_ids, len(scores))] = -np.inf
+        return scores
+
+
 def processor_class(transformers: Any) -> Any:
-    class Constrained(transformers.LogitsProcessor):
-        """Masks what the grammar does not allow next. The first call sees the prompt alone; each
-        later call first feeds the grammar the token just chosen."""
+    class Constrained(transformers.LogitsProcessor):  # type: ignore[misc, name-defined]
+        """`Mask` as a transformers logits processor (a batch of one)."""
 
         def __init__(self, lltokenizer: Any, compiled: str) -> None:
-            import numpy as np
-
-            self.matcher = _llguidance().LLMatcher(lltokenizer, compiled, log_level=0)
-            self.bits = np.full((lltokenizer.vocab_size + 31) // 32, -1, dtype=np.int32)
-            self.start: int | None = None
+            self.mask = Mask(lltokenizer, compiled)
 
         def __call__(self, input_ids: Any, scores: Any) -> Any:
-            import numpy as np
             import torch
 
-            if self.start is None:
-                self.start = int(input_ids.shape[1])
-            elif not self.matcher.consume_token(int(input_ids[0, -1])):
-                raise RuntimeError(f"llguidance refused a token it allowed: {self.matcher.get_error()}")
-            self.matcher.unsafe_compute_mask_ptr(self.bits.ctypes.data, self.bits.nbytes)
-            allowed = np.unpackbits(self.bits.view(np.uint8), bitorder="little").view(bool)
-            blocked = np.ones(scores.shape[-1], dtype=bool)  # tokens past the grammar's vocabulary too
-            width = min(len(allowed), len(blocked))
-            blocked[:width] = ~allowed[:width]
+            blocked = self.mask.blocked(input_ids[0], int(scores.shape[-1]))
             return scores.masked_fill(torch.from_numpy(blocked).to(scores.device), float("-inf"))
 
     return Constrained

@@ -31,6 +31,7 @@ from .. import embedded
 from ..errors import BadRequest, FarmError, MissingDependency, ModelNotFound, ServerError
 from ..types import ChatMessage, ChatRequest, ModelInfo, ProviderStatus, PullProgress, Usage
 from ..types.capabilities import Capabilities
+from . import _guidance
 from ._constrain import GBNF_IGNORES, Constraint, Reader, constraint, repeated, unenforced
 from ._local import Channel, LocalProvider, ensure, first_line, ran
 
@@ -56,6 +57,7 @@ class _Loaded:
     lock: threading.Lock = field(default_factory=threading.Lock)  # a Llama runs one generation at a time
     loaded_at: float = field(default_factory=time.time)
     spared: Any = None  # the tokens _Penalty never penalises, found on first use
+    guide: Any = None  # llguidance's view of the vocabulary, made on the first constrained answer
 
     def structure(self) -> Any:
         if self.spared is None:
@@ -134,10 +136,17 @@ def _gbnf(schema: str) -> str:
     return str(json_schema_to_gbnf(schema))
 
 
-def _grammar(shape: Constraint, provider: str) -> tuple[Any, str | None]:
-    """(the LlamaGrammar for `shape` or None, the note saying what is left to the validation)."""
+def _grammar(shape: Constraint, provider: str, loaded: _Loaded) -> tuple[Any, str | None]:
+    """(llguidance's mask for `shape` where llguidance is installed, else the LlamaGrammar, or
+    None; the note saying what is left to the validation)."""
     if shape.schema is None:
         return None, None
+    if _guidance.available():
+        notes: list[str] = []
+        compiled = _guidance.constrained(shape, lambda _, note: notes.append(note))
+        if compiled is not None and loaded.guide is None:
+            loaded.guide = _guidance.llama_tokenizer(loaded.llm)
+        return (_guidance.Mask(loaded.guide, compiled) if compiled else None), (notes[0] if notes else None)
     from llama_cpp import LlamaGrammar
 
     try:
@@ -200,6 +209,8 @@ def _ran(llm: Any, arguments: dict[str, Any]) -> str | None:
     grammar = arguments.get("grammar")
     if grammar is not None:
         params["grammar"] = getattr(grammar, "_grammar", grammar)
+    for mask in (f for f in arguments.get("logits_processor", ()) if isinstance(f, _guidance.Mask)):
+        params["grammar"] = mask.compiled
     return ran(llm.detokenize(tokens, special=True).decode(errors="replace"), params)
 
 
@@ -309,7 +320,8 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
             "temperature": p.temperature or 0.0,  # 0 is greedy in llama.cpp too
             "max_tokens": p.max_tokens or 256,
         }
-        if grammar is not None:
+        processors: list[Any] = [grammar] if isinstance(grammar, _guidance.Mask) else []
+        if grammar is not None and not processors:
             kwargs["grammar"] = grammar
         if p.top_p is not None:
             kwargs["top_p"] = p.top_p
@@ -336,7 +348,9 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
             if grammar is None:
                 kwargs["repeat_penalty"] = EMBEDDED_PENALTY
             else:
-                kwargs["logits_processor"] = [_Penalty(loaded.structure(), EMBEDDED_GRAMMAR_PENALTY)]
+                processors.insert(0, _Penalty(loaded.structure(), EMBEDDED_GRAMMAR_PENALTY))
+        if processors:
+            kwargs["logits_processor"] = processors
         return kwargs
 
     def _generate(self, loaded: _Loaded, request: ChatRequest, channel: Channel, stop: threading.Event) -> None:
@@ -348,11 +362,11 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
                     raise ServerError(
                         f"{request.model} was unloaded", provider=self.name, hint="ask again to reload it"
                     )
-                shape = constraint(request, self.name, integer_enums=True)
+                shape = constraint(request, self.name, integer_enums=not _guidance.available())
                 finish, answer = self._run(loaded, request, shape, channel, stop)
                 usage = Usage(prompt_tokens=llm.prompt_tokens, completion_tokens=llm.completion_tokens())
                 if shape.envelope and answer.call is not None and repeated(answer.call, request.messages):
-                    shape = constraint(request, self.name, integer_enums=True, answer_only=True)
+                    shape = constraint(request, self.name, integer_enums=not _guidance.available(), answer_only=True)
                     finish, answer = self._run(loaded, request, shape, channel, stop)
                     usage = Usage(
                         prompt_tokens=usage.prompt_tokens + llm.prompt_tokens,
@@ -369,7 +383,7 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
         self, loaded: _Loaded, request: ChatRequest, shape: Constraint, channel: Channel, stop: threading.Event
     ) -> tuple[str, Reader]:
         """One generation under `shape`; its finish reason, and what it said, read."""
-        grammar, note = _grammar(shape, self.name)
+        grammar, note = _grammar(shape, self.name, loaded)
         if note:
             channel.push("note", note)
         answer = Reader(channel.push, shape)
