@@ -220,6 +220,16 @@ class Four(BaseModel):
 def test_schema(s: Session, name: str) -> None:
     how = cell(name, "schema")
     if how == "yes":
+        if name == "huggingface":  # the tiny random model: each token it may write fits the grammar,
+            try:  # but it may never end its number
+                r = s.chat("2 + 2?", name, schema=Four, no_cache=True, fallback=False, max_reasks=0, max_tokens=12)
+                text = r.text
+                assert isinstance(r.parsed, Four)
+            except SchemaMismatch as exc:
+                assert "cut at max_tokens=12" in str(exc)
+                text = exc.response.text
+            assert re.fullmatch(r'\{"answer": -?[0-9]+\}?', text), text
+            return
         r = s.chat("2 + 2?", name, schema=Four, no_cache=True, fallback=False, max_reasks=0)
         if name in LOCAL:  # constrained by a grammar: its effect is a valid answer on the first try
             assert isinstance(r.parsed, Four)
