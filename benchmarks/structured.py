@@ -1,8 +1,8 @@
 """Structured answers on the embedded SmolLM2-135M: constrained (the grammar) against unconstrained
 (the schema said in the prompt only), per engine.
 
-    python benchmarks/structured.py [--prompts N] [--engines llamacpp,huggingface] [--kinds year,person]
-                                    [--max-tokens N] [--json]
+    python benchmarks/structured.py [--prompts N] [--engines llamacpp,huggingface,llamacpp-gbnf]
+                                    [--kinds year,person] [--max-tokens N] [--json]
 
 Ten schemas, N prompts each (100 by default), every prompt with the values it states: "3 apples"
 must come back as `qty: 3`. For each side: the share of answers that validate on the first try
@@ -16,6 +16,7 @@ over wall time, the first figure this benchmark gave) is shown too, but does not
 prompt is read once per request on both sides, and a constrained answer (`{"qty": 3}`, ~8 tokens)
 is far shorter than a free one (often to the cap), so reading the prompt weighed 5x more per token
 on the constrained side; that, not the grammar, was most of the "0.06x" once measured.
+`llamacpp-gbnf` is llama.cpp under its own JSON-Schema grammar, as it runs without llguidance.
 """
 
 from __future__ import annotations
@@ -153,20 +154,32 @@ def _right(parsed: BaseModel, expected: dict[str, Any]) -> int:
 
 
 def run(engine: str, n: int, max_tokens: int, kinds: list[str] | None = None) -> list[dict[str, Any]]:
+    from farm_jupyter.providers import _guidance
+
+    kind = engine.removesuffix("-gbnf")
+    installed = _guidance.available
+    _guidance.available = (lambda: False) if engine.endswith("-gbnf") else installed  # as without llguidance
+    try:
+        return _run(engine, kind, n, max_tokens, kinds)
+    finally:
+        _guidance.available = installed
+
+
+def _run(engine: str, kind: str, n: int, max_tokens: int, kinds: list[str] | None) -> list[dict[str, Any]]:
     from farm_jupyter import embedded
     from farm_jupyter.config import load_settings
     from farm_jupyter.providers import create
     from farm_jupyter.structured import Schema
     from farm_jupyter.types import ChatMessage, ChatRequest, GenerationParams
 
-    settings = load_settings({"env": "test", "provider": engine, "fallback": []}, environ={}, use_file=False)
-    provider = create(engine, settings)
+    settings = load_settings({"env": "test", "provider": kind, "fallback": []}, environ={}, use_file=False)
+    provider = create(kind, settings)
     sides: dict[str, dict[str, float]] = {
         s: {"valid": 0, "right": 0, "fields": 0, "tokens": 0, "seconds": 0.0, "n": 0, "decoded": 0, "decoding": 0.0}
         for s in ("constrained", "unconstrained")
     }
-    for kind, (model, items) in cases(n).items():
-        if kinds and kind not in kinds:
+    for name, (model, items) in cases(n).items():
+        if kinds and name not in kinds:
             continue
         shape = Schema(model)
         for prompt, expected in items:
