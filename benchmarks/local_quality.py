@@ -121,7 +121,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], str | None]] = {
     "c4. greedy, system prompt": (GREEDY, SYSTEM),
     "c5. greedy, repeat_penalty 1.1, system prompt": ({**GREEDY, "repeat_penalty": 1.1}, SYSTEM),
     "c6. greedy, repeat_penalty 1.2, system prompt": ({**GREEDY, "repeat_penalty": 1.2}, SYSTEM),
-    # The provider's own penalty (llamacpp._Penalty): the answer's tokens only, JSON punctuation spared.
+    # The provider's own penalty (_constrain.Penalty): the answer's tokens only, JSON punctuation spared.
     "d1. greedy, answer-only penalty 1.2": ({**GREEDY, "answer_penalty": 1.2}, None),
     "d2. greedy, answer-only penalty 1.3": ({**GREEDY, "answer_penalty": 1.3}, None),
     "d3. greedy, answer-only penalty 1.5": ({**GREEDY, "answer_penalty": 1.5}, None),
@@ -156,12 +156,12 @@ def looped(answer: str, finish: str | None) -> bool:
 
 
 def ask_by_hand(loaded: Any, question: str, sampling: dict[str, Any], system: str | None, cap: int) -> tuple[str, str]:
-    from farm_jupyter.providers.llamacpp import _Penalty
+    from farm_jupyter.providers._constrain import Penalty
 
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
     sampling = dict(sampling)
     if (penalty := sampling.pop("answer_penalty", None)) is not None:
-        sampling["logits_processor"] = [_Penalty(loaded.structure(), penalty)]
+        sampling["logits_processor"] = [Penalty(loaded.structure(), penalty)]
     out = loaded.llm.create_chat_completion(messages=messages, max_tokens=cap, **sampling)
     choice = out["choices"][0]
     return choice["message"]["content"] or "", choice["finish_reason"]

@@ -45,13 +45,18 @@ from ._transformers import (
     imports,
     mean_pooled,
     oom_type,
+    penalty_class,
     ran_text,
     save_converted,
     stop_class,
     streamer_class,
+    structure,
 )
 
 _NOT_FOUND_HINT = "give a local path, or set HF_TOKEN / check the hub id"
+# Under a grammar, the embedded model's repeat penalty: the answer's own tokens, JSON spared (as on
+# llama.cpp): without it an optional field's answer looped to max_tokens (tests/test_local_structured.py).
+EMBEDDED_GRAMMAR_PENALTY = 1.3
 log = logging.getLogger("farm_jupyter")
 
 
@@ -294,10 +299,12 @@ class HuggingFaceProvider(LocalProvider[Loaded]):
             if loaded.guide is None:
                 loaded.guide = _guidance.tokenizer(loaded.tokenizer, eos_ids, self.name)
             processors.append(_guidance.processor_class(transformers)(loaded.guide, compiled))
+            if embedded.is_embedded(request.model) and "repetition_penalty" not in request.params.extra:
+                processors.insert(0, penalty_class(transformers)(structure(loaded), EMBEDDED_GRAMMAR_PENALTY))
         shown = {**kwargs, "grammar": json.dumps(shape.schema)} if processors else kwargs
         channel.push("sent", ran_text(loaded, enc["input_ids"][0], shown, request.params.seed))
         answer = Reader(channel.push, shape)
-        streamer = streamer_class(transformers)(loaded.tokenizer, answer.add, self._hf.stream_timeout)
+        streamer = streamer_class(transformers)(loaded.tokenizer, answer.add, self._hf.stream_timeout, bool(processors))
         stopping = transformers.StoppingCriteriaList([stop_class(transformers)(stop)])
         if request.params.seed is not None and kwargs.get("do_sample"):
             torch.manual_seed(request.params.seed)

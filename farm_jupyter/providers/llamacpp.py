@@ -32,16 +32,15 @@ from ..errors import BadRequest, FarmError, MissingDependency, ModelNotFound, Se
 from ..types import ChatMessage, ChatRequest, ModelInfo, ProviderStatus, PullProgress, Usage
 from ..types.capabilities import Capabilities
 from . import _guidance
-from ._constrain import GBNF_IGNORES, Constraint, Reader, constraint, repeated, unenforced
+from ._constrain import GBNF_IGNORES, STRUCTURE, Constraint, Penalty, Reader, constraint, repeated, unenforced
 from ._local import Channel, LocalProvider, ensure, first_line, ran
 
 _STREAM_TIMEOUT = 60.0  # seconds without a token before the request is given up
 # The embedded model's default repeat penalties (issue 23): llama.cpp's own on free text, chosen
-# by benchmarks/local_quality.py; under a grammar ours (_Penalty), which let every optional-field
+# by benchmarks/local_quality.py; under a grammar ours (Penalty), which let every optional-field
 # answer of tests/test_local_structured.py end (without one, some looped to max_tokens).
 EMBEDDED_PENALTY = 1.2
 EMBEDDED_GRAMMAR_PENALTY = 1.3
-_STRUCTURE = frozenset(' \t\r\n"{}[],:')  # what a JSON answer must repeat: never penalised
 _PASSED = {"top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "grammar"}
 # What decides the sampling, as `%farm why` shows it: each argument given, else llama.cpp's default.
 _SAMPLING = ("temperature", "top_p", "top_k", "min_p", "typical_p", "repeat_penalty", "presence_penalty",
@@ -56,7 +55,7 @@ class _Loaded:
     llm: Any
     lock: threading.Lock = field(default_factory=threading.Lock)  # a Llama runs one generation at a time
     loaded_at: float = field(default_factory=time.time)
-    spared: Any = None  # the tokens _Penalty never penalises, found on first use
+    spared: Any = None  # the tokens Penalty never penalises, found on first use
     guide: Any = None  # llguidance's view of the vocabulary, made on the first constrained answer
 
     def structure(self) -> Any:
@@ -64,31 +63,8 @@ class _Loaded:
             import numpy as np
 
             pieces = (self.llm.detokenize([i]).decode(errors="ignore") for i in range(self.llm.n_vocab()))
-            self.spared = np.fromiter((bool(p) and set(p) <= _STRUCTURE for p in pieces), dtype=bool)
+            self.spared = np.fromiter((bool(p) and set(p) <= STRUCTURE for p in pieces), dtype=bool)
         return self.spared
-
-
-class _Penalty:
-    """A repeat penalty over the answer's own tokens, as llama.cpp's (a logit over 0 divided by
-    `penalty`, under 0 multiplied), but never on the prompt's (an extraction copies from it) nor
-    on JSON's punctuation and whitespace, which a structured answer must repeat (llama.cpp's
-    `repeat_penalty` would push it off its `"` and `,`)."""
-
-    def __init__(self, spared: Any, penalty: float) -> None:
-        self.spared, self.penalty = spared, penalty
-        self.start: int | None = None
-
-    def __call__(self, ids: Any, scores: Any) -> Any:
-        import numpy as np
-
-        if self.start is None:
-            self.start = len(ids)  # the first call sees the prompt alone
-        said = np.unique(np.asarray(ids[self.start :], dtype=np.int64))
-        said = said[~self.spared[said]]
-        if len(said):
-            logits = scores[said]
-            scores[said] = np.where(logits > 0, logits / self.penalty, logits * self.penalty)
-        return scores
 
 
 def _llama_class() -> Any:
@@ -348,7 +324,7 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
             if grammar is None:
                 kwargs["repeat_penalty"] = EMBEDDED_PENALTY
             else:
-                processors.insert(0, _Penalty(loaded.structure(), EMBEDDED_GRAMMAR_PENALTY))
+                processors.insert(0, Penalty(loaded.structure(), EMBEDDED_GRAMMAR_PENALTY))
         if processors:
             kwargs["logits_processor"] = processors
         return kwargs
