@@ -247,7 +247,7 @@ class HuggingFaceProvider(LocalProvider[Loaded]):
             kwargs.update(do_sample=True, temperature=p.temperature)
             if p.top_p is not None:
                 kwargs["top_p"] = p.top_p
-        else:
+        else:  # greedy, no repetition_penalty on free text: the best of benchmarks/local_quality.py here
             kwargs["do_sample"] = False
         if p.stop:
             kwargs.update(stop_strings=p.stop, tokenizer=loaded.tokenizer)
