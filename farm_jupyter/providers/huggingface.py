@@ -301,7 +301,7 @@ class HuggingFaceProvider(LocalProvider[Loaded]):
             processors.append(_guidance.processor_class(transformers)(loaded.guide, compiled))
             if embedded.is_embedded(request.model) and "repetition_penalty" not in request.params.extra:
                 processors.insert(0, penalty_class(transformers)(structure(loaded), EMBEDDED_GRAMMAR_PENALTY))
-        shown = {**kwargs, "grammar": json.dumps(shape.schema)} if processors else kwargs
+        shown = {**kwargs, "grammar": compiled} if processors else kwargs
         channel.push("sent", ran_text(loaded, enc["input_ids"][0], shown, request.params.seed))
         answer = Reader(channel.push, shape)
         streamer = streamer_class(transformers)(loaded.tokenizer, answer.add, self._hf.stream_timeout, bool(processors))
