@@ -1,6 +1,8 @@
-"""Constrained decoding on transformers with llguidance: a JSON Schema (made strict and shaped by
-`_constrain`) becomes a grammar, and a `LogitsProcessor` masks, at every step, each token the
-grammar does not allow next; once the grammar is complete only the end of the turn is allowed.
+"""Constrained decoding with llguidance on both local engines: a JSON Schema (made strict and
+shaped by `_constrain`) becomes a grammar, and a logits processor (`Mask`; for transformers a
+`LogitsProcessor` around it) masks, at every step, each token the grammar does not allow next; once
+the grammar is complete only the end of the turn is allowed. On llama.cpp it decoded at the
+unconstrained rate where llama.cpp's own grammar ran at 0.58x (benchmarks/structured.py).
 
 llguidance enforces numeric bounds, `maxItems` and string lengths itself, so no integer range is
 turned into an enum here. Its JSON is compiled without free whitespace (", " and ": " between
