@@ -1,6 +1,8 @@
-"""Do the embedded model's defaults answer? Accuracy and loops of SmolLM2-135M-Instruct on llama.cpp.
+"""Do the embedded model's defaults answer? Accuracy and loops of SmolLM2-135M-Instruct on llama.cpp
+and on transformers.
 
-    python benchmarks/local_quality.py [--limit N] [--max-tokens 128] [--variants a,b] [--json]
+    python benchmarks/local_quality.py [--engine llamacpp|huggingface] [--limit N] [--max-tokens 128]
+                                       [--variants a,b] [--json]
 
 60 short questions written for this (factual, arithmetic, and small instructions), each with the
 answers accepted: a whole word or number matched case-insensitively anywhere in the answer. A
@@ -11,7 +13,10 @@ recordings and cache keys depend on it.
 The variants run on one `Llama` by hand (`create_chat_completion`, the same model file, chat
 template and threads as the provider), so that the sampling settings alone differ; the last row
 asks the same questions through the llamacpp provider with its defaults as they are in the code
-now, which must match the row they were chosen from.
+now, which must match the row they were chosen from. With `--engine huggingface` the same runs on
+the model the huggingface provider loads (the GGUF file dequantised, float32), by hand through
+`generate`: greedy, with transformers' `repetition_penalty` (which, like llama.cpp's, counts the
+prompt's tokens too), and "b" is the model's own generation config, nothing given.
 """
 
 from __future__ import annotations
@@ -116,7 +121,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], str | None]] = {
     "c4. greedy, system prompt": (GREEDY, SYSTEM),
     "c5. greedy, repeat_penalty 1.1, system prompt": ({**GREEDY, "repeat_penalty": 1.1}, SYSTEM),
     "c6. greedy, repeat_penalty 1.2, system prompt": ({**GREEDY, "repeat_penalty": 1.2}, SYSTEM),
-    # The provider's own penalty (llamacpp._Penalty): the answer's tokens only, JSON punctuation spared.
+    # The provider's own penalty (_constrain.Penalty): the answer's tokens only, JSON punctuation spared.
     "d1. greedy, answer-only penalty 1.2": ({**GREEDY, "answer_penalty": 1.2}, None),
     "d2. greedy, answer-only penalty 1.3": ({**GREEDY, "answer_penalty": 1.3}, None),
     "d3. greedy, answer-only penalty 1.5": ({**GREEDY, "answer_penalty": 1.5}, None),
@@ -124,6 +129,16 @@ VARIANTS: dict[str, tuple[dict[str, Any], str | None]] = {
 }
 PROVIDER = "ours now (llamacpp provider, its defaults)"
 DEFAULT_SET = ("a", "b", "c1", "c2", "c5", "d2")  # within run_all.py's 10 minutes; --variants all for every one
+# On transformers: the variants that mean something there (no llama.cpp defaults, no _Penalty).
+HF_VARIANTS: dict[str, tuple[dict[str, Any], str | None]] = {
+    "a. greedy, no penalty": (GREEDY, None),
+    "b. the model's generation config (nothing given)": ({}, None),
+    "c1. greedy, repetition_penalty 1.1": ({**GREEDY, "repeat_penalty": 1.1}, None),
+    "c2. greedy, repetition_penalty 1.2": ({**GREEDY, "repeat_penalty": 1.2}, None),
+    "c3. greedy, repetition_penalty 1.3": ({**GREEDY, "repeat_penalty": 1.3}, None),
+    "c5. greedy, repetition_penalty 1.1, system prompt": ({**GREEDY, "repeat_penalty": 1.1}, SYSTEM),
+}
+HF_PROVIDER = "ours now (huggingface provider, its defaults)"
 
 
 def correct(answer: str, accepted: tuple[str, ...]) -> bool:
@@ -141,15 +156,35 @@ def looped(answer: str, finish: str | None) -> bool:
 
 
 def ask_by_hand(loaded: Any, question: str, sampling: dict[str, Any], system: str | None, cap: int) -> tuple[str, str]:
-    from farm_jupyter.providers.llamacpp import _Penalty
+    from farm_jupyter.providers._constrain import Penalty
 
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
     sampling = dict(sampling)
     if (penalty := sampling.pop("answer_penalty", None)) is not None:
-        sampling["logits_processor"] = [_Penalty(loaded.structure(), penalty)]
+        sampling["logits_processor"] = [Penalty(loaded.structure(), penalty)]
     out = loaded.llm.create_chat_completion(messages=messages, max_tokens=cap, **sampling)
     choice = out["choices"][0]
     return choice["message"]["content"] or "", choice["finish_reason"]
+
+
+def ask_hf(loaded: Any, question: str, sampling: dict[str, Any], system: str | None, cap: int) -> tuple[str, str]:
+    """One question through `generate` on the provider's loaded model, by hand."""
+    from farm_jupyter.providers._transformers import encode
+    from farm_jupyter.types import ChatMessage
+
+    said = [ChatMessage(role="system", content=system)] if system else []
+    enc = encode(loaded.tokenizer, [*said, ChatMessage(role="user", content=question)]).to(loaded.device)
+    kwargs: dict[str, Any] = {"max_new_tokens": cap}
+    if "temperature" in sampling:
+        kwargs["do_sample"] = False
+    if "repeat_penalty" in sampling:
+        kwargs["repetition_penalty"] = sampling["repeat_penalty"]
+    out = loaded.model.generate(**enc, **kwargs)
+    new = out[0, enc["input_ids"].shape[1] :]
+    eos = loaded.model.generation_config.eos_token_id
+    ended = len(new) > 0 and int(new[-1]) in (eos if isinstance(eos, list) else [eos])
+    finish = "length" if len(new) >= cap and not ended else "stop"
+    return loaded.tokenizer.decode(new, skip_special_tokens=True), finish
 
 
 def score(rows: list[tuple[str, str, tuple[str, ...]]]) -> dict[str, Any]:
@@ -161,6 +196,7 @@ def score(rows: list[tuple[str, str, tuple[str, ...]]]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", choices=("llamacpp", "huggingface"), default="llamacpp")
     parser.add_argument("--limit", type=int, default=len(QUESTIONS))
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument(
@@ -171,19 +207,31 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    import llama_cpp
-
     from farm_jupyter import embedded
 
     questions = QUESTIONS[: args.limit]
     wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
-    variants = {k: v for k, v in VARIANTS.items() if "all" in wanted or k.split(".")[0] in wanted}
-    threads = max((os.cpu_count() or 2) // 2, 1)
-    from farm_jupyter.providers.llamacpp import _Loaded
+    table = HF_VARIANTS if args.engine == "huggingface" else VARIANTS
+    variants = {k: v for k, v in table.items() if "all" in wanted or k.split(".")[0] in wanted}
+    provider_name = HF_PROVIDER if args.engine == "huggingface" else PROVIDER
+    if args.engine == "huggingface":
+        from farm_jupyter.config import load_settings
+        from farm_jupyter.providers.huggingface import HuggingFaceProvider
 
-    path = embedded.locate("llamacpp")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=2048, n_threads_batch=threads, verbose=False)
-    loaded = _Loaded(name=embedded.NAME, path=path, llm=llm)
+        settings = load_settings({"env": "test", "cache": {"backend": "none"}}, environ={}, use_file=False)
+        hf = HuggingFaceProvider("huggingface", settings)
+        loaded: Any = hf._load(embedded.NAME)
+        ask = ask_hf
+    else:
+        import llama_cpp
+
+        from farm_jupyter.providers.llamacpp import _Loaded
+
+        threads = max((os.cpu_count() or 2) // 2, 1)
+        path = embedded.locate("llamacpp")
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=2048, n_threads_batch=threads, verbose=False)
+        loaded = _Loaded(name=embedded.NAME, path=path, llm=llm)
+        ask = ask_by_hand
     load = os.getloadavg()[0]
     results: dict[str, dict[str, Any]] = {}
     answers: dict[str, list[str]] = {}
@@ -191,17 +239,18 @@ def main() -> None:
     for name, (sampling, system) in variants.items():
         rows = []
         for question, accepted in questions:
-            answer, finish = ask_by_hand(loaded, question, sampling, system, args.max_tokens)
+            answer, finish = ask(loaded, question, sampling, system, args.max_tokens)
             rows.append((answer, finish, accepted))
         results[name] = score(rows)
         answers[name] = [a for a, _, _ in rows]
         print(f"{name}: {results[name]}", file=sys.stderr)  # progress; the table comes at the end
     if not args.no_provider:
-        results[PROVIDER], answers[PROVIDER] = provider_row(questions, args.max_tokens)
+        results[provider_name], answers[provider_name] = provider_row(questions, args.max_tokens, args.engine)
     elapsed = time.perf_counter() - started
 
     lines = [
-        f"### SmolLM2-135M-Instruct (Q4_1) on llama.cpp: {len(questions)} questions, max_tokens {args.max_tokens}",
+        f"### SmolLM2-135M-Instruct (Q4_1) on {'transformers (dequantised, float32)' if args.engine == 'huggingface' else 'llama.cpp'}:"
+        f" {len(questions)} questions, max_tokens {args.max_tokens}",
         "",
         "| variant | correct | accuracy | loops | cut at the cap |",
         "|---|---:|---:|---:|---:|",
@@ -225,12 +274,16 @@ def main() -> None:
             for (q, acc), a in zip(questions, said, strict=True):
                 print(f"{'ok ' if correct(a, acc) else 'NO '}{q} -> {a[:100]!r}")
     targets = []
-    if PROVIDER in results and any(k.startswith("a.") for k in results):
-        ours, before = results[PROVIDER], next(r for k, r in results.items() if k.startswith("a."))
+    if provider_name in results and any(k.startswith("a.") for k in results):
+        ours, before = results[provider_name], next(r for k, r in results.items() if k.startswith("a."))
         targets = [
-            target("embedded defaults: no loops (local_quality.py)", f"{ours['loops']} loops", ours["loops"] == 0),
             target(
-                "embedded defaults: accuracy not below greedy alone (local_quality.py)",
+                f"embedded defaults on {args.engine}: no loops (local_quality.py)",
+                f"{ours['loops']} loops",
+                ours["loops"] == 0,
+            ),
+            target(
+                f"embedded defaults on {args.engine}: accuracy not below greedy alone (local_quality.py)",
                 f"{ours['correct']}/{ours['n']} vs {before['correct']}/{before['n']}",
                 ours["correct"] >= before["correct"],
             ),
@@ -238,12 +291,14 @@ def main() -> None:
     emit("\n".join(lines), {"results": results, "max_tokens": args.max_tokens, "targets": targets})
 
 
-def provider_row(questions: list[tuple[str, tuple[str, ...]]], cap: int) -> tuple[dict[str, Any], list[str]]:
-    """The same questions through the llamacpp provider with nothing set but the engine."""
+def provider_row(
+    questions: list[tuple[str, tuple[str, ...]]], cap: int, engine: str
+) -> tuple[dict[str, Any], list[str]]:
+    """The same questions through the provider with nothing set but the engine."""
     from farm_jupyter.config import load_settings
     from farm_jupyter.sessions import Session
 
-    settings = load_settings({"env": "test", "provider": "llamacpp", "fallback": []}, environ={}, use_file=False)
+    settings = load_settings({"env": "test", "provider": engine, "fallback": []}, environ={}, use_file=False)
     session = Session(settings)
     try:
         rows = []

@@ -186,10 +186,10 @@ def test_llamacpp_reads_the_prompt_on_as_many_threads_as_it_generates() -> None:
 
 def test_the_penalty_spares_the_prompt_and_json_punctuation() -> None:
     np = pytest.importorskip("numpy")
-    from farm_jupyter.providers.llamacpp import _Penalty
+    from farm_jupyter.providers._constrain import Penalty
 
     spared = np.array([False, False, False, True])  # token 3 is, say, `",`
-    penalty = _Penalty(spared, 2.0)
+    penalty = Penalty(spared, 2.0)
     prompt = [0, 1]
     scores = np.array([4.0, 4.0, 4.0, 4.0])
     assert penalty(prompt, scores.copy()).tolist() == [4.0, 4.0, 4.0, 4.0]  # the prompt is not the answer

@@ -31,6 +31,7 @@ from IPython.utils.capture import capture_output
 from farm_jupyter import embedded
 from farm_jupyter.config import load_settings
 from farm_jupyter.errors import BadRequest, ModelNotFound
+from farm_jupyter.providers._guidance import available
 from farm_jupyter.runtime import get_runtime
 from farm_jupyter.sessions import Session, set_session
 from farm_jupyter.testing import OllamaServer, wait_until
@@ -136,14 +137,15 @@ def test_explain_shows_the_templated_prompt_the_model_ran(session: Session, engi
         read = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         assert params["max_new_tokens"] == 3 and params["do_sample"] is False and params["stop_strings"] == ["Lyon"]
     assert len(read) == response.usage.prompt_tokens  # the text is what the model was given, token for token
-    if engine == "llamacpp":  # a schema: the grammar it sampled under, and the instruction the prompt gained
-        schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
-        shaped = session.chat(QUESTION, schema=schema, no_cache=True, max_tokens=24, max_reasks=0)
-        body = session.explain(shaped).body
-        assert body is not None
-        first, prompt = body.split("\n", 1)
-        assert 'city-kv ::= "\\"city\\""' in json.loads(first)["grammar"]
-        assert json.dumps(schema, sort_keys=True) in prompt and f"user\n{QUESTION}<|im_end|>" in prompt
+    # A schema: the grammar it sampled under (llguidance's, or llama.cpp's own), and the instruction the prompt gained.
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    shaped = session.chat(QUESTION, schema=schema, no_cache=True, max_tokens=24, max_reasks=0)
+    body = session.explain(shaped).body
+    assert body is not None
+    first, prompt = body.split("\n", 1)
+    grammar = json.loads(first)["grammar"]
+    assert ('"city"' if available() else 'city-kv ::= "\\"city\\""') in grammar, grammar
+    assert json.dumps(schema, sort_keys=True) in prompt and f"user\n{QUESTION}<|im_end|>" in prompt
 
 
 def test_stream_and_chat_give_the_same_text(session: Session) -> None:

@@ -1,9 +1,9 @@
-"""Structured answers and tools on the embedded SmolLM2-135M under a grammar (llama.cpp).
+"""Structured answers and tools on the embedded SmolLM2-135M under a grammar, on both local
+engines: llama.cpp (its JSON-Schema grammar) and transformers (llguidance).
 
 Five schemas over twenty prompts each must give a valid `r.parsed` on the first try (no re-ask);
 a tool call round trip must run with valid arguments, with the call required and in "auto". The
-transformers engine is not constrained (validation and re-ask; see the README), so these run on
-llama.cpp. The many-prompt tests take minutes on 2 cores: they carry the `slow` marker.
+many-prompt tests take minutes on 2 cores: they carry the `slow` marker.
 """
 
 from __future__ import annotations
@@ -18,16 +18,23 @@ from pydantic import BaseModel, Field
 from farm_jupyter import embedded
 from farm_jupyter.config import load_settings
 from farm_jupyter.providers._constrain import Constraint, Reader, strict, unenforced
+from farm_jupyter.providers._guidance import available, grammar
 from farm_jupyter.sessions import Session
 from farm_jupyter.structured import SchemaMismatch
 
 pytestmark = pytest.mark.timeout(900)
-MODEL = f"llamacpp:{embedded.NAME}"
+# What each engine needs beyond the model file.
+ENGINES = {"llamacpp": "llama_cpp", "huggingface": "llguidance"}
+
+
+@pytest.fixture(scope="module", params=list(ENGINES))
+def model(request: pytest.FixtureRequest) -> str:
+    pytest.importorskip(ENGINES[request.param])
+    return f"{request.param}:{embedded.NAME}"
 
 
 @pytest.fixture(scope="module")
 def s() -> Iterator[Session]:
-    pytest.importorskip("llama_cpp")
     if embedded.find() is None:
         pytest.skip("the embedded model is not installed (scripts/bootstrap)")
     settings = load_settings(
@@ -100,36 +107,46 @@ SCHEMAS = {"order": Order, "tags": Tags, "mood": Mood, "review": Review, "contac
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", list(SCHEMAS))
-def test_every_answer_matches_the_schema_on_the_first_try(s: Session, kind: str) -> None:
+def test_every_answer_matches_the_schema_on_the_first_try(s: Session, model: str, kind: str) -> None:
     schema = SCHEMAS[kind]
     for prompt in prompts(kind):
-        r = s.chat(prompt, MODEL, schema=schema, max_tokens=80, max_reasks=0)
+        r = s.chat(prompt, model, schema=schema, max_tokens=80, max_reasks=0)
         assert isinstance(r.parsed, schema), (prompt, r.text)
         assert r.reasks == 0 and len(r.attempts) == 1
 
 
-def test_a_schema_answer_streams_as_its_json_grows(s: Session) -> None:
-    stream = s.stream("Alice, aged 30, ordered a lamp. Extract the order.", MODEL, schema=Order, max_tokens=80)
+def test_a_schema_answer_streams_as_its_json_grows(s: Session, model: str) -> None:
+    stream = s.stream("Alice, aged 30, ordered a lamp. Extract the order.", model, schema=Order, max_tokens=80)
     pieces = [c.text for c in stream if c.text]
     assert len(pieces) > 5 and "".join(pieces).lstrip().startswith("{")
     assert isinstance(stream.response.parsed, Order)
 
 
-def test_an_answer_cut_by_max_tokens_is_one_line_not_a_reask(s: Session) -> None:
+def test_an_answer_cut_by_max_tokens_is_one_line_not_a_reask(s: Session, model: str) -> None:
     with pytest.raises(SchemaMismatch, match="cut at max_tokens=4") as caught:
-        s.chat("Alice, aged 30, ordered a lamp. Extract the order.", MODEL, schema=Order, max_tokens=4)
+        s.chat("Alice, aged 30, ordered a lamp. Extract the order.", model, schema=Order, max_tokens=4)
     assert caught.value.response.reasks == 0 and len(caught.value.response.attempts) == 1
 
 
-def test_what_the_grammar_cannot_enforce_is_said_in_the_footer(s: Session) -> None:
+def test_what_the_grammar_cannot_enforce_is_said_in_the_footer(s: Session, model: str) -> None:
     schema = {
         "type": "object",
         "properties": {"price": {"type": "number", "minimum": 0, "maximum": 100}},
         "required": ["price"],
     }
-    r = s.chat("The lamp costs 12.5 dollars. Extract the price.", MODEL, schema=schema, max_tokens=30)
-    assert any("does not enforce minimum, maximum" in n for n in r.notes), r.notes
+    r = s.chat("The lamp costs 12.5 dollars. Extract the price.", model, schema=schema, max_tokens=30)
+    if available():  # llguidance, on either engine, enforces numeric bounds
+        assert not any("does not enforce" in n for n in r.notes), r.notes
+    else:  # llama.cpp's own grammar does not
+        assert any("does not enforce minimum, maximum" in n for n in r.notes), r.notes
     assert r.parsed == {"price": 12.5}
+
+
+def test_what_llguidance_leaves_to_the_validation_is_named() -> None:
+    pytest.importorskip("llguidance")
+    schema = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "uniqueItems": True}
+    assert grammar(json.dumps(schema))[1] == "llguidance does not enforce uniqueItems: checked after the answer"
+    assert grammar(json.dumps({"type": "integer", "minimum": 0, "maximum": 9}))[1] is None
 
 
 # -- tools -------------------------------------------------------------------------------------------
@@ -148,18 +165,18 @@ def get_weather(city: str) -> str:
 
 
 @pytest.mark.parametrize("choice", ["required", "auto"])
-def test_a_tool_round_trip_with_valid_arguments(s: Session, choice: str) -> None:
+def test_a_tool_round_trip_with_valid_arguments(s: Session, model: str, choice: str) -> None:
     CALLS.clear()
-    r = s.chat("What is the weather in Paris?", MODEL, tools=[get_weather], tool_choice=choice, max_tokens=60)
+    r = s.chat("What is the weather in Paris?", model, tools=[get_weather], tool_choice=choice, max_tokens=60)
     assert CALLS == [{"city": "Paris"}]
     assert [(run.name, run.arguments, run.error) for run in r.tool_runs] == [("get_weather", {"city": "Paris"}, None)]
     assert r.finish_reason == "stop" and r.text.strip() and not r.text.lstrip().startswith("{")
     assert len(r.attempts) == 2  # the call, then the answer with its result
 
 
-def test_auto_answers_without_a_call_when_no_tool_helps(s: Session) -> None:
+def test_auto_answers_without_a_call_when_no_tool_helps(s: Session, model: str) -> None:
     CALLS.clear()
-    r = s.chat("What is 2 plus 3?", MODEL, tools=[get_weather], max_tokens=40)
+    r = s.chat("What is 2 plus 3?", model, tools=[get_weather], max_tokens=40)
     assert CALLS == [] and r.tool_runs == []
     assert "5" in r.text
 

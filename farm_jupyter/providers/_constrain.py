@@ -192,7 +192,8 @@ def local_messages(messages: list[ChatMessage], tools: list[ToolSpec], envelope:
 
 # -- what one request is constrained to ------------------------------------------------------------
 
-_TEXT_ANSWER = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+# Never empty: under llguidance SmolLM2 closed the string at once (`"text": ""`) for "2 plus 3?".
+_TEXT_ANSWER = {"type": "object", "properties": {"text": {"type": "string", "minLength": 1}}, "required": ["text"]}
 
 
 @dataclass(frozen=True)
@@ -323,3 +324,31 @@ def repeated(call: ToolCall, messages: list[ChatMessage]) -> bool:
     if last is None or messages[-1].role != "tool":
         return False
     return any(c.name == call.name and c.arguments == call.arguments for c in last.tool_calls)
+
+
+# -- a repeat penalty that spares JSON ---------------------------------------------------------------
+
+STRUCTURE = frozenset(' \t\r\n"{}[],:')  # what a JSON answer must repeat: never penalised
+
+
+class Penalty:
+    """A repeat penalty over the answer's own tokens, as llama.cpp's (a logit over 0 divided by
+    `penalty`, under 0 multiplied), but never on the prompt's (an extraction copies from it) nor
+    on JSON's punctuation and whitespace, which a structured answer must repeat (llama.cpp's
+    `repeat_penalty` would push it off its `"` and `,`)."""
+
+    def __init__(self, spared: Any, penalty: float) -> None:
+        self.spared, self.penalty = spared, penalty
+        self.start: int | None = None
+
+    def __call__(self, ids: Any, scores: Any) -> Any:
+        import numpy as np
+
+        if self.start is None:
+            self.start = len(ids)  # the first call sees the prompt alone
+        said = np.unique(np.asarray(ids[self.start :], dtype=np.int64))
+        said = said[~self.spared[said]]
+        if len(said):
+            logits = scores[said]
+            scores[said] = np.where(logits > 0, logits / self.penalty, logits * self.penalty)
+        return scores

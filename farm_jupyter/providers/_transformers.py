@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from typing import Any
 from ..errors import MissingDependency
 from ..tiny_model import quiet_hf
 from ..types import ChatMessage
-from ._local import Channel, ran
+from ._constrain import STRUCTURE, Penalty
+from ._local import ran
 
 # What decides the sampling, as `%farm why` shows it: the model's generation config, under what
 # the request gave `generate`; the sampling knobs only where it samples (greedy ignores them).
@@ -48,6 +50,8 @@ class Loaded:
     quantization: str | None = None
     kind: str = "causal"  # causal | encoder | sentence-transformers
     loaded_at: float = field(default_factory=time.time)
+    guide: Any = None  # llguidance's view of the tokenizer, made on the first constrained answer
+    spared: Any = None  # the tokens `Penalty` never penalises, found on first use
 
 
 def imports() -> tuple[Any, Any]:
@@ -67,15 +71,58 @@ def streamer_class(transformers: Any) -> Any:
     class LoopStreamer(transformers.TextIteratorStreamer):
         """TextIteratorStreamer's decoding, delivered to the loop instead of a blocking queue."""
 
-        def __init__(self, tokenizer: Any, channel: Channel, timeout: float) -> None:
+        def __init__(self, tokenizer: Any, add: Callable[[str], None], timeout: float, eager: bool = False) -> None:
             super().__init__(tokenizer, skip_prompt=True, timeout=timeout, skip_special_tokens=True)
-            self.channel = channel
+            self.add = add  # a constrained answer's reader (`_constrain.Reader.add`)
+            self.eager = eager
+
+        def put(self, value: Any) -> None:
+            """With `eager` (JSON under a grammar), each token's text as it comes: TextStreamer holds
+            symbols until the next space, and a string value such as a URL has none."""
+            if not self.eager or self.next_tokens_are_prompt:
+                super().put(value)
+                return
+            self.token_cache.extend(value.reshape(-1).tolist())
+            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+            if not text.endswith("\ufffd"):  # else a character is not whole yet
+                shown = int(self.print_len)  # type: ignore[has-type]
+                self.on_finalized_text(text[shown:])
+                self.print_len = len(text)
 
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
             if text:
-                self.channel.push("text", text)
+                self.add(text)
 
     return LoopStreamer
+
+
+def structure(loaded: Loaded) -> Any:
+    """Which tokens are JSON punctuation and whitespace only (`_constrain.Penalty` spares them)."""
+    if loaded.spared is None:
+        import numpy as np
+
+        vocab = int(loaded.model.config.vocab_size)
+        pieces = loaded.tokenizer.batch_decode([[i] for i in range(min(vocab, len(loaded.tokenizer)))])
+        spared = np.zeros(vocab, dtype=bool)
+        spared[: len(pieces)] = [bool(p) and set(p) <= STRUCTURE for p in pieces]
+        loaded.spared = spared
+    return loaded.spared
+
+
+def penalty_class(transformers: Any) -> Any:
+    class Sparing(transformers.LogitsProcessor):  # type: ignore[misc, name-defined]
+        """`_constrain.Penalty` (numpy) as a transformers logits processor (a batch of one)."""
+
+        def __init__(self, spared: Any, penalty: float) -> None:
+            self.penalty = Penalty(spared, penalty)
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            import torch
+
+            said = self.penalty(input_ids[0].cpu().numpy(), scores[0].detach().float().cpu().numpy().copy())
+            return torch.from_numpy(said).to(scores.device, scores.dtype).unsqueeze(0)
+
+    return Sparing
 
 
 def stop_class(transformers: Any) -> Any:

@@ -34,6 +34,8 @@ from ..errors import BadRequest, FarmError, MissingDependency, ModelNotFound, Se
 from ..tiny_model import quiet_hf
 from ..types import ChatMessage, ChatRequest, ModelInfo, ProviderStatus, PullProgress, Usage
 from ..types.capabilities import Capabilities
+from . import _guidance
+from ._constrain import Constraint, Reader, constraint, repeated
 from ._local import Channel, LocalProvider, ensure, first_line
 from ._transformers import (
     CONVERTED,
@@ -43,13 +45,18 @@ from ._transformers import (
     imports,
     mean_pooled,
     oom_type,
+    penalty_class,
     ran_text,
     save_converted,
     stop_class,
     streamer_class,
+    structure,
 )
 
 _NOT_FOUND_HINT = "give a local path, or set HF_TOKEN / check the hub id"
+# Under a grammar, the embedded model's repeat penalty: the answer's own tokens, JSON spared (as on
+# llama.cpp): without it an optional field's answer looped to max_tokens (tests/test_local_structured.py).
+EMBEDDED_GRAMMAR_PENALTY = 1.3
 log = logging.getLogger("farm_jupyter")
 
 
@@ -66,7 +73,9 @@ def _human(count: int) -> str:
 
 class HuggingFaceProvider(LocalProvider[Loaded]):
     kind = "huggingface"
-    capabilities = Capabilities.of("stream", "stop", "seed", "temperature", "max_tokens", "embed", "load", "fallback")
+    # schema and tools under llguidance's grammar, "auto" included (issue 23)
+    capabilities = Capabilities.of("stream", "schema", "tools", "tool_choice", "stop", "seed", "temperature",
+                                   "max_tokens", "embed", "load", "fallback")  # fmt: skip
     stalled = "raise huggingface.stream_timeout, or use a smaller model or a GPU"
 
     def __init__(self, name: str, settings: Any, **options: Any) -> None:
@@ -238,7 +247,7 @@ class HuggingFaceProvider(LocalProvider[Loaded]):
             kwargs.update(do_sample=True, temperature=p.temperature)
             if p.top_p is not None:
                 kwargs["top_p"] = p.top_p
-        else:
+        else:  # greedy, no repetition_penalty on free text: the best of benchmarks/local_quality.py here
             kwargs["do_sample"] = False
         if p.stop:
             kwargs.update(stop_strings=p.stop, tokenizer=loaded.tokenizer)
@@ -248,35 +257,64 @@ class HuggingFaceProvider(LocalProvider[Loaded]):
     def _generate(self, loaded: Loaded, request: ChatRequest, channel: Channel, stop: threading.Event) -> None:
         """The body of the generate thread: every outcome ends as one "done" or "error" item."""
         try:
-            torch, transformers = imports()
-            enc = encode(loaded.tokenizer, request.messages).to(loaded.device)
-            prompt_tokens = int(enc["input_ids"].shape[1])
-            kwargs = self._generate_kwargs(request, loaded)
-            window = getattr(loaded.model.config, "max_position_embeddings", None)
-            if isinstance(window, int) and prompt_tokens >= window:  # counted exactly, before generating
-                raise BadRequest(
-                    f"the prompt is {prompt_tokens} tokens, over {request.model}'s context window of {window}",
-                    provider=self.name,
-                    hint="shorten the conversation (%farm reset)",
+            shape = constraint(request, self.name)
+            finish, answer, usage = self._run(loaded, request, shape, channel, stop)
+            if shape.envelope and answer.call is not None and repeated(answer.call, request.messages):
+                shape = constraint(request, self.name, answer_only=True)
+                finish, answer, more = self._run(loaded, request, shape, channel, stop)
+                usage = Usage(
+                    prompt_tokens=usage.prompt_tokens + more.prompt_tokens,
+                    completion_tokens=usage.completion_tokens + more.completion_tokens,
                 )
-            channel.push("sent", ran_text(loaded, enc["input_ids"][0], kwargs, request.params.seed))
-            streamer = streamer_class(transformers)(loaded.tokenizer, channel, self._hf.stream_timeout)
-            stopping = transformers.StoppingCriteriaList([stop_class(transformers)(stop)])
-            if request.params.seed is not None and kwargs.get("do_sample"):
-                torch.manual_seed(request.params.seed)
-            out = loaded.model.generate(**enc, streamer=streamer, stopping_criteria=stopping, **kwargs)
-            completion = int(out.shape[1]) - prompt_tokens
-            eos = loaded.model.generation_config.eos_token_id
-            eos_ids = set(eos if isinstance(eos, list) else [eos])
-            hit_eos = completion > 0 and int(out[0, -1]) in eos_ids
-            finish = "length" if completion >= kwargs["max_new_tokens"] and not hit_eos else "stop"
-            channel.push("done", (Usage(prompt_tokens=prompt_tokens, completion_tokens=completion), finish))
+            if answer.call is not None:
+                channel.push("calls", [answer.call])
+            channel.push("done", (usage, finish))
         except BaseException as exc:  # noqa: BLE001 - handed to the loop, raised there
             # The traceback's frames (and torch's hook closures in them) hold the model, and a
             # notebook keeps the last exception: keep the traceback as text so unload can free it.
             exc.add_note("raised in the generate thread:\n" + "".join(traceback.format_tb(exc.__traceback__)).rstrip())
             channel.push("error", exc.with_traceback(None))
             del exc
+
+    def _run(
+        self, loaded: Loaded, request: ChatRequest, shape: Constraint, channel: Channel, stop: threading.Event
+    ) -> tuple[str, Reader, Usage]:
+        """One generation under `shape` (a grammar when it has a schema): its finish reason, what
+        it said, read, and its usage."""
+        torch, transformers = imports()
+        enc = encode(loaded.tokenizer, shape.messages).to(loaded.device)
+        prompt_tokens = int(enc["input_ids"].shape[1])
+        kwargs = self._generate_kwargs(request, loaded)
+        window = getattr(loaded.model.config, "max_position_embeddings", None)
+        if isinstance(window, int) and prompt_tokens >= window:  # counted exactly, before generating
+            raise BadRequest(
+                f"the prompt is {prompt_tokens} tokens, over {request.model}'s context window of {window}",
+                provider=self.name,
+                hint="shorten the conversation (%farm reset)",
+            )
+        eos = loaded.model.generation_config.eos_token_id
+        eos_ids = list(eos if isinstance(eos, list) else [eos])
+        processors = []
+        if (compiled := _guidance.constrained(shape, channel.push)) is not None:
+            if loaded.guide is None:
+                loaded.guide = _guidance.tokenizer(loaded.tokenizer, eos_ids, self.name)
+            processors.append(_guidance.processor_class(transformers)(loaded.guide, compiled))
+            if embedded.is_embedded(request.model) and "repetition_penalty" not in request.params.extra:
+                processors.insert(0, penalty_class(transformers)(structure(loaded), EMBEDDED_GRAMMAR_PENALTY))
+        shown = {**kwargs, "grammar": compiled} if processors else kwargs
+        channel.push("sent", ran_text(loaded, enc["input_ids"][0], shown, request.params.seed))
+        answer = Reader(channel.push, shape)
+        streamer = streamer_class(transformers)(loaded.tokenizer, answer.add, self._hf.stream_timeout, bool(processors))
+        stopping = transformers.StoppingCriteriaList([stop_class(transformers)(stop)])
+        if request.params.seed is not None and kwargs.get("do_sample"):
+            torch.manual_seed(request.params.seed)
+        if processors:
+            kwargs["logits_processor"] = transformers.LogitsProcessorList(processors)
+        out = loaded.model.generate(**enc, streamer=streamer, stopping_criteria=stopping, **kwargs)
+        completion = int(out.shape[1]) - prompt_tokens
+        hit_eos = completion > 0 and int(out[0, -1]) in eos_ids
+        finish = "length" if completion >= kwargs["max_new_tokens"] and not hit_eos else "stop"
+        return answer.end(finish), answer, Usage(prompt_tokens=prompt_tokens, completion_tokens=completion)
 
     def _failed(self, exc: BaseException, model: str, shown: bool) -> FarmError:
         torch = sys.modules.get("torch")

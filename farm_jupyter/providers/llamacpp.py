@@ -31,17 +31,17 @@ from .. import embedded
 from ..errors import BadRequest, FarmError, MissingDependency, ModelNotFound, ServerError
 from ..types import ChatMessage, ChatRequest, Chunk, FillRequest, ModelInfo, ProviderStatus, PullProgress, Usage
 from ..types.capabilities import Capabilities
-from ._constrain import GBNF_IGNORES, Constraint, Reader, constraint, repeated, unenforced
+from . import _guidance
+from ._constrain import GBNF_IGNORES, STRUCTURE, Constraint, Penalty, Reader, constraint, repeated, unenforced
 from ._infill import fim_tokens, infill
 from ._local import Channel, LocalProvider, ensure, first_line, ran
 
 _STREAM_TIMEOUT = 60.0  # seconds without a token before the request is given up
 # The embedded model's default repeat penalties (issue 23): llama.cpp's own on free text, chosen
-# by benchmarks/local_quality.py; under a grammar ours (_Penalty), which let every optional-field
+# by benchmarks/local_quality.py; under a grammar ours (Penalty), which let every optional-field
 # answer of tests/test_local_structured.py end (without one, some looped to max_tokens).
 EMBEDDED_PENALTY = 1.2
 EMBEDDED_GRAMMAR_PENALTY = 1.3
-_STRUCTURE = frozenset(' \t\r\n"{}[],:')  # what a JSON answer must repeat: never penalised
 _PASSED = {"top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "grammar"}
 # What decides the sampling, as `%farm why` shows it: each argument given, else llama.cpp's default.
 _SAMPLING = ("temperature", "top_p", "top_k", "min_p", "typical_p", "repeat_penalty", "presence_penalty",
@@ -56,38 +56,16 @@ class _Loaded:
     llm: Any
     lock: threading.Lock = field(default_factory=threading.Lock)  # a Llama runs one generation at a time
     loaded_at: float = field(default_factory=time.time)
-    spared: Any = None  # the tokens _Penalty never penalises, found on first use
+    spared: Any = None  # the tokens Penalty never penalises, found on first use
+    guide: Any = None  # llguidance's view of the vocabulary, made on the first constrained answer
 
     def structure(self) -> Any:
         if self.spared is None:
             import numpy as np
 
             pieces = (self.llm.detokenize([i]).decode(errors="ignore") for i in range(self.llm.n_vocab()))
-            self.spared = np.fromiter((bool(p) and set(p) <= _STRUCTURE for p in pieces), dtype=bool)
+            self.spared = np.fromiter((bool(p) and set(p) <= STRUCTURE for p in pieces), dtype=bool)
         return self.spared
-
-
-class _Penalty:
-    """A repeat penalty over the answer's own tokens, as llama.cpp's (a logit over 0 divided by
-    `penalty`, under 0 multiplied), but never on the prompt's (an extraction copies from it) nor
-    on JSON's punctuation and whitespace, which a structured answer must repeat (llama.cpp's
-    `repeat_penalty` would push it off its `"` and `,`)."""
-
-    def __init__(self, spared: Any, penalty: float) -> None:
-        self.spared, self.penalty = spared, penalty
-        self.start: int | None = None
-
-    def __call__(self, ids: Any, scores: Any) -> Any:
-        import numpy as np
-
-        if self.start is None:
-            self.start = len(ids)  # the first call sees the prompt alone
-        said = np.unique(np.asarray(ids[self.start :], dtype=np.int64))
-        said = said[~self.spared[said]]
-        if len(said):
-            logits = scores[said]
-            scores[said] = np.where(logits > 0, logits / self.penalty, logits * self.penalty)
-        return scores
 
 
 def _llama_class() -> Any:
@@ -135,10 +113,17 @@ def _gbnf(schema: str) -> str:
     return str(json_schema_to_gbnf(schema))
 
 
-def _grammar(shape: Constraint, provider: str) -> tuple[Any, str | None]:
-    """(the LlamaGrammar for `shape` or None, the note saying what is left to the validation)."""
+def _grammar(shape: Constraint, provider: str, loaded: _Loaded) -> tuple[Any, str | None]:
+    """(llguidance's mask for `shape` where llguidance is installed, else the LlamaGrammar, or
+    None; the note saying what is left to the validation)."""
     if shape.schema is None:
         return None, None
+    if _guidance.available():
+        notes: list[str] = []
+        compiled = _guidance.constrained(shape, lambda _, note: notes.append(note))
+        if compiled is not None and loaded.guide is None:
+            loaded.guide = _guidance.llama_tokenizer(loaded.llm)
+        return (_guidance.Mask(loaded.guide, compiled) if compiled else None), (notes[0] if notes else None)
     from llama_cpp import LlamaGrammar
 
     try:
@@ -201,6 +186,8 @@ def _ran(llm: Any, arguments: dict[str, Any]) -> str | None:
     grammar = arguments.get("grammar")
     if grammar is not None:
         params["grammar"] = getattr(grammar, "_grammar", grammar)
+    for mask in (f for f in arguments.get("logits_processor", ()) if isinstance(f, _guidance.Mask)):
+        params["grammar"] = mask.compiled
     return ran(llm.detokenize(tokens, special=True).decode(errors="replace"), params)
 
 
@@ -310,7 +297,8 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
             "temperature": p.temperature or 0.0,  # 0 is greedy in llama.cpp too
             "max_tokens": p.max_tokens or 256,
         }
-        if grammar is not None:
+        processors: list[Any] = [grammar] if isinstance(grammar, _guidance.Mask) else []
+        if grammar is not None and not processors:
             kwargs["grammar"] = grammar
         if p.top_p is not None:
             kwargs["top_p"] = p.top_p
@@ -337,7 +325,9 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
             if grammar is None:
                 kwargs["repeat_penalty"] = EMBEDDED_PENALTY
             else:
-                kwargs["logits_processor"] = [_Penalty(loaded.structure(), EMBEDDED_GRAMMAR_PENALTY)]
+                processors.insert(0, Penalty(loaded.structure(), EMBEDDED_GRAMMAR_PENALTY))
+        if processors:
+            kwargs["logits_processor"] = processors
         return kwargs
 
     async def afill(self, request: FillRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
@@ -367,11 +357,11 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
                         (Usage(prompt_tokens=llm.prompt_tokens, completion_tokens=llm.completion_tokens()), finish),
                     )
                     return
-                shape = constraint(request, self.name, integer_enums=True)
+                shape = constraint(request, self.name, integer_enums=not _guidance.available())
                 finish, answer = self._run(loaded, request, shape, channel, stop)
                 usage = Usage(prompt_tokens=llm.prompt_tokens, completion_tokens=llm.completion_tokens())
                 if shape.envelope and answer.call is not None and repeated(answer.call, request.messages):
-                    shape = constraint(request, self.name, integer_enums=True, answer_only=True)
+                    shape = constraint(request, self.name, integer_enums=not _guidance.available(), answer_only=True)
                     finish, answer = self._run(loaded, request, shape, channel, stop)
                     usage = Usage(
                         prompt_tokens=usage.prompt_tokens + llm.prompt_tokens,
@@ -388,7 +378,7 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
         self, loaded: _Loaded, request: ChatRequest, shape: Constraint, channel: Channel, stop: threading.Event
     ) -> tuple[str, Reader]:
         """One generation under `shape`; its finish reason, and what it said, read."""
-        grammar, note = _grammar(shape, self.name)
+        grammar, note = _grammar(shape, self.name, loaded)
         if note:
             channel.push("note", note)
         answer = Reader(channel.push, shape)
