@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from farm_jupyter import providers as registry
@@ -18,6 +20,7 @@ from farm_jupyter.errors import (
     ServerError,
     StreamInterrupted,
 )
+from farm_jupyter.providers.ollama import POOLS
 from farm_jupyter.runtime import get_runtime
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import TEST_API_KEY, loopback_settings
@@ -63,6 +66,22 @@ def test_ollama_streams_a_chat_with_usage(ollama, ollama_server):
     (sent,) = ollama_server.requests
     assert sent.path == "/api/chat" and sent.json["stream"] is True
     assert sent.json["messages"] == [{"role": "user", "content": "hello there"}]
+
+
+def test_ollama_opens_another_connection_pool_only_while_the_others_are_busy(ollama, ollama_server):
+    for _ in range(3):
+        ollama.chat(request())
+    assert len(ollama._clients) == 1  # one after another: one pool, its kept-alive connection
+    ollama_server.latency = 0.2
+
+    async def burst() -> list[str]:
+        async def one(i: int) -> str:
+            return "".join([c.text async for c in ollama.astream(request(f"q{i}"))])
+
+        return await asyncio.gather(*(one(i) for i in range(12)))
+
+    assert get_runtime().run(burst()) == [f"Echo: q{i}" for i in range(12)]
+    assert len(ollama._clients) == POOLS and ollama_server.count("/api/chat") == 15
 
 
 def test_ollama_chat_generate_and_params(ollama, ollama_server):

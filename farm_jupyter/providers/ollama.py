@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -36,7 +37,7 @@ from ._http import (
 )
 from .base import Provider
 
-POOLS = 8  # connection pools to one Ollama, used in turn (see `client`)
+POOLS = 8  # connection pools to one Ollama, at most (see `_lease`)
 KEEP_ALIVE = 32  # idle connections kept by all of them together
 # Every line of Ollama's streams has one of these (chat, generate, pull): the first one that has
 # none comes from another server.
@@ -115,7 +116,8 @@ class OllamaProvider(Provider):
         self._auth = httpx.BasicAuth(user or "", password or "") if (user or password) else None
         self._host: str = shown_url(self._base, user, password)  # what messages show: no password
         self._clients: list[httpx.AsyncClient] = []
-        self._busy = [0] * POOLS  # requests in flight on each of `_clients`
+        self._busy: list[int] = []  # requests in flight on each of `_clients`
+        self._ssl: ssl.SSLContext | None = None  # one for every pool: each costs ~20 ms to make
         self._abilities: dict[str, list[str] | None] = {}  # /api/show's `capabilities`, per model
 
     @property
@@ -135,23 +137,29 @@ class OllamaProvider(Provider):
         walk was a sixth of the Jupyter server's CPU (benchmarks/server_load.py). Eight pools
         walk an eighth each; together they keep as many idle connections as one pool kept
         before (each idle one is polled on every walk)."""
-        if not self._clients:
-            timeouts = self.settings.timeouts
-            self._clients = [
-                httpx.AsyncClient(
-                    base_url=self._base,
-                    auth=self._auth,
-                    timeout=httpx.Timeout(timeouts.total, connect=timeouts.connect),
-                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=KEEP_ALIVE // POOLS),
-                )
-                for _ in range(POOLS)
-            ]
-        turn = min(range(POOLS), key=self._busy.__getitem__)
-        self._busy[turn] += 1
+        busy = self._busy
+        turn = min(range(len(busy)), key=busy.__getitem__, default=None)
+        if turn is None or (busy[turn] and len(busy) < POOLS):  # a pool is made when one is needed
+            self._clients.append(self._client())
+            busy.append(0)
+            turn = len(busy) - 1
+        busy[turn] += 1
         try:
             yield self._clients[turn]
         finally:
-            self._busy[turn] -= 1
+            busy[turn] -= 1
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._ssl is None:
+            self._ssl = httpx.create_ssl_context()
+        timeouts = self.settings.timeouts
+        return httpx.AsyncClient(
+            base_url=self._base,
+            auth=self._auth,
+            verify=self._ssl,
+            timeout=httpx.Timeout(timeouts.total, connect=timeouts.connect),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=KEEP_ALIVE // POOLS),
+        )
 
     def servers(self) -> list[Provider]:
         return self.one_per("host", self.settings.ollama.hosts)
@@ -440,6 +448,6 @@ class OllamaProvider(Provider):
         return [list(map(float, e)) for e in self._json(response)["embeddings"]]
 
     async def aclose(self) -> None:
-        clients, self._clients = self._clients, []
+        clients, self._clients, self._busy = self._clients, [], []
         for client in clients:
             await client.aclose()
