@@ -6,7 +6,7 @@ marker. (A bounded wait is `farm_jupyter.testing.wait_until`.)
   command: `FARM_FUZZ_EXAMPLES=2000 pytest -m fuzz` (profile `fuzz`); pin each find with `@example`.
 - `pytest -m "not slow" -n 4` is the inner loop: notebooks under nbval, the real browser, the real
   models and the soak tests are `slow`. Its tests mostly wait on loopback servers, so four xdist
-  workers on two cores run it in about 75 s against 130 s in one process. The whole suite stays in
+  workers on two cores run it in 55 s against 130 s in one process (quiet machine). The whole suite stays in
   one process: nbval runs a notebook's cells in order on one kernel, and xdist would spread them.
 
 None of this ships in the pytest plugin that users get (`farm_jupyter.testing.pytest_plugin`).
