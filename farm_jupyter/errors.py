@@ -160,7 +160,7 @@ class BadRequest(ProviderResponseError, kind="bad request", did="refused the req
 
 
 class Unsupported(BadRequest, kind="unsupported"):
-    """`llamacpp cannot do tools here: use ollama or openai, or drop tools=`: raised by the router
+    """`llamacpp cannot do think here: use ollama or openai, or drop think=`: raised by the router
     before anything is sent (farm_jupyter.types.capabilities); its notice names the feature."""
 
     def __init__(self, message: str, *, feature: str, provider: str, hint: str | None = None) -> None:

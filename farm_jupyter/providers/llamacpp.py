@@ -231,9 +231,11 @@ def _mapped_errors(provider: str, model: str, *, loading: bool = False) -> Itera
 
 class LlamaCppProvider(LocalProvider[_Loaded]):
     kind = "llamacpp"
+    # schema and tools under a grammar, "auto" included; fim for a model with its own FIM tokens
     capabilities = Capabilities.of(
-        "stream", "schema", "tools", "tool_choice", "stop", "seed", "temperature", "max_tokens", "load", "fallback"
-    )  # schema and tools under a grammar, "auto" included (issue 23)
+        "stream", "schema", "tools", "tool_choice", "stop", "seed", "temperature", "max_tokens", "load", "fallback",
+        "fim", per_model=("fim",),
+    )  # fmt: skip
     stalled = "raise stream_timeout in [providers.llamacpp], or use a smaller model"
 
     @property
@@ -330,10 +332,15 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
             kwargs["logits_processor"] = processors
         return kwargs
 
+    async def model_capabilities(self, model: str) -> frozenset[str]:
+        """The row; `fim` only for a model whose vocabulary has FIM tokens (it loads: it is local)."""
+        llm = (await ensure(self._models, self._load, model)).llm
+        return self.capabilities.features - (frozenset() if llm is not None and fim_tokens(llm) else {"fim"})
+
     async def afill(self, request: FillRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
         # A model with FIM tokens is asked with them, on the chat's thread machinery; others (SmolLM2) chat.
-        llm = (await ensure(self._models, self._load, request.model)).llm
-        chunks = self.astream(request) if llm is not None and fim_tokens(llm) else super().afill(request)  # type: ignore[arg-type]
+        native = "fim" in await self.model_capabilities(request.model)
+        chunks = self.astream(request) if native else super().afill(request)  # type: ignore[arg-type]
         async for chunk in chunks:
             yield chunk
 

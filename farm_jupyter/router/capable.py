@@ -35,7 +35,7 @@ def able(names: Sequence[str], feature: str) -> list[str]:
 def unsupported(
     name: str, feature: str, others: Callable[[str], list[str]], *, model: str | None = None
 ) -> Unsupported:
-    """`llamacpp cannot do tools here: use ollama or openai, or drop tools=`."""
+    """`llamacpp cannot do think here: use ollama or openai, or drop think=`."""
     can = [n for n in others(feature) if n != name or model]
     if model:  # another model of the same provider may do it
         can = [f"another {n} model" if n == name else n for n in can]

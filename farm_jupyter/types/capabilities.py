@@ -3,7 +3,7 @@
 Each provider class declares its row as a class attribute (`Provider.capabilities`; a function
 provider through `register_provider(..., capabilities=...)`). The router reads it before anything
 is sent: a request that asks for a feature its provider cannot do is refused in one line
-(`llamacpp cannot do tools here: use ollama or openai, or drop tools=`), never silently dropped.
+(`llamacpp cannot do think here: use ollama or openai, or drop think=`), never silently dropped.
 The README's table is `table()` of the built-ins' rows.
 
 Three features work on every provider, whatever it declares, because the layers above do them:
@@ -129,8 +129,8 @@ def without(params: GenerationParams, row: frozenset[str]) -> GenerationParams:
 
 
 def refusal(provider: str, feature: str, others: Sequence[str], *, model: str | None = None) -> tuple[str, str]:
-    """The refusal's message and hint: `llamacpp cannot do tools here` and `use ollama or openai,
-    or drop tools=`; `model` when it is the model that cannot."""
+    """The refusal's message and hint: `llamacpp cannot do think here` and `use ollama or openai,
+    or drop think=`; `model` when it is the model that cannot."""
     who = f"{provider}:{model}" if model else provider
     use = f"use {' or '.join(others)}, or " if others else ""
     return f"{who} cannot do {feature} here", f"{use}drop {FEATURES[feature]}"
