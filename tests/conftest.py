@@ -25,6 +25,10 @@ from farm_jupyter.sessions import Session
 from farm_jupyter.testing import OllamaServer, OpenAIServer
 from farm_jupyter.testing.pytest_plugin import loopback_settings
 
+# As the huggingface provider sets it in a kernel (providers/_transformers.imports), for the test
+# modules that import torch before any provider does.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 _FUZZ = int(os.environ.get("FARM_FUZZ_EXAMPLES") or 0)
 _QUIET = {
     "deadline": None,

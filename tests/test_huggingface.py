@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -474,3 +475,17 @@ def test_a_foreign_folder_is_never_replaced(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         build_tiny_model(tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("chosen", [None, "ACTIVE"])
+def test_torch_is_imported_with_passive_openmp_threads_unless_the_user_chose(chosen: str | None) -> None:
+    """OpenMP threads that spin made a busy machine decode 2-3x slower; a user's choice stands."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if chosen:
+        env["OMP_WAIT_POLICY"] = chosen
+    code = (
+        "import os; from farm_jupyter.providers._transformers import imports; imports(); "
+        "print(os.environ['OMP_WAIT_POLICY'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == (chosen or "PASSIVE")
