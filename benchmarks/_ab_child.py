@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 import openai
+from _common import raw_ollama_pieces, raw_openai_pieces
 from _wire import Wire
 
 from farm_jupyter.runtime import get_runtime
@@ -127,23 +128,15 @@ def relay(ollama: str, oai: str, key: str) -> dict[str, dict[str, Callable[[], A
     http = httpx.Client(base_url=ollama)
     sdk = openai.OpenAI(base_url=oai + "/v1", api_key=key, max_retries=0)
 
-    def raw_lines() -> int:
-        n = 0
-        with http.stream("POST", "/api/chat", json={"model": "llama3.1", "messages": HI, "stream": True}) as r:
-            for line in r.iter_lines():
-                if line and json.loads(line)["message"]["content"]:
-                    n += 1
-        return n
-
-    def raw_sdk() -> int:
-        events = sdk.chat.completions.create(
-            model="gpt-4o-mini", messages=HI, stream=True, stream_options={"include_usage": True}
-        )
-        return sum(1 for e in events if e.choices and e.choices[0].delta.content)
-
     return {
-        "ollama relay": {"raw": raw_lines, "ours": lambda: sum(1 for c in session.stream("hi", "ollama") if c.text)},
-        "openai relay": {"raw": raw_sdk, "ours": lambda: sum(1 for c in session.stream("hi", "openai") if c.text)},
+        "ollama relay": {
+            "raw": lambda: raw_ollama_pieces(http, HI),
+            "ours": lambda: sum(1 for c in session.stream("hi", "ollama") if c.text),
+        },
+        "openai relay": {
+            "raw": lambda: raw_openai_pieces(sdk, HI),
+            "ours": lambda: sum(1 for c in session.stream("hi", "openai") if c.text),
+        },
     }
 
 

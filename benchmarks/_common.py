@@ -126,3 +126,22 @@ def emit(text: str, data: dict[str, Any]) -> None:
         print(json.dumps({**data, "markdown": text}))
     else:
         print(text)
+
+
+def raw_ollama_pieces(http: Any, messages: list[dict[str, str]]) -> int:
+    """A streamed Ollama chat read by hand (an httpx.Client's iter_lines): the lines that carry text."""
+    n = 0
+    with http.stream("POST", "/api/chat", json={"model": "llama3.1", "messages": messages, "stream": True}) as r:
+        for line in r.iter_lines():
+            if line and json.loads(line)["message"]["content"]:
+                n += 1
+    return n
+
+
+def raw_openai_pieces(sdk: Any, messages: list[dict[str, str]]) -> int:
+    """A streamed chat through the raw openai SDK, asking for the usage event as farm_jupyter does:
+    the events that carry text."""
+    events = sdk.chat.completions.create(
+        model="gpt-4o-mini", messages=messages, stream=True, stream_options={"include_usage": True}
+    )
+    return sum(1 for e in events if e.choices and e.choices[0].delta.content)

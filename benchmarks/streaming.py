@@ -34,7 +34,7 @@ import openai
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import emit, measure, ratio, summary, table, target  # noqa: E402
+from _common import emit, measure, ratio, raw_ollama_pieces, raw_openai_pieces, summary, table, target  # noqa: E402
 from _notebook import MAGICS_TODO, WIDGETS_TODO, farm_chat, have_magics, have_widgets, screen_updates, shell_for  # noqa: E402
 from _servers import serve, settings_for  # noqa: E402
 
@@ -69,21 +69,6 @@ def rates(
         http = httpx.Client(base_url=ollama.url)
         sdk = openai.OpenAI(base_url=oai.base_url, api_key=TEST_API_KEY, max_retries=0)
 
-        def raw_lines() -> int:
-            n = 0
-            body = {"model": "llama3.1", "messages": messages, "stream": True}
-            with http.stream("POST", "/api/chat", json=body) as r:
-                for line in r.iter_lines():
-                    if line and json.loads(line)["message"]["content"]:
-                        n += 1
-            return n
-
-        def raw_sdk() -> int:
-            events = sdk.chat.completions.create(
-                model="gpt-4o-mini", messages=messages, stream=True, stream_options={"include_usage": True}
-            )
-            return sum(1 for e in events if e.choices and e.choices[0].delta.content)
-
         async def make_client() -> httpx.AsyncClient:
             return httpx.AsyncClient(base_url=ollama.url)
 
@@ -101,13 +86,16 @@ def rates(
             return sum(1 for c in session.stream("go", target) if c.text)
 
         ollama_fns = {
-            "raw httpx iter_lines": raw_lines,
+            "raw httpx iter_lines": lambda: raw_ollama_pieces(http, messages),
             "async httpx aiter_lines on the runtime loop, a hop per line": lambda: sum(
                 1 for _ in runtime.iterate(async_lines())
             ),
             "farm_jupyter.stream": lambda: farm("ollama:llama3.1"),
         }
-        openai_fns = {"raw openai SDK stream": raw_sdk, "farm_jupyter.stream": lambda: farm("openai:gpt-4o-mini")}
+        openai_fns = {
+            "raw openai SDK stream": lambda: raw_openai_pieces(sdk, messages),
+            "farm_jupyter.stream": lambda: farm("openai:gpt-4o-mini"),
+        }
         for fn in [*ollama_fns.values(), *openai_fns.values()]:
             assert fn() == tokens
         ollama_times = measure(with_cpu(ollama_fns, cpu.setdefault("ollama", {})), runs, warmup=2)
