@@ -11,6 +11,8 @@ own (`Capabilities.cell`), so a row that changes is tested as it now says.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -501,3 +503,36 @@ def test_a_memory_cache_hit_is_no_way_around_the_refusal(s: Session) -> None:
     """The caller's-thread fast path for cache hits checks the row too."""
     refused(s, "fn", "stop", lambda: s.chat("hello", "fn", stop=["x"]))
     refused(s, "huggingface", "think", lambda: s.chat("hello", "huggingface", think=True))
+
+
+def test_without_llguidance_transformers_states_a_schema_and_refuses_tools_before_loading(tmp_path: Path) -> None:
+    """The `hf` extra brings llguidance; without it the row says what is left: a schema is said in
+    the prompt and validated (the stand-in), tools are refused in one line naming the extra, and
+    nothing is loaded (the model path does not exist)."""
+    script = tmp_path / "no_llguidance.py"
+    script.write_text(
+        "import sys\n"
+        "sys.modules['llguidance'] = None  # as if it were not installed\n"
+        "from farm_jupyter.config import load_settings\n"
+        "from farm_jupyter.errors import Unsupported\n"
+        "from farm_jupyter.providers import declared\n"
+        "from farm_jupyter.sessions import Session\n"
+        "row = declared('huggingface')\n"
+        "print(row.cell('schema'), row.cell('tools'), row.cell('tool_choice'), sep='|')\n"
+        "s = Session(load_settings(environ={}, use_file=False))\n"
+        "def weather(city: str) -> str:\n"
+        "    return 'sunny'\n"
+        "try:\n"
+        "    s.chat('weather in Paris?', 'huggingface:/no/such/model', tools=[weather])\n"
+        "except Unsupported as exc:\n"
+        "    print(exc)\n"
+        "finally:\n"
+        "    s.close()\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    cells, refusal = done.stdout.strip().splitlines()
+    assert cells == "validated + re-ask|no|no"
+    assert refusal.startswith("huggingface cannot do tools here")
+    assert 'pip install "farm-jupyter[hf]"' in refusal
+    assert "\n" not in refusal

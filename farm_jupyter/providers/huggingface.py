@@ -60,6 +60,9 @@ EMBEDDED_GRAMMAR_PENALTY = 1.3
 log = logging.getLogger("farm_jupyter")
 
 
+_GUIDED = ("schema", "tools", "tool_choice")  # what llguidance's grammar gives this provider
+
+
 def _looks_local(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or os.path.isabs(name) or Path(name).exists()
 
@@ -73,9 +76,13 @@ def _human(count: int) -> str:
 
 class HuggingFaceProvider(LocalProvider[Loaded]):
     kind = "huggingface"
-    # schema and tools under llguidance's grammar, "auto" included (issue 23)
-    capabilities = Capabilities.of("stream", "schema", "tools", "tool_choice", "stop", "seed", "temperature",
-                                   "max_tokens", "embed", "load", "fallback")  # fmt: skip
+    # schema and tools under llguidance's grammar, "auto" included (issue 23). Without llguidance a
+    # schema is said in the prompt and validated, and tools are refused before anything is sent.
+    capabilities = Capabilities.of(
+        "stream", "stop", "seed", "temperature", "max_tokens", "embed", "load", "fallback",
+        *(_GUIDED if _guidance.available() else ()),
+        installs={} if _guidance.available() else dict.fromkeys(_GUIDED, 'pip install "farm-jupyter[hf]"'),
+    )  # fmt: skip
     stalled = "raise huggingface.stream_timeout, or use a smaller model or a GPU"
 
     def __init__(self, name: str, settings: Any, **options: Any) -> None:

@@ -39,7 +39,8 @@ def unsupported(
     can = [n for n in others(feature) if n != name or model]
     if model:  # another model of the same provider may do it
         can = [f"another {n} model" if n == name else n for n in can]
-    message, hint = refusal(name, feature, can, model=model)
+    row = registry.declared(name)
+    message, hint = refusal(name, feature, can, model=model, install=row.install(feature) if row else None)
     return Unsupported(message, feature=feature, provider=name, hint=hint)
 
 

@@ -50,6 +50,8 @@ class Capabilities:
 
     features: frozenset[str] = frozenset()
     per_model: frozenset[str] = frozenset()
+    # Features an optional extra would add, not installed here: (feature, what to install).
+    installs: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         unknown = sorted((self.features | self.per_model) - set(FEATURES))
@@ -59,8 +61,12 @@ class Capabilities:
             raise ValueError("a feature that depends on the model must be a feature of the provider")
 
     @classmethod
-    def of(cls, *features: str, per_model: Iterable[str] = ()) -> Capabilities:
-        return cls(frozenset(features), frozenset(per_model))
+    def of(cls, *features: str, per_model: Iterable[str] = (), installs: dict[str, str] | None = None) -> Capabilities:
+        return cls(frozenset(features), frozenset(per_model), tuple((installs or {}).items()))
+
+    def install(self, feature: str) -> str | None:
+        """What to install for `feature` when an extra would give it here (`pip install ...`)."""
+        return dict(self.installs).get(feature)
 
     @classmethod
     def parse(cls, value: Capabilities | Iterable[str] | None) -> Capabilities:
@@ -128,12 +134,15 @@ def without(params: GenerationParams, row: frozenset[str]) -> GenerationParams:
     return params.model_copy(update=update) if update else params
 
 
-def refusal(provider: str, feature: str, others: Sequence[str], *, model: str | None = None) -> tuple[str, str]:
+def refusal(
+    provider: str, feature: str, others: Sequence[str], *, model: str | None = None, install: str | None = None
+) -> tuple[str, str]:
     """The refusal's message and hint: `llamacpp cannot do think here` and `use ollama or openai,
-    or drop think=`; `model` when it is the model that cannot."""
+    or drop think=`; `model` when it is the model that cannot, `install` when an extra would do it."""
     who = f"{provider}:{model}" if model else provider
+    first = f"{install}, " if install else ""
     use = f"use {' or '.join(others)}, or " if others else ""
-    return f"{who} cannot do {feature} here", f"{use}drop {FEATURES[feature]}"
+    return f"{who} cannot do {feature} here", f"{first}{use}drop {FEATURES[feature]}"
 
 
 def declarable(feature: str, can_declare: frozenset[str]) -> str:
