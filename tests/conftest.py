@@ -6,8 +6,9 @@ marker. (A bounded wait is `farm_jupyter.testing.wait_until`.)
   command: `FARM_FUZZ_EXAMPLES=2000 pytest -m fuzz` (profile `fuzz`); pin each find with `@example`.
 - `pytest -m "not slow" -n 4` is the inner loop: notebooks under nbval, the real browser, the real
   models and the soak tests are `slow`. Its tests mostly wait on loopback servers, so four xdist
-  workers on two cores run it in 55 s against 130 s in one process (quiet machine). The whole suite stays in
-  one process: nbval runs a notebook's cells in order on one kernel, and xdist would spread them.
+  workers on two cores run it in 55 s against 130 s in one process (quiet machine).
+- The whole suite runs under `-n 4` too: farm_jupyter's pytest plugin keeps each notebook's cells
+  on one worker, in order (nbval runs them on one kernel).
 
 None of this ships in the pytest plugin that users get (`farm_jupyter.testing.pytest_plugin`).
 """
@@ -77,6 +78,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
         if "fuzz" in item.name or getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
             item.add_marker(pytest.mark.fuzz)
+    # The long tests first (a stable sort: each file keeps its order), so that under `-n N` the
+    # workers do not end waiting on one that began mypy or a real model last.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture

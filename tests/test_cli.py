@@ -132,6 +132,21 @@ def test_a_notebook_that_raises_fails_the_suite(tmp_path):
     assert "ZeroDivisionError" in result.stdout
 
 
+def test_under_xdist_a_notebooks_cells_stay_on_one_worker_in_order(tmp_path):
+    """Each cell needs the one before it; two notebooks and four workers: without the plugin's
+    scheduler the cells were spread over the workers and failed with NameError."""
+    for name in ("first", "second"):
+        notebook(tmp_path / f"{name}.ipynb", "import os\nx = [os.getpid()]", *["x.append(os.getpid())"] * 4,
+                 "assert len(set(x)) == 1 and len(x) == 5, x")  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-n", "4", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider",
+         "-p", "no:randomly", "-o", "addopts=", "-q", "first.ipynb", "second.ipynb"],
+        capture_output=True, text=True, timeout=200, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "12 passed" in result.stdout
+
+
 @pytest.mark.parametrize("command", ["lab", "enable", "disable", "schema", "doctor"])
 def test_every_subcommand_help_describes_it(command, capsys):
     with pytest.raises(SystemExit) as done:

@@ -6,7 +6,9 @@ Installed as a pytest plugin (entry point `pytest11`), so any project that has f
 - `farm_session`: a Session pointed at both (ollama first, openai as fallback), no config file;
 - `tiny_model_path`: a tiny chat model built offline once per test session;
 - `redis_url`: a real `redis-server` on a loopback port (skipped when the binary is missing);
-- `--farm-loopback`: all of the above for kernels (nbval), through their environment.
+- `--farm-loopback`: all of the above for kernels (nbval), through their environment;
+- under pytest-xdist's `-n N`, a notebook's cells stay together on one worker, in order (nbval
+  runs them on one kernel), while every other test goes to whichever worker is free.
 """
 
 from __future__ import annotations
@@ -128,6 +130,22 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, which may not be installed
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    # `--dist loadgroup` with marks would say the same, but xdist 3.8 renames the marked items in a
+    # way that pytest 9.2 no longer reads: the cells were spread over the workers.
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class NotebooksWhole(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if path.endswith(".ipynb") else nodeid
+
+    return NotebooksWhole(config, log)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
