@@ -48,6 +48,7 @@ SCRIPTS = [
     ("local_model.py", False, "Local model: SmolLM2-135M-Instruct on llama.cpp and transformers"),
     ("first_answer.py", False, "First answer in a fresh kernel with nothing configured"),
     ("local_quality.py", False, "Do the embedded model's defaults answer? Accuracy and loops"),
+    ("structured.py", False, "Structured answers on the embedded model: constrained vs unconstrained, per engine"),
     ("server_memory.py", False, "Jupyter server extension: memory under bodies at and over the limit"),
     (
         "completion.py",
@@ -70,6 +71,9 @@ PACKAGES = [
     "anyio",
 ]
 TIMEOUT = 600
+# The scripts that take longer, with the arguments run_all gives them.
+LONGER = {"structured.py": 3000}
+ARGS = {"structured.py": ["--engines", "llamacpp,huggingface:5"]}
 
 
 def machine() -> list[tuple[str, str]]:
@@ -138,12 +142,19 @@ def _git() -> str:
 
 def run(script: str, anchors: bool) -> dict[str, Any]:
     """The script's JSON, or {"error": ...}."""
-    cmd = [sys.executable, str(HERE / script), "--json", *(["--with-anchors"] if anchors else [])]
+    cmd = [
+        sys.executable,
+        str(HERE / script),
+        "--json",
+        *ARGS.get(script, []),
+        *(["--with-anchors"] if anchors else []),
+    ]
+    timeout = LONGER.get(script, TIMEOUT)
     start = time.perf_counter()
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd=HERE.parent)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=HERE.parent)
     except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {TIMEOUT} s", "seconds": TIMEOUT}
+        return {"error": f"timed out after {timeout} s", "seconds": timeout}
     seconds = time.perf_counter() - start
     lines = out.stdout.strip().splitlines()
     try:
