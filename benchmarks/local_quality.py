@@ -1,7 +1,7 @@
 """Do the embedded model's defaults answer? Accuracy and loops of SmolLM2-135M-Instruct on llama.cpp
 and on transformers.
 
-    python benchmarks/local_quality.py [--engine llamacpp|huggingface] [--limit N] [--max-tokens 128]
+    python benchmarks/local_quality.py [--engine llamacpp,huggingface] [--limit N] [--max-tokens 128]
                                        [--variants a,b] [--json]
 
 60 short questions written for this (factual, arithmetic, and small instructions), each with the
@@ -129,6 +129,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], str | None]] = {
 }
 PROVIDER = "ours now (llamacpp provider, its defaults)"
 DEFAULT_SET = ("a", "b", "c1", "c2", "c5", "d2")  # within run_all.py's 10 minutes; --variants all for every one
+HF_DEFAULT_SET = ("a", "b", "c1")  # transformers in float32 decodes several times slower
 # On transformers: the variants that mean something there (no llama.cpp defaults, no _Penalty).
 HF_VARIANTS: dict[str, tuple[dict[str, Any], str | None]] = {
     "a. greedy, no penalty": (GREEDY, None),
@@ -196,25 +197,41 @@ def score(rows: list[tuple[str, str, tuple[str, ...]]]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engine", choices=("llamacpp", "huggingface"), default="llamacpp")
+    parser.add_argument("--engine", default="llamacpp", help="llamacpp, huggingface, or both: llamacpp,huggingface")
     parser.add_argument("--limit", type=int, default=len(QUESTIONS))
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument(
-        "--variants", default=",".join(DEFAULT_SET), help="comma-separated name prefixes (a,c1,...), or all"
+        "--variants", help="comma-separated name prefixes (a,c1,...), or all; each engine has a default set"
     )
     parser.add_argument("--no-provider", action="store_true", help="skip the row through the provider")
     parser.add_argument("--show", action="store_true", help="print every answer")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    engines = [e.strip() for e in args.engine.split(",") if e.strip()]
+    if unknown := [e for e in engines if e not in ("llamacpp", "huggingface")]:
+        parser.error(f"unknown engine {unknown[0]!r}: llamacpp or huggingface")
+    lines: list[str] = []
+    results: dict[str, dict[str, Any]] = {}
+    targets: list[dict[str, Any]] = []
+    for engine in engines:
+        more_lines, more_results, more_targets = one_engine(engine, args)
+        lines += [*(["", ""] if lines else []), *more_lines]
+        results.update({f"{engine}: {name}": r for name, r in more_results.items()})
+        targets += more_targets
+    emit("\n".join(lines), {"results": results, "max_tokens": args.max_tokens, "targets": targets})
 
+
+def one_engine(engine: str, args: argparse.Namespace) -> tuple[list[str], dict[str, Any], list[dict[str, Any]]]:
+    """One engine's table lines, its rows' scores and its targets."""
     from farm_jupyter import embedded
 
     questions = QUESTIONS[: args.limit]
-    wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
-    table = HF_VARIANTS if args.engine == "huggingface" else VARIANTS
+    defaults = HF_DEFAULT_SET if engine == "huggingface" else DEFAULT_SET
+    wanted = [v.strip() for v in (args.variants or ",".join(defaults)).split(",") if v.strip()]
+    table = HF_VARIANTS if engine == "huggingface" else VARIANTS
     variants = {k: v for k, v in table.items() if "all" in wanted or k.split(".")[0] in wanted}
-    provider_name = HF_PROVIDER if args.engine == "huggingface" else PROVIDER
-    if args.engine == "huggingface":
+    provider_name = HF_PROVIDER if engine == "huggingface" else PROVIDER
+    if engine == "huggingface":
         from farm_jupyter.config import load_settings
         from farm_jupyter.providers.huggingface import HuggingFaceProvider
 
@@ -243,13 +260,13 @@ def main() -> None:
             rows.append((answer, finish, accepted))
         results[name] = score(rows)
         answers[name] = [a for a, _, _ in rows]
-        print(f"{name}: {results[name]}", file=sys.stderr)  # progress; the table comes at the end
+        print(f"{engine} {name}: {results[name]}", file=sys.stderr)  # progress; the table comes at the end
     if not args.no_provider:
-        results[provider_name], answers[provider_name] = provider_row(questions, args.max_tokens, args.engine)
+        results[provider_name], answers[provider_name] = provider_row(questions, args.max_tokens, engine)
     elapsed = time.perf_counter() - started
 
     lines = [
-        f"### SmolLM2-135M-Instruct (Q4_1) on {'transformers (dequantised, float32)' if args.engine == 'huggingface' else 'llama.cpp'}:"
+        f"### SmolLM2-135M-Instruct (Q4_1) on {'transformers (dequantised, float32)' if engine == 'huggingface' else 'llama.cpp'}:"
         f" {len(questions)} questions, max_tokens {args.max_tokens}",
         "",
         "| variant | correct | accuracy | loops | cut at the cap |",
@@ -278,17 +295,17 @@ def main() -> None:
         ours, before = results[provider_name], next(r for k, r in results.items() if k.startswith("a."))
         targets = [
             target(
-                f"embedded defaults on {args.engine}: no loops (local_quality.py)",
+                f"embedded defaults on {engine}: no loops (local_quality.py)",
                 f"{ours['loops']} loops",
                 ours["loops"] == 0,
             ),
             target(
-                f"embedded defaults on {args.engine}: accuracy not below greedy alone (local_quality.py)",
+                f"embedded defaults on {engine}: accuracy not below greedy alone (local_quality.py)",
                 f"{ours['correct']}/{ours['n']} vs {before['correct']}/{before['n']}",
                 ours["correct"] >= before["correct"],
             ),
         ]
-    emit("\n".join(lines), {"results": results, "max_tokens": args.max_tokens, "targets": targets})
+    return lines, results, targets
 
 
 def provider_row(

@@ -72,8 +72,11 @@ PACKAGES = [
 ]
 TIMEOUT = 600
 # The scripts that take longer, with the arguments run_all gives them.
-LONGER = {"structured.py": 3000}
-ARGS = {"structured.py": ["--engines", "llamacpp,huggingface:5"]}
+LONGER = {"structured.py": 3000, "local_quality.py": 2400}
+ARGS = {
+    "structured.py": ["--engines", "llamacpp,huggingface:5"],
+    "local_quality.py": ["--engine", "llamacpp,huggingface"],
+}
 
 
 def machine() -> list[tuple[str, str]]:
