@@ -111,12 +111,13 @@ def spread(values: list[float], unit: Any = us) -> str:
     return f"{unit(statistics.median(values))} ({unit(min(values))}..{unit(max(values))})"
 
 
-def verdict(mine: list[float], other: list[float], higher_is_worse: bool = True) -> str:
+def verdict(mine: list[float], other: list[float], name: str, higher_is_worse: bool = True) -> str:
+    """`worse than NAME`, `better than NAME`, or `same as NAME` when the rounds overlap."""
     if min(mine) > max(other):
-        return "worse" if higher_is_worse else "better"
+        return f"{'worse' if higher_is_worse else 'better'} than {name}"
     if max(mine) < min(other):
-        return "better" if higher_is_worse else "worse"
-    return "same (within the spread)"
+        return f"{'better' if higher_is_worse else 'worse'} than {name}"
+    return f"same as {name} (within the spread)"
 
 
 def report(arms: list[Arm], loads: list[float], rounds: int, runs: int, relay_runs: int) -> tuple[str, dict[str, Any]]:
@@ -168,13 +169,17 @@ def report(arms: list[Arm], loads: list[float], rounds: int, runs: int, relay_ru
     lines += ["| arm | " + " | ".join(GROUPS) + " | " + " | ".join(relayed) + " |"]
     lines += ["|---|" + "---|" * (len(GROUPS) + len(relayed))]
     for arm in arms[:-1]:
-        cells = [f"{this.name} {verdict(this.added(g), arm.added(g))} than {arm.name}" for g in GROUPS]
-        cells += [f"{this.name} {verdict(this.relay(g), arm.relay(g), higher_is_worse=False)}" for g in relayed]
+        cells = [f"{this.name}: {verdict(this.added(g), arm.added(g), arm.name)}" for g in GROUPS]
+        cells += [
+            f"{this.name}: {verdict(this.relay(g), arm.relay(g), arm.name, higher_is_worse=False)}" for g in relayed
+        ]
         lines.append(f"| {arm.name} | " + " | ".join(cells) + " |")
     if len(arms) > 2:  # the commit before the house work against main, as the issue asks
         base, main = arms[0], arms[-2]
-        cells = [f"{main.name} {verdict(main.added(g), base.added(g))} than {base.name}" for g in GROUPS]
-        cells += [f"{main.name} {verdict(main.relay(g), base.relay(g), higher_is_worse=False)}" for g in relayed]
+        cells = [f"{main.name}: {verdict(main.added(g), base.added(g), base.name)}" for g in GROUPS]
+        cells += [
+            f"{main.name}: {verdict(main.relay(g), base.relay(g), base.name, higher_is_worse=False)}" for g in relayed
+        ]
         lines.append(f"| {base.name} vs {main.name} | " + " | ".join(cells) + " |")
     lines += [
         "",
