@@ -83,9 +83,13 @@ def llamacpp_pair(n: int) -> tuple[dict[str, Any], str]:
     llm = Llama(model_path=str(embedded.locate("llamacpp")), n_ctx=2048, verbose=False)
     messages = [{"role": "user", "content": PROMPT}]
 
-    def by_hand() -> str:
+    from farm_jupyter.providers.llamacpp import EMBEDDED_PENALTY
+
+    def by_hand() -> str:  # the embedded model's defaults in the provider: greedy, its repeat penalty
         parts = []
-        for chunk in llm.create_chat_completion(messages, stream=True, temperature=0.0, max_tokens=n):
+        for chunk in llm.create_chat_completion(
+            messages, stream=True, temperature=0.0, repeat_penalty=EMBEDDED_PENALTY, max_tokens=n
+        ):
             parts.append(chunk["choices"][0]["delta"].get("content") or "")
         return "".join(parts)
 
