@@ -132,10 +132,12 @@ def test_explain_shows_the_templated_prompt_the_model_ran(session: Session, engi
     if engine == "llamacpp":
         read = loaded_object(session, engine).tokenize(prompt.encode(), add_bos=False, special=True)
         assert params["max_tokens"] == 3 and params["temperature"] == 0.0 and params["stop"] == ["Lyon", "<|im_end|>"]
+        assert params["repeat_penalty"] == 1.2  # the embedded model's defaults on free text (local_quality.py)
     else:
         tokenizer = provider_of(session, engine)._models[embedded.NAME].tokenizer
         read = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         assert params["max_new_tokens"] == 3 and params["do_sample"] is False and params["stop_strings"] == ["Lyon"]
+        assert params["repetition_penalty"] == 1.1
     assert len(read) == response.usage.prompt_tokens  # the text is what the model was given, token for token
     # A schema: the grammar it sampled under (llguidance's, or llama.cpp's own), and the instruction the prompt gained.
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}

@@ -57,6 +57,9 @@ _NOT_FOUND_HINT = "give a local path, or set HF_TOKEN / check the hub id"
 # Under a grammar, the embedded model's repeat penalty: the answer's own tokens, JSON spared (as on
 # llama.cpp): without it an optional field's answer looped to max_tokens (tests/test_local_structured.py).
 EMBEDDED_GRAMMAR_PENALTY = 1.3
+# On free text, the embedded model's repetition_penalty: over 60 questions greedy alone looped 4
+# times to the cap, 1.1 never, one answer fewer right (42/60 vs 43/60; benchmarks/local_quality.py).
+EMBEDDED_PENALTY = 1.1
 log = logging.getLogger("farm_jupyter")
 
 
@@ -254,7 +257,7 @@ class HuggingFaceProvider(LocalProvider[Loaded]):
             kwargs.update(do_sample=True, temperature=p.temperature)
             if p.top_p is not None:
                 kwargs["top_p"] = p.top_p
-        else:  # greedy, no repetition_penalty on free text: the best of benchmarks/local_quality.py here
+        else:
             kwargs["do_sample"] = False
         if p.stop:
             kwargs.update(stop_strings=p.stop, tokenizer=loaded.tokenizer)
@@ -308,6 +311,8 @@ class HuggingFaceProvider(LocalProvider[Loaded]):
             processors.append(_guidance.processor_class(transformers)(loaded.guide, compiled))
             if embedded.is_embedded(request.model) and "repetition_penalty" not in request.params.extra:
                 processors.insert(0, penalty_class(transformers)(structure(loaded), EMBEDDED_GRAMMAR_PENALTY))
+        elif embedded.is_embedded(request.model) and "repetition_penalty" not in request.params.extra:
+            kwargs["repetition_penalty"] = EMBEDDED_PENALTY
         shown = {**kwargs, "grammar": compiled} if processors else kwargs
         channel.push("sent", ran_text(loaded, enc["input_ids"][0], shown, request.params.seed))
         answer = Reader(channel.push, shape)
