@@ -122,10 +122,13 @@ def huggingface_pair(n: int) -> tuple[dict[str, Any], str]:
     enc = tokenizer.apply_chat_template(
         [{"role": "user", "content": PROMPT}], add_generation_prompt=True, return_tensors="pt", return_dict=True
     )
-    settings: dict[str, Any] = {
+    from farm_jupyter.providers.huggingface import EMBEDDED_PENALTY
+
+    settings: dict[str, Any] = {  # the embedded model's defaults in the provider: greedy, its penalty
         "max_new_tokens": n,
         "min_new_tokens": n,
         "do_sample": False,
+        "repetition_penalty": EMBEDDED_PENALTY,
         "pad_token_id": tokenizer.eos_token_id,
     }
 
