@@ -211,7 +211,11 @@ def main() -> None:
 
     rows = machine() + [
         ("load average (1, 5, 15 min)", f"before {_load(load_before)}; after {_load(load_after)}"),
-        ("run", f"`python benchmarks/run_all.py{' --with-anchors' if args.with_anchors else ''}`, {total:.0f} s"),
+        (
+            "run",
+            f"`python benchmarks/run_all.py{' --with-anchors' if args.with_anchors else ''}"
+            f"{f' --only {args.only}' if args.only else ''}`, {total:.0f} s",
+        ),
     ]
     targets = []
     for script, data in results.items():
