@@ -15,6 +15,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+# Imported here, not lazily: inside a strategy's recursion, parsing it (pytest rewrites hypothesis's
+# modules) hit CPython 3.11.7's "AST constructor recursion depth mismatch" on a loaded run.
+from hypothesis.strategies._internal import regex  # noqa: F401
+
 from farm_jupyter.context import Collector, describe, fill
 from farm_jupyter.objects import Budget
 

@@ -54,12 +54,9 @@ from ._transformers import (
 )
 
 _NOT_FOUND_HINT = "give a local path, or set HF_TOKEN / check the hub id"
-# Under a grammar, the embedded model's repeat penalty: the answer's own tokens, JSON spared (as on
-# llama.cpp): without it an optional field's answer looped to max_tokens (tests/test_local_structured.py).
-EMBEDDED_GRAMMAR_PENALTY = 1.3
-# On free text, the embedded model's repetition_penalty: over 60 questions greedy alone looped 4
-# times to the cap, 1.1 never, one answer fewer right (42/60 vs 43/60; benchmarks/local_quality.py).
-EMBEDDED_PENALTY = 1.1
+# The embedded model's penalties. Free text: greedy alone looped 4 times in 60 questions, 1.1 never
+# (benchmarks/local_quality.py). Under a grammar: the answer's own tokens, JSON spared (as on llama.cpp).
+EMBEDDED_PENALTY, EMBEDDED_GRAMMAR_PENALTY = 1.1, 1.3
 log = logging.getLogger("farm_jupyter")
 
 
