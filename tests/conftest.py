@@ -78,9 +78,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
         if "fuzz" in item.name or getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
             item.add_marker(pytest.mark.fuzz)
-    # The long tests first (a stable sort: each file keeps its order), so that under `-n N` the
+    # Under `-n N`, the long tests first (a stable sort: each file keeps its order), so that the
     # workers do not end waiting on one that began mypy or a real model last.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture
