@@ -13,6 +13,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 STARTUP_NAME = "00-farm_jupyter.py"
@@ -89,10 +90,20 @@ def execute(notebook: Path, environ: dict[str, str], timeout: int) -> int:
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellControlSignal, CellExecutionError, DeadKernelError
+    from traitlets.config import Config
 
     nb = nbformat.read(notebook, as_version=4)
+    # The kernel on unix sockets, in a folder of its own, where there are some: on TCP,
+    # jupyter_client picks free ports and the kernel binds them later, and a process starting
+    # beside it can take one in between ("Address already in use", seen on a loaded machine).
+    sockets = tempfile.TemporaryDirectory(prefix="farm-kernel-") if os.name == "posix" else None
+    transport = {"KernelManager": {"transport": "ipc", "ip": f"{sockets.name}/k"}} if sockets else {}
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(notebook.parent)}},
+        config=Config(transport),
     )
     old = dict(os.environ)
     os.environ.update(environ)
@@ -104,6 +115,8 @@ def execute(notebook: Path, environ: dict[str, str], timeout: int) -> int:
     finally:
         os.environ.clear()
         os.environ.update(old)
+        if sockets is not None:
+            sockets.cleanup()
     cells = sum(1 for c in nb.cells if c.cell_type == "code")
     print(f"farm-jupyter: {notebook}: {cells} code cells ran without error")
     return 0
