@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-# Imported here, not lazily: inside a strategy's recursion, parsing it (pytest rewrites hypothesis's
-# modules) hit CPython 3.11.7's "AST constructor recursion depth mismatch" on a loaded run.
+# Hypothesis's modules imported here, not lazily: inside a strategy's recursion, parsing them (pytest
+# rewrites hypothesis's modules) hit CPython 3.11.7's "AST constructor recursion depth mismatch" on
+# loaded runs (the regex module once, hypothesis.extra.numpy once).
 from hypothesis.strategies._internal import regex  # noqa: F401
 
 from farm_jupyter.context import Collector, describe, fill
@@ -24,6 +25,9 @@ from farm_jupyter.objects import Budget
 
 pd = pytest.importorskip("pandas")
 np = pytest.importorskip("numpy")
+
+from hypothesis.extra.numpy import array_shapes  # noqa: E402  (after numpy; not lazily, as regex above)
+from hypothesis.extra.numpy import arrays as np_arrays  # noqa: E402
 
 HAS_POLARS = importlib.util.find_spec("polars") is not None
 HAS_PLOTLY = importlib.util.find_spec("plotly") is not None
@@ -80,9 +84,6 @@ def indexes(draw: Callable[..., Any]) -> Drawn:
 
 @st.composite
 def arrays(draw: Callable[..., Any]) -> Drawn:
-    from hypothesis.extra.numpy import array_shapes
-    from hypothesis.extra.numpy import arrays as np_arrays
-
     kind = draw(st.sampled_from(["drawn", "zero-d", "huge", "object", "float16"]))
     if kind == "zero-d":
         a = np.array(draw(st.floats(allow_nan=True)))
