@@ -181,13 +181,19 @@ def test_rate_limit_waits_and_says_so(make_session, ollama_server):
 
 def test_fifty_concurrent_chats_over_two_providers(make_session, ollama_server, openai_server):
     # Each server answers only once all 25 of its requests are in: served one by one, they would
-    # break the barrier (a 500 each) instead of answering. The deadlines are far off: on a loaded
-    # machine, 25 server threads and one event loop in this process took over the 10 s first-token
-    # default to fill a barrier, and every Ollama request fell back to OpenAI.
+    # break the barrier (a 500 each) instead of answering. The deadlines are far off: on loaded
+    # runs every Ollama answer came from OpenAI. One connect that misses a 2 s deadline (fifty at
+    # once; the loopback default) opens Ollama's breaker, the requests not yet sent fall back, and
+    # the barrier never fills (with `connect` at 0.02 s, every run shows that breaker open).
     for srv in (ollama_server, openai_server):
         barrier = threading.Barrier(25, timeout=60)
         srv.reply = lambda body, barrier=barrier: (barrier.wait(), f"Echo: {body['messages'][-1]['content']}")[1]
-    s = make_session(ollama_server, openai_server, retry={"max_retries": 0}, timeouts={"first_token": 60, "total": 90})
+    s = make_session(
+        ollama_server,
+        openai_server,
+        retry={"max_retries": 0},
+        timeouts={"connect": 30, "first_token": 60, "total": 90},
+    )
 
     async def many():
         return await asyncio.gather(
@@ -196,7 +202,8 @@ def test_fifty_concurrent_chats_over_two_providers(make_session, ollama_server, 
 
     responses = asyncio.run(many())
     assert [r.text for r in responses] == [f"Echo: q{i}" for i in range(50)]
-    assert [r.provider for r in responses] == ["openai", "ollama"] * 25, [r.attempts for r in responses[:2]]
+    failed = [a.error for r in responses for a in r.attempts if not a.ok]
+    assert [r.provider for r in responses] == ["openai", "ollama"] * 25, failed[:2]
 
 
 # -- cache ----------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ HANG_FIRST_TOKEN = 0.5
 
 @pytest.fixture
 def session(ollama_server, openai_server):
-    s = make(ollama_server, openai_server, timeouts={"connect": 2.0, "first_token": 10.0, "total": 30.0})
+    s = make(ollama_server, openai_server, timeouts={"connect": 10.0, "first_token": 10.0, "total": 30.0})
     yield s
     s.close()
 
@@ -101,7 +101,7 @@ def test_availability_failures_fall_back_with_a_notice(ollama_server, openai_ser
     fault, error_type, tries, said = AVAILABILITY[name]
     hang = fault is not None and fault.kind == "hang"
     first_token = HANG_FIRST_TOKEN if hang else 10.0
-    session = make(ollama_server, openai_server, timeouts={"connect": 2.0, "first_token": first_token, "total": 30.0})
+    session = make(ollama_server, openai_server, timeouts={"connect": 10.0, "first_token": first_token, "total": 30.0})
     if fault is None:
         ollama_server.refuse()
     else:

@@ -57,7 +57,9 @@ def loopback_settings(
         "env": "test",
         "fallback": [],
         "retry": {"backoff": 0.01, "backoff_max": 0.05},
-        "timeouts": {"connect": 2.0, "first_token": 10.0, "total": 30.0},
+        # Far enough off for a starved machine opening many connections at once; a refused port
+        # fails at once whatever the deadline.
+        "timeouts": {"connect": 10.0, "first_token": 10.0, "total": 30.0},
     }
     if ollama_server is not None:
         layer["ollama"] = {"host": ollama_server.url, "default_model": "llama3.1"}
