@@ -281,7 +281,9 @@ def test_a_remote_model_completes_only_when_enabled(tmp_path: Path, enabled: boo
             sent = lambda: [r.json for r in remote.requests if r.path != "/v1/models"]  # noqa: E731
             if enabled:
                 page.locator(GHOST).first.wait_for(timeout=30_000)
-                assert [r.path for r in remote.requests if r.path != "/v1/models"] == ["/v1/completions"]
+                # One request, or more where typing on a loaded machine paused past the debounce.
+                paths = [r.path for r in remote.requests if r.path != "/v1/models"]
+                assert paths and set(paths) == {"/v1/completions"}, paths
                 return
             notice = page.locator(".Toastify__toast", has_text="completions are off").first
             notice.wait_for(timeout=30_000)
