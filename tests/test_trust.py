@@ -7,8 +7,6 @@ with the server's own record of what it sent.
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 
 from farm_jupyter.config import load_settings
@@ -40,7 +38,7 @@ HANG_FIRST_TOKEN = 0.5
 
 @pytest.fixture
 def session(ollama_server, openai_server):
-    s = make(ollama_server, openai_server, timeouts={"connect": 10.0, "first_token": 10.0, "total": 30.0})
+    s = make(ollama_server, openai_server)
     yield s
     s.close()
 
@@ -97,36 +95,35 @@ AVAILABILITY = {
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "chat"])
 @pytest.mark.parametrize("name", list(AVAILABILITY))
-def test_availability_failures_fall_back_with_a_notice(ollama_server, openai_server, name, stream):
+def test_availability_failures_fall_back_with_a_notice(make_session, ollama_server, openai_server, name, stream):
     fault, error_type, tries, said = AVAILABILITY[name]
     hang = fault is not None and fault.kind == "hang"
-    first_token = HANG_FIRST_TOKEN if hang else 10.0
-    session = make(ollama_server, openai_server, timeouts={"connect": 10.0, "first_token": first_token, "total": 30.0})
+    short = {"timeouts": {"first_token": HANG_FIRST_TOKEN}} if hang else {}
+    session = make_session(ollama_server, openai_server, **short)
     if fault is None:
         ollama_server.refuse()
     else:
         ollama_server.add_fault(fault)
-    with contextlib.closing(session):
-        response, chunks = ask(session, "hello", stream)
-        assert response.provider == "openai" and response.text == "Echo: hello"
-        said = said[stream] if isinstance(said, dict) else said
-        assert response.notice == f"{said}: answered by openai:gpt-4o-mini"
-        assert openai_server.count(OPENAI_CHAT) == 1
-        if hang:  # a try starved for HANG_FIRST_TOKEN before its request went out times out unseen
-            assert 1 <= ollama_server.count(CHAT) <= tries
-        else:
-            assert ollama_server.count(CHAT) == (0 if fault is None else tries)
-        assert response.attempts[0].error_type == error_type and response.attempts[0].retries == tries - 1
-        if stream:  # the notice comes before the answer it is about, and after any voided text
-            notice_at = next(i for i, c in enumerate(chunks) if c.notice)
-            restarted_at = max((i for i, c in enumerate(chunks) if c.restart), default=-1)
-            assert restarted_at < notice_at
-            assert not any(c.text for c in chunks[restarted_at + 1 : notice_at])
-            assert "".join(c.text for c in chunks[notice_at:]) == response.text
-        counts = session._engine.monitor.failure_counts()["ollama"]
-        assert sum(counts.values()) == tries
-        breaker = session._engine.router.breaker("ollama")
-        assert breaker.failures == (0 if error_type == "RateLimited" else 1)  # busy is not ill
+    response, chunks = ask(session, "hello", stream)
+    assert response.provider == "openai" and response.text == "Echo: hello"
+    said = said[stream] if isinstance(said, dict) else said
+    assert response.notice == f"{said}: answered by openai:gpt-4o-mini"
+    assert openai_server.count(OPENAI_CHAT) == 1
+    if hang:  # a try starved for HANG_FIRST_TOKEN before its request went out times out unseen
+        assert 1 <= ollama_server.count(CHAT) <= tries
+    else:
+        assert ollama_server.count(CHAT) == (0 if fault is None else tries)
+    assert response.attempts[0].error_type == error_type and response.attempts[0].retries == tries - 1
+    if stream:  # the notice comes before the answer it is about, and after any voided text
+        notice_at = next(i for i, c in enumerate(chunks) if c.notice)
+        restarted_at = max((i for i, c in enumerate(chunks) if c.restart), default=-1)
+        assert restarted_at < notice_at
+        assert not any(c.text for c in chunks[restarted_at + 1 : notice_at])
+        assert "".join(c.text for c in chunks[notice_at:]) == response.text
+    counts = session._engine.monitor.failure_counts()["ollama"]
+    assert sum(counts.values()) == tries
+    breaker = session._engine.router.breaker("ollama")
+    assert breaker.failures == (0 if error_type == "RateLimited" else 1)  # busy is not ill
 
 
 # -- the caller's own errors raise at once, and nothing else is asked ------------------------------
