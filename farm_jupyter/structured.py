@@ -41,6 +41,7 @@ class Schema:
             self.json_schema: dict[str, Any] = dict(spec)
             self.name = str(spec.get("title") or "the schema")
             self._adapter: TypeAdapter[Any] | None = None
+            self._validator = _validator(self.json_schema)
         else:
             try:
                 self._adapter = TypeAdapter(spec)
@@ -63,7 +64,15 @@ class Schema:
         """The validated answer; ValueError with a short reason when it is not one."""
         data = _json_of(text)
         if self._adapter is None:
-            found = list(_check(data, self.json_schema, self.json_schema, "$"))
+            from referencing.exceptions import Unresolvable
+
+            try:
+                found = [f"{e.json_path}: {_short(e.message)}" for e in self._validator.iter_errors(data)]
+            except Unresolvable as exc:  # a `#/...` that leads nowhere: no answer could ever match
+                raise ConfigError(
+                    f"the schema's $ref {'#' + _short(str(exc.ref), 80).lstrip('#')!r} leads nowhere in it",
+                    hint="name a part of the schema itself ('#/$defs/Name')",
+                ) from None
             if found:
                 raise ValueError("; ".join(found[:3]))
             return data
@@ -93,70 +102,46 @@ def _json_of(text: str) -> Any:
         raise ValueError(f"the answer is not JSON ({first.msg} at character {first.pos})") from None
 
 
-_TYPES: dict[str, tuple[type, ...]] = {
-    "object": (dict,),
-    "array": (list,),
-    "string": (str,),
-    "boolean": (bool,),
-    "integer": (int,),
-    "number": (int, float),
-    "null": (type(None),),
-}
+def _validator(schema: dict[str, Any]) -> Any:
+    """jsonschema's validator of the schema's own draft (2020-12 when it names none), over an
+    empty registry: only the schema's own `#...` references are followed, never a URL (jsonschema
+    fetches one by default). A schema that is not valid JSON Schema, or points elsewhere, is the
+    caller's mistake, said in one line. Imported here: jsonschema takes longer than `%load_ext` may."""
+    from jsonschema import Draft202012Validator, SchemaError
+    from jsonschema.validators import validator_for
+    from referencing import Registry
 
-
-def _check(value: Any, schema: Mapping[str, Any], root: Mapping[str, Any], where: str) -> Iterator[str]:
-    """A JSON Schema's common keywords (type, properties, required, additionalProperties, items,
-    enum, const, anyOf/oneOf/allOf, $ref into $defs, string and number bounds): enough to tell a
-    model what was wrong. Yields one line per problem."""
-    if "$ref" in schema:
-        ref = str(schema["$ref"])
-        target: Any = root
-        for part in ref.removeprefix("#/").split("/") if ref.startswith("#/") else []:
-            target = target.get(part, {}) if isinstance(target, Mapping) else {}
-        yield from _check(value, target or {}, root, where)
-        return
-    kinds = schema.get("type")
-    if kinds is not None:
-        kinds = [kinds] if isinstance(kinds, str) else list(kinds)
-        ok = any(
-            isinstance(value, _TYPES.get(k, object)) and not (k in ("integer", "number") and isinstance(value, bool))
-            for k in kinds
+    elsewhere = next((ref for ref in _refs(schema) if not ref.startswith("#")), None)
+    if elsewhere is not None:
+        raise ConfigError(
+            f"the schema's $ref {_short(elsewhere, 80)!r} is not inside it: no schema is fetched",
+            hint="put what it names under $defs and write $ref: '#/$defs/Name'",
         )
-        if not ok:
-            yield f"{where}: expected {' or '.join(kinds)}, got {type(value).__name__}"
-            return
-    if "enum" in schema and value not in schema["enum"]:
-        yield f"{where}: {value!r} is not one of {schema['enum']!r}"
-    if "const" in schema and value != schema["const"]:
-        yield f"{where}: expected {schema['const']!r}"
-    for key in ("anyOf", "oneOf"):
-        if key in schema and not any(not list(_check(value, s, root, where)) for s in schema[key]):
-            yield f"{where}: matches none of the allowed shapes"
-    for sub in schema.get("allOf", []):
-        yield from _check(value, sub, root, where)
-    if isinstance(value, dict):
-        props = schema.get("properties", {})
-        for name in schema.get("required", []):
-            if name not in value:
-                yield f"{where}.{name}: missing"
-        for name, item in value.items():
-            if name in props:
-                yield from _check(item, props[name], root, f"{where}.{name}")
-            elif schema.get("additionalProperties") is False:
-                yield f"{where}.{name}: not allowed"
-    if isinstance(value, list):
-        if "items" in schema and isinstance(schema["items"], Mapping):
-            for i, item in enumerate(value):
-                yield from _check(item, schema["items"], root, f"{where}[{i}]")
-        if len(value) < schema.get("minItems", 0):
-            yield f"{where}: at least {schema['minItems']} items"
-    if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0):
-            yield f"{where}: at least {schema['minLength']} characters"
-        if "pattern" in schema and not re.search(schema["pattern"], value):
-            yield f"{where}: does not match {schema['pattern']!r}"
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            yield f"{where}: below the minimum {schema['minimum']}"
-        if "maximum" in schema and value > schema["maximum"]:
-            yield f"{where}: above the maximum {schema['maximum']}"
+    cls = validator_for(schema, default=Draft202012Validator)
+    try:
+        cls.check_schema(schema)
+    except SchemaError as exc:
+        where = "/".join(str(p) for p in exc.path) or "its top"
+        raise ConfigError(
+            f"the schema is not a valid JSON Schema (at {where}: {_short(exc.message)})",
+            hint="fix the schema, or give a pydantic model",
+        ) from None
+    return cls(schema, registry=Registry())
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if key in ("$ref", "$dynamicRef") and isinstance(value, str):
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item)
+
+
+def _short(message: str, limit: int = 160) -> str:
+    """jsonschema's message on one line, cut: it quotes the whole value, which may be long."""
+    line = " ".join(message.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."

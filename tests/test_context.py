@@ -237,6 +237,53 @@ def test_when_every_try_fails_it_raises_and_leaves_history_and_cache_clean(make_
     assert ollama.count(CHAT) == 4  # refused answers were not kept: asked again, not replayed
 
 
+def test_a_json_schema_is_checked_whole_and_what_breaks_it_is_asked_again(make_session, ollama):
+    # Keywords no grammar enforces (uniqueItems, multipleOf, not) are checked after the answer.
+    schema = {
+        "type": "object",
+        "properties": {
+            "picks": {"type": "array", "items": {"type": "integer", "multipleOf": 5}, "uniqueItems": True},
+            "code": {"type": "string", "not": {"const": "none"}},
+        },
+        "required": ["picks", "code"],
+    }
+    answers = iter(
+        ['{"picks": [5, 5], "code": "a"}', '{"picks": [5, 7], "code": "none"}', '{"picks": [5, 10], "code": "a"}']
+    )
+    ollama.reply = lambda body: next(answers)
+    s = make_session(ollama)
+    r = s.chat("Pick two.", schema=schema, max_reasks=2)
+    assert r.parsed == {"picks": [5, 10], "code": "a"} and r.reasks == 2
+    said = [m["content"] for m in bodies(ollama, CHAT)[-1]["messages"] if m["role"] == "user"][1:]
+    assert "$.picks: [5, 5] has non-unique elements" in said[0]
+    assert "$.picks[1]: 7 is not a multiple of 5" in said[1] and "$.code: 'none' should not be valid" in said[1]
+
+
+@pytest.mark.parametrize(
+    ("schema", "words"),
+    [
+        ({"type": "objekt"}, "the schema is not a valid JSON Schema (at type: 'objekt'"),
+        (
+            {"$ref": "http://169.254.169.254/latest/meta-data"},
+            "$ref 'http://169.254.169.254/latest/meta-data' is not inside it",
+        ),
+        ({"properties": {"a": {"$ref": "other.json#/A"}}}, "$ref 'other.json#/A' is not inside it"),
+    ],
+)
+def test_a_schema_that_is_wrong_or_points_elsewhere_is_refused_before_anything_is_sent(s, ollama, schema, words):
+    with pytest.raises(ConfigError) as caught:
+        s.chat("Fine?", "ollama", schema=schema)
+    assert words in str(caught.value) and "\n" not in str(caught.value)
+    assert ollama.count(CHAT) == 0  # and no schema was fetched from anywhere
+
+
+def test_a_ref_that_leads_nowhere_in_the_schema_fails_in_one_line_not_a_reask(s, ollama):
+    ollama.reply = '{"a": 1}'
+    with pytest.raises(ConfigError, match="the schema's \\$ref '#/\\$defs/Nope' leads nowhere in it"):
+        s.chat("Fine?", "ollama", schema={"properties": {"a": {"$ref": "#/$defs/Nope"}}})
+    assert ollama.count(CHAT) == 1
+
+
 def test_a_map_takes_a_schema_too(make_session, ollama):
     s = make_session(ollama)
     rows = s.map(["a", "b"], "City {}", schema=City, progress=False)
