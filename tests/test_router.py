@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from farm_jupyter.errors import AllProvidersFailed, BadRequest, ModelNotFound
+from farm_jupyter.errors import AllProvidersFailed, BadRequest, ConfigError, ModelNotFound
 from farm_jupyter.sessions import Session
 from farm_jupyter.testing import Fault, OllamaServer, OpenAIServer, wait_until
 from farm_jupyter.testing.pytest_plugin import loopback_settings
@@ -121,6 +121,22 @@ def test_every_provider_down_is_one_error_listing_the_attempts(session, ollama_s
     message = str(info.value)
     assert "ollama:llama3.1" in message and "openai:gpt-4o-mini" in message and "\n" not in message
     assert [a.provider for a in info.value.attempts] == ["ollama", "openai"]
+
+
+def test_an_option_the_asked_provider_does_not_take_is_refused_and_a_fallback_leaves_it(
+    make_session, ollama_server, openai_server
+):
+    s = make_session(ollama_server, openai_server, retry={"max_retries": 0})
+    with pytest.raises(ConfigError, match="ollama takes no option 'min_new_tokens': its options are "):
+        s.chat("hi", extra={"min_new_tokens": 3})  # a transformers option, asked of Ollama
+    with pytest.raises(ConfigError, match="openai takes no option 'num_ctx'"):
+        list(s.stream("hi", "openai", extra={"num_ctx": 4096}))
+    assert ollama_server.count("/api/chat") == 0 and openai_server.count("/v1/chat/completions") == 0
+    ollama_server.add_fault(Fault(kind="status", status=503, times=None, path="/api/chat"))
+    response = s.chat("hi", extra={"num_ctx": 4096}, no_cache=True)
+    assert response.provider == "openai" and response.fell_back_from
+    assert ollama_server.requests[-1].json["options"]["num_ctx"] == 4096  # what it was for
+    assert "num_ctx" not in openai_server.requests[-1].json
 
 
 # -- circuit breaker ------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from .. import providers as registry
-from ..errors import FarmError, Unsupported
+from ..errors import ConfigError, FarmError, Unsupported
 from ..providers.base import Provider
 from ..types import ChatMessage, GenerationParams
 from ..types.capabilities import asked, refusal, stands_in
@@ -42,6 +42,18 @@ def unsupported(
     row = registry.declared(name)
     message, hint = refusal(name, feature, can, model=model, install=row.install(feature) if row else None)
     return Unsupported(message, feature=feature, provider=name, hint=hint)
+
+
+def check_options(provider: Provider, params: GenerationParams) -> None:
+    """An option of `params.extra` that the provider asked does not take is the caller's mistake
+    (a mistyped name, another provider's option), said before anything is sent. A fallback leaves
+    the ones it does not take: they were for the provider asked."""
+    if not params.extra:  # the common case, on every request: nothing to look up
+        return
+    members = getattr(provider, "members", None)  # a pool of servers: they are all of one kind
+    unknown, taken = params.not_taken_by(members[0].provider.kind if members else provider.kind)
+    if unknown:
+        raise ConfigError(f"{provider.name} takes no option {unknown[0]!r}", hint=f"its options are {', '.join(taken)}")
 
 
 def missing(provider: Provider, params: GenerationParams, messages: Sequence[ChatMessage] = ()) -> str | None:

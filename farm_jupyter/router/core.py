@@ -42,7 +42,7 @@ from ..secrets import redact
 from ..types import Attempt, ChatMessage, ChatRequest, ChatResponse, Chunk, GenerationParams, ProviderStatus, Usage
 from ..types.capabilities import without
 from .call import Call, Route, Try, fit_images, parse_params
-from .capable import able, missing, refused, unsupported
+from .capable import able, check_options, missing, refused, unsupported
 from .deadline import timed
 from .failures import as_fallback, cooling_down, failed_attempt, missing_model, not_recorded, restart_note
 from .fold import Fold
@@ -192,8 +192,8 @@ class Router:
         """
         use, read = not no_cache, not (no_cache or refresh)
         call = Call(messages, parse_params(params), stream, use, read, fold=fold or Fold())
-        if routes is None:
-            routes = self.routes(target, fallback)
+        routes = routes or self.routes(target, fallback)
+        check_options(self.provider(routes[0].provider), call.params)
         for index, route in enumerate(routes):
             try:
                 async for chunk in self._route(call, route, key if index == 0 else None):

@@ -21,6 +21,7 @@ from ..providers import is_known as is_provider
 from ..providers.base import Provider, as_messages
 from ..router import Router
 from ..router.call import Route
+from ..router.capable import check_options
 from ..router.fold import Fold
 from ..runtime import Runtime, get_runtime
 from ..steps import Extras, Steps, plan
@@ -204,11 +205,7 @@ class Engine:
 
     def check_params(self, provider: str, params: GenerationParams) -> None:
         """An option of `params.extra` that this provider does not take is a mistake, said here."""
-        found = self.router.provider(provider)
-        members = getattr(found, "members", None)  # a pool of servers: they are all of one kind
-        unknown, taken = params.not_taken_by(members[0].provider.kind if members else found.kind)
-        if unknown:
-            raise ConfigError(f"{provider} takes no option {unknown[0]!r}", hint=f"its options are {', '.join(taken)}")
+        check_options(self.router.provider(provider), params)
 
     # -- models ---------------------------------------------------------------------------------
 
