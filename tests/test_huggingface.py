@@ -143,8 +143,26 @@ def test_finish_reason_stop_when_eos_comes_first(provider: HuggingFaceProvider) 
     )
     response = provider.chat(req)
     assert response.finish_reason == "stop"
-    assert response.usage.completion_tokens == 1
+    assert response.usage.completion_tokens == 0  # the end of the turn is no token of the answer (as on llama.cpp)
     assert response.text == ""
+
+
+def test_under_a_grammar_the_models_own_repetition_penalty_is_off(provider: HuggingFaceProvider) -> None:
+    """A penalty from the model's generation config would push a JSON answer off its `"` and `,`."""
+    pytest.importorskip("llguidance")
+    name = provider.default_model
+    load(provider, name)
+    model_of(provider, name).generation_config.repetition_penalty = 1.3  # as some models ship
+
+    def ran(**params: Any) -> dict[str, Any]:
+        req = ChatRequest(messages=[ChatMessage(role="user", content="ok?")], model=name,
+                          params=GenerationParams(max_tokens=8, **params))  # fmt: skip
+        sent = [c.sent for c in get_runtime().iterate(provider.astream(req)) if c.sent is not None]
+        return dict(json.loads(sent[0].split("\n", 1)[0]))
+
+    assert ran()["repetition_penalty"] == 1.3
+    assert ran(response_schema={"type": "boolean"})["repetition_penalty"] == 1.0
+    assert ran(response_schema={"type": "boolean"}, extra={"repetition_penalty": 1.2})["repetition_penalty"] == 1.2
 
 
 def test_chat_is_derived_from_the_stream(provider: HuggingFaceProvider) -> None:

@@ -30,7 +30,7 @@ from IPython.utils.capture import capture_output
 
 from farm_jupyter import embedded
 from farm_jupyter.config import load_settings
-from farm_jupyter.errors import BadRequest, ModelNotFound
+from farm_jupyter.errors import BadRequest, ConfigError, ModelNotFound
 from farm_jupyter.providers._guidance import available
 from farm_jupyter.runtime import get_runtime
 from farm_jupyter.sessions import Session, set_session
@@ -293,9 +293,12 @@ def test_with_nothing_running_the_embedded_model_answers() -> None:
         load_settings({"huggingface": {"device": "cpu"}, "retry": {"max_retries": 0}}, environ={}, use_file=False)
     )
     response = s.chat(QUESTION, max_tokens=40)
+    # An option for Ollama, the provider asked, is left by the embedded fallback, not refused by it.
+    again = s.chat("What is the capital of Italy?", max_tokens=20, extra={"num_ctx": 4096, "repeat_last_n": 64})
     s.close()
     assert response.model == embedded.NAME and "Paris" in response.text
     assert response.fell_back_from[0].startswith("ollama:")
+    assert again.model == embedded.NAME and again.fell_back_from[0].startswith("ollama:")
 
 
 def test_the_providers_stay_light_until_used() -> None:
@@ -405,7 +408,7 @@ def test_llamacpp_failures_are_one_line_with_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFound) as err:  # the caller's: raised as itself
         s.chat("hi", f"llamacpp:{not_gguf}")
     assert "could not load" in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(BadRequest, match="does not take min_new_tokens.*params.extra may hold"):
+    with pytest.raises(ConfigError, match="llamacpp takes no option 'min_new_tokens': its options are "):
         s.chat("hi", extra={"min_new_tokens": 3})
     with pytest.raises(BadRequest, match="n_ctx") as overflow:
         s.chat("tell me about the sea " * 40, max_tokens=8)

@@ -9,6 +9,8 @@ many-prompt tests take minutes on 2 cores: they carry the `slow` marker.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -210,3 +212,77 @@ def test_the_reader_streams_an_envelopes_text_unescaped_and_holds_a_call() -> No
     reader.add(json.dumps({"name": "get_weather", "arguments": {"city": "Oslo"}}))
     assert reader.end("stop") == "tool_calls" and pushed == []
     assert reader.call is not None and reader.call.arguments == {"city": "Oslo"}
+
+
+def test_the_reader_streams_a_wrapped_schema_answer_as_its_json_grows() -> None:
+    pushed: list[tuple[str, Any]] = []
+    shape = Constraint(schema={}, tools=("get_weather",), envelope="answer", wrapped_json=True)
+    reader = Reader(lambda kind, value: pushed.append((kind, value)), shape)
+    pieces = ['{"name": "answer", "arguments": ', '{"name": "Al', 'ice", "age": ', "30}", "}"]
+    shown = []
+    for piece in pieces:
+        reader.add(piece)
+        shown.append("".join(v for k, v in pushed if k == "text"))
+    assert shown[1:4] == ['{"name": "A', '{"name": "Alice", "age": ', '{"name": "Alice", "age": 30']
+    assert reader.end("stop") == "stop"
+    assert "".join(v for k, v in pushed if k == "text") == '{"name": "Alice", "age": 30}'
+
+
+def test_the_reader_holds_half_a_surrogate_pair_until_its_other_half() -> None:
+    pushed: list[tuple[str, Any]] = []
+    shape = Constraint(schema={}, tools=("get_weather",), envelope="answer")
+    reader = Reader(lambda kind, value: pushed.append((kind, value)), shape)
+    for piece in ['{"name": "answer", "arguments": {"text": "ok \\ud83d', "\\ude00", ' done"}}']:
+        reader.add(piece)
+    assert reader.end("stop") == "stop"
+    texts = [v for k, v in pushed if k == "text"]
+    assert "".join(texts) == "ok \U0001f600 done" and all("\ud83d" not in t for t in texts)
+    "".join(texts).encode()  # no lone surrogate: it would fail a cache write
+
+
+def test_a_llamacpp_only_install_constrains_its_answers_too() -> None:
+    """`pip install "farm-jupyter[llamacpp]"` brings llguidance but not transformers."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("llguidance")
+    if embedded.find() is None:
+        pytest.skip("the embedded model is not installed (scripts/bootstrap)")
+    script = """
+import json, sys
+sys.modules["transformers"] = None  # not installed
+from farm_jupyter.config import load_settings
+from farm_jupyter.sessions import Session
+s = Session(load_settings({"env": "test", "provider": "llamacpp", "fallback": [], "cache": {"backend": "none"}},
+                          environ={}, use_file=False))
+schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+          "required": ["name", "age"]}
+r = s.chat("Alice is 30 years old. Extract the person.", schema=schema, max_tokens=40, max_reasks=0)
+print(json.dumps({"parsed": r.parsed, "sent": r.sent, "transformers": sys.modules.get("transformers") is not None}))
+s.close()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(said["parsed"]) == {"name", "age"} and not said["transformers"]
+    params = json.loads(said["sent"].split("\n", 1)[0])
+    assert '"grammars"' in params["grammar"]  # llguidance's grammar, not llama.cpp's own (GBNF)
+
+
+def test_logit_bias_holds_under_a_grammar_on_llamacpp(s: Session) -> None:
+    """llama-cpp-python drops a logits-processor list given with `logit_bias` (`list.extend`
+    returns None): the grammar went with it. The bias now runs as one of our processors."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    path = embedded.find()
+    assert path is not None
+    vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    schema = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}}, "required": ["answer"]}
+    answers = {}
+    for word in ("yes", "no"):
+        (token,) = vocab.tokenize(word.encode(), add_bos=False, special=False)
+        r = s.chat(
+            "Is the sky blue?", f"llamacpp:{embedded.NAME}", schema=schema, max_tokens=20, max_reasks=0,
+            extra={"logit_bias": {str(token): 30.0}},
+        )  # fmt: skip
+        answers[word] = r.parsed["answer"]
+        params = json.loads((r.sent or "").split("\n", 1)[0])
+        assert params["logit_bias"] == {str(token): 30.0} and params["grammar"]
+    assert answers == {"yes": "yes", "no": "no"}

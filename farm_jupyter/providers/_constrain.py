@@ -237,7 +237,8 @@ def constraint(
 
 # -- reading a constrained answer as it grows --------------------------------------------------------
 
-_ENVELOPE_TEXT = r'\s*\{\s*"name"\s*:\s*"%s"\s*,\s*"arguments"\s*:\s*\{\s*"text"\s*:\s*"'
+_ENVELOPE = r'\s*\{\s*"name"\s*:\s*"%s"\s*,\s*"arguments"\s*:\s*'
+_ENVELOPE_TEXT = _ENVELOPE + r'\{\s*"text"\s*:\s*"'
 
 
 class Reader:
@@ -249,8 +250,9 @@ class Reader:
         self.push, self.shape = push, shape
         self.raw = ""
         self.shown = 0  # characters of the envelope's text already pushed
-        self.opening = re.compile(_ENVELOPE_TEXT % re.escape(shape.envelope)) if shape.envelope else None
-        self.start: int | None = None  # where the envelope's text begins in `raw`
+        opening = _ENVELOPE if shape.wrapped_json else _ENVELOPE_TEXT
+        self.opening = re.compile(opening % re.escape(shape.envelope)) if shape.envelope else None
+        self.start: int | None = None  # where the envelope's text (or JSON) begins in `raw`
         self.call: ToolCall | None = None  # the call, once `end` has read it
 
     def add(self, text: str) -> None:
@@ -260,10 +262,12 @@ class Reader:
             self.push("text", text)
             return
         self.raw += text
-        if self.opening is not None and not self.shape.wrapped_json:
+        if self.opening is not None:
             if self.start is None and (found := self.opening.match(self.raw)):
                 self.start = found.end()
-            if self.start is not None:
+            if self.start is not None and self.shape.wrapped_json:  # no whitespace: the last `}` is the envelope's
+                self._show(self.raw[self.start : -1])
+            elif self.start is not None:
                 self._show(_partial_string(self.raw[self.start :]))
 
     def _show(self, decoded: str) -> None:
@@ -280,13 +284,17 @@ class Reader:
         except ValueError:  # cut by max_tokens: what there is goes back as text, marked cut
             if self.start is None:
                 self.push("text", self.raw)
+            elif self.shape.wrapped_json:
+                self._show(self.raw[self.start :])
             return finish
         name = data.get("name") if isinstance(data, dict) else None
         arguments = data.get("arguments") if isinstance(data, dict) else None
         if name in self.shape.tools and isinstance(arguments, dict):
             self.call = ToolCall(id=f"call_{uuid.uuid4().hex[:12]}", name=name, arguments=arguments)
             return "tool_calls"
-        if self.shape.wrapped_json:
+        if self.shape.wrapped_json and self.start is not None:
+            self._show(self.raw[self.start : self.raw.rindex("}")])
+        elif self.shape.wrapped_json:
             self.push("text", json.dumps(arguments, ensure_ascii=False))
         elif isinstance(arguments, dict) and isinstance(arguments.get("text"), str):
             self._show(arguments["text"])
@@ -301,7 +309,9 @@ def _partial_string(raw: str) -> str:
     while i < len(raw):
         if raw[i] == "\\":
             need = 6 if raw[i + 1 : i + 2] == "u" else 2
-            if i + need > len(raw):
+            # A high surrogate waits for its pair: decoded alone, it would be shown as half a character.
+            held = 6 if need == 6 and raw[i + 2 : i + 3] in "dD" and raw[i + 3 : i + 4] in "89abAB" else 0
+            if i + need + held > len(raw):
                 end = i
                 break
             i += need

@@ -34,7 +34,6 @@ _OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator
 def _llguidance() -> Any:
     try:
         import llguidance
-        import llguidance.hf
     except ImportError as exc:
         raise MissingDependency("llguidance", "hf") from exc
     return llguidance
@@ -42,9 +41,11 @@ def _llguidance() -> Any:
 
 def tokenizer(hf_tokenizer: Any, eos: list[int], provider: str) -> Any:
     """llguidance's view of a fast HF tokenizer (about 0.6 s to build: keep it with the model)."""
-    llg = _llguidance()
+    _llguidance()
+    import llguidance.hf  # it imports transformers, which a llama.cpp-only install lacks
+
     try:
-        return llg.hf.from_tokenizer(hf_tokenizer, eos_token=eos[0] if len(eos) == 1 else eos)
+        return llguidance.hf.from_tokenizer(hf_tokenizer, eos_token=eos[0] if len(eos) == 1 else eos)
     except ValueError as exc:
         raise BadRequest(
             f"this model's tokenizer cannot be constrained ({first_line(exc)})",

@@ -240,3 +240,11 @@ def save_converted(folder: Path, gguf: Path, model: Any, tokenizer: Any) -> None
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def human_count(count: int) -> str:
+    """`135.0M` for a parameter count, as Ollama writes a model's size."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f}{unit}"
+    return str(count)

@@ -42,6 +42,7 @@ from ._transformers import (
     Loaded,
     describe,
     encode,
+    human_count,
     imports,
     mean_pooled,
     oom_type,
@@ -65,13 +66,6 @@ _GUIDED = ("schema", "tools", "tool_choice")  # what llguidance's grammar gives 
 
 def _looks_local(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or os.path.isabs(name) or Path(name).exists()
-
-
-def _human(count: int) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if count >= scale:
-            return f"{count / scale:.1f}{unit}"
-    return str(count)
 
 
 class HuggingFaceProvider(LocalProvider[Loaded]):
@@ -301,14 +295,16 @@ class HuggingFaceProvider(LocalProvider[Loaded]):
             )
         eos = loaded.model.generation_config.eos_token_id
         eos_ids = list(eos if isinstance(eos, list) else [eos])
-        processors = []
+        processors, own = [], "repetition_penalty" in request.params.extra
         if (compiled := _guidance.constrained(shape, channel.push)) is not None:
             if loaded.guide is None:
                 loaded.guide = _guidance.tokenizer(loaded.tokenizer, eos_ids, self.name)
             processors.append(_guidance.processor_class(transformers)(loaded.guide, compiled))
-            if embedded.is_embedded(request.model) and "repetition_penalty" not in request.params.extra:
+            if not own:  # a model's own penalty (its generation config) would push JSON off its `"` and `,`
+                kwargs["repetition_penalty"] = 1.0
+            if not own and embedded.is_embedded(request.model):
                 processors.insert(0, penalty_class(transformers)(structure(loaded), EMBEDDED_GRAMMAR_PENALTY))
-        elif embedded.is_embedded(request.model) and "repetition_penalty" not in request.params.extra:
+        elif embedded.is_embedded(request.model) and not own:
             kwargs["repetition_penalty"] = EMBEDDED_PENALTY
         shown = {**kwargs, "grammar": compiled} if processors else kwargs
         channel.push("sent", ran_text(loaded, enc["input_ids"][0], shown, request.params.seed))
@@ -323,7 +319,9 @@ class HuggingFaceProvider(LocalProvider[Loaded]):
         completion = int(out.shape[1]) - prompt_tokens
         hit_eos = completion > 0 and int(out[0, -1]) in eos_ids
         finish = "length" if completion >= kwargs["max_new_tokens"] and not hit_eos else "stop"
-        return answer.end(finish), answer, Usage(prompt_tokens=prompt_tokens, completion_tokens=completion)
+        # The end-of-turn token is not part of the answer (llama.cpp's count leaves it out too).
+        usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion - int(hit_eos))
+        return answer.end(finish), answer, usage
 
     def _failed(self, exc: BaseException, model: str, shown: bool) -> FarmError:
         torch = sys.modules.get("torch")
@@ -369,7 +367,7 @@ class HuggingFaceProvider(LocalProvider[Loaded]):
             provider=self.name,
             size=loaded.size,
             family=loaded.family,
-            parameter_size=_human(loaded.parameters),
+            parameter_size=human_count(loaded.parameters),
             quantization=loaded.quantization,
             loaded=True,
             details={"device": loaded.device, "dtype": loaded.dtype, "kind": loaded.kind},

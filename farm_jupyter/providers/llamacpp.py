@@ -42,7 +42,6 @@ _STREAM_TIMEOUT = 60.0  # seconds without a token before the request is given up
 # answer of tests/test_local_structured.py end (without one, some looped to max_tokens).
 EMBEDDED_PENALTY = 1.2
 EMBEDDED_GRAMMAR_PENALTY = 1.3
-_PASSED = {"top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "grammar"}
 # What decides the sampling, as `%farm why` shows it: each argument given, else llama.cpp's default.
 _SAMPLING = ("temperature", "top_p", "top_k", "min_p", "typical_p", "repeat_penalty", "presence_penalty",
              "frequency_penalty", "tfs_z", "mirostat_mode", "mirostat_tau", "mirostat_eta", "max_tokens",
@@ -104,6 +103,13 @@ def _llama_class() -> Any:
     return CountingLlama
 
 
+def _biased(bias: dict[int, float], _ids: Any, scores: Any) -> Any:
+    """`logit_bias` as a logits processor, as llama-cpp-python applies it."""
+    for token, value in bias.items():
+        scores[token] += value
+    return scores
+
+
 @functools.lru_cache(maxsize=64)
 def _gbnf(schema: str) -> str:
     """The grammar of a JSON Schema, as `LlamaGrammar.from_json_schema` builds it: its converter
@@ -121,10 +127,11 @@ def _grammar(shape: Constraint, provider: str, loaded: _Loaded) -> tuple[Any, st
     if _guidance.available():
         notes: list[str] = []
         compiled = _guidance.constrained(shape, lambda _, note: notes.append(note))
-        if compiled is not None and loaded.guide is None:
-            loaded.guide = _guidance.llama_tokenizer(loaded.llm)
-        return (_guidance.Mask(loaded.guide, compiled) if compiled else None), (notes[0] if notes else None)
-    from llama_cpp import LlamaGrammar
+        if compiled is not None:
+            if loaded.guide is None:
+                loaded.guide = _guidance.llama_tokenizer(loaded.llm)
+            return _guidance.Mask(loaded.guide, compiled), (notes[0] if notes else None)
+    from llama_cpp import LlamaGrammar  # also where llguidance refused the schema: this may take it
 
     try:
         grammar = LlamaGrammar.from_string(_gbnf(json.dumps(shape.schema)), verbose=False)
@@ -186,8 +193,11 @@ def _ran(llm: Any, arguments: dict[str, Any]) -> str | None:
     grammar = arguments.get("grammar")
     if grammar is not None:
         params["grammar"] = getattr(grammar, "_grammar", grammar)
-    for mask in (f for f in arguments.get("logits_processor", ()) if isinstance(f, _guidance.Mask)):
-        params["grammar"] = mask.compiled
+    for step in arguments.get("logits_processor", ()):
+        if isinstance(step, _guidance.Mask):
+            params["grammar"] = step.compiled
+        elif getattr(step, "func", None) is _biased:
+            params["logit_bias"] = step.args[0]
     return ran(llm.detokenize(tokens, special=True).decode(errors="replace"), params)
 
 
@@ -308,26 +318,22 @@ class LlamaCppProvider(LocalProvider[_Loaded]):
             kwargs["stop"] = p.stop
         if p.seed is not None:
             kwargs["seed"] = p.seed
-        unknown = sorted(set(p.extra) - _PASSED)
-        if unknown:
-            raise BadRequest(
-                f"llama.cpp does not take {', '.join(unknown)}",
-                provider=self.name,
-                hint=f"params.extra may hold {', '.join(sorted(_PASSED))}",
-            )
-        if "grammar" in p.extra and grammar is not None:
+        options = p.options_for("llamacpp")  # the ones for another provider are left for it
+        if "grammar" in options and grammar is not None:
             raise BadRequest(
                 "params.extra grammar and a schema or tools cannot go together",
                 provider=self.name,
                 hint="drop the grammar: the schema (or the tools) is the grammar",
             )
-        kwargs.update(p.extra)
-        if embedded.is_embedded(request.model) and "repeat_penalty" not in p.extra:
+        kwargs.update(options)
+        if embedded.is_embedded(request.model) and "repeat_penalty" not in options:
             # Greedy alone loops at 135M ("capital of France?" -> a French word list to the cap).
             if grammar is None:
                 kwargs["repeat_penalty"] = EMBEDDED_PENALTY
             else:
                 processors.insert(0, Penalty(loaded.structure(), EMBEDDED_GRAMMAR_PENALTY))
+        if processors and "logit_bias" in kwargs:  # given with processors, llama-cpp-python drops both
+            processors.insert(0, functools.partial(_biased, {int(k): v for k, v in kwargs.pop("logit_bias").items()}))
         if processors:
             kwargs["logits_processor"] = processors
         return kwargs
