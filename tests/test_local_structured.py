@@ -223,7 +223,7 @@ def test_the_reader_streams_a_wrapped_schema_answer_as_its_json_grows() -> None:
     for piece in pieces:
         reader.add(piece)
         shown.append("".join(v for k, v in pushed if k == "text"))
-    assert shown[1:4] == ['{"name": "A', '{"name": "Alice", "age": ', '{"name": "Alice", "age": 30']
+    assert shown[1:4] == ['{"name": "A', '{"name": "Alice", "age":', '{"name": "Alice", "age": 30']  # the last held
     assert reader.end("stop") == "stop"
     assert "".join(v for k, v in pushed if k == "text") == '{"name": "Alice", "age": 30}'
 
@@ -271,9 +271,9 @@ def test_logit_bias_holds_under_a_grammar_on_llamacpp(s: Session) -> None:
     """llama-cpp-python drops a logits-processor list given with `logit_bias` (`list.extend`
     returns None): the grammar went with it. The bias now runs as one of our processors."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    path = embedded.find()
-    assert path is not None
-    vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    found = embedded.find()
+    assert found is not None
+    vocab = llama_cpp.Llama(model_path=str(found[0]), vocab_only=True, verbose=False)
     schema = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}}, "required": ["answer"]}
     answers = {}
     for word in ("yes", "no"):
